@@ -1,0 +1,379 @@
+//! The campaign document: everything needed to send a campaign, templates included.
+
+use crate::address::Mailbox;
+use crate::recipient::Recipient;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use time::OffsetDateTime;
+
+/// A campaign as users write it: one self-contained JSON document.
+///
+/// Unknown fields are refused so that a typo (`"batchsize"`) cannot pass silently; recipients'
+/// personalization fields are the one place where any name is allowed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "Campaign",
+    description = "A marketing-base campaign document with its templates embedded."
+)]
+pub struct CampaignDocument {
+    /// Human-readable name, shown in lists and reports. One line, at most 200 characters.
+    pub name: String,
+    /// The sender: address and display name.
+    pub from: Mailbox,
+    /// Where replies go, when not to the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Mailbox>,
+    /// The message templates.
+    pub templates: Templates,
+    /// Recipients per batch task (1 to MAX_BATCH_SIZE).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// How temporary delivery failures are retried.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Which engagement is tracked.
+    #[serde(default)]
+    pub tracking: TrackingOptions,
+    /// When to send (RFC 3339 with an offset). Absent: send when asked.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub scheduled_at: Option<OffsetDateTime>,
+    /// Free-form data kept with the campaign and available to templates as `campaign.metadata`.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Recipients given inline. They may also be added later (JSON or CSV).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<Recipient>,
+}
+
+fn default_batch_size() -> u32 {
+    100
+}
+
+/// The message templates (minijinja syntax). At least one of `html` and `text` is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Templates {
+    /// Subject line template. Must be one line.
+    pub subject: String,
+    /// HTML body template; values are HTML-escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// Plain-text body template; values are inserted as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// What a variable missing from a recipient does: `strict` fails that recipient with a
+    /// clear reason, `lenient` renders it as an empty string.
+    #[serde(default)]
+    pub undefined_variables: UndefinedVariables,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UndefinedVariables {
+    #[default]
+    Strict,
+    Lenient,
+}
+
+/// Retry policy for temporary failures (4xx replies, lost connections).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Delivery attempts per recipient before it is marked failed (1 to 20).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry, in seconds.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_seconds: u32,
+    /// Upper bound of the wait between retries, in seconds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_seconds: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_initial_backoff() -> u32 {
+    60
+}
+fn default_max_backoff() -> u32 {
+    3600
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: default_max_attempts(),
+            initial_backoff_seconds: default_initial_backoff(),
+            max_backoff_seconds: default_max_backoff(),
+        }
+    }
+}
+
+/// Engagement tracking options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingOptions {
+    /// Insert an open-tracking pixel in the HTML part.
+    #[serde(default = "yes")]
+    pub opens: bool,
+    /// Rewrite links in the HTML part to go through the click redirect.
+    #[serde(default = "yes")]
+    pub clicks: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TrackingOptions {
+    fn default() -> Self {
+        TrackingOptions {
+            opens: true,
+            clicks: true,
+        }
+    }
+}
+
+/// Bounds that come from configuration rather than from the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// MAX_BATCH_SIZE: the largest `batch_size` a campaign may ask for.
+    pub max_batch_size: u32,
+    /// The largest template (each of subject, html, text), in bytes.
+    pub max_template_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_size: 1000,
+            max_template_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// One thing wrong with a document, located by its field path (`templates.subject`,
+/// `recipients[3].email`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Why a campaign document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// Not JSON at all (truncated, stray characters): nothing could be read.
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    Malformed {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Valid JSON that is not a valid campaign; every problem found is listed.
+    #[error("{}", join_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn join_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ValidationError {
+    /// The problems to report, one per field; a malformed document is one problem.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ValidationError::Malformed { .. } => vec![Problem {
+                field: String::new(),
+                message: self.to_string(),
+            }],
+            ValidationError::Invalid(problems) => problems.clone(),
+        }
+    }
+}
+
+impl CampaignDocument {
+    /// Reads and validates a campaign document: the only way from bytes to a campaign.
+    pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<CampaignDocument, ValidationError> {
+        let document: CampaignDocument = parse_json(bytes)?;
+        document.validate(limits)?;
+        Ok(document)
+    }
+
+    /// Checks what types alone cannot: lengths, ranges, single-line headers.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                field: field.to_string(),
+                message,
+            })
+        };
+
+        if self.name.trim().is_empty() {
+            problem("name", "must not be empty".into());
+        } else if self.name.chars().count() > 200 {
+            problem("name", "must be at most 200 characters".into());
+        }
+        if self.name.chars().any(char::is_control) {
+            problem("name", "must be one line without control characters".into());
+        }
+        for (field, mailbox) in [
+            ("from", Some(&self.from)),
+            ("reply_to", self.reply_to.as_ref()),
+        ] {
+            if let Some(name) = mailbox.and_then(|m| m.name.as_deref())
+                && name.chars().any(char::is_control)
+            {
+                problem(
+                    &format!("{field}.name"),
+                    "must be one line: CR, LF and other control characters are not allowed in a header".into(),
+                );
+            }
+        }
+
+        let templates = &self.templates;
+        if templates.subject.trim().is_empty() {
+            problem("templates.subject", "must not be empty".into());
+        }
+        if templates.subject.contains(['\r', '\n']) {
+            problem(
+                "templates.subject",
+                "must be one line: CR and LF are not allowed in a header".into(),
+            );
+        }
+        let html_empty = templates
+            .html
+            .as_deref()
+            .is_none_or(|t| t.trim().is_empty());
+        let text_empty = templates
+            .text
+            .as_deref()
+            .is_none_or(|t| t.trim().is_empty());
+        if html_empty && text_empty {
+            problem(
+                "templates",
+                "needs a non-empty `html` or `text` template (or both)".into(),
+            );
+        }
+        for (field, template) in [
+            ("templates.subject", Some(&templates.subject)),
+            ("templates.html", templates.html.as_ref()),
+            ("templates.text", templates.text.as_ref()),
+        ] {
+            if let Some(template) = template
+                && template.len() > limits.max_template_bytes
+            {
+                problem(
+                    field,
+                    format!(
+                        "is {} bytes; the limit is {} bytes",
+                        template.len(),
+                        limits.max_template_bytes
+                    ),
+                );
+            }
+        }
+
+        if self.batch_size == 0 || self.batch_size > limits.max_batch_size {
+            problem(
+                "batch_size",
+                format!(
+                    "must be between 1 and MAX_BATCH_SIZE ({}), got {}",
+                    limits.max_batch_size, self.batch_size
+                ),
+            );
+        }
+        let retry = &self.retry;
+        if !(1..=20).contains(&retry.max_attempts) {
+            problem(
+                "retry.max_attempts",
+                format!("must be between 1 and 20, got {}", retry.max_attempts),
+            );
+        }
+        if retry.initial_backoff_seconds == 0 {
+            problem("retry.initial_backoff_seconds", "must be at least 1".into());
+        }
+        if retry.max_backoff_seconds < retry.initial_backoff_seconds {
+            problem(
+                "retry.max_backoff_seconds",
+                "must not be smaller than retry.initial_backoff_seconds".into(),
+            );
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError::Invalid(problems))
+        }
+    }
+
+    /// The document without its inline recipients: what is stored with the campaign (the
+    /// recipients live in their own rows).
+    pub fn without_recipients(&self) -> CampaignDocument {
+        CampaignDocument {
+            recipients: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Deserializes JSON, telling a malformed document from one of the wrong shape and naming the
+/// field path of the latter.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        // The document root prints as "."; report it as no field at all.
+        let field = err.path().to_string().trim_start_matches('.').to_string();
+        classify(field, err.into_inner())
+    })?;
+    // Trailing characters after a complete document are as malformed as a truncated one.
+    deserializer
+        .end()
+        .map_err(|err| classify(String::new(), err))?;
+    Ok(value)
+}
+
+fn classify(field: String, err: serde_json::Error) -> ValidationError {
+    match err.classify() {
+        serde_json::error::Category::Data => ValidationError::Invalid(vec![Problem {
+            field,
+            message: strip_position(&err.to_string()),
+        }]),
+        _ => ValidationError::Malformed {
+            line: err.line(),
+            column: err.column(),
+            message: strip_position(&err.to_string()),
+        },
+    }
+}
+
+/// serde_json appends " at line L column C" to its messages; we report position separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}

@@ -1,0 +1,24 @@
+//! The campaign model: the self-contained campaign document with its embedded templates,
+//! the recipients that come with it, and the validation that is the only way in.
+//!
+//! Nothing here performs I/O: readers are handed in, so the same code validates a file, an
+//! HTTP body or a test string.
+
+pub mod address;
+pub mod document;
+pub mod recipient;
+pub mod schema;
+pub mod status;
+
+pub use address::{AddressError, EmailAddress, Mailbox};
+pub use document::{
+    CampaignDocument, Limits, Problem, RetryPolicy, Templates, TrackingOptions, UndefinedVariables,
+    ValidationError,
+};
+pub use recipient::{CsvRecipients, Recipient, RecipientError, RowError};
+pub use status::{CampaignStatus, DeliveryStatus};
+
+/// Campaign ids are UUIDs (v7, so they sort by creation time).
+pub type CampaignId = uuid::Uuid;
+/// Recipient ids are database-assigned integers: compact in tracking tokens and batch payloads.
+pub type RecipientId = i64;
