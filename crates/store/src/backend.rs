@@ -1,0 +1,205 @@
+//! The SQL both backends run, written once. `campaign_store!` expands it for a concrete
+//! sqlx database type; only the transaction start and row locking differ, and they are
+//! passed in by each backend module.
+
+macro_rules! campaign_store {
+    ($store:ident, $db:ty, lock_campaign = $lock:literal) => {
+        mod shared_sql {
+        use super::$store;
+        use $crate::db_types::{DbId, DbTime};
+        use $crate::import::{ChunkSink, drive};
+        use $crate::{
+            CampaignFilter, CampaignPage, CampaignRecord, CampaignStore, DeliveryCounts,
+            ImportReport, RecipientStream, StoreError, initial_status,
+        };
+        use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, Recipient};
+        use sqlx::types::Json;
+        use sqlx::{QueryBuilder, Row};
+        use std::collections::HashSet;
+
+        const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, started_at, completed_at, created_at, updated_at";
+
+        struct ChunkInserter<'t> {
+            tx: &'t mut sqlx::Transaction<'static, $db>,
+            campaign: DbId,
+        }
+
+        impl ChunkSink for ChunkInserter<'_> {
+            async fn insert_chunk(
+                &mut self,
+                rows: &[(u64, Recipient)],
+            ) -> Result<HashSet<String>, StoreError> {
+                let mut builder = QueryBuilder::<$db>::new(
+                    "INSERT INTO recipients (campaign_id, email, email_key, fields) ",
+                );
+                builder.push_values(rows, |mut row, (_, recipient)| {
+                    row.push_bind(self.campaign)
+                        .push_bind(recipient.email.as_str())
+                        .push_bind(recipient.email.key())
+                        .push_bind(Json(&recipient.fields));
+                });
+                builder.push(" ON CONFLICT (campaign_id, email_key) DO NOTHING RETURNING email_key");
+                let keys: Vec<String> = builder
+                    .build_query_scalar()
+                    .fetch_all(&mut **self.tx)
+                    .await?;
+                Ok(keys.into_iter().collect())
+            }
+        }
+
+        fn campaign_from_row(row: &<$db as sqlx::Database>::Row) -> Result<CampaignRecord, StoreError> {
+            let status: String = row.try_get("status")?;
+            let Json(document): Json<CampaignDocument> = row.try_get("document")?;
+            let id: DbId = row.try_get("id")?;
+            let optional_time = |column: &str| -> Result<_, StoreError> {
+                Ok(row.try_get::<Option<DbTime>, _>(column)?.map(|t| t.0))
+            };
+            Ok(CampaignRecord {
+                id: id.0,
+                name: row.try_get("name")?,
+                status: status.parse().map_err(StoreError::Corrupt)?,
+                recipient_count: row.try_get("recipient_count")?,
+                scheduled_at: optional_time("scheduled_at")?,
+                started_at: optional_time("started_at")?,
+                completed_at: optional_time("completed_at")?,
+                created_at: row.try_get::<DbTime, _>("created_at")?.0,
+                updated_at: row.try_get::<DbTime, _>("updated_at")?.0,
+                document,
+            })
+        }
+
+        /// Adds the import's count to the campaign, inside the import's transaction.
+        async fn add_to_recipient_count(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            id: DbId,
+            imported: u64,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "UPDATE campaigns SET recipient_count = recipient_count + $2, updated_at = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(imported as i64)
+            .bind(DbTime::now())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        #[async_trait::async_trait]
+        impl CampaignStore for $store {
+            fn backend(&self) -> &'static str {
+                Self::BACKEND
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_campaign(
+                &self,
+                document: &CampaignDocument,
+                recipients: RecipientStream<'_>,
+            ) -> Result<(CampaignRecord, ImportReport), StoreError> {
+                let id = DbId(uuid::Uuid::now_v7());
+                let now = DbTime::now();
+                let stored = document.without_recipients();
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO campaigns (id, name, status, document, scheduled_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                )
+                .bind(id)
+                .bind(&stored.name)
+                .bind(initial_status(&stored).as_str())
+                .bind(Json(&stored))
+                .bind(stored.scheduled_at.map(DbTime::from))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: id }, recipients).await?;
+                add_to_recipient_count(&mut tx, id, report.imported).await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1")))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let record = campaign_from_row(&row)?;
+                tx.commit().await?;
+                Ok((record, report))
+            }
+
+            async fn import_recipients(
+                &self,
+                id: CampaignId,
+                recipients: RecipientStream<'_>,
+            ) -> Result<ImportReport, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let status: Option<String> = sqlx::query_scalar(concat!("SELECT status FROM campaigns WHERE id = $1", $lock))
+                    .bind(DbId(id))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let status: CampaignStatus = status
+                    .ok_or(StoreError::CampaignNotFound(id))?
+                    .parse()
+                    .map_err(StoreError::Corrupt)?;
+                if !matches!(status, CampaignStatus::Draft | CampaignStatus::Scheduled) {
+                    return Err(StoreError::WrongState { id, status, action: "adding recipients" });
+                }
+                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: DbId(id) }, recipients).await?;
+                add_to_recipient_count(&mut tx, DbId(id), report.imported).await?;
+                tx.commit().await?;
+                Ok(report)
+            }
+
+            async fn get_campaign(&self, id: CampaignId) -> Result<Option<CampaignRecord>, StoreError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1")))
+                    .bind(DbId(id))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(campaign_from_row).transpose()
+            }
+
+            async fn list_campaigns(&self, filter: &CampaignFilter) -> Result<CampaignPage, StoreError> {
+                // Ids are UUIDv7, so ordering by id is ordering by creation time and the last
+                // id of a page is a stable cursor for the next.
+                let limit = filter.limit.clamp(1, 500);
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {CAMPAIGN_COLUMNS} FROM campaigns \
+                     WHERE ($1 IS NULL OR id < $1) AND ($2 IS NULL OR status = $2) \
+                     ORDER BY id DESC LIMIT $3"
+                )))
+                .bind(filter.before.map(DbId))
+                .bind(filter.status.map(CampaignStatus::as_str))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut items = rows.iter().map(campaign_from_row).collect::<Result<Vec<_>, _>>()?;
+                let next_cursor = if items.len() > limit as usize {
+                    items.truncate(limit as usize);
+                    items.last().map(|c| c.id)
+                } else {
+                    None
+                };
+                Ok(CampaignPage { items, next_cursor })
+            }
+
+            async fn delivery_counts(&self, id: CampaignId) -> Result<DeliveryCounts, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT status, COUNT(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY status",
+                )
+                .bind(DbId(id))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut counts = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let status: String = row.try_get("status")?;
+                    let status: DeliveryStatus = status.parse().map_err(StoreError::Corrupt)?;
+                    counts.push((status, row.try_get::<i64, _>("n")?));
+                }
+                Ok(DeliveryCounts::from_rows(counts))
+            }
+        }
+        }
+    };
+}
+
+pub(crate) use campaign_store;

@@ -1,0 +1,194 @@
+//! Storage of campaigns, their recipients with per-recipient delivery state, events and
+//! suppressions, behind one trait with a SQLite and a PostgreSQL implementation.
+//!
+//! Both backends run the same SQL (see `backend.rs`); the column types that differ (UUIDs,
+//! timestamps) are bridged by the [`db_types`] newtypes, so behaviour cannot drift apart, and
+//! one contract suite (tests/contract.rs) runs against both.
+
+mod backend;
+pub mod db_types;
+mod import;
+pub mod postgres;
+pub mod sqlite;
+
+pub use import::{Duplicate, ImportReport, RecipientStream, recipient_stream};
+
+use async_trait::async_trait;
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, RowError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Rows with bad recipients listed in an error; the rest are only counted.
+pub const MAX_REPORTED_ROW_ERRORS: usize = 100;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL is not one we can use.
+    #[error("DATABASE_URL {url:?} is not usable: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The database could not be reached (down, wrong address, pool exhausted).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// No campaign has that id.
+    #[error("campaign {0} does not exist")]
+    CampaignNotFound(CampaignId),
+    /// The campaign is in a state that does not allow the operation.
+    #[error("campaign {id} is {status}: {action} is only possible while it is draft or scheduled")]
+    WrongState {
+        id: CampaignId,
+        status: CampaignStatus,
+        action: &'static str,
+    },
+    /// Some recipient rows are invalid; nothing of the import was stored.
+    #[error("{total} recipient row(s) are invalid, nothing was imported; first: {}", .rows.first().map(ToString::to_string).unwrap_or_default())]
+    InvalidRecipients { rows: Vec<RowError>, total: u64 },
+    /// The recipient source failed for another reason (for example an unreadable file).
+    #[error("reading recipients failed: {0}")]
+    Source(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value could not be read back (corrupt or written by a newer version).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+/// A stored campaign.
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignRecord {
+    pub id: CampaignId,
+    pub name: String,
+    pub status: CampaignStatus,
+    pub recipient_count: i64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub scheduled_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// The whole document as submitted, templates included (recipients live in their rows).
+    pub document: CampaignDocument,
+}
+
+/// Recipients per delivery state. Every state is present, so the numbers always add up to
+/// the campaign's recipient count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts(pub BTreeMap<&'static str, i64>);
+
+impl DeliveryCounts {
+    pub fn from_rows(rows: impl IntoIterator<Item = (DeliveryStatus, i64)>) -> DeliveryCounts {
+        let mut counts: BTreeMap<&'static str, i64> = DeliveryStatus::ALL
+            .iter()
+            .map(|s| (s.as_str(), 0))
+            .collect();
+        for (status, count) in rows {
+            *counts.entry(status.as_str()).or_default() += count;
+        }
+        DeliveryCounts(counts)
+    }
+
+    pub fn get(&self, status: DeliveryStatus) -> i64 {
+        self.0.get(status.as_str()).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> i64 {
+        self.0.values().sum()
+    }
+}
+
+/// A page of campaigns, newest first, with the cursor for the next page.
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignPage {
+    pub items: Vec<CampaignRecord>,
+    pub next_cursor: Option<CampaignId>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignFilter {
+    pub status: Option<CampaignStatus>,
+    /// Only campaigns older than this one (the previous page's `next_cursor`).
+    pub before: Option<CampaignId>,
+    pub limit: u32,
+}
+
+/// The store of campaigns and recipients. Object-safe, so the binary picks the backend from
+/// DATABASE_URL at start.
+#[async_trait]
+pub trait CampaignStore: Send + Sync {
+    /// "sqlite" or "postgres", for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// Checks the database answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new campaign and its recipients in one transaction: either all of it is
+    /// stored or, on any bad recipient row, nothing.
+    async fn create_campaign(
+        &self,
+        document: &CampaignDocument,
+        recipients: RecipientStream<'_>,
+    ) -> Result<(CampaignRecord, ImportReport), StoreError>;
+
+    /// Adds recipients to a draft or scheduled campaign, all or nothing. Addresses already
+    /// present are reported as duplicates, not added twice.
+    async fn import_recipients(
+        &self,
+        id: CampaignId,
+        recipients: RecipientStream<'_>,
+    ) -> Result<ImportReport, StoreError>;
+
+    async fn get_campaign(&self, id: CampaignId) -> Result<Option<CampaignRecord>, StoreError>;
+
+    async fn list_campaigns(&self, filter: &CampaignFilter) -> Result<CampaignPage, StoreError>;
+
+    /// Recipients per delivery state, computed from the rows.
+    async fn delivery_counts(&self, id: CampaignId) -> Result<DeliveryCounts, StoreError>;
+}
+
+/// Opens the store named by a database URL (`sqlite://path` or `postgres://…`) and brings its
+/// schema up to date.
+pub async fn connect(url: &str) -> Result<Arc<dyn CampaignStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: "it must start with sqlite:// or postgres://".into(),
+        })
+    }
+}
+
+/// The status a new campaign starts in: scheduled when the document names a time.
+pub fn initial_status(document: &CampaignDocument) -> CampaignStatus {
+    if document.scheduled_at.is_some() {
+        CampaignStatus::Scheduled
+    } else {
+        CampaignStatus::Draft
+    }
+}

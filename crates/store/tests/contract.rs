@@ -1,0 +1,305 @@
+//! One contract suite, run against every backend: the same story must hold on SQLite and on
+//! PostgreSQL. Each backend's tests live in a module named after it (`sqlite::…`,
+//! `postgres::…`) so CI can count and filter them per backend.
+
+use campaign::{
+    CampaignDocument, CampaignStatus, DeliveryStatus, EmailAddress, Limits, Recipient, RowError,
+};
+use std::sync::Arc;
+use store::{CampaignFilter, CampaignStore, StoreError, recipient_stream};
+
+fn document(name: &str) -> CampaignDocument {
+    let text = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/sample_campaign.json"
+    ))
+    .unwrap();
+    let mut document = CampaignDocument::from_json(&text, &Limits::default()).unwrap();
+    document.name = name.to_string();
+    document
+}
+
+fn recipient(email: &str, first_name: &str) -> Recipient {
+    let mut fields = serde_json::Map::new();
+    fields.insert("first_name".into(), first_name.into());
+    Recipient {
+        email: EmailAddress::parse(email).unwrap(),
+        fields,
+    }
+}
+
+fn rows(recipients: Vec<Recipient>) -> Vec<Result<Recipient, RowError>> {
+    recipients.into_iter().map(Ok).collect()
+}
+
+async fn campaign_round_trips_with_its_recipients(store: Arc<dyn CampaignStore>) {
+    let mut doc = document("Round trip");
+    doc.scheduled_at = Some(time::macros::datetime!(2030-01-02 03:04:05.123456 +02:00));
+    let recipients = vec![
+        recipient("ann@example.com", "Ann"),
+        recipient("bob@example.org", "Bob"),
+    ];
+    let (record, report) = store
+        .create_campaign(&doc, recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.received, report.imported, report.duplicates),
+        (2, 2, 0)
+    );
+    assert_eq!(record.recipient_count, 2);
+    assert_eq!(record.status, CampaignStatus::Scheduled);
+
+    let fetched = store
+        .get_campaign(record.id)
+        .await
+        .unwrap()
+        .expect("stored campaign");
+    assert_eq!(fetched.document, doc.without_recipients());
+    assert_eq!(fetched.scheduled_at, doc.scheduled_at);
+    assert_eq!(fetched.created_at, record.created_at);
+
+    let counts = store.delivery_counts(record.id).await.unwrap();
+    assert_eq!(counts.get(DeliveryStatus::Pending), 2);
+    assert_eq!(counts.total(), fetched.recipient_count);
+    for status in DeliveryStatus::ALL {
+        assert!(
+            counts.0.contains_key(status.as_str()),
+            "every state is reported, {status} too"
+        );
+    }
+}
+
+async fn duplicates_are_skipped_and_reported(store: Arc<dyn CampaignStore>) {
+    // 2,500 rows cross the 1,000-row chunk boundary; duplicates sit inside one chunk, across
+    // chunks, and differ only by case.
+    let mut recipients: Vec<Recipient> = (0..2500)
+        .map(|i| recipient(&format!("user{i}@example.com"), "U"))
+        .collect();
+    recipients.push(recipient("USER7@Example.com", "Shouty"));
+    recipients.insert(10, recipient("user2400@example.com", "Early"));
+    let (record, report) = store
+        .create_campaign(&document("Dups"), recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    assert_eq!(report.received, 2502);
+    assert_eq!(report.imported, 2500);
+    assert_eq!(report.duplicates, 2);
+    let duplicate_emails: Vec<&str> = report
+        .duplicate_rows
+        .iter()
+        .map(|d| d.email.as_str())
+        .collect();
+    assert!(
+        duplicate_emails.contains(&"USER7@Example.com"),
+        "{duplicate_emails:?}"
+    );
+    assert!(
+        duplicate_emails.contains(&"user2400@example.com"),
+        "{duplicate_emails:?}"
+    );
+    assert_eq!(
+        report
+            .duplicate_rows
+            .iter()
+            .find(|d| d.email == "USER7@Example.com")
+            .unwrap()
+            .row,
+        2502
+    );
+
+    // A second import overlapping the stored rows adds only the new addresses.
+    let more = vec![
+        recipient("user1@example.com", "Again"),
+        recipient("new@example.com", "New"),
+    ];
+    let report = store
+        .import_recipients(record.id, recipient_stream(rows(more)))
+        .await
+        .unwrap();
+    assert_eq!((report.imported, report.duplicates), (1, 1));
+    assert_eq!(report.duplicate_rows[0].row, 1);
+    let stored = store.get_campaign(record.id).await.unwrap().unwrap();
+    assert_eq!(stored.recipient_count, 2501);
+    assert_eq!(
+        store.delivery_counts(record.id).await.unwrap().total(),
+        2501
+    );
+}
+
+async fn a_bad_row_stores_nothing(store: Arc<dyn CampaignStore>) {
+    let bad = |row: u64| RowError {
+        row,
+        line: row + 1,
+        message: "invalid email address".into(),
+    };
+    // Good rows first, so a chunk would already have been inserted when the bad one comes.
+    let mut input: Vec<Result<Recipient, RowError>> = (0..1500)
+        .map(|i| Ok(recipient(&format!("r{i}@example.com"), "R")))
+        .collect();
+    input.push(Err(bad(1501)));
+    input.push(Ok(recipient("late@example.com", "L")));
+    input.push(Err(bad(1503)));
+    let before = store
+        .list_campaigns(&CampaignFilter {
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .len();
+    let err = store
+        .create_campaign(&document("Bad rows"), recipient_stream(input))
+        .await
+        .unwrap_err();
+    match err {
+        StoreError::InvalidRecipients { rows, total } => {
+            assert_eq!(total, 2);
+            assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), [1501, 1503]);
+        }
+        other => panic!("expected InvalidRecipients, got {other:?}"),
+    }
+    let after = store
+        .list_campaigns(&CampaignFilter {
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(before, after, "the campaign must not be stored");
+
+    let (record, _) = store
+        .create_campaign(
+            &document("Keeps its rows"),
+            recipient_stream(rows(vec![recipient("a@example.com", "A")])),
+        )
+        .await
+        .unwrap();
+    let input = vec![Ok(recipient("b@example.com", "B")), Err(bad(2))];
+    assert!(matches!(
+        store
+            .import_recipients(record.id, recipient_stream(input))
+            .await,
+        Err(StoreError::InvalidRecipients { total: 1, .. })
+    ));
+    assert_eq!(store.delivery_counts(record.id).await.unwrap().total(), 1);
+    assert_eq!(
+        store
+            .get_campaign(record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .recipient_count,
+        1
+    );
+}
+
+async fn unknown_campaigns_are_reported(store: Arc<dyn CampaignStore>) {
+    let id = uuid::Uuid::now_v7();
+    assert!(store.get_campaign(id).await.unwrap().is_none());
+    let err = store
+        .import_recipients(id, recipient_stream(Vec::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::CampaignNotFound(missing) if missing == id),
+        "{err:?}"
+    );
+    assert_eq!(store.delivery_counts(id).await.unwrap().total(), 0);
+}
+
+async fn campaigns_page_newest_first(store: Arc<dyn CampaignStore>) {
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let mut doc = document(&format!("Page {i}"));
+        if i % 2 == 0 {
+            doc.scheduled_at = Some(time::OffsetDateTime::now_utc() + time::Duration::days(1));
+        }
+        created.push(
+            store
+                .create_campaign(&doc, recipient_stream(Vec::new()))
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut filter = CampaignFilter {
+        limit: 2,
+        ..Default::default()
+    };
+    loop {
+        let page = store.list_campaigns(&filter).await.unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|c| c.id));
+        match page.next_cursor {
+            Some(cursor) => filter.before = Some(cursor),
+            None => break,
+        }
+    }
+    created.reverse();
+    assert_eq!(seen, created, "every campaign once, newest first");
+
+    let scheduled = store
+        .list_campaigns(&CampaignFilter {
+            status: Some(CampaignStatus::Scheduled),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(scheduled.items.len(), 3);
+    assert!(
+        scheduled
+            .items
+            .iter()
+            .all(|c| c.status == CampaignStatus::Scheduled)
+    );
+}
+
+async fn ping_answers(store: Arc<dyn CampaignStore>) {
+    store.ping().await.unwrap();
+}
+
+macro_rules! contract_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        #[allow(clippy::redundant_closure_call)]
+                        let Some((store, _guard)) = ($open)().await else {
+                            return;
+                        };
+                        super::$name(store).await;
+                    }
+                };
+            }
+
+            case!(campaign_round_trips_with_its_recipients);
+            case!(duplicates_are_skipped_and_reported);
+            case!(a_bad_row_stores_nothing);
+            case!(unknown_campaigns_are_reported);
+            case!(campaigns_page_newest_first);
+            case!(ping_answers);
+        }
+    };
+}
+
+contract_suite!(sqlite, || async {
+    let database = testkit::SqliteDatabase::create();
+    let store = store::connect(&database.url).await.unwrap();
+    Some((store, Box::new(database) as Box<dyn std::any::Any + Send>))
+});
+
+contract_suite!(postgres, || async {
+    let database = testkit::PostgresDatabase::create().await?;
+    let store = store::connect(&database.url).await.unwrap();
+    Some((store, Box::new(database) as Box<dyn std::any::Any + Send>))
+});
