@@ -1,0 +1,205 @@
+//! Campaign routes: create, list, read, status.
+
+use crate::{ApiError, AppState};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use campaign::{CampaignDocument, CampaignId, CampaignStatus};
+use serde::{Deserialize, Serialize};
+use store::{CampaignFilter, CampaignRecord, DeliveryCounts, ImportReport, recipient_stream};
+use time::OffsetDateTime;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/campaigns", get(list).post(create))
+        .route("/api/v1/campaigns/{id}", get(read))
+        .route("/api/v1/campaigns/{id}/status", get(status))
+}
+
+/// A campaign in lists: everything but the document.
+#[derive(Serialize)]
+struct CampaignSummary {
+    id: CampaignId,
+    name: String,
+    status: CampaignStatus,
+    recipient_count: i64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    scheduled_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl From<&CampaignRecord> for CampaignSummary {
+    fn from(record: &CampaignRecord) -> Self {
+        CampaignSummary {
+            id: record.id,
+            name: record.name.clone(),
+            status: record.status,
+            recipient_count: record.recipient_count,
+            scheduled_at: record.scheduled_at,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Created {
+    campaign: CampaignRecord,
+    recipients: ImportReport,
+}
+
+/// Parses a campaign id from the path; an id that cannot exist is simply not found.
+pub(crate) fn campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("campaign {raw} does not exist")))
+}
+
+/// The media type of a request without its parameters (`text/csv; charset=utf-8` → `text/csv`).
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    match media_type(headers).as_deref() {
+        None | Some("application/json") => Ok(()),
+        Some(other) => Err(ApiError::UnsupportedMediaType(format!(
+            "this route reads application/json, not {other}"
+        ))),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = body?;
+    let document = CampaignDocument::from_json(&body, &state.settings.limits)?;
+    let recipients = document
+        .recipients
+        .iter()
+        .cloned()
+        .map(Ok)
+        .collect::<Vec<_>>();
+    let (campaign, report) = state
+        .store
+        .create_campaign(&document, recipient_stream(recipients))
+        .await?;
+    tracing::info!(campaign = %campaign.id, name = %campaign.name, recipients = report.imported, "campaign created");
+    let location = format!("/api/v1/campaigns/{}", campaign.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(Created {
+            campaign,
+            recipients: report,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<u32>,
+    before: Option<CampaignId>,
+    status: Option<CampaignStatus>,
+}
+
+#[derive(Serialize)]
+struct CampaignList {
+    items: Vec<CampaignSummary>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<CampaignId>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<CampaignList>, ApiError> {
+    let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
+    let page = state
+        .store
+        .list_campaigns(&CampaignFilter {
+            status: params.status,
+            before: params.before,
+            limit,
+        })
+        .await?;
+    Ok(Json(CampaignList {
+        items: page.items.iter().map(CampaignSummary::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<CampaignRecord, ApiError> {
+    let id = campaign_id(raw_id)?;
+    state
+        .store
+        .get_campaign(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("campaign {id} does not exist")))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignRecord>, ApiError> {
+    Ok(Json(find(&state, &id).await?))
+}
+
+#[derive(Serialize)]
+struct CampaignStatusView {
+    id: CampaignId,
+    name: String,
+    status: CampaignStatus,
+    recipients: i64,
+    /// Recipients per delivery state; they add up to `recipients`.
+    deliveries: DeliveryCounts,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    scheduled_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    completed_at: Option<OffsetDateTime>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignStatusView>, ApiError> {
+    let campaign = find(&state, &id).await?;
+    let deliveries = state.store.delivery_counts(campaign.id).await?;
+    Ok(Json(CampaignStatusView {
+        id: campaign.id,
+        name: campaign.name,
+        status: campaign.status,
+        recipients: deliveries.total(),
+        deliveries,
+        created_at: campaign.created_at,
+        updated_at: campaign.updated_at,
+        scheduled_at: campaign.scheduled_at,
+        started_at: campaign.started_at,
+        completed_at: campaign.completed_at,
+    }))
+}

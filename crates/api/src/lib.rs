@@ -1,0 +1,59 @@
+//! The HTTP API of marketing-base (axum).
+//!
+//! Every error leaves as `application/problem+json` (RFC 9457) with a `detail` that says what
+//! to fix; malformed input is a 4xx, never a 5xx.
+
+mod campaigns;
+mod health;
+pub mod problem;
+mod recipients;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use campaign::Limits;
+use std::sync::Arc;
+use store::CampaignStore;
+
+pub use problem::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn CampaignStore>,
+    pub settings: ApiSettings,
+}
+
+/// Limits and knobs of the API, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSettings {
+    /// Campaign document limits (MAX_BATCH_SIZE, template size).
+    pub limits: Limits,
+    /// The largest JSON request body, in bytes.
+    pub max_body_bytes: usize,
+    /// The largest recipient upload (CSV is streamed, so this may be large), in bytes.
+    pub max_import_bytes: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            limits: Limits::default(),
+            max_body_bytes: 8 * 1024 * 1024,
+            max_import_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// The whole API as one router: `/api/v1/…`, `/health`, `/ready`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    Router::new()
+        .merge(campaigns::routes())
+        .merge(recipients::routes())
+        .merge(health::routes())
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

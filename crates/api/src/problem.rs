@@ -1,0 +1,192 @@
+//! Errors as `application/problem+json` (RFC 9457).
+
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use campaign::{Problem, RowError, ValidationError};
+use serde::Serialize;
+use store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything a handler can answer with instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON at all (truncated, stray characters).
+    #[error("{0}")]
+    Malformed(String),
+    /// A request the API understood but cannot accept, with every problem found.
+    #[error("{detail}")]
+    Invalid {
+        detail: String,
+        problems: Vec<Problem>,
+    },
+    /// Recipient rows that cannot be imported.
+    #[error("{detail}")]
+    InvalidRows { detail: String, rows: Vec<RowError> },
+    /// Nothing exists at this path.
+    #[error("{0}")]
+    NotFound(String),
+    /// The resource is in a state that does not allow this.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than this route accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The Content-Type is not one this route reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A query string or header that cannot be used.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The database cannot be reached; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure on our side; the detail is logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } | ApiError::InvalidRows { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable identifier of the kind of problem, for clients to switch on.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(_) => "/problems/malformed-json",
+            ApiError::Invalid { .. } => "/problems/validation",
+            ApiError::InvalidRows { .. } => "/problems/invalid-recipients",
+            ApiError::NotFound(_) => "/problems/not-found",
+            ApiError::Conflict(_) => "/problems/conflict",
+            ApiError::TooLarge(_) => "/problems/too-large",
+            ApiError::UnsupportedMediaType(_) => "/problems/unsupported-media-type",
+            ApiError::BadRequest(_) => "/problems/bad-request",
+            ApiError::Unavailable(_) => "/problems/unavailable",
+            ApiError::Internal(_) => "/problems/internal",
+        }
+    }
+
+    pub fn invalid(problems: Vec<Problem>) -> ApiError {
+        let detail = problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError::Invalid { detail, problems }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "the request failed on our side; it has been logged".to_string()
+            }
+            other => other.to_string(),
+        };
+        let errors = match &self {
+            ApiError::Invalid { problems, .. } => serde_json::to_value(problems).ok(),
+            ApiError::InvalidRows { rows, .. } => serde_json::to_value(rows).ok(),
+            _ => None,
+        };
+        let body = ProblemBody {
+            kind: self.kind(),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        match err {
+            ValidationError::Malformed { .. } => ApiError::Malformed(err.to_string()),
+            ValidationError::Invalid(problems) => ApiError::invalid(problems),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::CampaignNotFound(_) => ApiError::NotFound(err.to_string()),
+            StoreError::WrongState { .. } => ApiError::Conflict(err.to_string()),
+            StoreError::InvalidRecipients { ref rows, .. } => ApiError::InvalidRows {
+                detail: err.to_string(),
+                rows: rows.clone(),
+            },
+            StoreError::Source(message) => ApiError::BadRequest(message),
+            StoreError::Unavailable(_) => ApiError::Unavailable(err.to_string()),
+            StoreError::InvalidUrl { .. }
+            | StoreError::Migration(_)
+            | StoreError::Database(_)
+            | StoreError::Corrupt(_) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!(
+                "the request body is larger than this route accepts ({})",
+                rejection.body_text()
+            ))
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
+pub(crate) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("there is nothing at {}", uri.path()))
+}
+
+pub(crate) async fn method_not_allowed(uri: Uri) -> Response {
+    let detail = format!("{} does not accept this method", uri.path());
+    let status = StatusCode::METHOD_NOT_ALLOWED;
+    let body = ProblemBody {
+        kind: "/problems/method-not-allowed",
+        title: "Method Not Allowed",
+        status: status.as_u16(),
+        detail,
+        errors: None,
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}

@@ -1,0 +1,137 @@
+//! Adding recipients to a campaign: a JSON array, or CSV streamed row by row so that a
+//! million-row file never sits in memory.
+
+use crate::campaigns::{campaign_id, media_type};
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::routing::post;
+use campaign::document::parse_json;
+use campaign::{CsvRecipients, Recipient, RowError};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use store::{ImportReport, RecipientStream, recipient_stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/campaigns/{id}/recipients", post(add_recipients))
+}
+
+/// Rows parsed ahead of the database: enough to keep both busy, small enough to stay flat.
+const ROWS_IN_FLIGHT: usize = 2048;
+
+async fn add_recipients(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Json<ImportReport>, ApiError> {
+    let id = campaign_id(&id)?;
+    let report = match media_type(request.headers()).as_deref() {
+        Some("text/csv") => import_csv(&state, id, request.into_body()).await?,
+        None | Some("application/json") => {
+            let limit = state.settings.max_body_bytes;
+            let bytes = axum::body::to_bytes(request.into_body(), limit)
+                .await
+                .map_err(|_| {
+                    ApiError::TooLarge(format!(
+                        "a JSON recipient list may be at most {limit} bytes; send larger lists as text/csv"
+                    ))
+                })?;
+            let recipients: Vec<Recipient> = parse_json(&bytes)?;
+            state
+                .store
+                .import_recipients(id, recipient_stream(recipients.into_iter().map(Ok)))
+                .await?
+        }
+        Some(other) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "recipients are read from application/json (an array) or text/csv, not {other}"
+            )));
+        }
+    };
+    tracing::info!(campaign = %id, imported = report.imported, duplicates = report.duplicates, "recipients imported");
+    Ok(Json(report))
+}
+
+async fn import_csv(
+    state: &AppState,
+    id: campaign::CampaignId,
+    body: Body,
+) -> Result<ImportReport, ApiError> {
+    let limit = state.settings.max_import_bytes;
+    let too_large = Arc::new(AtomicBool::new(false));
+    let (rows, header) = csv_rows(body, limit, too_large.clone());
+    // The header is read before anything is stored, so a file without an `email` column
+    // is refused without touching the campaign.
+    header
+        .await
+        .map_err(|_| ApiError::Internal("the CSV reader stopped unexpectedly".into()))?
+        .map_err(|err| {
+            if too_large.load(Ordering::Relaxed) {
+                ApiError::TooLarge(format!("a recipient upload may be at most {limit} bytes"))
+            } else {
+                ApiError::invalid(vec![campaign::Problem {
+                    field: "csv".into(),
+                    message: err,
+                }])
+            }
+        })?;
+    let result = state.store.import_recipients(id, rows).await;
+    if too_large.load(Ordering::Relaxed) {
+        return Err(ApiError::TooLarge(format!(
+            "a recipient upload may be at most {limit} bytes; nothing was imported"
+        )));
+    }
+    Ok(result?)
+}
+
+/// Parses CSV on a blocking thread (the csv crate reads synchronously) and hands rows over a
+/// bounded channel, so parsing and inserting overlap and memory stays bounded. The oneshot
+/// answers once the header row has been read.
+fn csv_rows(
+    body: Body,
+    limit: u64,
+    too_large: Arc<AtomicBool>,
+) -> (
+    RecipientStream<'static>,
+    oneshot::Receiver<Result<(), String>>,
+) {
+    let (row_sender, mut row_receiver) =
+        mpsc::channel::<Result<Recipient, RowError>>(ROWS_IN_FLIGHT);
+    let (header_sender, header_receiver) = oneshot::channel();
+    let mut seen: u64 = 0;
+    let bytes = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            too_large.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("the upload exceeds the size limit"));
+        }
+        Ok(chunk)
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(bytes));
+    tokio::task::spawn_blocking(move || {
+        let rows = match CsvRecipients::new(reader) {
+            Ok(rows) => {
+                let _ = header_sender.send(Ok(()));
+                rows
+            }
+            Err(err) => {
+                let _ = header_sender.send(Err(err.to_string()));
+                return;
+            }
+        };
+        for row in rows {
+            if row_sender.blocking_send(row).is_err() {
+                // The importer gave up (the request failed); stop reading.
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::poll_fn(move |cx| row_receiver.poll_recv(cx)).boxed();
+    (stream, header_receiver)
+}

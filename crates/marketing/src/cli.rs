@@ -1,0 +1,192 @@
+//! The command line: one subcommand per role or tool (names are part of the contract).
+
+use crate::config::{ApiArgs, LimitArgs, StoreArgs, redacted};
+use crate::roles;
+use anyhow::Context;
+use campaign::{CampaignDocument, CsvRecipients, Recipient, RowError};
+use clap::{Parser, Subcommand};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for "the command exists but its behaviour has not landed yet".
+const NOT_IMPLEMENTED: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "marketing",
+    version,
+    about = "marketing-base: a self-hosted email-campaign service",
+    long_about = "marketing-base: a self-hosted email-campaign service.\n\nConfiguration comes from environment variables (a .env file in the working directory is read at start); flags override them."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything in one process on the embedded defaults (SQLite, outbox): the API now;
+    /// the task processor and campaign processor join as they land.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Run only the HTTP API (scale-out role).
+    Api {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Check a campaign file (and optionally its recipients) without storing anything.
+    Validate {
+        /// The campaign document (JSON).
+        campaign: PathBuf,
+        /// Recipients as a JSON array (.json) or CSV with an `email` column (.csv).
+        #[arg(long)]
+        recipients: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Send a campaign file to its recipients and print a summary (one-shot main job).
+    Send {
+        /// Arguments are defined when delivery lands.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Run the task repository service (scale-out role).
+    TaskRepo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Run a task processor: claims batches and delivers them (scale-out role).
+    Worker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Run a campaign processor: starts scheduled campaigns when due (scale-out role).
+    Scheduler {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Submit a campaign-sending task from a template file and recipients.
+    Submit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { store, api } => roles::serve_api("serve", &store, &api).await,
+        Command::Api { store, api } => roles::serve_api("api", &store, &api).await,
+        Command::Migrate { store } => {
+            let opened = store::connect(&store.database_url)
+                .await
+                .with_context(|| format!("cannot open {}", redacted(&store.database_url)))?;
+            println!(
+                "migrations applied: {} store at {}",
+                opened.backend(),
+                redacted(&store.database_url)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            campaign,
+            recipients,
+            limits,
+        } => validate(&campaign, recipients.as_deref(), &limits.limits()),
+        Command::Send { .. } => not_implemented("send", "delivery (issue #5)"),
+        Command::TaskRepo { .. } => {
+            not_implemented("task-repo", "the task repository service (issue #4)")
+        }
+        Command::Worker { .. } => not_implemented("worker", "delivery (issue #5)"),
+        Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
+        Command::Submit { .. } => not_implemented("submit", "the CLI tools (issue #9)"),
+    }
+}
+
+fn not_implemented(command: &str, lands_with: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("marketing {command}: not implemented yet; it lands with {lands_with}");
+    Ok(ExitCode::from(NOT_IMPLEMENTED))
+}
+
+fn validate(
+    campaign_path: &Path,
+    recipients_path: Option<&Path>,
+    limits: &campaign::Limits,
+) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(campaign_path)
+        .with_context(|| format!("cannot read {}", campaign_path.display()))?;
+    let document = match CampaignDocument::from_json(&bytes, limits) {
+        Ok(document) => document,
+        Err(err) => {
+            eprintln!("{} is not a valid campaign:", campaign_path.display());
+            for problem in err.problems() {
+                eprintln!("  - {problem}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "campaign {:?} is valid ({} inline recipient(s))",
+        document.name,
+        document.recipients.len()
+    );
+    let Some(path) = recipients_path else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let rows = read_recipients(path)?;
+    let (mut good, mut duplicates, mut bad) = (0u64, 0u64, Vec::new());
+    let mut seen = HashSet::new();
+    for row in rows {
+        match row {
+            Ok(recipient) if seen.insert(recipient.email.key()) => good += 1,
+            Ok(_) => duplicates += 1,
+            Err(err) => bad.push(err),
+        }
+    }
+    println!(
+        "{}: {good} recipient(s), {duplicates} duplicate(s) that would be skipped, {} invalid row(s)",
+        path.display(),
+        bad.len()
+    );
+    for err in bad.iter().take(20) {
+        eprintln!("  - {err}");
+    }
+    Ok(if bad.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Reads a recipient file by its extension: `.csv` streams rows; anything else is a JSON array.
+pub fn read_recipients(
+    path: &Path,
+) -> anyhow::Result<Box<dyn Iterator<Item = Result<Recipient, RowError>> + Send>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let is_csv = path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
+    if is_csv {
+        let rows = CsvRecipients::new(std::io::BufReader::new(file))
+            .with_context(|| format!("{} cannot be used", path.display()))?;
+        Ok(Box::new(rows))
+    } else {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let recipients: Vec<Recipient> = campaign::document::parse_json(&bytes)
+            .with_context(|| format!("{} is not a JSON array of recipients", path.display()))?;
+        Ok(Box::new(recipients.into_iter().map(Ok)))
+    }
+}

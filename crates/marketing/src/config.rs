@@ -1,0 +1,183 @@
+//! Configuration: environment variables (the contract names), `.env` read at start, flags
+//! override. Every parser's error names the variable and says what a good value looks like,
+//! so a bad value fails at start with a message that says what to fix.
+
+use anyhow::Context;
+use clap::Args;
+use std::net::SocketAddr;
+
+/// Reads `.env` from the working directory when present. A missing file is fine; an
+/// unreadable or malformed one is an error (silently ignoring it would run with defaults).
+pub fn load_dotenv() -> anyhow::Result<()> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(err) if err.not_found() => Ok(()),
+        Err(err) => Err(err).context(".env could not be read; fix or remove it"),
+    }
+}
+
+/// Where campaigns and recipients are stored.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Database URL: sqlite://FILE (embedded default) or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://marketing.db", value_parser = database_url)]
+    pub database_url: String,
+}
+
+/// The HTTP API's address and limits.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address the API listens on.
+    #[arg(long, env = "API_BIND", default_value = "127.0.0.1:8000", value_parser = api_bind)]
+    pub api_bind: SocketAddr,
+
+    /// Base URL of the public endpoints (tracking, unsubscribe), as recipients reach them.
+    #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8000", value_parser = public_base_url)]
+    pub public_base_url: String,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Largest JSON request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = max_body_bytes)]
+    pub max_body_bytes: usize,
+
+    /// Largest recipient upload (CSV is streamed) in bytes.
+    #[arg(long, env = "MAX_IMPORT_BYTES", default_value_t = 512 * 1024 * 1024, value_parser = max_import_bytes)]
+    pub max_import_bytes: u64,
+}
+
+/// Limits on campaign documents.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest batch_size a campaign may ask for (recipients per batch task).
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value_t = 1000, value_parser = max_batch_size)]
+    pub max_batch_size: u32,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> campaign::Limits {
+        campaign::Limits {
+            max_batch_size: self.max_batch_size,
+            ..campaign::Limits::default()
+        }
+    }
+}
+
+fn database_url(value: &str) -> Result<String, String> {
+    let ok = value.starts_with("sqlite:")
+        || value.starts_with("postgres://")
+        || value.starts_with("postgresql://");
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err("DATABASE_URL must start with sqlite:// (e.g. sqlite://marketing.db) or postgres:// (e.g. postgres://postgres@127.0.0.1:5432/marketing)".into())
+    }
+}
+
+fn socket_addr(variable: &str, example: &str, value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{variable} must be an IP address and port such as {example}"))
+}
+
+fn api_bind(value: &str) -> Result<SocketAddr, String> {
+    socket_addr("API_BIND", "127.0.0.1:8000", value)
+}
+
+fn public_base_url(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !value.contains(['?', '#', ' ']) => {
+            Ok(value.trim_end_matches('/').to_string())
+        }
+        _ => Err("PUBLIC_BASE_URL must be an http(s) URL without query, such as https://mail.example.com".into()),
+    }
+}
+
+fn whole_number(
+    variable: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{variable} must be a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+fn max_batch_size(value: &str) -> Result<u32, String> {
+    whole_number("MAX_BATCH_SIZE", value, 1..=100_000).map(|n| n as u32)
+}
+
+fn max_body_bytes(value: &str) -> Result<usize, String> {
+    whole_number("MAX_BODY_BYTES", value, 1024..=1024 * 1024 * 1024).map(|n| n as usize)
+}
+
+fn max_import_bytes(value: &str) -> Result<u64, String> {
+    whole_number("MAX_IMPORT_BYTES", value, 1024..=64 * 1024 * 1024 * 1024)
+}
+
+/// The database URL as it may be logged: any password replaced.
+pub fn redacted(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    match (rest.find('@'), rest.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redacted("postgres://app:s3cret@db:5432/m"),
+            "postgres://app:***@db:5432/m"
+        );
+        assert_eq!(redacted("postgres://app@db/m"), "postgres://app@db/m");
+        assert_eq!(redacted("sqlite://marketing.db"), "sqlite://marketing.db");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert!(api_bind("localhost").unwrap_err().starts_with("API_BIND"));
+        assert!(
+            max_batch_size("0")
+                .unwrap_err()
+                .starts_with("MAX_BATCH_SIZE")
+        );
+        assert!(
+            database_url("mysql://x")
+                .unwrap_err()
+                .starts_with("DATABASE_URL")
+        );
+        assert!(
+            public_base_url("mail.example.com")
+                .unwrap_err()
+                .starts_with("PUBLIC_BASE_URL")
+        );
+        assert_eq!(
+            public_base_url("https://m.example.com/").unwrap(),
+            "https://m.example.com"
+        );
+    }
+}

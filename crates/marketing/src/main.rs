@@ -1,0 +1,37 @@
+//! `marketing`: the email-campaign service. One binary; each subcommand is a role or a tool.
+
+mod cli;
+mod config;
+mod roles;
+mod telemetry;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // .env is read before the command line is parsed so that its values act as environment
+    // variables, which flags then override.
+    if let Err(err) = config::load_dotenv() {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(2);
+    }
+    let cli = cli::Cli::parse();
+    telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
