@@ -217,6 +217,19 @@ impl ValidationError {
 impl CampaignDocument {
     /// Reads and validates a campaign document: the only way from bytes to a campaign.
     pub fn from_json(bytes: &[u8], limits: &Limits) -> Result<CampaignDocument, ValidationError> {
+        // serde would also accept a struct written as an array, and then complain about its
+        // length; a campaign is an object, so say that instead.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            let value: serde_json::Value = parse_json(bytes)?;
+            return Err(ValidationError::Invalid(vec![Problem {
+                field: String::new(),
+                message: format!(
+                    "invalid type: a campaign must be a JSON object, not {}",
+                    crate::recipient::json_type(&value)
+                ),
+            }]));
+        }
         let document: CampaignDocument = parse_json(bytes)?;
         document.validate(limits)?;
         Ok(document)

@@ -39,7 +39,8 @@ impl Recipient {
     }
 }
 
-fn json_type(value: &Value) -> &'static str {
+/// How a JSON value's type is named in error messages.
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

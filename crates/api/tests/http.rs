@@ -1,0 +1,574 @@
+//! The API over real HTTP, on both stores: the app is started on port 0 exactly as the
+//! binary starts it, and driven with an HTTP client.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::any::Any;
+
+struct TestApp {
+    base: String,
+    client: reqwest::Client,
+    _database: Box<dyn Any + Send>,
+}
+
+async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp {
+    let store = store::connect(database_url).await.expect("store opens");
+    let state = api::AppState {
+        store,
+        settings: api::ApiSettings::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    TestApp {
+        base: format!("http://{address}"),
+        client: reqwest::Client::new(),
+        _database: database,
+    }
+}
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../../examples/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn sample_campaign() -> Value {
+    serde_json::from_slice(&example("sample_campaign.json")).unwrap()
+}
+
+impl TestApp {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn post_bytes(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn create_sample(&self) -> Value {
+        let response = self
+            .post_json("/api/v1/campaigns", &sample_campaign())
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    async fn campaign_count(&self) -> usize {
+        let (_, list) = self.get_json("/api/v1/campaigns?limit=500").await;
+        list["items"].as_array().unwrap().len()
+    }
+}
+
+/// Asserts a problem+json answer with this status whose detail mentions `needle`.
+async fn assert_problem(
+    response: reqwest::Response,
+    status: StatusCode,
+    needle: &str,
+    case: &str,
+) -> Value {
+    assert_eq!(response.status(), status, "{case}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json", "{case}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16(), "{case}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(needle),
+        "{case}: detail {detail:?} should mention {needle:?}"
+    );
+    body
+}
+
+async fn sample_campaign_with_csv_recipients_reports_its_status(app: TestApp) {
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["campaign"]["status"], "draft");
+
+    let response = app
+        .post_bytes(
+            &format!("/api/v1/campaigns/{id}/recipients"),
+            "text/csv",
+            example("sample_recipients.csv"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["imported"], 50);
+    assert_eq!(report["duplicates"], 0);
+
+    // The same people again as JSON: all duplicates, nothing added.
+    let response = app
+        .post_bytes(
+            &format!("/api/v1/campaigns/{id}/recipients"),
+            "application/json",
+            example("sample_recipients.json"),
+        )
+        .await;
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(0), Some(50))
+    );
+
+    let (status, body) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "draft");
+    assert_eq!(body["recipients"], 50);
+    assert_eq!(body["deliveries"]["pending"], 50);
+    let sum: i64 = body["deliveries"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, 50, "delivery counts add up to the recipients");
+
+    let (status, campaign) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        campaign["document"]["templates"],
+        sample_campaign()["templates"]
+    );
+
+    let (_, list) = app.get_json("/api/v1/campaigns").await;
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    assert_eq!(list["items"][0]["recipient_count"], 50);
+}
+
+async fn inline_recipients_are_deduplicated_and_reported(app: TestApp) {
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = json!([
+        {"email": "ann@example.com", "first_name": "Ann"},
+        {"email": "Ann@Example.com", "first_name": "Ann again"},
+        {"email": "bob@example.com", "first_name": "Bob"}
+    ]);
+    let response = app.post_json("/api/v1/campaigns", &campaign).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["recipients"]["imported"], 2);
+    assert_eq!(
+        created["recipients"]["duplicate_rows"],
+        json!([{"row": 2, "email": "Ann@Example.com"}])
+    );
+    let (status, body) = app.get_json(&format!("{location}/status")).await;
+    assert_eq!(
+        (status, body["recipients"].as_i64()),
+        (StatusCode::OK, Some(2))
+    );
+}
+
+async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
+    let existing = app.create_sample().await;
+    let id = existing["campaign"]["id"].as_str().unwrap().to_string();
+    let recipients_path = format!("/api/v1/campaigns/{id}/recipients");
+    app.post_bytes(
+        &recipients_path,
+        "text/csv",
+        b"email,first_name\nkeep@example.com,Keep\n".to_vec(),
+    )
+    .await;
+
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut value = sample_campaign();
+        edit(&mut value);
+        value
+    };
+    let campaigns = "/api/v1/campaigns";
+    let truncated = &example("sample_campaign.json")[..200];
+    let mut huge = serde_json::to_vec(&sample_campaign()).unwrap();
+    huge.truncate(huge.len() - 1);
+    huge.extend_from_slice(br#","metadata":{"padding":""#);
+    huge.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    huge.extend_from_slice(b"\"}}");
+
+    let json = "application/json";
+    let cases: Vec<(&str, &str, String, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "truncated JSON",
+            json,
+            campaigns.into(),
+            truncated.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            "empty body",
+            json,
+            campaigns.into(),
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "EOF",
+        ),
+        (
+            "trailing garbage",
+            json,
+            campaigns.into(),
+            [
+                serde_json::to_vec(&sample_campaign()).unwrap(),
+                b"}".to_vec(),
+            ]
+            .concat(),
+            StatusCode::BAD_REQUEST,
+            "trailing",
+        ),
+        (
+            "not UTF-8",
+            json,
+            campaigns.into(),
+            b"{\"name\": \"\xff\xfe\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            "array instead of object",
+            json,
+            campaigns.into(),
+            b"[]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type",
+        ),
+        (
+            "wrong type",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["batch_size"] = json!("ten"))).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_size",
+        ),
+        (
+            "missing templates",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| {
+                v.as_object_mut().unwrap().remove("templates");
+            }))
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `templates`",
+        ),
+        (
+            "unknown field",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["batchsize"] = json!(10))).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `batchsize`",
+        ),
+        (
+            "unknown nested field",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["tracking"]["open"] = json!(true))).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tracking.open",
+        ),
+        (
+            "bad sender address",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["from"]["email"] = json!("news@@example.com")))
+                .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "from.email",
+        ),
+        (
+            "bad inline recipient",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| {
+                v["recipients"] = json!([{"email": "a@example.com"}, {"email": "b@"}])
+            }))
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "recipients[1]",
+        ),
+        (
+            "CRLF in subject",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| {
+                v["templates"]["subject"] = json!("Hi\r\nBcc: all@example.com")
+            }))
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "templates.subject: must be one line",
+        ),
+        (
+            "LF in sender name",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["from"]["name"] = json!("Books\nX-Evil: 1"))).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "from.name",
+        ),
+        (
+            "batch_size 0",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["batch_size"] = json!(0))).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MAX_BATCH_SIZE",
+        ),
+        (
+            "batch_size too large",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["batch_size"] = json!(5000))).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MAX_BATCH_SIZE",
+        ),
+        (
+            "no body template",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| {
+                v["templates"] = json!({"subject": "s", "html": " "})
+            }))
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "non-empty `html` or `text`",
+        ),
+        (
+            "schedule without offset",
+            json,
+            campaigns.into(),
+            serde_json::to_vec(&with(&|v| v["scheduled_at"] = json!("2030-01-01T09:00:00")))
+                .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scheduled_at",
+        ),
+        (
+            "10 MB body",
+            json,
+            campaigns.into(),
+            huge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than",
+        ),
+        (
+            "wrong media type",
+            "text/plain",
+            campaigns.into(),
+            serde_json::to_vec(&sample_campaign()).unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        (
+            "CSV with a bad row",
+            "text/csv",
+            recipients_path.clone(),
+            b"email,first_name\nnew1@example.com,A\nnot-an-address,B\nnew2@example.com,C\n"
+                .to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "row 2 (line 3)",
+        ),
+        (
+            "CSV without email column",
+            "text/csv",
+            recipients_path.clone(),
+            b"name,city\nAnn,Lyon\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no `email` column",
+        ),
+        (
+            "CSV row too short",
+            "text/csv",
+            recipients_path.clone(),
+            b"email,first_name,city\nnew3@example.com,A\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "has 2 fields but the header has 3",
+        ),
+        (
+            "JSON recipient without string email",
+            json,
+            recipients_path.clone(),
+            br#"[{"email": "new4@example.com"}, {"email": 7}]"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "[1]",
+        ),
+        (
+            "recipients as XML",
+            "application/xml",
+            recipients_path.clone(),
+            b"<r/>".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "text/csv",
+        ),
+        (
+            "recipients for an unknown campaign",
+            "text/csv",
+            format!("/api/v1/campaigns/{}/recipients", uuid::Uuid::now_v7()),
+            b"email\nx@example.com\n".to_vec(),
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+        (
+            "not an id",
+            json,
+            "/api/v1/campaigns/not-a-uuid/recipients".into(),
+            b"[]".to_vec(),
+            StatusCode::NOT_FOUND,
+            "not-a-uuid",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (case, content_type, path, body, status, needle) in cases {
+        let response = app.post_bytes(&path, content_type, body).await;
+        assert!(
+            !response.status().is_server_error(),
+            "{case}: {}",
+            response.status()
+        );
+        assert_problem(response, status, needle, case).await;
+    }
+
+    for (case, path, status, needle) in [
+        (
+            "limit not a number",
+            "/api/v1/campaigns?limit=abc",
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
+        (
+            "limit out of range",
+            "/api/v1/campaigns?limit=0",
+            StatusCode::BAD_REQUEST,
+            "between 1 and 500",
+        ),
+        (
+            "unknown status",
+            "/api/v1/campaigns?status=sendng",
+            StatusCode::BAD_REQUEST,
+            "sendng",
+        ),
+        (
+            "unknown campaign",
+            &format!("/api/v1/campaigns/{}", uuid::Uuid::now_v7()),
+            StatusCode::NOT_FOUND,
+            "does not exist",
+        ),
+        (
+            "unknown route",
+            "/api/v1/nothing-here",
+            StatusCode::NOT_FOUND,
+            "/api/v1/nothing-here",
+        ),
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_problem(response, status, needle, case).await;
+    }
+    let response = app
+        .client
+        .delete(app.url("/api/v1/campaigns"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "does not accept",
+        "wrong method",
+    )
+    .await;
+
+    // Nothing partial: still one campaign, still one recipient on it.
+    assert_eq!(app.campaign_count().await, 1);
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(status["recipients"], 1);
+    assert_eq!(status["deliveries"]["pending"], 1);
+}
+
+async fn health_and_readiness(app: TestApp) {
+    let (status, body) = app.get_json("/health").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = app.get_json("/ready").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ready"))
+    );
+}
+
+async fn campaigns_page_with_a_cursor(app: TestApp) {
+    for _ in 0..3 {
+        app.create_sample().await;
+    }
+    let (_, first) = app.get_json("/api/v1/campaigns?limit=2").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app
+        .get_json(&format!("/api/v1/campaigns?limit=2&before={cursor}"))
+        .await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert!(second.get("next_cursor").is_none());
+    assert_ne!(second["items"][0]["id"], first["items"][0]["id"]);
+    assert_ne!(second["items"][0]["id"], first["items"][1]["id"]);
+}
+
+macro_rules! api_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        #[allow(clippy::redundant_closure_call)]
+                        let Some(app) = ($open)().await else { return };
+                        super::$name(app).await;
+                    }
+                };
+            }
+            case!(sample_campaign_with_csv_recipients_reports_its_status);
+            case!(inline_recipients_are_deduplicated_and_reported);
+            case!(malformed_requests_get_problems_and_store_nothing);
+            case!(health_and_readiness);
+            case!(campaigns_page_with_a_cursor);
+        }
+    };
+}
+
+api_suite!(sqlite, || async {
+    let database = testkit::SqliteDatabase::create();
+    let url = database.url.clone();
+    Some(super::spawn_app(&url, Box::new(database)).await)
+});
+
+api_suite!(postgres, || async {
+    let database = testkit::PostgresDatabase::create().await?;
+    let url = database.url.clone();
+    Some(super::spawn_app(&url, Box::new(database)).await)
+});
