@@ -187,6 +187,9 @@ async fn inline_recipients_are_deduplicated_and_reported(app: TestApp) {
     );
 }
 
+/// (case, content type, path, body, expected status, text the detail must contain)
+type BadRequest<'a> = (&'a str, &'a str, String, Vec<u8>, StatusCode, &'a str);
+
 async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
     let existing = app.create_sample().await;
     let id = existing["campaign"]["id"].as_str().unwrap().to_string();
@@ -212,7 +215,7 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
     huge.extend_from_slice(b"\"}}");
 
     let json = "application/json";
-    let cases: Vec<(&str, &str, String, Vec<u8>, StatusCode, &str)> = vec![
+    let cases: Vec<BadRequest> = vec![
         (
             "truncated JSON",
             json,

@@ -1,5 +1,6 @@
 //! Logging: human-readable lines on stderr, filtered by RUST_LOG (default `info`).
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -8,5 +9,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal; logs collected from a pipe stay plain.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -1,0 +1,273 @@
+//! The binary as a user runs it: configuration errors, the roles' start-up lines, graceful
+//! shutdown, and the streamed recipient import's memory use.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
+
+fn marketing(dir: &Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("API_BIND")
+        .env("RUST_LOG", "info");
+    command
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn a_bad_environment_value_fails_at_start_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = marketing(dir.path())
+        .arg("serve")
+        .env("API_BIND", "localhost")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("API_BIND must be an IP address and port"),
+        "{stderr}"
+    );
+
+    let output = marketing(dir.path())
+        .arg("migrate")
+        .env("DATABASE_URL", "mysql://db/x")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL must start with sqlite://")
+    );
+}
+
+#[test]
+fn dotenv_is_read_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "DATABASE_URL=postgres-typo://nowhere\n",
+    )
+    .unwrap();
+    let output = marketing(dir.path()).arg("migrate").output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "the .env value is used");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL"));
+
+    let output = marketing(dir.path())
+        .args(["migrate", "--database-url", "sqlite://flag.db"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("sqlite store"));
+    assert!(dir.path().join("flag.db").exists());
+}
+
+#[test]
+fn commands_that_have_not_landed_say_so_and_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["send", "task-repo", "worker", "scheduler", "submit"] {
+        let output = marketing(dir.path()).arg(command).output().unwrap();
+        assert_eq!(output.status.code(), Some(3), "{command}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("not implemented yet"),
+            "{command}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_every_problem_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = marketing(dir.path())
+        .args([
+            "validate",
+            &example("sample_campaign.json"),
+            "--recipients",
+            &example("sample_recipients.csv"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("50 recipient(s), 0 duplicate(s)"));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"name":"","from":{"email":"x@example.com"},"templates":{"subject":"a\nb","text":"t"},"batch_size":0}"#).unwrap();
+    let output = marketing(dir.path())
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "name: must not be empty",
+        "templates.subject: must be one line",
+        "batch_size: must be between 1",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+}
+
+/// A running `marketing serve`, stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    log: Vec<String>,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = marketing(dir)
+            .args(["serve", "--api-bind", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The start-up lines are the synchronisation point: the address is known once the
+        // server says where it listens.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = Vec::new();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("serve exited before listening")
+                .unwrap();
+            log.push(line.clone());
+            if let Some(rest) = line.split("API listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, base, log }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_logs_its_address_and_store_answers_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let log = server.log.join("\n");
+    assert!(
+        log.contains("store=\"sqlite\"") || log.contains("store=sqlite"),
+        "{log}"
+    );
+    assert!(log.contains("sqlite://marketing.db"), "{log}");
+    let ready: serde_json::Value = reqwest::get(format!("{}/ready", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"], "sqlite");
+    assert!(
+        dir.path().join("marketing.db").exists(),
+        "the embedded default store is a file in the working directory"
+    );
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// A million-row CSV is imported without holding it in memory: the server's peak RSS stays far
+/// below the size of the file (which it would exceed several times over if it buffered the
+/// rows as recipients).
+#[tokio::test]
+async fn a_million_row_csv_streams_into_the_store() {
+    use futures::StreamExt;
+    const ROWS: usize = 1_000_000;
+    const ROWS_PER_CHUNK: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let campaign: serde_json::Value = client
+        .post(format!("{}/api/v1/campaigns", server.base))
+        .header("content-type", "application/json")
+        .body(std::fs::read(example("sample_campaign.json")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = campaign["campaign"]["id"].as_str().unwrap().to_string();
+
+    let sent_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent_bytes.clone();
+    let body = futures::stream::iter(0..ROWS / ROWS_PER_CHUNK).map(|chunk| {
+        let mut text = String::with_capacity(ROWS_PER_CHUNK * 48);
+        if chunk == 0 {
+            text.push_str("email,first_name,city\n");
+        }
+        for i in chunk * ROWS_PER_CHUNK..(chunk + 1) * ROWS_PER_CHUNK {
+            text.push_str(&format!(
+                "reader{i}@subscribers.example,Reader{i},Bristol\n"
+            ));
+        }
+        Ok::<_, std::io::Error>(text)
+    });
+    let body = body.inspect(move |chunk| {
+        if let Ok(text) = chunk {
+            counter.fetch_add(text.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let response = client
+        .post(format!("{}/api/v1/campaigns/{id}/recipients", server.base))
+        .header("content-type", "text/csv")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(report["imported"], ROWS as u64);
+
+    let status: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/campaigns/{id}/status", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(status["recipients"], ROWS as u64);
+    let csv_mib = sent_bytes.load(std::sync::atomic::Ordering::Relaxed) / (1024 * 1024);
+    let peak_mib = server.peak_rss_kib() / 1024;
+    eprintln!(
+        "peak RSS of serve while importing {ROWS} rows (~{csv_mib} MiB of CSV): {peak_mib} MiB"
+    );
+    assert!(
+        peak_mib < csv_mib,
+        "peak RSS {peak_mib} MiB should stay below the {csv_mib} MiB file"
+    );
+}
