@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a developer's: installs or starts what the tests
+# need (PostgreSQL server, cargo-nextest), checks formatting and lints, builds once, then runs
+# the SQLite suite, the PostgreSQL suite and everything else, and prints how many tests each ran.
+#
+# With CI=true (or REQUIRE_POSTGRES=1) a PostgreSQL server that cannot be started fails the run;
+# otherwise its tests skip with a message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+ci() { [[ "${CI:-}" == "true" || "${CI:-}" == "1" ]]; }
+
+apt_updated=false
+apt_install() {
+  if ! $apt_updated; then
+    apt-get update -qq
+    apt_updated=true
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_nextest() {
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+}
+
+# PostgreSQL at 127.0.0.1:5432 with trust authentication and a database `test`.
+ensure_postgres() {
+  export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    say "installing PostgreSQL"
+    apt_install postgresql
+  fi
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    say "starting PostgreSQL"
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 60); do
+      pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && break
+      sleep 0.5
+    done
+  fi
+  if ! psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'SELECT 1' >/dev/null 2>&1; then
+    # A fresh Debian cluster asks for passwords over TCP; the tests use trust on loopback.
+    local hba
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | sort -V | tail -n 1 || true)
+    if [[ -n "$hba" ]]; then
+      sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+      su postgres -c "psql -Atqc 'SELECT pg_reload_conf()'" >/dev/null 2>&1 || true
+    fi
+  fi
+  if psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'SELECT 1' >/dev/null 2>&1; then
+    psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+      || psql "postgres://postgres@127.0.0.1:5432/postgres" -qc 'CREATE DATABASE test'
+    echo "PostgreSQL ready at $TEST_POSTGRES_URL"
+  elif ci || [[ "${REQUIRE_POSTGRES:-}" == "1" ]]; then
+    echo "error: PostgreSQL is required (CI) but cannot be reached at 127.0.0.1:5432" >&2
+    exit 1
+  else
+    echo "warning: PostgreSQL is not reachable; its tests will skip" >&2
+  fi
+}
+
+declare -a summary=()
+failed=0
+run_suite() {
+  local name=$1 filter=$2 log
+  log=$(mktemp)
+  say "suite: $name"
+  if cargo nextest run --workspace --no-fail-fast -E "$filter" 2>&1 | tee "$log"; then
+    :
+  else
+    failed=1
+  fi
+  local line
+  line=$(grep -E '^ +Summary' "$log" | tail -n 1 | sed -E 's/^ +Summary \[[^]]*\] +//')
+  summary+=("$name: ${line:-no summary (build or filter failed)}")
+  rm -f "$log"
+}
+
+ensure_nextest
+ensure_postgres
+if ci; then export REQUIRE_POSTGRES=1; fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "building tests once"
+cargo nextest run --workspace --no-run
+
+run_suite "SQLite" 'test(/sqlite::/)'
+run_suite "PostgreSQL" 'test(/postgres::/)'
+run_suite "other" 'not (test(/sqlite::/) | test(/postgres::/))'
+
+say "summary"
+printf '%s\n' "${summary[@]}"
+count() { printf '%s\n' "${summary[@]}" | { grep -oE "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
+passed=$(count passed)
+failures=$(count failed)
+echo "total: $passed passed, $failures failed"
+if [[ $failed -ne 0 ]]; then
+  echo "some tests failed" >&2
+  exit 1
+fi
