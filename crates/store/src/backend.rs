@@ -10,9 +10,14 @@ macro_rules! campaign_store {
         use $crate::import::{ChunkSink, drive};
         use $crate::{
             CampaignFilter, CampaignPage, CampaignRecord, CampaignStore, DeliveryCounts,
-            ImportReport, RecipientStream, StoreError, initial_status,
+            DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
+            StoreError, StoredRecipient, initial_status,
         };
-        use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, Recipient};
+        use campaign::{
+            CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, EmailAddress, Recipient,
+        };
+        use futures::TryStreamExt;
+        use time::OffsetDateTime;
         use sqlx::types::Json;
         use sqlx::{QueryBuilder, Row};
         use std::collections::HashSet;
@@ -196,6 +201,181 @@ macro_rules! campaign_store {
                     counts.push((status, row.try_get::<i64, _>("n")?));
                 }
                 Ok(DeliveryCounts::from_rows(counts))
+            }
+
+            async fn transition_campaign(
+                &self,
+                id: CampaignId,
+                from: &[CampaignStatus],
+                to: CampaignStatus,
+            ) -> Result<bool, StoreError> {
+                if from.is_empty() {
+                    return Ok(false);
+                }
+                let now = DbTime::now();
+                let is_final = matches!(to, CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled);
+                let mut builder = QueryBuilder::<$db>::new("UPDATE campaigns SET status = ");
+                builder.push_bind(to.as_str());
+                builder.push(", updated_at = ").push_bind(now);
+                if to == CampaignStatus::Sending {
+                    builder.push(", started_at = COALESCE(started_at, ").push_bind(now).push(")");
+                }
+                if is_final {
+                    builder.push(", completed_at = ").push_bind(now);
+                }
+                builder.push(" WHERE id = ").push_bind(DbId(id)).push(" AND status IN (");
+                let mut list = builder.separated(", ");
+                for status in from {
+                    list.push_bind(status.as_str());
+                }
+                builder.push(")");
+                let result = builder.build().execute(&self.pool).await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn batch_ranges(
+                &self,
+                id: CampaignId,
+                batch_size: u32,
+            ) -> Result<Vec<RecipientRange>, StoreError> {
+                // Streamed, so a million-recipient campaign never holds all its ids at once.
+                let mut ids = sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred') ORDER BY id",
+                )
+                .bind(DbId(id))
+                .fetch(&self.pool);
+                let batch_size = batch_size.max(1);
+                let mut ranges = Vec::new();
+                let mut current: Option<(RecipientRange, u32)> = None;
+                while let Some(recipient) = ids.try_next().await? {
+                    current = match current {
+                        Some((range, count)) if count < batch_size => {
+                            Some((RecipientRange { first: range.first, last: recipient }, count + 1))
+                        }
+                        Some((range, _)) => {
+                            ranges.push(range);
+                            Some((RecipientRange { first: recipient, last: recipient }, 1))
+                        }
+                        None => Some((RecipientRange { first: recipient, last: recipient }, 1)),
+                    };
+                }
+                ranges.extend(current.map(|(range, _)| range));
+                Ok(ranges)
+            }
+
+            async fn due_recipients(
+                &self,
+                id: CampaignId,
+                range: RecipientRange,
+                now: OffsetDateTime,
+            ) -> Result<Vec<StoredRecipient>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, email, fields, status, attempts FROM recipients \
+                     WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 \
+                     AND (status = 'pending' OR (status = 'deferred' AND (next_attempt_at IS NULL OR next_attempt_at <= $4))) \
+                     ORDER BY id",
+                )
+                .bind(DbId(id))
+                .bind(range.first)
+                .bind(range.last)
+                .bind(DbTime::from(now))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let email: String = row.try_get("email")?;
+                        let Json(fields): Json<serde_json::Map<String, serde_json::Value>> = row.try_get("fields")?;
+                        let status: String = row.try_get("status")?;
+                        let attempts: i32 = row.try_get("attempts")?;
+                        Ok(StoredRecipient {
+                            id: row.try_get("id")?,
+                            campaign_id: id,
+                            recipient: Recipient {
+                                email: EmailAddress::parse(&email).map_err(|err| StoreError::Corrupt(format!("stored address {email:?}: {err}")))?,
+                                fields,
+                            },
+                            status: status.parse().map_err(StoreError::Corrupt)?,
+                            attempts: u32::try_from(attempts).unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError> {
+                if outcomes.is_empty() {
+                    return Ok(());
+                }
+                let now = DbTime::now();
+                let mut tx = self.begin_write().await?;
+                for outcome in outcomes {
+                    // Only recipients still in flight change; a final state is never rewritten,
+                    // except that a message the server accepted is recorded as sent even if the
+                    // campaign was cancelled meanwhile: the report must say what really happened.
+                    let query = match &outcome.result {
+                        OutcomeKind::Sent { reply } => sqlx::query(
+                            "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = $2, last_error = NULL, \
+                             next_attempt_at = NULL, sent_at = $3, updated_at = $3 \
+                             WHERE id = $1 AND status IN ('pending', 'deferred', 'cancelled')",
+                        )
+                        .bind(outcome.recipient_id)
+                        .bind(reply.as_str())
+                        .bind(now),
+                        OutcomeKind::Deferred { error, retry_at } => sqlx::query(
+                            "UPDATE recipients SET status = 'deferred', attempts = attempts + 1, last_error = $2, \
+                             next_attempt_at = $3, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
+                        )
+                        .bind(outcome.recipient_id)
+                        .bind(error.as_str())
+                        .bind(DbTime::from(*retry_at))
+                        .bind(now),
+                        OutcomeKind::Failed { error, attempted } => sqlx::query(
+                            "UPDATE recipients SET status = 'failed', attempts = attempts + $3, last_error = $2, \
+                             next_attempt_at = NULL, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
+                        )
+                        .bind(outcome.recipient_id)
+                        .bind(error.as_str())
+                        .bind(i32::from(*attempted))
+                        .bind(now),
+                        OutcomeKind::Suppressed => sqlx::query(
+                            "UPDATE recipients SET status = 'suppressed', next_attempt_at = NULL, updated_at = $2 \
+                             WHERE id = $1 AND status IN ('pending', 'deferred')",
+                        )
+                        .bind(outcome.recipient_id)
+                        .bind(now),
+                    };
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn suppressed_among(&self, email_keys: &[String]) -> Result<HashSet<String>, StoreError> {
+                let mut found = HashSet::new();
+                for chunk in email_keys.chunks(500) {
+                    let mut builder = QueryBuilder::<$db>::new("SELECT email_key FROM suppressions WHERE email_key IN (");
+                    let mut list = builder.separated(", ");
+                    for key in chunk {
+                        list.push_bind(key.as_str());
+                    }
+                    builder.push(")");
+                    let keys: Vec<String> = builder.build_query_scalar().fetch_all(&self.pool).await?;
+                    found.extend(keys);
+                }
+                Ok(found)
+            }
+
+            async fn suppress(&self, email: &EmailAddress, reason: &str) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO suppressions (email_key, email, reason, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (email_key) DO NOTHING",
+                )
+                .bind(email.key())
+                .bind(email.as_str())
+                .bind(reason)
+                .bind(DbTime::now())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
             }
         }
         }

@@ -14,9 +14,13 @@ pub mod sqlite;
 pub use import::{Duplicate, ImportReport, RecipientStream, recipient_stream};
 
 use async_trait::async_trait;
-use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, RowError};
+use campaign::{
+    CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, EmailAddress, Recipient,
+    RecipientId, RowError,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -167,6 +171,85 @@ pub trait CampaignStore: Send + Sync {
 
     /// Recipients per delivery state, computed from the rows.
     async fn delivery_counts(&self, id: CampaignId) -> Result<DeliveryCounts, StoreError>;
+
+    /// Moves a campaign to `to` only if it is in one of `from` (a conditional update, so two
+    /// processes racing for the same transition cannot both win). Returns whether it moved.
+    /// Entering `sending` stamps `started_at`; entering a final state stamps `completed_at`.
+    async fn transition_campaign(
+        &self,
+        id: CampaignId,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+    ) -> Result<bool, StoreError>;
+
+    /// Splits the campaign's recipients that still need sending into id ranges of at most
+    /// `batch_size` recipients each, in id order.
+    async fn batch_ranges(
+        &self,
+        id: CampaignId,
+        batch_size: u32,
+    ) -> Result<Vec<RecipientRange>, StoreError>;
+
+    /// The recipients of a range that are due: pending, or deferred with their retry time
+    /// reached. Sent, failed, suppressed and cancelled recipients are never returned, which
+    /// is what makes a retried batch skip everyone already delivered.
+    async fn due_recipients(
+        &self,
+        id: CampaignId,
+        range: RecipientRange,
+        now: OffsetDateTime,
+    ) -> Result<Vec<StoredRecipient>, StoreError>;
+
+    /// Records delivery outcomes in one transaction.
+    async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
+
+    /// Of these email keys, the ones on the suppression list.
+    async fn suppressed_among(&self, email_keys: &[String]) -> Result<HashSet<String>, StoreError>;
+
+    /// Puts an address on the suppression list (idempotent: the first reason is kept).
+    async fn suppress(&self, email: &EmailAddress, reason: &str) -> Result<(), StoreError>;
+}
+
+/// A contiguous range of recipient ids within one campaign (both ends included). Ids of other
+/// campaigns inside the range are excluded by the campaign filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RecipientRange {
+    pub first: RecipientId,
+    pub last: RecipientId,
+}
+
+/// A recipient as the sender needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecipient {
+    pub id: RecipientId,
+    pub campaign_id: CampaignId,
+    pub recipient: Recipient,
+    pub status: DeliveryStatus,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+}
+
+/// What happened to one recipient's message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryOutcome {
+    pub recipient_id: RecipientId,
+    pub result: OutcomeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutcomeKind {
+    /// Accepted by the server; its reply is kept.
+    Sent { reply: String },
+    /// A temporary failure; retried at `retry_at`.
+    Deferred {
+        error: String,
+        retry_at: OffsetDateTime,
+    },
+    /// A permanent failure or retries exhausted; `attempted` is false when nothing was sent
+    /// (a render error), so the attempt count stays honest.
+    Failed { error: String, attempted: bool },
+    /// On the suppression list; never sent.
+    Suppressed,
 }
 
 /// Opens the store named by a database URL (`sqlite://path` or `postgres://…`) and brings its

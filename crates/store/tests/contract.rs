@@ -261,6 +261,216 @@ async fn campaigns_page_newest_first(store: Arc<dyn CampaignStore>) {
     );
 }
 
+async fn campaign_transitions_are_conditional(store: Arc<dyn CampaignStore>) {
+    let (record, _) = store
+        .create_campaign(&document("Transitions"), recipient_stream(Vec::new()))
+        .await
+        .unwrap();
+    let id = record.id;
+    assert!(
+        store
+            .transition_campaign(id, &[CampaignStatus::Draft], CampaignStatus::Queued)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transition_campaign(id, &[CampaignStatus::Draft], CampaignStatus::Queued)
+            .await
+            .unwrap(),
+        "only one of two racers wins"
+    );
+    assert!(
+        store
+            .transition_campaign(
+                id,
+                &[CampaignStatus::Queued, CampaignStatus::Paused],
+                CampaignStatus::Sending
+            )
+            .await
+            .unwrap()
+    );
+    let sending = store.get_campaign(id).await.unwrap().unwrap();
+    assert_eq!(sending.status, CampaignStatus::Sending);
+    let started = sending
+        .started_at
+        .expect("entering sending stamps started_at");
+    assert!(sending.completed_at.is_none());
+    assert!(
+        store
+            .transition_campaign(id, &[CampaignStatus::Sending], CampaignStatus::Completed)
+            .await
+            .unwrap()
+    );
+    let done = store.get_campaign(id).await.unwrap().unwrap();
+    assert_eq!(done.started_at, Some(started));
+    assert!(done.completed_at.unwrap() >= started);
+    assert!(
+        !store
+            .transition_campaign(
+                uuid::Uuid::now_v7(),
+                &[CampaignStatus::Draft],
+                CampaignStatus::Queued
+            )
+            .await
+            .unwrap()
+    );
+}
+
+async fn batches_cover_every_due_recipient_once(store: Arc<dyn CampaignStore>) {
+    let recipients: Vec<Recipient> = (0..250)
+        .map(|i| recipient(&format!("b{i}@example.com"), "B"))
+        .collect();
+    let (record, _) = store
+        .create_campaign(&document("Batches"), recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    // Another campaign's recipients interleave in id space; ranges must not pick them up.
+    store
+        .create_campaign(
+            &document("Other"),
+            recipient_stream(rows(vec![recipient("other@example.com", "O")])),
+        )
+        .await
+        .unwrap();
+    let ranges = store.batch_ranges(record.id, 100).await.unwrap();
+    assert_eq!(ranges.len(), 3);
+    let now = time::OffsetDateTime::now_utc();
+    let mut seen = Vec::new();
+    for range in &ranges {
+        let due = store.due_recipients(record.id, *range, now).await.unwrap();
+        assert!(due.iter().all(|r| r.campaign_id == record.id
+            && r.status == DeliveryStatus::Pending
+            && r.attempts == 0));
+        seen.extend(due.into_iter().map(|r| r.recipient.email.to_string()));
+    }
+    assert_eq!(seen.len(), 250);
+    let expected: Vec<String> = (0..250).map(|i| format!("b{i}@example.com")).collect();
+    assert_eq!(seen, expected, "every recipient once, in order");
+    assert_eq!(
+        ranges
+            .iter()
+            .map(|r| r.first <= r.last)
+            .filter(|ok| *ok)
+            .count(),
+        3
+    );
+}
+
+async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn CampaignStore>) {
+    use store::{DeliveryOutcome, OutcomeKind};
+    let recipients: Vec<Recipient> = (0..5)
+        .map(|i| recipient(&format!("o{i}@example.com"), "O"))
+        .collect();
+    let (record, _) = store
+        .create_campaign(&document("Outcomes"), recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    let range = store.batch_ranges(record.id, 100).await.unwrap()[0];
+    let now = time::OffsetDateTime::now_utc();
+    let due = store.due_recipients(record.id, range, now).await.unwrap();
+    let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+    let later = now + time::Duration::minutes(5);
+    store
+        .record_outcomes(&[
+            DeliveryOutcome {
+                recipient_id: ids[0],
+                result: OutcomeKind::Sent {
+                    reply: "250 2.0.0 Ok: queued as A1".into(),
+                },
+            },
+            DeliveryOutcome {
+                recipient_id: ids[1],
+                result: OutcomeKind::Deferred {
+                    error: "452 4.3.1 Insufficient system storage".into(),
+                    retry_at: later,
+                },
+            },
+            DeliveryOutcome {
+                recipient_id: ids[2],
+                result: OutcomeKind::Failed {
+                    error: "550 5.1.1 User unknown".into(),
+                    attempted: true,
+                },
+            },
+            DeliveryOutcome {
+                recipient_id: ids[3],
+                result: OutcomeKind::Suppressed,
+            },
+        ])
+        .await
+        .unwrap();
+    let due_now: Vec<i64> = store
+        .due_recipients(record.id, range, now)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        due_now,
+        vec![ids[4]],
+        "only the untouched recipient is due before the retry time"
+    );
+    let due_later = store.due_recipients(record.id, range, later).await.unwrap();
+    assert_eq!(
+        due_later.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[4]]
+    );
+    assert_eq!(
+        (due_later[0].status, due_later[0].attempts),
+        (DeliveryStatus::Deferred, 1)
+    );
+
+    // A sent recipient is never changed back by a late outcome.
+    store
+        .record_outcomes(&[DeliveryOutcome {
+            recipient_id: ids[0],
+            result: OutcomeKind::Failed {
+                error: "late".into(),
+                attempted: true,
+            },
+        }])
+        .await
+        .unwrap();
+    let counts = store.delivery_counts(record.id).await.unwrap();
+    for (status, expected) in [
+        (DeliveryStatus::Sent, 1),
+        (DeliveryStatus::Deferred, 1),
+        (DeliveryStatus::Failed, 1),
+        (DeliveryStatus::Suppressed, 1),
+        (DeliveryStatus::Pending, 1),
+    ] {
+        assert_eq!(counts.get(status), expected, "{status}");
+    }
+    assert_eq!(counts.total(), 5);
+    // Only the recipients that still need sending are batched.
+    let remaining = store.batch_ranges(record.id, 100).await.unwrap();
+    assert_eq!(
+        remaining,
+        vec![store::RecipientRange {
+            first: ids[1],
+            last: ids[4]
+        }]
+    );
+}
+
+async fn suppressions_match_whatever_the_case(store: Arc<dyn CampaignStore>) {
+    let address = EmailAddress::parse("Unsubscribed@Example.com").unwrap();
+    store.suppress(&address, "unsubscribed").await.unwrap();
+    store.suppress(&address, "again").await.unwrap();
+    let keys = vec![
+        "unsubscribed@example.com".to_string(),
+        "still-here@example.com".to_string(),
+    ];
+    let found = store.suppressed_among(&keys).await.unwrap();
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        vec!["unsubscribed@example.com".to_string()]
+    );
+    assert!(store.suppressed_among(&[]).await.unwrap().is_empty());
+}
+
 async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
@@ -288,6 +498,10 @@ macro_rules! contract_suite {
             case!(unknown_campaigns_are_reported);
             case!(campaigns_page_newest_first);
             case!(ping_answers);
+            case!(campaign_transitions_are_conditional);
+            case!(batches_cover_every_due_recipient_once);
+            case!(outcomes_decide_who_is_due_and_counts_add_up);
+            case!(suppressions_match_whatever_the_case);
         }
     };
 }
