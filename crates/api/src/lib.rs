@@ -3,6 +3,7 @@
 //! Every error leaves as `application/problem+json` (RFC 9457) with a `detail` that says what
 //! to fix; malformed input is a 4xx, never a 5xx.
 
+pub mod auth;
 mod campaigns;
 mod health;
 pub mod problem;
@@ -44,12 +45,18 @@ impl Default for ApiSettings {
     }
 }
 
-/// The whole API as one router: `/api/v1/…`, `/health`, `/ready`.
+/// The whole API as one router: `/api/v1/…` (behind an API key), `/health`, `/ready`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    Router::new()
+    let admin = Router::new()
         .merge(campaigns::routes())
         .merge(recipients::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ));
+    Router::new()
+        .merge(admin)
         .merge(health::routes())
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)

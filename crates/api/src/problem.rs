@@ -35,6 +35,12 @@ pub enum ApiError {
     /// The Content-Type is not one this route reads.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// No API key, or one that is not valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key that may no longer be used (revoked).
+    #[error("{0}")]
+    Forbidden(String),
     /// A query string or header that cannot be used.
     #[error("{0}")]
     BadRequest(String),
@@ -65,6 +71,8 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -80,6 +88,8 @@ impl ApiError {
             ApiError::Invalid { .. } => "/problems/validation",
             ApiError::InvalidRows { .. } => "/problems/invalid-recipients",
             ApiError::NotFound(_) => "/problems/not-found",
+            ApiError::Unauthorized(_) => "/problems/unauthorized",
+            ApiError::Forbidden(_) => "/problems/forbidden",
             ApiError::Conflict(_) => "/problems/conflict",
             ApiError::TooLarge(_) => "/problems/too-large",
             ApiError::UnsupportedMediaType(_) => "/problems/unsupported-media-type",
@@ -121,10 +131,13 @@ impl IntoResponse for ApiError {
             detail,
             errors,
         };
+        let unauthorized = matches!(self, ApiError::Unauthorized(_));
         let mut response = (status, axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }

@@ -7,22 +7,34 @@ use std::any::Any;
 
 struct TestApp {
     base: String,
+    /// Sends a valid API key with every request.
     client: reqwest::Client,
+    store: std::sync::Arc<dyn store::CampaignStore>,
     _database: Box<dyn Any + Send>,
 }
 
 async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp {
     let store = store::connect(database_url).await.expect("store opens");
     let state = api::AppState {
-        store,
+        store: store.clone(),
         settings: api::ApiSettings::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let key = api::auth::create_api_key(store.as_ref(), "tests")
+        .await
+        .unwrap()
+        .key;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
     TestApp {
         base: format!("http://{address}"),
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+        store,
         _database: database,
     }
 }
@@ -513,6 +525,96 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
     assert_eq!(status["deliveries"]["pending"], 1);
 }
 
+/// Every admin route, with a method; a new route must be added here (and to OpenAPI).
+const PROTECTED: &[(&str, &str)] = &[
+    ("POST", "/api/v1/campaigns"),
+    ("GET", "/api/v1/campaigns"),
+    (
+        "GET",
+        "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000",
+    ),
+    (
+        "GET",
+        "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000/status",
+    ),
+    (
+        "POST",
+        "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000/recipients",
+    ),
+];
+
+async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
+    let anonymous = reqwest::Client::new();
+    let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
+        .await
+        .unwrap();
+    let (id, secret) = created
+        .key
+        .trim_start_matches("mbk_")
+        .split_once('_')
+        .unwrap();
+    let forged = format!("mbk_{id}_{}", secret.chars().rev().collect::<String>());
+    for (method, path) in PROTECTED {
+        let method: reqwest::Method = method.parse().unwrap();
+        let response = anonymous
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer",
+            "{method} {path}"
+        );
+        assert_problem(response, StatusCode::UNAUTHORIZED, "needs an API key", path).await;
+        for bad in [
+            "Bearer nonsense",
+            "Basic dXNlcjpwYXNz",
+            &format!("Bearer {forged}"),
+        ] {
+            let response = anonymous
+                .request(method.clone(), app.url(path))
+                .header("authorization", bad)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {bad}"
+            );
+        }
+    }
+    // The created key works until it is revoked, then gets 403.
+    let with_key = |key: &str| {
+        reqwest::Client::new()
+            .get(app.url("/api/v1/campaigns"))
+            .header("authorization", format!("Bearer {key}"))
+    };
+    assert_eq!(
+        with_key(&created.key).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert!(app.store.revoke_api_key(id).await.unwrap());
+    for (method, path) in PROTECTED {
+        let response = anonymous
+            .request(method.parse().unwrap(), app.url(path))
+            .header("authorization", format!("Bearer {}", created.key))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::FORBIDDEN, "revoked", path).await;
+    }
+    // Public routes need no key.
+    for path in ["/health", "/ready"] {
+        assert_eq!(
+            anonymous.get(app.url(path)).send().await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+}
+
 async fn health_and_readiness(app: TestApp) {
     let (status, body) = app.get_json("/health").await;
     assert_eq!(
@@ -559,6 +661,7 @@ macro_rules! api_suite {
             case!(inline_recipients_are_deduplicated_and_reported);
             case!(malformed_requests_get_problems_and_store_nothing);
             case!(health_and_readiness);
+            case!(admin_routes_need_a_valid_unrevoked_key);
             case!(campaigns_page_with_a_cursor);
         }
     };

@@ -46,6 +46,9 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Manage the admin API's keys (every /api/v1 route needs one).
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
     /// Check a campaign file (and optionally its recipients) without storing anything.
     Validate {
         /// The campaign document (JSON).
@@ -84,14 +87,86 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it. It is shown this once; only its hash is stored.
+    Create {
+        /// A name that says who or what uses the key.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List keys (ids, names, dates; never secrets).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a key by its id: requests with it get 403 from then on.
+    Revoke {
+        /// The key's id (the part after `mbk_`, before the next `_`).
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+async fn open_store(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn store::CampaignStore>> {
+    store::connect(&args.database_url)
+        .await
+        .with_context(|| format!("cannot open the store at {}", redacted(&args.database_url)))
+}
+
+async fn api_key(command: ApiKeyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ApiKeyCommand::Create { name, store } => {
+            let store = open_store(&store).await?;
+            let created = api::auth::create_api_key(store.as_ref(), &name).await?;
+            eprintln!(
+                "created API key {} ({name}); it is shown only now:",
+                created.record.id
+            );
+            println!("{}", created.key);
+        }
+        ApiKeyCommand::List { json, store } => {
+            let keys = open_store(&store).await?.list_api_keys().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!("{:<18} {:<26} {:<10} name", "id", "created", "state");
+                for key in keys {
+                    let state = if key.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<18} {:<26} {:<10} {}",
+                        key.id, key.created_at, state, key.name
+                    );
+                }
+            }
+        }
+        ApiKeyCommand::Revoke { id, store } => {
+            if !open_store(&store).await?.revoke_api_key(&id).await? {
+                anyhow::bail!("no API key has the id {id:?} (see `marketing api-key list`)");
+            }
+            println!("revoked API key {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { store, api } => roles::serve_api("serve", &store, &api).await,
         Command::Api { store, api } => roles::serve_api("api", &store, &api).await,
+        Command::ApiKey(command) => api_key(command).await,
         Command::Migrate { store } => {
-            let opened = store::connect(&store.database_url)
-                .await
-                .with_context(|| format!("cannot open {}", redacted(&store.database_url)))?;
+            let opened = open_store(&store).await?;
             println!(
                 "migrations applied: {} store at {}",
                 opened.backend(),

@@ -86,6 +86,57 @@ fn commands_that_have_not_landed_say_so_and_fail() {
 }
 
 #[test]
+fn api_keys_are_shown_once_listed_without_secrets_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = marketing(dir.path())
+        .args(["api-key", "create", "--name", "newsletter team"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("mbk_"), "{key}");
+    let id = key
+        .trim_start_matches("mbk_")
+        .split('_')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let output = marketing(dir.path())
+        .args(["api-key", "list", "--json"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(output.stdout).unwrap();
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(
+        listed.contains(&id) && listed.contains("newsletter team"),
+        "{listed}"
+    );
+    assert!(!listed.contains(secret), "the secret is never shown again");
+
+    let output = marketing(dir.path())
+        .args(["api-key", "revoke", &id])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let output = marketing(dir.path())
+        .args(["api-key", "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("revoked"));
+    let output = marketing(dir.path())
+        .args(["api-key", "revoke", "no-such-key"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no API key has the id"));
+}
+
+#[test]
 fn validate_reports_every_problem_of_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let output = marketing(dir.path())
@@ -210,7 +261,17 @@ async fn a_million_row_csv_streams_into_the_store() {
     const ROWS_PER_CHUNK: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let client = reqwest::Client::new();
+    let key = marketing(dir.path())
+        .args(["api-key", "create", "--name", "import test"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let campaign: serde_json::Value = client
         .post(format!("{}/api/v1/campaigns", server.base))
         .header("content-type", "application/json")
@@ -253,13 +314,14 @@ async fn a_million_row_csv_streams_into_the_store() {
     let report: serde_json::Value = response.json().await.unwrap();
     assert_eq!(report["imported"], ROWS as u64);
 
-    let status: serde_json::Value =
-        reqwest::get(format!("{}/api/v1/campaigns/{id}/status", server.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let status: serde_json::Value = client
+        .get(format!("{}/api/v1/campaigns/{id}/status", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["recipients"], ROWS as u64);
     let csv_mib = sent_bytes.load(std::sync::atomic::Ordering::Relaxed) / (1024 * 1024);
     let peak_mib = server.peak_rss_kib() / 1024;

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, drive};
         use $crate::{
-            CampaignFilter, CampaignPage, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, CampaignPage, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             StoreError, StoredRecipient, initial_status,
         };
@@ -50,6 +50,16 @@ macro_rules! campaign_store {
                     .await?;
                 Ok(keys.into_iter().collect())
             }
+        }
+
+        fn api_key_from_row(row: &<$db as sqlx::Database>::Row) -> Result<ApiKeyRecord, StoreError> {
+            Ok(ApiKeyRecord {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                secret_hash: row.try_get("secret_hash")?,
+                created_at: row.try_get::<DbTime, _>("created_at")?.0,
+                revoked_at: row.try_get::<Option<DbTime>, _>("revoked_at")?.map(|t| t.0),
+            })
         }
 
         fn campaign_from_row(row: &<$db as sqlx::Database>::Row) -> Result<CampaignRecord, StoreError> {
@@ -376,6 +386,42 @@ macro_rules! campaign_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO api_keys (id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&key.id)
+                    .bind(&key.name)
+                    .bind(&key.secret_hash)
+                    .bind(DbTime::from(key.created_at))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+                let row = sqlx::query("SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(api_key_from_row).transpose()
+            }
+
+            async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+                let rows = sqlx::query("SELECT id, name, secret_hash, created_at, revoked_at FROM api_keys ORDER BY created_at DESC, id")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(api_key_from_row).collect()
+            }
+
+            async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+                let exists = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                    .bind(id)
+                    .bind(DbTime::now())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(exists == 1)
             }
         }
         }

@@ -208,6 +208,31 @@ pub trait CampaignStore: Send + Sync {
 
     /// Puts an address on the suppression list (idempotent: the first reason is kept).
     async fn suppress(&self, email: &EmailAddress, reason: &str) -> Result<(), StoreError>;
+
+    /// Stores a new API key (its secret already hashed by the caller).
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// The key with this public id, revoked or not.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Every key, newest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Marks a key revoked; false when no such key exists. Revoking twice keeps the first time.
+    async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// An admin API key as stored: its public id, a name for people, and the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// A contiguous range of recipient ids within one campaign (both ends included). Ids of other

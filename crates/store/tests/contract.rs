@@ -471,6 +471,35 @@ async fn suppressions_match_whatever_the_case(store: Arc<dyn CampaignStore>) {
     assert!(store.suppressed_among(&[]).await.unwrap().is_empty());
 }
 
+async fn api_keys_are_stored_listed_and_revoked(store: Arc<dyn CampaignStore>) {
+    let key = store::ApiKeyRecord {
+        id: "k1".into(),
+        name: "deploy bot".into(),
+        secret_hash: "ab".repeat(32),
+        created_at: store::db_types::DbTime::now().0,
+        revoked_at: None,
+    };
+    store.insert_api_key(&key).await.unwrap();
+    assert_eq!(store.api_key("k1").await.unwrap(), Some(key.clone()));
+    assert!(store.api_key("k2").await.unwrap().is_none());
+    assert_eq!(store.list_api_keys().await.unwrap(), vec![key]);
+    assert!(store.revoke_api_key("k1").await.unwrap());
+    let revoked = store
+        .api_key("k1")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .expect("revoked");
+    assert!(store.revoke_api_key("k1").await.unwrap());
+    assert_eq!(
+        store.api_key("k1").await.unwrap().unwrap().revoked_at,
+        Some(revoked),
+        "the first revocation time stays"
+    );
+    assert!(!store.revoke_api_key("nope").await.unwrap());
+}
+
 async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
@@ -498,6 +527,7 @@ macro_rules! contract_suite {
             case!(unknown_campaigns_are_reported);
             case!(campaigns_page_newest_first);
             case!(ping_answers);
+            case!(api_keys_are_stored_listed_and_revoked);
             case!(campaign_transitions_are_conditional);
             case!(batches_cover_every_due_recipient_once);
             case!(outcomes_decide_who_is_due_and_counts_add_up);
