@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: installs or starts what the tests
-# need (PostgreSQL server, cargo-nextest), checks formatting and lints, builds once, then runs
+# need (PostgreSQL server, postfix smtp-sink, aiosmtpd, cargo-nextest), checks formatting and lints, builds once, then runs
 # the SQLite suite, the PostgreSQL suite and everything else, and prints how many tests each ran.
 #
-# With CI=true (or REQUIRE_POSTGRES=1) a PostgreSQL server that cannot be started fails the run;
-# otherwise its tests skip with a message.
+# With CI=true (or REQUIRE_POSTGRES=1 / REQUIRE_SMTP=1) a PostgreSQL server or SMTP sink that
+# cannot be started fails the run; otherwise those tests skip with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +65,19 @@ ensure_postgres() {
   fi
 }
 
+# Real SMTP servers the project did not write: postfix's smtp-sink/smtp-source and aiosmtpd.
+ensure_smtp_servers() {
+  if ! command -v smtp-sink >/dev/null 2>&1 && [[ ! -x /usr/sbin/smtp-sink ]]; then
+    say "installing postfix (smtp-sink, smtp-source)"
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt_install postfix
+  fi
+  if ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    say "installing aiosmtpd"
+    apt_install python3-aiosmtpd
+  fi
+}
+
 declare -a summary=()
 failed=0
 run_suite() {
@@ -84,7 +97,10 @@ run_suite() {
 
 ensure_nextest
 ensure_postgres
-if ci; then export REQUIRE_POSTGRES=1; fi
+ensure_smtp_servers
+if ci; then
+  export REQUIRE_POSTGRES=1 REQUIRE_SMTP=1
+fi
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

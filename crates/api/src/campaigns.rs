@@ -165,7 +165,7 @@ async fn read(
 }
 
 #[derive(Serialize)]
-struct CampaignStatusView {
+pub(crate) struct StatusView {
     id: CampaignId,
     name: String,
     status: CampaignStatus,
@@ -187,10 +187,15 @@ struct CampaignStatusView {
 async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<CampaignStatusView>, ApiError> {
-    let campaign = find(&state, &id).await?;
+) -> Result<Json<StatusView>, ApiError> {
+    Ok(Json(status_view(&state, &id).await?))
+}
+
+/// The campaign's state and its recipients per delivery state, read fresh from the store.
+pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<StatusView, ApiError> {
+    let campaign = find(state, raw_id).await?;
     let deliveries = state.store.delivery_counts(campaign.id).await?;
-    Ok(Json(CampaignStatusView {
+    Ok(StatusView {
         id: campaign.id,
         name: campaign.name,
         status: campaign.status,
@@ -201,5 +206,5 @@ async fn status(
         scheduled_at: campaign.scheduled_at,
         started_at: campaign.started_at,
         completed_at: campaign.completed_at,
-    }))
+    })
 }

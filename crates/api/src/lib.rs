@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod campaigns;
+mod control;
 mod health;
 pub mod problem;
 mod recipients;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .merge(campaigns::routes())
         .merge(recipients::routes())
+        .merge(control::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,

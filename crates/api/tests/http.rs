@@ -526,22 +526,27 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
 }
 
 /// Every admin route, with a method; a new route must be added here (and to OpenAPI).
-const PROTECTED: &[(&str, &str)] = &[
-    ("POST", "/api/v1/campaigns"),
-    ("GET", "/api/v1/campaigns"),
-    (
-        "GET",
-        "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000",
-    ),
-    (
-        "GET",
-        "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000/status",
-    ),
-    (
-        "POST",
-        "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000/recipients",
-    ),
-];
+/// Every admin route with a method; a new route must be added here.
+fn protected_routes() -> Vec<(&'static str, String)> {
+    let campaign = "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000";
+    let mut routes = vec![
+        ("POST", "/api/v1/campaigns".to_string()),
+        ("GET", "/api/v1/campaigns".to_string()),
+    ];
+    for (method, suffix) in [
+        ("GET", ""),
+        ("GET", "/status"),
+        ("POST", "/recipients"),
+        ("POST", "/schedule"),
+        ("DELETE", "/schedule"),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+        ("POST", "/cancel"),
+    ] {
+        routes.push((method, format!("{campaign}{suffix}")));
+    }
+    routes
+}
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
@@ -554,10 +559,10 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
         .split_once('_')
         .unwrap();
     let forged = format!("mbk_{id}_{}", secret.chars().rev().collect::<String>());
-    for (method, path) in PROTECTED {
+    for (method, path) in protected_routes() {
         let method: reqwest::Method = method.parse().unwrap();
         let response = anonymous
-            .request(method.clone(), app.url(path))
+            .request(method.clone(), app.url(&path))
             .send()
             .await
             .unwrap();
@@ -566,14 +571,20 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
             "Bearer",
             "{method} {path}"
         );
-        assert_problem(response, StatusCode::UNAUTHORIZED, "needs an API key", path).await;
+        assert_problem(
+            response,
+            StatusCode::UNAUTHORIZED,
+            "needs an API key",
+            &path,
+        )
+        .await;
         for bad in [
             "Bearer nonsense",
             "Basic dXNlcjpwYXNz",
             &format!("Bearer {forged}"),
         ] {
             let response = anonymous
-                .request(method.clone(), app.url(path))
+                .request(method.clone(), app.url(&path))
                 .header("authorization", bad)
                 .send()
                 .await
@@ -596,14 +607,14 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
         StatusCode::OK
     );
     assert!(app.store.revoke_api_key(id).await.unwrap());
-    for (method, path) in PROTECTED {
+    for (method, path) in protected_routes() {
         let response = anonymous
-            .request(method.parse().unwrap(), app.url(path))
+            .request(method.parse().unwrap(), app.url(&path))
             .header("authorization", format!("Bearer {}", created.key))
             .send()
             .await
             .unwrap();
-        assert_problem(response, StatusCode::FORBIDDEN, "revoked", path).await;
+        assert_problem(response, StatusCode::FORBIDDEN, "revoked", &path).await;
     }
     // Public routes need no key.
     for path in ["/health", "/ready"] {
@@ -613,6 +624,139 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
             "{path}"
         );
     }
+}
+
+async fn scheduling_is_validated_and_controls_are_idempotent(app: TestApp) {
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let path = |action: &str| format!("/api/v1/campaigns/{id}/{action}");
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let whole_seconds = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        .replace_nanosecond(0)
+        .unwrap();
+    let future = whole_seconds.format(rfc3339).unwrap();
+
+    for (case, body, needle) in [
+        (
+            "past",
+            json!({"scheduled_at": "2020-01-01T00:00:00Z"}),
+            "in the past",
+        ),
+        (
+            "no offset",
+            json!({"scheduled_at": "2030-01-01T09:00:00"}),
+            "no UTC offset",
+        ),
+        (
+            "malformed",
+            json!({"scheduled_at": "tomorrow morning"}),
+            "not an RFC 3339 time",
+        ),
+        (
+            "wrong field",
+            json!({"when": future}),
+            "unknown field `when`",
+        ),
+    ] {
+        let response = app.post_json(&path("schedule"), &body).await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, needle, case).await;
+    }
+
+    let response = app
+        .post_json(&path("schedule"), &json!({"scheduled_at": future}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "scheduled");
+    let stored =
+        time::OffsetDateTime::parse(body["scheduled_at"].as_str().unwrap(), rfc3339).unwrap();
+    assert_eq!(
+        stored,
+        time::OffsetDateTime::parse(&future, rfc3339).unwrap()
+    );
+
+    let response = app
+        .client
+        .delete(app.url(&path("schedule")))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["scheduled_at"].as_str()),
+        (Some("draft"), None)
+    );
+
+    // Pausing a draft is impossible; once sending, pause, resume and cancel are idempotent.
+    assert_problem(
+        app.post_json(&path("pause"), &json!({})).await,
+        StatusCode::CONFLICT,
+        "is draft",
+        "pause a draft",
+    )
+    .await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let moved = app
+        .store
+        .transition_campaign(
+            uuid,
+            &[campaign::CampaignStatus::Draft],
+            campaign::CampaignStatus::Sending,
+        )
+        .await
+        .unwrap();
+    assert!(moved);
+    let response = app
+        .post_json(&path("schedule"), &json!({"scheduled_at": future}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::CONFLICT,
+        "is sending",
+        "schedule while sending",
+    )
+    .await;
+    for (action, expected) in [
+        ("pause", "paused"),
+        ("pause", "paused"),
+        ("resume", "sending"),
+        ("resume", "sending"),
+        ("cancel", "cancelled"),
+        ("cancel", "cancelled"),
+    ] {
+        let body: Value = app
+            .post_json(&path(action), &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["status"], expected, "{action}");
+    }
+    let response = app
+        .post_json(&path("schedule"), &json!({"scheduled_at": future}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::CONFLICT,
+        "is cancelled",
+        "schedule a cancelled campaign",
+    )
+    .await;
+    assert_problem(
+        app.post_json(&path("resume"), &json!({})).await,
+        StatusCode::CONFLICT,
+        "is cancelled",
+        "resume cancelled",
+    )
+    .await;
+    let missing = format!("/api/v1/campaigns/{}/cancel", uuid::Uuid::now_v7());
+    assert_problem(
+        app.post_json(&missing, &json!({})).await,
+        StatusCode::NOT_FOUND,
+        "does not exist",
+        "cancel unknown",
+    )
+    .await;
 }
 
 async fn health_and_readiness(app: TestApp) {
@@ -662,6 +806,7 @@ macro_rules! api_suite {
             case!(malformed_requests_get_problems_and_store_nothing);
             case!(health_and_readiness);
             case!(admin_routes_need_a_valid_unrevoked_key);
+            case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(campaigns_page_with_a_cursor);
         }
     };

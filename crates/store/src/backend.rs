@@ -100,6 +100,37 @@ macro_rules! campaign_store {
             Ok(())
         }
 
+        /// The conditional status change, inside the caller's transaction.
+        async fn transition(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            id: CampaignId,
+            from: &[CampaignStatus],
+            to: CampaignStatus,
+        ) -> Result<bool, StoreError> {
+            if from.is_empty() {
+                return Ok(false);
+            }
+            let now = DbTime::now();
+            let is_final = matches!(to, CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled);
+            let mut builder = QueryBuilder::<$db>::new("UPDATE campaigns SET status = ");
+            builder.push_bind(to.as_str());
+            builder.push(", updated_at = ").push_bind(now);
+            if to == CampaignStatus::Sending {
+                builder.push(", started_at = COALESCE(started_at, ").push_bind(now).push(")");
+            }
+            if is_final {
+                builder.push(", completed_at = ").push_bind(now);
+            }
+            builder.push(" WHERE id = ").push_bind(DbId(id)).push(" AND status IN (");
+            let mut list = builder.separated(", ");
+            for status in from {
+                list.push_bind(status.as_str());
+            }
+            builder.push(")");
+            let result = builder.build().execute(&mut **tx).await?;
+            Ok(result.rows_affected() == 1)
+        }
+
         #[async_trait::async_trait]
         impl CampaignStore for $store {
             fn backend(&self) -> &'static str {
@@ -219,28 +250,46 @@ macro_rules! campaign_store {
                 from: &[CampaignStatus],
                 to: CampaignStatus,
             ) -> Result<bool, StoreError> {
-                if from.is_empty() {
+                let mut tx = self.begin_write().await?;
+                let moved = transition(&mut tx, id, from, to).await?;
+                tx.commit().await?;
+                Ok(moved)
+            }
+
+            async fn schedule_campaign(
+                &self,
+                id: CampaignId,
+                at: Option<OffsetDateTime>,
+            ) -> Result<bool, StoreError> {
+                let status = if at.is_some() { CampaignStatus::Scheduled } else { CampaignStatus::Draft };
+                let result = sqlx::query(
+                    "UPDATE campaigns SET scheduled_at = $2, status = $3, updated_at = $4 \
+                     WHERE id = $1 AND status IN ('draft', 'scheduled')",
+                )
+                .bind(DbId(id))
+                .bind(at.map(DbTime::from))
+                .bind(status.as_str())
+                .bind(DbTime::now())
+                .execute(&self.pool)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn cancel_campaign(&self, id: CampaignId, from: &[CampaignStatus]) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                if !transition(&mut tx, id, from, CampaignStatus::Cancelled).await? {
                     return Ok(false);
                 }
-                let now = DbTime::now();
-                let is_final = matches!(to, CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled);
-                let mut builder = QueryBuilder::<$db>::new("UPDATE campaigns SET status = ");
-                builder.push_bind(to.as_str());
-                builder.push(", updated_at = ").push_bind(now);
-                if to == CampaignStatus::Sending {
-                    builder.push(", started_at = COALESCE(started_at, ").push_bind(now).push(")");
-                }
-                if is_final {
-                    builder.push(", completed_at = ").push_bind(now);
-                }
-                builder.push(" WHERE id = ").push_bind(DbId(id)).push(" AND status IN (");
-                let mut list = builder.separated(", ");
-                for status in from {
-                    list.push_bind(status.as_str());
-                }
-                builder.push(")");
-                let result = builder.build().execute(&self.pool).await?;
-                Ok(result.rows_affected() == 1)
+                sqlx::query(
+                    "UPDATE recipients SET status = 'cancelled', next_attempt_at = NULL, updated_at = $2 \
+                     WHERE campaign_id = $1 AND status IN ('pending', 'deferred')",
+                )
+                .bind(DbId(id))
+                .bind(DbTime::now())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn batch_ranges(

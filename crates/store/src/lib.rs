@@ -182,6 +182,23 @@ pub trait CampaignStore: Send + Sync {
         to: CampaignStatus,
     ) -> Result<bool, StoreError>;
 
+    /// Sets or clears (`None`) a draft or scheduled campaign's send time; the status follows
+    /// (`scheduled` with a time, `draft` without). Returns false when the campaign is in
+    /// another state (or does not exist).
+    async fn schedule_campaign(
+        &self,
+        id: CampaignId,
+        at: Option<OffsetDateTime>,
+    ) -> Result<bool, StoreError>;
+
+    /// Cancels a campaign that is in one of `from`, and marks its recipients that were not yet
+    /// sent `cancelled`, in one transaction. Returns whether it was cancelled.
+    async fn cancel_campaign(
+        &self,
+        id: CampaignId,
+        from: &[CampaignStatus],
+    ) -> Result<bool, StoreError>;
+
     /// Splits the campaign's recipients that still need sending into id ranges of at most
     /// `batch_size` recipients each, in id order.
     async fn batch_ranges(

@@ -500,6 +500,87 @@ async fn api_keys_are_stored_listed_and_revoked(store: Arc<dyn CampaignStore>) {
     assert!(!store.revoke_api_key("nope").await.unwrap());
 }
 
+async fn schedule_and_cancel_follow_the_rules(store: Arc<dyn CampaignStore>) {
+    use store::{DeliveryOutcome, OutcomeKind};
+    let recipients: Vec<Recipient> = (0..3)
+        .map(|i| recipient(&format!("s{i}@example.com"), "S"))
+        .collect();
+    let (record, _) = store
+        .create_campaign(&document("Schedule"), recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    let at = time::macros::datetime!(2031-06-01 08:00 UTC);
+    assert!(store.schedule_campaign(record.id, Some(at)).await.unwrap());
+    let scheduled = store.get_campaign(record.id).await.unwrap().unwrap();
+    assert_eq!(
+        (scheduled.status, scheduled.scheduled_at),
+        (CampaignStatus::Scheduled, Some(at))
+    );
+    assert!(store.schedule_campaign(record.id, None).await.unwrap());
+    let draft = store.get_campaign(record.id).await.unwrap().unwrap();
+    assert_eq!(
+        (draft.status, draft.scheduled_at),
+        (CampaignStatus::Draft, None)
+    );
+
+    assert!(
+        store
+            .transition_campaign(record.id, &[CampaignStatus::Draft], CampaignStatus::Sending)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.schedule_campaign(record.id, Some(at)).await.unwrap(),
+        "a sending campaign cannot be scheduled"
+    );
+
+    let range = store.batch_ranges(record.id, 10).await.unwrap()[0];
+    let first = store
+        .due_recipients(record.id, range, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap()[0]
+        .id;
+    store
+        .record_outcomes(&[DeliveryOutcome {
+            recipient_id: first,
+            result: OutcomeKind::Sent {
+                reply: "250 ok".into(),
+            },
+        }])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .cancel_campaign(
+                record.id,
+                &[CampaignStatus::Sending, CampaignStatus::Paused]
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .cancel_campaign(record.id, &[CampaignStatus::Sending])
+            .await
+            .unwrap()
+    );
+    let counts = store.delivery_counts(record.id).await.unwrap();
+    assert_eq!(
+        (
+            counts.get(DeliveryStatus::Sent),
+            counts.get(DeliveryStatus::Cancelled)
+        ),
+        (1, 2)
+    );
+    let cancelled = store.get_campaign(record.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, CampaignStatus::Cancelled);
+    assert!(cancelled.completed_at.is_some());
+    assert!(
+        store.batch_ranges(record.id, 10).await.unwrap().is_empty(),
+        "nothing is left to send"
+    );
+}
+
 async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
@@ -527,6 +608,7 @@ macro_rules! contract_suite {
             case!(unknown_campaigns_are_reported);
             case!(campaigns_page_newest_first);
             case!(ping_answers);
+            case!(schedule_and_cancel_follow_the_rules);
             case!(api_keys_are_stored_listed_and_revoked);
             case!(campaign_transitions_are_conditional);
             case!(batches_cover_every_due_recipient_once);

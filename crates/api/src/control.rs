@@ -1,0 +1,208 @@
+//! Campaign control: schedule and unschedule, pause, resume, cancel.
+//!
+//! Every action is idempotent (asking for the state a campaign is already in answers 200) and
+//! an impossible transition answers 409 naming the current state. The campaign processor and
+//! the task processor act on the states set here.
+
+use crate::campaigns::{StatusView, find, status_view};
+use crate::{ApiError, AppState};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use campaign::CampaignStatus;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/campaigns/{id}/schedule",
+            post(schedule).delete(unschedule),
+        )
+        .route("/api/v1/campaigns/{id}/pause", post(pause))
+        .route("/api/v1/campaigns/{id}/resume", post(resume))
+        .route("/api/v1/campaigns/{id}/cancel", post(cancel))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleRequest {
+    scheduled_at: String,
+}
+
+/// Parses an RFC 3339 time that must carry its offset and lie in the future.
+fn parse_schedule(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
+    let invalid = |message: String| {
+        ApiError::invalid(vec![campaign::Problem {
+            field: "scheduled_at".into(),
+            message,
+        }])
+    };
+    let at = OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339).map_err(
+        |_| {
+            let looks_local = time::PrimitiveDateTime::parse(
+                raw,
+                &time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+            )
+            .is_ok();
+            if looks_local {
+                invalid(format!(
+                    "{raw:?} has no UTC offset; add one, e.g. {raw}Z or {raw}+01:00"
+                ))
+            } else {
+                invalid(format!(
+                    "{raw:?} is not an RFC 3339 time such as 2026-12-25T08:00:00Z"
+                ))
+            }
+        },
+    )?;
+    if at <= now {
+        return Err(invalid(format!(
+            "{raw} is in the past; a schedule must lie in the future"
+        )));
+    }
+    Ok(at)
+}
+
+async fn schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusView>, ApiError> {
+    let request: ScheduleRequest = campaign::document::parse_json(&body?)?;
+    let at = parse_schedule(&request.scheduled_at, OffsetDateTime::now_utc())?;
+    let campaign = find(&state, &id).await?;
+    if !state.store.schedule_campaign(campaign.id, Some(at)).await? {
+        let current = find(&state, &id).await?;
+        return Err(ApiError::Conflict(format!(
+            "campaign {} is {}; only a draft or scheduled campaign can be (re)scheduled",
+            current.id, current.status
+        )));
+    }
+    Ok(Json(status_view(&state, &id).await?))
+}
+
+async fn unschedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>, ApiError> {
+    let campaign = find(&state, &id).await?;
+    if !state.store.schedule_campaign(campaign.id, None).await? {
+        return Err(ApiError::Conflict(format!(
+            "campaign {} is {}; only a scheduled campaign can be unscheduled",
+            campaign.id, campaign.status
+        )));
+    }
+    Ok(Json(status_view(&state, &id).await?))
+}
+
+/// Applies `from → to`, answering 200 when the campaign already is in `to` and 409 otherwise.
+async fn transition(
+    state: &AppState,
+    raw_id: &str,
+    from: &[CampaignStatus],
+    to: CampaignStatus,
+    action: &str,
+) -> Result<Json<StatusView>, ApiError> {
+    let campaign = find(state, raw_id).await?;
+    if campaign.status != to {
+        let moved = if to == CampaignStatus::Cancelled {
+            state.store.cancel_campaign(campaign.id, from).await?
+        } else {
+            state
+                .store
+                .transition_campaign(campaign.id, from, to)
+                .await?
+        };
+        if !moved {
+            let current = find(state, raw_id).await?;
+            if current.status != to {
+                let allowed: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::Conflict(format!(
+                    "campaign {} is {}; {action} is possible only while it is {}",
+                    current.id,
+                    current.status,
+                    allowed.join(", ")
+                )));
+            }
+        }
+        tracing::info!(campaign = %campaign.id, from = %campaign.status, to = %to, "campaign {action}");
+    }
+    Ok(Json(status_view(state, raw_id).await?))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>, ApiError> {
+    transition(
+        &state,
+        &id,
+        &[CampaignStatus::Queued, CampaignStatus::Sending],
+        CampaignStatus::Paused,
+        "pause",
+    )
+    .await
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>, ApiError> {
+    let campaign = find(&state, &id).await?;
+    // A campaign that never started goes back to the queue; one that did continues sending.
+    let to = if campaign.started_at.is_some() {
+        CampaignStatus::Sending
+    } else {
+        CampaignStatus::Queued
+    };
+    if matches!(
+        campaign.status,
+        CampaignStatus::Queued | CampaignStatus::Sending
+    ) {
+        return Ok(Json(status_view(&state, &id).await?));
+    }
+    transition(&state, &id, &[CampaignStatus::Paused], to, "resume").await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>, ApiError> {
+    transition(
+        &state,
+        &id,
+        &[
+            CampaignStatus::Draft,
+            CampaignStatus::Scheduled,
+            CampaignStatus::Queued,
+            CampaignStatus::Sending,
+            CampaignStatus::Paused,
+        ],
+        CampaignStatus::Cancelled,
+        "cancel",
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_needs_an_offset_and_a_future_time() {
+        let now = time::macros::datetime!(2026-11-28 12:00 UTC);
+        assert_eq!(
+            parse_schedule("2026-12-25T08:00:00+01:00", now).unwrap(),
+            time::macros::datetime!(2026-12-25 07:00 UTC)
+        );
+        let message = |raw: &str| parse_schedule(raw, now).unwrap_err().to_string();
+        assert!(message("2026-12-25T08:00:00").contains("no UTC offset"));
+        assert!(message("2026-11-28T11:59:59Z").contains("in the past"));
+        assert!(message("2026-11-28T12:00:00Z").contains("in the past"));
+        assert!(message("next tuesday").contains("not an RFC 3339 time"));
+        assert!(message("2026-13-01T00:00:00Z").contains("not an RFC 3339 time"));
+    }
+}
