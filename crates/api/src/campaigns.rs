@@ -1,28 +1,31 @@
 //! Campaign routes: create, list, read, status.
 
+use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use bytes::Bytes;
 use campaign::{CampaignDocument, CampaignId, CampaignStatus};
 use serde::{Deserialize, Serialize};
 use store::{CampaignFilter, CampaignRecord, DeliveryCounts, ImportReport, recipient_stream};
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/campaigns", get(list).post(create))
-        .route("/api/v1/campaigns/{id}", get(read))
-        .route("/api/v1/campaigns/{id}/status", get(status))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read))
+        .routes(routes!(status))
 }
 
 /// A campaign in lists: everything but the document.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CampaignSummary {
+    #[schema(value_type = String, format = Uuid)]
     id: CampaignId,
     name: String,
     status: CampaignStatus,
@@ -49,7 +52,8 @@ impl From<&CampaignRecord> for CampaignSummary {
     }
 }
 
-#[derive(Serialize)]
+/// A created campaign and the outcome of its inline recipients.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Created {
     campaign: CampaignRecord,
     recipients: ImportReport,
@@ -76,6 +80,15 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Create a campaign from a campaign document (recipients inline optional).
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns",
+    tag = "campaigns",
+    request_body(content = CampaignDocument, content_type = "application/json"),
+    responses((status = 201, description = "Created", body = Created), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -107,22 +120,39 @@ async fn create(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Campaigns per page, 1 to 500 (default 50).
     limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    #[param(value_type = Option<String>, format = Uuid)]
     before: Option<CampaignId>,
+    /// Only campaigns in this state.
+    #[param(inline)]
     status: Option<CampaignStatus>,
 }
 
-#[derive(Serialize)]
+/// A page of campaigns, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
 struct CampaignList {
     items: Vec<CampaignSummary>,
     /// Pass as `before` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
     next_cursor: Option<CampaignId>,
 }
 
+/// List campaigns, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns",
+    tag = "campaigns",
+    params(ListParams),
+    responses((status = 200, description = "A page of campaigns", body = CampaignList), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -157,6 +187,15 @@ pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<CampaignRecor
         .ok_or_else(|| ApiError::NotFound(format!("campaign {id} does not exist")))
 }
 
+/// A campaign with its whole document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}",
+    tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 200, description = "The campaign", body = CampaignRecord), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn read(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -164,8 +203,10 @@ async fn read(
     Ok(Json(find(&state, &id).await?))
 }
 
-#[derive(Serialize)]
+/// A campaign's state and its recipients per delivery state.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct StatusView {
+    #[schema(value_type = String, format = Uuid)]
     id: CampaignId,
     name: String,
     status: CampaignStatus,
@@ -184,6 +225,15 @@ pub(crate) struct StatusView {
     completed_at: Option<OffsetDateTime>,
 }
 
+/// Status, timestamps and recipients per delivery state (they add up to `recipients`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}/status",
+    tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 200, description = "The campaign's status", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -5,30 +5,32 @@
 //! the task processor act on the states set here.
 
 use crate::campaigns::{StatusView, find, status_view};
+use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
 use campaign::CampaignStatus;
 use serde::Deserialize;
 use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/campaigns/{id}/schedule",
-            post(schedule).delete(unschedule),
-        )
-        .route("/api/v1/campaigns/{id}/pause", post(pause))
-        .route("/api/v1/campaigns/{id}/resume", post(resume))
-        .route("/api/v1/campaigns/{id}/cancel", post(cancel))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(schedule, unschedule))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(cancel))
 }
 
-#[derive(Deserialize)]
+/// When to send.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScheduleRequest {
+    /// RFC 3339 with an offset, in the future, e.g. `2026-12-25T08:00:00Z`.
+    #[schema(format = DateTime)]
     scheduled_at: String,
 }
 
@@ -66,6 +68,16 @@ fn parse_schedule(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiE
     Ok(at)
 }
 
+/// Schedule or reschedule a draft or scheduled campaign.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/schedule",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    request_body(content = ScheduleRequest, content_type = "application/json"),
+    responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn schedule(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -84,6 +96,15 @@ async fn schedule(
     Ok(Json(status_view(&state, &id).await?))
 }
 
+/// Remove the schedule: the campaign goes back to draft.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/campaigns/{id}/schedule",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn unschedule(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -133,6 +154,15 @@ async fn transition(
     Ok(Json(status_view(state, raw_id).await?))
 }
 
+/// Pause a queued or sending campaign (idempotent).
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/pause",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -147,6 +177,15 @@ async fn pause(
     .await
 }
 
+/// Resume a paused campaign (idempotent).
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/resume",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -167,6 +206,15 @@ async fn resume(
     transition(&state, &id, &[CampaignStatus::Paused], to, "resume").await
 }
 
+/// Cancel a campaign; recipients not yet sent become `cancelled` (idempotent).
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/cancel",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -7,6 +7,7 @@ pub mod auth;
 mod campaigns;
 mod control;
 mod health;
+mod openapi;
 pub mod problem;
 mod recipients;
 
@@ -46,20 +47,33 @@ impl Default for ApiSettings {
     }
 }
 
-/// The whole API as one router: `/api/v1/…` (behind an API key), `/health`, `/ready`.
-pub fn router(state: AppState) -> Router {
-    let max_body = state.settings.max_body_bytes;
-    let admin = Router::new()
+/// The admin routes with their OpenAPI descriptions: registering a route here is what puts
+/// it in the document, so no route can be served undocumented.
+fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(campaigns::routes())
         .merge(recipients::routes())
         .merge(control::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ));
+}
+
+/// The OpenAPI document, as served at `/api/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    admin_routes().split_for_parts().1
+}
+
+/// The whole API as one router: `/api/v1/…` (behind an API key), `/health`, `/ready`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    let (admin, document) = admin_routes().split_for_parts();
+    let admin = admin.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_api_key,
+    ));
     Router::new()
         .merge(admin)
         .merge(health::routes())
+        .merge(openapi::routes(document))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

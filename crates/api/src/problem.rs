@@ -52,14 +52,20 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ProblemBody<'a> {
+/// An RFC 9457 problem document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProblemDetails {
+    /// A stable identifier of the kind of problem, e.g. `/problems/validation`.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
+    kind: &'static str,
+    /// The HTTP status text.
+    title: &'static str,
     status: u16,
+    /// What went wrong and what to fix.
     detail: String,
+    /// For validation problems: every field (`field`, `message`) or row (`row`, `line`, `message`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
     errors: Option<serde_json::Value>,
 }
 
@@ -124,7 +130,7 @@ impl IntoResponse for ApiError {
             ApiError::InvalidRows { rows, .. } => serde_json::to_value(rows).ok(),
             _ => None,
         };
-        let body = ProblemBody {
+        let body = ProblemDetails {
             kind: self.kind(),
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
@@ -190,7 +196,7 @@ pub(crate) async fn not_found(uri: Uri) -> ApiError {
 pub(crate) async fn method_not_allowed(uri: Uri) -> Response {
     let detail = format!("{} does not accept this method", uri.path());
     let status = StatusCode::METHOD_NOT_ALLOWED;
-    let body = ProblemBody {
+    let body = ProblemDetails {
         kind: "/problems/method-not-allowed",
         title: "Method Not Allowed",
         status: status.as_u16(),
@@ -202,4 +208,47 @@ pub(crate) async fn method_not_allowed(uri: Uri) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
+}
+
+/// The problem answers any admin route can give, described once for the OpenAPI document.
+pub(crate) struct AdminProblems;
+
+impl utoipa::IntoResponses for AdminProblems {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::ContentBuilder;
+        use utoipa::openapi::response::ResponseBuilder;
+        [
+            (400, "Malformed request (not JSON, bad query string)"),
+            (401, "No API key, or one that is not valid"),
+            (403, "The API key has been revoked"),
+            (404, "No such campaign or route"),
+            (405, "Method not allowed"),
+            (409, "The campaign's state does not allow this"),
+            (413, "The body is larger than this route accepts"),
+            (415, "Unsupported Content-Type"),
+            (
+                422,
+                "Valid JSON that is not acceptable; `errors` lists every problem",
+            ),
+            (503, "The database is unavailable"),
+            (500, "Failure on our side (logged)"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let content = ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                    "ProblemDetails",
+                )))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(PROBLEM_JSON, content)
+                .build();
+            (status.to_string(), response.into())
+        })
+        .collect()
+    }
 }

@@ -2,12 +2,11 @@
 //! million-row file never sits in memory.
 
 use crate::campaigns::{campaign_id, media_type};
+use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::routing::post;
 use campaign::document::parse_json;
 use campaign::{CsvRecipients, Recipient, RowError};
 use futures::StreamExt;
@@ -16,14 +15,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use store::{ImportReport, RecipientStream, recipient_stream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/campaigns/{id}/recipients", post(add_recipients))
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(add_recipients))
 }
 
 /// Rows parsed ahead of the database: enough to keep both busy, small enough to stay flat.
 const ROWS_IN_FLIGHT: usize = 2048;
 
+/// Add recipients to a draft or scheduled campaign: a JSON array, or CSV with an `email`
+/// column (streamed). All or nothing; duplicates are skipped and reported.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/recipients",
+    tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    request_body(content(
+        (Vec<Recipient> = "application/json"),
+        (String = "text/csv", example = "email,first_name\nann@example.com,Ann\n")
+    )),
+    responses((status = 200, description = "Imported", body = ImportReport), AdminProblems),
+    security(("api_key" = []))
+)]
 async fn add_recipients(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -526,30 +526,86 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
 }
 
 /// Every admin route, with a method; a new route must be added here (and to OpenAPI).
-/// Every admin route with a method; a new route must be added here.
-fn protected_routes() -> Vec<(&'static str, String)> {
-    let campaign = "/api/v1/campaigns/0190b2a0-0000-7000-8000-000000000000";
-    let mut routes = vec![
-        ("POST", "/api/v1/campaigns".to_string()),
-        ("GET", "/api/v1/campaigns".to_string()),
-    ];
-    for (method, suffix) in [
-        ("GET", ""),
-        ("GET", "/status"),
-        ("POST", "/recipients"),
-        ("POST", "/schedule"),
-        ("DELETE", "/schedule"),
-        ("POST", "/pause"),
-        ("POST", "/resume"),
-        ("POST", "/cancel"),
-    ] {
-        routes.push((method, format!("{campaign}{suffix}")));
+/// Every route the OpenAPI document says needs an API key, with a concrete path. Read from the
+/// live document, so a new route cannot be left out of the authentication test.
+async fn protected_routes(app: &TestApp) -> Vec<(String, String)> {
+    let document: Value = reqwest::get(app.url("/api/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut routes = Vec::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            if operation.get("security").is_some() {
+                let concrete = path.replace("{id}", "0190b2a0-0000-7000-8000-000000000000");
+                routes.push((method.to_uppercase(), concrete));
+            }
+        }
     }
     routes
 }
 
+async fn the_openapi_document_describes_every_route(app: TestApp) {
+    let response = reqwest::get(app.url("/api/v1/openapi.json")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value = response.json().await.unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let mut described: Vec<String> = Vec::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            described.push(format!("{} {path}", method.to_uppercase()));
+            let responses = operation["responses"].as_object().unwrap();
+            for status in ["401", "404", "422"] {
+                let problem = &responses[status]["content"]["application/problem+json"];
+                assert!(
+                    problem.is_object(),
+                    "{method} {path} describes {status} as problem+json"
+                );
+            }
+        }
+    }
+    described.sort();
+    let expected = [
+        "DELETE /api/v1/campaigns/{id}/schedule",
+        "GET /api/v1/campaigns",
+        "GET /api/v1/campaigns/{id}",
+        "GET /api/v1/campaigns/{id}/status",
+        "POST /api/v1/campaigns",
+        "POST /api/v1/campaigns/{id}/cancel",
+        "POST /api/v1/campaigns/{id}/pause",
+        "POST /api/v1/campaigns/{id}/recipients",
+        "POST /api/v1/campaigns/{id}/resume",
+        "POST /api/v1/campaigns/{id}/schedule",
+    ];
+    assert_eq!(described, expected);
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "CampaignDocument",
+        "ProblemDetails",
+        "StatusView",
+        "ImportReport",
+        "Recipient",
+    ] {
+        assert!(schemas.contains_key(schema), "{schema} is described");
+    }
+    let docs = reqwest::get(app.url("/docs")).await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("/api/v1/openapi.json"));
+    let bundle = reqwest::get(app.url("/docs/swagger-ui-bundle.js"))
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), StatusCode::OK);
+    assert!(
+        bundle.text().await.unwrap().len() > 100_000,
+        "the vendored Swagger UI is served"
+    );
+}
+
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
+    assert_eq!(protected_routes(&app).await.len(), 10);
     let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
         .await
         .unwrap();
@@ -559,7 +615,7 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
         .split_once('_')
         .unwrap();
     let forged = format!("mbk_{id}_{}", secret.chars().rev().collect::<String>());
-    for (method, path) in protected_routes() {
+    for (method, path) in protected_routes(&app).await {
         let method: reqwest::Method = method.parse().unwrap();
         let response = anonymous
             .request(method.clone(), app.url(&path))
@@ -607,7 +663,7 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
         StatusCode::OK
     );
     assert!(app.store.revoke_api_key(id).await.unwrap());
-    for (method, path) in protected_routes() {
+    for (method, path) in protected_routes(&app).await {
         let response = anonymous
             .request(method.parse().unwrap(), app.url(&path))
             .header("authorization", format!("Bearer {}", created.key))
@@ -617,7 +673,7 @@ async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
         assert_problem(response, StatusCode::FORBIDDEN, "revoked", &path).await;
     }
     // Public routes need no key.
-    for path in ["/health", "/ready"] {
+    for path in ["/health", "/ready", "/api/v1/openapi.json", "/docs"] {
         assert_eq!(
             anonymous.get(app.url(path)).send().await.unwrap().status(),
             StatusCode::OK,
@@ -806,6 +862,7 @@ macro_rules! api_suite {
             case!(malformed_requests_get_problems_and_store_nothing);
             case!(health_and_readiness);
             case!(admin_routes_need_a_valid_unrevoked_key);
+            case!(the_openapi_document_describes_every_route);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(campaigns_page_with_a_cursor);
         }

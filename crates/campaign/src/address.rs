@@ -29,9 +29,10 @@ pub enum AddressError {
 /// Quoted local parts and address literals (`user@[192.0.2.1]`) are refused on purpose: they
 /// are legal but practically never belong to a real subscriber, and refusing them keeps every
 /// address safe to place in a header without quoting.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schemars(transparent)]
+#[schema(value_type = String, format = "email", example = "ann@example.com")]
 pub struct EmailAddress(#[schemars(with = "String", extend("format" = "email"))] String);
 
 const LOCAL_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
@@ -161,7 +162,7 @@ impl<'de> Deserialize<'de> for EmailAddress {
 }
 
 /// An address with an optional display name, as used for From and Reply-To.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mailbox {
     pub email: EmailAddress,

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 ///
 /// Unknown fields are refused so that a typo (`"batchsize"`) cannot pass silently; recipients'
 /// personalization fields are the one place where any name is allowed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "Campaign",
@@ -43,9 +43,11 @@ pub struct CampaignDocument {
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub scheduled_at: Option<OffsetDateTime>,
     /// Free-form data kept with the campaign and available to templates as `campaign.metadata`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Recipients given inline. They may also be added later (JSON or CSV).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -57,7 +59,7 @@ fn default_batch_size() -> u32 {
 }
 
 /// The message templates (minijinja syntax). At least one of `html` and `text` is required.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Templates {
     /// Subject line template. Must be one line.
@@ -74,7 +76,9 @@ pub struct Templates {
     pub undefined_variables: UndefinedVariables,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UndefinedVariables {
     #[default]
@@ -83,7 +87,7 @@ pub enum UndefinedVariables {
 }
 
 /// Retry policy for temporary failures (4xx replies, lost connections).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Delivery attempts per recipient before it is marked failed (1 to 20).
@@ -118,7 +122,7 @@ impl Default for RetryPolicy {
 }
 
 /// Engagement tracking options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrackingOptions {
     /// Insert an open-tracking pixel in the HTML part.
@@ -162,7 +166,7 @@ impl Default for Limits {
 
 /// One thing wrong with a document, located by its field path (`templates.subject`,
 /// `recipients[3].email`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     pub field: String,
     pub message: String,

@@ -85,8 +85,31 @@ impl JsonSchema for Recipient {
     }
 }
 
+impl utoipa::PartialSchema for Recipient {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
+        ObjectBuilder::new()
+            .description(Some(
+                "A recipient: `email` plus any personalization fields.",
+            ))
+            .property(
+                "email",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email))),
+            )
+            .required("email")
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Recipient {}
+
 /// A recipient row that cannot be used, located for the person who has to fix the file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, utoipa::ToSchema)]
 #[error("row {row} (line {line}): {message}")]
 pub struct RowError {
     /// 1-based data row (the header is not counted).

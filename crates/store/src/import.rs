@@ -30,7 +30,7 @@ const MAX_REPORTED_DUPLICATES: usize = 100;
 
 /// A recipient that was not added because its address (compared case-insensitively) was
 /// already in the campaign or earlier in the same import.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Duplicate {
     /// 1-based position in the import.
     pub row: u64,
@@ -38,7 +38,7 @@ pub struct Duplicate {
 }
 
 /// The outcome of an import.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Rows read.
     pub received: u64,

@@ -77,8 +77,9 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// A stored campaign.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CampaignRecord {
+    #[schema(value_type = String, format = Uuid)]
     pub id: CampaignId,
     pub name: String,
     pub status: CampaignStatus,
@@ -99,7 +100,8 @@ pub struct CampaignRecord {
 
 /// Recipients per delivery state. Every state is present, so the numbers always add up to
 /// the campaign's recipient count.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(value_type = std::collections::BTreeMap<String, i64>, example = json!({"pending": 0, "sent": 48, "deferred": 0, "failed": 1, "suppressed": 1, "cancelled": 0}))]
 pub struct DeliveryCounts(pub BTreeMap<&'static str, i64>);
 
 impl DeliveryCounts {
