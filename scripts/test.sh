@@ -114,6 +114,16 @@ run_suite "SQLite" 'test(/sqlite::/)'
 run_suite "PostgreSQL" 'test(/postgres::/)'
 run_suite "other" 'not (test(/sqlite::/) | test(/postgres::/))'
 
+say "suite: schemathesis (the live API against its OpenAPI document)"
+schema_log=$(mktemp)
+if bash scripts/schemathesis.sh 2>&1 | tee "$schema_log"; then
+  summary+=("schemathesis: $(grep -oE '[0-9]+ generated, [0-9]+ passed' "$schema_log" | tail -n 1) (no 5xx, no response outside the document)")
+else
+  failed=1
+  summary+=("schemathesis: FAILED (see above)")
+fi
+rm -f "$schema_log"
+
 say "summary"
 printf '%s\n' "${summary[@]}"
 count() { printf '%s\n' "${summary[@]}" | { grep -oE "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
