@@ -62,7 +62,7 @@ fn hash(secret: &str) -> String {
 /// Middleware for the admin routes: 401 without a valid key, 403 for a revoked one.
 pub(crate) async fn require_api_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = request
@@ -90,5 +90,9 @@ pub(crate) async fn require_api_key(
             "API key {id} has been revoked"
         )));
     }
+    // Handlers that keep per-caller state (Idempotency-Key) need to know who is calling.
+    request
+        .extensions_mut()
+        .insert(crate::idempotency::CallerKey(record.id));
     Ok(next.run(request).await)
 }

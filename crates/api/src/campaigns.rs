@@ -1,10 +1,11 @@
 //! Campaign routes: create, list, read, status.
 
+use crate::idempotency::{self, CallerKey};
 use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -86,17 +87,31 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     path = "/api/v1/campaigns",
     tag = "campaigns",
     request_body(content = CampaignDocument, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key and body returns the first response and creates nothing; the same key with another body is refused (422). Kept 24 hours.")),
     responses((status = 201, description = "Created", body = Created), AdminProblems),
     security(("api_key" = []))
 )]
 async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<CallerKey>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let body = body?;
-    let document = CampaignDocument::from_json(&body, &state.settings.limits)?;
+    idempotency::once(
+        &state,
+        &caller,
+        &headers,
+        "POST /api/v1/campaigns",
+        &body,
+        || create_campaign(&state, &body),
+    )
+    .await
+}
+
+async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, ApiError> {
+    let document = CampaignDocument::from_json(body, &state.settings.limits)?;
     let recipients = document
         .recipients
         .iter()

@@ -7,6 +7,7 @@ pub mod auth;
 mod campaigns;
 mod control;
 mod health;
+pub mod idempotency;
 mod openapi;
 pub mod problem;
 mod recipients;

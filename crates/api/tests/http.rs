@@ -815,6 +815,57 @@ async fn scheduling_is_validated_and_controls_are_idempotent(app: TestApp) {
     .await;
 }
 
+async fn an_idempotency_key_creates_once_under_concurrency(app: TestApp) {
+    let body = serde_json::to_vec(&sample_campaign()).unwrap();
+    let post = |key: &'static str, body: Vec<u8>| {
+        app.client
+            .post(app.url("/api/v1/campaigns"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let responses =
+        futures::future::join_all((0..20).map(|_| post("order-42", body.clone()))).await;
+    let mut ids = std::collections::HashSet::new();
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created: Value = response.json().await.unwrap();
+        ids.insert(created["campaign"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "20 concurrent requests with one key answer with one campaign"
+    );
+    assert_eq!(app.campaign_count().await, 1, "and create exactly one");
+
+    let replay = post("order-42", body.clone()).await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let mut other = sample_campaign();
+    other["name"] = json!("Another campaign");
+    let response = post("order-42", serde_json::to_vec(&other).unwrap())
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "different request",
+        "same key, other body",
+    )
+    .await;
+    // A refused request is remembered too: the same bad body gets the same 422 again.
+    let bad = br#"{"name": ""}"#.to_vec();
+    for _ in 0..2 {
+        let response = post("bad-1", bad.clone()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let response = post("fresh", body).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(app.campaign_count().await, 2);
+}
+
 async fn health_and_readiness(app: TestApp) {
     let (status, body) = app.get_json("/health").await;
     assert_eq!(
@@ -863,6 +914,7 @@ macro_rules! api_suite {
             case!(health_and_readiness);
             case!(admin_routes_need_a_valid_unrevoked_key);
             case!(the_openapi_document_describes_every_route);
+            case!(an_idempotency_key_creates_once_under_concurrency);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(campaigns_page_with_a_cursor);
         }

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, CampaignPage, IdempotencyReservation, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             StoreError, StoredRecipient, initial_status,
         };
@@ -471,6 +471,78 @@ macro_rules! campaign_store {
                     .await?
                     .rows_affected();
                 Ok(exists == 1)
+            }
+
+            async fn reserve_idempotency_key(
+                &self,
+                scope: &str,
+                key: &str,
+                fingerprint: &str,
+                expires_before: OffsetDateTime,
+            ) -> Result<IdempotencyReservation, StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3")
+                    .bind(scope)
+                    .bind(key)
+                    .bind(DbTime::from(expires_before))
+                    .execute(&mut *tx)
+                    .await?;
+                // The primary key makes the reservation atomic: of concurrent requests with one
+                // key exactly one inserts.
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (scope, key) DO NOTHING",
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(DbTime::now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let reservation = if inserted == 1 {
+                    IdempotencyReservation::Reserved
+                } else {
+                    let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                        .bind(scope)
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let status: Option<i32> = row.try_get("status")?;
+                    let body: Option<String> = row.try_get("body")?;
+                    IdempotencyReservation::Existing {
+                        fingerprint: row.try_get("fingerprint")?,
+                        response: status.zip(body).map(|(status, body)| (u16::try_from(status).unwrap_or(500), body)),
+                    }
+                };
+                tx.commit().await?;
+                Ok(reservation)
+            }
+
+            async fn complete_idempotency_key(
+                &self,
+                scope: &str,
+                key: &str,
+                status: u16,
+                body: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query("UPDATE idempotency_keys SET status = $3, body = $4 WHERE scope = $1 AND key = $2")
+                    .bind(scope)
+                    .bind(key)
+                    .bind(i32::from(status))
+                    .bind(body)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
+                    .bind(scope)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
         }
         }

@@ -239,6 +239,40 @@ pub trait CampaignStore: Send + Sync {
 
     /// Marks a key revoked; false when no such key exists. Revoking twice keeps the first time.
     async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Reserves an idempotency key for a request with this fingerprint, or returns what an
+    /// earlier request with the key left (records older than `expires_before` are forgotten).
+    async fn reserve_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        expires_before: OffsetDateTime,
+    ) -> Result<IdempotencyReservation, StoreError>;
+
+    /// Stores the response of the request that reserved the key.
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets a reservation whose request failed on our side, so it may be retried.
+    async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+}
+
+/// What reserving an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyReservation {
+    /// The key is new: this request goes ahead and must complete or release it.
+    Reserved,
+    /// An earlier request used the key; `response` is `None` while it is still running.
+    Existing {
+        fingerprint: String,
+        response: Option<(u16, String)>,
+    },
 }
 
 /// An admin API key as stored: its public id, a name for people, and the hash of its secret.
