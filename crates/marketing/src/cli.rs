@@ -1,8 +1,9 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
 use crate::config::{ApiArgs, LimitArgs, StoreArgs, redacted};
-use crate::roles;
+use crate::{report, roles};
 use anyhow::Context;
+use campaign::CampaignStatus;
 use campaign::{CampaignDocument, CsvRecipients, Recipient, RowError};
 use clap::{Parser, Subcommand};
 use std::collections::HashSet;
@@ -43,6 +44,23 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List campaigns, newest first.
+    #[command(subcommand)]
+    Campaigns(CampaignsCommand),
+    /// Show a campaign's status and recipients per delivery state; `--watch` follows it with a
+    /// progress bar until it is completed, failed or cancelled (exit 1 when it failed).
+    Status {
+        /// The campaign id.
+        id: String,
+        /// Refresh until the campaign reaches a final state.
+        #[arg(long)]
+        watch: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -88,6 +106,25 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum CampaignsCommand {
+    /// List campaigns, newest first.
+    List {
+        /// Only campaigns in this state (draft, scheduled, queued, sending, paused, completed,
+        /// failed, cancelled).
+        #[arg(long)]
+        status: Option<CampaignStatus>,
+        /// How many to show (1 to 500).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ApiKeyCommand {
     /// Create a key and print it. It is shown this once; only its hash is stored.
     Create {
@@ -114,11 +151,7 @@ pub enum ApiKeyCommand {
     },
 }
 
-async fn open_store(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn store::CampaignStore>> {
-    store::connect(&args.database_url)
-        .await
-        .with_context(|| format!("cannot open the store at {}", redacted(&args.database_url)))
-}
+use crate::report::open as open_store;
 
 async fn api_key(command: ApiKeyCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -165,6 +198,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { store, api } => roles::serve_api("serve", &store, &api).await,
         Command::Api { store, api } => roles::serve_api("api", &store, &api).await,
         Command::ApiKey(command) => api_key(command).await,
+        Command::Campaigns(CampaignsCommand::List {
+            status,
+            limit,
+            json,
+            store,
+        }) => report::list_campaigns(open_store(&store).await?.as_ref(), status, limit, json).await,
+        Command::Status {
+            id,
+            watch,
+            json,
+            store,
+        } => report::show_status(open_store(&store).await?.as_ref(), &id, watch, json).await,
         Command::Migrate { store } => {
             let opened = open_store(&store).await?;
             println!(

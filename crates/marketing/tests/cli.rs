@@ -251,6 +251,86 @@ async fn serve_logs_its_address_and_store_answers_and_stops_cleanly_on_sigterm()
     assert!(status.success(), "exit status {status:?}");
 }
 
+#[tokio::test]
+async fn campaigns_list_and_status_read_what_the_api_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let key = marketing(dir.path())
+        .args(["api-key", "create", "--name", "cli"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{}/api/v1/campaigns", server.base))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(std::fs::read(example("sample_campaign.json")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    client
+        .post(format!("{}/api/v1/campaigns/{id}/recipients", server.base))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "text/csv")
+        .body(std::fs::read(example("sample_recipients.csv")).unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    let output = marketing(dir.path())
+        .args(["campaigns", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["recipient_count"], 50);
+    let output = marketing(dir.path())
+        .args(["campaigns", "list", "--status", "sending"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains(&id),
+        "filtered out"
+    );
+    let output = marketing(dir.path())
+        .args(["campaigns", "list", "--status", "sendng"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown state is a usage error"
+    );
+
+    let output = marketing(dir.path())
+        .args(["status", &id, "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (status["status"].as_str(), status["recipients"].as_i64()),
+        (Some("draft"), Some(50))
+    );
+    assert_eq!(status["deliveries"]["pending"], 50);
+    let output = marketing(dir.path())
+        .args(["status", "not-an-id"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a campaign id"));
+}
+
 /// A million-row CSV is imported without holding it in memory: the server's peak RSS stays far
 /// below the size of the file (which it would exceed several times over if it buffered the
 /// rows as recipients).

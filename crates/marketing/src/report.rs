@@ -1,0 +1,139 @@
+//! Read-only operator commands on the store: list campaigns, show (and follow) a campaign's
+//! delivery status. Both print a table for people or JSON (`--json`) for scripts.
+
+use crate::config::StoreArgs;
+use campaign::{CampaignStatus, DeliveryStatus};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+use std::time::Duration;
+use store::{CampaignFilter, CampaignStore};
+
+/// `marketing campaigns list`.
+pub async fn list_campaigns(
+    store: &dyn CampaignStore,
+    status: Option<CampaignStatus>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let page = store
+        .list_campaigns(&CampaignFilter {
+            status,
+            before: None,
+            limit,
+        })
+        .await?;
+    if json {
+        let items: Vec<serde_json::Value> = page
+            .items
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id, "name": c.name, "status": c.status,
+                    "recipient_count": c.recipient_count,
+                    "created_at": c.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        println!("{:<38} {:<10} {:>10}  name", "id", "status", "recipients");
+        for c in &page.items {
+            println!(
+                "{:<38} {:<10} {:>10}  {}",
+                c.id,
+                c.status.as_str(),
+                c.recipient_count,
+                c.name
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `marketing status ID [--watch]`: exits 0 for a campaign that is fine, 1 for one that failed.
+pub async fn show_status(
+    store: &dyn CampaignStore,
+    raw_id: &str,
+    watch: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let id: campaign::CampaignId = raw_id.parse().map_err(|_| {
+        anyhow::anyhow!("{raw_id:?} is not a campaign id (a UUID, see `marketing campaigns list`)")
+    })?;
+    let bar = (watch && !json).then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:40}] {pos}/{len} final ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    loop {
+        let campaign = store
+            .get_campaign(id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("campaign {id} does not exist"))?;
+        let counts = store.delivery_counts(id).await?;
+        let finished = counts.total()
+            - counts.get(DeliveryStatus::Pending)
+            - counts.get(DeliveryStatus::Deferred);
+        let is_final = matches!(
+            campaign.status,
+            CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
+        );
+        match &bar {
+            Some(bar) => {
+                bar.set_length(counts.total().max(0) as u64);
+                bar.set_position(finished.max(0) as u64);
+                bar.set_message(format!(
+                    "{} · sent {} deferred {} failed {} suppressed {}",
+                    campaign.status,
+                    counts.get(DeliveryStatus::Sent),
+                    counts.get(DeliveryStatus::Deferred),
+                    counts.get(DeliveryStatus::Failed),
+                    counts.get(DeliveryStatus::Suppressed)
+                ));
+            }
+            None if !watch || is_final => {
+                if json {
+                    let value = serde_json::json!({
+                        "id": campaign.id, "name": campaign.name, "status": campaign.status,
+                        "recipients": counts.total(), "deliveries": counts,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                } else {
+                    println!("{} ({}): {}", campaign.name, campaign.id, campaign.status);
+                    for (state, count) in &counts.0 {
+                        println!("  {state:<11} {count}");
+                    }
+                    println!("  {:<11} {}", "total", counts.total());
+                }
+            }
+            None => {}
+        }
+        if !watch || is_final {
+            if let Some(bar) = &bar {
+                bar.finish();
+            }
+            return Ok(if campaign.status == CampaignStatus::Failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn CampaignStore>> {
+    use anyhow::Context;
+    store::connect(&args.database_url).await.with_context(|| {
+        format!(
+            "cannot open the store at {}",
+            crate::config::redacted(&args.database_url)
+        )
+    })
+}
