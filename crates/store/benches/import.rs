@@ -9,8 +9,11 @@ use std::time::Instant;
 use store::recipient_stream;
 
 fn document() -> CampaignDocument {
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/sample_campaign.json"))
-        .expect("examples/sample_campaign.json");
+    let text = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/sample_campaign.json"
+    ))
+    .expect("examples/sample_campaign.json");
     CampaignDocument::from_json(&text, &Limits::default()).expect("valid sample")
 }
 
@@ -20,7 +23,8 @@ fn rows(count: usize) -> impl Iterator<Item = Result<Recipient, campaign::RowErr
         fields.insert("first_name".into(), format!("Reader{i}").into());
         fields.insert("city".into(), "Bristol".into());
         Ok(Recipient {
-            email: EmailAddress::parse(&format!("reader{i}@subscribers.example")).expect("valid address"),
+            email: EmailAddress::parse(&format!("reader{i}@subscribers.example"))
+                .expect("valid address"),
             fields,
         })
     })

@@ -292,6 +292,31 @@ macro_rules! campaign_store {
                 Ok(true)
             }
 
+            async fn finish_if_done(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError> {
+                let now = DbTime::now();
+                let result = sqlx::query(
+                    "UPDATE campaigns SET \
+                       status = CASE WHEN NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'sent') \
+                                      AND EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'failed') \
+                                     THEN 'failed' ELSE 'completed' END, \
+                       completed_at = $2, updated_at = $2 \
+                     WHERE id = $1 AND status = 'sending' \
+                       AND NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred'))",
+                )
+                .bind(DbId(id))
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                if result.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
+                    .bind(DbId(id))
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(Some(status.parse().map_err(StoreError::Corrupt)?))
+            }
+
             async fn batch_ranges(
                 &self,
                 id: CampaignId,

@@ -201,6 +201,11 @@ pub trait CampaignStore: Send + Sync {
         from: &[CampaignStatus],
     ) -> Result<bool, StoreError>;
 
+    /// Ends a sending campaign whose recipients are all final: `failed` when nothing could be
+    /// sent (and something failed), `completed` otherwise. Returns the new status, or `None`
+    /// when the campaign is not sending or still has recipients to deliver.
+    async fn finish_if_done(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError>;
+
     /// Splits the campaign's recipients that still need sending into id ranges of at most
     /// `batch_size` recipients each, in id order.
     async fn batch_ranges(

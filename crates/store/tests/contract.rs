@@ -581,6 +581,84 @@ async fn schedule_and_cancel_follow_the_rules(store: Arc<dyn CampaignStore>) {
     );
 }
 
+async fn a_campaign_finishes_when_every_recipient_is_final(store: Arc<dyn CampaignStore>) {
+    use store::{DeliveryOutcome, OutcomeKind};
+    let sent = |id| DeliveryOutcome {
+        recipient_id: id,
+        result: OutcomeKind::Sent {
+            reply: "250 ok".into(),
+        },
+    };
+    let failed = |id| DeliveryOutcome {
+        recipient_id: id,
+        result: OutcomeKind::Failed {
+            error: "550 no".into(),
+            attempted: true,
+        },
+    };
+    for (name, make) in [("mixed", 0), ("all failed", 1)] {
+        let recipients: Vec<Recipient> = (0..2)
+            .map(|i| recipient(&format!("f{i}@example.com"), "F"))
+            .collect();
+        let (record, _) = store
+            .create_campaign(&document(name), recipient_stream(rows(recipients)))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .transition_campaign(record.id, &[CampaignStatus::Draft], CampaignStatus::Sending)
+                .await
+                .unwrap()
+        );
+        let range = store.batch_ranges(record.id, 10).await.unwrap()[0];
+        let ids: Vec<i64> = store
+            .due_recipients(record.id, range, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        store.record_outcomes(&[failed(ids[0])]).await.unwrap();
+        assert_eq!(
+            store.finish_if_done(record.id).await.unwrap(),
+            None,
+            "one recipient is still pending"
+        );
+        store
+            .record_outcomes(&[if make == 0 {
+                sent(ids[1])
+            } else {
+                failed(ids[1])
+            }])
+            .await
+            .unwrap();
+        let expected = if make == 0 {
+            CampaignStatus::Completed
+        } else {
+            CampaignStatus::Failed
+        };
+        assert_eq!(
+            store.finish_if_done(record.id).await.unwrap(),
+            Some(expected),
+            "{name}"
+        );
+        assert_eq!(
+            store.finish_if_done(record.id).await.unwrap(),
+            None,
+            "finishing happens once"
+        );
+        assert!(
+            store
+                .get_campaign(record.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .completed_at
+                .is_some()
+        );
+    }
+}
+
 async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
@@ -608,6 +686,7 @@ macro_rules! contract_suite {
             case!(unknown_campaigns_are_reported);
             case!(campaigns_page_newest_first);
             case!(ping_answers);
+            case!(a_campaign_finishes_when_every_recipient_is_final);
             case!(schedule_and_cancel_follow_the_rules);
             case!(api_keys_are_stored_listed_and_revoked);
             case!(campaign_transitions_are_conditional);
