@@ -9,9 +9,11 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use campaign::{CampaignDocument, CampaignId, CampaignStatus};
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus};
 use serde::{Deserialize, Serialize};
-use store::{CampaignFilter, CampaignRecord, DeliveryCounts, ImportReport, recipient_stream};
+use store::{
+    CampaignFilter, CampaignRecord, DeliveryCounts, DeliveryRecord, ImportReport, recipient_stream,
+};
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,6 +23,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(read))
         .routes(routes!(status))
+        .routes(routes!(deliveries))
 }
 
 /// A campaign in lists: everything but the document.
@@ -272,4 +275,59 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
         started_at: campaign.started_at,
         completed_at: campaign.completed_at,
     })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DeliveryParams {
+    /// Only recipients in this delivery state.
+    #[param(inline)]
+    status: Option<DeliveryStatus>,
+    /// The previous page's `next_cursor`.
+    after: Option<i64>,
+    /// Recipients per page, 1 to 1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// A page of per-recipient outcomes.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeliveryPage {
+    items: Vec<DeliveryRecord>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<i64>,
+}
+
+/// Per-recipient outcomes (with the SMTP reply or the last error), in recipient order, so
+/// failed recipients can be found.
+#[utoipa::path(
+    get,
+    path = "/api/v1/campaigns/{id}/deliveries",
+    tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id (UUID)"), DeliveryParams),
+    responses((status = 200, description = "A page of deliveries", body = DeliveryPage), AdminProblems),
+    security(("api_key" = []))
+)]
+async fn deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<DeliveryParams>, QueryRejection>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let campaign = find(&state, &id).await?;
+    let items = state
+        .store
+        .list_deliveries(campaign.id, params.status, params.after, limit)
+        .await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|d| d.recipient_id))
+        .flatten();
+    Ok(Json(DeliveryPage { items, next_cursor }))
 }

@@ -164,6 +164,25 @@ async fn sample_campaign_with_csv_recipients_reports_its_status(app: TestApp) {
         .sum();
     assert_eq!(sum, 50, "delivery counts add up to the recipients");
 
+    let (status, page) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries?limit=20"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"].as_array().unwrap().len(), 20);
+    assert_eq!(page["items"][0]["email"], "amelia.hughes0@mail.example");
+    assert_eq!(page["items"][0]["status"], "pending");
+    let cursor = page["next_cursor"].as_i64().unwrap();
+    let (_, rest) = app
+        .get_json(&format!(
+            "/api/v1/campaigns/{id}/deliveries?after={cursor}&limit=1000"
+        ))
+        .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 30);
+    let (_, none) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries?status=failed"))
+        .await;
+    assert_eq!(none["items"], json!([]));
+
     let (status, campaign) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -571,6 +590,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         "DELETE /api/v1/campaigns/{id}/schedule",
         "GET /api/v1/campaigns",
         "GET /api/v1/campaigns/{id}",
+        "GET /api/v1/campaigns/{id}/deliveries",
         "GET /api/v1/campaigns/{id}/status",
         "POST /api/v1/campaigns",
         "POST /api/v1/campaigns/{id}/cancel",
@@ -605,7 +625,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 10);
+    assert_eq!(protected_routes(&app).await.len(), 11);
     let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
         .await
         .unwrap();

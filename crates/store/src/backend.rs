@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, IdempotencyReservation, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, IdempotencyReservation, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             StoreError, StoredRecipient, initial_status,
         };
@@ -290,6 +290,41 @@ macro_rules! campaign_store {
                 .await?;
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn list_deliveries(
+                &self,
+                id: CampaignId,
+                status: Option<DeliveryStatus>,
+                after: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<DeliveryRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, email, status, attempts, smtp_reply, last_error, next_attempt_at, sent_at FROM recipients \
+                     WHERE campaign_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id > $3) \
+                     ORDER BY id LIMIT $4",
+                )
+                .bind(DbId(id))
+                .bind(status.map(DeliveryStatus::as_str))
+                .bind(after)
+                .bind(i64::from(limit.clamp(1, 1000)))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let status: String = row.try_get("status")?;
+                        Ok(DeliveryRecord {
+                            recipient_id: row.try_get("id")?,
+                            email: row.try_get("email")?,
+                            status: status.parse().map_err(StoreError::Corrupt)?,
+                            attempts: row.try_get("attempts")?,
+                            smtp_reply: row.try_get("smtp_reply")?,
+                            last_error: row.try_get("last_error")?,
+                            next_attempt_at: row.try_get::<Option<DbTime>, _>("next_attempt_at")?.map(|t| t.0),
+                            sent_at: row.try_get::<Option<DbTime>, _>("sent_at")?.map(|t| t.0),
+                        })
+                    })
+                    .collect()
             }
 
             async fn finish_if_done(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError> {

@@ -201,6 +201,16 @@ pub trait CampaignStore: Send + Sync {
         from: &[CampaignStatus],
     ) -> Result<bool, StoreError>;
 
+    /// One page of a campaign's recipients with their delivery outcome, in id order,
+    /// optionally only those in one state; `after` is the previous page's last id.
+    async fn list_deliveries(
+        &self,
+        id: CampaignId,
+        status: Option<DeliveryStatus>,
+        after: Option<RecipientId>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+
     /// Ends a sending campaign whose recipients are all final: `failed` when nothing could be
     /// sent (and something failed), `completed` otherwise. Returns the new status, or `None`
     /// when the campaign is not sending or still has recipients to deliver.
@@ -299,6 +309,23 @@ pub struct ApiKeyRecord {
 pub struct RecipientRange {
     pub first: RecipientId,
     pub last: RecipientId,
+}
+
+/// One recipient's delivery, as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DeliveryRecord {
+    pub recipient_id: RecipientId,
+    pub email: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    /// The SMTP server's reply to the accepted message.
+    pub smtp_reply: Option<String>,
+    /// Why the last attempt failed or was deferred.
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
 }
 
 /// A recipient as the sender needs it.

@@ -422,6 +422,31 @@ async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn CampaignSto
         (DeliveryStatus::Deferred, 1)
     );
 
+    // Operators page through outcomes, optionally by state.
+    let failed = store
+        .list_deliveries(record.id, Some(DeliveryStatus::Failed), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].recipient_id, failed[0].last_error.as_deref()),
+        (ids[2], Some("550 5.1.1 User unknown"))
+    );
+    let first_page = store
+        .list_deliveries(record.id, None, None, 2)
+        .await
+        .unwrap();
+    let second_page = store
+        .list_deliveries(record.id, None, Some(first_page[1].recipient_id), 10)
+        .await
+        .unwrap();
+    assert_eq!(first_page.len() + second_page.len(), 5);
+    assert_eq!(
+        first_page[0].smtp_reply.as_deref(),
+        Some("250 2.0.0 Ok: queued as A1")
+    );
+    assert!(first_page[0].sent_at.is_some());
+
     // A sent recipient is never changed back by a late outcome.
     store
         .record_outcomes(&[DeliveryOutcome {
