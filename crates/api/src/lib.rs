@@ -11,6 +11,7 @@ pub mod idempotency;
 mod openapi;
 pub mod problem;
 mod recipients;
+mod suppressions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -56,6 +57,7 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(campaigns::routes())
         .merge(recipients::routes())
         .merge(control::routes())
+        .merge(suppressions::routes())
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -558,7 +558,9 @@ async fn protected_routes(app: &TestApp) -> Vec<(String, String)> {
     for (path, operations) in document["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {
             if operation.get("security").is_some() {
-                let concrete = path.replace("{id}", "0190b2a0-0000-7000-8000-000000000000");
+                let concrete = path
+                    .replace("{id}", "0190b2a0-0000-7000-8000-000000000000")
+                    .replace("{email}", "someone@example.com");
                 routes.push((method.to_uppercase(), concrete));
             }
         }
@@ -586,7 +588,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         }
     }
     described.sort();
-    let expected = [
+    let mut expected = [
         "DELETE /api/v1/campaigns/{id}/schedule",
         "GET /api/v1/campaigns",
         "GET /api/v1/campaigns/{id}",
@@ -598,7 +600,11 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         "POST /api/v1/campaigns/{id}/recipients",
         "POST /api/v1/campaigns/{id}/resume",
         "POST /api/v1/campaigns/{id}/schedule",
+        "DELETE /api/v1/suppressions/{email}",
+        "GET /api/v1/suppressions",
+        "POST /api/v1/suppressions",
     ];
+    expected.sort();
     assert_eq!(described, expected);
     let schemas = document["components"]["schemas"].as_object().unwrap();
     for schema in [
@@ -625,7 +631,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 11);
+    assert_eq!(protected_routes(&app).await.len(), 14);
     let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
         .await
         .unwrap();
@@ -886,6 +892,58 @@ async fn an_idempotency_key_creates_once_under_concurrency(app: TestApp) {
     assert_eq!(app.campaign_count().await, 2);
 }
 
+async fn suppressions_are_listed_added_and_removed(app: TestApp) {
+    for email in ["Zed@Example.com", "amy@example.com"] {
+        let response = app
+            .post_json(
+                "/api/v1/suppressions",
+                &json!({"email": email, "reason": "complaint"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    let response = app
+        .post_json("/api/v1/suppressions", &json!({"email": "not an address"}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid email address",
+        "bad address",
+    )
+    .await;
+    let (_, page) = app.get_json("/api/v1/suppressions?limit=1").await;
+    assert_eq!(page["items"][0]["email"], "amy@example.com");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, next) = app
+        .get_json(&format!("/api/v1/suppressions?after={cursor}"))
+        .await;
+    assert_eq!(next["items"][0]["email"], "Zed@Example.com");
+    assert_eq!(next["items"][0]["reason"], "complaint");
+    let response = app
+        .client
+        .delete(app.url("/api/v1/suppressions/zed@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = app
+        .client
+        .delete(app.url("/api/v1/suppressions/zed@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::NOT_FOUND,
+        "not on the suppression list",
+        "removed twice",
+    )
+    .await;
+    let (_, all) = app.get_json("/api/v1/suppressions").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 1);
+}
+
 async fn health_and_readiness(app: TestApp) {
     let (status, body) = app.get_json("/health").await;
     assert_eq!(
@@ -935,6 +993,7 @@ macro_rules! api_suite {
             case!(admin_routes_need_a_valid_unrevoked_key);
             case!(the_openapi_document_describes_every_route);
             case!(an_idempotency_key_creates_once_under_concurrency);
+            case!(suppressions_are_listed_added_and_removed);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(campaigns_page_with_a_cursor);
         }

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, IdempotencyReservation, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             StoreError, StoredRecipient, initial_status,
         };
@@ -495,6 +495,34 @@ macro_rules! campaign_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(())
+            }
+
+            async fn list_suppressions(&self, after: Option<&str>, limit: u32) -> Result<Vec<Suppression>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT email, reason, created_at FROM suppressions WHERE ($1 IS NULL OR email_key > $1) ORDER BY email_key LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit.clamp(1, 1000)))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Suppression {
+                            email: row.try_get("email")?,
+                            reason: row.try_get("reason")?,
+                            created_at: row.try_get::<DbTime, _>("created_at")?.0,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn remove_suppression(&self, email: &EmailAddress) -> Result<bool, StoreError> {
+                let removed = sqlx::query("DELETE FROM suppressions WHERE email_key = $1")
+                    .bind(email.key())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(removed == 1)
             }
 
             async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {

@@ -243,6 +243,17 @@ pub trait CampaignStore: Send + Sync {
     /// Puts an address on the suppression list (idempotent: the first reason is kept).
     async fn suppress(&self, email: &EmailAddress, reason: &str) -> Result<(), StoreError>;
 
+    /// One page of the suppression list, ordered by address; `after` is the previous page's
+    /// last email key.
+    async fn list_suppressions(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Suppression>, StoreError>;
+
+    /// Takes an address off the suppression list; false when it was not on it.
+    async fn remove_suppression(&self, email: &EmailAddress) -> Result<bool, StoreError>;
+
     /// Stores a new API key (its secret already hashed by the caller).
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
 
@@ -309,6 +320,16 @@ pub struct ApiKeyRecord {
 pub struct RecipientRange {
     pub first: RecipientId,
     pub last: RecipientId,
+}
+
+/// An address that is never sent to, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Suppression {
+    pub email: String,
+    /// e.g. `unsubscribed`, `hard_bounce`, `complaint`, `manual`.
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
 }
 
 /// One recipient's delivery, as operators see it.

@@ -494,6 +494,38 @@ async fn suppressions_match_whatever_the_case(store: Arc<dyn CampaignStore>) {
         vec!["unsubscribed@example.com".to_string()]
     );
     assert!(store.suppressed_among(&[]).await.unwrap().is_empty());
+
+    store
+        .suppress(
+            &EmailAddress::parse("another@example.com").unwrap(),
+            "manual",
+        )
+        .await
+        .unwrap();
+    let listed = store.list_suppressions(None, 10).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| (s.email.as_str(), s.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("another@example.com", "manual"),
+            ("Unsubscribed@Example.com", "unsubscribed")
+        ]
+    );
+    let next = store
+        .list_suppressions(Some("another@example.com"), 10)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(
+        store
+            .remove_suppression(&EmailAddress::parse("UNSUBSCRIBED@example.com").unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(!store.remove_suppression(&address).await.unwrap());
+    assert!(store.suppressed_among(&keys).await.unwrap().is_empty());
 }
 
 async fn api_keys_are_stored_listed_and_revoked(store: Arc<dyn CampaignStore>) {
