@@ -1,0 +1,472 @@
+//! The MIME writer: a rendered message to the exact bytes sent over SMTP.
+//!
+//! Hand-written rather than built with lettre's `MessageBuilder` because the writer runs once
+//! per recipient and must stay a few microseconds; the format produced is narrow and fixed
+//! (one multipart/alternative or one text part), which keeps it easy to get right:
+//! CRLF everywhere, UTF-8 headers as RFC 2047 encoded-words, bodies in 7bit when they already
+//! are 7-bit with short lines, otherwise quoted-printable (mostly ASCII) or base64.
+
+use crate::template::{CompiledCampaign, RenderedMessage};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use campaign::{EmailAddress, Mailbox};
+use serde::Serialize;
+use std::fmt::Write as _;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+/// Per-message choices the caller makes (the delivery worker or the preview).
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// SMTP envelope sender (MAIL FROM). `None` uses the campaign's From address; the bounce
+    /// handling uses a VERP address such as `bounces+TOKEN@domain`.
+    pub envelope_from: Option<EmailAddress>,
+    /// The Date header (and DKIM `t=`). Passed in so a build is reproducible.
+    pub date: OffsetDateTime,
+}
+
+/// A message ready for SMTP: hand `bytes` to `AsyncSmtpConnection::send` as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutgoingMessage {
+    /// MAIL FROM.
+    pub envelope_from: String,
+    /// RCPT TO (one address for campaign mail).
+    pub recipients: Vec<String>,
+    /// The Message-ID header's value, with angle brackets.
+    pub message_id: String,
+    /// The whole message, CRLF line endings, headers first.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+}
+
+/// Why a message could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The Date cannot be formatted (a year outside RFC 5322's range).
+    #[error("the date cannot be written as an RFC 5322 date: {0}")]
+    Date(String),
+    /// The unsubscribe URL or mailto contains a character that cannot stand in a header.
+    #[error("the unsubscribe link {0:?} contains a character not allowed in List-Unsubscribe")]
+    UnsubscribeLink(String),
+    /// The message has neither an HTML nor a text body.
+    #[error("the message has no body")]
+    NoBody,
+}
+
+/// Header lines are kept at or under this length where the content allows (RFC 5322 §2.1.1).
+const LINE: usize = 78;
+
+impl CompiledCampaign {
+    /// Writes the message: headers, then one body part or multipart/alternative (text, HTML).
+    pub fn build(
+        &self,
+        message: &RenderedMessage,
+        options: &BuildOptions,
+    ) -> Result<OutgoingMessage, BuildError> {
+        build(&self.from, self.reply_to.as_ref(), message, options)
+    }
+}
+
+fn build(
+    from: &Mailbox,
+    reply_to: Option<&Mailbox>,
+    message: &RenderedMessage,
+    options: &BuildOptions,
+) -> Result<OutgoingMessage, BuildError> {
+    for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
+        if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
+            return Err(BuildError::UnsubscribeLink(link.clone()));
+        }
+    }
+    let date = options
+        .date
+        .format(&Rfc2822)
+        .map_err(|err| BuildError::Date(err.to_string()))?;
+    let message_id = format!(
+        "<{}.{}@{}>",
+        message.campaign_id,
+        message.recipient_id,
+        from.email.domain()
+    );
+    let body_len =
+        message.html.as_ref().map_or(0, String::len) + message.text.as_ref().map_or(0, String::len);
+    let mut out = String::with_capacity(body_len + body_len / 8 + 1024);
+
+    header(&mut out, "Date", &date);
+    out.push_str("From: ");
+    mailbox(&mut out, "From: ".len(), from);
+    out.push_str("\r\n");
+    header(&mut out, "To", &format!("<{}>", message.to));
+    if let Some(reply_to) = reply_to {
+        out.push_str("Reply-To: ");
+        mailbox(&mut out, "Reply-To: ".len(), reply_to);
+        out.push_str("\r\n");
+    }
+    out.push_str("Subject: ");
+    unstructured(&mut out, "Subject: ".len(), &message.subject);
+    out.push_str("\r\n");
+    header(&mut out, "Message-ID", &message_id);
+    out.push_str("List-Unsubscribe: <");
+    out.push_str(&message.unsubscribe_url);
+    out.push('>');
+    if let Some(mailto) = &message.unsubscribe_mailto {
+        // Fold between the two links: each URL is long enough to pass 78 columns alone.
+        out.push_str(",\r\n <");
+        out.push_str(mailto);
+        out.push('>');
+    }
+    out.push_str("\r\n");
+    header(
+        &mut out,
+        "List-Unsubscribe-Post",
+        "List-Unsubscribe=One-Click",
+    );
+    let _ = write!(
+        out,
+        "X-Campaign-ID: {}\r\nX-Recipient-ID: {}\r\nMIME-Version: 1.0\r\n",
+        message.campaign_id, message.recipient_id
+    );
+
+    match (&message.text, &message.html) {
+        (Some(text), Some(html)) => {
+            // "=_" cannot occur in quoted-printable or base64 output, and 7bit bodies are
+            // checked for the boundary before they are used as they are.
+            let boundary = format!(
+                "=_mb_{}_{}",
+                message.campaign_id.simple(),
+                message.recipient_id
+            );
+            let _ = write!(
+                out,
+                "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n\r\n"
+            );
+            for (subtype, body) in [("plain", text), ("html", html)] {
+                let _ = write!(out, "--{boundary}\r\n");
+                part(&mut out, subtype, body, Some(&boundary));
+            }
+            let _ = write!(out, "--{boundary}--\r\n");
+        }
+        (Some(text), None) => part(&mut out, "plain", text, None),
+        (None, Some(html)) => part(&mut out, "html", html, None),
+        (None, None) => return Err(BuildError::NoBody),
+    }
+
+    let envelope_from = options
+        .envelope_from
+        .as_ref()
+        .unwrap_or(&from.email)
+        .as_str()
+        .to_string();
+    Ok(OutgoingMessage {
+        envelope_from,
+        recipients: vec![message.to.clone()],
+        message_id,
+        bytes: out.into_bytes(),
+    })
+}
+
+fn header(out: &mut String, name: &str, value: &str) {
+    out.push_str(name);
+    out.push_str(": ");
+    out.push_str(value);
+    out.push_str("\r\n");
+}
+
+/// `Display Name <address>`, the name as atoms, a quoted string or encoded-words as needed.
+fn mailbox(out: &mut String, column: usize, mailbox: &Mailbox) {
+    match mailbox.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => {
+            phrase(out, column, name);
+            out.push_str(" <");
+        }
+        _ => out.push('<'),
+    }
+    out.push_str(mailbox.email.as_str());
+    out.push('>');
+}
+
+fn phrase(out: &mut String, column: usize, name: &str) {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~ ".contains(c);
+    if name.chars().all(atext) && !name.contains("=?") {
+        out.push_str(name);
+    } else if name.chars().all(|c| (' '..='~').contains(&c)) && !name.contains("=?") {
+        out.push('"');
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    } else {
+        encoded_words(out, column, name);
+    }
+}
+
+/// An unstructured header value (Subject): plain and folded at spaces when it is printable
+/// ASCII, RFC 2047 encoded-words otherwise.
+fn unstructured(out: &mut String, column: usize, value: &str) {
+    let plain = value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) || b == b'\t')
+        && !value.contains("=?")
+        && value.split(' ').all(|word| word.len() < 900);
+    if !plain {
+        encoded_words(out, column, value);
+        return;
+    }
+    let mut col = column;
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            if col + 1 + word.len() > LINE && col > column {
+                // Folding: CRLF followed by the space that separated the words.
+                out.push_str("\r\n");
+                col = 0;
+            }
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += word.len();
+    }
+}
+
+/// `=?UTF-8?B?…?=` words of at most 75 characters, never splitting a character (RFC 2047
+/// §5), separated by folding white space, which decoders drop between encoded-words.
+fn encoded_words(out: &mut String, column: usize, value: &str) {
+    // 45 bytes of UTF-8 → 60 base64 characters → 72 with the `=?UTF-8?B?` `?=` wrapping.
+    const CHUNK: usize = 45;
+    let mut rest = value;
+    let mut first = true;
+    let mut col = column;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(CHUNK);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        if !first {
+            out.push_str(if col + 73 > LINE { "\r\n " } else { " " });
+            col = 1;
+        }
+        out.push_str("=?UTF-8?B?");
+        STANDARD.encode_string(chunk.as_bytes(), out);
+        out.push_str("?=");
+        col += 12 + chunk.len().div_ceil(3) * 4;
+        first = false;
+        rest = tail;
+    }
+}
+
+/// One text part: its headers, a blank line and the encoded body.
+fn part(out: &mut String, subtype: &str, body: &str, boundary: Option<&str>) {
+    let encoding = choose_encoding(body, boundary);
+    let _ = write!(
+        out,
+        "Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {}\r\n\r\n",
+        encoding.name()
+    );
+    match encoding {
+        Encoding::SevenBit => seven_bit(out, body),
+        Encoding::QuotedPrintable => quoted_printable(out, body),
+        Encoding::Base64 => base64_lines(out, body),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    SevenBit,
+    QuotedPrintable,
+    Base64,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::SevenBit => "7bit",
+            Encoding::QuotedPrintable => "quoted-printable",
+            Encoding::Base64 => "base64",
+        }
+    }
+}
+
+fn choose_encoding(body: &str, boundary: Option<&str>) -> Encoding {
+    let bytes = body.as_bytes();
+    if bytes.is_ascii() {
+        // 7bit: no NUL or bare CR, lines ≤ 998 octets (RFC 5322), and the boundary absent.
+        let lines_ok = body.split('\n').all(|line| line.len() <= 998);
+        let controls_ok = !bytes.contains(&0) && !has_bare_cr(bytes);
+        let boundary_ok = boundary.is_none_or(|b| !body.contains(b));
+        if lines_ok && controls_ok && boundary_ok {
+            return Encoding::SevenBit;
+        }
+        return Encoding::QuotedPrintable;
+    }
+    // Quoted-printable triples every non-ASCII byte; past about a sixth of the text base64's
+    // flat 4/3 is smaller (and a right-to-left or CJK newsletter is mostly non-ASCII).
+    let non_ascii = bytes.iter().filter(|b| !b.is_ascii()).count();
+    if non_ascii * 6 > bytes.len() {
+        Encoding::Base64
+    } else {
+        Encoding::QuotedPrintable
+    }
+}
+
+fn has_bare_cr(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+}
+
+/// The body as it is, line endings made CRLF, ending with a line break.
+fn seven_bit(out: &mut String, body: &str) {
+    for line in lines(body) {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+}
+
+/// Lines without their terminators (`\n` or `\r\n`); a final line break adds no empty line.
+fn lines(body: &str) -> impl Iterator<Item = &str> {
+    let body = body.strip_suffix('\n').unwrap_or(body);
+    body.split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+}
+
+/// Quoted-printable (RFC 2045 §6.7): encoded lines at most 76 characters, soft breaks `=`,
+/// trailing white space encoded so transports cannot strip it.
+fn quoted_printable(out: &mut String, body: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for line in lines(body) {
+        let bytes = line.as_bytes();
+        let mut col = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let last = i + 1 == bytes.len();
+            let literal = match b {
+                b'=' => false,
+                b'!'..=b'~' => true,
+                b' ' | b'\t' => !last,
+                _ => false,
+            };
+            let width = if literal { 1 } else { 3 };
+            // Leave room for the soft-break `=` unless this is the line's last character.
+            let limit = if last { 76 } else { 75 };
+            if col + width > limit {
+                out.push_str("=\r\n");
+                col = 0;
+            }
+            if literal {
+                out.push(b as char);
+            } else {
+                out.push('=');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0x0f) as usize] as char);
+            }
+            col += width;
+        }
+        out.push_str("\r\n");
+    }
+}
+
+/// Base64 in 76-character lines (57 input bytes each).
+fn base64_lines(out: &mut String, body: &str) {
+    // Line endings become CRLF first: the decoded text is what the reader's client shows.
+    let mut text = String::with_capacity(body.len() + body.len() / 32);
+    seven_bit(&mut text, body);
+    for chunk in text.as_bytes().chunks(57) {
+        STANDARD.encode_string(chunk, out);
+        out.push_str("\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qp(body: &str) -> String {
+        let mut out = String::new();
+        quoted_printable(&mut out, body);
+        out
+    }
+
+    #[test]
+    fn quoted_printable_keeps_lines_short_and_encodes_what_it_must() {
+        let encoded = qp(&format!("{}\nend with space \nA=B é", "x".repeat(200)));
+        for line in encoded.split("\r\n") {
+            assert!(line.len() <= 76, "{line:?}");
+        }
+        assert!(encoded.contains("end with space=20\r\n"));
+        assert!(encoded.contains("A=3DB =C3=A9\r\n"));
+    }
+
+    #[test]
+    fn encoded_words_never_split_a_character_and_stay_short() {
+        let mut out = String::new();
+        encoded_words(&mut out, 9, &"é🎉".repeat(30));
+        for word in out.split(['\r', '\n', ' ']).filter(|w| !w.is_empty()) {
+            assert!(word.len() <= 75, "{word}");
+            let b64 = word
+                .strip_prefix("=?UTF-8?B?")
+                .and_then(|w| w.strip_suffix("?="))
+                .unwrap();
+            let decoded = STANDARD.decode(b64).unwrap();
+            assert!(
+                String::from_utf8(decoded).is_ok(),
+                "a word split a character"
+            );
+        }
+    }
+
+    #[test]
+    fn ascii_subject_folds_at_spaces() {
+        let mut out = String::from("Subject: ");
+        let subject = "word ".repeat(40);
+        unstructured(&mut out, 9, subject.trim());
+        for line in out.split("\r\n") {
+            assert!(line.len() <= LINE, "{line:?}");
+        }
+        assert_eq!(
+            out.replace("\r\n", ""),
+            format!("Subject: {}", subject.trim())
+        );
+    }
+
+    #[test]
+    fn display_names_are_quoted_or_encoded_when_needed() {
+        let cases = [
+            ("Riverside Books", "Riverside Books"),
+            ("Smith, John", "\"Smith, John\""),
+            ("Say \"hi\"", "\"Say \\\"hi\\\"\""),
+        ];
+        for (name, expected) in cases {
+            let mut out = String::new();
+            phrase(&mut out, 6, name);
+            assert_eq!(out, expected);
+        }
+        let mut out = String::new();
+        phrase(&mut out, 6, "Zoë");
+        assert_eq!(out, "=?UTF-8?B?Wm/Dqw==?=");
+    }
+
+    #[test]
+    fn encoding_follows_content() {
+        assert_eq!(choose_encoding("plain\nascii\n", None), Encoding::SevenBit);
+        assert_eq!(
+            choose_encoding(&"x".repeat(1000), None),
+            Encoding::QuotedPrintable
+        );
+        assert_eq!(
+            choose_encoding("a --=_mb_x b", Some("=_mb_x")),
+            Encoding::QuotedPrintable
+        );
+        assert_eq!(
+            choose_encoding("Hello Zoë, welcome back", None),
+            Encoding::QuotedPrintable
+        );
+        assert_eq!(
+            choose_encoding("مرحبا بكم في متجرنا", None),
+            Encoding::Base64
+        );
+    }
+}

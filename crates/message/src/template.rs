@@ -1,0 +1,470 @@
+//! Compiling a campaign's templates once, checking which variables they need, and rendering
+//! them for one recipient.
+
+use crate::values;
+use campaign::{CampaignDocument, CampaignId, Mailbox, Recipient, RecipientId, UndefinedVariables};
+use minijinja::value::{Enumerator, Object, Value};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+/// Variables the service provides to every template, whatever the recipient's fields.
+pub const SERVICE_VARIABLES: [&str; 4] = ["email", "recipient", "unsubscribe_url", "campaign"];
+
+/// Limits that stop a runaway template. One set per service; the defaults suit newsletters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSettings {
+    /// minijinja fuel per template render (roughly one unit per VM instruction). A loop body
+    /// costs a handful of units per iteration, so this admits product lists of hundreds of items
+    /// but stops a loop over 10,000.
+    pub fuel: u64,
+    /// Nesting depth for loops, conditionals, macros and recursion.
+    pub recursion_limit: usize,
+    /// The largest rendered part (subject, HTML or text), in bytes.
+    pub max_rendered_bytes: usize,
+}
+
+impl Default for MessageSettings {
+    fn default() -> Self {
+        MessageSettings {
+            fuel: 20_000,
+            recursion_limit: 100,
+            max_rendered_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which of a campaign's templates something refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplatePart {
+    Subject,
+    Html,
+    Text,
+}
+
+impl TemplatePart {
+    /// The name the template is registered under; auto-escaping is keyed on it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplatePart::Subject => "subject",
+            TemplatePart::Html => "html",
+            TemplatePart::Text => "text",
+        }
+    }
+}
+
+impl fmt::Display for TemplatePart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A template that does not compile: the API answers 422 with these fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[error("{template} template, line {line}, column {column}: {message}")]
+pub struct TemplateError {
+    /// Which template.
+    pub template: TemplatePart,
+    /// 1-based line of the error.
+    pub line: usize,
+    /// 1-based column (in characters) of the error.
+    pub column: usize,
+    /// What is wrong, as minijinja describes it.
+    pub message: String,
+}
+
+/// A variable a template uses that neither the service nor any recipient provides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnknownVariable {
+    /// Which template uses it.
+    pub template: TemplatePart,
+    /// The top-level variable name (`user` for `user.name`).
+    pub name: String,
+    /// 1-based line of its first use.
+    pub line: usize,
+}
+
+impl fmt::Display for UnknownVariable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} template, line {}: `{}` is not a field of any recipient",
+            self.template, self.line, self.name
+        )
+    }
+}
+
+/// Which limit a render ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    Fuel,
+    Recursion,
+    OutputSize,
+}
+
+/// Why one recipient's message could not be rendered. Recorded on that recipient; the batch
+/// goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// Strict campaigns: the template prints a variable the recipient does not have.
+    #[error("{template} template, line {line}: undefined variable ({detail})")]
+    Undefined {
+        template: TemplatePart,
+        line: usize,
+        detail: String,
+    },
+    /// The template used more fuel, depth or output than allowed (a runaway loop or recursion).
+    #[error("{template} template, line {line}: stopped by the {limit:?} limit ({detail})")]
+    LimitExceeded {
+        template: TemplatePart,
+        line: usize,
+        limit: Limit,
+        detail: String,
+    },
+    /// The rendered subject contains a line break, which would end the header.
+    #[error("the rendered subject contains a line break")]
+    SubjectLineBreak,
+    /// The rendered subject contains a control character other than a tab.
+    #[error("the rendered subject contains the control character U+{0:04X}")]
+    SubjectControlCharacter(u32),
+    /// Any other failure while evaluating (a filter given a wrong value, an unknown filter…).
+    #[error("{template} template, line {line}: {detail}")]
+    Evaluation {
+        template: TemplatePart,
+        line: usize,
+        detail: String,
+    },
+}
+
+/// What the service knows about one recipient beyond the recipient's own fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientContext {
+    pub campaign_id: CampaignId,
+    pub recipient_id: RecipientId,
+    /// The https unsubscribe link (`{PUBLIC_BASE_URL}/u/{token}`), shown to templates as
+    /// `unsubscribe_url` and sent in List-Unsubscribe.
+    pub unsubscribe_url: String,
+    /// Optional `mailto:` unsubscribe address, added to List-Unsubscribe after the URL.
+    pub unsubscribe_mailto: Option<String>,
+}
+
+/// One recipient's message as text, before MIME encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderedMessage {
+    pub campaign_id: CampaignId,
+    pub recipient_id: RecipientId,
+    pub to: String,
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    pub unsubscribe_url: String,
+    pub unsubscribe_mailto: Option<String>,
+}
+
+/// A campaign's templates compiled once, ready to render any number of recipients.
+#[derive(Debug)]
+pub struct CompiledCampaign {
+    env: Environment<'static>,
+    has_html: bool,
+    has_text: bool,
+    campaign: Value,
+    pub(crate) from: Mailbox,
+    pub(crate) reply_to: Option<Mailbox>,
+    max_rendered_bytes: usize,
+}
+
+impl CompiledCampaign {
+    /// Compiles subject, HTML and text. The campaign document is assumed validated (subject
+    /// one line, at least one body); what is checked here is template syntax.
+    pub fn compile(
+        doc: &CampaignDocument,
+        settings: &MessageSettings,
+    ) -> Result<CompiledCampaign, TemplateError> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        values::add_filters(&mut env);
+        env.set_undefined_behavior(match doc.templates.undefined_variables {
+            // SemiStrict rather than Strict: printing a missing field fails the recipient, but
+            // `{% if city %}` stays the usual way to test for an optional field.
+            UndefinedVariables::Strict => UndefinedBehavior::SemiStrict,
+            // Chainable: `{{ address.city }}` with no `address` is empty too, not an error.
+            UndefinedVariables::Lenient => UndefinedBehavior::Chainable,
+        });
+        env.set_fuel(Some(settings.fuel));
+        env.set_recursion_limit(settings.recursion_limit);
+        env.set_auto_escape_callback(|name| {
+            if name == TemplatePart::Html.name() {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        // Jinja drops a template's final newline by default; a mail body should keep it.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .map_err(|err| TemplateError {
+                template: TemplatePart::Subject,
+                line: 1,
+                column: 1,
+                message: err.to_string(),
+            })?;
+        env.set_syntax(syntax);
+
+        let templates = &doc.templates;
+        let parts = [
+            (TemplatePart::Subject, Some(&templates.subject)),
+            (TemplatePart::Html, templates.html.as_ref()),
+            (TemplatePart::Text, templates.text.as_ref()),
+        ];
+        for (part, source) in parts {
+            if let Some(source) = source {
+                env.add_template_owned(part.name(), source.clone())
+                    .map_err(|err| syntax_error(part, source, &err))?;
+            }
+        }
+        let campaign = Value::from_object(values::object([
+            ("name", Value::from(doc.name.as_str())),
+            ("metadata", values::from_json_map(&doc.metadata)),
+        ]));
+        Ok(CompiledCampaign {
+            env,
+            has_html: templates.html.is_some(),
+            has_text: templates.text.is_some(),
+            campaign,
+            from: doc.from.clone(),
+            reply_to: doc.reply_to.clone(),
+            max_rendered_bytes: settings.max_rendered_bytes,
+        })
+    }
+
+    fn parts(&self) -> impl Iterator<Item = TemplatePart> + '_ {
+        [
+            (TemplatePart::Subject, true),
+            (TemplatePart::Html, self.has_html),
+            (TemplatePart::Text, self.has_text),
+        ]
+        .into_iter()
+        .filter_map(|(part, present)| present.then_some(part))
+    }
+
+    /// Variables the templates use that neither the service nor any recipient provides,
+    /// given the set of field names seen across the campaign's recipients. A use guarded by
+    /// `| default(…)` or `is defined` is not reported: the template expects it to be missing.
+    pub fn unknown_variables(&self, recipient_fields: &HashSet<String>) -> Vec<UnknownVariable> {
+        let globals: HashSet<&str> = self.env.globals().map(|(name, _)| name).collect();
+        let mut unknown = Vec::new();
+        for part in self.parts() {
+            let Ok(template) = self.env.get_template(part.name()) else {
+                continue;
+            };
+            let mut names: Vec<String> = template
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|name| {
+                    !SERVICE_VARIABLES.contains(&name.as_str())
+                        && !globals.contains(name.as_str())
+                        && !recipient_fields.contains(name)
+                })
+                .collect();
+            names.sort();
+            for name in names {
+                match crate::scan::first_unguarded_use(template.source(), &name) {
+                    crate::scan::Use::Unguarded { line } => unknown.push(UnknownVariable {
+                        template: part,
+                        name,
+                        line,
+                    }),
+                    crate::scan::Use::OnlyGuarded => {}
+                }
+            }
+        }
+        unknown.sort_by_key(|u| (u.template as u8, u.line));
+        unknown
+    }
+
+    /// Renders subject, HTML and text for one recipient.
+    pub fn render(
+        &self,
+        recipient: &Recipient,
+        ctx: &RecipientContext,
+    ) -> Result<RenderedMessage, RenderError> {
+        let root = self.root_context(recipient, ctx);
+        let subject = self.render_part(TemplatePart::Subject, &root)?;
+        check_subject(&subject)?;
+        let html = match self.has_html {
+            true => Some(self.render_part(TemplatePart::Html, &root)?),
+            false => None,
+        };
+        let text = match self.has_text {
+            true => Some(self.render_part(TemplatePart::Text, &root)?),
+            false => None,
+        };
+        Ok(RenderedMessage {
+            campaign_id: ctx.campaign_id,
+            recipient_id: ctx.recipient_id,
+            to: recipient.email.as_str().to_string(),
+            subject,
+            html,
+            text,
+            unsubscribe_url: ctx.unsubscribe_url.clone(),
+            unsubscribe_mailto: ctx.unsubscribe_mailto.clone(),
+        })
+    }
+
+    fn root_context(&self, recipient: &Recipient, ctx: &RecipientContext) -> Value {
+        let mut fields = values::from_json_fields(&recipient.fields);
+        let email = Value::from(recipient.email.as_str());
+        fields.insert("email".into(), email.clone());
+        let fields = Value::from_object(fields);
+        // The URL is ours (base URL + base64url token): when it has nothing HTML-special in it,
+        // mark it safe so `href="{{ unsubscribe_url }}"` shows it verbatim instead of `&#x2f;`.
+        let unsubscribe = if ctx
+            .unsubscribe_url
+            .contains(['&', '<', '>', '"', '\'', ' '])
+        {
+            Value::from(ctx.unsubscribe_url.as_str())
+        } else {
+            Value::from_safe_string(ctx.unsubscribe_url.clone())
+        };
+        Value::from_object(Root {
+            service: [
+                ("email", email),
+                ("recipient", fields.clone()),
+                ("unsubscribe_url", unsubscribe),
+                ("campaign", self.campaign.clone()),
+            ],
+            fields,
+        })
+    }
+
+    fn render_part(&self, part: TemplatePart, root: &Value) -> Result<String, RenderError> {
+        let template = self
+            .env
+            .get_template(part.name())
+            .map_err(|err| render_error(part, "", &err))?;
+        let output = template
+            .render(root.clone())
+            .map_err(|err| render_error(part, template.source(), &err))?;
+        if output.len() > self.max_rendered_bytes {
+            return Err(RenderError::LimitExceeded {
+                template: part,
+                line: 1,
+                limit: Limit::OutputSize,
+                detail: format!(
+                    "{} bytes rendered, at most {} allowed",
+                    output.len(),
+                    self.max_rendered_bytes
+                ),
+            });
+        }
+        Ok(output)
+    }
+}
+
+/// The template's top-level namespace: service variables first (so a recipient field named
+/// `unsubscribe_url` cannot replace the real link), then the recipient's fields.
+#[derive(Debug)]
+struct Root {
+    service: [(&'static str, Value); 4],
+    fields: Value,
+}
+
+impl Object for Root {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        if let Some((_, value)) = self.service.iter().find(|(name, _)| *name == key) {
+            return Some(value.clone());
+        }
+        self.fields
+            .get_attr(key)
+            .ok()
+            .filter(|value| !value.is_undefined())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::NonEnumerable
+    }
+}
+
+fn check_subject(subject: &str) -> Result<(), RenderError> {
+    for c in subject.chars() {
+        match c {
+            '\r' | '\n' | '\u{2028}' | '\u{2029}' | '\u{85}' => {
+                return Err(RenderError::SubjectLineBreak);
+            }
+            '\t' => {}
+            c if c.is_control() => return Err(RenderError::SubjectControlCharacter(c as u32)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn syntax_error(part: TemplatePart, source: &str, err: &minijinja::Error) -> TemplateError {
+    let line = err.line().unwrap_or(1);
+    let column = match err.range() {
+        Some(range) => column_of(source, range.start),
+        // Without a span, point at the start of the reported line.
+        None => 1,
+    };
+    TemplateError {
+        template: part,
+        line,
+        column,
+        message: err
+            .detail()
+            .map(str::to_string)
+            .unwrap_or_else(|| err.kind().to_string()),
+    }
+}
+
+fn column_of(source: &str, offset: usize) -> usize {
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    source
+        .get(line_start..offset)
+        .map_or(1, |prefix| prefix.chars().count() + 1)
+}
+
+fn render_error(part: TemplatePart, source: &str, err: &minijinja::Error) -> RenderError {
+    let line = err.line().unwrap_or(1);
+    let detail = err
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| err.kind().to_string());
+    match err.kind() {
+        ErrorKind::UndefinedError => RenderError::Undefined {
+            template: part,
+            line,
+            // minijinja says only "undefined value"; the span names what was missing.
+            detail: match err.range().and_then(|range| source.get(range)) {
+                Some(expr) => format!("`{expr}` is not set for this recipient"),
+                None => detail,
+            },
+        },
+        ErrorKind::OutOfFuel => RenderError::LimitExceeded {
+            template: part,
+            line,
+            limit: Limit::Fuel,
+            detail,
+        },
+        ErrorKind::InvalidOperation if detail.contains("recursion limit") => {
+            RenderError::LimitExceeded {
+                template: part,
+                line,
+                limit: Limit::Recursion,
+                detail,
+            }
+        }
+        _ => RenderError::Evaluation {
+            template: part,
+            line,
+            detail,
+        },
+    }
+}
