@@ -271,6 +271,11 @@ fn part(out: &mut String, subtype: &str, body: &str, boundary: Option<&str>) {
         Encoding::QuotedPrintable => quoted_printable(out, body),
         Encoding::Base64 => base64_lines(out, body),
     }
+    // The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1), so a body that
+    // ends in a line break keeps it; a single part only needs its last line terminated.
+    if boundary.is_some() || !out.ends_with("\r\n") {
+        out.push_str("\r\n");
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,26 +324,41 @@ fn has_bare_cr(bytes: &[u8]) -> bool {
         .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
 }
 
-/// The body as it is, line endings made CRLF, ending with a line break.
+/// The body as it is, line endings made CRLF.
 fn seven_bit(out: &mut String, body: &str) {
-    for line in lines(body) {
+    let (lines, final_break) = lines(body);
+    for (i, line) in lines.enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
         out.push_str(line);
+    }
+    if final_break {
         out.push_str("\r\n");
     }
 }
 
-/// Lines without their terminators (`\n` or `\r\n`); a final line break adds no empty line.
-fn lines(body: &str) -> impl Iterator<Item = &str> {
-    let body = body.strip_suffix('\n').unwrap_or(body);
-    body.split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+/// Lines without their terminators (`\n` or `\r\n`), and whether the body ended with one.
+fn lines(body: &str) -> (impl Iterator<Item = &str>, bool) {
+    let (body, final_break) = match body.strip_suffix('\n') {
+        Some(rest) => (rest, true),
+        None => (body, false),
+    };
+    let lines = body
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line));
+    (lines, final_break)
 }
 
 /// Quoted-printable (RFC 2045 §6.7): encoded lines at most 76 characters, soft breaks `=`,
 /// trailing white space encoded so transports cannot strip it.
 fn quoted_printable(out: &mut String, body: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for line in lines(body) {
+    let (lines, final_break) = lines(body);
+    for (n, line) in lines.enumerate() {
+        if n > 0 {
+            out.push_str("\r\n");
+        }
         let bytes = line.as_bytes();
         let mut col = 0;
         for (i, &b) in bytes.iter().enumerate() {
@@ -365,6 +385,8 @@ fn quoted_printable(out: &mut String, body: &str) {
             }
             col += width;
         }
+    }
+    if final_break {
         out.push_str("\r\n");
     }
 }
@@ -374,9 +396,11 @@ fn base64_lines(out: &mut String, body: &str) {
     // Line endings become CRLF first: the decoded text is what the reader's client shows.
     let mut text = String::with_capacity(body.len() + body.len() / 32);
     seven_bit(&mut text, body);
-    for chunk in text.as_bytes().chunks(57) {
+    for (i, chunk) in text.as_bytes().chunks(57).enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
         STANDARD.encode_string(chunk, out);
-        out.push_str("\r\n");
     }
 }
 
@@ -397,7 +421,7 @@ mod tests {
             assert!(line.len() <= 76, "{line:?}");
         }
         assert!(encoded.contains("end with space=20\r\n"));
-        assert!(encoded.contains("A=3DB =C3=A9\r\n"));
+        assert!(encoded.ends_with("\r\nA=3DB =C3=A9"));
     }
 
     #[test]
