@@ -8,6 +8,8 @@
 use sqlx::{Connection, Executor, PgConnection};
 use std::path::PathBuf;
 
+pub mod smtp;
+
 /// The server tests use: `TEST_POSTGRES_URL`, else a `postgres://` `DATABASE_URL`, else the
 /// local development server.
 pub fn postgres_server_url() -> String {

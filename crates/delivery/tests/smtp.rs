@@ -1,0 +1,570 @@
+//! The SMTP transport against servers this project did not write: postfix `smtp-sink` (with
+//! its own fault flags) and `aiosmtpd` (messages read back from its Maildir).
+
+use delivery::{
+    Envelope, FailureClass, OutgoingMessage, SendError, SmtpConfig, SmtpTransport, Stage, Timeouts,
+    Transport, TransportConfig, transport_from_config,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::smtp::{Aiosmtpd, AiosmtpdTls, SmtpSink, TestCertificate};
+
+fn content(i: usize, to: &str) -> String {
+    format!(
+        "From: Sender <sender@example.com>\r\n\
+         To: <{to}>\r\n\
+         Subject: Test message {i}\r\n\
+         Message-ID: <msg-{i}@example.com>\r\n\
+         X-Campaign-ID: c1\r\n\
+         X-Recipient-ID: r{i}\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         \r\n\
+         Hello recipient {i},\r\n\
+         .a line that starts with a dot (needs dot-stuffing)\r\n\
+         ..and one with two\r\n\
+         \r\n\
+         bye\r\n"
+    )
+}
+
+fn message(i: usize) -> OutgoingMessage {
+    let to = format!("user{i}@example.org");
+    let envelope = Envelope::new("bounce@example.com", [to.as_str()]).expect("valid envelope");
+    OutgoingMessage::new(envelope, content(i, &to))
+}
+
+/// Bound on waiting for smtp-sink's counters to catch up with replies already received.
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn smtp(url: &str, connections: usize) -> SmtpTransport {
+    let mut config = SmtpConfig::from_url(url).expect("valid SMTP_URL");
+    config.connections = connections;
+    SmtpTransport::new(config).expect("transport")
+}
+
+fn smtp_with_timeout(url: &str, limit: Duration) -> SmtpTransport {
+    let mut config = SmtpConfig::from_url(url).expect("valid SMTP_URL");
+    config.timeouts = Timeouts::uniform(limit);
+    SmtpTransport::new(config).expect("transport")
+}
+
+/// The message as smtp-sink and aiosmtpd store it: LF line ends.
+fn lf(text: &str) -> Vec<u8> {
+    text.replace("\r\n", "\n").into_bytes()
+}
+
+fn message_id(content: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(content)
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            line.strip_prefix("Message-ID: ")
+                .or_else(|| line.strip_prefix("Message-Id: "))
+                .map(str::to_string)
+        })
+}
+
+#[tokio::test]
+async fn smtp_delivers_to_aiosmtpd_with_headers_and_body_intact() {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let transport = smtp(&server.url(), 1);
+    for i in 0..3 {
+        let accepted = transport.send(message(i)).await.expect("accepted");
+        assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+        assert!(accepted.refused.is_empty());
+    }
+    transport.close().await;
+
+    let stored = server.messages();
+    assert_eq!(stored.len(), 3);
+    for i in 0..3 {
+        let sent = lf(&content(i, &format!("user{i}@example.org")));
+        let found = stored
+            .iter()
+            .find(|m| message_id(m).as_deref() == Some(&format!("<msg-{i}@example.com>")))
+            .unwrap_or_else(|| panic!("message {i} not in the Maildir"));
+        let text = String::from_utf8_lossy(found);
+        // aiosmtpd appends X-Peer, X-MailFrom and X-RcptTo to the header section; everything
+        // we sent is there unchanged: our headers first, then the body byte for byte (dots
+        // un-stuffed, no line added at the end).
+        let (headers, body) = text.split_once("\n\n").expect("header/body separator");
+        let (sent_headers, sent_body) = std::str::from_utf8(&sent)
+            .expect("ASCII")
+            .split_once("\n\n")
+            .expect("separator");
+        assert!(headers.starts_with(sent_headers), "{headers}");
+        assert!(
+            headers.contains("\nX-MailFrom: bounce@example.com"),
+            "{headers}"
+        );
+        assert!(
+            headers.contains(&format!("\nX-RcptTo: user{i}@example.org")),
+            "{headers}"
+        );
+        assert_eq!(body, sent_body, "message {i}");
+    }
+}
+
+#[tokio::test]
+async fn smtp_delivers_to_smtp_sink_and_the_sink_counts_every_message() {
+    let Some(sink) = SmtpSink::start() else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 2);
+    for i in 0..20 {
+        let accepted = transport.send(message(i)).await.expect("accepted");
+        assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+        assert!(accepted.reply.text.contains("Ok"), "{}", accepted.reply);
+    }
+    transport.close().await;
+    let counters = sink.wait_for(SETTLE, |c| c.messages >= 20 && c.quits >= 1);
+    assert_eq!(counters.messages, 20, "{counters:?}");
+}
+
+#[tokio::test]
+async fn smtp_fault_4xx_at_rcpt_is_temporary_with_the_server_text_and_keeps_the_connection() {
+    let Some(sink) = SmtpSink::builder()
+        .arg("-r")
+        .arg("rcpt")
+        .arg("-b")
+        .arg("452 4.2.2 Mailbox full")
+        .start()
+    else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 1);
+    for i in 0..3 {
+        let error = transport.send(message(i)).await.expect_err("rejected");
+        assert_eq!(error.class(), FailureClass::Temporary, "{error}");
+        match &error {
+            SendError::TransientReply { stage, reply } => {
+                assert_eq!(*stage, Stage::RcptTo);
+                assert_eq!(reply.code, 452);
+                assert_eq!(reply.text, "4.2.2 Mailbox full");
+            }
+            other => panic!("expected a 4xx reply, got {other:?}"),
+        }
+        assert!(!error.may_have_been_delivered());
+    }
+    transport.close().await;
+    // RSET kept the one connection usable: three rejections, one session, ended by QUIT.
+    let counters = sink.wait_for(SETTLE, |c| c.quits >= 1);
+    assert_eq!((counters.sessions, counters.quits), (1, 1), "{counters:?}");
+    assert_eq!(counters.messages, 0);
+}
+
+#[tokio::test]
+async fn smtp_fault_4xx_at_data_and_at_end_of_data_is_temporary() {
+    for (command, stage) in [("data", Stage::Data), (".", Stage::Message)] {
+        let Some(sink) = SmtpSink::builder().arg("-r").arg(command).start() else {
+            return;
+        };
+        let transport = smtp(&sink.url(), 1);
+        for i in 0..2 {
+            let error = transport.send(message(i)).await.expect_err("rejected");
+            assert_eq!(error.class(), FailureClass::Temporary, "{error}");
+            assert_eq!(
+                error,
+                SendError::TransientReply {
+                    stage,
+                    reply: delivery::Reply {
+                        code: 450,
+                        text: "4.3.0 Error: command failed".to_string()
+                    }
+                }
+            );
+        }
+        transport.close().await;
+        let counters = sink.wait_for(SETTLE, |c| c.quits >= 1);
+        assert_eq!((counters.sessions, counters.quits), (1, 1), "-r {command}");
+    }
+}
+
+#[tokio::test]
+async fn smtp_fault_5xx_at_rcpt_is_permanent_with_code_and_text() {
+    let Some(sink) = SmtpSink::builder()
+        .arg("-f")
+        .arg("rcpt")
+        .arg("-B")
+        .arg("550 5.1.1 No such user here")
+        .start()
+    else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 1);
+    for i in 0..2 {
+        let error = transport.send(message(i)).await.expect_err("rejected");
+        assert_eq!(error.class(), FailureClass::Permanent, "{error}");
+        assert_eq!(error.code(), Some(550));
+        assert_eq!(
+            error.reply().map(|r| r.text.as_str()),
+            Some("5.1.1 No such user here")
+        );
+        assert!(matches!(
+            error,
+            SendError::PermanentReply {
+                stage: Stage::RcptTo,
+                ..
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "RCPT TO: permanent failure: 550 5.1.1 No such user here"
+        );
+    }
+    transport.close().await;
+    let counters = sink.wait_for(SETTLE, |c| c.quits >= 1);
+    assert_eq!((counters.sessions, counters.quits), (1, 1));
+}
+
+#[tokio::test]
+async fn smtp_fault_5xx_at_end_of_data_is_permanent() {
+    let Some(sink) = SmtpSink::builder()
+        .arg("-f")
+        .arg(".")
+        .arg("-B")
+        .arg("554 5.7.1 Message rejected as spam")
+        .start()
+    else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 1);
+    let error = transport.send(message(0)).await.expect_err("rejected");
+    assert_eq!(error.class(), FailureClass::Permanent);
+    assert!(
+        matches!(
+            error,
+            SendError::PermanentReply {
+                stage: Stage::Message,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), Some(554));
+    transport.close().await;
+}
+
+/// The server drops the connection without a reply at `command`; then it is replaced by a
+/// healthy one on the same port and the transport must reconnect for the next message.
+async fn disconnect_then_recover(command: &str, stage: Stage, maybe_delivered: bool) {
+    let Some(faulty) = SmtpSink::builder().arg("-q").arg(command).start() else {
+        return;
+    };
+    let port = faulty.port;
+    let transport = smtp(&faulty.url(), 1);
+    for i in 0..2 {
+        let error = transport.send(message(i)).await.expect_err("disconnected");
+        assert_eq!(error.class(), FailureClass::Temporary, "{error}");
+        match &error {
+            SendError::ConnectionLost { stage: got, .. } => assert_eq!(*got, stage, "{error}"),
+            other => panic!("-q {command}: expected a lost connection, got {other:?}"),
+        }
+        assert_eq!(error.may_have_been_delivered(), maybe_delivered, "{error}");
+    }
+    faulty.stop();
+    let Some(healthy) = SmtpSink::builder().port(port).start() else {
+        return;
+    };
+    let accepted = transport
+        .send(message(7))
+        .await
+        .expect("delivered after reconnect");
+    assert_eq!(accepted.reply.code, 250);
+    transport.close().await;
+    assert_eq!(healthy.wait_for(SETTLE, |c| c.messages >= 1).messages, 1);
+}
+
+#[tokio::test]
+async fn smtp_fault_disconnect_at_rcpt_is_temporary_and_the_transport_reconnects() {
+    disconnect_then_recover("rcpt", Stage::RcptTo, false).await;
+}
+
+#[tokio::test]
+async fn smtp_fault_disconnect_mid_data_is_temporary_and_the_transport_reconnects() {
+    // After the content, before the reply: the one case where the message may have arrived.
+    disconnect_then_recover(".", Stage::Message, true).await;
+}
+
+#[tokio::test]
+async fn smtp_fault_421_closing_is_temporary_and_the_transport_reconnects() {
+    let Some(sink) = SmtpSink::builder().arg("-Q").arg("rcpt").start() else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 1);
+    for i in 0..2 {
+        let error = transport.send(message(i)).await.expect_err("421");
+        assert_eq!(error.class(), FailureClass::Temporary);
+        assert_eq!(error.code(), Some(421), "{error}");
+    }
+    transport.close().await;
+    // 421 means the server closes: each message needed a connection of its own.
+    let counters = sink.wait_for(SETTLE, |c| c.sessions >= 2);
+    assert_eq!(counters.sessions, 2, "{counters:?}");
+}
+
+#[tokio::test]
+async fn smtp_fault_server_not_running_is_temporary_with_a_clear_error() {
+    let port = testkit::smtp::free_port();
+    let transport = smtp(&format!("smtp://127.0.0.1:{port}?tls=none"), 1);
+    let error = transport
+        .send(message(0))
+        .await
+        .expect_err("nobody listens");
+    assert_eq!(error.class(), FailureClass::Temporary);
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("cannot connect to 127.0.0.1:{port}")) && text.contains("refused"),
+        "{text}"
+    );
+    // The server comes up: the next message goes through on a fresh connection.
+    let Some(sink) = SmtpSink::builder().port(port).start() else {
+        return;
+    };
+    transport
+        .send(message(1))
+        .await
+        .expect("delivered once the server is up");
+    transport.close().await;
+    assert_eq!(sink.wait_for(SETTLE, |c| c.messages >= 1).messages, 1);
+}
+
+#[tokio::test]
+async fn smtp_fault_silent_server_times_out_as_temporary() {
+    // smtp-sink waits 5 s before answering DATA; our limit is 300 ms.
+    let Some(sink) = SmtpSink::builder().arg("-w").arg("5").start() else {
+        return;
+    };
+    let transport = smtp_with_timeout(&sink.url(), Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let error = transport.send(message(0)).await.expect_err("timed out");
+    assert_eq!(
+        error,
+        SendError::Timeout {
+            stage: Stage::Data,
+            after: Duration::from_millis(300)
+        }
+    );
+    assert_eq!(error.class(), FailureClass::Temporary);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    transport.close().await;
+}
+
+#[tokio::test]
+async fn smtp_many_messages_over_four_connections_arrive_exactly_once() {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let transport = Arc::new(smtp(&server.url(), 4));
+    let count = 300;
+    let sends: Vec<_> = (0..count)
+        .map(|i| {
+            let transport = transport.clone();
+            tokio::spawn(async move { transport.send(message(i)).await })
+        })
+        .collect();
+    for send in sends {
+        send.await.expect("task").expect("accepted");
+    }
+    transport.close().await;
+
+    let stored = server.messages();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    // aiosmtpd records each message's client as X-Peer: ('127.0.0.1', <port>): one source
+    // port per connection.
+    let mut peers = HashSet::new();
+    for message in &stored {
+        *seen
+            .entry(message_id(message).expect("Message-ID"))
+            .or_default() += 1;
+        let text = String::from_utf8_lossy(message);
+        let peer = text
+            .lines()
+            .find_map(|line| line.strip_prefix("X-Peer: "))
+            .expect("X-Peer")
+            .to_string();
+        peers.insert(peer);
+    }
+    assert_eq!(stored.len(), count);
+    assert_eq!(seen.len(), count);
+    assert!(seen.values().all(|&n| n == 1), "duplicates: {seen:?}");
+    assert!((2..=4).contains(&peers.len()), "connections: {peers:?}");
+}
+
+#[tokio::test]
+async fn smtp_auth_plain_is_offered_to_a_server_that_announces_it() {
+    // smtp-sink announces AUTH PLAIN LOGIN and accepts any credentials.
+    let Some(sink) = SmtpSink::start() else {
+        return;
+    };
+    let url = format!("smtp://mailer:s%40cret@127.0.0.1:{}?tls=none", sink.port);
+    let transport = smtp(&url, 1);
+    assert!(transport.describe().contains("AUTH as mailer"));
+    assert!(!transport.describe().contains("cret"));
+    transport
+        .send(message(0))
+        .await
+        .expect("accepted after AUTH");
+    transport.close().await;
+    assert_eq!(sink.wait_for(SETTLE, |c| c.messages >= 1).messages, 1);
+}
+
+#[tokio::test]
+async fn smtp_tls_required_refuses_a_server_without_starttls() {
+    let Some(sink) = SmtpSink::start() else {
+        return;
+    };
+    let transport = smtp(&format!("smtp://127.0.0.1:{}?tls=required", sink.port), 1);
+    let error = transport.send(message(0)).await.expect_err("no STARTTLS");
+    assert!(
+        matches!(
+            error,
+            SendError::Protocol {
+                stage: Stage::StartTls,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.class(), FailureClass::Temporary);
+    assert!(
+        error.to_string().contains("does not offer STARTTLS"),
+        "{error}"
+    );
+    transport.close().await;
+    assert_eq!(sink.counters().messages, 0);
+}
+
+#[tokio::test]
+async fn smtp_tls_starttls_to_aiosmtpd_with_a_private_ca() {
+    let Some(cert) = TestCertificate::create() else {
+        return;
+    };
+    let Some(server) = Aiosmtpd::start_with(AiosmtpdTls::StartTls {
+        cert: cert.cert.clone(),
+        key: cert.key.clone(),
+    }) else {
+        return;
+    };
+    let url = format!(
+        "smtp://localhost:{}?tls=required&tls_ca={}",
+        server.port,
+        cert.ca.display()
+    );
+    let transport = smtp(&url, 1);
+    transport
+        .send(message(0))
+        .await
+        .expect("accepted over STARTTLS");
+    transport.close().await;
+    assert_eq!(server.messages().len(), 1);
+
+    // Without the CA the certificate is not trusted: no delivery in plain text instead.
+    let transport = smtp(&format!("smtp://localhost:{}?tls=required", server.port), 1);
+    let error = transport
+        .send(message(1))
+        .await
+        .expect_err("untrusted certificate");
+    assert!(
+        matches!(
+            error,
+            SendError::Protocol {
+                stage: Stage::StartTls,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.class(), FailureClass::Temporary);
+    transport.close().await;
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn smtp_tls_implicit_smtps_to_aiosmtpd() {
+    let Some(cert) = TestCertificate::create() else {
+        return;
+    };
+    let Some(server) = Aiosmtpd::start_with(AiosmtpdTls::Implicit {
+        cert: cert.cert.clone(),
+        key: cert.key.clone(),
+    }) else {
+        return;
+    };
+    let url = format!(
+        "smtps://localhost:{}?tls_ca={}",
+        server.port,
+        cert.ca.display()
+    );
+    let transport = smtp(&url, 2);
+    assert!(transport.describe().contains("implicit TLS"));
+    for i in 0..3 {
+        transport
+            .send(message(i))
+            .await
+            .expect("accepted over SMTPS");
+    }
+    transport.close().await;
+    assert_eq!(server.messages().len(), 3);
+}
+
+#[tokio::test]
+async fn smtp_transport_from_config_describes_itself_and_rate_limits() {
+    let Some(sink) = SmtpSink::start() else {
+        return;
+    };
+    let transport = transport_from_config(&TransportConfig {
+        smtp_url: Some(sink.url()),
+        connections: 3,
+        rate_limit: Some(1000.0),
+        ..TransportConfig::default()
+    })
+    .expect("transport");
+    assert_eq!(
+        transport.describe(),
+        format!(
+            "smtp://127.0.0.1:{}, 3 connections, no TLS, at most 1000 messages/s",
+            sink.port
+        )
+    );
+    transport.send(message(0)).await.expect("accepted");
+    transport.close().await;
+    assert!(matches!(
+        transport.send(message(1)).await,
+        Err(SendError::Closed)
+    ));
+    assert_eq!(sink.wait_for(SETTLE, |c| c.messages >= 1).messages, 1);
+}
+
+#[tokio::test]
+async fn smtp_idle_connection_closed_by_the_server_is_replaced_without_failing_a_message() {
+    // smtp-sink drops a session that sends nothing for 1 s, as a real server does after its
+    // idle timeout; the next message must not pay for it.
+    let Some(sink) = SmtpSink::builder().arg("-t").arg("1").start() else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 1);
+    transport.send(message(0)).await.expect("accepted");
+    // Wait (bounded) until the server has really ended the idle session.
+    let counters = sink.wait_for(SETTLE, |c| c.sessions >= 1);
+    assert_eq!(counters.sessions, 1, "{counters:?}");
+    transport
+        .send(message(1))
+        .await
+        .expect("accepted on a fresh connection");
+    transport.close().await;
+    let counters = sink.wait_for(SETTLE, |c| c.quits >= 1);
+    assert_eq!(
+        (counters.messages, counters.sessions, counters.quits),
+        (2, 2, 1),
+        "{counters:?}"
+    );
+}
