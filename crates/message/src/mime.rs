@@ -318,10 +318,12 @@ fn choose_encoding(body: &str, boundary: Option<&str>) -> Encoding {
 }
 
 fn has_bare_cr(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+    // Almost no body has a CR at all: check that quickly before looking at each one.
+    bytes.contains(&b'\r')
+        && bytes
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
 }
 
 /// The body as it is, line endings made CRLF.
@@ -350,6 +352,20 @@ fn lines(body: &str) -> (impl Iterator<Item = &str>, bool) {
     (lines, final_break)
 }
 
+/// Bytes quoted-printable may carry as they are (RFC 2045 §6.7 rules 2 and 3): printable
+/// ASCII except `=`, and space and tab (except at the end of a line, checked separately).
+const QP_LITERAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = b'!';
+    while b <= b'~' {
+        table[b as usize] = b != b'=';
+        b += 1;
+    }
+    table[b' ' as usize] = true;
+    table[b'\t' as usize] = true;
+    table
+};
+
 /// Quoted-printable (RFC 2045 §6.7): encoded lines at most 76 characters, soft breaks `=`,
 /// trailing white space encoded so transports cannot strip it.
 fn quoted_printable(out: &mut String, body: &str) {
@@ -360,30 +376,49 @@ fn quoted_printable(out: &mut String, body: &str) {
             out.push_str("\r\n");
         }
         let bytes = line.as_bytes();
+        let len = bytes.len();
         let mut col = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let last = i + 1 == bytes.len();
-            let literal = match b {
-                b'=' => false,
-                b'!'..=b'~' => true,
-                b' ' | b'\t' => !last,
-                _ => false,
-            };
-            let width = if literal { 1 } else { 3 };
-            // Leave room for the soft-break `=` unless this is the line's last character.
-            let limit = if last { 76 } else { 75 };
-            if col + width > limit {
+        let mut i = 0;
+        while i < len {
+            // Copy the longest literal run that fits before a soft break (75 columns leave
+            // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
+            let start = i;
+            let end = len.min(i + 75 - col);
+            while i < end && QP_LITERAL[bytes[i] as usize] {
+                i += 1;
+            }
+            if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
+                i -= 1; // trailing white space is encoded below
+            }
+            if i > start {
+                out.push_str(line.get(start..i).unwrap_or_default());
+                col += i - start;
+            }
+            if i == len {
+                break;
+            }
+            let b = bytes[i];
+            let last = i + 1 == len;
+            if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
+                // The run stopped at the line limit: the last character may use column 76.
+                if last && col < 76 {
+                    out.push(b as char);
+                    i += 1;
+                } else {
+                    out.push_str("=\r\n");
+                    col = 0;
+                }
+                continue;
+            }
+            if col + 3 > if last { 76 } else { 75 } {
                 out.push_str("=\r\n");
                 col = 0;
             }
-            if literal {
-                out.push(b as char);
-            } else {
-                out.push('=');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 0x0f) as usize] as char);
-            }
-            col += width;
+            out.push('=');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0x0f) as usize] as char);
+            col += 3;
+            i += 1;
         }
     }
     if final_break {
@@ -422,6 +457,48 @@ mod tests {
         }
         assert!(encoded.contains("end with space=20\r\n"));
         assert!(encoded.ends_with("\r\nA=3DB =C3=A9"));
+    }
+
+    /// A plain decoder, to check that encoding loses nothing.
+    fn qp_decode(encoded: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let joined = encoded.replace("=\r\n", "");
+        let bytes = joined.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'=' {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn quoted_printable_round_trips_any_text() {
+        let samples = [
+            "x".repeat(75),
+            "x".repeat(76),
+            "x".repeat(77),
+            format!("{} ", "y".repeat(74)),
+            format!("{}=", "z".repeat(74)),
+            "é".repeat(40),
+            format!("{}😀{}", "a".repeat(73), "b".repeat(10)),
+            "tab\tend\t\nspace end \n\n=start".to_string(),
+        ];
+        for sample in samples {
+            let encoded = qp(&sample);
+            for line in encoded.split("\r\n") {
+                assert!(line.len() <= 76, "{line:?}");
+                assert!(!line.ends_with(' ') && !line.ends_with('\t'), "{line:?}");
+            }
+            let expected = sample.replace('\n', "\r\n");
+            assert_eq!(qp_decode(&encoded), expected.as_bytes(), "{sample:?}");
+        }
     }
 
     #[test]
