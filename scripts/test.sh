@@ -76,6 +76,16 @@ ensure_smtp_servers() {
     say "installing aiosmtpd"
     apt_install python3-aiosmtpd
   fi
+  # TLS tests make a private CA and certificate with openssl.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+}
+
+# An independent DKIM verifier (dkimpy; PyNaCl for Ed25519) for the message tests.
+ensure_dkimpy() {
+  if ! python3 -c 'import dkim, nacl' >/dev/null 2>&1; then
+    say "installing dkimpy"
+    python3 -m pip install -q dkimpy pynacl
+  fi
 }
 
 declare -a summary=()
@@ -98,8 +108,9 @@ run_suite() {
 ensure_nextest
 ensure_postgres
 ensure_smtp_servers
+ensure_dkimpy
 if ci; then
-  export REQUIRE_POSTGRES=1 REQUIRE_SMTP=1
+  export REQUIRE_POSTGRES=1 REQUIRE_SMTP=1 REQUIRE_DKIMPY=1
 fi
 
 say "cargo fmt --check"
