@@ -63,6 +63,44 @@ struct Created {
     recipients: ImportReport,
 }
 
+/// Templates must compile (a syntax error names template, line and column). With inline
+/// recipients and strict variables, every variable a template prints must come from the
+/// service or from at least one recipient; a lenient campaign renders missing ones empty.
+pub(crate) fn check_templates(
+    state: &AppState,
+    document: &CampaignDocument,
+) -> Result<(), ApiError> {
+    let compiled = message::CompiledCampaign::compile(document, &state.message_settings)
+        .map_err(|err| template_problem(&err))?;
+    let strict = document.templates.undefined_variables == campaign::UndefinedVariables::Strict;
+    if strict && !document.recipients.is_empty() {
+        let fields = message::field_names(&document.recipients);
+        let unknown = compiled.unknown_variables(&fields);
+        if !unknown.is_empty() {
+            return Err(ApiError::invalid(
+                unknown
+                    .iter()
+                    .map(|u| campaign::Problem {
+                        field: format!("templates.{}", u.template),
+                        message: format!(
+                            "line {}: `{}` is used but no recipient has that field (add it, use `| default(…)`, or set undefined_variables to lenient)",
+                            u.line, u.name
+                        ),
+                    })
+                    .collect(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn template_problem(err: &message::TemplateError) -> ApiError {
+    ApiError::invalid(vec![campaign::Problem {
+        field: format!("templates.{}", err.template),
+        message: format!("line {}, column {}: {}", err.line, err.column, err.message),
+    }])
+}
+
 /// Parses a campaign id from the path; an id that cannot exist is simply not found.
 pub(crate) fn campaign_id(raw: &str) -> Result<CampaignId, ApiError> {
     raw.parse()
@@ -115,6 +153,7 @@ async fn create(
 
 async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, ApiError> {
     let document = CampaignDocument::from_json(body, &state.settings.limits)?;
+    check_templates(state, &document)?;
     let recipients = document
         .recipients
         .iter()

@@ -9,6 +9,7 @@ mod control;
 mod health;
 pub mod idempotency;
 mod openapi;
+mod preview;
 pub mod problem;
 mod recipients;
 mod suppressions;
@@ -26,6 +27,10 @@ pub use problem::ApiError;
 pub struct AppState {
     pub store: Arc<dyn CampaignStore>,
     pub settings: ApiSettings,
+    /// Signed per-recipient links (unsubscribe) under PUBLIC_BASE_URL.
+    pub links: Arc<tracking::Links>,
+    /// Template limits (fuel, recursion, rendered size).
+    pub message_settings: message::MessageSettings,
 }
 
 /// Limits and knobs of the API, from configuration.
@@ -57,6 +62,7 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(campaigns::routes())
         .merge(recipients::routes())
         .merge(control::routes())
+        .merge(preview::routes())
         .merge(suppressions::routes())
 }
 

@@ -15,9 +15,12 @@ struct TestApp {
 
 async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp {
     let store = store::connect(database_url).await.expect("store opens");
+    let keys = tracking::TokenKeys::new(b"test-secret-that-is-at-least-32-bytes", []).unwrap();
     let state = api::AppState {
         store: store.clone(),
         settings: api::ApiSettings::default(),
+        links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
+        message_settings: message::MessageSettings::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -597,6 +600,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         "POST /api/v1/campaigns",
         "POST /api/v1/campaigns/{id}/cancel",
         "POST /api/v1/campaigns/{id}/pause",
+        "POST /api/v1/campaigns/{id}/preview",
         "POST /api/v1/campaigns/{id}/recipients",
         "POST /api/v1/campaigns/{id}/resume",
         "POST /api/v1/campaigns/{id}/schedule",
@@ -631,7 +635,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 14);
+    assert_eq!(protected_routes(&app).await.len(), 15);
     let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
         .await
         .unwrap();
@@ -944,6 +948,123 @@ async fn suppressions_are_listed_added_and_removed(app: TestApp) {
     assert_eq!(all["items"].as_array().unwrap().len(), 1);
 }
 
+async fn templates_are_checked_at_creation_and_previewed(app: TestApp) {
+    let mut broken = sample_campaign();
+    broken["templates"]["html"] = json!("<p>Hello</p>\n<p>{{ first_name </p>");
+    let response = app.post_json("/api/v1/campaigns", &broken).await;
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "templates.html: line 2, column",
+        "syntax error",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "templates.html");
+
+    let mut strict = sample_campaign();
+    strict["templates"]["undefined_variables"] = json!("strict");
+    strict["templates"]["text"] =
+        json!("Hi {{ first_name }}, your code is {{ coupon }}.\n{{ unsubscribe_url }}");
+    strict["templates"]["html"] = json!(
+        "<p>Hello {{ first_name }}</p>\n<p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>"
+    );
+    strict["recipients"] = json!([{"email": "ann@example.com", "first_name": "Ann"}]);
+    let response = app.post_json("/api/v1/campaigns", &strict).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "`coupon` is used but no recipient has that field",
+        "unknown variable",
+    )
+    .await;
+    assert_eq!(app.campaign_count().await, 0, "nothing stored");
+
+    strict["recipients"] = json!([{"email": "ann@example.com", "first_name": "Ann <script>alert(1)</script>", "coupon": "WINTER-10"}]);
+    let created: Value = app
+        .post_json("/api/v1/campaigns", &strict)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(created["campaign"]["id"].is_string(), "{created}");
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let (_, deliveries) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries"))
+        .await;
+    let recipient_id = deliveries["items"][0]["recipient_id"].as_i64().unwrap();
+    let response = app
+        .post_json(
+            &format!("/api/v1/campaigns/{id}/preview"),
+            &json!({"recipient_id": recipient_id}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let preview: Value = response.json().await.unwrap();
+    assert!(
+        preview["subject"]
+            .as_str()
+            .unwrap()
+            .contains("Ann <script>"),
+        "the subject is not HTML"
+    );
+    let html = preview["html"].as_str().unwrap();
+    assert!(
+        html.contains("Ann &lt;script&gt;") && !html.contains("<script>"),
+        "HTML escapes values"
+    );
+    let text = preview["text"].as_str().unwrap();
+    assert!(
+        text.contains("WINTER-10") && text.contains("https://mail.example.test/u/"),
+        "{text}"
+    );
+    let eml = preview["eml"].as_str().unwrap();
+    assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+
+    let inline =
+        json!({"recipient": {"email": "bob@example.com", "first_name": "Bob", "coupon": "X1"}});
+    let preview: Value = app
+        .post_json(&format!("/api/v1/campaigns/{id}/preview"), &inline)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(preview["text"].as_str().unwrap().contains("X1"));
+    let missing = json!({"recipient": {"email": "cid@example.com", "first_name": "Cid"}});
+    let response = app
+        .post_json(&format!("/api/v1/campaigns/{id}/preview"), &missing)
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "coupon",
+        "strict: a missing field fails that recipient",
+    )
+    .await;
+    let response = app
+        .post_json(
+            &format!("/api/v1/campaigns/{id}/preview"),
+            &json!({"recipient_id": 999999}),
+        )
+        .await;
+    assert_problem(
+        response,
+        StatusCode::NOT_FOUND,
+        "has no recipient",
+        "unknown recipient",
+    )
+    .await;
+    let response = app
+        .post_json(&format!("/api/v1/campaigns/{id}/preview"), &json!({}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "exactly one",
+        "no recipient",
+    )
+    .await;
+}
+
 async fn health_and_readiness(app: TestApp) {
     let (status, body) = app.get_json("/health").await;
     assert_eq!(
@@ -994,6 +1115,7 @@ macro_rules! api_suite {
             case!(the_openapi_document_describes_every_route);
             case!(an_idempotency_key_creates_once_under_concurrency);
             case!(suppressions_are_listed_added_and_removed);
+            case!(templates_are_checked_at_creation_and_previewed);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(campaigns_page_with_a_cursor);
         }

@@ -1,6 +1,6 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
-use crate::config::{ApiArgs, LimitArgs, StoreArgs, redacted};
+use crate::config::{ApiArgs, LimitArgs, StoreArgs, TrackingArgs, redacted};
 use crate::{report, roles};
 use anyhow::Context;
 use campaign::CampaignStatus;
@@ -76,6 +76,30 @@ pub enum Command {
         recipients: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+    },
+    /// Render one recipient's message exactly as it would be sent: print subject, text and
+    /// HTML, or write the complete .eml with --eml.
+    Preview {
+        /// The campaign document (JSON).
+        campaign: PathBuf,
+        /// Recipients file (.json array or .csv); without it, the campaign's inline recipients.
+        #[arg(long)]
+        recipients: Option<PathBuf>,
+        /// Which recipient, counting from 1 in file order.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        recipient: u64,
+        /// Write the complete message to this .eml file instead of printing the parts.
+        #[arg(long)]
+        eml: Option<PathBuf>,
+        /// Base URL of the public endpoints, for the unsubscribe link.
+        #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8000")]
+        public_base_url: String,
+        #[command(flatten)]
+        tracking: TrackingArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Send a campaign file to its recipients and print a summary (one-shot main job).
     Send {
@@ -224,6 +248,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recipients,
             limits,
         } => validate(&campaign, recipients.as_deref(), &limits.limits()),
+        Command::Preview {
+            campaign,
+            recipients,
+            recipient,
+            eml,
+            public_base_url,
+            tracking,
+            limits,
+            store,
+        } => {
+            let document = read_campaign(&campaign, &limits.limits())?;
+            let mut rows = match &recipients {
+                Some(path) => read_recipients(path)?,
+                None => Box::new(document.recipients.clone().into_iter().map(Ok)),
+            };
+            let chosen = rows
+                .nth((recipient - 1) as usize)
+                .ok_or_else(|| anyhow::anyhow!("there is no recipient {recipient}"))?
+                .map_err(|err| anyhow::anyhow!("recipient {recipient}: {err}"))?;
+            let keys = tracking.keys(open_store(&store).await?.as_ref()).await?;
+            let links = tracking::Links::new(&public_base_url, keys);
+            // A file is not stored yet, so the preview names campaign and recipient by zero ids.
+            let context = message::RecipientContext {
+                campaign_id: campaign::CampaignId::nil(),
+                recipient_id: recipient as i64,
+                unsubscribe_url: links.unsubscribe(campaign::CampaignId::nil(), recipient as i64),
+                unsubscribe_mailto: None,
+            };
+            let options = message::BuildOptions {
+                envelope_from: None,
+                date: time::OffsetDateTime::now_utc(),
+            };
+            let preview = message::preview(
+                &document,
+                &message::MessageSettings::default(),
+                &chosen,
+                &context,
+                &options,
+                None,
+            )
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot render recipient {recipient} ({}): {err}",
+                    chosen.email
+                )
+            })?;
+            match eml {
+                Some(path) => {
+                    std::fs::write(&path, &preview.eml)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {} ({} bytes)", path.display(), preview.eml.len());
+                }
+                None => {
+                    println!("Subject: {}", preview.subject);
+                    if let Some(text) = &preview.text {
+                        println!("\n--- text ---\n{text}");
+                    }
+                    if let Some(html) = &preview.html {
+                        println!("\n--- html ---\n{html}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send { .. } => not_implemented("send", "delivery (issue #5)"),
         Command::TaskRepo { .. } => {
             not_implemented("task-repo", "the task repository service (issue #4)")
@@ -237,6 +325,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn not_implemented(command: &str, lands_with: &str) -> anyhow::Result<ExitCode> {
     eprintln!("marketing {command}: not implemented yet; it lands with {lands_with}");
     Ok(ExitCode::from(NOT_IMPLEMENTED))
+}
+
+fn read_campaign(path: &Path, limits: &campaign::Limits) -> anyhow::Result<CampaignDocument> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    CampaignDocument::from_json(&bytes, limits).map_err(|err| {
+        let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "{} is not a valid campaign: {}",
+            path.display(),
+            problems.join("; ")
+        )
+    })
 }
 
 fn validate(
@@ -256,6 +356,14 @@ fn validate(
             return Ok(ExitCode::FAILURE);
         }
     };
+    let compiled =
+        match message::CompiledCampaign::compile(&document, &message::MessageSettings::default()) {
+            Ok(compiled) => compiled,
+            Err(err) => {
+                eprintln!("{}: {err}", campaign_path.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        };
     println!(
         "campaign {:?} is valid ({} inline recipient(s))",
         document.name,
@@ -267,9 +375,13 @@ fn validate(
     let rows = read_recipients(path)?;
     let (mut good, mut duplicates, mut bad) = (0u64, 0u64, Vec::new());
     let mut seen = HashSet::new();
+    let mut fields = HashSet::new();
     for row in rows {
         match row {
-            Ok(recipient) if seen.insert(recipient.email.key()) => good += 1,
+            Ok(recipient) if seen.insert(recipient.email.key()) => {
+                good += 1;
+                fields.extend(recipient.fields.keys().cloned());
+            }
             Ok(_) => duplicates += 1,
             Err(err) => bad.push(err),
         }
@@ -282,7 +394,22 @@ fn validate(
     for err in bad.iter().take(20) {
         eprintln!("  - {err}");
     }
-    Ok(if bad.is_empty() {
+    let unknown = compiled.unknown_variables(&fields);
+    let strict = document.templates.undefined_variables == campaign::UndefinedVariables::Strict;
+    for variable in &unknown {
+        eprintln!(
+            "  - {} template, line {}: `{}` is used but no recipient has that field{}",
+            variable.template,
+            variable.line,
+            variable.name,
+            if strict {
+                ""
+            } else {
+                " (renders empty: undefined_variables is lenient)"
+            }
+        );
+    }
+    Ok(if bad.is_empty() && (unknown.is_empty() || !strict) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -38,6 +38,9 @@ pub struct ApiArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    #[command(flatten)]
+    pub tracking: TrackingArgs,
+
     /// Largest JSON request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = max_body_bytes)]
     pub max_body_bytes: usize,
@@ -45,6 +48,54 @@ pub struct ApiArgs {
     /// Largest recipient upload (CSV is streamed) in bytes.
     #[arg(long, env = "MAX_IMPORT_BYTES", default_value_t = 512 * 1024 * 1024, value_parser = max_import_bytes)]
     pub max_import_bytes: u64,
+}
+
+/// The key that signs tracking and unsubscribe links.
+#[derive(Debug, Clone, Args)]
+pub struct TrackingArgs {
+    /// Secret (at least 32 bytes) signing unsubscribe and tracking tokens. When unset, one is
+    /// generated once and kept in the database, so every process sharing it agrees.
+    #[arg(long, env = "TRACKING_SECRET", hide_env_values = true, value_parser = tracking_secret)]
+    pub tracking_secret: Option<String>,
+
+    /// Earlier secrets, comma-separated: links signed with them keep working after a rotation.
+    #[arg(long, env = "TRACKING_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',', value_parser = tracking_secret)]
+    pub tracking_previous_secrets: Vec<String>,
+}
+
+impl TrackingArgs {
+    /// The signing keys: the configured secret, or the one stored in the database.
+    pub async fn keys(
+        &self,
+        store: &dyn store::CampaignStore,
+    ) -> anyhow::Result<tracking::TokenKeys> {
+        let current = match &self.tracking_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                let mut random = [0u8; 32];
+                getrandom::fill(&mut random)
+                    .map_err(|err| anyhow::anyhow!("no randomness available: {err}"))?;
+                store.secret("tracking", &hex::encode(random)).await?
+            }
+        };
+        let previous: Vec<&[u8]> = self
+            .tracking_previous_secrets
+            .iter()
+            .map(|s| s.as_bytes())
+            .collect();
+        tracking::TokenKeys::new(current.as_bytes(), previous).context("TRACKING_SECRET")
+    }
+}
+
+fn tracking_secret(value: &str) -> Result<String, String> {
+    if value.len() >= tracking::token::MIN_SECRET_LEN {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "TRACKING_SECRET must be at least {} bytes (e.g. `openssl rand -hex 32`)",
+            tracking::token::MIN_SECRET_LEN
+        ))
+    }
 }
 
 /// Limits on campaign documents.

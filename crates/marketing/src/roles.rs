@@ -19,7 +19,10 @@ pub async fn serve_api(
             )
         })?;
     tracing::info!(role, store = store.backend(), url = %redacted(&store_args.database_url), "store ready (migrations applied)");
+    let keys = api_args.tracking.keys(store.as_ref()).await?;
     let state = api::AppState {
+        links: std::sync::Arc::new(tracking::Links::new(&api_args.public_base_url, keys)),
+        message_settings: message::MessageSettings::default(),
         store,
         settings: api::ApiSettings {
             limits: api_args.limits.limits(),

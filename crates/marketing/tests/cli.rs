@@ -137,6 +137,92 @@ fn api_keys_are_shown_once_listed_without_secrets_and_revoked() {
 }
 
 #[test]
+fn preview_prints_or_writes_one_recipients_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "preview",
+        &example("sample_campaign.json"),
+        "--recipients",
+        &example("sample_recipients.csv"),
+        "--recipient",
+        "2",
+    ];
+    let output = marketing(dir.path()).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        printed.starts_with("Subject: Noah, your December reading list is here"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("--- html ---") && printed.contains("/u/"),
+        "{printed}"
+    );
+
+    let eml = dir.path().join("noah.eml");
+    let output = marketing(dir.path())
+        .args(args)
+        .arg("--eml")
+        .arg(&eml)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let bytes = std::fs::read_to_string(&eml).unwrap();
+    assert!(
+        bytes.contains("\r\nTo: <noah.garcia1@mail.example>\r\n"),
+        "{bytes}"
+    );
+    assert!(bytes.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+
+    let output = marketing(dir.path())
+        .args([
+            "preview",
+            &example("sample_campaign.json"),
+            "--recipient",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("there is no recipient 1"));
+}
+
+#[test]
+fn validate_checks_templates_against_the_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"name":"n","from":{"email":"x@example.com"},"templates":{"subject":"Hi","text":"line one\n{% if %}"}}"#).unwrap();
+    let output = marketing(dir.path())
+        .arg("validate")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("text template, line 2"), "{stderr}");
+
+    let strict = dir.path().join("strict.json");
+    std::fs::write(&strict, r#"{"name":"n","from":{"email":"x@example.com"},"templates":{"subject":"Hi {{ nickname }}","text":"t"}}"#).unwrap();
+    let output = marketing(dir.path())
+        .arg("validate")
+        .arg(&strict)
+        .arg("--recipients")
+        .arg(example("sample_recipients.csv"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "subject template, line 1: `nickname` is used but no recipient has that field"
+        )
+    );
+}
+
+#[test]
 fn validate_reports_every_problem_of_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let output = marketing(dir.path())

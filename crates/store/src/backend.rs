@@ -52,6 +52,24 @@ macro_rules! campaign_store {
             }
         }
 
+        fn stored_recipient_from_row(row: &<$db as sqlx::Database>::Row, campaign_id: CampaignId) -> Result<StoredRecipient, StoreError> {
+            let email: String = row.try_get("email")?;
+            let Json(fields): Json<serde_json::Map<String, serde_json::Value>> = row.try_get("fields")?;
+            let status: String = row.try_get("status")?;
+            let attempts: i32 = row.try_get("attempts")?;
+            Ok(StoredRecipient {
+                id: row.try_get("id")?,
+                campaign_id,
+                recipient: Recipient {
+                    email: EmailAddress::parse(&email)
+                        .map_err(|err| StoreError::Corrupt(format!("stored address {email:?}: {err}")))?,
+                    fields,
+                },
+                status: status.parse().map_err(StoreError::Corrupt)?,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            })
+        }
+
         fn api_key_from_row(row: &<$db as sqlx::Database>::Row) -> Result<ApiKeyRecord, StoreError> {
             Ok(ApiKeyRecord {
                 id: row.try_get("id")?,
@@ -400,24 +418,16 @@ macro_rules! campaign_store {
                 .bind(DbTime::from(now))
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        let email: String = row.try_get("email")?;
-                        let Json(fields): Json<serde_json::Map<String, serde_json::Value>> = row.try_get("fields")?;
-                        let status: String = row.try_get("status")?;
-                        let attempts: i32 = row.try_get("attempts")?;
-                        Ok(StoredRecipient {
-                            id: row.try_get("id")?,
-                            campaign_id: id,
-                            recipient: Recipient {
-                                email: EmailAddress::parse(&email).map_err(|err| StoreError::Corrupt(format!("stored address {email:?}: {err}")))?,
-                                fields,
-                            },
-                            status: status.parse().map_err(StoreError::Corrupt)?,
-                            attempts: u32::try_from(attempts).unwrap_or(0),
-                        })
-                    })
-                    .collect()
+                rows.iter().map(|row| stored_recipient_from_row(row, id)).collect()
+            }
+
+            async fn get_recipient(&self, id: CampaignId, recipient_id: i64) -> Result<Option<StoredRecipient>, StoreError> {
+                let row = sqlx::query("SELECT id, email, fields, status, attempts FROM recipients WHERE campaign_id = $1 AND id = $2")
+                    .bind(DbId(id))
+                    .bind(recipient_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(|row| stored_recipient_from_row(row, id)).transpose()
             }
 
             async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError> {
@@ -523,6 +533,18 @@ macro_rules! campaign_store {
                     .await?
                     .rows_affected();
                 Ok(removed == 1)
+            }
+
+            async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+                sqlx::query("INSERT INTO service_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                    .bind(name)
+                    .bind(candidate)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(sqlx::query_scalar("SELECT value FROM service_secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await?)
             }
 
             async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {

@@ -234,6 +234,13 @@ pub trait CampaignStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<Vec<StoredRecipient>, StoreError>;
 
+    /// One recipient of a campaign, whatever its state.
+    async fn get_recipient(
+        &self,
+        id: CampaignId,
+        recipient_id: RecipientId,
+    ) -> Result<Option<StoredRecipient>, StoreError>;
+
     /// Records delivery outcomes in one transaction.
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
 
@@ -253,6 +260,10 @@ pub trait CampaignStore: Send + Sync {
 
     /// Takes an address off the suppression list; false when it was not on it.
     async fn remove_suppression(&self, email: &EmailAddress) -> Result<bool, StoreError>;
+
+    /// The stored secret called `name`; when there is none yet, `candidate` is stored and
+    /// returned. Concurrent first calls agree on one value.
+    async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
 
     /// Stores a new API key (its secret already hashed by the caller).
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;

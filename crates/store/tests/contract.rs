@@ -447,6 +447,23 @@ async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn CampaignSto
     );
     assert!(first_page[0].sent_at.is_some());
 
+    let one = store
+        .get_recipient(record.id, ids[0])
+        .await
+        .unwrap()
+        .expect("stored recipient");
+    assert_eq!(
+        (one.status, one.attempts, one.recipient.email.as_str()),
+        (DeliveryStatus::Sent, 1, "o0@example.com")
+    );
+    assert!(
+        store
+            .get_recipient(record.id, ids[4] + 1000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     // A sent recipient is never changed back by a late outcome.
     store
         .record_outcomes(&[DeliveryOutcome {
@@ -716,6 +733,16 @@ async fn a_campaign_finishes_when_every_recipient_is_final(store: Arc<dyn Campai
     }
 }
 
+async fn a_secret_is_created_once(store: Arc<dyn CampaignStore>) {
+    assert_eq!(store.secret("tracking", "first").await.unwrap(), "first");
+    assert_eq!(
+        store.secret("tracking", "second").await.unwrap(),
+        "first",
+        "the stored value wins"
+    );
+    assert_eq!(store.secret("other", "x").await.unwrap(), "x");
+}
+
 async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
@@ -743,6 +770,7 @@ macro_rules! contract_suite {
             case!(unknown_campaigns_are_reported);
             case!(campaigns_page_newest_first);
             case!(ping_answers);
+            case!(a_secret_is_created_once);
             case!(a_campaign_finishes_when_every_recipient_is_final);
             case!(schedule_and_cancel_follow_the_rules);
             case!(api_keys_are_stored_listed_and_revoked);

@@ -3,6 +3,8 @@
 //! Only the token scheme lives here so far; the HTTP endpoints, events and suppression logic
 //! that consume tokens are added by later work on top of [`token`].
 
+pub mod links;
 pub mod token;
 
+pub use links::Links;
 pub use token::{Purpose, TokenClaims, TokenError, TokenKeys, unsubscribe_url};
