@@ -1,0 +1,280 @@
+//! The SQL both backends run, written once; `task_repository!` expands it for a concrete sqlx
+//! database. Only the transaction start and the row locking of a claim differ.
+
+macro_rules! task_repository {
+    ($repo:ident, $db:ty, skip_locked = $skip:literal, cte = $cte:literal) => {
+        mod shared_sql {
+            use super::$repo;
+            use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus};
+            use sqlx::types::Json;
+            use sqlx::{QueryBuilder, Row};
+            use std::collections::BTreeMap;
+            use store::db_types::{DbId, DbTime};
+            use time::Duration;
+            use uuid::Uuid;
+
+            const COLUMNS: &str = "id, kind, payload, priority, status, attempts, max_attempts, run_after, lease_owner, \
+                lease_expires_at, last_error, result, idempotency_key, created_at, updated_at";
+
+            fn task_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Task, TaskError> {
+                let status: String = row.try_get("status")?;
+                let Json(payload): Json<serde_json::Value> = row.try_get("payload")?;
+                let result: Option<Json<serde_json::Value>> = row.try_get("result")?;
+                let count = |column: &str| -> Result<u32, TaskError> {
+                    Ok(u32::try_from(row.try_get::<i32, _>(column)?).unwrap_or(0))
+                };
+                Ok(Task {
+                    id: row.try_get::<DbId, _>("id")?.0,
+                    kind: row.try_get("kind")?,
+                    payload,
+                    priority: row.try_get("priority")?,
+                    status: status.parse().map_err(TaskError::Corrupt)?,
+                    attempts: count("attempts")?,
+                    max_attempts: count("max_attempts")?,
+                    run_after: row.try_get::<DbTime, _>("run_after")?.0,
+                    lease_owner: row.try_get("lease_owner")?,
+                    lease_expires_at: row.try_get::<Option<DbTime>, _>("lease_expires_at")?.map(|t| t.0),
+                    last_error: row.try_get("last_error")?,
+                    result: result.map(|Json(value)| value),
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    created_at: row.try_get::<DbTime, _>("created_at")?.0,
+                    updated_at: row.try_get::<DbTime, _>("updated_at")?.0,
+                })
+            }
+
+            async fn insert(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                task: &NewTask,
+                now: DbTime,
+            ) -> Result<Task, TaskError> {
+                let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO tasks (id, kind, payload, priority, status, max_attempts, run_after, idempotency_key, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8) \
+                     ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+                )))
+                .bind(DbId(Uuid::now_v7()))
+                .bind(&task.kind)
+                .bind(Json(&task.payload))
+                .bind(task.priority)
+                .bind(i32::try_from(task.max_attempts.max(1)).unwrap_or(i32::MAX))
+                .bind(task.run_after.map(DbTime::from).unwrap_or(now))
+                .bind(task.idempotency_key.as_deref())
+                .bind(now)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let row = match inserted {
+                    Some(row) => row,
+                    // The key was used before: the first task is the answer.
+                    None => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE idempotency_key = $1")))
+                        .bind(task.idempotency_key.as_deref())
+                        .fetch_one(&mut **tx)
+                        .await?,
+                };
+                task_from_row(&row)
+            }
+
+            /// The lease is gone when the task exists but is not this worker's current claim.
+            async fn lease_error(repo: &$repo, worker: &str, lease: Lease) -> TaskError {
+                match repo.get(lease.task_id).await {
+                    Ok(Some(_)) => TaskError::LeaseLost { task_id: lease.task_id, worker: worker.to_string(), attempt: lease.attempt },
+                    Ok(None) => TaskError::NotFound(lease.task_id),
+                    Err(err) => err,
+                }
+            }
+
+            #[async_trait::async_trait]
+            impl TaskRepository for $repo {
+                async fn create(&self, task: NewTask) -> Result<Task, TaskError> {
+                    let mut tx = self.begin_write().await?;
+                    let created = insert(&mut tx, &task, DbTime::from(self.clock.now())).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn create_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, TaskError> {
+                    let now = DbTime::from(self.clock.now());
+                    let mut tx = self.begin_write().await?;
+                    let mut created = Vec::with_capacity(tasks.len());
+                    for task in &tasks {
+                        created.push(insert(&mut tx, task, now).await?);
+                    }
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn claim(&self, worker: &str, kinds: &[String], limit: u32, lease: Duration) -> Result<Vec<Task>, TaskError> {
+                    if kinds.is_empty() || limit == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let now = self.clock.now();
+                    let mut tx = self.begin_write().await?;
+                    // A lease that ran out on the last allowed attempt ends the task: it is
+                    // dead, not claimed again forever.
+                    sqlx::query(
+                        "UPDATE tasks SET status = 'dead', last_error = 'the lease expired on the last attempt (worker lost?)', \
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+                         WHERE status = 'running' AND lease_expires_at < $1 AND attempts >= max_attempts",
+                    )
+                    .bind(DbTime::from(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    let mut builder = QueryBuilder::<$db>::new("");
+                    let candidates = |builder: &mut QueryBuilder<$db>| {
+                        builder.push("SELECT id FROM tasks WHERE kind IN (");
+                        let mut list = builder.separated(", ");
+                        for kind in kinds {
+                            list.push_bind(kind.clone());
+                        }
+                        builder.push(") AND ((status = 'pending' AND run_after <= ").push_bind(DbTime::from(now));
+                        builder.push(") OR (status = 'running' AND lease_expires_at < ").push_bind(DbTime::from(now));
+                        builder.push(")) ORDER BY priority DESC, run_after, id LIMIT ").push_bind(i64::from(limit));
+                        builder.push($skip);
+                    };
+                    let set = |builder: &mut QueryBuilder<$db>| {
+                        builder.push("UPDATE tasks SET status = 'running', lease_owner = ").push_bind(worker.to_string());
+                        builder.push(", lease_expires_at = ").push_bind(DbTime::from(now + lease));
+                        builder.push(", attempts = attempts + 1, updated_at = ").push_bind(DbTime::from(now));
+                    };
+                    if $cte {
+                        // PostgreSQL: pick and lock in a CTE, so LIMIT holds exactly (an `IN
+                        // (subquery … LIMIT)` may be re-evaluated and hand out more rows).
+                        builder.push("WITH picked AS (");
+                        candidates(&mut builder);
+                        builder.push(") ");
+                        set(&mut builder);
+                        builder.push(" FROM picked WHERE tasks.id = picked.id RETURNING tasks.*");
+                    } else {
+                        // SQLite: the write lock is already held (BEGIN IMMEDIATE).
+                        set(&mut builder);
+                        builder.push(" WHERE id IN (");
+                        candidates(&mut builder);
+                        builder.push(") RETURNING ").push(COLUMNS);
+                    }
+                    let rows = builder.build().fetch_all(&mut *tx).await?;
+                    // Committed before any work starts, so the claim is visible at once.
+                    tx.commit().await?;
+                    let mut tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+                    tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.run_after.cmp(&b.run_after)).then(a.id.cmp(&b.id)));
+                    Ok(tasks)
+                }
+
+                async fn heartbeat(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, TaskError> {
+                    let now = self.clock.now();
+                    let mut lost = Vec::new();
+                    for held in leases {
+                        let extended = sqlx::query(
+                            "UPDATE tasks SET lease_expires_at = $1, updated_at = $2 \
+                             WHERE id = $3 AND lease_owner = $4 AND attempts = $5 AND status = 'running'",
+                        )
+                        .bind(DbTime::from(now + lease))
+                        .bind(DbTime::from(now))
+                        .bind(DbId(held.task_id))
+                        .bind(worker)
+                        .bind(i32::try_from(held.attempt).unwrap_or(i32::MAX))
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                        if extended == 0 {
+                            lost.push(*held);
+                        }
+                    }
+                    Ok(lost)
+                }
+
+                async fn complete(&self, worker: &str, lease: Lease, result: serde_json::Value) -> Result<(), TaskError> {
+                    let done = sqlx::query(
+                        "UPDATE tasks SET status = 'completed', result = $1, lease_owner = NULL, lease_expires_at = NULL, updated_at = $2 \
+                         WHERE id = $3 AND lease_owner = $4 AND attempts = $5 AND status = 'running'",
+                    )
+                    .bind(Json(&result))
+                    .bind(DbTime::from(self.clock.now()))
+                    .bind(DbId(lease.task_id))
+                    .bind(worker)
+                    .bind(i32::try_from(lease.attempt).unwrap_or(i32::MAX))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    if done == 1 { Ok(()) } else { Err(lease_error(self, worker, lease).await) }
+                }
+
+                async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError> {
+                    let now = self.clock.now();
+                    let task = match self.get(lease.task_id).await? {
+                        Some(task) => task,
+                        None => return Err(TaskError::NotFound(lease.task_id)),
+                    };
+                    let (status, run_after) = if task.attempts >= task.max_attempts {
+                        (TaskStatus::Dead, task.run_after)
+                    } else {
+                        (TaskStatus::Pending, now + self.backoff.delay(task.attempts))
+                    };
+                    let changed = sqlx::query(
+                        "UPDATE tasks SET status = $1, run_after = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+                         WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
+                    )
+                    .bind(status.as_str())
+                    .bind(DbTime::from(run_after))
+                    .bind(error)
+                    .bind(DbTime::from(now))
+                    .bind(DbId(lease.task_id))
+                    .bind(worker)
+                    .bind(i32::try_from(lease.attempt).unwrap_or(i32::MAX))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    if changed == 1 { Ok(status) } else { Err(lease_error(self, worker, lease).await) }
+                }
+
+                async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE id = $1")))
+                        .bind(DbId(id))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.as_ref().map(task_from_row).transpose()
+                }
+
+                async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, TaskError> {
+                    // Ids are UUIDv7: id order is creation order, and the last id is the cursor.
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLUMNS} FROM tasks WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) \
+                         AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+                    )))
+                    .bind(filter.status.map(TaskStatus::as_str))
+                    .bind(filter.kind.as_deref())
+                    .bind(filter.after.map(DbId))
+                    .bind(i64::from(filter.limit.clamp(1, 1000)))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(task_from_row).collect()
+                }
+
+                async fn counts(&self) -> Result<BTreeMap<&'static str, i64>, TaskError> {
+                    let mut counts: BTreeMap<&'static str, i64> = TaskStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+                    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetch_all(&self.pool).await?;
+                    for row in rows {
+                        let status: String = row.try_get("status")?;
+                        let status: TaskStatus = status.parse().map_err(TaskError::Corrupt)?;
+                        counts.insert(status.as_str(), row.try_get("n")?);
+                    }
+                    Ok(counts)
+                }
+
+                async fn requeue(&self, id: Uuid) -> Result<Task, TaskError> {
+                    let now = DbTime::from(self.clock.now());
+                    let changed = sqlx::query(
+                        "UPDATE tasks SET status = 'pending', attempts = 0, run_after = $1, updated_at = $1 WHERE id = $2 AND status = 'dead'",
+                    )
+                    .bind(now)
+                    .bind(DbId(id))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    let task = self.get(id).await?.ok_or(TaskError::NotFound(id))?;
+                    if changed == 1 { Ok(task) } else { Err(TaskError::NotDead { id, status: task.status.as_str() }) }
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use task_repository;

@@ -1,0 +1,504 @@
+//! One contract suite for the task repository, run against SQLite and PostgreSQL (modules
+//! `sqlite::` and `postgres::`). Time moves through a manual clock: no sleeps.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use tasks::{Backoff, ManualClock, NewTask, TaskError, TaskFilter, TaskRepository, TaskStatus};
+use time::{Duration, macros::datetime};
+
+const LEASE: Duration = Duration::seconds(30);
+
+struct Fixture {
+    repo: Arc<dyn TaskRepository>,
+    clock: ManualClock,
+    _database: Box<dyn std::any::Any + Send>,
+}
+
+fn kinds(names: &[&str]) -> Vec<String> {
+    names.iter().map(|k| k.to_string()).collect()
+}
+
+fn task(kind: &str, n: u64) -> NewTask {
+    NewTask::new(kind, serde_json::json!({ "n": n }))
+}
+
+async fn create_get_and_idempotency(f: Fixture) {
+    let created = f.repo.create(task("send_campaign", 1)).await.unwrap();
+    assert_eq!(
+        (created.status, created.attempts, created.max_attempts),
+        (TaskStatus::Pending, 0, 5)
+    );
+    assert_eq!(f.repo.get(created.id).await.unwrap(), Some(created.clone()));
+    assert!(f.repo.get(uuid::Uuid::now_v7()).await.unwrap().is_none());
+
+    let mut keyed = task("send_campaign", 2);
+    keyed.idempotency_key = Some("campaign-42".into());
+    let first = f.repo.create(keyed.clone()).await.unwrap();
+    keyed.payload = serde_json::json!({"n": 3});
+    let again = f.repo.create(keyed).await.unwrap();
+    assert_eq!(again.id, first.id, "the same key returns the same task");
+    assert_eq!(again.payload, serde_json::json!({"n": 2}));
+    let many = f
+        .repo
+        .create_many(vec![task("send_batch", 4), task("send_batch", 5)])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 2);
+    assert_eq!(f.repo.counts().await.unwrap()["pending"], 4);
+}
+
+async fn claims_follow_kind_priority_time_and_limit(f: Fixture) {
+    let mut later = task("send_batch", 1);
+    later.run_after = Some(f.clock.now_plus(Duration::minutes(5)));
+    f.repo.create(later).await.unwrap();
+    f.repo.create(task("other", 2)).await.unwrap();
+    f.repo.create(task("send_batch", 3)).await.unwrap();
+    let mut urgent = task("send_batch", 4);
+    urgent.priority = 10;
+    f.repo.create(urgent).await.unwrap();
+
+    let claimed = f
+        .repo
+        .claim("w1", &kinds(&["send_batch"]), 10, Duration::hours(1))
+        .await
+        .unwrap();
+    let payloads: Vec<u64> = claimed
+        .iter()
+        .map(|t| t.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![4, 3],
+        "due tasks of the kind, highest priority first"
+    );
+    assert!(claimed.iter().all(|t| t.status == TaskStatus::Running
+        && t.attempts == 1
+        && t.lease_owner.as_deref() == Some("w1")));
+    assert!(
+        f.repo
+            .claim("w2", &kinds(&["send_batch"]), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased tasks are not claimed twice"
+    );
+
+    f.clock.advance(Duration::minutes(5));
+    let limited = f
+        .repo
+        .claim("w2", &kinds(&["send_batch", "other"]), 1, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(
+        f.repo
+            .claim("w2", &kinds(&["send_batch", "other"]), 10, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn complete_needs_the_lease(f: Fixture) {
+    let created = f.repo.create(task("send_batch", 1)).await.unwrap();
+    let claimed = f
+        .repo
+        .claim("w1", &kinds(&["send_batch"]), 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let err = f
+        .repo
+        .complete("w2", claimed.lease(), serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TaskError::LeaseLost { .. }), "{err}");
+    f.repo
+        .complete("w1", claimed.lease(), serde_json::json!({"sent": 100}))
+        .await
+        .unwrap();
+    let done = f.repo.get(created.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.result),
+        (
+            TaskStatus::Completed,
+            Some(serde_json::json!({"sent": 100}))
+        )
+    );
+    assert!(matches!(
+        f.repo
+            .complete("w1", claimed.lease(), serde_json::json!({}))
+            .await,
+        Err(TaskError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        f.repo.requeue(created.id).await,
+        Err(TaskError::NotDead {
+            status: "completed",
+            ..
+        })
+    ));
+    let missing = tasks::Lease {
+        task_id: uuid::Uuid::now_v7(),
+        attempt: 1,
+    };
+    assert!(matches!(
+        f.repo.complete("w1", missing, serde_json::json!({})).await,
+        Err(TaskError::NotFound(_))
+    ));
+}
+
+async fn an_expired_lease_moves_to_another_worker_and_fences_the_first(f: Fixture) {
+    let created = f.repo.create(task("send_batch", 1)).await.unwrap();
+    let first = f
+        .repo
+        .claim("slow", &kinds(&["send_batch"]), 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    f.clock.advance(Duration::seconds(20));
+    assert!(
+        f.repo
+            .heartbeat("slow", &[first.lease()], LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live lease is extended"
+    );
+    f.clock.advance(Duration::seconds(25));
+    assert!(
+        f.repo
+            .claim("other", &kinds(&["send_batch"]), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the heartbeat kept it"
+    );
+    // The slow worker stops heart-beating (crashed or stuck): its lease runs out.
+    f.clock.advance(Duration::seconds(31));
+    let second = f
+        .repo
+        .claim("other", &kinds(&["send_batch"]), 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((second.id, second.attempts), (created.id, 2));
+    assert!(
+        matches!(
+            f.repo
+                .complete("slow", first.lease(), serde_json::json!({}))
+                .await,
+            Err(TaskError::LeaseLost { .. })
+        ),
+        "the stale owner is refused"
+    );
+    assert!(matches!(
+        f.repo.fail("slow", first.lease(), "late").await,
+        Err(TaskError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        f.repo
+            .heartbeat("slow", &[first.lease()], LEASE)
+            .await
+            .unwrap(),
+        vec![first.lease()]
+    );
+    f.repo
+        .complete("other", second.lease(), serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.repo.get(created.id).await.unwrap().unwrap().status,
+        TaskStatus::Completed
+    );
+}
+
+async fn failures_back_off_then_die_and_can_be_requeued(f: Fixture) {
+    let mut flaky = task("send_batch", 1);
+    flaky.max_attempts = 3;
+    let created = f.repo.create(flaky).await.unwrap();
+    for attempt in 1..=3u32 {
+        let claimed = f
+            .repo
+            .claim("w", &kinds(&["send_batch"]), 1, LEASE)
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(claimed.attempts, attempt);
+        let status = f
+            .repo
+            .fail("w", claimed.lease(), &format!("boom {attempt}"))
+            .await
+            .unwrap();
+        let stored = f.repo.get(created.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored.last_error.as_deref(),
+            Some(format!("boom {attempt}").as_str())
+        );
+        if attempt < 3 {
+            assert_eq!(status, TaskStatus::Pending);
+            // initial 1 s × 2^(attempt−1), ±20 % jitter
+            let expected = 2f64.powi(attempt as i32 - 1);
+            let wait = (stored.run_after - f.clock.now_plus(Duration::ZERO)).as_seconds_f64();
+            assert!(
+                wait >= expected * 0.8 - 1e-6 && wait <= expected * 1.2 + 1e-6,
+                "attempt {attempt}: waited {wait}s"
+            );
+            assert!(
+                f.repo
+                    .claim("w", &kinds(&["send_batch"]), 1, LEASE)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "not before its retry time"
+            );
+            f.clock.advance(Duration::seconds_f64(wait));
+        } else {
+            assert_eq!(status, TaskStatus::Dead);
+        }
+    }
+    f.clock.advance(Duration::hours(2));
+    assert!(
+        f.repo
+            .claim("w", &kinds(&["send_batch"]), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "dead tasks stay dead"
+    );
+    let dead = f
+        .repo
+        .list(&TaskFilter {
+            status: Some(TaskStatus::Dead),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![created.id]
+    );
+    let requeued = f.repo.requeue(created.id).await.unwrap();
+    assert_eq!(
+        (requeued.status, requeued.attempts),
+        (TaskStatus::Pending, 0)
+    );
+    assert_eq!(
+        f.repo
+            .claim("w", &kinds(&["send_batch"]), 1, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn a_lease_lost_on_the_last_attempt_ends_the_task(f: Fixture) {
+    let mut once = task("send_batch", 1);
+    once.max_attempts = 1;
+    let created = f.repo.create(once).await.unwrap();
+    f.repo
+        .claim("crashing", &kinds(&["send_batch"]), 1, LEASE)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::minutes(1));
+    assert!(
+        f.repo
+            .claim("other", &kinds(&["send_batch"]), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let dead = f.repo.get(created.id).await.unwrap().unwrap();
+    assert_eq!(dead.status, TaskStatus::Dead);
+    assert!(dead.last_error.unwrap().contains("lease expired"));
+}
+
+async fn lists_page_in_creation_order_and_counts_add_up(f: Fixture) {
+    let created = f
+        .repo
+        .create_many(
+            (0..5)
+                .map(|n| task(if n % 2 == 0 { "a" } else { "b" }, n))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let page = f
+        .repo
+        .list(&TaskFilter {
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rest = f
+        .repo
+        .list(&TaskFilter {
+            limit: 3,
+            after: Some(page[2].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.iter().chain(rest.iter()).map(|t| t.id).collect();
+    assert_eq!(ids, created.iter().map(|t| t.id).collect::<Vec<_>>());
+    let only_b = f
+        .repo
+        .list(&TaskFilter {
+            kind: Some("b".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 2);
+    let claimed = f
+        .repo
+        .claim("w", &kinds(&["a"]), 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    f.repo
+        .complete("w", claimed.lease(), serde_json::json!(null))
+        .await
+        .unwrap();
+    f.repo.claim("w", &kinds(&["a"]), 1, LEASE).await.unwrap();
+    let counts = f.repo.counts().await.unwrap();
+    assert_eq!(
+        (
+            counts["pending"],
+            counts["running"],
+            counts["completed"],
+            counts["dead"]
+        ),
+        (3, 1, 1, 0)
+    );
+}
+
+/// Claimers race over `total` tasks: each must be completed exactly once, and no task may be
+/// handed to two claimers (leases are long enough never to expire here).
+async fn concurrent_claimers_complete_every_task_once(f: Fixture, claimers: usize, total: u64) {
+    for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
+        f.repo
+            .create_many(chunk.iter().map(|n| task("send_batch", *n)).collect())
+            .await
+            .unwrap();
+    }
+    let workers = (0..claimers).map(|w| {
+        let repo = f.repo.clone();
+        tokio::spawn(async move {
+            let name = format!("worker-{w}");
+            let mut seen = Vec::new();
+            loop {
+                let claimed = repo
+                    .claim(&name, &kinds(&["send_batch"]), 100, Duration::minutes(10))
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    return seen;
+                }
+                for task in claimed {
+                    repo.complete(&name, task.lease(), serde_json::json!({}))
+                        .await
+                        .unwrap();
+                    seen.push(task.payload["n"].as_u64().unwrap());
+                }
+            }
+        })
+    });
+    let mut all = Vec::new();
+    for seen in futures::future::join_all(workers).await {
+        all.extend(seen.unwrap());
+    }
+    let distinct: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(
+        all.len() as u64,
+        total,
+        "every task claimed and completed once: no duplicates"
+    );
+    assert_eq!(distinct.len() as u64, total);
+    assert_eq!(f.repo.counts().await.unwrap()["completed"], total as i64);
+}
+
+trait ClockExt {
+    fn now_plus(&self, by: Duration) -> time::OffsetDateTime;
+}
+
+impl ClockExt for ManualClock {
+    fn now_plus(&self, by: Duration) -> time::OffsetDateTime {
+        tasks::Clock::now(self) + by
+    }
+}
+
+async fn open(url: &str, database: Box<dyn std::any::Any + Send>) -> Fixture {
+    let clock = ManualClock::new(datetime!(2026-11-28 09:00 UTC));
+    let repo = tasks::connect_with(url, Arc::new(clock.clone()), Backoff::default())
+        .await
+        .unwrap();
+    Fixture {
+        repo,
+        clock,
+        _database: database,
+    }
+}
+
+macro_rules! contract_suite {
+    ($backend:ident, $open:expr, claimers = $claimers:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        #[allow(clippy::redundant_closure_call)]
+                        let Some(fixture) = ($open)().await else {
+                            return;
+                        };
+                        super::$name(fixture).await;
+                    }
+                };
+            }
+            case!(create_get_and_idempotency);
+            case!(claims_follow_kind_priority_time_and_limit);
+            case!(complete_needs_the_lease);
+            case!(an_expired_lease_moves_to_another_worker_and_fences_the_first);
+            case!(failures_back_off_then_die_and_can_be_requeued);
+            case!(a_lease_lost_on_the_last_attempt_ends_the_task);
+            case!(lists_page_in_creation_order_and_counts_add_up);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_claimers_complete_every_task_once() {
+                #[allow(clippy::redundant_closure_call)]
+                let Some(fixture) = ($open)().await else {
+                    return;
+                };
+                super::concurrent_claimers_complete_every_task_once(fixture, $claimers, 10_000)
+                    .await;
+            }
+        }
+    };
+}
+
+contract_suite!(
+    sqlite,
+    || async {
+        let database = testkit::SqliteDatabase::create();
+        let url = database.url.clone();
+        Some(open(&url, Box::new(database)).await)
+    },
+    claimers = 4
+);
+
+contract_suite!(
+    postgres,
+    || async {
+        let database = testkit::PostgresDatabase::create().await?;
+        let url = database.url.clone();
+        Some(open(&url, Box::new(database)).await)
+    },
+    claimers = 8
+);
