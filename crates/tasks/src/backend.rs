@@ -270,7 +270,7 @@ macro_rules! task_repository {
                     .await?
                     .rows_affected();
                     let task = self.get(id).await?.ok_or(TaskError::NotFound(id))?;
-                    if changed == 1 { Ok(task) } else { Err(TaskError::NotDead { id, status: task.status.as_str() }) }
+                    if changed == 1 { Ok(task) } else { Err(TaskError::NotDead { id, status: task.status.as_str().to_string() }) }
                 }
             }
         }

@@ -12,8 +12,12 @@
 //! are tens of seconds, far above ordinary skew.
 
 mod backend;
+mod client;
+pub mod http;
 pub mod postgres;
 pub mod sqlite;
+
+pub use client::{AdapterRetry, HttpTaskRepository};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -201,7 +205,7 @@ pub enum TaskError {
     },
     /// Only dead tasks can be requeued.
     #[error("task {id} is {status}, only dead tasks can be requeued")]
-    NotDead { id: Uuid, status: &'static str },
+    NotDead { id: Uuid, status: String },
     /// The database URL is not one we can use.
     #[error("TASK database URL {0:?} must start with sqlite:// or postgres://")]
     InvalidUrl(String),
@@ -214,6 +218,30 @@ pub enum TaskError {
     /// A stored row could not be read back.
     #[error("stored task is unreadable: {0}")]
     Corrupt(String),
+    /// A request that cannot succeed as written (a malformed body, an unknown status).
+    #[error("invalid task request: {0}")]
+    Invalid(String),
+    /// The task repository service cannot be reached (down, wrong address, network).
+    #[error(
+        "task repository service at {url} is unreachable after {attempts} attempt(s): {reason}"
+    )]
+    Unreachable {
+        url: String,
+        attempts: u32,
+        reason: String,
+    },
+    /// The service refused the bearer token (missing, or not the one it was started with).
+    #[error(
+        "task repository service at {url} refused the request (check TASK_REPO_TOKEN): {detail}"
+    )]
+    Unauthorized { url: String, detail: String },
+    /// The service answered with an error that is none of the above.
+    #[error("task repository service at {url} answered {status}: {detail}")]
+    Service {
+        url: String,
+        status: u16,
+        detail: String,
+    },
 }
 
 /// The clock a repository stamps and compares times with.

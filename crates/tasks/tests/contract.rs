@@ -1,5 +1,6 @@
-//! One contract suite for the task repository, run against SQLite and PostgreSQL (modules
-//! `sqlite::` and `postgres::`). Time moves through a manual clock: no sleeps.
+//! One contract suite for the task repository, run against SQLite and PostgreSQL directly
+//! (modules `sqlite::`, `postgres::`) and through the HTTP service and its adapter in front of
+//! each (`http_sqlite::`, `http_postgres::`). Time moves through a manual clock: no sleeps.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -134,10 +135,7 @@ async fn complete_needs_the_lease(f: Fixture) {
     ));
     assert!(matches!(
         f.repo.requeue(created.id).await,
-        Err(TaskError::NotDead {
-            status: "completed",
-            ..
-        })
+        Err(TaskError::NotDead { id, status }) if id == created.id && status == "completed"
     ));
     let missing = tasks::Lease {
         task_id: uuid::Uuid::now_v7(),
@@ -445,8 +443,43 @@ async fn open(url: &str, database: Box<dyn std::any::Any + Send>) -> Fixture {
     }
 }
 
+/// Keeps the in-test service running as long as the fixture, and stops it after.
+struct Service {
+    server: tokio::task::JoinHandle<()>,
+    _database: Box<dyn std::any::Any + Send>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The store-backed fixture served by the real router on 127.0.0.1:0, reached through the
+/// adapter with a bearer token: the suite then tests service and adapter together.
+async fn open_over_http(url: &str, database: Box<dyn std::any::Any + Send>) -> Fixture {
+    const TOKEN: &str = "contract-suite-token";
+    let direct = open(url, database).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = tasks::http::router(direct.repo, Some(TOKEN.to_string()));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    let adapter =
+        tasks::HttpTaskRepository::new(&format!("http://{address}"), Some(TOKEN.to_string()));
+    Fixture {
+        repo: Arc::new(adapter),
+        clock: direct.clock,
+        _database: Box::new(Service {
+            server,
+            _database: direct._database,
+        }),
+    }
+}
+
 macro_rules! contract_suite {
-    ($backend:ident, $open:expr, claimers = $claimers:expr) => {
+    ($backend:ident, $open:expr, claimers = $claimers:expr, tasks = $total:expr) => {
         mod $backend {
             use super::*;
 
@@ -476,7 +509,7 @@ macro_rules! contract_suite {
                 let Some(fixture) = ($open)().await else {
                     return;
                 };
-                super::concurrent_claimers_complete_every_task_once(fixture, $claimers, 10_000)
+                super::concurrent_claimers_complete_every_task_once(fixture, $claimers, $total)
                     .await;
             }
         }
@@ -490,7 +523,8 @@ contract_suite!(
         let url = database.url.clone();
         Some(open(&url, Box::new(database)).await)
     },
-    claimers = 4
+    claimers = 4,
+    tasks = 10_000
 );
 
 contract_suite!(
@@ -500,5 +534,28 @@ contract_suite!(
         let url = database.url.clone();
         Some(open(&url, Box::new(database)).await)
     },
-    claimers = 8
+    claimers = 8,
+    tasks = 10_000
+);
+
+contract_suite!(
+    http_sqlite,
+    || async {
+        let database = testkit::SqliteDatabase::create();
+        let url = database.url.clone();
+        Some(open_over_http(&url, Box::new(database)).await)
+    },
+    claimers = 4,
+    tasks = 10_000
+);
+
+contract_suite!(
+    http_postgres,
+    || async {
+        let database = testkit::PostgresDatabase::create().await?;
+        let url = database.url.clone();
+        Some(open_over_http(&url, Box::new(database)).await)
+    },
+    claimers = 8,
+    tasks = 10_000
 );
