@@ -10,8 +10,8 @@
 //! lease expiring.
 
 use crate::http::{
-    ClaimBody, CompleteBody, FailAnswer, FailBody, HeartbeatAnswer, HeartbeatBody, ListQuery,
-    Problem, problem_type,
+    ClaimBody, CompleteBody, CompleteManyAnswer, CompleteManyBody, Done, FailAnswer, FailBody,
+    HeartbeatAnswer, HeartbeatBody, ListQuery, Problem, problem_type,
 };
 use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus};
 use reqwest::{Method, StatusCode};
@@ -352,6 +352,34 @@ impl TaskRepository for HttpTaskRepository {
         )
         .await?;
         Ok(())
+    }
+
+    async fn complete_many(
+        &self,
+        worker: &str,
+        done: &[(Lease, serde_json::Value)],
+    ) -> Result<Vec<Lease>, TaskError> {
+        let body = CompleteManyBody {
+            worker_id: worker.to_string(),
+            done: done
+                .iter()
+                .map(|(lease, result)| Done {
+                    task_id: lease.task_id,
+                    attempt: lease.attempt,
+                    result: result.clone(),
+                })
+                .collect(),
+        };
+        let answer: CompleteManyAnswer = self
+            .json(
+                Method::POST,
+                "/api/v1/tasks/complete",
+                Some(&body),
+                Repeat::OnlyIfUnsent,
+                Subject::default(),
+            )
+            .await?;
+        Ok(answer.refused)
     }
 
     async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError> {

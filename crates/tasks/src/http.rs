@@ -8,6 +8,8 @@
 //! - `GET  /api/v1/tasks/counts` → `{"pending": n, …}`
 //! - `POST /api/v1/tasks/claim` `{worker_id, kinds, limit, lease_ms}` → array of [`Task`]
 //! - `POST /api/v1/tasks/heartbeat` `{worker_id, leases, lease_ms}` → `{lost: [Lease]}`
+//! - `POST /api/v1/tasks/complete` `{worker_id, done: [{task_id, attempt, result}]}` →
+//!   `{refused: [Lease]}`
 //! - `GET  /api/v1/tasks/{id}`
 //! - `POST /api/v1/tasks/{id}/complete` `{worker_id, attempt, result}` → 204
 //! - `POST /api/v1/tasks/{id}/fail` `{worker_id, attempt, error}` → `{status}`
@@ -175,6 +177,7 @@ pub fn router(repo: Arc<dyn TaskRepository>, token: Option<String>) -> Router {
         .route("/api/v1/tasks/counts", get(counts))
         .route("/api/v1/tasks/claim", post(claim))
         .route("/api/v1/tasks/heartbeat", post(heartbeat))
+        .route("/api/v1/tasks/complete", post(complete_many))
         .route("/api/v1/tasks/{id}", get(show))
         .route("/api/v1/tasks/{id}/complete", post(complete))
         .route("/api/v1/tasks/{id}/fail", post(fail))
@@ -383,6 +386,45 @@ async fn complete(
     };
     repo.complete(&body.worker_id, lease, body.result).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Done {
+    pub task_id: Uuid,
+    pub attempt: u32,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CompleteManyBody {
+    pub worker_id: String,
+    pub done: Vec<Done>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CompleteManyAnswer {
+    pub refused: Vec<Lease>,
+}
+
+async fn complete_many(
+    State(repo): State<Repo>,
+    body: Result<Json<CompleteManyBody>, JsonRejection>,
+) -> Answer<impl IntoResponse> {
+    let Json(body) = body?;
+    let done: Vec<(Lease, serde_json::Value)> = body
+        .done
+        .into_iter()
+        .map(|item| {
+            let lease = Lease {
+                task_id: item.task_id,
+                attempt: item.attempt,
+            };
+            (lease, item.result)
+        })
+        .collect();
+    let refused = repo.complete_many(&body.worker_id, &done).await?;
+    Ok(Json(CompleteManyAnswer { refused }))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -322,6 +322,26 @@ pub trait TaskRepository: Send + Sync {
         result: serde_json::Value,
     ) -> Result<(), TaskError>;
 
+    /// Completes many tasks `worker` claimed, in one round trip where the implementation
+    /// can: a claim of 100 tasks then costs two commits, not 101. Tasks whose lease the
+    /// worker no longer holds are left alone and returned (as `heartbeat` returns lost
+    /// leases); the others are completed.
+    async fn complete_many(
+        &self,
+        worker: &str,
+        done: &[(Lease, serde_json::Value)],
+    ) -> Result<Vec<Lease>, TaskError> {
+        let mut refused = Vec::new();
+        for (lease, result) in done {
+            match self.complete(worker, *lease, result.clone()).await {
+                Ok(()) => {}
+                Err(TaskError::LeaseLost { .. } | TaskError::NotFound(_)) => refused.push(*lease),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(refused)
+    }
+
     /// Records a failure — only while `worker` holds `lease`. The task is retried after
     /// backoff, or dead when its attempts are used up; returns which.
     async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError>;

@@ -212,6 +212,78 @@ async fn an_expired_lease_moves_to_another_worker_and_fences_the_first(f: Fixtur
     );
 }
 
+async fn completing_many_refuses_only_the_leases_lost(f: Fixture) {
+    f.repo
+        .create_many((0..3).map(|n| task("send_batch", n)).collect())
+        .await
+        .unwrap();
+    let mut claimed = f
+        .repo
+        .claim("w1", &kinds(&["send_batch"]), 3, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    // w1 keeps two of its leases alive; the third expires and w2 takes it over.
+    f.clock.advance(Duration::seconds(20));
+    let kept: Vec<_> = claimed[..2].iter().map(|t| t.lease()).collect();
+    assert!(
+        f.repo
+            .heartbeat("w1", &kept, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.clock.advance(Duration::seconds(15));
+    let taken = f
+        .repo
+        .claim("w2", &kinds(&["send_batch"]), 3, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![claimed[2].id]
+    );
+
+    let done: Vec<_> = claimed
+        .iter()
+        .map(|t| (t.lease(), serde_json::json!({"n": t.payload["n"]})))
+        .collect();
+    let refused = f.repo.complete_many("w1", &done).await.unwrap();
+    assert_eq!(refused, vec![claimed[2].lease()], "only the lost lease");
+    for t in &claimed[..2] {
+        let stored = f.repo.get(t.id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.status, stored.result),
+            (
+                TaskStatus::Completed,
+                Some(serde_json::json!({"n": t.payload["n"]}))
+            )
+        );
+    }
+    let still = f.repo.get(claimed[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        (still.status, still.lease_owner.as_deref()),
+        (TaskStatus::Running, Some("w2"))
+    );
+    assert_eq!(
+        f.repo.complete_many("w1", &done).await.unwrap().len(),
+        3,
+        "finished tasks are not completed twice"
+    );
+    let last = claimed.pop().unwrap();
+    assert_eq!(
+        f.repo
+            .complete_many("w2", &[(taken[0].lease(), serde_json::json!(null))])
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        f.repo.get(last.id).await.unwrap().unwrap().status,
+        TaskStatus::Completed
+    );
+}
+
 async fn failures_back_off_then_die_and_can_be_requeued(f: Fixture) {
     let mut flaky = task("send_batch", 1);
     flaky.max_attempts = 3;
@@ -398,12 +470,26 @@ async fn concurrent_claimers_complete_every_task_once(f: Fixture, claimers: usiz
                 if claimed.is_empty() {
                     return seen;
                 }
-                for task in claimed {
-                    repo.complete(&name, task.lease(), serde_json::json!({}))
-                        .await
-                        .unwrap();
-                    seen.push(task.payload["n"].as_u64().unwrap());
+                // Half the claimers complete task by task, half a whole claim at once.
+                if w % 2 == 0 {
+                    for task in &claimed {
+                        repo.complete(&name, task.lease(), serde_json::json!({}))
+                            .await
+                            .unwrap();
+                    }
+                } else {
+                    let done: Vec<_> = claimed
+                        .iter()
+                        .map(|task| (task.lease(), serde_json::json!({})))
+                        .collect();
+                    let refused = repo.complete_many(&name, &done).await.unwrap();
+                    assert!(refused.is_empty(), "{name} lost {refused:?}");
                 }
+                seen.extend(
+                    claimed
+                        .iter()
+                        .map(|task| task.payload["n"].as_u64().unwrap()),
+                );
             }
         })
     });
@@ -499,6 +585,7 @@ macro_rules! contract_suite {
             case!(claims_follow_kind_priority_time_and_limit);
             case!(complete_needs_the_lease);
             case!(an_expired_lease_moves_to_another_worker_and_fences_the_first);
+            case!(completing_many_refuses_only_the_leases_lost);
             case!(failures_back_off_then_die_and_can_be_requeued);
             case!(a_lease_lost_on_the_last_attempt_ends_the_task);
             case!(lists_page_in_creation_order_and_counts_add_up);
