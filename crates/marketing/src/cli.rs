@@ -1,7 +1,8 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
 use crate::config::{ApiArgs, LimitArgs, StoreArgs, TrackingArgs, redacted};
-use crate::{report, roles};
+use crate::task_commands::{TaskRepoServiceArgs, TasksCommand};
+use crate::{report, roles, task_commands};
 use anyhow::Context;
 use campaign::CampaignStatus;
 use campaign::{CampaignDocument, CsvRecipients, Recipient, RowError};
@@ -107,11 +108,15 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
-    /// Run the task repository service (scale-out role).
+    /// Run the task repository service (scale-out role): /health and /api/v1/tasks on
+    /// TASK_REPO_BIND, tasks kept in DATABASE_URL.
     TaskRepo {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        service: TaskRepoServiceArgs,
     },
+    /// Inspect and repair tasks: list, show, requeue dead ones, counts per state.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Run a task processor: claims batches and delivers them (scale-out role).
     Worker {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
@@ -313,9 +318,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { .. } => not_implemented("send", "delivery (issue #5)"),
-        Command::TaskRepo { .. } => {
-            not_implemented("task-repo", "the task repository service (issue #4)")
-        }
+        Command::TaskRepo { service } => task_commands::serve(&service).await,
+        Command::Tasks(command) => task_commands::run(command).await,
         Command::Worker { .. } => not_implemented("worker", "delivery (issue #5)"),
         Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
         Command::Submit { .. } => not_implemented("submit", "the CLI tools (issue #9)"),

@@ -75,7 +75,7 @@ fn dotenv_is_read_and_flags_override_it() {
 #[test]
 fn commands_that_have_not_landed_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for command in ["send", "task-repo", "worker", "scheduler", "submit"] {
+    for command in ["send", "worker", "scheduler", "submit"] {
         let output = marketing(dir.path()).arg(command).output().unwrap();
         assert_eq!(output.status.code(), Some(3), "{command}");
         assert!(
@@ -415,6 +415,107 @@ async fn campaigns_list_and_status_read_what_the_api_stored() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a campaign id"));
+}
+
+#[tokio::test]
+async fn the_task_repo_role_serves_tasks_that_the_cli_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = marketing(dir.path())
+        .args([
+            "task-repo",
+            "--task-repo-bind",
+            "127.0.0.1:0",
+            "--task-repo-token",
+            "s3cret-token",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("task-repo exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("task repository listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let anonymous = client
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&serde_json::json!({"kind": "send_campaign", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "the token is required");
+    let created: serde_json::Value = client
+        .post(format!("{base}/api/v1/tasks"))
+        .bearer_auth("s3cret-token")
+        .json(&serde_json::json!({"kind": "send_campaign", "payload": {"campaign": "c1"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let via_service = [
+        "--task-repo-url",
+        &base,
+        "--task-repo-token",
+        "s3cret-token",
+    ];
+    let output = marketing(dir.path())
+        .args(["tasks", "list", "--json"])
+        .args(via_service)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["status"], "pending");
+    let output = marketing(dir.path())
+        .args(["tasks", "show", &id])
+        .args(via_service)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"campaign\": \"c1\""));
+    // The same tasks straight from the database the service uses.
+    let output = marketing(dir.path())
+        .args(["tasks", "counts"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("\"pending\": 1"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let output = marketing(dir.path())
+        .args(["tasks", "requeue", &id])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a pending task cannot be requeued"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("only dead tasks"));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }
 
 /// A million-row CSV is imported without holding it in memory: the server's peak RSS stays far

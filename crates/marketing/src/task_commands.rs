@@ -1,0 +1,198 @@
+//! The task repository from the command line: the `task-repo` role (the HTTP service) and the
+//! operators' `marketing tasks list|show|requeue|counts`.
+
+use crate::config::{StoreArgs, redacted};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tasks::{TaskFilter, TaskRepository, TaskStatus};
+
+/// Where the task repository is: the service at TASK_REPO_URL, or else the tables in
+/// DATABASE_URL directly.
+#[derive(Debug, Clone, Args)]
+pub struct TaskRepoClientArgs {
+    /// URL of the task repository service (e.g. http://127.0.0.1:8503). Unset: use the
+    /// database at DATABASE_URL directly.
+    #[arg(long, env = "TASK_REPO_URL")]
+    pub task_repo_url: Option<String>,
+    /// Bearer token shared with the task repository service.
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    pub task_repo_token: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl TaskRepoClientArgs {
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn TaskRepository>> {
+        match &self.task_repo_url {
+            Some(url) => Ok(Arc::new(tasks::HttpTaskRepository::new(
+                url,
+                self.task_repo_token.clone(),
+            ))),
+            None => tasks::connect(&self.store.database_url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the task repository at {}",
+                        redacted(&self.store.database_url)
+                    )
+                }),
+        }
+    }
+}
+
+/// The task repository service's address and token.
+#[derive(Debug, Clone, Args)]
+pub struct TaskRepoServiceArgs {
+    /// Address the task repository service listens on.
+    #[arg(long, env = "TASK_REPO_BIND", default_value = "127.0.0.1:8503", value_parser = task_repo_bind)]
+    pub task_repo_bind: SocketAddr,
+    /// Bearer token clients must send (recommended whenever the service is reachable by others).
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    pub task_repo_token: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+fn task_repo_bind(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| {
+        "TASK_REPO_BIND must be an IP address and port such as 127.0.0.1:8503".to_string()
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List tasks in creation order.
+    List {
+        /// Only tasks in this state (pending, running, completed, dead).
+        #[arg(long)]
+        status: Option<TaskStatus>,
+        /// Only tasks of this kind (e.g. send_campaign, send_batch).
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+    },
+    /// Show one task with its payload, lease and last error (JSON).
+    Show {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+    },
+    /// Give a dead task a fresh set of attempts.
+    Requeue {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+    },
+    /// Tasks per state.
+    Counts {
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+    },
+}
+
+pub async fn run(command: TasksCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TasksCommand::List {
+            status,
+            kind,
+            limit,
+            json,
+            repo,
+        } => {
+            let found = repo
+                .open()
+                .await?
+                .list(&TaskFilter {
+                    status,
+                    kind,
+                    after: None,
+                    limit,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                println!(
+                    "{:<38} {:<14} {:<10} {:>8}  last error",
+                    "id", "kind", "status", "attempts"
+                );
+                for task in found {
+                    println!(
+                        "{:<38} {:<14} {:<10} {:>3}/{:<4}  {}",
+                        task.id,
+                        task.kind,
+                        task.status.as_str(),
+                        task.attempts,
+                        task.max_attempts,
+                        task.last_error.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TasksCommand::Show { id, repo } => {
+            let task = repo
+                .open()
+                .await?
+                .get(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("task {id} does not exist"))?;
+            println!("{}", serde_json::to_string_pretty(&task)?);
+        }
+        TasksCommand::Requeue { id, repo } => {
+            let task = repo.open().await?.requeue(id).await?;
+            println!(
+                "requeued task {} ({}): pending, attempts reset",
+                task.id, task.kind
+            );
+        }
+        TasksCommand::Counts { repo } => {
+            let counts = repo.open().await?.counts().await?;
+            println!("{}", serde_json::to_string_pretty(&counts)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `marketing task-repo`: serves the repository over HTTP until SIGINT/SIGTERM.
+pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
+    let repo = tasks::connect(&args.store.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the task repository at {}",
+                redacted(&args.store.database_url)
+            )
+        })?;
+    if args.task_repo_token.is_none() {
+        tracing::warn!(
+            "TASK_REPO_TOKEN is not set: any process that can reach the service may use it"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.task_repo_bind)
+        .await
+        .with_context(|| format!("cannot listen on TASK_REPO_BIND={}", args.task_repo_bind))?;
+    tracing::info!(
+        role = "task-repo",
+        store = %redacted(&args.store.database_url),
+        "task repository listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        tasks::http::router(repo, args.task_repo_token.clone()),
+    )
+    .with_graceful_shutdown(crate::roles::shutdown_signal())
+    .await
+    .context("the task repository service failed")?;
+    Ok(ExitCode::SUCCESS)
+}
