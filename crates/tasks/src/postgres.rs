@@ -19,7 +19,12 @@ impl PostgresTasks {
         clock: Arc<dyn Clock>,
         backoff: Backoff,
     ) -> Result<PostgresTasks, TaskError> {
-        let options = PgConnectOptions::from_str(url)?;
+        // No bitmap scans on the repository's connections: a queue filled faster than
+        // autoanalyze runs has no statistics, the planner then expects a handful of pending
+        // rows and fetches them all by bitmap to sort them, reading the whole backlog on
+        // every claim (16 ms against 0.9 ms at 50,000 pending tasks). An ordered scan of
+        // tasks_pending that stops after the batch is right whatever the statistics say.
+        let options = PgConnectOptions::from_str(url)?.options([("enable_bitmapscan", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
