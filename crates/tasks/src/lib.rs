@@ -58,6 +58,12 @@ impl TaskStatus {
     }
 }
 
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for TaskStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -128,6 +134,32 @@ pub struct Task {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+impl std::fmt::Display for Task {
+    /// One line for operators: id, kind, state, attempts, then what explains the state.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| t.to_string())
+        };
+        write!(
+            f,
+            "{} {} {} attempts {}/{}",
+            self.id, self.kind, self.status, self.attempts, self.max_attempts
+        )?;
+        match (self.status, &self.lease_owner, self.lease_expires_at) {
+            (TaskStatus::Running, Some(owner), Some(expiry)) => {
+                write!(f, " leased by {owner} until {}", at(expiry))?
+            }
+            (TaskStatus::Pending, _, _) => write!(f, " runs after {}", at(self.run_after))?,
+            _ => {}
+        }
+        if let Some(error) = &self.last_error {
+            write!(f, " last error: {error}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Task {

@@ -30,6 +30,13 @@ async fn create_get_and_idempotency(f: Fixture) {
         (TaskStatus::Pending, 0, 5)
     );
     assert_eq!(f.repo.get(created.id).await.unwrap(), Some(created.clone()));
+    assert_eq!(
+        created.to_string(),
+        format!(
+            "{} send_campaign pending attempts 0/5 runs after 2026-11-28T09:00:00Z",
+            created.id
+        )
+    );
     assert!(f.repo.get(uuid::Uuid::now_v7()).await.unwrap().is_none());
 
     let mut keyed = task("send_campaign", 2);
