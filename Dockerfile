@@ -1,0 +1,40 @@
+# One image for every role of marketing-base: `marketing api`, `task-repo`, `worker`,
+# `scheduler`, `migrate`, or everything in one process with the default `serve`.
+# deploy/docker-compose.yml builds it; docs/DEPLOYMENT.md explains the roles.
+
+# --- build ---------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+COPY . .
+# --locked: the image is built from exactly the dependency versions in Cargo.lock.
+RUN cargo build --release --locked -p marketing \
+ && install -m 0755 target/release/marketing /usr/local/bin/marketing
+
+# --- runtime -------------------------------------------------------------------------------
+# Same Debian release as the builder, so the binary finds the glibc it was linked against.
+FROM debian:bookworm-slim
+# ca-certificates: SMTP relays behind TLS. (The binary also carries the Mozilla roots; the
+# system store is here for tools and for relays whose CA an operator adds.)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 marketing \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+            --shell /usr/sbin/nologin marketing \
+ && mkdir /data \
+ && chown marketing:marketing /data
+COPY --from=builder /usr/local/bin/marketing /usr/local/bin/marketing
+
+USER 10001:10001
+# The working directory holds what the embedded defaults write: marketing.db (SQLite), outbox/
+# (.eml files when SMTP_URL is unset) and an optional .env. Mount a volume here for `serve`.
+WORKDIR /data
+# Inside a container the listeners must accept connections from outside it; the binary's own
+# defaults (127.0.0.1) suit a developer's machine, not a container.
+ENV API_BIND=0.0.0.0:8000 \
+    TASK_REPO_BIND=0.0.0.0:8503
+EXPOSE 8000 8503
+# No HEALTHCHECK here: each role listens on a different port (or only on its metrics port), and
+# the slim image has no curl. deploy/docker-compose.yml checks each role on its own port.
+ENTRYPOINT ["marketing"]
+CMD ["serve"]
