@@ -1,4 +1,4 @@
-//! Campaign control: schedule and unschedule, pause, resume, cancel.
+//! Campaign control: send now, schedule and unschedule, pause, resume, cancel.
 //!
 //! Every action is idempotent (asking for the state a campaign is already in answers 200) and
 //! an impossible transition answers 409 naming the current state. The campaign processor and
@@ -11,6 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use campaign::CampaignStatus;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -19,6 +20,7 @@ use utoipa_axum::routes;
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(send))
         .routes(routes!(schedule, unschedule))
         .routes(routes!(pause))
         .routes(routes!(resume))
@@ -152,6 +154,40 @@ async fn transition(
         tracing::info!(campaign = %campaign.id, from = %campaign.status, to = %to, "campaign {action}");
     }
     Ok(Json(status_view(state, raw_id).await?))
+}
+
+/// Send a draft or scheduled campaign now: it is queued for the task processor, which splits
+/// it into batches (idempotent: a campaign already queued or sending answers 202 again).
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/send",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses((status = 202, description = "Queued; the task processor delivers it", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
+async fn send(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<StatusView>), ApiError> {
+    let campaign = find(&state, &id).await?;
+    match processor::enqueue_campaign(state.store.as_ref(), state.tasks.as_ref(), campaign.id).await
+    {
+        Ok((record, task)) => {
+            tracing::info!(campaign = %record.id, task = %task.id, "campaign queued for sending");
+            Ok((StatusCode::ACCEPTED, Json(status_view(&state, &id).await?)))
+        }
+        Err(err @ processor::ProcessorError::NotSendable { .. }) => {
+            Err(ApiError::Conflict(err.to_string()))
+        }
+        Err(processor::ProcessorError::Store(err)) => Err(err.into()),
+        Err(err @ processor::ProcessorError::CampaignNotFound(_)) => {
+            Err(ApiError::NotFound(err.to_string()))
+        }
+        Err(err) => Err(ApiError::Unavailable(format!(
+            "the campaign could not be queued: {err}"
+        ))),
+    }
 }
 
 /// Pause a queued or sending campaign (idempotent).

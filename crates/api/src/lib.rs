@@ -26,6 +26,8 @@ pub use problem::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn CampaignStore>,
+    /// Where `send` puts the campaign's task for the task processor.
+    pub tasks: Arc<dyn tasks::TaskRepository>,
     pub settings: ApiSettings,
     /// Signed per-recipient links (unsubscribe) under PUBLIC_BASE_URL.
     pub links: Arc<tracking::Links>,

@@ -16,8 +16,12 @@ struct TestApp {
 async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp {
     let store = store::connect(database_url).await.expect("store opens");
     let keys = tracking::TokenKeys::new(b"test-secret-that-is-at-least-32-bytes", []).unwrap();
+    let tasks = tasks::connect(database_url)
+        .await
+        .expect("task repository opens");
     let state = api::AppState {
         store: store.clone(),
+        tasks,
         settings: api::ApiSettings::default(),
         links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
         message_settings: message::MessageSettings::default(),
@@ -604,6 +608,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         "POST /api/v1/campaigns/{id}/recipients",
         "POST /api/v1/campaigns/{id}/resume",
         "POST /api/v1/campaigns/{id}/schedule",
+        "POST /api/v1/campaigns/{id}/send",
         "DELETE /api/v1/suppressions/{email}",
         "GET /api/v1/suppressions",
         "POST /api/v1/suppressions",
@@ -635,7 +640,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 15);
+    assert_eq!(protected_routes(&app).await.len(), 16);
     let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
         .await
         .unwrap();

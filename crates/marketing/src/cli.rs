@@ -1,7 +1,7 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
-use crate::config::{ApiArgs, LimitArgs, StoreArgs, TrackingArgs, redacted};
-use crate::task_commands::{TaskRepoServiceArgs, TasksCommand};
+use crate::config::{ApiArgs, LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs, redacted};
+use crate::task_commands::{TaskRepoClientArgs, TaskRepoServiceArgs, TasksCommand};
 use crate::{report, roles, task_commands};
 use anyhow::Context;
 use campaign::CampaignStatus;
@@ -28,18 +28,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run everything in one process on the embedded defaults (SQLite, outbox): the API now;
-    /// the task processor and campaign processor join as they land.
+    /// Run everything in one process on the embedded defaults (SQLite, outbox): the API and
+    /// a task processor sharing the store; a campaign sent through the API starts at once.
     Serve {
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[command(flatten)]
+        transport: TransportArgs,
     },
-    /// Run only the HTTP API (scale-out role).
+    /// Run only the HTTP API (scale-out role); `send` puts tasks in the task repository at
+    /// TASK_REPO_URL (or in DATABASE_URL when unset).
     Api {
         #[command(flatten)]
-        store: StoreArgs,
+        repo: TaskRepoClientArgs,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -92,21 +97,37 @@ pub enum Command {
         /// Write the complete message to this .eml file instead of printing the parts.
         #[arg(long)]
         eml: Option<PathBuf>,
-        /// Base URL of the public endpoints, for the unsubscribe link.
-        #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8000")]
-        public_base_url: String,
         #[command(flatten)]
-        tracking: TrackingArgs,
+        links: LinkArgs,
         #[command(flatten)]
         limits: LimitArgs,
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Send a campaign file to its recipients and print a summary (one-shot main job).
+    /// Send a campaign file to its recipients and print a summary (the one-shot main job):
+    /// the campaign is stored, split into batches and delivered by a task processor in this
+    /// process, with a progress bar. Exit 0 when the campaign completed, 1 when it failed
+    /// (nothing could be sent), 130 when interrupted (run `marketing worker` to finish).
     Send {
-        /// Arguments are defined when delivery lands.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        /// The campaign document (JSON), templates embedded.
+        campaign: PathBuf,
+        /// Recipients as a JSON array (.json) or CSV with an `email` column (.csv); without
+        /// it, the campaign's inline recipients.
+        #[arg(long)]
+        recipients: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        links: LinkArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[command(flatten)]
+        transport: TransportArgs,
     },
     /// Run the task repository service (scale-out role): /health and /api/v1/tasks on
     /// TASK_REPO_BIND, tasks kept in DATABASE_URL.
@@ -117,10 +138,19 @@ pub enum Command {
     /// Inspect and repair tasks: list, show, requeue dead ones, counts per state.
     #[command(subcommand)]
     Tasks(TasksCommand),
-    /// Run a task processor: claims batches and delivers them (scale-out role).
+    /// Run a task processor: claims campaign and batch tasks from the task repository
+    /// (TASK_REPO_URL, or DATABASE_URL directly) and delivers them (scale-out role).
     Worker {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+        #[command(flatten)]
+        links: LinkArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[command(flatten)]
+        transport: TransportArgs,
     },
     /// Run a campaign processor: starts scheduled campaigns when due (scale-out role).
     Scheduler {
@@ -224,8 +254,13 @@ async fn api_key(command: ApiKeyCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { store, api } => roles::serve_api("serve", &store, &api).await,
-        Command::Api { store, api } => roles::serve_api("api", &store, &api).await,
+        Command::Serve {
+            store,
+            api,
+            worker,
+            transport,
+        } => roles::serve(&store, &api, &worker, &transport).await,
+        Command::Api { repo, api } => roles::serve_api(&repo, &api).await,
         Command::ApiKey(command) => api_key(command).await,
         Command::Campaigns(CampaignsCommand::List {
             status,
@@ -258,8 +293,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recipients,
             recipient,
             eml,
-            public_base_url,
-            tracking,
+            links,
             limits,
             store,
         } => {
@@ -272,8 +306,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .nth((recipient - 1) as usize)
                 .ok_or_else(|| anyhow::anyhow!("there is no recipient {recipient}"))?
                 .map_err(|err| anyhow::anyhow!("recipient {recipient}: {err}"))?;
-            let keys = tracking.keys(open_store(&store).await?.as_ref()).await?;
-            let links = tracking::Links::new(&public_base_url, keys);
+            let links = links.links(open_store(&store).await?.as_ref()).await?;
             // A file is not stored yet, so the preview names campaign and recipient by zero ids.
             let context = message::RecipientContext {
                 campaign_id: campaign::CampaignId::nil(),
@@ -317,10 +350,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send { .. } => not_implemented("send", "delivery (issue #5)"),
+        Command::Send {
+            campaign,
+            recipients,
+            json,
+            store,
+            links,
+            limits,
+            worker,
+            transport,
+        } => {
+            let document = read_campaign(&campaign, &limits.limits())?;
+            crate::send::send(
+                crate::send::SendJob {
+                    document,
+                    recipients,
+                    json,
+                },
+                &store,
+                &links,
+                &limits,
+                &worker,
+                &transport,
+            )
+            .await
+        }
         Command::TaskRepo { service } => task_commands::serve(&service).await,
         Command::Tasks(command) => task_commands::run(command).await,
-        Command::Worker { .. } => not_implemented("worker", "delivery (issue #5)"),
+        Command::Worker {
+            repo,
+            links,
+            limits,
+            worker,
+            transport,
+        } => roles::worker(&repo, &links, &limits, &worker, &transport).await,
         Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
         Command::Submit { .. } => not_implemented("submit", "the CLI tools (issue #9)"),
     }

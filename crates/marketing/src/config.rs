@@ -31,15 +31,11 @@ pub struct ApiArgs {
     #[arg(long, env = "API_BIND", default_value = "127.0.0.1:8000", value_parser = api_bind)]
     pub api_bind: SocketAddr,
 
-    /// Base URL of the public endpoints (tracking, unsubscribe), as recipients reach them.
-    #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8000", value_parser = public_base_url)]
-    pub public_base_url: String,
+    #[command(flatten)]
+    pub links: LinkArgs,
 
     #[command(flatten)]
     pub limits: LimitArgs,
-
-    #[command(flatten)]
-    pub tracking: TrackingArgs,
 
     /// Largest JSON request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = max_body_bytes)]
@@ -48,6 +44,25 @@ pub struct ApiArgs {
     /// Largest recipient upload (CSV is streamed) in bytes.
     #[arg(long, env = "MAX_IMPORT_BYTES", default_value_t = 512 * 1024 * 1024, value_parser = max_import_bytes)]
     pub max_import_bytes: u64,
+}
+
+/// The per-recipient links in messages: where they point and the key that signs them.
+#[derive(Debug, Clone, Args)]
+pub struct LinkArgs {
+    /// Base URL of the public endpoints (tracking, unsubscribe), as recipients reach them.
+    #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://127.0.0.1:8000", value_parser = public_base_url)]
+    pub public_base_url: String,
+
+    #[command(flatten)]
+    pub tracking: TrackingArgs,
+}
+
+impl LinkArgs {
+    /// The link builder, with the configured secret or the one kept in the database.
+    pub async fn links(&self, store: &dyn store::CampaignStore) -> anyhow::Result<tracking::Links> {
+        let keys = self.tracking.keys(store).await?;
+        Ok(tracking::Links::new(&self.public_base_url, keys))
+    }
 }
 
 /// The key that signs tracking and unsubscribe links.
@@ -95,6 +110,133 @@ fn tracking_secret(value: &str) -> Result<String, String> {
             "TRACKING_SECRET must be at least {} bytes (e.g. `openssl rand -hex 32`)",
             tracking::token::MIN_SECRET_LEN
         ))
+    }
+}
+
+/// How mail leaves: SMTP when SMTP_URL is set, else .eml files in OUTBOX_DIR.
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// SMTP server: smtp://[user:password@]host[:port][?tls=required|opportunistic|none] or
+    /// smtps://…; unset: messages are written as .eml files to OUTBOX_DIR.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Directory of the outbox transport (used when SMTP_URL is unset).
+    #[arg(long, env = "OUTBOX_DIR", default_value = "outbox")]
+    pub outbox_dir: std::path::PathBuf,
+
+    /// Long-lived SMTP connections per worker, each its own sender. Also the most messages a
+    /// worker has in flight, and so the most duplicates a crash of it can cause.
+    #[arg(long, env = "SMTP_CONNECTIONS", default_value_t = 8, value_parser = smtp_connections)]
+    pub smtp_connections: usize,
+
+    /// Messages per second per worker at most (token bucket); unset: no limit.
+    #[arg(long, env = "SMTP_RATE_LIMIT", value_parser = smtp_rate_limit)]
+    pub smtp_rate_limit: Option<f64>,
+
+    /// Seconds allowed for every SMTP step (connect, each command, the content); unset:
+    /// per-step defaults.
+    #[arg(long, env = "SMTP_TIMEOUT", value_parser = smtp_timeout)]
+    pub smtp_timeout: Option<f64>,
+}
+
+impl TransportArgs {
+    /// Builds the transport (inside the runtime: SMTP spawns its sender tasks).
+    pub fn transport(&self) -> anyhow::Result<std::sync::Arc<dyn delivery::Transport>> {
+        let config = delivery::TransportConfig {
+            smtp_url: self.smtp_url.clone(),
+            outbox_dir: self.outbox_dir.clone(),
+            connections: self.smtp_connections,
+            rate_limit: self.smtp_rate_limit,
+            timeout: self.smtp_timeout.map(std::time::Duration::from_secs_f64),
+        };
+        Ok(delivery::transport_from_config(&config)?)
+    }
+}
+
+fn smtp_connections(value: &str) -> Result<usize, String> {
+    whole_number("SMTP_CONNECTIONS", value, 1..=256).map(|n| n as usize)
+}
+
+fn positive_seconds(variable: &str, value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!(
+            "{variable} must be a positive number (e.g. 10 or 0.5)"
+        )),
+    }
+}
+
+fn smtp_rate_limit(value: &str) -> Result<f64, String> {
+    positive_seconds("SMTP_RATE_LIMIT", value)
+}
+
+fn smtp_timeout(value: &str) -> Result<f64, String> {
+    positive_seconds("SMTP_TIMEOUT", value)
+}
+
+/// The task processor's knobs.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// This worker's name in task leases; unset: host name, process id and a random suffix,
+    /// so replicas never share one.
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Seconds between checks for new tasks when idle (work created in the same process
+    /// wakes the worker at once).
+    #[arg(long, env = "TASK_CHECK_INTERVAL", default_value_t = 5.0, value_parser = task_check_interval)]
+    pub task_check_interval: f64,
+
+    /// Seconds a claimed task stays leased without a heartbeat; after a crash, other workers
+    /// take over its tasks once this has passed.
+    #[arg(long, env = "TASK_LEASE_SECONDS", default_value_t = 60.0, value_parser = task_lease)]
+    pub task_lease_seconds: f64,
+
+    /// Batch tasks a worker runs at once.
+    #[arg(long, env = "WORKER_TASKS", default_value_t = 4, value_parser = worker_tasks)]
+    pub worker_tasks: usize,
+
+    /// Seconds a shutdown (SIGTERM/SIGINT) waits for messages in flight before exiting.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value_t = 30.0, value_parser = shutdown_grace)]
+    pub shutdown_grace: f64,
+}
+
+impl WorkerArgs {
+    pub fn config(&self, in_flight: usize) -> processor::WorkerConfig {
+        let mut config = processor::WorkerConfig::new(
+            self.worker_id
+                .clone()
+                .unwrap_or_else(processor::default_worker_id),
+        );
+        config.check_interval = std::time::Duration::from_secs_f64(self.task_check_interval);
+        config.lease = std::time::Duration::from_secs_f64(self.task_lease_seconds);
+        config.max_tasks = self.worker_tasks;
+        config.in_flight = in_flight;
+        config.shutdown_grace = std::time::Duration::from_secs_f64(self.shutdown_grace);
+        config
+    }
+}
+
+fn task_check_interval(value: &str) -> Result<f64, String> {
+    positive_seconds("TASK_CHECK_INTERVAL", value)
+}
+
+fn task_lease(value: &str) -> Result<f64, String> {
+    match positive_seconds("TASK_LEASE_SECONDS", value)? {
+        n if n >= 1.0 => Ok(n),
+        _ => Err("TASK_LEASE_SECONDS must be at least 1 (heartbeats renew it every third)".into()),
+    }
+}
+
+fn worker_tasks(value: &str) -> Result<usize, String> {
+    whole_number("WORKER_TASKS", value, 1..=256).map(|n| n as usize)
+}
+
+fn shutdown_grace(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err("SHUTDOWN_GRACE must be a number of seconds, 0 or more".into()),
     }
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod report;
 mod roles;
+mod send;
 mod task_commands;
 mod telemetry;
 

@@ -75,7 +75,7 @@ fn dotenv_is_read_and_flags_override_it() {
 #[test]
 fn commands_that_have_not_landed_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
-    for command in ["send", "worker", "scheduler", "submit"] {
+    for command in ["scheduler", "submit"] {
         let output = marketing(dir.path()).arg(command).output().unwrap();
         assert_eq!(output.status.code(), Some(3), "{command}");
         assert!(

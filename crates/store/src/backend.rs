@@ -377,7 +377,7 @@ macro_rules! campaign_store {
             ) -> Result<Vec<RecipientRange>, StoreError> {
                 // Streamed, so a million-recipient campaign never holds all its ids at once.
                 let mut ids = sqlx::query_scalar::<_, i64>(
-                    "SELECT id FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred') ORDER BY id",
+                    "SELECT id FROM recipients WHERE campaign_id = $1 ORDER BY id",
                 )
                 .bind(DbId(id))
                 .fetch(&self.pool);
@@ -398,6 +398,25 @@ macro_rules! campaign_store {
                 }
                 ranges.extend(current.map(|(range, _)| range));
                 Ok(ranges)
+            }
+
+            async fn next_due_in_range(
+                &self,
+                id: CampaignId,
+                range: RecipientRange,
+            ) -> Result<Option<OffsetDateTime>, StoreError> {
+                let earliest: Option<DbTime> = sqlx::query_scalar(
+                    "SELECT MIN(CASE WHEN status = 'pending' THEN $4 ELSE COALESCE(next_attempt_at, $4) END) \
+                     FROM recipients WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 \
+                     AND status IN ('pending', 'deferred')",
+                )
+                .bind(DbId(id))
+                .bind(range.first)
+                .bind(range.last)
+                .bind(DbTime(OffsetDateTime::UNIX_EPOCH))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(earliest.map(|t| t.0))
             }
 
             async fn due_recipients(

@@ -216,8 +216,10 @@ pub trait CampaignStore: Send + Sync {
     /// when the campaign is not sending or still has recipients to deliver.
     async fn finish_if_done(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError>;
 
-    /// Splits the campaign's recipients that still need sending into id ranges of at most
-    /// `batch_size` recipients each, in id order.
+    /// Splits all the campaign's recipients, whatever their state, into id ranges of at most
+    /// `batch_size` recipients each, in id order. Recipients are fixed once a campaign leaves
+    /// draft, so the answer never changes: a split that is run again after a crash names the
+    /// same batches (and so the same idempotency keys) even when some were already sent.
     async fn batch_ranges(
         &self,
         id: CampaignId,
@@ -233,6 +235,15 @@ pub trait CampaignStore: Send + Sync {
         range: RecipientRange,
         now: OffsetDateTime,
     ) -> Result<Vec<StoredRecipient>, StoreError>;
+
+    /// Whether anyone in the range still needs sending: `None` when every recipient is final,
+    /// else the earliest time one is due (a pending recipient is due at once: its time is
+    /// the Unix epoch; a deferred one at its retry time).
+    async fn next_due_in_range(
+        &self,
+        id: CampaignId,
+        range: RecipientRange,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
 
     /// One recipient of a campaign, whatever its state.
     async fn get_recipient(

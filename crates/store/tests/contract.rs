@@ -486,14 +486,41 @@ async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn CampaignSto
         assert_eq!(counts.get(status), expected, "{status}");
     }
     assert_eq!(counts.total(), 5);
-    // Only the recipients that still need sending are batched.
-    let remaining = store.batch_ranges(record.id, 100).await.unwrap();
+    // Batches are stable: the split names every recipient whatever happened to them, so a
+    // split run again after a crash creates the same batches.
     assert_eq!(
-        remaining,
+        store.batch_ranges(record.id, 100).await.unwrap(),
         vec![store::RecipientRange {
-            first: ids[1],
+            first: ids[0],
             last: ids[4]
         }]
+    );
+    // The pending recipient makes the range due at once...
+    assert_eq!(
+        store.next_due_in_range(record.id, range).await.unwrap(),
+        Some(time::OffsetDateTime::UNIX_EPOCH)
+    );
+    // ...and without it, the deferred one's retry time is when the range is next due.
+    let deferred_only = store::RecipientRange {
+        first: ids[0],
+        last: ids[3],
+    };
+    let next = store
+        .next_due_in_range(record.id, deferred_only)
+        .await
+        .unwrap()
+        .expect("the deferred recipient is still to send");
+    assert!(
+        (next - later).abs() < time::Duration::milliseconds(1),
+        "{next} vs {later}"
+    );
+    let finished = store::RecipientRange {
+        first: ids[2],
+        last: ids[3],
+    };
+    assert_eq!(
+        store.next_due_in_range(record.id, finished).await.unwrap(),
+        None
     );
 }
 
@@ -649,8 +676,9 @@ async fn schedule_and_cancel_follow_the_rules(store: Arc<dyn CampaignStore>) {
     let cancelled = store.get_campaign(record.id).await.unwrap().unwrap();
     assert_eq!(cancelled.status, CampaignStatus::Cancelled);
     assert!(cancelled.completed_at.is_some());
-    assert!(
-        store.batch_ranges(record.id, 10).await.unwrap().is_empty(),
+    assert_eq!(
+        store.next_due_in_range(record.id, range).await.unwrap(),
+        None,
         "nothing is left to send"
     );
 }

@@ -1,0 +1,255 @@
+//! `marketing send`: the main job in one command. The campaign file is checked, stored with
+//! its recipients, and delivered by a task processor in this process through the same
+//! tasks, batches and outcome rows as the scaled-out service, so what it reports is what the
+//! rows say.
+
+use crate::cli::read_recipients;
+use crate::config::{LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs};
+use crate::roles;
+use anyhow::Context;
+use campaign::{CampaignDocument, CampaignStatus, DeliveryStatus, UndefinedVariables};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tasks::TaskRepository;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code after Ctrl-C/SIGTERM (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
+
+/// What to send.
+pub struct SendJob {
+    pub document: CampaignDocument,
+    /// The recipients file; `None` uses the document's inline recipients.
+    pub recipients: Option<PathBuf>,
+    pub json: bool,
+}
+
+pub async fn send(
+    job: SendJob,
+    store_args: &StoreArgs,
+    link_args: &LinkArgs,
+    limits: &LimitArgs,
+    worker_args: &WorkerArgs,
+    transport_args: &TransportArgs,
+) -> anyhow::Result<ExitCode> {
+    let document = job.document;
+    let settings = message::MessageSettings::default();
+    let compiled = message::CompiledCampaign::compile(&document, &settings)
+        .map_err(|err| anyhow::anyhow!("the campaign's templates do not compile: {err}"))?;
+    if document.templates.undefined_variables == UndefinedVariables::Strict {
+        check_variables(&compiled, &document, job.recipients.as_ref())?;
+    }
+
+    let store = roles::open_store("send", store_args).await?;
+    let rows = match &job.recipients {
+        Some(path) => read_recipients(path)?,
+        None => Box::new(document.recipients.clone().into_iter().map(Ok)),
+    };
+    let imported = Instant::now();
+    let (record, report) = store
+        .create_campaign(&document, store::recipient_stream(rows))
+        .await
+        .context("the campaign was not stored")?;
+    eprintln!(
+        "stored campaign {:?} ({}): {} recipients{} in {:.1} s",
+        record.name,
+        record.id,
+        record.recipient_count,
+        if report.duplicates > 0 {
+            format!(" ({} duplicate addresses skipped)", report.duplicates)
+        } else {
+            String::new()
+        },
+        imported.elapsed().as_secs_f64()
+    );
+
+    let interrupted = roles::shutdown_token();
+    if let Some(at) = document
+        .scheduled_at
+        .filter(|at| *at > time::OffsetDateTime::now_utc())
+    {
+        store.schedule_campaign(record.id, Some(at)).await?;
+        eprintln!("scheduled for {at}; waiting (Ctrl-C to stop: the campaign stays scheduled)");
+        let wait = (at - time::OffsetDateTime::now_utc()).unsigned_abs();
+        tokio::select! {
+            () = interrupted.cancelled() => return Ok(ExitCode::from(INTERRUPTED)),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    let local = tasks::connect(&store_args.database_url)
+        .await
+        .context("cannot open the task repository")?;
+    let waking = Arc::new(processor::WakingTasks::new(local));
+    let waker = waking.waker();
+    let task_repo: Arc<dyn TaskRepository> = waking;
+    let transport = transport_args.transport()?;
+    let services = processor::Services {
+        store: store.clone(),
+        tasks: task_repo.clone(),
+        transport: transport.clone(),
+        links: Arc::new(link_args.links(store.as_ref()).await?),
+        message_settings: settings,
+        dkim: None,
+        max_batch_size: limits.max_batch_size,
+    };
+    let worker = processor::Worker::new(
+        worker_args.config(transport_args.smtp_connections),
+        services,
+        Some(waker),
+    );
+    roles::log_worker("send", &worker, transport.as_ref());
+    let stats = worker.stats();
+    let stop_worker = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop_worker.clone()));
+    processor::enqueue_campaign(store.as_ref(), task_repo.as_ref(), record.id).await?;
+
+    let started = Instant::now();
+    let bar = ProgressBar::new(record.recipient_count.max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:40}] {pos}/{len} {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut last_status_check = Instant::now();
+    let mut status = CampaignStatus::Queued;
+    let mut was_interrupted = false;
+    loop {
+        tokio::select! {
+            () = interrupted.cancelled() => { was_interrupted = true; }
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let now = stats.snapshot();
+        bar.set_position(now.sent + now.failed + now.suppressed);
+        bar.set_message(format!(
+            "sent {} · failed {} · suppressed {} · deferred attempts {}",
+            now.sent, now.failed, now.suppressed, now.deferred
+        ));
+        if was_interrupted {
+            break;
+        }
+        if last_status_check.elapsed() >= Duration::from_millis(500) {
+            last_status_check = Instant::now();
+            if let Some(current) = store.get_campaign(record.id).await? {
+                status = current.status;
+            }
+            if matches!(
+                status,
+                CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
+            ) {
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    stop_worker.cancel();
+    running.await.context("the task processor panicked")?;
+    transport.close().await;
+
+    let final_record = store
+        .get_campaign(record.id)
+        .await?
+        .context("the campaign disappeared from the store")?;
+    let counts = store.delivery_counts(record.id).await?;
+    let sent = counts.get(DeliveryStatus::Sent);
+    // The campaign's own start and end times when it finished: the progress loop only looks
+    // every 500 ms, which would understate the rate of a short campaign.
+    let sending_time = match (final_record.started_at, final_record.completed_at) {
+        (Some(start), Some(end)) if end > start => (end - start).unsigned_abs(),
+        _ => elapsed,
+    };
+    let rate = sent as f64 / sending_time.as_secs_f64().max(1e-9);
+    if job.json {
+        let summary = serde_json::json!({
+            "campaign_id": record.id,
+            "name": record.name,
+            "status": final_record.status,
+            "recipients": counts.total(),
+            "deliveries": counts,
+            "elapsed_seconds": sending_time.as_secs_f64(),
+            "messages_per_second": rate,
+            "transport": transport.describe(),
+            "interrupted": was_interrupted,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "campaign {:?} ({}): {} in {:.2} s",
+            record.name,
+            record.id,
+            final_record.status,
+            sending_time.as_secs_f64()
+        );
+        println!(
+            "  sent {} · deferred {} · failed {} · suppressed {} · cancelled {} · pending {} (of {})",
+            sent,
+            counts.get(DeliveryStatus::Deferred),
+            counts.get(DeliveryStatus::Failed),
+            counts.get(DeliveryStatus::Suppressed),
+            counts.get(DeliveryStatus::Cancelled),
+            counts.get(DeliveryStatus::Pending),
+            counts.total()
+        );
+        println!("  {rate:.0} messages/s via {}", transport.describe());
+        if counts.get(DeliveryStatus::Failed) > 0 {
+            println!(
+                "  failed recipients and the server's replies: marketing status {} / GET /api/v1/campaigns/{}/deliveries?status=failed",
+                record.id, record.id
+            );
+        }
+    }
+    if was_interrupted {
+        eprintln!(
+            "interrupted: the campaign is {}; `marketing worker` (same DATABASE_URL) delivers the rest",
+            final_record.status
+        );
+        return Ok(ExitCode::from(INTERRUPTED));
+    }
+    Ok(if final_record.status == CampaignStatus::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// In strict mode every variable a template prints must be a field of the recipients:
+/// checked before anything is stored, so a typo never reaches a single recipient.
+fn check_variables(
+    compiled: &message::CompiledCampaign,
+    document: &CampaignDocument,
+    recipients: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let fields = match recipients {
+        Some(path) => {
+            let mut fields = std::collections::HashSet::new();
+            // Bad rows are reported by the import itself; here only field names matter.
+            for recipient in read_recipients(path)?.flatten() {
+                for key in recipient.fields.keys() {
+                    if !fields.contains(key) {
+                        fields.insert(key.clone());
+                    }
+                }
+            }
+            fields
+        }
+        None => message::field_names(&document.recipients),
+    };
+    let unknown = compiled.unknown_variables(&fields);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = unknown
+        .iter()
+        .map(|v| format!("`{}` ({} template, line {})", v.name, v.template, v.line))
+        .collect();
+    anyhow::bail!(
+        "the templates use variables no recipient has: {}; add the field to the recipients, fix the template, or set templates.undefined_variables to \"lenient\"",
+        listed.join(", ")
+    )
+}

@@ -1,0 +1,385 @@
+//! The two kinds of work: splitting a campaign into batches, and delivering one batch.
+
+use crate::payload::{SEND_BATCH, SendBatch, SendCampaign};
+use crate::recorder::Recorder;
+use crate::retry::outcome_of;
+use crate::worker::Stats;
+use crate::{ProcessorError, Services};
+use campaign::{CampaignId, CampaignStatus};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use store::{CampaignRecord, DeliveryOutcome, OutcomeKind, StoredRecipient};
+use tasks::NewTask;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How often a running batch re-reads its campaign's status, so a pause or cancel stops it
+/// within about this long (plus the messages already in flight).
+const STATUS_CHECK: Duration = Duration::from_millis(200);
+
+/// Batch tasks created per call when splitting (each call is one transaction).
+const SPLIT_CHUNK: usize = 1000;
+
+/// Compiled templates kept per worker; campaigns' templates never change once stored.
+const COMPILED_CACHE: usize = 64;
+
+/// What a worker's tasks share.
+pub(crate) struct Shared {
+    pub services: Services,
+    pub recorder: Recorder,
+    /// One permit per message from before it is sent until its outcome is committed.
+    pub in_flight: Arc<Semaphore>,
+    pub stats: Arc<Stats>,
+    compiled: Mutex<HashMap<CampaignId, Arc<message::CompiledCampaign>>>,
+}
+
+impl Shared {
+    pub fn new(services: Services, in_flight: usize, stats: Arc<Stats>) -> Shared {
+        Shared {
+            recorder: Recorder::start(services.store.clone()),
+            services,
+            in_flight: Arc::new(Semaphore::new(in_flight.max(1))),
+            stats,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn compiled(
+        &self,
+        record: &CampaignRecord,
+    ) -> Result<Arc<message::CompiledCampaign>, message::TemplateError> {
+        if let Some(found) = self.lock_cache().get(&record.id) {
+            return Ok(found.clone());
+        }
+        let compiled = Arc::new(message::CompiledCampaign::compile(
+            &record.document,
+            &self.services.message_settings,
+        )?);
+        let mut cache = self.lock_cache();
+        if cache.len() >= COMPILED_CACHE {
+            cache.clear();
+        }
+        cache.insert(record.id, compiled.clone());
+        Ok(compiled)
+    }
+
+    fn lock_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CampaignId, Arc<message::CompiledCampaign>>> {
+        // A panic while holding the lock cannot leave the map half-written; keep using it.
+        self.compiled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Splits a queued campaign into batch tasks and marks it sending.
+pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, ProcessorError> {
+    let store = shared.services.store.as_ref();
+    let id = job.campaign_id;
+    let Some(record) = store.get_campaign(id).await? else {
+        return Ok(json!({"skipped": "the campaign does not exist"}));
+    };
+    match record.status {
+        CampaignStatus::Queued => {
+            store
+                .transition_campaign(id, &[CampaignStatus::Queued], CampaignStatus::Sending)
+                .await?;
+        }
+        // Split again after a crash: the stable split and the keys create nothing twice.
+        CampaignStatus::Sending => {}
+        other => return Ok(json!({"skipped": format!("the campaign is {other}")})),
+    }
+    let batch_size = record
+        .document
+        .batch_size
+        .min(shared.services.max_batch_size)
+        .max(1);
+    let ranges = store.batch_ranges(id, batch_size).await?;
+    let batches = ranges.len();
+    for chunk in ranges.chunks(SPLIT_CHUNK) {
+        let tasks = chunk
+            .iter()
+            .map(|range| {
+                batch_task(
+                    &SendBatch {
+                        campaign_id: id,
+                        epoch: job.epoch,
+                        first: range.first,
+                        last: range.last,
+                        round: 0,
+                    },
+                    None,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        shared.services.tasks.create_many(tasks).await?;
+    }
+    if batches == 0 {
+        store.finish_if_done(id).await?;
+    }
+    tracing::info!(campaign = %id, recipients = record.recipient_count, batches, batch_size, "campaign split into batches");
+    Ok(json!({"batches": batches, "batch_size": batch_size}))
+}
+
+fn batch_task(
+    batch: &SendBatch,
+    run_after: Option<OffsetDateTime>,
+) -> Result<NewTask, ProcessorError> {
+    let payload =
+        serde_json::to_value(batch).map_err(|err| ProcessorError::Payload(err.to_string()))?;
+    let mut task = NewTask::new(SEND_BATCH, payload);
+    task.idempotency_key = Some(batch.idempotency_key());
+    task.run_after = run_after;
+    Ok(task)
+}
+
+/// Why a batch stopped before its last recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    /// The worker is shutting down: the rest is handed on in a follow-up task at once.
+    Shutdown,
+    /// Another worker holds the task now; it does the rest.
+    LeaseLost,
+    /// The campaign was paused or cancelled.
+    Campaign(CampaignStatus),
+}
+
+/// Tallies of one batch run, for its task's result.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    deferred: u64,
+    failed: u64,
+    suppressed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, kind: &OutcomeKind) {
+        match kind {
+            OutcomeKind::Sent { .. } => self.sent += 1,
+            OutcomeKind::Deferred { .. } => self.deferred += 1,
+            OutcomeKind::Failed { .. } => self.failed += 1,
+            OutcomeKind::Suppressed => self.suppressed += 1,
+        }
+    }
+}
+
+/// Delivers the due recipients of one batch and records each outcome.
+pub(crate) async fn deliver(
+    shared: &Shared,
+    batch: SendBatch,
+    stop: &CancellationToken,
+    lease_lost: &std::sync::atomic::AtomicBool,
+) -> Result<Value, ProcessorError> {
+    let services = &shared.services;
+    let store = services.store.as_ref();
+    let id = batch.campaign_id;
+    let Some(record) = store.get_campaign(id).await? else {
+        return Ok(json!({"skipped": "the campaign does not exist"}));
+    };
+    if record.status != CampaignStatus::Sending {
+        // Paused: resuming splits again; cancelled or finished: nothing to do.
+        return Ok(json!({"skipped": format!("the campaign is {}", record.status)}));
+    }
+    let compiled = shared.compiled(&record);
+    let policy = record.document.retry.clone();
+    let due = store
+        .due_recipients(id, batch.range(), OffsetDateTime::now_utc())
+        .await?;
+    let keys: Vec<String> = due.iter().map(|r| r.recipient.email.key()).collect();
+    let suppressed = store.suppressed_among(&keys).await?;
+
+    let mut sends: JoinSet<OutcomeKind> = JoinSet::new();
+    let mut halt = None;
+    let mut checked = Instant::now();
+    for recipient in due {
+        let key = recipient.recipient.email.key();
+        if suppressed.contains(&key) {
+            sends.spawn(record_only(shared, recipient.id, OutcomeKind::Suppressed));
+            continue;
+        }
+        if stop.is_cancelled() {
+            halt = Some(halted(lease_lost));
+            break;
+        }
+        if checked.elapsed() >= STATUS_CHECK {
+            checked = Instant::now();
+            if let Some(status) = campaign_stopped(store, id).await? {
+                halt = Some(Halt::Campaign(status));
+                break;
+            }
+        }
+        let permit = tokio::select! {
+            permit = shared.in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => { halt = Some(Halt::Shutdown); break; }
+            },
+            () = stop.cancelled() => { halt = Some(halted(lease_lost)); break; }
+        };
+        let message = match &compiled {
+            Ok(compiled) => build(services, compiled, id, &recipient),
+            Err(err) => Err(format!("the campaign's templates do not compile: {err}")),
+        };
+        match message {
+            Err(error) => {
+                drop(permit);
+                tracing::warn!(campaign = %id, recipient = recipient.id, %error, "message cannot be built");
+                sends.spawn(record_only(
+                    shared,
+                    recipient.id,
+                    OutcomeKind::Failed {
+                        error,
+                        attempted: false,
+                    },
+                ));
+            }
+            Ok(message) => {
+                let transport = services.transport.clone();
+                let recorder = shared.recorder.clone();
+                let stats = shared.stats.clone();
+                let policy = policy.clone();
+                sends.spawn(async move {
+                    let result = transport.send(message).await;
+                    let kind = outcome_of(
+                        &result,
+                        recipient.attempts,
+                        &policy,
+                        OffsetDateTime::now_utc(),
+                    );
+                    stats.count(&kind);
+                    let outcome = DeliveryOutcome {
+                        recipient_id: recipient.id,
+                        result: kind.clone(),
+                    };
+                    if recorder.record(outcome).await.is_err() {
+                        tracing::error!(
+                            recipient = recipient.id,
+                            "outcome not recorded: the recorder stopped"
+                        );
+                    }
+                    // Only now may another message take this one's place (the duplicate bound).
+                    drop(permit);
+                    kind
+                });
+            }
+        }
+    }
+    let mut tally = Tally::default();
+    while let Some(joined) = sends.join_next().await {
+        match joined {
+            Ok(kind) => tally.add(&kind),
+            Err(err) => tracing::error!(campaign = %id, error = %err, "a send task failed"),
+        }
+    }
+    shared.stats.batch_done();
+
+    let follow_up = match halt {
+        Some(Halt::LeaseLost) | Some(Halt::Campaign(_)) => None,
+        None | Some(Halt::Shutdown) => match store.next_due_in_range(id, batch.range()).await? {
+            Some(due_at) => {
+                let next = batch.follow_up();
+                let run_after = due_at.max(OffsetDateTime::now_utc());
+                services
+                    .tasks
+                    .create(batch_task(&next, Some(run_after))?)
+                    .await?;
+                Some(run_after)
+            }
+            None => {
+                if let Some(status) = store.finish_if_done(id).await? {
+                    tracing::info!(campaign = %id, %status, "campaign finished");
+                }
+                None
+            }
+        },
+    };
+    tracing::debug!(campaign = %id, first = batch.first, round = batch.round, ?tally, ?halt, "batch done");
+    Ok(json!({
+        "sent": tally.sent,
+        "deferred": tally.deferred,
+        "failed": tally.failed,
+        "suppressed": tally.suppressed,
+        "halted": halt.map(|h| format!("{h:?}")),
+        "follow_up_at": follow_up.map(|t| t.unix_timestamp()),
+    }))
+}
+
+fn halted(lease_lost: &std::sync::atomic::AtomicBool) -> Halt {
+    if lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
+        Halt::LeaseLost
+    } else {
+        Halt::Shutdown
+    }
+}
+
+/// The campaign's status when it no longer allows sending.
+async fn campaign_stopped(
+    store: &dyn store::CampaignStore,
+    id: CampaignId,
+) -> Result<Option<CampaignStatus>, ProcessorError> {
+    Ok(match store.get_campaign(id).await? {
+        Some(record) if record.status == CampaignStatus::Sending => None,
+        Some(record) => Some(record.status),
+        None => Some(CampaignStatus::Cancelled),
+    })
+}
+
+fn record_only(
+    shared: &Shared,
+    recipient_id: i64,
+    kind: OutcomeKind,
+) -> impl std::future::Future<Output = OutcomeKind> + Send + 'static {
+    let recorder = shared.recorder.clone();
+    let stats = shared.stats.clone();
+    async move {
+        stats.count(&kind);
+        let outcome = DeliveryOutcome {
+            recipient_id,
+            result: kind.clone(),
+        };
+        if recorder.record(outcome).await.is_err() {
+            tracing::error!(
+                recipient = recipient_id,
+                "outcome not recorded: the recorder stopped"
+            );
+        }
+        kind
+    }
+}
+
+/// Renders and builds one recipient's message, named after campaign and recipient.
+fn build(
+    services: &Services,
+    compiled: &message::CompiledCampaign,
+    campaign_id: CampaignId,
+    recipient: &StoredRecipient,
+) -> Result<delivery::OutgoingMessage, String> {
+    let context = message::RecipientContext {
+        campaign_id,
+        recipient_id: recipient.id,
+        unsubscribe_url: services.links.unsubscribe(campaign_id, recipient.id),
+        unsubscribe_mailto: None,
+    };
+    let options = message::BuildOptions {
+        envelope_from: None,
+        date: OffsetDateTime::now_utc(),
+    };
+    let built = compiled
+        .message(
+            &recipient.recipient,
+            &context,
+            &options,
+            services.dkim.as_deref(),
+        )
+        .map_err(|err| err.to_string())?;
+    let envelope = delivery::Envelope::new(&built.envelope_from, &built.recipients)
+        .map_err(|err| err.to_string())?;
+    Ok(delivery::OutgoingMessage::new(envelope, built.bytes)
+        .with_ids(campaign_id.to_string(), recipient.id.to_string()))
+}

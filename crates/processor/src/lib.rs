@@ -1,0 +1,119 @@
+//! The task processor: the worker that turns a queued campaign into delivered mail.
+//!
+//! A campaign's path through it:
+//! 1. [`enqueue_campaign`] moves a draft (or scheduled) campaign to `queued` and creates one
+//!    `send_campaign` task that carries the campaign document.
+//! 2. A [`Worker`] claims that task, moves the campaign to `sending` and splits its
+//!    recipients into `send_batch` tasks of `batch_size` (capped by MAX_BATCH_SIZE). The split
+//!    is stable and every batch has an idempotency key, so a split run twice (after a crash)
+//!    creates nothing twice, and any number of workers share one campaign.
+//! 3. A worker claims a batch, reads the recipients of its id range that are due, skips (and
+//!    marks) suppressed addresses, renders and builds each message, hands it to the
+//!    transport and records the outcome on the recipient row: sent, deferred (retried with
+//!    the campaign's backoff in a follow-up batch task) or failed.
+//! 4. When no recipient is left to deliver, the campaign becomes `completed` (or `failed`
+//!    when nothing could be sent).
+//!
+//! **Duplicates.** A message counts as possibly delivered twice only when the server
+//! accepted it and the worker died before the outcome was committed. Each message holds one
+//! of the worker's `in_flight` permits from before it is sent until its outcome is committed,
+//! so a crash leaves at most `in_flight` such messages — by default the number of SMTP
+//! connections. A retried batch skips every recipient already recorded as sent.
+
+mod batch;
+mod payload;
+mod recorder;
+mod retry;
+mod worker;
+
+pub use payload::{SEND_BATCH, SEND_CAMPAIGN, SendBatch, SendCampaign};
+pub use recorder::Recorder;
+pub use retry::outcome_of;
+pub use worker::{Stats, StatsSnapshot, WakingTasks, Worker, WorkerConfig, default_worker_id};
+
+use campaign::{CampaignId, CampaignStatus};
+use std::sync::Arc;
+use store::{CampaignRecord, CampaignStore, StoreError};
+use tasks::{NewTask, Task, TaskError, TaskRepository};
+
+/// Why the processor could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tasks(#[from] TaskError),
+    /// The task's payload is not what its kind needs (a task created by hand, or by a newer
+    /// version): retrying will not help.
+    #[error("task payload is invalid: {0}")]
+    Payload(String),
+    /// The campaign cannot be enqueued in its current state.
+    #[error("campaign {id} is {status}: only a draft or scheduled campaign can be sent")]
+    NotSendable {
+        id: CampaignId,
+        status: CampaignStatus,
+    },
+    #[error("campaign {0} does not exist")]
+    CampaignNotFound(CampaignId),
+}
+
+/// What every worker shares: where campaigns and tasks are, how mail leaves, and how links
+/// are signed.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn CampaignStore>,
+    pub tasks: Arc<dyn TaskRepository>,
+    pub transport: Arc<dyn delivery::Transport>,
+    pub links: Arc<tracking::Links>,
+    pub message_settings: message::MessageSettings,
+    /// Signs every message when set.
+    pub dkim: Option<Arc<message::DkimSigner>>,
+    /// MAX_BATCH_SIZE: a campaign's batch_size is capped by it.
+    pub max_batch_size: u32,
+}
+
+/// Queues a draft or scheduled campaign for sending: the campaign becomes `queued` and one
+/// `send_campaign` task is created for it. Idempotent: a campaign already queued or sending
+/// gets the task it already has.
+pub async fn enqueue_campaign(
+    store: &dyn CampaignStore,
+    tasks: &dyn TaskRepository,
+    id: CampaignId,
+) -> Result<(CampaignRecord, Task), ProcessorError> {
+    let moved = store
+        .transition_campaign(
+            id,
+            &[CampaignStatus::Draft, CampaignStatus::Scheduled],
+            CampaignStatus::Queued,
+        )
+        .await?;
+    let record = store
+        .get_campaign(id)
+        .await?
+        .ok_or(ProcessorError::CampaignNotFound(id))?;
+    if !moved
+        && !matches!(
+            record.status,
+            CampaignStatus::Queued | CampaignStatus::Sending
+        )
+    {
+        return Err(ProcessorError::NotSendable {
+            id,
+            status: record.status,
+        });
+    }
+    // The key makes this safe to repeat: the campaign has one send_campaign task per run.
+    let payload = SendCampaign {
+        campaign_id: id,
+        epoch: 0,
+        document: Some(record.document.clone()),
+    };
+    let mut task = NewTask::new(
+        SEND_CAMPAIGN,
+        serde_json::to_value(&payload).map_err(|err| ProcessorError::Payload(err.to_string()))?,
+    );
+    task.idempotency_key = Some(payload.idempotency_key());
+    task.priority = 10;
+    let task = tasks.create(task).await?;
+    Ok((record, task))
+}
