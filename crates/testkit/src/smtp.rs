@@ -372,6 +372,15 @@ impl Aiosmtpd {
         format!("smtp://127.0.0.1:{}?tls=none", self.port)
     }
 
+    /// How many messages the Maildir holds (without reading them).
+    pub fn message_count(&self) -> usize {
+        ["new", "cur"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(self.maildir.join(sub)).ok())
+            .map(|entries| entries.count())
+            .sum()
+    }
+
     /// Every message in the Maildir (`new/` and `cur/`), as aiosmtpd stored it: the message
     /// with LF line ends and `X-Peer`, `X-MailFrom`, `X-RcptTo` headers added in front.
     pub fn messages(&self) -> Vec<Vec<u8>> {
