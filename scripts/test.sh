@@ -135,6 +135,14 @@ else
 fi
 rm -f "$schema_log"
 
+say "suite: deployment files (docker-compose config, promtool)"
+if bash scripts/check-deploy.sh; then
+  summary+=("deployment: docker-compose config and promtool checks passed")
+else
+  failed=1
+  summary+=("deployment: FAILED (see above)")
+fi
+
 say "summary"
 printf '%s\n' "${summary[@]}"
 # Totals count tests only (the nextest suites), not schemathesis's generated requests.
