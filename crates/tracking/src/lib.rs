@@ -3,6 +3,7 @@
 //! Only the token scheme lives here so far; the HTTP endpoints, events and suppression logic
 //! that consume tokens are added by later work on top of [`token`].
 
+pub mod feedback;
 pub mod links;
 pub mod token;
 
