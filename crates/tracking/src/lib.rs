@@ -1,7 +1,7 @@
-//! Tracking: the signed per-recipient tokens that unsubscribe, open and click links carry.
-//!
-//! Only the token scheme lives here so far; the HTTP endpoints, events and suppression logic
-//! that consume tokens are added by later work on top of [`token`].
+//! Tracking: the signed per-recipient tokens that unsubscribe, open and click links carry
+//! ([`token`], [`links`]), and the parser of delivery status notifications and spam
+//! complaints that come back ([`feedback`]). Pure: the HTTP endpoints, events and suppression
+//! logic that use them live with the API and the store.
 
 pub mod feedback;
 pub mod links;
