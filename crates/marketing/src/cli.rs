@@ -1,6 +1,7 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
 use crate::config::{ApiArgs, LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs, redacted};
+use crate::submit::SubmitArgs;
 use crate::task_commands::{TaskRepoClientArgs, TaskRepoServiceArgs, TasksCommand};
 use crate::{report, roles, task_commands};
 use anyhow::Context;
@@ -157,11 +158,12 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
-    /// Submit a campaign-sending task from a template file and recipients.
-    Submit {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    /// Submit a campaign for sending from a campaign file and recipients (the original
+    /// design's submission tool): through the HTTP API (--api), the task repository service
+    /// (--task-repo), or the local store (default). Prints the campaign id and the task id (or,
+    /// through the API, the status); --wait follows it with a progress bar and exits 1 when the
+    /// campaign failed. --count N submits N recipients, cycling the file when it is shorter.
+    Submit(Box<SubmitArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -385,7 +387,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transport,
         } => roles::worker(&repo, &links, &limits, &worker, &transport).await,
         Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
-        Command::Submit { .. } => not_implemented("submit", "the CLI tools (issue #9)"),
+        Command::Submit(args) => crate::submit::submit(*args).await,
     }
 }
 
@@ -394,7 +396,10 @@ fn not_implemented(command: &str, lands_with: &str) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::from(NOT_IMPLEMENTED))
 }
 
-fn read_campaign(path: &Path, limits: &campaign::Limits) -> anyhow::Result<CampaignDocument> {
+pub(crate) fn read_campaign(
+    path: &Path,
+    limits: &campaign::Limits,
+) -> anyhow::Result<CampaignDocument> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     CampaignDocument::from_json(&bytes, limits).map_err(|err| {
         let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();

@@ -5,6 +5,7 @@ mod config;
 mod report;
 mod roles;
 mod send;
+mod submit;
 mod task_commands;
 mod telemetry;
 

@@ -1,0 +1,607 @@
+//! `marketing submit`: the original design's task-submission tool. It turns a campaign file
+//! and a recipients file into a queued campaign — through the HTTP API, through the task
+//! repository service, or straight into the local store — and can follow it to the end.
+//! `--count N` makes load from the samples: the first N rows, or the rows cycled with
+//! unique addresses when N exceeds the file.
+
+use crate::cli::{read_campaign, read_recipients};
+use crate::config::{LimitArgs, StoreArgs, redacted};
+use anyhow::Context;
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress, Recipient};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tasks::TaskRepository;
+
+/// Recipients per `POST …/recipients` request: about 1 MB of JSON for the samples, far below
+/// the API's default body limit.
+const RECIPIENTS_PER_REQUEST: usize = 5_000;
+/// How often `--wait` looks at the campaign.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The campaign document (JSON), templates embedded.
+    #[arg(long, value_name = "FILE")]
+    pub template: PathBuf,
+
+    /// Recipients as a JSON array (.json) or CSV with an `email` column (.csv); without it,
+    /// the campaign's inline recipients.
+    #[arg(long, value_name = "FILE")]
+    pub recipients: Option<PathBuf>,
+
+    /// How many recipients to submit. Up to the file's size: its first N rows. Larger: the
+    /// rows are cycled, and every copy after the first gets a suffix on its address's local
+    /// part (ann@x.example, then ann+1@x.example, ann+2@x.example, …; shortened where the
+    /// local part would pass 64 bytes), so all N addresses are valid and unique, ignoring
+    /// case. Unset: every row once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Submit through the HTTP API at this base URL (e.g. http://127.0.0.1:8000): the
+    /// campaign is created, its recipients uploaded and it is sent with POST …/send.
+    #[arg(long, env = "MARKETING_API_URL", value_name = "URL")]
+    pub api: Option<String>,
+
+    /// The API key for --api (see `marketing api-key create`).
+    #[arg(long, env = "MARKETING_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Without --api: store the campaign in DATABASE_URL and put its task in the task
+    /// repository service at this URL (e.g. http://127.0.0.1:8503). Unset (and no --api):
+    /// the task goes into DATABASE_URL's task tables.
+    #[arg(long = "task-repo", env = "TASK_REPO_URL", value_name = "URL")]
+    pub task_repo: Option<String>,
+
+    /// Bearer token shared with the task repository service.
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    pub task_repo_token: Option<String>,
+
+    /// Follow the campaign with a progress bar until it is completed, failed or cancelled;
+    /// exit 1 when it failed.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Print one JSON object (ids, status, and with --wait the final delivery counts).
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What a campaign looks like while it is followed: its status and recipients per state.
+struct Progress {
+    status: CampaignStatus,
+    deliveries: BTreeMap<String, i64>,
+}
+
+impl Progress {
+    fn total(&self) -> i64 {
+        self.deliveries.values().sum()
+    }
+
+    fn count(&self, state: &str) -> i64 {
+        self.deliveries.get(state).copied().unwrap_or(0)
+    }
+
+    /// Recipients with a final outcome (neither pending nor waiting for a retry).
+    fn finished(&self) -> i64 {
+        self.total() - self.count("pending") - self.count("deferred")
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(
+            self.status,
+            CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
+        )
+    }
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    if args.api.is_some() && args.api_key.is_none() {
+        anyhow::bail!(
+            "--api needs an API key: pass --api-key KEY or set MARKETING_API_KEY (create one with `marketing api-key create`)"
+        );
+    }
+    let mut document = read_campaign(&args.template, &args.limits.limits())?;
+    message::CompiledCampaign::compile(&document, &message::MessageSettings::default()).map_err(
+        |err| {
+            anyhow::anyhow!(
+                "{}: the templates do not compile: {err}",
+                args.template.display()
+            )
+        },
+    )?;
+    let rows = source_rows(&mut document, args.recipients.as_ref())?;
+    let count = args.count.unwrap_or(rows.len() as u64);
+    if (rows.len() as u64) < count {
+        eprintln!(
+            "{} unique recipients cycled to {count} (copies get a +N address suffix)",
+            rows.len()
+        );
+    }
+    let recipients = Generated::new(rows, count);
+
+    if let Some(api) = &args.api {
+        return submit_to_api(&args, api, document, recipients, count).await;
+    }
+    let store = crate::report::open(&args.store).await?;
+    let (tasks, where_tasks): (Arc<dyn TaskRepository>, String) = match &args.task_repo {
+        Some(url) => (
+            Arc::new(tasks::HttpTaskRepository::new(
+                url,
+                args.task_repo_token.clone(),
+            )),
+            format!("the task repository service at {url}"),
+        ),
+        None => (
+            tasks::connect(&args.store.database_url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the task repository at {}",
+                        redacted(&args.store.database_url)
+                    )
+                })?,
+            format!("the task tables of {}", redacted(&args.store.database_url)),
+        ),
+    };
+    let (record, report) = store
+        .create_campaign(&document, store::recipient_stream(recipients.map(Ok)))
+        .await
+        .context("the campaign was not stored")?;
+    let (_, task) = processor::enqueue_campaign(store.as_ref(), tasks.as_ref(), record.id)
+        .await
+        .with_context(|| {
+            format!(
+                "campaign {} is stored but could not be queued in {where_tasks}; check that it is reachable (and TASK_REPO_TOKEN), then queue it with POST /api/v1/campaigns/{}/send (safe to repeat)",
+                record.id, record.id
+            )
+        })?;
+    eprintln!(
+        "campaign {:?} stored in {} with {} recipients; task {} queued in {where_tasks} for a task processor (`marketing worker` or `marketing serve`) to deliver",
+        record.name,
+        redacted(&args.store.database_url),
+        report.imported,
+        task.id
+    );
+    let mut summary = serde_json::json!({
+        "campaign_id": record.id,
+        "task_id": task.id,
+        "recipients": report.imported,
+        "status": CampaignStatus::Queued,
+    });
+    if !args.json {
+        println!("campaign {}", record.id);
+        println!("task {}", task.id);
+    }
+    if !args.wait {
+        return finish(&args, summary, None);
+    }
+    let id = record.id;
+    let store = store.clone();
+    let progress = follow(report.imported, args.json, || {
+        let store = store.clone();
+        async move {
+            let campaign = store
+                .get_campaign(id)
+                .await?
+                .with_context(|| format!("campaign {id} disappeared from the store"))?;
+            let counts = store.delivery_counts(id).await?;
+            Ok(Progress {
+                status: campaign.status,
+                deliveries: counts
+                    .0
+                    .iter()
+                    .map(|(state, n)| (state.to_string(), *n))
+                    .collect(),
+            })
+        }
+    })
+    .await?;
+    summary["status"] = serde_json::json!(progress.status);
+    finish(&args, summary, Some(progress))
+}
+
+/// Prints the summary (JSON, or the final counts) and picks the exit code.
+fn finish(
+    args: &SubmitArgs,
+    mut summary: serde_json::Value,
+    progress: Option<Progress>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(progress) = &progress {
+        summary["deliveries"] = serde_json::json!(progress.deliveries);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if let Some(progress) = &progress {
+        println!("status {}", progress.status);
+        let counts: Vec<String> = progress
+            .deliveries
+            .iter()
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        println!("  {} (of {})", counts.join(" · "), progress.total());
+    } else if let Some(status) = summary["status"].as_str() {
+        println!("status {status}");
+    }
+    Ok(match progress {
+        Some(p) if p.status == CampaignStatus::Failed => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// Polls until the campaign reaches a final state, drawing a progress bar (unless `json`).
+async fn follow<F, Fut>(total: u64, json: bool, mut poll: F) -> anyhow::Result<Progress>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Progress>>,
+{
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    loop {
+        let progress = poll().await?;
+        bar.set_length(progress.total().max(0) as u64);
+        bar.set_position(progress.finished().max(0) as u64);
+        bar.set_message(format!(
+            "{} · sent {} · deferred {} · failed {} · suppressed {}",
+            progress.status,
+            progress.count("sent"),
+            progress.count("deferred"),
+            progress.count("failed"),
+            progress.count("suppressed")
+        ));
+        if progress.is_final() {
+            bar.finish_and_clear();
+            return Ok(progress);
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The rows `--count` draws from: valid, and unique ignoring case (a duplicate would be
+/// skipped by the import and leave fewer than N recipients). The document's inline
+/// recipients are taken out of it: they are submitted as rows like a file's.
+fn source_rows(
+    document: &mut CampaignDocument,
+    path: Option<&PathBuf>,
+) -> anyhow::Result<Vec<Recipient>> {
+    let inline = std::mem::take(&mut document.recipients);
+    let rows = match path {
+        Some(path) => read_recipients(path)?,
+        None => Box::new(inline.into_iter().map(Ok)),
+    };
+    let where_from = path.map_or_else(
+        || "the campaign's inline recipients".to_string(),
+        |p| p.display().to_string(),
+    );
+    let (mut unique, mut seen, mut bad, mut duplicates) =
+        (Vec::new(), HashSet::new(), Vec::new(), 0u64);
+    for row in rows {
+        match row {
+            Ok(recipient) if seen.insert(recipient.email.key()) => unique.push(recipient),
+            Ok(_) => duplicates += 1,
+            Err(err) => bad.push(err.to_string()),
+        }
+    }
+    if !bad.is_empty() {
+        let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
+        anyhow::bail!(
+            "{where_from} has {} invalid row(s); fix or remove them (`marketing validate` lists all): {}",
+            bad.len(),
+            shown.join("; ")
+        );
+    }
+    if unique.is_empty() {
+        anyhow::bail!(
+            "{where_from} has no recipients; pass --recipients FILE (.json array or .csv with an `email` column)"
+        );
+    }
+    if duplicates > 0 {
+        eprintln!("{where_from}: {duplicates} duplicate address(es) skipped");
+    }
+    Ok(unique)
+}
+
+/// `count` recipients from `rows`: the rows in order, then again with unique address
+/// suffixes, as often as needed.
+pub struct Generated {
+    rows: Vec<Recipient>,
+    count: u64,
+    next: u64,
+    /// Every address handed out or in the file (lower-cased): a copy never repeats one.
+    seen: HashSet<String>,
+}
+
+impl Generated {
+    pub fn new(rows: Vec<Recipient>, count: u64) -> Generated {
+        let seen = if (rows.len() as u64) < count {
+            rows.iter().map(|r| r.email.key()).collect()
+        } else {
+            HashSet::new()
+        };
+        Generated {
+            rows,
+            count,
+            next: 0,
+            seen,
+        }
+    }
+
+    /// The address of `email`'s copy number `copy` (≥ 1), not yet used.
+    fn copy_address(&mut self, email: &EmailAddress, copy: u64) -> EmailAddress {
+        let (local, domain) = email
+            .as_str()
+            .rsplit_once('@')
+            .unwrap_or((email.as_str(), ""));
+        for attempt in 0u64.. {
+            let suffix = match attempt {
+                0 => format!("+{copy}"),
+                n => format!("+{copy}-{n}"),
+            };
+            // A few failed attempts mean this local part will not take a suffix at all.
+            let base = if attempt > 3 { "copy" } else { local };
+            let room = 64usize
+                .min(254usize.saturating_sub(domain.len() + 1))
+                .saturating_sub(suffix.len());
+            let mut end = base.len().min(room);
+            while !base.is_char_boundary(end) {
+                end -= 1;
+            }
+            let base = base[..end].trim_end_matches('.');
+            let candidate = format!("{base}{suffix}@{domain}");
+            if let Ok(address) = EmailAddress::parse(&candidate)
+                && self.seen.insert(address.key())
+            {
+                return address;
+            }
+        }
+        unreachable!("the attempts never end")
+    }
+}
+
+impl Iterator for Generated {
+    type Item = Recipient;
+
+    fn next(&mut self) -> Option<Recipient> {
+        if self.next >= self.count || self.rows.is_empty() {
+            return None;
+        }
+        let len = self.rows.len() as u64;
+        let (row, copy) = ((self.next % len) as usize, self.next / len);
+        self.next += 1;
+        let mut recipient = self.rows[row].clone();
+        if copy > 0 {
+            recipient.email = self.copy_address(&self.rows[row].email.clone(), copy);
+        }
+        Some(recipient)
+    }
+}
+
+/// The API at `base`, authenticated with the key.
+struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl ApiClient {
+    fn new(base: &str, key: &str) -> anyhow::Result<ApiClient> {
+        let base = base.trim_end_matches('/');
+        let base = base.strip_suffix("/api/v1").unwrap_or(base).to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("--api must be an http(s) URL such as http://127.0.0.1:8000");
+        }
+        Ok(ApiClient {
+            http: reqwest::Client::new(),
+            base,
+            key: key.to_string(),
+        })
+    }
+
+    /// Sends a request to `/api/v1{path}`; any answer but a success is an error that says
+    /// what the API said and what to do about it.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the API at {}: is `marketing serve` (or `marketing api`) running there?",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("{method} {url}: the response was cut off"))?;
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .with_context(|| format!("{method} {url}: the response is not JSON: {text}"));
+        }
+        let detail = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|problem| problem["detail"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        let hint = match status.as_u16() {
+            401 => {
+                " (pass a key with --api-key or MARKETING_API_KEY; create one with `marketing api-key create` on the API's DATABASE_URL)"
+            }
+            403 => " (the key was revoked; create a new one with `marketing api-key create`)",
+            429 => " (too many requests for this key; wait and retry, or raise API_RATE_LIMIT)",
+            _ => "",
+        };
+        anyhow::bail!("{method} {url} answered {status}: {detail}{hint}")
+    }
+}
+
+async fn submit_to_api(
+    args: &SubmitArgs,
+    api: &str,
+    document: CampaignDocument,
+    recipients: Generated,
+    count: u64,
+) -> anyhow::Result<ExitCode> {
+    let key = args.api_key.as_deref().unwrap_or_default();
+    let client = ApiClient::new(api, key)?;
+    let created = client
+        .call(
+            reqwest::Method::POST,
+            "/campaigns",
+            Some(serde_json::to_vec(&document)?),
+        )
+        .await?;
+    let id: CampaignId = created["campaign"]["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .with_context(|| {
+            format!("the API's answer to POST /campaigns has no campaign id: {created}")
+        })?;
+    let upload = ProgressBar::new(count);
+    if args.json {
+        upload.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    upload.set_style(
+        ProgressStyle::with_template("uploading recipients [{bar:40}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut imported = 0u64;
+    let mut recipients = recipients.peekable();
+    while recipients.peek().is_some() {
+        let chunk: Vec<Recipient> = recipients.by_ref().take(RECIPIENTS_PER_REQUEST).collect();
+        let report = client
+            .call(
+                reqwest::Method::POST,
+                &format!("/campaigns/{id}/recipients"),
+                Some(serde_json::to_vec(&chunk)?),
+            )
+            .await
+            .with_context(|| format!("campaign {id} was created but not all its recipients were uploaded ({imported} were); fix the cause and submit again (a new campaign)"))?;
+        imported += report["imported"].as_u64().unwrap_or(0);
+        upload.inc(chunk.len() as u64);
+    }
+    upload.finish_and_clear();
+    let sent = client
+        .call(reqwest::Method::POST, &format!("/campaigns/{id}/send"), None)
+        .await
+        .with_context(|| format!("campaign {id} was created with {imported} recipients but not sent; POST /api/v1/campaigns/{id}/send to send it"))?;
+    let status = sent["status"].as_str().unwrap_or("queued").to_string();
+    eprintln!(
+        "campaign {:?} created through {} with {imported} recipients; {status}",
+        document.name, client.base
+    );
+    if !args.json {
+        println!("campaign {id}");
+    }
+    let summary = serde_json::json!({
+        "campaign_id": id,
+        "recipients": imported,
+        "status": status,
+    });
+    if !args.wait {
+        return finish(args, summary, None);
+    }
+    let client = Arc::new(client);
+    let progress = follow(imported, args.json, || {
+        let client = client.clone();
+        async move {
+            let view = client
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/campaigns/{id}/status"),
+                    None,
+                )
+                .await?;
+            let status = view["status"]
+                .as_str()
+                .and_then(|s| s.parse::<CampaignStatus>().ok())
+                .with_context(|| format!("GET /campaigns/{id}/status has no status: {view}"))?;
+            let deliveries = serde_json::from_value(view["deliveries"].clone())
+                .with_context(|| format!("GET /campaigns/{id}/status has no deliveries: {view}"))?;
+            Ok(Progress { status, deliveries })
+        }
+    })
+    .await?;
+    let mut summary = summary;
+    summary["status"] = serde_json::json!(progress.status);
+    finish(args, summary, Some(progress))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipient(email: &str) -> Recipient {
+        Recipient {
+            email: EmailAddress::parse(email).unwrap(),
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    fn addresses(rows: Vec<Recipient>, count: u64) -> Vec<String> {
+        Generated::new(rows, count)
+            .map(|r| r.email.as_str().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_count_within_the_file_takes_its_first_rows() {
+        let rows = vec![recipient("a@x.example"), recipient("b@x.example")];
+        assert_eq!(addresses(rows, 1), ["a@x.example"]);
+    }
+
+    #[test]
+    fn a_larger_count_cycles_with_unique_valid_addresses() {
+        let long = format!("{}@x.example", "l".repeat(64));
+        let rows = vec![
+            recipient("Ann@x.example"),
+            // Already what the first copy of Ann would be called.
+            recipient("ann+1@x.example"),
+            recipient(&long),
+            // Shortened to fit, it would end in a dot.
+            recipient(&format!("{}.b@x.example", "d".repeat(61))),
+            recipient("tomás@x.example"),
+        ];
+        let generated = addresses(rows, 5_000);
+        assert_eq!(generated.len(), 5_000);
+        assert_eq!(&generated[..2], ["Ann@x.example", "ann+1@x.example"]);
+        let mut keys = HashSet::new();
+        for address in &generated {
+            let parsed =
+                EmailAddress::parse(address).unwrap_or_else(|err| panic!("{address}: {err}"));
+            assert!(keys.insert(parsed.key()), "{address} is repeated");
+        }
+        assert!(generated.contains(&"Ann+2@x.example".to_string()));
+        assert!(generated.contains(&"tomás+1@x.example".to_string()));
+    }
+}
