@@ -5,13 +5,15 @@
 //! the task processor act on the states set here.
 
 use crate::campaigns::{StatusView, find, status_view};
+use crate::idempotency::{self, CallerKey};
 use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use campaign::CampaignStatus;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -162,20 +164,35 @@ async fn transition(
     post,
     path = "/api/v1/campaigns/{id}/send",
     tag = "control",
-    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    params(
+        ("id" = String, Path, description = "Campaign id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key returns the first response and queues nothing again; the same key for another campaign is refused (422). Kept 24 hours."),
+    ),
     responses((status = 202, description = "Queued; the task processor delivers it", body = StatusView), AdminProblems),
     security(("api_key" = []))
 )]
 async fn send(
     State(state): State<AppState>,
+    Extension(caller): Extension<CallerKey>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<StatusView>), ApiError> {
-    let campaign = find(&state, &id).await?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // The campaign is part of what the key stands for: reusing it for another campaign is a
+    // client bug, answered 422 like a different body on POST /campaigns.
+    let route = format!("POST /api/v1/campaigns/{id}/send");
+    idempotency::once(&state, &caller, &headers, &route, &Bytes::new(), || {
+        send_now(&state, &id)
+    })
+    .await
+}
+
+async fn send_now(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let campaign = find(state, id).await?;
     match processor::enqueue_campaign(state.store.as_ref(), state.tasks.as_ref(), campaign.id).await
     {
         Ok((record, task)) => {
             tracing::info!(campaign = %record.id, task = %task.id, "campaign queued for sending");
-            Ok((StatusCode::ACCEPTED, Json(status_view(&state, &id).await?)))
+            Ok((StatusCode::ACCEPTED, Json(status_view(state, id).await?)).into_response())
         }
         Err(err @ processor::ProcessorError::NotSendable { .. }) => {
             Err(ApiError::Conflict(err.to_string()))

@@ -1,6 +1,7 @@
-//! `Idempotency-Key` for POSTs that create things: the same key with the same body gets the
-//! same response (and creates nothing twice); the same key with another body is refused (422).
-//! Records are kept 24 hours, per API key.
+//! `Idempotency-Key` for POSTs that create or start things (`POST /campaigns`, `POST
+//! /campaigns/{id}/send`): the same key with the same request gets the same response (and
+//! creates or queues nothing twice); the same key with another body or another campaign is
+//! refused (422). Records are kept 24 hours, per API key.
 
 use crate::{ApiError, AppState};
 use axum::body::Bytes;

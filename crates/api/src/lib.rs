@@ -11,6 +11,7 @@ pub mod idempotency;
 mod openapi;
 mod preview;
 pub mod problem;
+pub mod rate_limit;
 mod recipients;
 mod suppressions;
 
@@ -44,6 +45,26 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// The largest recipient upload (CSV is streamed, so this may be large), in bytes.
     pub max_import_bytes: u64,
+    /// Requests per API key on `/api/v1` (429 with Retry-After beyond it); `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per API key: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    /// Generous: far above what a person or a script like `marketing submit` sends, low
+    /// enough that a runaway client cannot monopolise the database.
+    fn default() -> Self {
+        RateLimit {
+            per_second: 50.0,
+            burst: 100,
+        }
+    }
 }
 
 impl Default for ApiSettings {
@@ -52,6 +73,7 @@ impl Default for ApiSettings {
             limits: Limits::default(),
             max_body_bytes: 8 * 1024 * 1024,
             max_import_bytes: 512 * 1024 * 1024,
+            rate_limit: Some(RateLimit::default()),
         }
     }
 }
@@ -77,6 +99,14 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
     let (admin, document) = admin_routes().split_for_parts();
+    let admin = match state.settings.rate_limit {
+        Some(limit) => admin.route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(rate_limit::RateLimiter::new(limit)),
+            rate_limit::limit_per_key,
+        )),
+        None => admin,
+    };
+    // Added last, so it runs first: the rate limit counts per authenticated key.
     let admin = admin.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         auth::require_api_key,

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// A query string or header that cannot be used.
     #[error("{0}")]
     BadRequest(String),
+    /// The API key sent more requests than its rate limit allows; retry after Retry-After.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The database cannot be reached; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,6 +104,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "/problems/too-large",
             ApiError::UnsupportedMediaType(_) => "/problems/unsupported-media-type",
             ApiError::BadRequest(_) => "/problems/bad-request",
+            ApiError::TooManyRequests(_) => "/problems/rate-limited",
             ApiError::Unavailable(_) => "/problems/unavailable",
             ApiError::Internal(_) => "/problems/internal",
         }
@@ -233,6 +238,10 @@ impl utoipa::IntoResponses for AdminProblems {
                 422,
                 "Valid JSON that is not acceptable; `errors` lists every problem",
             ),
+            (
+                429,
+                "Too many requests for this API key; retry after `Retry-After` seconds",
+            ),
             (503, "The database is unavailable"),
             (500, "Failure on our side (logged)"),
         ]
@@ -243,10 +252,23 @@ impl utoipa::IntoResponses for AdminProblems {
                     "ProblemDetails",
                 )))
                 .build();
-            let response = ResponseBuilder::new()
+            let mut response = ResponseBuilder::new()
                 .description(description)
-                .content(PROBLEM_JSON, content)
-                .build();
+                .content(PROBLEM_JSON, content);
+            if status == 429 {
+                let seconds = utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                    .minimum(Some(1))
+                    .build();
+                response = response.header(
+                    "Retry-After",
+                    utoipa::openapi::HeaderBuilder::new()
+                        .schema(seconds)
+                        .description(Some("Seconds until the key may send again"))
+                        .build(),
+                );
+            }
+            let response = response.build();
             (status.to_string(), response.into())
         })
         .collect()

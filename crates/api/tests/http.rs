@@ -10,6 +10,9 @@ struct TestApp {
     /// Sends a valid API key with every request.
     client: reqwest::Client,
     store: std::sync::Arc<dyn store::CampaignStore>,
+    /// What the app was started with, to start another on the same database.
+    state: api::AppState,
+    key: String,
     _database: Box<dyn Any + Send>,
 }
 
@@ -26,15 +29,14 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
         message_settings: message::MessageSettings::default(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let address = serve(state.clone()).await;
     let key = api::auth::create_api_key(store.as_ref(), "tests")
         .await
         .unwrap()
         .key;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let key = key.clone();
     TestApp {
         base: format!("http://{address}"),
         client: reqwest::Client::builder()
@@ -42,8 +44,18 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
             .build()
             .unwrap(),
         store,
+        state,
+        key,
         _database: database,
     }
+}
+
+/// Serves `state` on a free port; returns the address.
+async fn serve(state: api::AppState) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    address
 }
 
 fn example(name: &str) -> Vec<u8> {
@@ -901,6 +913,137 @@ async fn an_idempotency_key_creates_once_under_concurrency(app: TestApp) {
     assert_eq!(app.campaign_count().await, 2);
 }
 
+async fn an_idempotency_key_sends_once(app: TestApp) {
+    let first = app.create_sample().await;
+    let second = app.create_sample().await;
+    let (a, b) = (
+        first["campaign"]["id"].as_str().unwrap().to_string(),
+        second["campaign"]["id"].as_str().unwrap().to_string(),
+    );
+    let send = |id: &str, key: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(app.url(&format!("/api/v1/campaigns/{id}/send")));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    let responses = futures::future::join_all((0..20).map(|_| send(&a, Some("send-a")))).await;
+    let mut bodies = std::collections::HashSet::new();
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        bodies.insert(response.text().await.unwrap());
+    }
+    assert_eq!(bodies.len(), 1, "one answer for one key: {bodies:?}");
+    let queued: Value = serde_json::from_str(bodies.iter().next().unwrap()).unwrap();
+    assert_eq!(queued["status"], "queued");
+
+    // Paused, the campaign cannot be sent again; the key still replays the first answer.
+    let paused = app
+        .post_json(&format!("/api/v1/campaigns/{a}/pause"), &json!({}))
+        .await;
+    assert_eq!(paused.status(), StatusCode::OK);
+    let replay = send(&a, Some("send-a")).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), queued);
+    let (_, status) = app.get_json(&format!("/api/v1/campaigns/{a}/status")).await;
+    assert_eq!(status["status"], "paused", "the replay did nothing");
+    let fresh = send(&a, None).await.unwrap();
+    assert_problem(
+        fresh,
+        StatusCode::CONFLICT,
+        "paused",
+        "send without the key",
+    )
+    .await;
+
+    let tasks = app
+        .state
+        .tasks
+        .list(&tasks::TaskFilter {
+            status: None,
+            kind: Some(processor::SEND_CAMPAIGN.to_string()),
+            after: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 1, "one send_campaign task: {tasks:?}");
+
+    // The same key for another campaign is a client bug.
+    let other = send(&b, Some("send-a")).await.unwrap();
+    assert_problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "different request",
+        "same key, other campaign",
+    )
+    .await;
+    let (_, status) = app.get_json(&format!("/api/v1/campaigns/{b}/status")).await;
+    assert_eq!(status["status"], "draft");
+}
+
+async fn over_its_rate_limit_a_key_gets_429_with_retry_after(app: TestApp) {
+    let mut state = app.state.clone();
+    state.settings.rate_limit = Some(api::RateLimit {
+        per_second: 0.5,
+        burst: 3,
+    });
+    let base = format!("http://{}", serve(state).await);
+    let other = api::auth::create_api_key(app.store.as_ref(), "other")
+        .await
+        .unwrap()
+        .key;
+    let get = |key: &str| {
+        reqwest::Client::new()
+            .get(format!("{base}/api/v1/campaigns"))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(get(&app.key).await.unwrap().status(), StatusCode::OK);
+    }
+    let limited = get(&app.key).await.unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body = assert_problem(
+        limited,
+        StatusCode::TOO_MANY_REQUESTS,
+        "over its limit",
+        "fourth request",
+    )
+    .await;
+    assert_eq!(body["type"], "/problems/rate-limited");
+    // Each key has its own bucket; requests without a valid key are refused before counting.
+    assert_eq!(get(&other).await.unwrap().status(), StatusCode::OK);
+    let anonymous = reqwest::Client::new()
+        .get(format!("{base}/api/v1/campaigns"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // Public routes are not limited.
+    for _ in 0..5 {
+        let health = reqwest::get(format!("{base}/health")).await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
+    // The document says so, for every admin route.
+    let document = api::openapi_document();
+    let send = &document.paths.paths["/api/v1/campaigns/{id}/send"];
+    let responses = &send.post.as_ref().unwrap().responses.responses;
+    assert!(responses.contains_key("429"));
+    // After Retry-After the key may send again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    assert_eq!(get(&app.key).await.unwrap().status(), StatusCode::OK);
+}
+
 async fn suppressions_are_listed_added_and_removed(app: TestApp) {
     for email in ["Zed@Example.com", "amy@example.com"] {
         let response = app
@@ -1119,6 +1262,8 @@ macro_rules! api_suite {
             case!(admin_routes_need_a_valid_unrevoked_key);
             case!(the_openapi_document_describes_every_route);
             case!(an_idempotency_key_creates_once_under_concurrency);
+            case!(an_idempotency_key_sends_once);
+            case!(over_its_rate_limit_a_key_gets_429_with_retry_after);
             case!(suppressions_are_listed_added_and_removed);
             case!(templates_are_checked_at_creation_and_previewed);
             case!(scheduling_is_validated_and_controls_are_idempotent);

@@ -44,6 +44,39 @@ pub struct ApiArgs {
     /// Largest recipient upload (CSV is streamed) in bytes.
     #[arg(long, env = "MAX_IMPORT_BYTES", default_value_t = 512 * 1024 * 1024, value_parser = max_import_bytes)]
     pub max_import_bytes: u64,
+
+    /// Requests per second each API key may send to /api/v1 (a token bucket; beyond it: 429
+    /// with Retry-After); 0 turns the limit off.
+    #[arg(long, env = "API_RATE_LIMIT", default_value_t = 50.0, value_parser = api_rate_limit)]
+    pub api_rate_limit: f64,
+
+    /// Requests an API key may send at once before API_RATE_LIMIT applies.
+    #[arg(long, env = "API_RATE_BURST", default_value_t = 100, value_parser = api_rate_burst)]
+    pub api_rate_burst: u32,
+}
+
+impl ApiArgs {
+    /// The per-key rate limit, `None` when API_RATE_LIMIT is 0.
+    pub fn rate_limit(&self) -> Option<api::RateLimit> {
+        (self.api_rate_limit > 0.0).then_some(api::RateLimit {
+            per_second: self.api_rate_limit,
+            burst: self.api_rate_burst,
+        })
+    }
+}
+
+fn api_rate_limit(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(
+            "API_RATE_LIMIT must be requests per second, 0 or more (0: no limit), e.g. 50 or 0.5"
+                .into(),
+        ),
+    }
+}
+
+fn api_rate_burst(value: &str) -> Result<u32, String> {
+    whole_number("API_RATE_BURST", value, 1..=1_000_000).map(|n| n as u32)
 }
 
 /// The per-recipient links in messages: where they point and the key that signs them.
@@ -353,6 +386,17 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         assert!(api_bind("localhost").unwrap_err().starts_with("API_BIND"));
+        assert!(
+            api_rate_limit("-1")
+                .unwrap_err()
+                .starts_with("API_RATE_LIMIT")
+        );
+        assert_eq!(api_rate_limit("0"), Ok(0.0));
+        assert!(
+            api_rate_burst("0")
+                .unwrap_err()
+                .starts_with("API_RATE_BURST")
+        );
         assert!(
             max_batch_size("0")
                 .unwrap_err()
