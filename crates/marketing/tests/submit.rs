@@ -1,4 +1,5 @@
-//! `marketing submit` through the real binary against a running `marketing serve`, with
+//! `marketing submit` through the real binary in its three modes — the API of a running
+//! `marketing serve`, the local store, the task repository service with a `worker` — with
 //! postfix's smtp-sink (a server the project did not write) counting what arrives.
 
 use std::path::Path;
@@ -217,5 +218,138 @@ mod sqlite {
             .unwrap();
         assert_eq!(output.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&output.stderr).contains("--api needs an API key"));
+    }
+
+    /// `--task-repo`: the campaign goes into DATABASE_URL, its task through the task
+    /// repository service (with its token), and a `worker` reading that service delivers it.
+    #[test]
+    fn submit_through_the_task_repository_service_reaches_its_worker() {
+        let Some(sink) = SmtpSink::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let port = testkit::smtp::free_port();
+        let repo_url = format!("http://127.0.0.1:{port}");
+        let spawn = |name: &str, args: &[&str], env: &[(&str, &str)]| {
+            let file = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            let mut command = marketing(dir.path(), &database_url);
+            command
+                .args(args)
+                .env("TASK_REPO_TOKEN", "repo-token")
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file);
+            for (key, value) in env {
+                command.env(key, value);
+            }
+            Killed(command.spawn().unwrap())
+        };
+        // Three processes would otherwise race to migrate the fresh database.
+        let migrated = marketing(dir.path(), &database_url)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(migrated.status.success());
+        let _repo = spawn(
+            "task-repo",
+            &["task-repo"],
+            &[("TASK_REPO_BIND", &format!("127.0.0.1:{port}"))],
+        );
+        let _worker = spawn(
+            "worker",
+            &["worker"],
+            &[
+                ("TASK_REPO_URL", &repo_url),
+                ("SMTP_URL", &sink.url()),
+                ("TASK_CHECK_INTERVAL", "0.2"),
+            ],
+        );
+        let submit = |token: &str| {
+            marketing(dir.path(), &database_url)
+                .args([
+                    "submit",
+                    "--template",
+                    &example("sample_campaign.json"),
+                    "--recipients",
+                    &example("sample_recipients.csv"),
+                    "--count",
+                    "5",
+                    "--task-repo",
+                    &repo_url,
+                    "--task-repo-token",
+                    token,
+                    "--wait",
+                    "--json",
+                ])
+                .output()
+                .unwrap()
+        };
+        // The service may still be starting: retry the submission until it answers.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let output = loop {
+            let output = submit("repo-token");
+            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+            if output.status.success() || Instant::now() > deadline {
+                break output;
+            }
+            assert!(stderr.contains("could not be queued"), "{stderr}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["status"], "completed", "{summary}");
+        assert_eq!(summary["deliveries"]["sent"], 5, "{summary}");
+        assert!(summary["task_id"].is_string());
+        let counted = sink.wait_for(Duration::from_secs(10), |c| c.messages >= 5);
+        assert_eq!(counted.messages, 5);
+
+        let output = submit("wrong-token");
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("TASK_REPO_TOKEN"), "{stderr}");
+    }
+
+    /// `--wait` on a campaign nothing can be sent for (the server refuses every recipient)
+    /// ends with exit code 1.
+    #[test]
+    fn wait_exits_1_when_the_campaign_failed() {
+        let Some(sink) = SmtpSink::builder().arg("-f").arg("rcpt").start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let _serve = Serve::start(dir.path(), &database_url, &sink.url());
+        let output = marketing(dir.path(), &database_url)
+            .args([
+                "submit",
+                "--template",
+                &example("sample_campaign.json"),
+                "--recipients",
+                &example("sample_recipients.csv"),
+                "--count",
+                "3",
+                "--wait",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("status failed"), "{stdout}");
+        assert!(stdout.contains("failed 3"), "{stdout}");
+    }
+}
+
+/// A child process killed when the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
