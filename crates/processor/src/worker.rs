@@ -158,6 +158,9 @@ impl Worker {
         let lease = time::Duration::try_from(config.lease).unwrap_or(time::Duration::MINUTE);
         let held: HeldTasks = Arc::default();
         let heartbeat_stop = CancellationToken::new();
+        // If this future is dropped (aborted) the heartbeat must end too: left running, it
+        // would extend the leases of tasks nobody runs, and they would never be reclaimed.
+        let _heartbeat_guard = heartbeat_stop.clone().drop_guard();
         let heartbeat = tokio::spawn(heartbeat(
             tasks.clone(),
             config.worker_id.clone(),
