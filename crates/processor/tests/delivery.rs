@@ -1,0 +1,823 @@
+//! The real [`processor::Worker`], in process, delivering campaigns to SMTP servers this
+//! project did not write: postfix's `smtp-sink` (with its fault flags: 4xx, 5xx, a hard
+//! close after the content, the server going away) and `aiosmtpd` (whose Maildir is read
+//! back to check every recipient got exactly one message, by Message-ID). One suite, run on
+//! both stores: each backend's tests live in a module named after it (`sqlite::…`,
+//! `postgres::…`) so CI can count and filter them per backend.
+//!
+//! Waiting is always for a condition (campaign status, delivery counts, a server's
+//! counters), polled in a bounded loop.
+
+use campaign::{
+    CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, EmailAddress, Limits, Recipient,
+    RowError,
+};
+use delivery::{Transport, TransportConfig};
+use processor::{Services, WakingTasks, Worker, WorkerConfig};
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{CampaignStore, DeliveryCounts, DeliveryRecord};
+use tasks::TaskRepository;
+use testkit::smtp::{Aiosmtpd, SmtpSink};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// SMTP connections per transport.
+const CONNECTIONS: usize = 4;
+/// Messages a worker may have sent but not yet recorded: the duplicate bound after a crash.
+const IN_FLIGHT: usize = 8;
+/// How long a campaign may take to reach a final state before the test fails.
+const FINISH_LIMIT: Duration = Duration::from_secs(60);
+/// The same for the 5,000-recipient campaign: aiosmtpd takes ~250-550 messages/s on two
+/// busy cores, less while the other backend's suite runs beside it (46 s measured once).
+const BIG_FINISH_LIMIT: Duration = Duration::from_secs(120);
+/// How long a fault may take to show in the rows (or a server's counters).
+const CONDITION_LIMIT: Duration = Duration::from_secs(30);
+/// The domain of the sender, and so of every Message-ID.
+const SENDER_DOMAIN: &str = "shop.example";
+
+/// The stores (one database) and task repository a suite case runs on.
+struct Harness {
+    store: Arc<dyn CampaignStore>,
+    tasks: Arc<dyn TaskRepository>,
+    waker: Arc<Notify>,
+    _database: Box<dyn Any + Send>,
+}
+
+/// A worker running on its own tokio task.
+struct Running {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+    stats: Arc<processor::Stats>,
+}
+
+impl Running {
+    /// Stops it the graceful way and waits until it has returned.
+    async fn stop(self) -> processor::StatsSnapshot {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("the worker stops within its grace")
+            .expect("the worker does not panic");
+        self.stats.snapshot()
+    }
+}
+
+fn transport(url: &str) -> Arc<dyn Transport> {
+    delivery::transport_from_config(&TransportConfig {
+        smtp_url: Some(url.to_string()),
+        connections: CONNECTIONS,
+        ..TransportConfig::default()
+    })
+    .expect("SMTP transport")
+}
+
+fn worker_config(id: &str) -> WorkerConfig {
+    let mut config = WorkerConfig::new(id);
+    config.check_interval = Duration::from_millis(200);
+    config.lease = Duration::from_secs(5);
+    config.in_flight = IN_FLIGHT;
+    config.shutdown_grace = Duration::from_secs(10);
+    config
+}
+
+fn document(name: &str, batch_size: u32) -> CampaignDocument {
+    let json = serde_json::json!({
+        "name": name,
+        "from": {"email": format!("news@{SENDER_DOMAIN}"), "name": "Shop"},
+        "templates": {
+            "subject": "Hello {{ first_name }}",
+            "text": "Hi {{ first_name }},\nthis is for you.\nUnsubscribe: {{ unsubscribe_url }}\n"
+        },
+        "batch_size": batch_size,
+        "retry": {"max_attempts": 10, "initial_backoff_seconds": 1, "max_backoff_seconds": 2}
+    });
+    CampaignDocument::from_json(json.to_string().as_bytes(), &Limits::default())
+        .expect("valid campaign")
+}
+
+fn email(n: usize) -> String {
+    format!("reader{n}@mail.example")
+}
+
+fn first_name(n: usize) -> String {
+    format!("Reader{n}")
+}
+
+fn recipients(count: usize) -> Vec<Result<Recipient, RowError>> {
+    (0..count)
+        .map(|n| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("first_name".into(), first_name(n).into());
+            Ok(Recipient {
+                email: EmailAddress::parse(&email(n)).expect("valid address"),
+                fields,
+            })
+        })
+        .collect()
+}
+
+impl Harness {
+    async fn open(url: String, database: Box<dyn Any + Send>) -> Harness {
+        let store = store::connect(&url).await.expect("campaign store");
+        let local = tasks::connect(&url).await.expect("task repository");
+        let waking = Arc::new(WakingTasks::new(local));
+        let waker = waking.waker();
+        Harness {
+            store,
+            tasks: waking,
+            waker,
+            _database: database,
+        }
+    }
+
+    fn services(&self, transport: Arc<dyn Transport>) -> Services {
+        let keys = tracking::TokenKeys::new(b"processor-delivery-test-secret-32-bytes!", [])
+            .expect("token keys");
+        Services {
+            store: self.store.clone(),
+            tasks: self.tasks.clone(),
+            transport,
+            links: Arc::new(tracking::Links::new("http://127.0.0.1:8000", keys)),
+            message_settings: message::MessageSettings::default(),
+            dkim: None,
+            max_batch_size: 1000,
+        }
+    }
+
+    fn start(&self, config: WorkerConfig, transport: Arc<dyn Transport>) -> Running {
+        let worker = Worker::new(config, self.services(transport), Some(self.waker.clone()));
+        let stats = worker.stats();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(stop.clone()));
+        Running {
+            stop,
+            handle,
+            stats,
+        }
+    }
+
+    /// Stores a campaign of `count` recipients (`reader{n}`, first name `Reader{n}`).
+    async fn campaign(&self, name: &str, count: usize, batch_size: u32) -> CampaignId {
+        let (record, report) = self
+            .store
+            .create_campaign(
+                &document(name, batch_size),
+                store::recipient_stream(recipients(count)),
+            )
+            .await
+            .expect("campaign stored");
+        assert_eq!(report.imported, count as u64);
+        record.id
+    }
+
+    async fn enqueue(&self, id: CampaignId) {
+        processor::enqueue_campaign(self.store.as_ref(), self.tasks.as_ref(), id)
+            .await
+            .expect("campaign enqueued");
+    }
+
+    async fn status(&self, id: CampaignId) -> CampaignStatus {
+        self.store
+            .get_campaign(id)
+            .await
+            .expect("campaign readable")
+            .expect("campaign exists")
+            .status
+    }
+
+    async fn counts(&self, id: CampaignId) -> DeliveryCounts {
+        self.store.delivery_counts(id).await.expect("counts")
+    }
+
+    /// Polls the campaign every 50 ms until it is completed, failed or cancelled.
+    async fn wait_final(&self, id: CampaignId) -> CampaignStatus {
+        self.wait_final_within(id, FINISH_LIMIT).await
+    }
+
+    async fn wait_final_within(&self, id: CampaignId, limit: Duration) -> CampaignStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status(id).await;
+            if matches!(
+                status,
+                CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
+            ) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "campaign still {status} after {limit:?}: {:?}",
+                self.counts(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls the delivery counts every 50 ms until `done` holds.
+    async fn wait_counts(
+        &self,
+        id: CampaignId,
+        what: &str,
+        done: impl Fn(&DeliveryCounts) -> bool,
+    ) -> DeliveryCounts {
+        let deadline = Instant::now() + CONDITION_LIMIT;
+        loop {
+            let counts = self.counts(id).await;
+            if done(&counts) {
+                return counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {counts:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every recipient of the campaign (or those in `status`) with its outcome, in id order.
+    async fn deliveries(
+        &self,
+        id: CampaignId,
+        status: Option<DeliveryStatus>,
+    ) -> Vec<DeliveryRecord> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|d: &DeliveryRecord| d.recipient_id);
+            let page = self
+                .store
+                .list_deliveries(id, status, after, 500)
+                .await
+                .expect("deliveries");
+            if page.is_empty() {
+                return all;
+            }
+            all.extend(page);
+        }
+    }
+}
+
+/// Polls `done` every 50 ms up to `limit` (a wait for a condition, not a fixed sleep).
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a sink from a builder without stalling the runtime's other work.
+fn start_sink(builder: testkit::smtp::SmtpSinkBuilder) -> Option<SmtpSink> {
+    tokio::task::block_in_place(|| builder.start())
+}
+
+/// Messages a sink has received since it started, from the last counter record it printed.
+///
+/// Not [`SmtpSink::counters`]: that subtracts a baseline taken once the readiness probe is
+/// counted, and a sink brought back under a worker that keeps retrying has already taken
+/// messages by then. The probe itself sends none, so the raw count is exact.
+fn messages_received(sink: &SmtpSink) -> u64 {
+    sink.log()
+        .rsplit(['\r', '\n'])
+        .find_map(|record| {
+            let fields: Vec<(&str, &str)> = record
+                .split_whitespace()
+                .map(|field| field.split_once('='))
+                .collect::<Option<_>>()?;
+            let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            if names != ["sess", "quit", "mesg"] {
+                return None;
+            }
+            fields[2].1.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Polls the sink until it has received `count` messages (its counters are written around
+/// its replies, so they may trail what the client already knows), up to a bound.
+async fn wait_received(sink: &SmtpSink, count: u64) -> u64 {
+    let deadline = Instant::now() + CONDITION_LIMIT;
+    loop {
+        let received = messages_received(sink);
+        if received >= count || Instant::now() > deadline {
+            return received;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One message as aiosmtpd stored it.
+struct Arrival {
+    message_id: String,
+    rcpt: String,
+    subject: String,
+}
+
+fn header(message: &str, name: &str) -> Option<String> {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    message
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find(|line| line.to_ascii_lowercase().starts_with(&prefix))
+        .map(|line| line[prefix.len()..].trim().to_string())
+}
+
+fn arrivals(server: &Aiosmtpd) -> Vec<Arrival> {
+    tokio::task::block_in_place(|| server.messages())
+        .iter()
+        .map(|raw| {
+            let text = String::from_utf8_lossy(raw);
+            Arrival {
+                message_id: header(&text, "Message-ID").expect("every message has a Message-ID"),
+                rcpt: header(&text, "X-RcptTo").expect("aiosmtpd records the recipient"),
+                subject: header(&text, "Subject").unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The Message-ID the processor gives a recipient's message.
+fn message_id(campaign: CampaignId, recipient: i64) -> String {
+    format!("<{campaign}.{recipient}@{SENDER_DOMAIN}>")
+}
+
+/// Checks that each recipient of the campaign has a message with its own Message-ID at the
+/// server, and that nobody else got one. Returns how many copies each Message-ID has.
+fn assert_each_recipient_reached(
+    arrived: &[Arrival],
+    id: CampaignId,
+    sent: &[DeliveryRecord],
+) -> HashMap<String, usize> {
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    let mut rcpt_of: HashMap<String, String> = HashMap::new();
+    for arrival in arrived {
+        *copies.entry(arrival.message_id.clone()).or_default() += 1;
+        let previous = rcpt_of.insert(arrival.message_id.clone(), arrival.rcpt.clone());
+        assert!(
+            previous.is_none_or(|rcpt| rcpt == arrival.rcpt),
+            "one Message-ID, two recipients: {}",
+            arrival.message_id
+        );
+    }
+    for delivery in sent {
+        let expected = message_id(id, delivery.recipient_id);
+        assert_eq!(
+            rcpt_of.get(&expected),
+            Some(&delivery.email),
+            "the message of {} (recipient {}) is missing or went elsewhere",
+            delivery.email,
+            delivery.recipient_id
+        );
+    }
+    assert_eq!(
+        copies.len(),
+        sent.len(),
+        "every Message-ID at the server belongs to a recipient recorded as sent"
+    );
+    copies
+}
+
+// ---------------------------------------------------------------------------------------
+// The cases.
+
+/// 5,000 recipients into aiosmtpd: each gets exactly one message (by Message-ID and RCPT),
+/// personalized, and the rows and counters say so.
+async fn five_thousand_recipients_each_get_one_personalized_message(harness: Harness) {
+    const COUNT: usize = 5_000;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let id = harness.campaign("Five thousand", COUNT, 100).await;
+    let transport = transport(&server.url());
+    let started = Instant::now();
+    let worker = harness.start(worker_config("big"), transport.clone());
+    harness.enqueue(id).await;
+    let status = harness.wait_final_within(id, BIG_FINISH_LIMIT).await;
+    let elapsed = started.elapsed();
+    let stats = worker.stop().await;
+    transport.close().await;
+    eprintln!(
+        "{COUNT} recipients into aiosmtpd on {}: {:.1} s",
+        harness.store.backend(),
+        elapsed.as_secs_f64()
+    );
+
+    assert_eq!(status, CampaignStatus::Completed);
+    let counts = harness.counts(id).await;
+    assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64, "{counts:?}");
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    assert_eq!(stats.sent, COUNT as u64, "the worker's counters agree");
+
+    let sent = harness.deliveries(id, None).await;
+    assert_eq!(sent.len(), COUNT);
+    for delivery in &sent {
+        assert_eq!(delivery.status, DeliveryStatus::Sent, "{delivery:?}");
+        assert_eq!(delivery.attempts, 1, "{delivery:?}");
+        assert!(
+            delivery
+                .smtp_reply
+                .as_deref()
+                .is_some_and(|reply| reply.starts_with("250")),
+            "{delivery:?}"
+        );
+    }
+
+    let arrived = arrivals(&server);
+    assert_eq!(arrived.len(), COUNT, "one message per recipient, no more");
+    let copies = assert_each_recipient_reached(&arrived, id, &sent);
+    assert!(copies.values().all(|&n| n == 1));
+    let per_rcpt: HashSet<&str> = arrived.iter().map(|a| a.rcpt.as_str()).collect();
+    assert_eq!(per_rcpt.len(), COUNT, "each recipient once");
+
+    // A sample across the whole range has its own subject.
+    let subject_of: HashMap<&str, &str> = arrived
+        .iter()
+        .map(|a| (a.rcpt.as_str(), a.subject.as_str()))
+        .collect();
+    for n in (0..COUNT).step_by(COUNT / 20).chain([COUNT - 1]) {
+        let expected = format!("Hello {}", first_name(n));
+        assert_eq!(
+            subject_of.get(email(n).as_str()).copied(),
+            Some(expected.as_str()),
+            "recipient {n}"
+        );
+    }
+}
+
+/// A 4xx at RCPT defers every recipient with the server's text; once the server accepts
+/// again, each is delivered.
+async fn temporary_rejections_are_deferred_then_delivered(harness: Harness) {
+    const COUNT: usize = 200;
+    let Some(faulty) = start_sink(
+        SmtpSink::builder()
+            .arg("-r")
+            .arg("rcpt")
+            .arg("-b")
+            .arg("452 4.2.2 Mailbox full"),
+    ) else {
+        return;
+    };
+    let port = faulty.port;
+    let id = harness.campaign("Mailbox full", COUNT, 50).await;
+    let transport = transport(&faulty.url());
+    let worker = harness.start(worker_config("temporary"), transport.clone());
+    harness.enqueue(id).await;
+
+    harness
+        .wait_counts(id, "every recipient deferred", |c| {
+            c.get(DeliveryStatus::Deferred) == COUNT as i64
+        })
+        .await;
+    for delivery in harness.deliveries(id, None).await {
+        assert_eq!(delivery.status, DeliveryStatus::Deferred, "{delivery:?}");
+        let error = delivery.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("452 4.2.2 Mailbox full"), "{delivery:?}");
+        assert!(delivery.next_attempt_at.is_some(), "{delivery:?}");
+    }
+    assert_eq!(faulty.counters().messages, 0);
+
+    faulty.stop();
+    let Some(healthy) = start_sink(SmtpSink::builder().port(port)) else {
+        return;
+    };
+    let status = harness.wait_final(id).await;
+    worker.stop().await;
+    transport.close().await;
+
+    assert_eq!(status, CampaignStatus::Completed);
+    let counts = harness.counts(id).await;
+    assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64, "{counts:?}");
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    for delivery in harness.deliveries(id, None).await {
+        assert_eq!(delivery.status, DeliveryStatus::Sent, "{delivery:?}");
+        assert!(delivery.attempts >= 2, "deferred first: {delivery:?}");
+    }
+    assert_eq!(wait_received(&healthy, COUNT as u64).await, COUNT as u64);
+}
+
+/// A 5xx at RCPT fails every recipient at once with the server's text; nothing was sent, so
+/// the campaign failed.
+async fn permanent_rejections_fail_every_recipient_with_the_server_text(harness: Harness) {
+    const COUNT: usize = 100;
+    let Some(sink) = start_sink(
+        SmtpSink::builder()
+            .arg("-f")
+            .arg("rcpt")
+            .arg("-B")
+            .arg("550 5.1.1 No such user here"),
+    ) else {
+        return;
+    };
+    let id = harness.campaign("No such user", COUNT, 25).await;
+    let transport = transport(&sink.url());
+    let worker = harness.start(worker_config("permanent"), transport.clone());
+    harness.enqueue(id).await;
+    let status = harness.wait_final(id).await;
+    let stats = worker.stop().await;
+    transport.close().await;
+
+    assert_eq!(status, CampaignStatus::Failed);
+    let counts = harness.counts(id).await;
+    assert_eq!(
+        counts.get(DeliveryStatus::Failed),
+        COUNT as i64,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get(DeliveryStatus::Sent), 0, "{counts:?}");
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    assert_eq!((stats.failed, stats.deferred), (COUNT as u64, 0));
+    let failed = harness.deliveries(id, Some(DeliveryStatus::Failed)).await;
+    assert_eq!(failed.len(), COUNT);
+    for delivery in failed {
+        let error = delivery.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("550 5.1.1 No such user here"),
+            "{delivery:?}"
+        );
+        assert_eq!(delivery.attempts, 1, "a permanent failure is not retried");
+    }
+    assert_eq!(sink.counters().messages, 0);
+}
+
+/// The server hangs up after the content, before its reply: the message may or may not have
+/// arrived, so it is retried (deferred), and delivered once the server behaves.
+async fn a_hang_up_after_the_content_defers_then_delivers(harness: Harness) {
+    const COUNT: usize = 200;
+    let Some(faulty) = start_sink(SmtpSink::builder().arg("-q").arg(".")) else {
+        return;
+    };
+    let port = faulty.port;
+    let id = harness.campaign("Hang up", COUNT, 50).await;
+    let transport = transport(&faulty.url());
+    let worker = harness.start(worker_config("hang-up"), transport.clone());
+    harness.enqueue(id).await;
+
+    harness
+        .wait_counts(id, "every recipient deferred", |c| {
+            c.get(DeliveryStatus::Deferred) == COUNT as i64
+        })
+        .await;
+    for delivery in harness.deliveries(id, None).await {
+        let error = delivery.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("end of data") && error.contains("connection lost"),
+            "{delivery:?}"
+        );
+    }
+
+    faulty.stop();
+    let Some(healthy) = start_sink(SmtpSink::builder().port(port)) else {
+        return;
+    };
+    let status = harness.wait_final(id).await;
+    worker.stop().await;
+    transport.close().await;
+
+    assert_eq!(status, CampaignStatus::Completed);
+    let counts = harness.counts(id).await;
+    assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64, "{counts:?}");
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    assert_eq!(wait_received(&healthy, COUNT as u64).await, COUNT as u64);
+}
+
+/// The server goes away mid-campaign and comes back on the same port: recipients are
+/// deferred meanwhile (retries too), none fails, all are sent in the end.
+async fn a_server_gone_mid_campaign_loses_no_recipient(harness: Harness) {
+    const COUNT: usize = 3_000;
+    let Some(first) = start_sink(SmtpSink::builder()) else {
+        return;
+    };
+    let port = first.port;
+    let id = harness.campaign("Server gone", COUNT, 100).await;
+    let transport = transport(&first.url());
+    let worker = harness.start(worker_config("server-gone"), transport.clone());
+    harness.enqueue(id).await;
+
+    wait_until("the first messages at the sink", CONDITION_LIMIT, || {
+        first.counters().messages >= 200
+    })
+    .await;
+    first.stop();
+    let at_stop = harness.counts(id).await;
+    assert!(
+        at_stop.get(DeliveryStatus::Sent) < COUNT as i64,
+        "the server must go away mid-campaign: {at_stop:?}"
+    );
+
+    // Down long enough that deferred recipients were retried and deferred again.
+    let deadline = Instant::now() + CONDITION_LIMIT;
+    let retried = loop {
+        let deferred = harness
+            .store
+            .list_deliveries(id, Some(DeliveryStatus::Deferred), None, 1000)
+            .await
+            .expect("deliveries");
+        if let Some(retried) = deferred.into_iter().find(|d| d.attempts >= 2) {
+            break retried;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recipient retried while the server was down: {:?}",
+            harness.counts(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = retried.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{retried:?}"
+    );
+    let during = harness.counts(id).await;
+    assert_eq!(during.get(DeliveryStatus::Failed), 0, "{during:?}");
+
+    let Some(second) = start_sink(SmtpSink::builder().port(port)) else {
+        return;
+    };
+    let status = harness.wait_final(id).await;
+    worker.stop().await;
+    transport.close().await;
+
+    assert_eq!(status, CampaignStatus::Completed);
+    let counts = harness.counts(id).await;
+    assert_eq!(counts.get(DeliveryStatus::Failed), 0, "{counts:?}");
+    assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64, "{counts:?}");
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    // Every outcome of the first server's session was recorded long before a retry could
+    // fail, so the second server gets exactly the recipients not yet sent then.
+    let unsent = COUNT as u64 - during.get(DeliveryStatus::Sent) as u64;
+    assert_eq!(wait_received(&second, unsent).await, unsent, "{during:?}");
+}
+
+/// Suppressed addresses (matched whatever their case) are recorded as suppressed and never
+/// reach the server.
+async fn suppressed_recipients_are_recorded_and_never_sent(harness: Harness) {
+    const COUNT: usize = 100;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let id = harness.campaign("Suppressed", COUNT, 30).await;
+    let suppressed: HashSet<String> = (0..COUNT).step_by(10).map(email).collect();
+    for (i, address) in suppressed.iter().enumerate() {
+        let written = if i % 2 == 0 {
+            address.to_ascii_uppercase()
+        } else {
+            address.clone()
+        };
+        harness
+            .store
+            .suppress(&EmailAddress::parse(&written).unwrap(), "unsubscribed")
+            .await
+            .expect("suppressed");
+    }
+    let transport = transport(&server.url());
+    let worker = harness.start(worker_config("suppressed"), transport.clone());
+    harness.enqueue(id).await;
+    let status = harness.wait_final(id).await;
+    worker.stop().await;
+    transport.close().await;
+
+    assert_eq!(status, CampaignStatus::Completed);
+    let counts = harness.counts(id).await;
+    let expected_sent = (COUNT - suppressed.len()) as i64;
+    assert_eq!(
+        counts.get(DeliveryStatus::Suppressed),
+        suppressed.len() as i64,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get(DeliveryStatus::Sent),
+        expected_sent,
+        "{counts:?}"
+    );
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    let marked: HashSet<String> = harness
+        .deliveries(id, Some(DeliveryStatus::Suppressed))
+        .await
+        .into_iter()
+        .map(|d| {
+            assert_eq!(d.attempts, 0, "never attempted: {d:?}");
+            d.email
+        })
+        .collect();
+    assert_eq!(marked, suppressed);
+
+    let arrived = arrivals(&server);
+    assert_eq!(arrived.len(), expected_sent as usize);
+    for arrival in &arrived {
+        assert!(
+            !suppressed.contains(&arrival.rcpt),
+            "{} is suppressed but got a message",
+            arrival.rcpt
+        );
+    }
+    let sent = harness.deliveries(id, Some(DeliveryStatus::Sent)).await;
+    assert_each_recipient_reached(&arrived, id, &sent);
+}
+
+/// A worker stopped without grace (its run future aborted, like a crash) and a second worker
+/// with another id: every recipient is delivered, and the copies beyond one per recipient are
+/// at most the first worker's `in_flight` (messages accepted but not yet recorded).
+async fn an_aborted_worker_loses_nothing_and_duplicates_stay_within_in_flight(harness: Harness) {
+    const COUNT: usize = 1_000;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let id = harness.campaign("Crash", COUNT, 100).await;
+    let mut first_config = worker_config("crashing");
+    first_config.lease = Duration::from_secs(2);
+    let bound = first_config.in_flight;
+    let first_transport = transport(&server.url());
+    let first = harness.start(first_config, first_transport.clone());
+    harness.enqueue(id).await;
+    wait_until("a part of the mail at the server", CONDITION_LIMIT, || {
+        server.message_count() >= COUNT / 5
+    })
+    .await;
+    first.handle.abort();
+    let ended = first.handle.await;
+    assert!(
+        ended.as_ref().is_err_and(|err| err.is_cancelled()),
+        "the first worker was aborted mid-campaign, not finished: {ended:?}"
+    );
+    // Its connections end the message they carry; queued ones whose sender is gone are
+    // dropped (a real crash would cut them instead).
+    first_transport.close().await;
+    let at_crash = harness.counts(id).await;
+    assert!(
+        at_crash.get(DeliveryStatus::Sent) < COUNT as i64,
+        "the crash must come mid-campaign: {at_crash:?}"
+    );
+
+    let mut second_config = worker_config("successor");
+    second_config.lease = Duration::from_secs(2);
+    let second_transport = transport(&server.url());
+    let second = harness.start(second_config, second_transport.clone());
+    let status = harness.wait_final(id).await;
+    second.stop().await;
+    second_transport.close().await;
+
+    assert_eq!(status, CampaignStatus::Completed);
+    let counts = harness.counts(id).await;
+    assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64, "{counts:?}");
+    assert_eq!(counts.total(), COUNT as i64, "{counts:?}");
+    let sent = harness.deliveries(id, None).await;
+    let arrived = arrivals(&server);
+    let copies = assert_each_recipient_reached(&arrived, id, &sent);
+    let duplicates = arrived.len() - copies.len();
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates; the bound is the aborted worker's in_flight = {bound}"
+    );
+    assert!(copies.values().all(|&n| n <= 2), "at most one extra copy");
+    eprintln!(
+        "aborted worker on {}: {duplicates} duplicate(s) (bound {bound}), {} sent before the abort",
+        harness.store.backend(),
+        at_crash.get(DeliveryStatus::Sent)
+    );
+}
+
+macro_rules! delivery_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        #[allow(clippy::redundant_closure_call)]
+                        let Some((url, database)) = ($open)().await else {
+                            return;
+                        };
+                        super::$name(super::Harness::open(url, database).await).await;
+                    }
+                };
+            }
+
+            case!(five_thousand_recipients_each_get_one_personalized_message);
+            case!(temporary_rejections_are_deferred_then_delivered);
+            case!(permanent_rejections_fail_every_recipient_with_the_server_text);
+            case!(a_hang_up_after_the_content_defers_then_delivers);
+            case!(a_server_gone_mid_campaign_loses_no_recipient);
+            case!(suppressed_recipients_are_recorded_and_never_sent);
+            case!(an_aborted_worker_loses_nothing_and_duplicates_stay_within_in_flight);
+        }
+    };
+}
+
+delivery_suite!(sqlite, || async {
+    let database = testkit::SqliteDatabase::create();
+    Some((
+        database.url.clone(),
+        Box::new(database) as Box<dyn std::any::Any + Send>,
+    ))
+});
+
+delivery_suite!(postgres, || async {
+    let database = testkit::PostgresDatabase::create().await?;
+    Some((
+        database.url.clone(),
+        Box::new(database) as Box<dyn std::any::Any + Send>,
+    ))
+});
