@@ -583,8 +583,11 @@ async fn a_hang_up_after_the_content_defers_then_delivers(harness: Harness) {
     assert_eq!(wait_received(&healthy, COUNT as u64).await, COUNT as u64);
 }
 
-/// The server goes away mid-campaign and comes back on the same port: recipients are
-/// deferred meanwhile (retries too), none fails, all are sent in the end.
+/// How long the SMTP server stays away in the outage case.
+const OUTAGE: Duration = Duration::from_secs(10);
+
+/// The server goes away mid-campaign for about 10 s and comes back on the same port:
+/// recipients are deferred meanwhile (retries too), none fails, all are sent in the end.
 async fn a_server_gone_mid_campaign_loses_no_recipient(harness: Harness) {
     const COUNT: usize = 3_000;
     let Some(first) = start_sink(SmtpSink::builder()) else {
@@ -601,6 +604,7 @@ async fn a_server_gone_mid_campaign_loses_no_recipient(harness: Harness) {
     })
     .await;
     first.stop();
+    let stopped = Instant::now();
     let at_stop = harness.counts(id).await;
     assert!(
         at_stop.get(DeliveryStatus::Sent) < COUNT as i64,
@@ -630,8 +634,12 @@ async fn a_server_gone_mid_campaign_loses_no_recipient(harness: Harness) {
         error.contains(&format!("cannot connect to 127.0.0.1:{port}")),
         "{retried:?}"
     );
+    // The outage itself is the scenario (about 10 s, several retries long), not a wait for
+    // something to happen.
+    tokio::time::sleep(OUTAGE.saturating_sub(stopped.elapsed())).await;
     let during = harness.counts(id).await;
     assert_eq!(during.get(DeliveryStatus::Failed), 0, "{during:?}");
+    assert!(during.get(DeliveryStatus::Deferred) > 0, "{during:?}");
 
     let Some(second) = start_sink(SmtpSink::builder().port(port)) else {
         return;
