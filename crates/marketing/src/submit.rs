@@ -112,15 +112,30 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut document = read_campaign(&args.template, &args.limits.limits())?;
-    message::CompiledCampaign::compile(&document, &message::MessageSettings::default()).map_err(
-        |err| {
-            anyhow::anyhow!(
-                "{}: the templates do not compile: {err}",
-                args.template.display()
-            )
-        },
-    )?;
+    let compiled =
+        message::CompiledCampaign::compile(&document, &message::MessageSettings::default())
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "{}: the templates do not compile: {err}",
+                    args.template.display()
+                )
+            })?;
     let rows = source_rows(&mut document, args.recipients.as_ref())?;
+    // Checked here, before anything is stored: the API only sees the recipients after the
+    // campaign exists, so a typo in a variable would otherwise reach every recipient.
+    if document.templates.undefined_variables == campaign::UndefinedVariables::Strict {
+        let unknown = compiled.unknown_variables(&message::field_names(&rows));
+        if !unknown.is_empty() {
+            let listed: Vec<String> = unknown
+                .iter()
+                .map(|v| format!("`{}` ({} template, line {})", v.name, v.template, v.line))
+                .collect();
+            anyhow::bail!(
+                "the templates use variables no recipient has: {}; add the field to the recipients, fix the template, or set templates.undefined_variables to \"lenient\"",
+                listed.join(", ")
+            );
+        }
+    }
     let count = args.count.unwrap_or(rows.len() as u64);
     if (rows.len() as u64) < count {
         eprintln!(
@@ -433,12 +448,37 @@ impl ApiClient {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         }
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the API at {}: is `marketing serve` (or `marketing api`) running there?",
-                self.base
-            )
-        })?;
+        // A 429 says when to come back: wait that long (a few times) rather than give up
+        // on a campaign that is half uploaded.
+        let mut throttled = 0;
+        let response = loop {
+            let response = request
+                .try_clone()
+                .context("the request cannot be repeated")?
+                .send()
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach the API at {}: is `marketing serve` (or `marketing api`) running there?",
+                        self.base
+                    )
+                })?;
+            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || throttled == 5 {
+                break response;
+            }
+            throttled += 1;
+            let wait = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 60);
+            eprintln!(
+                "{method} {url}: the API's rate limit for this key is reached; retrying in {wait} s"
+            );
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        };
         let status = response.status();
         let text = response
             .text()

@@ -35,6 +35,10 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, database_url: &str, smtp_url: &str) -> Serve {
+        Serve::start_with(dir, database_url, smtp_url, &[])
+    }
+
+    fn start_with(dir: &Path, database_url: &str, smtp_url: &str, env: &[(&str, &str)]) -> Serve {
         let log = dir.join("serve.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = marketing(dir, database_url)
@@ -42,6 +46,7 @@ impl Serve {
             .env("API_BIND", "127.0.0.1:0")
             .env("SMTP_URL", smtp_url)
             .env("TASK_CHECK_INTERVAL", "0.2")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -218,6 +223,82 @@ mod sqlite {
             .unwrap();
         assert_eq!(output.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&output.stderr).contains("--api needs an API key"));
+
+        // A strict campaign printing a field no recipient has is refused before it is stored.
+        let mut strict: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(example("sample_campaign.json")).unwrap(),
+        )
+        .unwrap();
+        strict["templates"]["undefined_variables"] = "strict".into();
+        strict["templates"]["subject"] = "Hello {{ nickname }}".into();
+        let strict_path = dir.path().join("strict.json");
+        std::fs::write(&strict_path, serde_json::to_vec(&strict).unwrap()).unwrap();
+        let output = marketing(dir.path(), &database_url)
+            .args([
+                "submit",
+                "--template",
+                strict_path.to_str().unwrap(),
+                "--recipients",
+                &example("sample_recipients.csv"),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("`nickname`"), "{stderr}");
+        let listed = marketing(dir.path(), &database_url)
+            .args(["campaigns", "list", "--json"])
+            .output()
+            .unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(
+            listed.as_array().unwrap().len(),
+            1,
+            "only the first campaign"
+        );
+    }
+
+    /// A key over the API's rate limit gets 429; submit waits for Retry-After and carries on.
+    #[test]
+    fn submit_waits_out_the_api_rate_limit() {
+        let Some(sink) = SmtpSink::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let key = create_key(dir.path(), &database_url);
+        let serve = Serve::start_with(
+            dir.path(),
+            &database_url,
+            &sink.url(),
+            &[("API_RATE_LIMIT", "2"), ("API_RATE_BURST", "2")],
+        );
+        let output = marketing(dir.path(), &database_url)
+            .args([
+                "submit",
+                "--template",
+                &example("sample_campaign.json"),
+                "--recipients",
+                &example("sample_recipients.csv"),
+                "--count",
+                "4",
+                "--api",
+                &serve.address,
+                "--api-key",
+                &key,
+                "--wait",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("rate limit for this key is reached"),
+            "{stderr}"
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(summary["deliveries"]["sent"], 4, "{summary}");
     }
 
     /// `--task-repo`: the campaign goes into DATABASE_URL, its task through the task
