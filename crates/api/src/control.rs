@@ -179,7 +179,9 @@ async fn send(
 ) -> Result<Response, ApiError> {
     // The campaign is part of what the key stands for: reusing it for another campaign is a
     // client bug, answered 422 like a different body on POST /campaigns.
-    let route = format!("POST /api/v1/campaigns/{id}/send");
+    // By the parsed id, so that an upper-case spelling of the same UUID is the same request.
+    let target = crate::campaigns::campaign_id(&id).map_or_else(|_| id.clone(), |c| c.to_string());
+    let route = format!("POST /api/v1/campaigns/{target}/send");
     idempotency::once(&state, &caller, &headers, &route, &Bytes::new(), || {
         send_now(&state, &id)
     })

@@ -939,6 +939,12 @@ async fn an_idempotency_key_sends_once(app: TestApp) {
     assert_eq!(bodies.len(), 1, "one answer for one key: {bodies:?}");
     let queued: Value = serde_json::from_str(bodies.iter().next().unwrap()).unwrap();
     assert_eq!(queued["status"], "queued");
+    let upper = send(&a.to_uppercase(), Some("send-a")).await.unwrap();
+    assert_eq!(
+        upper.headers()["idempotent-replayed"],
+        "true",
+        "the same campaign"
+    );
 
     // Paused, the campaign cannot be sent again; the key still replays the first answer.
     let paused = app
