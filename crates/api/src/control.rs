@@ -246,19 +246,36 @@ async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<StatusView>, ApiError> {
     let campaign = find(&state, &id).await?;
-    // A campaign that never started goes back to the queue; one that did continues sending.
-    let to = if campaign.started_at.is_some() {
-        CampaignStatus::Sending
-    } else {
-        CampaignStatus::Queued
-    };
-    if matches!(
+    if !matches!(
         campaign.status,
         CampaignStatus::Queued | CampaignStatus::Sending
     ) {
-        return Ok(Json(status_view(&state, &id).await?));
+        // A campaign that never started goes back to the queue; one that did continues
+        // sending where its batches stopped.
+        let resumed =
+            processor::resume_campaign(state.store.as_ref(), state.tasks.as_ref(), campaign.id)
+                .await
+                .map_err(|err| match err {
+                    processor::ProcessorError::Store(err) => err.into(),
+                    other => {
+                        ApiError::Unavailable(format!("the campaign could not be resumed: {other}"))
+                    }
+                })?;
+        let current = find(&state, &id).await?;
+        if !resumed
+            && !matches!(
+                current.status,
+                CampaignStatus::Queued | CampaignStatus::Sending
+            )
+        {
+            return Err(ApiError::Conflict(format!(
+                "campaign {} is {}; resume is possible only while it is paused",
+                current.id, current.status
+            )));
+        }
+        tracing::info!(campaign = %campaign.id, from = %campaign.status, to = %current.status, "campaign resume");
     }
-    transition(&state, &id, &[CampaignStatus::Paused], to, "resume").await
+    Ok(Json(status_view(&state, &id).await?))
 }
 
 /// Cancel a campaign; recipients not yet sent become `cancelled` (idempotent).

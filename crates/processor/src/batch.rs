@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// within about this long (plus the messages already in flight).
 const STATUS_CHECK: Duration = Duration::from_millis(200);
 
+/// How often a batch of a paused campaign looks again: a resumed campaign continues within
+/// about this long.
+const PAUSED_RECHECK: time::Duration = time::Duration::seconds(5);
+
 /// Batch tasks created per call when splitting (each call is one transaction).
 const SPLIT_CHUNK: usize = 1000;
 
@@ -109,7 +113,6 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
                 batch_task(
                     &SendBatch {
                         campaign_id: id,
-                        epoch: job.epoch,
                         first: range.first,
                         last: range.last,
                         round: 0,
@@ -183,8 +186,18 @@ pub(crate) async fn deliver(
     let Some(record) = store.get_campaign(id).await? else {
         return Ok(json!({"skipped": "the campaign does not exist"}));
     };
+    if record.status == CampaignStatus::Paused {
+        // The range keeps its task chain through the pause: resuming continues it, and no
+        // second task for the same recipients can ever exist.
+        let run_after = OffsetDateTime::now_utc() + PAUSED_RECHECK;
+        services
+            .tasks
+            .create(batch_task(&batch.follow_up(), Some(run_after))?)
+            .await?;
+        return Ok(json!({"paused": true, "follow_up_at": run_after.unix_timestamp()}));
+    }
     if record.status != CampaignStatus::Sending {
-        // Paused: resuming splits again; cancelled or finished: nothing to do.
+        // Cancelled or finished: nothing to do.
         return Ok(json!({"skipped": format!("the campaign is {}", record.status)}));
     }
     let compiled = shared.compiled(&record);
@@ -280,7 +293,16 @@ pub(crate) async fn deliver(
     shared.stats.batch_done();
 
     let follow_up = match halt {
-        Some(Halt::LeaseLost) | Some(Halt::Campaign(_)) => None,
+        Some(Halt::LeaseLost) => None,
+        Some(Halt::Campaign(CampaignStatus::Paused)) => {
+            let run_after = OffsetDateTime::now_utc() + PAUSED_RECHECK;
+            services
+                .tasks
+                .create(batch_task(&batch.follow_up(), Some(run_after))?)
+                .await?;
+            Some(run_after)
+        }
+        Some(Halt::Campaign(_)) => None,
         None | Some(Halt::Shutdown) => match store.next_due_in_range(id, batch.range()).await? {
             Some(due_at) => {
                 let next = batch.follow_up();

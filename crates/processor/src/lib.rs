@@ -72,6 +72,46 @@ pub struct Services {
     pub max_batch_size: u32,
 }
 
+/// Resumes a paused campaign; returns false when it was not paused. A campaign paused after
+/// it started goes back to `sending`, and its batches, which kept their task chains through the
+/// pause, continue with the recipients not yet sent. One paused before its split goes back to
+/// `queued` with a new `send_campaign` task (a new epoch: the first task already ended).
+pub async fn resume_campaign(
+    store: &dyn CampaignStore,
+    tasks: &dyn TaskRepository,
+    id: CampaignId,
+) -> Result<bool, ProcessorError> {
+    let record = store
+        .get_campaign(id)
+        .await?
+        .ok_or(ProcessorError::CampaignNotFound(id))?;
+    if record.started_at.is_some() {
+        return Ok(store
+            .transition_campaign(id, &[CampaignStatus::Paused], CampaignStatus::Sending)
+            .await?);
+    }
+    if !store
+        .transition_campaign(id, &[CampaignStatus::Paused], CampaignStatus::Queued)
+        .await?
+    {
+        return Ok(false);
+    }
+    let payload = SendCampaign {
+        campaign_id: id,
+        // Any epoch other than the first run's; the transition above let one caller through.
+        epoch: 1 + (uuid::Uuid::new_v4().as_u128() % u128::from(u32::MAX - 1)) as u32,
+        document: Some(record.document.clone()),
+    };
+    let mut task = NewTask::new(
+        SEND_CAMPAIGN,
+        serde_json::to_value(&payload).map_err(|err| ProcessorError::Payload(err.to_string()))?,
+    );
+    task.idempotency_key = Some(payload.idempotency_key());
+    task.priority = 10;
+    tasks.create(task).await?;
+    Ok(true)
+}
+
 /// Queues a draft or scheduled campaign for sending: the campaign becomes `queued` and one
 /// `send_campaign` task is created for it. Idempotent: a campaign already queued or sending
 /// gets the task it already has.

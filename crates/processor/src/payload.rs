@@ -14,8 +14,8 @@ pub const SEND_BATCH: &str = "send_batch";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendCampaign {
     pub campaign_id: CampaignId,
-    /// Which sending run of the campaign this is (a resumed campaign is split again in a new
-    /// epoch, so its batch tasks get fresh keys).
+    /// Which `send_campaign` task of the campaign this is: a campaign paused before its split
+    /// and then resumed needs a second one (the first already ended).
     #[serde(default)]
     pub epoch: u32,
     /// The complete campaign definition with its templates, as the original design's task
@@ -34,8 +34,6 @@ impl SendCampaign {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendBatch {
     pub campaign_id: CampaignId,
-    #[serde(default)]
-    pub epoch: u32,
     pub first: RecipientId,
     pub last: RecipientId,
     /// 0 for the batch the split created; each follow-up (recipients deferred, or released at
@@ -52,12 +50,13 @@ impl SendBatch {
         }
     }
 
-    /// One key per range and round: the split and the follow-ups can be repeated after a
-    /// crash without creating a second task for the same work.
+    /// One key per range and round, whatever run of the campaign created it: a split repeated
+    /// after a crash, or a second split of the same campaign, finds the tasks that exist, so
+    /// one range never has two task chains (which could send to a recipient twice).
     pub fn idempotency_key(&self) -> String {
         format!(
-            "{SEND_BATCH}:{}:{}:{}:{}",
-            self.campaign_id, self.epoch, self.first, self.round
+            "{SEND_BATCH}:{}:{}:{}",
+            self.campaign_id, self.first, self.round
         )
     }
 

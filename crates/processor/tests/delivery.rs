@@ -787,6 +787,67 @@ async fn an_aborted_worker_loses_nothing_and_duplicates_stay_within_in_flight(ha
     );
 }
 
+/// Paused mid-campaign, the campaign stops sending (beyond the messages in flight); resumed,
+/// it continues with the recipients not yet sent: every recipient gets exactly one message.
+async fn a_paused_campaign_resumes_without_a_second_copy_to_anyone(harness: Harness) {
+    const COUNT: usize = 1_500;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let id = harness.campaign("Paused", COUNT, 100).await;
+    let transport = transport(&server.url());
+    let worker = harness.start(worker_config("pause"), transport.clone());
+    harness.enqueue(id).await;
+    wait_until("the first messages at the server", CONDITION_LIMIT, || {
+        server.message_count() >= 200
+    })
+    .await;
+    assert!(
+        harness
+            .store
+            .transition_campaign(id, &[CampaignStatus::Sending], CampaignStatus::Paused)
+            .await
+            .unwrap()
+    );
+    // Running batches notice within their status check; after that nothing more is sent.
+    let deadline = Instant::now() + CONDITION_LIMIT;
+    let settled = loop {
+        let before = server.message_count();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let after = server.message_count();
+        if before == after {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "sending did not stop after the pause");
+    };
+    assert!(settled < COUNT, "paused mid-campaign: {settled} of {COUNT} arrived");
+    assert_eq!(harness.status(id).await, CampaignStatus::Paused);
+
+    assert!(
+        processor::resume_campaign(harness.store.as_ref(), harness.tasks.as_ref(), id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !processor::resume_campaign(harness.store.as_ref(), harness.tasks.as_ref(), id)
+            .await
+            .unwrap(),
+        "resuming twice does nothing more"
+    );
+    let status = harness.wait_final(id).await;
+    worker.stop().await;
+    transport.close().await;
+    assert_eq!(status, CampaignStatus::Completed);
+    assert_eq!(
+        harness.counts(id).await.get(DeliveryStatus::Sent),
+        COUNT as i64
+    );
+    let arrived = arrivals(&server);
+    let ids: HashSet<&str> = arrived.iter().map(|a| a.message_id.as_str()).collect();
+    assert_eq!(arrived.len(), COUNT, "one message per recipient, no more");
+    assert_eq!(ids.len(), COUNT);
+}
+
 macro_rules! delivery_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -810,6 +871,7 @@ macro_rules! delivery_suite {
             case!(a_server_gone_mid_campaign_loses_no_recipient);
             case!(suppressed_recipients_are_recorded_and_never_sent);
             case!(an_aborted_worker_loses_nothing_and_duplicates_stay_within_in_flight);
+            case!(a_paused_campaign_resumes_without_a_second_copy_to_anyone);
         }
     };
 }
