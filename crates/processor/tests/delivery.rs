@@ -818,9 +818,15 @@ async fn a_paused_campaign_resumes_without_a_second_copy_to_anyone(harness: Harn
         if before == after {
             break after;
         }
-        assert!(Instant::now() < deadline, "sending did not stop after the pause");
+        assert!(
+            Instant::now() < deadline,
+            "sending did not stop after the pause"
+        );
     };
-    assert!(settled < COUNT, "paused mid-campaign: {settled} of {COUNT} arrived");
+    assert!(
+        settled < COUNT,
+        "paused mid-campaign: {settled} of {COUNT} arrived"
+    );
     assert_eq!(harness.status(id).await, CampaignStatus::Paused);
 
     assert!(
