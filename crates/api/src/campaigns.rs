@@ -154,6 +154,7 @@ async fn create(
 async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, ApiError> {
     let document = CampaignDocument::from_json(body, &state.settings.limits)?;
     check_templates(state, &document)?;
+    crate::recipients::check_recipient_count(state, document.recipients.len())?;
     let recipients = document
         .recipients
         .iter()

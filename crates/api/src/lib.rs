@@ -45,6 +45,9 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// The largest recipient upload (CSV is streamed, so this may be large), in bytes.
     pub max_import_bytes: u64,
+    /// The most recipients one request may add (inline in a campaign, a JSON array or a CSV
+    /// upload); larger lists go in several uploads.
+    pub max_recipients_per_request: u64,
     /// Requests per API key on `/api/v1` (429 with Retry-After beyond it); `None`: no limit.
     pub rate_limit: Option<RateLimit>,
 }
@@ -73,6 +76,7 @@ impl Default for ApiSettings {
             limits: Limits::default(),
             max_body_bytes: 8 * 1024 * 1024,
             max_import_bytes: 512 * 1024 * 1024,
+            max_recipients_per_request: 1_000_000,
             rate_limit: Some(RateLimit::default()),
         }
     }

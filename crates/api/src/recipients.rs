@@ -57,6 +57,7 @@ async fn add_recipients(
                     ))
                 })?;
             let recipients: Vec<Recipient> = parse_json(&bytes)?;
+            check_recipient_count(&state, recipients.len())?;
             state
                 .store
                 .import_recipients(id, recipient_stream(recipients.into_iter().map(Ok)))
@@ -72,14 +73,31 @@ async fn add_recipients(
     Ok(Json(report))
 }
 
+/// Refuses a request that adds more than MAX_RECIPIENTS_PER_REQUEST recipients.
+pub(crate) fn check_recipient_count(state: &AppState, count: usize) -> Result<(), ApiError> {
+    let limit = state.settings.max_recipients_per_request;
+    if count as u64 > limit {
+        return Err(too_many_recipients(limit));
+    }
+    Ok(())
+}
+
+fn too_many_recipients(limit: u64) -> ApiError {
+    ApiError::TooLarge(format!(
+        "one request may add at most {limit} recipients (MAX_RECIPIENTS_PER_REQUEST); split the list into several uploads; nothing was imported"
+    ))
+}
+
 async fn import_csv(
     state: &AppState,
     id: campaign::CampaignId,
     body: Body,
 ) -> Result<ImportReport, ApiError> {
     let limit = state.settings.max_import_bytes;
+    let max_rows = state.settings.max_recipients_per_request;
     let too_large = Arc::new(AtomicBool::new(false));
-    let (rows, header) = csv_rows(body, limit, too_large.clone());
+    let too_many = Arc::new(AtomicBool::new(false));
+    let (rows, header) = csv_rows(body, limit, max_rows, too_large.clone(), too_many.clone());
     // The header is read before anything is stored, so a file without an `email` column
     // is refused without touching the campaign.
     header
@@ -101,16 +119,22 @@ async fn import_csv(
             "a recipient upload may be at most {limit} bytes; nothing was imported"
         )));
     }
+    if too_many.load(Ordering::Relaxed) {
+        return Err(too_many_recipients(max_rows));
+    }
     Ok(result?)
 }
 
 /// Parses CSV on a blocking thread (the csv crate reads synchronously) and hands rows over a
 /// bounded channel, so parsing and inserting overlap and memory stays bounded. The oneshot
-/// answers once the header row has been read.
+/// answers once the header row has been read. A file with more than `max_rows` rows ends in
+/// an error row after the limit, so the import rolls back and `too_many` says why.
 fn csv_rows(
     body: Body,
     limit: u64,
+    max_rows: u64,
     too_large: Arc<AtomicBool>,
+    too_many: Arc<AtomicBool>,
 ) -> (
     RecipientStream<'static>,
     oneshot::Receiver<Result<(), String>>,
@@ -140,8 +164,20 @@ fn csv_rows(
                 return;
             }
         };
-        for row in rows {
-            if row_sender.blocking_send(row).is_err() {
+        for (count, row) in (1u64..).zip(rows) {
+            let row = if count > max_rows {
+                too_many.store(true, Ordering::Relaxed);
+                Err(campaign::RowError {
+                    row: count,
+                    // Never shown: the request answers 413 from `too_many`.
+                    line: count + 1,
+                    message: format!("more than {max_rows} recipients in one request"),
+                })
+            } else {
+                row
+            };
+            let stop = count > max_rows;
+            if row_sender.blocking_send(row).is_err() || stop {
                 // The importer gave up (the request failed); stop reading.
                 return;
             }

@@ -1248,6 +1248,82 @@ async fn campaigns_page_with_a_cursor(app: TestApp) {
     assert_ne!(second["items"][0]["id"], first["items"][1]["id"]);
 }
 
+async fn a_request_adding_too_many_recipients_is_refused_whole(app: TestApp) {
+    let mut state = app.state.clone();
+    state.settings.max_recipients_per_request = 3;
+    let limited = TestApp {
+        base: format!("http://{}", serve(state.clone()).await),
+        client: app.client.clone(),
+        store: app.store.clone(),
+        state,
+        key: app.key.clone(),
+        _database: Box::new(()),
+    };
+    let addresses = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"email": format!("limit{i}@example.com"), "first_name": "Ann"}))
+            .collect()
+    };
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = json!(addresses(4));
+    let before = app.campaign_count().await;
+    let refused = limited.post_json("/api/v1/campaigns", &campaign).await;
+    assert_problem(
+        refused,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "MAX_RECIPIENTS_PER_REQUEST",
+        "four inline recipients",
+    )
+    .await;
+    assert_eq!(
+        app.campaign_count().await,
+        before,
+        "no campaign was created"
+    );
+
+    campaign["recipients"] = json!([]);
+    let created: Value = limited
+        .post_json("/api/v1/campaigns", &campaign)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/campaigns/{id}/recipients");
+    let refused = limited.post_json(&path, &json!(addresses(4))).await;
+    assert_problem(
+        refused,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "at most 3 recipients",
+        "a JSON array of four",
+    )
+    .await;
+    let csv = |n: usize| {
+        let mut body = String::from("email,first_name\n");
+        for i in 0..n {
+            body.push_str(&format!("limit{i}@example.com,Ann\n"));
+        }
+        body.into_bytes()
+    };
+    let refused = limited.post_bytes(&path, "text/csv", csv(5)).await;
+    assert_problem(
+        refused,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "nothing was imported",
+        "a CSV of five rows",
+    )
+    .await;
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(status["recipients"], 0, "nothing was imported: {status}");
+
+    let accepted = limited.post_bytes(&path, "text/csv", csv(3)).await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let report: Value = accepted.json().await.unwrap();
+    assert_eq!(report["imported"], 3);
+}
+
 macro_rules! api_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1274,6 +1350,7 @@ macro_rules! api_suite {
             case!(templates_are_checked_at_creation_and_previewed);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(campaigns_page_with_a_cursor);
+            case!(a_request_adding_too_many_recipients_is_refused_whole);
         }
     };
 }

@@ -45,6 +45,11 @@ pub struct ApiArgs {
     #[arg(long, env = "MAX_IMPORT_BYTES", default_value_t = 512 * 1024 * 1024, value_parser = max_import_bytes)]
     pub max_import_bytes: u64,
 
+    /// The most recipients one request may add (inline in a campaign document, a JSON array
+    /// or a CSV upload); beyond it the request is refused with 413 and nothing is imported.
+    #[arg(long, env = "MAX_RECIPIENTS_PER_REQUEST", default_value_t = 1_000_000, value_parser = max_recipients_per_request)]
+    pub max_recipients_per_request: u64,
+
     /// Requests per second each API key may send to /api/v1 (a token bucket; beyond it: 429
     /// with Retry-After); 0 turns the limit off.
     #[arg(long, env = "API_RATE_LIMIT", default_value_t = 50.0, value_parser = api_rate_limit)]
@@ -344,6 +349,10 @@ fn max_batch_size(value: &str) -> Result<u32, String> {
 
 fn max_body_bytes(value: &str) -> Result<usize, String> {
     whole_number("MAX_BODY_BYTES", value, 1024..=1024 * 1024 * 1024).map(|n| n as usize)
+}
+
+fn max_recipients_per_request(value: &str) -> Result<u64, String> {
+    whole_number("MAX_RECIPIENTS_PER_REQUEST", value, 1..=100_000_000)
 }
 
 fn max_import_bytes(value: &str) -> Result<u64, String> {

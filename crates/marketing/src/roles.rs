@@ -188,6 +188,7 @@ fn api_state(
             limits: api_args.limits.limits(),
             max_body_bytes: api_args.max_body_bytes,
             max_import_bytes: api_args.max_import_bytes,
+            max_recipients_per_request: api_args.max_recipients_per_request,
             rate_limit: api_args.rate_limit(),
         },
     }
