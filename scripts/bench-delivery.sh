@@ -364,7 +364,7 @@ run_workers() {
     local worker_pids=()
     for i in $(seq 1 "$workers"); do
         LOG="$WORK/$name.worker$i.log" spawn env DATABASE_URL="$url" TASK_REPO_URL="http://127.0.0.1:$repo_port" \
-            TASK_REPO_TOKEN=$token TASK_CHECK_INTERVAL=0.2 WORKER_ID="bench-worker-$i" \
+            TASK_REPO_TOKEN=$token TASK_CHECK_INTERVAL=0.2 WORKER_ID="bench-worker-$i" METRICS_BIND=127.0.0.1:0 \
             SMTP_URL="smtp://127.0.0.1:$SINK_PORT?tls=none" \
             /usr/bin/time -v -o "$WORK/$name.worker$i.time" "$BIN" worker
         worker_pids+=("$STARTED")

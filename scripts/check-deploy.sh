@@ -76,6 +76,8 @@ print("check-deploy: services present; task-processor and campaign-processor can
 echo "check-deploy: $(promtool --version 2>&1 | head -n 1)"
 promtool check config deploy/prometheus/prometheus.yml \
     || fail "promtool rejected deploy/prometheus/prometheus.yml"
+promtool check rules deploy/prometheus/rules/*.yml \
+    || fail "promtool rejected the alert rules in deploy/prometheus/rules"
 
 # Grafana itself is not packaged for Debian: check what can be checked without it.
 /usr/bin/python3 - <<'EOF' || fail "Grafana provisioning files (see above)"
@@ -99,6 +101,23 @@ if "./grafana/dashboards:/var/lib/grafana/dashboards:ro" not in mounts:
 if "/var/lib/grafana/dashboards" not in paths:
     sys.exit(f"dashboards.yml: no provider reads /var/lib/grafana/dashboards (found {paths})")
 print("check-deploy: Grafana provisioning: datasource uid prometheus, dashboards from /var/lib/grafana/dashboards")
+import glob, json
+uids = set()
+for path in sorted(glob.glob("deploy/grafana/dashboards/*.json")):
+    with open(path) as f:
+        dashboard = json.load(f)
+    if not dashboard.get("uid") or dashboard["uid"] in uids:
+        sys.exit(f"{path}: missing or repeated dashboard uid")
+    uids.add(dashboard["uid"])
+    for panel in dashboard.get("panels", []):
+        for target in panel.get("targets", []):
+            if target.get("datasource", panel.get("datasource", {})).get("uid") != "prometheus":
+                sys.exit(f"{path}: panel {panel.get('title')!r} does not use the datasource uid prometheus")
+            if not target.get("expr"):
+                sys.exit(f"{path}: panel {panel.get('title')!r} has a target without a query")
+if not uids:
+    sys.exit("deploy/grafana/dashboards has no dashboards")
+print(f"check-deploy: {len(uids)} dashboards parse and query the provisioned datasource (their queries are evaluated by crates/marketing/tests/monitoring.rs)")
 EOF
 
 echo "check-deploy: OK (files validated only: no container engine runs here, no image was built)"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: installs or starts what the tests
-# need (PostgreSQL server, postfix smtp-sink, aiosmtpd, cargo-nextest), checks formatting and lints, builds once, then runs
+# need (PostgreSQL server, postfix smtp-sink, aiosmtpd, Prometheus, cargo-nextest), checks formatting and lints, builds once, then runs
 # the SQLite suite, the PostgreSQL suite and everything else, and prints how many tests each ran.
 #
-# With CI=true (or REQUIRE_POSTGRES=1 / REQUIRE_SMTP=1) a PostgreSQL server or SMTP sink that
-# cannot be started fails the run; otherwise those tests skip with a message.
+# With CI=true (or REQUIRE_POSTGRES=1 / REQUIRE_SMTP=1 / REQUIRE_PROMETHEUS=1) a PostgreSQL server,
+# SMTP sink or Prometheus that cannot be started fails the run; otherwise those tests skip with a
+# message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +89,28 @@ ensure_dkimpy() {
   fi
 }
 
+# Prometheus and promtool (Debian package prometheus): the monitoring tests run a real
+# Prometheus against the roles and lint their /metrics. Without recommends: the package
+# recommends a node exporter the tests do not need.
+ensure_prometheus() {
+  if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    say "installing Prometheus (prometheus, promtool)"
+    if ! $apt_updated; then
+      apt-get update -qq
+      apt_updated=true
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || true
+  fi
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    echo "Prometheus ready: $(prometheus --version 2>&1 | head -n 1)"
+  elif ci || [[ "${REQUIRE_PROMETHEUS:-}" == "1" ]]; then
+    echo "error: Prometheus is required (CI) but could not be installed" >&2
+    exit 1
+  else
+    echo "warning: Prometheus is not installed; the monitoring tests will skip" >&2
+  fi
+}
+
 declare -a summary=()
 failed=0
 run_suite() {
@@ -109,8 +132,9 @@ ensure_nextest
 ensure_postgres
 ensure_smtp_servers
 ensure_dkimpy
+ensure_prometheus
 if ci; then
-  export REQUIRE_POSTGRES=1 REQUIRE_SMTP=1 REQUIRE_DKIMPY=1
+  export REQUIRE_POSTGRES=1 REQUIRE_SMTP=1 REQUIRE_DKIMPY=1 REQUIRE_PROMETHEUS=1
 fi
 
 say "cargo fmt --check"

@@ -1,6 +1,8 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
-use crate::config::{ApiArgs, LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs, redacted};
+use crate::config::{
+    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, StoreArgs, TransportArgs, WorkerArgs, redacted,
+};
 use crate::submit::SubmitArgs;
 use crate::task_commands::{TaskRepoClientArgs, TaskRepoServiceArgs, TasksCommand};
 use crate::{report, roles, task_commands};
@@ -152,6 +154,8 @@ pub enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         transport: TransportArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Run a campaign processor: starts scheduled campaigns when due (scale-out role).
     Scheduler {
@@ -385,7 +389,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limits,
             worker,
             transport,
-        } => roles::worker(&repo, &links, &limits, &worker, &transport).await,
+            metrics,
+        } => roles::worker(&repo, &links, &limits, &worker, &transport, &metrics).await,
         Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
         Command::Submit(args) => crate::submit::submit(*args).await,
     }

@@ -278,6 +278,24 @@ fn shutdown_grace(value: &str) -> Result<f64, String> {
     }
 }
 
+/// Where a role without an HTTP API of its own (worker, scheduler) serves `/metrics`,
+/// `/health` and `/ready`.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Address of this process's metrics listener (/metrics, /health, /ready). Port 0 picks a
+    /// free port (logged at start): use it when several workers share a host.
+    #[arg(long, env = "METRICS_BIND", default_value = "127.0.0.1:9101", value_parser = metrics_bind)]
+    pub metrics_bind: SocketAddr,
+}
+
+fn metrics_bind(value: &str) -> Result<SocketAddr, String> {
+    socket_addr(
+        "METRICS_BIND",
+        "127.0.0.1:9101 (or 0.0.0.0:9100 in a container)",
+        value,
+    )
+}
+
 /// Limits on campaign documents.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
@@ -395,6 +413,11 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         assert!(api_bind("localhost").unwrap_err().starts_with("API_BIND"));
+        assert!(
+            metrics_bind("9101")
+                .unwrap_err()
+                .starts_with("METRICS_BIND")
+        );
         assert!(
             api_rate_limit("-1")
                 .unwrap_err()

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod monitoring;
 mod report;
 mod roles;
 mod send;

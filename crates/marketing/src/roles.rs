@@ -1,7 +1,10 @@
 //! The long-running roles. Each logs where it listens and which store, task repository and
 //! transport it uses, and stops cleanly on SIGINT/SIGTERM.
 
-use crate::config::{ApiArgs, LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs, redacted};
+use crate::config::{
+    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, StoreArgs, TransportArgs, WorkerArgs, redacted,
+};
+use crate::monitoring::{self, Monitoring};
 use crate::task_commands::TaskRepoClientArgs;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -40,14 +43,20 @@ pub fn shutdown_token() -> CancellationToken {
 
 /// `marketing api`: the HTTP API alone.
 pub async fn serve_api(repo: &TaskRepoClientArgs, api_args: &ApiArgs) -> anyhow::Result<ExitCode> {
+    metrics::set_build_info("api");
     let store = open_store("api", &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo("api", repo);
     let links = api_args.links.links(store.as_ref()).await?;
+    let monitoring = Monitoring {
+        queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
+        ..Monitoring::default()
+    };
     run_api(
         "api",
         api_state(store, tasks, api_args, links),
         api_args,
+        monitoring,
         shutdown_token(),
     )
     .await?;
@@ -62,6 +71,7 @@ pub async fn serve(
     worker_args: &WorkerArgs,
     transport_args: &TransportArgs,
 ) -> anyhow::Result<ExitCode> {
+    metrics::set_build_info("serve");
     let store = open_store("serve", store_args).await?;
     let local = tasks::connect(&store_args.database_url)
         .await
@@ -88,10 +98,15 @@ pub async fn serve(
     );
     log_worker("serve", &worker, transport.as_ref());
     let worker_run = tokio::spawn(worker.run(shutdown.clone()));
+    let monitoring = Monitoring {
+        queue: Some(tasks.clone()),
+        ..Monitoring::default()
+    };
     let api = run_api(
         "serve",
         api_state(store, tasks, api_args, links),
         api_args,
+        monitoring,
         shutdown.clone(),
     )
     .await;
@@ -111,10 +126,25 @@ pub async fn worker(
     limits: &LimitArgs,
     worker_args: &WorkerArgs,
     transport_args: &TransportArgs,
+    metrics_args: &MetricsArgs,
 ) -> anyhow::Result<ExitCode> {
+    metrics::set_build_info("worker");
     let store = open_store("worker", &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo("worker", repo);
+    let shutdown = shutdown_token();
+    let monitoring = Monitoring {
+        store: Some(store.clone()),
+        tasks: Some(tasks.clone()),
+        queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
+    };
+    let metrics_listener = monitoring::serve_role_metrics(
+        "worker",
+        metrics_args.metrics_bind,
+        monitoring,
+        shutdown.clone(),
+    )
+    .await?;
     let links = link_args.links(store.as_ref()).await?;
     let transport = transport_args.transport()?;
     let services = processor::Services {
@@ -133,8 +163,11 @@ pub async fn worker(
     );
     log_worker("worker", &worker, transport.as_ref());
     let stats = worker.stats();
-    worker.run(shutdown_token()).await;
+    worker.run(shutdown.clone()).await;
     transport.close().await;
+    // A worker that stops on its own (not by a signal) takes its metrics listener along.
+    shutdown.cancel();
+    let _ = metrics_listener.await;
     let done = stats.snapshot();
     tracing::info!(
         role = "worker",
@@ -199,6 +232,7 @@ async fn run_api(
     role: &str,
     state: api::AppState,
     api_args: &ApiArgs,
+    monitoring: Monitoring,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(api_args.api_bind)
@@ -210,7 +244,12 @@ async fn run_api(
         "API listening on http://{address} (public base URL {})",
         api_args.links.public_base_url
     );
-    axum::serve(listener, api::router(state))
+    // The API has its own /health and /ready; the binary adds /metrics and the request
+    // metrics around every route.
+    let router = monitoring::with_request_metrics(
+        api::router(state).merge(monitoring::metrics_route(monitoring)),
+    );
+    axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("the API server failed")?;

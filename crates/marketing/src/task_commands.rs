@@ -165,6 +165,7 @@ pub async fn run(command: TasksCommand) -> anyhow::Result<ExitCode> {
 
 /// `marketing task-repo`: serves the repository over HTTP until SIGINT/SIGTERM.
 pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
+    metrics::set_build_info("task-repo");
     let repo = tasks::connect(&args.store.database_url)
         .await
         .with_context(|| {
@@ -187,12 +188,21 @@ pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
         "task repository listening on http://{}",
         listener.local_addr()?
     );
-    axum::serve(
-        listener,
-        tasks::http::router(repo, args.task_repo_token.clone()),
-    )
-    .with_graceful_shutdown(crate::roles::shutdown_signal())
-    .await
-    .context("the task repository service failed")?;
+    // The service's own routes, plus /metrics (with the queue gauges, read from its tables)
+    // and /ready; neither needs the token, so Prometheus and probes need no secret.
+    let monitoring = crate::monitoring::Monitoring {
+        tasks: Some(repo.clone()),
+        queue: Some(repo.clone()),
+        ..Default::default()
+    };
+    let router = crate::monitoring::with_request_metrics(
+        tasks::http::router(repo, args.task_repo_token.clone())
+            .merge(crate::monitoring::metrics_route(monitoring.clone()))
+            .merge(crate::monitoring::ready_route(monitoring)),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(crate::roles::shutdown_signal())
+        .await
+        .context("the task repository service failed")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -209,6 +209,8 @@ impl Cluster {
             ("TASK_CHECK_INTERVAL", "0.2".into()),
             ("TASK_LEASE_SECONDS", "3".into()),
             ("SHUTDOWN_GRACE", "10".into()),
+            // Several workers on one host: each picks a free metrics port.
+            ("METRICS_BIND", "127.0.0.1:0".into()),
         ];
         Some(Cluster {
             dir,

@@ -344,6 +344,8 @@ mod sqlite {
                 ("TASK_REPO_URL", &repo_url),
                 ("SMTP_URL", &sink.url()),
                 ("TASK_CHECK_INTERVAL", "0.2"),
+                // Tests run in parallel: the default metrics port would collide.
+                ("METRICS_BIND", "127.0.0.1:0"),
             ],
         );
         let submit = |token: &str| {

@@ -39,12 +39,17 @@ pub(crate) struct Shared {
     /// One permit per message from before it is sent until its outcome is committed.
     pub in_flight: Arc<Semaphore>,
     pub stats: Arc<Stats>,
+    /// The transport as the metrics' `transport` label (`smtp`, `outbox`).
+    pub transport_label: &'static str,
     compiled: Mutex<HashMap<CampaignId, Arc<message::CompiledCampaign>>>,
 }
 
 impl Shared {
     pub fn new(services: Services, in_flight: usize, stats: Arc<Stats>) -> Shared {
+        let transport_label = metrics::transport_label(&services.transport.describe());
+        metrics::init_transport(transport_label);
         Shared {
+            transport_label,
             recorder: Recorder::start(services.store.clone()),
             services,
             in_flight: Arc::new(Semaphore::new(in_flight.max(1))),
@@ -200,6 +205,7 @@ pub(crate) async fn deliver(
         // Cancelled or finished: nothing to do.
         return Ok(json!({"skipped": format!("the campaign is {}", record.status)}));
     }
+    let started = Instant::now();
     let compiled = shared.compiled(&record);
     let policy = record.document.retry.clone();
     let due = store
@@ -242,6 +248,7 @@ pub(crate) async fn deliver(
         match message {
             Err(error) => {
                 drop(permit);
+                metrics::record_render_error();
                 tracing::warn!(campaign = %id, recipient = recipient.id, %error, "message cannot be built");
                 sends.spawn(record_only(
                     shared,
@@ -256,9 +263,12 @@ pub(crate) async fn deliver(
                 let transport = services.transport.clone();
                 let recorder = shared.recorder.clone();
                 let stats = shared.stats.clone();
+                let transport_label = shared.transport_label;
                 let policy = policy.clone();
                 sends.spawn(async move {
+                    let sending = Instant::now();
                     let result = transport.send(message).await;
+                    metrics::observe_send(transport_label, sending.elapsed().as_secs_f64());
                     let kind = outcome_of(
                         &result,
                         recipient.attempts,
@@ -266,6 +276,7 @@ pub(crate) async fn deliver(
                         OffsetDateTime::now_utc(),
                     );
                     stats.count(&kind);
+                    metrics::record_message(transport_label, outcome_metric(&kind));
                     let outcome = DeliveryOutcome {
                         recipient_id: recipient.id,
                         result: kind.clone(),
@@ -291,6 +302,7 @@ pub(crate) async fn deliver(
         }
     }
     shared.stats.batch_done();
+    metrics::observe_batch(started.elapsed().as_secs_f64());
 
     let follow_up = match halt {
         Some(Halt::LeaseLost) => None,
@@ -359,8 +371,10 @@ fn record_only(
 ) -> impl std::future::Future<Output = OutcomeKind> + Send + 'static {
     let recorder = shared.recorder.clone();
     let stats = shared.stats.clone();
+    let transport_label = shared.transport_label;
     async move {
         stats.count(&kind);
+        metrics::record_message(transport_label, outcome_metric(&kind));
         let outcome = DeliveryOutcome {
             recipient_id,
             result: kind.clone(),
@@ -372,6 +386,16 @@ fn record_only(
             );
         }
         kind
+    }
+}
+
+/// The metrics' name for an outcome.
+fn outcome_metric(kind: &OutcomeKind) -> metrics::MessageOutcome {
+    match kind {
+        OutcomeKind::Sent { .. } => metrics::MessageOutcome::Sent,
+        OutcomeKind::Deferred { .. } => metrics::MessageOutcome::Deferred,
+        OutcomeKind::Failed { .. } => metrics::MessageOutcome::Failed,
+        OutcomeKind::Suppressed => metrics::MessageOutcome::Suppressed,
     }
 }
 

@@ -133,6 +133,7 @@ impl Worker {
     /// (see [`WakingTasks`]), so the worker does not wait for its next check.
     pub fn new(config: WorkerConfig, services: Services, wake: Option<Arc<Notify>>) -> Worker {
         let stats = Arc::new(Stats::default());
+        metrics::init_task_kinds(&[SEND_CAMPAIGN, SEND_BATCH]);
         Worker {
             shared: Arc::new(Shared::new(services, config.in_flight, stats)),
             config,
@@ -258,6 +259,7 @@ async fn run_task(
     held: HeldTasks,
 ) {
     let lease = task.lease();
+    metrics::record_task_claimed(&task.kind);
     let outcome = match task.kind.as_str() {
         SEND_CAMPAIGN => match serde_json::from_value::<SendCampaign>(task.payload.clone()) {
             Ok(job) => split(&shared, job).await,
@@ -273,9 +275,16 @@ async fn run_task(
     };
     let tasks = &shared.services.tasks;
     let reported = match outcome {
-        Ok(result) => tasks.complete(&worker, lease, result).await,
+        Ok(result) => {
+            let completed = tasks.complete(&worker, lease, result).await;
+            if completed.is_ok() {
+                metrics::record_task_completed(&task.kind);
+            }
+            completed
+        }
         Err(err) => {
             tracing::warn!(task = %task.id, kind = %task.kind, error = %err, "task failed; it is retried after backoff");
+            metrics::record_task_failed(&task.kind);
             tasks
                 .fail(&worker, lease, &err.to_string())
                 .await
@@ -417,6 +426,10 @@ impl TaskRepository for WakingTasks {
 
     async fn counts(&self) -> Result<BTreeMap<&'static str, i64>, TaskError> {
         self.inner.counts().await
+    }
+
+    async fn oldest_due(&self) -> Result<Option<time::OffsetDateTime>, TaskError> {
+        self.inner.oldest_due().await
     }
 
     async fn requeue(&self, id: Uuid) -> Result<Task, TaskError> {

@@ -143,12 +143,23 @@ macro_rules! task_repository {
                     };
                     let wanted = i64::from(limit);
                     let mut tasks: Vec<Task> = Vec::new();
-                    let mut keep_running = |rows: Vec<<$db as sqlx::Database>::Row>| -> Result<(), TaskError> {
+                    // `expired` tells the rows taken over from a lease that ran out (crash
+                    // recovery) from the pending ones, for the metrics.
+                    let mut keep_running = |rows: Vec<<$db as sqlx::Database>::Row>, expired: Option<bool>| -> Result<(), TaskError> {
                         for row in rows {
                             let task = task_from_row(&row)?;
+                            let from_expired = match expired {
+                                Some(expired) => expired,
+                                None => row.try_get::<bool, _>("from_expired")?,
+                            };
+                            if from_expired {
+                                metrics::record_lease_expiry();
+                            }
                             // Tasks that just went dead are not handed out.
                             if task.status == TaskStatus::Running {
                                 tasks.push(task);
+                            } else if task.status == TaskStatus::Dead {
+                                metrics::record_task_dead(&task.kind);
                             }
                         }
                         Ok(())
@@ -166,8 +177,8 @@ macro_rules! task_repository {
                             .push_bind(wanted)
                             .push(" - (SELECT COUNT(*) FROM expired)))) ");
                         set(&mut builder);
-                        builder.push(" FROM picked WHERE tasks.id = picked.id RETURNING tasks.*");
-                        keep_running(builder.build().fetch_all(&self.pool).await?)?;
+                        builder.push(" FROM picked WHERE tasks.id = picked.id RETURNING tasks.*, tasks.id IN (SELECT id FROM expired) AS from_expired");
+                        keep_running(builder.build().fetch_all(&self.pool).await?, None)?;
                     } else {
                         // SQLite: both statements inside BEGIN IMMEDIATE, which holds the only
                         // write lock, so no other claim can pick the same rows.
@@ -181,7 +192,7 @@ macro_rules! task_repository {
                             builder.push(") RETURNING ").push(COLUMNS);
                             let rows = builder.build().fetch_all(&mut *tx).await?;
                             claimed += rows.len() as i64;
-                            keep_running(rows)?;
+                            keep_running(rows, Some(expired))?;
                             if claimed >= wanted {
                                 break;
                             }
@@ -295,7 +306,13 @@ macro_rules! task_repository {
                     .execute(&self.pool)
                     .await?
                     .rows_affected();
-                    if changed == 1 { Ok(status) } else { Err(lease_error(self, worker, lease).await) }
+                    if changed != 1 {
+                        return Err(lease_error(self, worker, lease).await);
+                    }
+                    if status == TaskStatus::Dead {
+                        metrics::record_task_dead(&task.kind);
+                    }
+                    Ok(status)
                 }
 
                 async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {
@@ -330,6 +347,17 @@ macro_rules! task_repository {
                         counts.insert(status.as_str(), row.try_get("n")?);
                     }
                     Ok(counts)
+                }
+
+                async fn oldest_due(&self) -> Result<Option<time::OffsetDateTime>, TaskError> {
+                    // Read once per scrape: a scan of the pending rows (the partial index keeps them few).
+                    let oldest: Option<DbTime> = sqlx::query_scalar(
+                        "SELECT run_after FROM tasks WHERE status = 'pending' AND run_after <= $1 ORDER BY run_after LIMIT 1",
+                    )
+                    .bind(DbTime::from(self.clock.now()))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(oldest.map(|t| t.0))
                 }
 
                 async fn requeue(&self, id: Uuid) -> Result<Task, TaskError> {

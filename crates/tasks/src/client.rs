@@ -470,6 +470,19 @@ impl TaskRepository for HttpTaskRepository {
             .collect())
     }
 
+    async fn oldest_due(&self) -> Result<Option<time::OffsetDateTime>, TaskError> {
+        let answer: crate::http::OldestDue = self
+            .json(
+                Method::GET,
+                "/api/v1/tasks/oldest-due",
+                None,
+                Repeat::Safe,
+                Subject::default(),
+            )
+            .await?;
+        Ok(answer.run_after)
+    }
+
     async fn requeue(&self, id: Uuid) -> Result<Task, TaskError> {
         self.json(
             Method::POST,

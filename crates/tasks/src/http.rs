@@ -6,6 +6,7 @@
 //! - `POST /api/v1/tasks` ([`NewTask`]) → 201 [`Task`]; `POST /api/v1/tasks/batch` (array) → 201
 //! - `GET  /api/v1/tasks?status=&kind=&after=&limit=` → array of [`Task`], creation order
 //! - `GET  /api/v1/tasks/counts` → `{"pending": n, …}`
+//! - `GET  /api/v1/tasks/oldest-due` → `{"run_after": RFC 3339 or null}`
 //! - `POST /api/v1/tasks/claim` `{worker_id, kinds, limit, lease_ms}` → array of [`Task`]
 //! - `POST /api/v1/tasks/heartbeat` `{worker_id, leases, lease_ms}` → `{lost: [Lease]}`
 //! - `POST /api/v1/tasks/complete` `{worker_id, done: [{task_id, attempt, result}]}` →
@@ -175,6 +176,7 @@ pub fn router(repo: Arc<dyn TaskRepository>, token: Option<String>) -> Router {
         .route("/api/v1/tasks", post(create).get(list))
         .route("/api/v1/tasks/batch", post(create_many))
         .route("/api/v1/tasks/counts", get(counts))
+        .route("/api/v1/tasks/oldest-due", get(oldest_due))
         .route("/api/v1/tasks/claim", post(claim))
         .route("/api/v1/tasks/heartbeat", post(heartbeat))
         .route("/api/v1/tasks/complete", post(complete_many))
@@ -302,6 +304,19 @@ async fn list(
 
 async fn counts(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
     Ok(Json(repo.counts().await?))
+}
+
+/// The answer of `GET /api/v1/tasks/oldest-due`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OldestDue {
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub run_after: Option<time::OffsetDateTime>,
+}
+
+async fn oldest_due(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
+    Ok(Json(OldestDue {
+        run_after: repo.oldest_due().await?,
+    }))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

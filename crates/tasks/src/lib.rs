@@ -386,6 +386,11 @@ pub trait TaskRepository: Send + Sync {
     /// Tasks per status (every status present).
     async fn counts(&self) -> Result<BTreeMap<&'static str, i64>, TaskError>;
 
+    /// Since when the longest-waiting task has been due: the earliest `run_after` among
+    /// pending tasks that are due now; `None` when no due task waits. The queue-age metric is
+    /// now minus this.
+    async fn oldest_due(&self) -> Result<Option<OffsetDateTime>, TaskError>;
+
     /// Gives a dead task a fresh set of attempts.
     async fn requeue(&self, id: Uuid) -> Result<Task, TaskError>;
 }

@@ -455,6 +455,70 @@ async fn lists_page_in_creation_order_and_counts_add_up(f: Fixture) {
     );
 }
 
+async fn oldest_due_is_the_earliest_due_pending_task(f: Fixture) {
+    assert_eq!(f.repo.oldest_due().await.unwrap(), None, "an empty queue");
+    let first = f.repo.create(task("send_batch", 1)).await.unwrap();
+    f.clock.advance(Duration::seconds(10));
+    f.repo.create(task("send_batch", 2)).await.unwrap();
+    let mut later = task("send_batch", 3);
+    later.run_after = Some(f.clock.now_plus(Duration::minutes(5)));
+    f.repo.create(later).await.unwrap();
+    assert_eq!(
+        f.repo.oldest_due().await.unwrap(),
+        Some(first.run_after),
+        "the first task has waited longest; the one not yet due does not count"
+    );
+    let claimed = f
+        .repo
+        .claim("w", &kinds(&["send_batch"]), 2, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        f.repo.oldest_due().await.unwrap(),
+        None,
+        "claimed tasks no longer wait, and the remaining one is not due yet"
+    );
+}
+
+fn metric_value(series: &str) -> f64 {
+    metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Lease expiries (crash recoveries) and dead tasks are counted where the repository runs:
+/// in this process, also behind the HTTP service. Other tests share the counters, so only
+/// growth is asserted.
+async fn crash_recoveries_and_dead_tasks_are_counted(f: Fixture) {
+    let expiries = metric_value("task_lease_expiries_total");
+    let dead = metric_value(r#"tasks_dead_total{kind="counted_kind"}"#);
+    let mut fragile = task("counted_kind", 1);
+    fragile.max_attempts = 1;
+    f.repo.create(fragile).await.unwrap();
+    f.repo.create(task("counted_kind", 2)).await.unwrap();
+    let claimed = f
+        .repo
+        .claim("crashing", &kinds(&["counted_kind"]), 2, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    f.clock.advance(Duration::minutes(1));
+    let recovered = f
+        .repo
+        .claim("other", &kinds(&["counted_kind"]), 2, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        recovered.len(),
+        1,
+        "the task with attempts left is reclaimed"
+    );
+    assert!(metric_value("task_lease_expiries_total") >= expiries + 2.0);
+    assert!(metric_value(r#"tasks_dead_total{kind="counted_kind"}"#) >= dead + 1.0);
+}
+
 /// Claimers race over `total` tasks: each must be completed exactly once, and no task may be
 /// handed to two claimers (leases are long enough never to expire here).
 async fn concurrent_claimers_complete_every_task_once(f: Fixture, claimers: usize, total: u64) {
@@ -596,6 +660,8 @@ macro_rules! contract_suite {
             case!(failures_back_off_then_die_and_can_be_requeued);
             case!(a_lease_lost_on_the_last_attempt_ends_the_task);
             case!(lists_page_in_creation_order_and_counts_add_up);
+            case!(oldest_due_is_the_earliest_due_pending_task);
+            case!(crash_recoveries_and_dead_tasks_are_counted);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_claimers_complete_every_task_once() {

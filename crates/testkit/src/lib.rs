@@ -32,6 +32,12 @@ pub fn smtp_required() -> bool {
     flag("CI") || flag("REQUIRE_SMTP")
 }
 
+/// True when a missing Prometheus (`prometheus`, `promtool`) must fail the run rather than
+/// skip.
+pub fn prometheus_required() -> bool {
+    flag("CI") || flag("REQUIRE_PROMETHEUS")
+}
+
 fn flag(name: &str) -> bool {
     std::env::var(name)
         .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
