@@ -1,6 +1,8 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
-use crate::config::{ApiArgs, LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs, redacted};
+use crate::config::{
+    ApiArgs, LimitArgs, LinkArgs, SchedulerArgs, StoreArgs, TransportArgs, WorkerArgs, redacted,
+};
 use crate::submit::SubmitArgs;
 use crate::task_commands::{TaskRepoClientArgs, TaskRepoServiceArgs, TasksCommand};
 use crate::{report, roles, task_commands};
@@ -11,9 +13,6 @@ use clap::{Parser, Subcommand};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Exit code for "the command exists but its behaviour has not landed yet".
-const NOT_IMPLEMENTED: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +39,8 @@ pub enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         transport: TransportArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
     /// Run only the HTTP API (scale-out role); `send` puts tasks in the task repository at
     /// TASK_REPO_URL (or in DATABASE_URL when unset).
@@ -153,10 +154,14 @@ pub enum Command {
         #[command(flatten)]
         transport: TransportArgs,
     },
-    /// Run a campaign processor: starts scheduled campaigns when due (scale-out role).
+    /// Run a campaign processor: queues scheduled campaigns when due, exactly once across
+    /// any number of replicas, into the task repository (TASK_REPO_URL, or DATABASE_URL
+    /// directly) (scale-out role).
     Scheduler {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
     /// Submit a campaign for sending from a campaign file and recipients (the original
     /// design's submission tool): through the HTTP API (--api), the task repository service
@@ -261,7 +266,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
             worker,
             transport,
-        } => roles::serve(&store, &api, &worker, &transport).await,
+            scheduler,
+        } => roles::serve(&store, &api, &worker, &transport, &scheduler).await,
         Command::Api { repo, api } => roles::serve_api(&repo, &api).await,
         Command::ApiKey(command) => api_key(command).await,
         Command::Campaigns(CampaignsCommand::List {
@@ -386,14 +392,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             worker,
             transport,
         } => roles::worker(&repo, &links, &limits, &worker, &transport).await,
-        Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
+        Command::Scheduler { repo, scheduler } => roles::scheduler(&repo, &scheduler).await,
         Command::Submit(args) => crate::submit::submit(*args).await,
     }
-}
-
-fn not_implemented(command: &str, lands_with: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("marketing {command}: not implemented yet; it lands with {lands_with}");
-    Ok(ExitCode::from(NOT_IMPLEMENTED))
 }
 
 pub(crate) fn read_campaign(

@@ -1,7 +1,9 @@
 //! The long-running roles. Each logs where it listens and which store, task repository and
 //! transport it uses, and stops cleanly on SIGINT/SIGTERM.
 
-use crate::config::{ApiArgs, LimitArgs, LinkArgs, StoreArgs, TransportArgs, WorkerArgs, redacted};
+use crate::config::{
+    ApiArgs, LimitArgs, LinkArgs, SchedulerArgs, StoreArgs, TransportArgs, WorkerArgs, redacted,
+};
 use crate::task_commands::TaskRepoClientArgs;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -54,13 +56,15 @@ pub async fn serve_api(repo: &TaskRepoClientArgs, api_args: &ApiArgs) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-/// `marketing serve`: the API and a task processor in one process, sharing the store and
-/// the task tables; a campaign sent through the API wakes the worker at once.
+/// `marketing serve`: the API, a task processor and a campaign processor in one process,
+/// sharing the store and the task tables; a campaign sent through the API wakes the worker at
+/// once.
 pub async fn serve(
     store_args: &StoreArgs,
     api_args: &ApiArgs,
     worker_args: &WorkerArgs,
     transport_args: &TransportArgs,
+    scheduler_args: &SchedulerArgs,
 ) -> anyhow::Result<ExitCode> {
     let store = open_store("serve", store_args).await?;
     let local = tasks::connect(&store_args.database_url)
@@ -88,6 +92,10 @@ pub async fn serve(
     );
     log_worker("serve", &worker, transport.as_ref());
     let worker_run = tokio::spawn(worker.run(shutdown.clone()));
+    let scheduler =
+        processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone());
+    log_scheduler("serve", &scheduler);
+    let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
         "serve",
         api_state(store, tasks, api_args, links),
@@ -98,6 +106,9 @@ pub async fn serve(
     // The API stops first (or failed to start): stop the worker too, then let it drain.
     shutdown.cancel();
     worker_run.await.context("the task processor panicked")?;
+    scheduler_run
+        .await
+        .context("the campaign processor panicked")?;
     transport.close().await;
     api?;
     tracing::info!(role = "serve", "stopped");
@@ -146,6 +157,31 @@ pub async fn worker(
         "stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `marketing scheduler`: a campaign processor alone; any number may run against one store.
+pub async fn scheduler(
+    repo: &TaskRepoClientArgs,
+    scheduler_args: &SchedulerArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store("scheduler", &repo.store).await?;
+    let tasks = repo.open().await?;
+    log_task_repo("scheduler", repo);
+    let scheduler = processor::Scheduler::new(scheduler_args.config(), store, tasks);
+    log_scheduler("scheduler", &scheduler);
+    scheduler.run(shutdown_token()).await;
+    tracing::info!(role = "scheduler", "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_scheduler(role: &str, scheduler: &processor::Scheduler) {
+    let config = scheduler.config();
+    tracing::info!(
+        role,
+        check_interval = ?config.check_interval,
+        timer_refresh = ?config.timer_refresh,
+        "campaign processor started"
+    );
 }
 
 fn log_task_repo(role: &str, repo: &TaskRepoClientArgs) {
