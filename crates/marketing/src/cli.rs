@@ -49,6 +49,9 @@ pub enum Command {
         repo: TaskRepoClientArgs,
         #[command(flatten)]
         api: ApiArgs,
+        // Carries `POST …/test` sends only; campaigns go out through the workers.
+        #[command(flatten)]
+        transport: TransportArgs,
     },
     /// Apply the database migrations and exit.
     Migrate {
@@ -268,7 +271,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transport,
             scheduler,
         } => roles::serve(&store, &api, &worker, &transport, &scheduler).await,
-        Command::Api { repo, api } => roles::serve_api(&repo, &api).await,
+        Command::Api {
+            repo,
+            api,
+            transport,
+        } => roles::serve_api(&repo, &api, &transport).await,
         Command::ApiKey(command) => api_key(command).await,
         Command::Campaigns(CampaignsCommand::List {
             status,

@@ -40,19 +40,26 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
-/// `marketing api`: the HTTP API alone.
-pub async fn serve_api(repo: &TaskRepoClientArgs, api_args: &ApiArgs) -> anyhow::Result<ExitCode> {
+/// `marketing api`: the HTTP API alone (its transport carries only test sends).
+pub async fn serve_api(
+    repo: &TaskRepoClientArgs,
+    api_args: &ApiArgs,
+    transport_args: &TransportArgs,
+) -> anyhow::Result<ExitCode> {
     let store = open_store("api", &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo("api", repo);
     let links = api_args.links.links(store.as_ref()).await?;
+    let transport = transport_args.transport()?;
+    tracing::info!(role = "api", transport = %transport.describe(), "test sends go through this transport");
     run_api(
         "api",
-        api_state(store, tasks, api_args, links),
+        api_state(store, tasks, api_args, links, transport.clone()),
         api_args,
         shutdown_token(),
     )
     .await?;
+    transport.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -98,7 +105,7 @@ pub async fn serve(
     let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
         "serve",
-        api_state(store, tasks, api_args, links),
+        api_state(store, tasks, api_args, links, transport.clone()),
         api_args,
         shutdown.clone(),
     )
@@ -214,8 +221,10 @@ fn api_state(
     tasks: Arc<dyn TaskRepository>,
     api_args: &ApiArgs,
     links: tracking::Links,
+    transport: Arc<dyn delivery::Transport>,
 ) -> api::AppState {
     api::AppState {
+        transport: Some(transport),
         links: Arc::new(links),
         message_settings: message::MessageSettings::default(),
         store,
