@@ -277,6 +277,15 @@ pub(crate) struct StatusView {
     updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     scheduled_at: Option<OffsetDateTime>,
+    /// When it was queued for sending (for a scheduled campaign: when its time was seen).
+    #[serde(with = "time::serde::rfc3339::option")]
+    queued_at: Option<OffsetDateTime>,
+    /// Seconds between `scheduled_at` and `queued_at` (0 when on time); absent until a
+    /// scheduled campaign is queued.
+    start_delay_seconds: Option<f64>,
+    /// True when the campaign was queued more than 2 s after its `scheduled_at` (no campaign
+    /// processor was running at the time, for example).
+    started_late: bool,
     #[serde(with = "time::serde::rfc3339::option")]
     started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -303,6 +312,8 @@ async fn status(
 pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<StatusView, ApiError> {
     let campaign = find(state, raw_id).await?;
     let deliveries = state.store.delivery_counts(campaign.id).await?;
+    let start_delay_seconds = campaign.start_delay().map(|delay| delay.as_seconds_f64());
+    let started_late = campaign.started_late();
     Ok(StatusView {
         id: campaign.id,
         name: campaign.name,
@@ -312,6 +323,9 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
         created_at: campaign.created_at,
         updated_at: campaign.updated_at,
         scheduled_at: campaign.scheduled_at,
+        queued_at: campaign.queued_at,
+        start_delay_seconds,
+        started_late,
         started_at: campaign.started_at,
         completed_at: campaign.completed_at,
     })

@@ -14,6 +14,7 @@ pub mod problem;
 pub mod rate_limit;
 mod recipients;
 mod suppressions;
+mod test_send;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use store::CampaignStore;
 
 pub use problem::ApiError;
+pub use test_send::{MAX_TEST_ADDRESSES, TEST_SUBJECT_MARK};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -34,6 +36,8 @@ pub struct AppState {
     pub links: Arc<tracking::Links>,
     /// Template limits (fuel, recursion, rendered size).
     pub message_settings: message::MessageSettings,
+    /// Where `POST …/test` sends; `None` in a process without a transport (it answers 503).
+    pub transport: Option<Arc<dyn delivery::Transport>>,
 }
 
 /// Limits and knobs of the API, from configuration.
@@ -91,6 +95,7 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(recipients::routes())
         .merge(control::routes())
         .merge(preview::routes())
+        .merge(test_send::routes())
         .merge(suppressions::routes())
 }
 

@@ -28,6 +28,7 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         settings: api::ApiSettings::default(),
         links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
         message_settings: message::MessageSettings::default(),
+        transport: None,
     };
     let address = serve(state.clone()).await;
     let key = api::auth::create_api_key(store.as_ref(), "tests")
@@ -621,6 +622,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         "POST /api/v1/campaigns/{id}/resume",
         "POST /api/v1/campaigns/{id}/schedule",
         "POST /api/v1/campaigns/{id}/send",
+        "POST /api/v1/campaigns/{id}/test",
         "DELETE /api/v1/suppressions/{email}",
         "GET /api/v1/suppressions",
         "POST /api/v1/suppressions",
@@ -652,7 +654,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 16);
+    assert_eq!(protected_routes(&app).await.len(), 17);
     let created = api::auth::create_api_key(app.store.as_ref(), "to revoke")
         .await
         .unwrap();
@@ -860,6 +862,113 @@ async fn scheduling_is_validated_and_controls_are_idempotent(app: TestApp) {
         "cancel unknown",
     )
     .await;
+}
+
+/// A test send renders the campaign's message with a marked subject and delivers it through
+/// the transport (aiosmtpd here) to each address, leaving the campaign exactly as it was; bad
+/// requests are problem+json, and a process without a transport says so.
+async fn a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone(app: TestApp) {
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/campaigns/{id}/test");
+    let status_path = format!("/api/v1/campaigns/{id}/status");
+    let (_, before) = app.get_json(&status_path).await;
+    let valid = json!({"addresses": ["qa1@example.com", "QA2@example.com"], "fields": {"first_name": "Tess"}});
+
+    assert_problem(
+        app.post_json(&path, &valid).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no mail transport",
+        "no transport",
+    )
+    .await;
+
+    let Some(server) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(server.url()),
+        connections: 1,
+        ..delivery::TransportConfig::default()
+    })
+    .unwrap();
+    let with_transport = api::AppState {
+        transport: Some(transport),
+        ..app.state.clone()
+    };
+    let address = serve(with_transport).await;
+    let url = |path: &str| format!("http://{address}{path}");
+    let post = |body: Value| app.client.post(url(&path)).json(&body).send();
+
+    let eleven: Vec<String> = (0..11).map(|n| format!("qa{n}@example.com")).collect();
+    for (case, body, needle) in [
+        ("none", json!({"addresses": []}), "give 1 to 10 addresses"),
+        (
+            "eleven",
+            json!({"addresses": eleven}),
+            "give 1 to 10 addresses",
+        ),
+        (
+            "bad address",
+            json!({"addresses": ["not-an-address"]}),
+            "addresses[0]",
+        ),
+        (
+            "unknown field",
+            json!({"addresses": ["qa@example.com"], "cc": []}),
+            "unknown field `cc`",
+        ),
+    ] {
+        assert_problem(
+            post(body).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            needle,
+            case,
+        )
+        .await;
+    }
+    assert_eq!(server.message_count(), 0, "nothing sent for a bad request");
+
+    let response = post(valid).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r["accepted"] == true), "{body}");
+
+    let messages = server.messages();
+    assert_eq!(messages.len(), 2);
+    let mut rcpts = Vec::new();
+    for raw in &messages {
+        let text = String::from_utf8_lossy(raw);
+        let header = |name: &str| {
+            text.lines()
+                .take_while(|l| !l.is_empty())
+                .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                .map(|l| l[name.len() + 1..].trim().to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            header("subject").starts_with(api::TEST_SUBJECT_MARK),
+            "{}",
+            header("subject")
+        );
+        assert!(text.contains("Tess"), "rendered with the given fields");
+        rcpts.push(header("x-rcptto").to_ascii_lowercase());
+    }
+    rcpts.sort();
+    assert_eq!(rcpts, ["qa1@example.com", "qa2@example.com"]);
+
+    let (_, after) = app.get_json(&status_path).await;
+    for field in [
+        "status",
+        "deliveries",
+        "recipients",
+        "queued_at",
+        "started_at",
+    ] {
+        assert_eq!(before[field], after[field], "{field} unchanged");
+    }
 }
 
 async fn an_idempotency_key_creates_once_under_concurrency(app: TestApp) {
@@ -1349,6 +1458,7 @@ macro_rules! api_suite {
             case!(suppressions_are_listed_added_and_removed);
             case!(templates_are_checked_at_creation_and_previewed);
             case!(scheduling_is_validated_and_controls_are_idempotent);
+            case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);
             case!(campaigns_page_with_a_cursor);
             case!(a_request_adding_too_many_recipients_is_refused_whole);
         }

@@ -1,7 +1,8 @@
 //! The command line: one subcommand per role or tool (names are part of the contract).
 
 use crate::config::{
-    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, StoreArgs, TransportArgs, WorkerArgs, redacted,
+    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, SchedulerArgs, StoreArgs, TransportArgs, WorkerArgs,
+    redacted,
 };
 use crate::submit::SubmitArgs;
 use crate::task_commands::{TaskRepoClientArgs, TaskRepoServiceArgs, TasksCommand};
@@ -13,9 +14,6 @@ use clap::{Parser, Subcommand};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Exit code for "the command exists but its behaviour has not landed yet".
-const NOT_IMPLEMENTED: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +40,8 @@ pub enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         transport: TransportArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
     },
     /// Run only the HTTP API (scale-out role); `send` puts tasks in the task repository at
     /// TASK_REPO_URL (or in DATABASE_URL when unset).
@@ -50,6 +50,9 @@ pub enum Command {
         repo: TaskRepoClientArgs,
         #[command(flatten)]
         api: ApiArgs,
+        // Carries `POST …/test` sends only; campaigns go out through the workers.
+        #[command(flatten)]
+        transport: TransportArgs,
     },
     /// Apply the database migrations and exit.
     Migrate {
@@ -157,10 +160,16 @@ pub enum Command {
         #[command(flatten)]
         metrics: MetricsArgs,
     },
-    /// Run a campaign processor: starts scheduled campaigns when due (scale-out role).
+    /// Run a campaign processor: queues scheduled campaigns when due, exactly once across
+    /// any number of replicas, into the task repository (TASK_REPO_URL, or DATABASE_URL
+    /// directly) (scale-out role).
     Scheduler {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Submit a campaign for sending from a campaign file and recipients (the original
     /// design's submission tool): through the HTTP API (--api), the task repository service
@@ -265,8 +274,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
             worker,
             transport,
-        } => roles::serve(&store, &api, &worker, &transport).await,
-        Command::Api { repo, api } => roles::serve_api(&repo, &api).await,
+            scheduler,
+        } => roles::serve(&store, &api, &worker, &transport, &scheduler).await,
+        Command::Api {
+            repo,
+            api,
+            transport,
+        } => roles::serve_api(&repo, &api, &transport).await,
         Command::ApiKey(command) => api_key(command).await,
         Command::Campaigns(CampaignsCommand::List {
             status,
@@ -391,14 +405,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transport,
             metrics,
         } => roles::worker(&repo, &links, &limits, &worker, &transport, &metrics).await,
-        Command::Scheduler { .. } => not_implemented("scheduler", "scheduling (issue #6)"),
+        Command::Scheduler {
+            repo,
+            scheduler,
+            metrics,
+        } => roles::scheduler(&repo, &scheduler, &metrics).await,
         Command::Submit(args) => crate::submit::submit(*args).await,
     }
-}
-
-fn not_implemented(command: &str, lands_with: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("marketing {command}: not implemented yet; it lands with {lands_with}");
-    Ok(ExitCode::from(NOT_IMPLEMENTED))
 }
 
 pub(crate) fn read_campaign(

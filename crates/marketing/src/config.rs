@@ -213,6 +213,28 @@ fn smtp_timeout(value: &str) -> Result<f64, String> {
     positive_seconds("SMTP_TIMEOUT", value)
 }
 
+/// The campaign processor's knobs.
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerArgs {
+    /// Seconds between full checks for due scheduled campaigns (and repairs of campaigns a
+    /// crash left queued without a task). Independent of it, a timer on the nearest
+    /// scheduled time, re-read every second, starts a campaign within about a second.
+    #[arg(long, env = "CAMPAIGN_CHECK_INTERVAL", default_value_t = 60.0, value_parser = campaign_check_interval)]
+    pub campaign_check_interval: f64,
+}
+
+impl SchedulerArgs {
+    pub fn config(&self) -> processor::SchedulerConfig {
+        processor::SchedulerConfig::new(std::time::Duration::from_secs_f64(
+            self.campaign_check_interval,
+        ))
+    }
+}
+
+fn campaign_check_interval(value: &str) -> Result<f64, String> {
+    positive_seconds("CAMPAIGN_CHECK_INTERVAL", value)
+}
+
 /// The task processor's knobs.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {

@@ -142,3 +142,65 @@ async fn ready(State(monitoring): State<Arc<Monitoring>>) -> Response {
     checked.insert("status".into(), json!("ready"));
     Json(serde_json::Value::Object(checked)).into_response()
 }
+
+/// Reports the campaign processor to Prometheus under the original names:
+/// `campaigns_processed_total{status}`, `campaign_processing_seconds` and
+/// `campaign_processor_healthy`. A watchdog turns the gauge to 0 when no check has succeeded
+/// for a while, so a loop that hangs (not only one that errors) shows as unhealthy.
+pub struct SchedulerMetrics {
+    last_success: std::sync::Mutex<std::time::Instant>,
+}
+
+impl SchedulerMetrics {
+    /// The processor checks at least every `timer_refresh`; missing several in a row is a stall.
+    fn stall_after(config: &processor::SchedulerConfig) -> Duration {
+        (config.timer_refresh * 5).max(Duration::from_secs(10))
+    }
+
+    /// Starts the watchdog (until `shutdown`) and returns the observer to hand the processor.
+    pub fn start(
+        config: processor::SchedulerConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<SchedulerMetrics> {
+        let observer = Arc::new(SchedulerMetrics {
+            last_success: std::sync::Mutex::new(std::time::Instant::now()),
+        });
+        // Healthy from the start only once a check succeeds; the gauge exists at 0 until then.
+        metrics::set_processor_healthy(false);
+        let stall_after = Self::stall_after(&config);
+        let watched = observer.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let since = watched.last_success.lock().expect("not poisoned").elapsed();
+                if since > stall_after {
+                    metrics::set_processor_healthy(false);
+                }
+            }
+        });
+        observer
+    }
+}
+
+impl processor::SchedulerObserver for SchedulerMetrics {
+    fn check_succeeded(&self, report: &processor::CheckReport, took: Duration) {
+        *self.last_success.lock().expect("not poisoned") = std::time::Instant::now();
+        metrics::set_processor_healthy(true);
+        if !report.enqueued.is_empty() {
+            // The check queued these campaigns together; each is charged its share.
+            let each = took.as_secs_f64() / report.enqueued.len() as f64;
+            for _ in &report.enqueued {
+                metrics::record_campaign_processed(metrics::ProcessedStatus::Success, each);
+            }
+        }
+    }
+
+    fn check_failed(&self, _error: &processor::ProcessorError) {
+        // The processor logs the error; the gauge says it cannot do its job right now.
+        metrics::set_processor_healthy(false);
+    }
+}

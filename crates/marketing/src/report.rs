@@ -102,10 +102,17 @@ pub async fn show_status(
                     let value = serde_json::json!({
                         "id": campaign.id, "name": campaign.name, "status": campaign.status,
                         "recipients": counts.total(), "deliveries": counts,
+                        "scheduled_at": campaign.scheduled_at.map(rfc3339),
+                        "queued_at": campaign.queued_at.map(rfc3339),
+                        "start_delay_seconds": campaign.start_delay().map(|d| d.as_seconds_f64()),
+                        "started_late": campaign.started_late(),
                     });
                     println!("{}", serde_json::to_string_pretty(&value)?);
                 } else {
                     println!("{} ({}): {}", campaign.name, campaign.id, campaign.status);
+                    if let Some(line) = schedule_line(&campaign) {
+                        println!("  {line}");
+                    }
                     for (state, count) in &counts.0 {
                         println!("  {state:<11} {count}");
                     }
@@ -126,6 +133,27 @@ pub async fn show_status(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// "scheduled for T, started 12.3 s late" (or "on time", or "not started yet").
+fn schedule_line(campaign: &store::CampaignRecord) -> Option<String> {
+    let scheduled = rfc3339(campaign.scheduled_at?);
+    Some(match campaign.start_delay() {
+        None => format!("scheduled for {scheduled}, not started yet"),
+        Some(delay) if campaign.started_late() => format!(
+            "scheduled for {scheduled}, started {:.1} s late",
+            delay.as_seconds_f64()
+        ),
+        Some(delay) => format!(
+            "scheduled for {scheduled}, started on time ({:.1} s after)",
+            delay.as_seconds_f64()
+        ),
+    })
 }
 
 pub async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn CampaignStore>> {

@@ -2,7 +2,8 @@
 //! transport it uses, and stops cleanly on SIGINT/SIGTERM.
 
 use crate::config::{
-    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, StoreArgs, TransportArgs, WorkerArgs, redacted,
+    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, SchedulerArgs, StoreArgs, TransportArgs, WorkerArgs,
+    redacted,
 };
 use crate::monitoring::{self, Monitoring};
 use crate::task_commands::TaskRepoClientArgs;
@@ -41,8 +42,12 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
-/// `marketing api`: the HTTP API alone.
-pub async fn serve_api(repo: &TaskRepoClientArgs, api_args: &ApiArgs) -> anyhow::Result<ExitCode> {
+/// `marketing api`: the HTTP API alone (its transport carries only test sends).
+pub async fn serve_api(
+    repo: &TaskRepoClientArgs,
+    api_args: &ApiArgs,
+    transport_args: &TransportArgs,
+) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("api");
     let store = open_store("api", &repo.store).await?;
     let tasks = repo.open().await?;
@@ -52,24 +57,29 @@ pub async fn serve_api(repo: &TaskRepoClientArgs, api_args: &ApiArgs) -> anyhow:
         queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
         ..Monitoring::default()
     };
+    let transport = transport_args.transport()?;
+    tracing::info!(role = "api", transport = %transport.describe(), "test sends go through this transport");
     run_api(
         "api",
-        api_state(store, tasks, api_args, links),
+        api_state(store, tasks, api_args, links, transport.clone()),
         api_args,
         monitoring,
         shutdown_token(),
     )
     .await?;
+    transport.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `marketing serve`: the API and a task processor in one process, sharing the store and
-/// the task tables; a campaign sent through the API wakes the worker at once.
+/// `marketing serve`: the API, a task processor and a campaign processor in one process,
+/// sharing the store and the task tables; a campaign sent through the API wakes the worker at
+/// once.
 pub async fn serve(
     store_args: &StoreArgs,
     api_args: &ApiArgs,
     worker_args: &WorkerArgs,
     transport_args: &TransportArgs,
+    scheduler_args: &SchedulerArgs,
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("serve");
     let store = open_store("serve", store_args).await?;
@@ -102,9 +112,17 @@ pub async fn serve(
         queue: Some(tasks.clone()),
         ..Monitoring::default()
     };
+    let scheduler =
+        processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone())
+            .with_observer(monitoring::SchedulerMetrics::start(
+                scheduler_args.config(),
+                shutdown.clone(),
+            ));
+    log_scheduler("serve", &scheduler);
+    let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
         "serve",
-        api_state(store, tasks, api_args, links),
+        api_state(store, tasks, api_args, links, transport.clone()),
         api_args,
         monitoring,
         shutdown.clone(),
@@ -113,6 +131,9 @@ pub async fn serve(
     // The API stops first (or failed to start): stop the worker too, then let it drain.
     shutdown.cancel();
     worker_run.await.context("the task processor panicked")?;
+    scheduler_run
+        .await
+        .context("the campaign processor panicked")?;
     transport.close().await;
     api?;
     tracing::info!(role = "serve", "stopped");
@@ -181,6 +202,50 @@ pub async fn worker(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `marketing scheduler`: a campaign processor alone; any number may run against one store.
+pub async fn scheduler(
+    repo: &TaskRepoClientArgs,
+    scheduler_args: &SchedulerArgs,
+    metrics_args: &MetricsArgs,
+) -> anyhow::Result<ExitCode> {
+    metrics::set_build_info("scheduler");
+    let store = open_store("scheduler", &repo.store).await?;
+    let tasks = repo.open().await?;
+    log_task_repo("scheduler", repo);
+    let shutdown = shutdown_token();
+    let monitoring = Monitoring {
+        store: Some(store.clone()),
+        tasks: Some(tasks.clone()),
+        queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
+    };
+    let metrics_listener = monitoring::serve_role_metrics(
+        "scheduler",
+        metrics_args.metrics_bind,
+        monitoring,
+        shutdown.clone(),
+    )
+    .await?;
+    let scheduler = processor::Scheduler::new(scheduler_args.config(), store, tasks).with_observer(
+        monitoring::SchedulerMetrics::start(scheduler_args.config(), shutdown.clone()),
+    );
+    log_scheduler("scheduler", &scheduler);
+    scheduler.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = metrics_listener.await;
+    tracing::info!(role = "scheduler", "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_scheduler(role: &str, scheduler: &processor::Scheduler) {
+    let config = scheduler.config();
+    tracing::info!(
+        role,
+        check_interval = ?config.check_interval,
+        timer_refresh = ?config.timer_refresh,
+        "campaign processor started"
+    );
+}
+
 fn log_task_repo(role: &str, repo: &TaskRepoClientArgs) {
     match &repo.task_repo_url {
         Some(url) => tracing::info!(role, "task repository: service at {url}"),
@@ -211,8 +276,10 @@ fn api_state(
     tasks: Arc<dyn TaskRepository>,
     api_args: &ApiArgs,
     links: tracking::Links,
+    transport: Arc<dyn delivery::Transport>,
 ) -> api::AppState {
     api::AppState {
+        transport: Some(transport),
         links: Arc::new(links),
         message_settings: message::MessageSettings::default(),
         store,

@@ -73,13 +73,19 @@ fn dotenv_is_read_and_flags_override_it() {
 }
 
 #[test]
-fn commands_that_have_not_landed_say_so_and_fail() {
+fn scheduler_and_submit_say_what_to_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let output = marketing(dir.path()).arg("scheduler").output().unwrap();
-    assert_eq!(output.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not implemented yet"));
+    let output = marketing(dir.path())
+        .arg("scheduler")
+        .env("CAMPAIGN_CHECK_INTERVAL", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("CAMPAIGN_CHECK_INTERVAL must be a positive number")
+    );
 
-    // `submit` has landed: it says what it needs instead.
     let output = marketing(dir.path()).arg("submit").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--template <FILE>"));

@@ -99,10 +99,15 @@ fn document(name: &str) -> CampaignDocument {
 }
 
 fn recipients(count: usize) -> Vec<Result<Recipient, campaign::RowError>> {
+    recipients_named("reader", count)
+}
+
+/// `count` recipients `{prefix}{n}@mail.example`.
+fn recipients_named(prefix: &str, count: usize) -> Vec<Result<Recipient, campaign::RowError>> {
     (0..count)
         .map(|n| {
             let object = serde_json::json!({
-                "email": format!("reader{n}@mail.example"),
+                "email": format!("{prefix}{n}@mail.example"),
                 "first_name": format!("Reader{n}"),
                 "n": n,
             });
@@ -258,6 +263,43 @@ impl Cluster {
     }
 }
 
+/// Waits until `log` contains `needle` (a process saying it is ready).
+async fn wait_for_log(log: impl Fn() -> String, needle: &str) {
+    wait_until(Duration::from_secs(30), needle, || {
+        let found = log().contains(needle);
+        async move { found }
+    })
+    .await;
+}
+
+/// Campaign ids in the campaign processor's "scheduled campaign enqueued" log lines.
+fn enqueued_in_log(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("scheduled campaign enqueued"))
+        .filter_map(|line| {
+            let start = line.find("campaign=")? + "campaign=".len();
+            line.get(start..start + 36).map(str::to_string)
+        })
+        .collect()
+}
+
+/// Polls the store until the campaign has left `scheduled`; returns its record.
+async fn wait_queued(
+    store: &dyn store::CampaignStore,
+    id: campaign::CampaignId,
+    limit: Duration,
+) -> store::CampaignRecord {
+    let deadline = Instant::now() + limit;
+    loop {
+        let record = store.get_campaign(id).await.unwrap().unwrap();
+        if record.status != CampaignStatus::Scheduled {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "not queued within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every recipient 0..count got a message with its own subject.
 fn assert_each_recipient_reached(arrivals: &Arrivals, count: usize) {
     let mut reached: HashMap<String, String> = HashMap::new();
@@ -370,10 +412,244 @@ mod postgres {
         assert!(arrived.copies.values().all(|&n| n <= 2));
         eprintln!("SIGKILL mid-campaign: {duplicates} duplicate(s) (bound {CONNECTIONS})");
     }
+
+    /// Three campaign processors on one PostgreSQL store, 200 campaigns due at the same
+    /// moment: each campaign is enqueued by exactly one of them (their logs name every
+    /// campaign once in all), and two workers deliver each recipient exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_schedulers_enqueue_each_due_campaign_exactly_once() {
+        let Some(sink) = Aiosmtpd::start() else {
+            return;
+        };
+        let Some(cluster) = Cluster::start(&sink).await else {
+            return;
+        };
+        const CAMPAIGNS: usize = 200;
+        const PER_CAMPAIGN: usize = 5;
+        let mut env = cluster.env.clone();
+        env.push(("CAMPAIGN_CHECK_INTERVAL", "60".into()));
+        let _schedulers: Vec<Process> = (1..=3)
+            .map(|n| {
+                spawn(
+                    &format!("scheduler-{n}"),
+                    cluster.dir.path(),
+                    &["scheduler"],
+                    &env,
+                )
+            })
+            .collect();
+        let _workers: Vec<Process> = (1..=2)
+            .map(|n| cluster.worker(&format!("worker-{n}")))
+            .collect();
+        for n in 1..=3 {
+            wait_for_log(
+                || cluster.log(&format!("scheduler-{n}")),
+                "campaign processor started",
+            )
+            .await;
+        }
+
+        let mut ids = Vec::new();
+        for c in 0..CAMPAIGNS {
+            let (record, _) = cluster
+                .store
+                .create_campaign(
+                    &document(&format!("Due {c}")),
+                    store::recipient_stream(recipients_named(&format!("c{c}r"), PER_CAMPAIGN)),
+                )
+                .await
+                .expect("campaign stored");
+            ids.push(record.id);
+        }
+        let due = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+            .replace_millisecond(0)
+            .unwrap();
+        for &id in &ids {
+            assert!(
+                cluster
+                    .store
+                    .schedule_campaign(id, Some(due))
+                    .await
+                    .unwrap()
+            );
+        }
+
+        for &id in &ids {
+            let status = cluster.wait_finished(id, Duration::from_secs(180)).await;
+            assert_eq!(status, CampaignStatus::Completed);
+        }
+        let mut enqueued: HashMap<String, usize> = HashMap::new();
+        let mut per_scheduler = Vec::new();
+        for n in 1..=3 {
+            let mine = enqueued_in_log(&cluster.log(&format!("scheduler-{n}")));
+            per_scheduler.push(mine.len());
+            for id in mine {
+                *enqueued.entry(id).or_default() += 1;
+            }
+        }
+        assert_eq!(enqueued.len(), CAMPAIGNS, "every campaign was enqueued");
+        for id in &ids {
+            assert_eq!(
+                enqueued.get(&id.to_string()),
+                Some(&1),
+                "campaign {id} enqueued once"
+            );
+        }
+        let mut latest = Duration::ZERO;
+        for &id in &ids {
+            let record = cluster.store.get_campaign(id).await.unwrap().unwrap();
+            let delay = record.start_delay().expect("queued after its schedule");
+            latest = latest.max(Duration::try_from(delay).unwrap());
+        }
+        eprintln!(
+            "enqueued per scheduler: {per_scheduler:?}; latest start {latest:?} after its time"
+        );
+
+        let arrived = arrivals(&sink);
+        assert_eq!(
+            arrived.total,
+            CAMPAIGNS * PER_CAMPAIGN,
+            "one message per recipient"
+        );
+        let reached: std::collections::HashSet<&String> =
+            arrived.by_id.values().map(|(rcpt, _)| rcpt).collect();
+        assert_eq!(
+            reached.len(),
+            CAMPAIGNS * PER_CAMPAIGN,
+            "distinct recipients"
+        );
+    }
 }
 
 mod sqlite {
     use super::*;
+
+    /// Starts `marketing scheduler` on a SQLite store and waits until it is running.
+    async fn start_scheduler(dir: &Path, url: &str) -> Process {
+        let process = spawn(
+            "scheduler",
+            dir,
+            &["scheduler"],
+            &[
+                ("DATABASE_URL", url.to_string()),
+                ("CAMPAIGN_CHECK_INTERVAL", "60".into()),
+            ],
+        );
+        let log = dir.join("scheduler.log");
+        wait_for_log(
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            "campaign processor started",
+        )
+        .await;
+        process
+    }
+
+    async fn draft(store: &dyn store::CampaignStore, name: &str) -> campaign::CampaignId {
+        let (record, _) = store
+            .create_campaign(&document(name), store::recipient_stream(recipients(3)))
+            .await
+            .unwrap();
+        record.id
+    }
+
+    /// The send task the campaign processor created for the campaign.
+    async fn send_campaign_tasks(url: &str, id: campaign::CampaignId) -> usize {
+        let tasks = tasks::connect(url).await.unwrap();
+        let page = tasks
+            .list(&tasks::TaskFilter {
+                status: None,
+                kind: Some(processor::SEND_CAMPAIGN.to_string()),
+                after: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        page.iter()
+            .filter(|task| task.payload["campaign_id"] == id.to_string())
+            .count()
+    }
+
+    /// With CAMPAIGN_CHECK_INTERVAL=60, a campaign scheduled 3 s ahead still starts within
+    /// 1.5 s of its time (real clock): the processor's timer on the nearest scheduled time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_campaign_scheduled_three_seconds_ahead_starts_on_time() {
+        let database = testkit::SqliteDatabase::create();
+        let dir = tempfile::tempdir().unwrap();
+        let _scheduler = start_scheduler(dir.path(), &database.url).await;
+        let store = store::connect(&database.url).await.unwrap();
+        let id = draft(store.as_ref(), "On time").await;
+        let at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+            .replace_microsecond(0)
+            .unwrap();
+        assert!(store.schedule_campaign(id, Some(at)).await.unwrap());
+
+        let record = wait_queued(store.as_ref(), id, Duration::from_secs(10)).await;
+        let observed = time::OffsetDateTime::now_utc();
+        let queued_at = record.queued_at.expect("queued_at is stamped");
+        assert!(queued_at >= at, "never before its time: {queued_at} < {at}");
+        let delay = queued_at - at;
+        assert!(
+            delay <= time::Duration::milliseconds(1500),
+            "started {delay} after its time"
+        );
+        assert!(
+            observed - at <= time::Duration::milliseconds(2500),
+            "seen {}",
+            observed - at
+        );
+        assert!(!record.started_late());
+        assert_eq!(send_campaign_tasks(&database.url, id).await, 1);
+        eprintln!("scheduled 3 s ahead: queued {delay} after its time");
+    }
+
+    /// A campaign whose time passed while no campaign processor ran starts as soon as one
+    /// does, and `marketing status` says it started late and by how much.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_overdue_campaign_starts_at_once_and_shows_its_delay() {
+        let database = testkit::SqliteDatabase::create();
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::connect(&database.url).await.unwrap();
+        let id = draft(store.as_ref(), "Overdue").await;
+        let at = time::OffsetDateTime::now_utc() - time::Duration::seconds(90);
+        assert!(store.schedule_campaign(id, Some(at)).await.unwrap());
+
+        let started = time::OffsetDateTime::now_utc();
+        let _scheduler = start_scheduler(dir.path(), &database.url).await;
+        let record = wait_queued(store.as_ref(), id, Duration::from_secs(10)).await;
+        let queued_at = record.queued_at.unwrap();
+        assert!(
+            queued_at - started <= time::Duration::seconds(5),
+            "started at once, not after CAMPAIGN_CHECK_INTERVAL"
+        );
+        assert!(record.started_late());
+        let delay = record.start_delay().unwrap();
+        assert!(delay >= time::Duration::seconds(90), "{delay}");
+        assert_eq!(send_campaign_tasks(&database.url, id).await, 1);
+
+        let status = Command::new(BINARY)
+            .current_dir(dir.path())
+            .env("DATABASE_URL", &database.url)
+            .args(["status", &id.to_string(), "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(json["started_late"], true);
+        let seconds = json["start_delay_seconds"].as_f64().unwrap();
+        assert!((90.0..120.0).contains(&seconds), "{seconds}");
+        let text = Command::new(BINARY)
+            .current_dir(dir.path())
+            .env("DATABASE_URL", &database.url)
+            .args(["status", &id.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("s late"), "{text}");
+    }
 
     /// The README's first command: the sample campaign on the embedded default, to a real
     /// SMTP server, with a summary that matches what arrived.

@@ -18,8 +18,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How often a running batch re-reads its campaign's status, so a pause or cancel stops it
-/// within about this long (plus the messages already in flight).
+/// How often a running batch re-reads its campaign's status between messages, so a pause or
+/// cancel stops the batch from claiming further slots within about this long. (Whether a
+/// message may still go out is decided by the [`StatusGate`], per message.)
 const STATUS_CHECK: Duration = Duration::from_millis(200);
 
 /// How often a batch of a paused campaign looks again: a resumed campaign continues within
@@ -84,6 +85,60 @@ impl Shared {
         self.compiled
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The per-message status check that makes the pause/cancel bound exact: a message is handed
+/// to the transport only after a read of the campaign's status that *began after the message
+/// took its in-flight slot* answered `sending`. So once a pause or cancel has committed (the
+/// API has acknowledged it), the only messages of this worker that can still reach the server
+/// are those already past their check at that moment: at most its `in_flight` slots
+/// (SMTP_CONNECTIONS), each finishing within one SMTP exchange.
+///
+/// Reads are shared: a message waiting while a read is running takes the next one, so each
+/// message waits for at most two reads however many are in flight.
+struct StatusGate {
+    store: Arc<dyn store::CampaignStore>,
+    id: CampaignId,
+    /// When the last read began and what it found (`Some`: the campaign no longer sends).
+    last: tokio::sync::Mutex<Option<(Instant, Option<CampaignStatus>)>>,
+    stopped: Mutex<Option<CampaignStatus>>,
+}
+
+impl StatusGate {
+    fn new(store: Arc<dyn store::CampaignStore>, id: CampaignId) -> StatusGate {
+        StatusGate {
+            store,
+            id,
+            last: tokio::sync::Mutex::new(None),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    /// `None` while the campaign is sending, per a read begun after `since`.
+    async fn check(&self, since: Instant) -> Result<Option<CampaignStatus>, ProcessorError> {
+        if let Some(status) = self.stopped() {
+            // Paused or cancelled is not undone within one batch run.
+            return Ok(Some(status));
+        }
+        let mut last = self.last.lock().await;
+        if let Some((began, found)) = *last
+            && began >= since
+        {
+            return Ok(found);
+        }
+        let began = Instant::now();
+        let found = campaign_stopped(self.store.as_ref(), self.id).await?;
+        *last = Some((began, found));
+        if found.is_some() {
+            *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        }
+        Ok(found)
+    }
+
+    /// The status that stopped the campaign, once a check has seen one.
+    fn stopped(&self) -> Option<CampaignStatus> {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -214,7 +269,8 @@ pub(crate) async fn deliver(
     let keys: Vec<String> = due.iter().map(|r| r.recipient.email.key()).collect();
     let suppressed = store.suppressed_among(&keys).await?;
 
-    let mut sends: JoinSet<OutcomeKind> = JoinSet::new();
+    let mut sends: JoinSet<Option<OutcomeKind>> = JoinSet::new();
+    let gate = Arc::new(StatusGate::new(services.store.clone(), id));
     let mut halt = None;
     let mut checked = Instant::now();
     for recipient in due {
@@ -222,6 +278,10 @@ pub(crate) async fn deliver(
         if suppressed.contains(&key) {
             sends.spawn(record_only(shared, recipient.id, OutcomeKind::Suppressed));
             continue;
+        }
+        if let Some(status) = gate.stopped() {
+            halt = Some(Halt::Campaign(status));
+            break;
         }
         if stop.is_cancelled() {
             halt = Some(halted(lease_lost));
@@ -241,6 +301,7 @@ pub(crate) async fn deliver(
             },
             () = stop.cancelled() => { halt = Some(halted(lease_lost)); break; }
         };
+        let slot_taken = Instant::now();
         let message = match &compiled {
             Ok(compiled) => build(services, compiled, id, &recipient),
             Err(err) => Err(format!("the campaign's templates do not compile: {err}")),
@@ -265,7 +326,18 @@ pub(crate) async fn deliver(
                 let stats = shared.stats.clone();
                 let transport_label = shared.transport_label;
                 let policy = policy.clone();
+                let gate = gate.clone();
                 sends.spawn(async move {
+                    match gate.check(slot_taken).await {
+                        Ok(None) => {}
+                        Ok(Some(_)) => return None,
+                        Err(err) => {
+                            // Unsure whether the campaign still sends: do not send. The
+                            // recipient stays due for the batch's follow-up.
+                            tracing::warn!(campaign = %id, error = %err, "campaign status unreadable; message held back");
+                            return None;
+                        }
+                    }
                     let sending = Instant::now();
                     let result = transport.send(message).await;
                     metrics::observe_send(transport_label, sending.elapsed().as_secs_f64());
@@ -289,7 +361,7 @@ pub(crate) async fn deliver(
                     }
                     // Only now may another message take this one's place (the duplicate bound).
                     drop(permit);
-                    kind
+                    Some(kind)
                 });
             }
         }
@@ -297,11 +369,18 @@ pub(crate) async fn deliver(
     let mut tally = Tally::default();
     while let Some(joined) = sends.join_next().await {
         match joined {
-            Ok(kind) => tally.add(&kind),
+            Ok(Some(kind)) => tally.add(&kind),
+            Ok(None) => {}
             Err(err) => tracing::error!(campaign = %id, error = %err, "a send task failed"),
         }
     }
     shared.stats.batch_done();
+    if halt.is_none()
+        && let Some(status) = gate.stopped()
+    {
+        // Messages were held back by their own check after the loop had ended.
+        halt = Some(Halt::Campaign(status));
+    }
     metrics::observe_batch(started.elapsed().as_secs_f64());
 
     let follow_up = match halt {
@@ -368,7 +447,7 @@ fn record_only(
     shared: &Shared,
     recipient_id: i64,
     kind: OutcomeKind,
-) -> impl std::future::Future<Output = OutcomeKind> + Send + 'static {
+) -> impl std::future::Future<Output = Option<OutcomeKind>> + Send + 'static {
     let recorder = shared.recorder.clone();
     let stats = shared.stats.clone();
     let transport_label = shared.transport_label;
@@ -385,7 +464,7 @@ fn record_only(
                 "outcome not recorded: the recorder stopped"
             );
         }
-        kind
+        Some(kind)
     }
 }
 

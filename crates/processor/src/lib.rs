@@ -24,11 +24,16 @@ mod batch;
 mod payload;
 mod recorder;
 mod retry;
+mod scheduler;
 mod worker;
 
 pub use payload::{SEND_BATCH, SEND_CAMPAIGN, SendBatch, SendCampaign};
 pub use recorder::Recorder;
 pub use retry::outcome_of;
+pub use scheduler::{
+    CheckReport, EnqueuedCampaign, NoObserver, Scheduler, SchedulerConfig, SchedulerObserver,
+    SchedulerWaker,
+};
 pub use worker::{Stats, StatsSnapshot, WakingTasks, Worker, WorkerConfig, default_worker_id};
 
 use campaign::{CampaignId, CampaignStatus};

@@ -854,6 +854,197 @@ async fn a_paused_campaign_resumes_without_a_second_copy_to_anyone(harness: Harn
     assert_eq!(ids.len(), COUNT);
 }
 
+/// Cancel mid-campaign at a real SMTP server: once the cancel has committed (what the API
+/// acknowledges), at most the worker's in-flight messages (IN_FLIGHT) still reach the server,
+/// because each message checks a status read begun after it took its slot.
+async fn a_cancelled_campaign_sends_at_most_its_in_flight_messages_after_the_cancel(
+    harness: Harness,
+) {
+    const COUNT: usize = 3_000;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let id = harness.campaign("Cancelled", COUNT, 100).await;
+    let transport = transport(&server.url());
+    let worker = harness.start(worker_config("cancel"), transport.clone());
+    harness.enqueue(id).await;
+    wait_until("the first messages at the server", CONDITION_LIMIT, || {
+        server.message_count() >= 200
+    })
+    .await;
+    assert!(
+        harness
+            .store
+            .cancel_campaign(id, &[CampaignStatus::Sending, CampaignStatus::Paused])
+            .await
+            .unwrap()
+    );
+    let at_acknowledgement = server.message_count();
+    // A graceful stop waits for any send still running, so the server's count is final.
+    worker.stop().await;
+    transport.close().await;
+    let arrived = arrivals(&server);
+    let after = arrived.len() - at_acknowledgement;
+    assert!(
+        after <= IN_FLIGHT,
+        "{after} messages reached the server after the cancel; the bound is {IN_FLIGHT}"
+    );
+    assert!(arrived.len() < COUNT, "cancelled mid-campaign");
+    assert_eq!(harness.status(id).await, CampaignStatus::Cancelled);
+    let counts = harness.counts(id).await;
+    assert_eq!(
+        counts.get(DeliveryStatus::Sent),
+        arrived.len() as i64,
+        "every message that arrived is recorded as sent"
+    );
+    assert_eq!(
+        counts.get(DeliveryStatus::Sent) + counts.get(DeliveryStatus::Cancelled),
+        COUNT as i64
+    );
+    let ids: HashSet<&str> = arrived.iter().map(|a| a.message_id.as_str()).collect();
+    assert_eq!(ids.len(), arrived.len(), "no second copy");
+    eprintln!("cancel: {after} message(s) after the acknowledgement (bound {IN_FLIGHT})");
+}
+
+/// The send_campaign tasks the repository holds for a campaign.
+async fn send_tasks_of(tasks: &dyn TaskRepository, id: CampaignId) -> Vec<tasks::Task> {
+    tasks
+        .list(&tasks::TaskFilter {
+            status: None,
+            kind: Some(processor::SEND_CAMPAIGN.to_string()),
+            after: None,
+            limit: 500,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|task| task.payload["campaign_id"] == id.to_string())
+        .collect()
+}
+
+/// Records what the campaign processor reports.
+#[derive(Default)]
+struct RecordingObserver {
+    enqueued: std::sync::Mutex<Vec<processor::EnqueuedCampaign>>,
+}
+
+impl processor::SchedulerObserver for RecordingObserver {
+    fn campaign_enqueued(&self, campaign: &processor::EnqueuedCampaign) {
+        self.enqueued.lock().unwrap().push(*campaign);
+    }
+}
+
+/// The campaign processor on a clock of the test's own: nothing before the campaign's time,
+/// exactly one task at it (reported with its lateness), and a campaign a crashed replica left
+/// `queued` without a task gets one at the first full check after the repair delay.
+async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Harness) {
+    use time::macros::datetime;
+    let at = datetime!(2031-01-01 09:00 UTC);
+    let millis = time::Duration::milliseconds;
+    let observer = Arc::new(RecordingObserver::default());
+    let scheduler = processor::Scheduler::new(
+        processor::SchedulerConfig::new(Duration::from_secs(60)),
+        harness.store.clone(),
+        harness.tasks.clone(),
+    )
+    .with_observer(observer.clone());
+    let (first, _) = harness
+        .store
+        .create_campaign(
+            &document("Timed", 10),
+            store::recipient_stream(recipients(3)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        harness
+            .store
+            .schedule_campaign(first.id, Some(at))
+            .await
+            .unwrap()
+    );
+
+    let early = scheduler.check(at - millis(1), false).await.unwrap();
+    assert!(early.enqueued.is_empty());
+    assert_eq!(early.next_due, Some(at));
+    let on_time = scheduler.check(at + millis(200), false).await.unwrap();
+    assert_eq!(
+        on_time.enqueued,
+        vec![processor::EnqueuedCampaign {
+            id: first.id,
+            lateness: Duration::from_millis(200)
+        }]
+    );
+    assert_eq!(on_time.next_due, None);
+    assert_eq!(observer.enqueued.lock().unwrap().len(), 1);
+    let record = harness.store.get_campaign(first.id).await.unwrap().unwrap();
+    assert_eq!(record.status, CampaignStatus::Queued);
+    assert_eq!(record.start_delay(), Some(millis(200)));
+    assert_eq!(
+        send_tasks_of(harness.tasks.as_ref(), first.id).await.len(),
+        1
+    );
+    assert!(
+        scheduler
+            .check(at + millis(400), true)
+            .await
+            .unwrap()
+            .enqueued
+            .is_empty(),
+        "a campaign is enqueued once"
+    );
+
+    // A replica wins the second campaign and dies before creating its task.
+    let later = at + time::Duration::minutes(5);
+    let (second, _) = harness
+        .store
+        .create_campaign(
+            &document("Orphan", 10),
+            store::recipient_stream(recipients(3)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        harness
+            .store
+            .schedule_campaign(second.id, Some(later))
+            .await
+            .unwrap()
+    );
+    let won = harness.store.queue_due_campaigns(later, 10).await.unwrap();
+    assert_eq!(won.len(), 1);
+    assert!(
+        send_tasks_of(harness.tasks.as_ref(), second.id)
+            .await
+            .is_empty()
+    );
+    let soon = scheduler
+        .check(later + time::Duration::seconds(5), true)
+        .await
+        .unwrap();
+    assert!(soon.enqueued.is_empty());
+    assert!(
+        send_tasks_of(harness.tasks.as_ref(), second.id)
+            .await
+            .is_empty(),
+        "not while the winner may still be creating it"
+    );
+    let repaired = scheduler
+        .check(later + time::Duration::seconds(11), true)
+        .await
+        .unwrap();
+    assert_eq!(repaired.repaired, 2, "both queued campaigns are looked at");
+    assert_eq!(
+        send_tasks_of(harness.tasks.as_ref(), second.id).await.len(),
+        1
+    );
+    assert_eq!(
+        send_tasks_of(harness.tasks.as_ref(), first.id).await.len(),
+        1,
+        "a campaign that has its task keeps just that one"
+    );
+}
+
 macro_rules! delivery_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -878,6 +1069,8 @@ macro_rules! delivery_suite {
             case!(suppressed_recipients_are_recorded_and_never_sent);
             case!(an_aborted_worker_loses_nothing_and_duplicates_stay_within_in_flight);
             case!(a_paused_campaign_resumes_without_a_second_copy_to_anyone);
+            case!(a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired);
+            case!(a_cancelled_campaign_sends_at_most_its_in_flight_messages_after_the_cancel);
         }
     };
 }

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, DueCampaign, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             StoreError, StoredRecipient, initial_status,
         };
@@ -22,7 +22,7 @@ macro_rules! campaign_store {
         use sqlx::{QueryBuilder, Row};
         use std::collections::HashSet;
 
-        const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, started_at, completed_at, created_at, updated_at";
+        const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at";
 
         struct ChunkInserter<'t> {
             tx: &'t mut sqlx::Transaction<'static, $db>,
@@ -93,6 +93,7 @@ macro_rules! campaign_store {
                 status: status.parse().map_err(StoreError::Corrupt)?,
                 recipient_count: row.try_get("recipient_count")?,
                 scheduled_at: optional_time("scheduled_at")?,
+                queued_at: optional_time("queued_at")?,
                 started_at: optional_time("started_at")?,
                 completed_at: optional_time("completed_at")?,
                 created_at: row.try_get::<DbTime, _>("created_at")?.0,
@@ -133,6 +134,11 @@ macro_rules! campaign_store {
             let mut builder = QueryBuilder::<$db>::new("UPDATE campaigns SET status = ");
             builder.push_bind(to.as_str());
             builder.push(", updated_at = ").push_bind(now);
+            if to == CampaignStatus::Queued {
+                // The first time counts: a campaign paused before its split and resumed is
+                // queued again, but it started (late or not) when it was first queued.
+                builder.push(", queued_at = COALESCE(queued_at, ").push_bind(now).push(")");
+            }
             if to == CampaignStatus::Sending {
                 builder.push(", started_at = COALESCE(started_at, ").push_bind(now).push(")");
             }
@@ -291,6 +297,62 @@ macro_rules! campaign_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(result.rows_affected() == 1)
+            }
+
+            async fn queue_due_campaigns(
+                &self,
+                now: OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<DueCampaign>, StoreError> {
+                // The `status = 'scheduled'` outside the sub-select is what makes this exactly
+                // once across replicas: PostgreSQL re-checks it on the locked row after a
+                // concurrent update commits (so the second replica skips the row), and SQLite
+                // runs one writer at a time.
+                let rows = sqlx::query(
+                    "UPDATE campaigns SET status = 'queued', queued_at = $1, updated_at = $1 \
+                     WHERE id IN (SELECT id FROM campaigns WHERE status = 'scheduled' AND scheduled_at <= $1 \
+                                  ORDER BY scheduled_at LIMIT $2) \
+                       AND status = 'scheduled' \
+                     RETURNING id, scheduled_at",
+                )
+                .bind(DbTime::from(now))
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut due = rows
+                    .iter()
+                    .map(|row| {
+                        let id: DbId = row.try_get("id")?;
+                        let scheduled_at: DbTime = row.try_get("scheduled_at")?;
+                        Ok(DueCampaign { id: id.0, scheduled_at: scheduled_at.0 })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                due.sort_by_key(|campaign| campaign.scheduled_at);
+                Ok(due)
+            }
+
+            async fn next_scheduled_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+                let next: Option<DbTime> = sqlx::query_scalar(
+                    "SELECT MIN(scheduled_at) FROM campaigns WHERE status = 'scheduled'",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(next.map(|t| t.0))
+            }
+
+            async fn queued_before(
+                &self,
+                before: OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<CampaignId>, StoreError> {
+                let ids: Vec<DbId> = sqlx::query_scalar(
+                    "SELECT id FROM campaigns WHERE status = 'queued' AND queued_at < $1 ORDER BY queued_at LIMIT $2",
+                )
+                .bind(DbTime::from(before))
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(ids.into_iter().map(|id| id.0).collect())
             }
 
             async fn cancel_campaign(&self, id: CampaignId, from: &[CampaignStatus]) -> Result<bool, StoreError> {

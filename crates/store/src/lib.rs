@@ -86,6 +86,10 @@ pub struct CampaignRecord {
     pub recipient_count: i64,
     #[serde(with = "time::serde::rfc3339::option")]
     pub scheduled_at: Option<OffsetDateTime>,
+    /// When it was queued for sending: by `send`, or by the campaign processor when
+    /// `scheduled_at` came.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub queued_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -96,6 +100,33 @@ pub struct CampaignRecord {
     pub updated_at: OffsetDateTime,
     /// The whole document as submitted, templates included (recipients live in their rows).
     pub document: CampaignDocument,
+}
+
+/// The campaign processor starts a campaign within about a second of its `scheduled_at`; a
+/// start later than this means no processor was running (or it was overloaded), and the
+/// status says the campaign started late.
+pub const LATE_START_AFTER: time::Duration = time::Duration::seconds(2);
+
+impl CampaignRecord {
+    /// Whether a scheduled campaign was queued more than [`LATE_START_AFTER`] after its time.
+    pub fn started_late(&self) -> bool {
+        self.start_delay()
+            .is_some_and(|delay| delay > LATE_START_AFTER)
+    }
+
+    /// How late a scheduled campaign was queued after its time (zero when on time or sent
+    /// early by hand); `None` until it is queued, or when it was never scheduled.
+    pub fn start_delay(&self) -> Option<time::Duration> {
+        let (scheduled, queued) = (self.scheduled_at?, self.queued_at?);
+        Some((queued - scheduled).max(time::Duration::ZERO))
+    }
+}
+
+/// A scheduled campaign the campaign processor moved to `queued` because its time came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueCampaign {
+    pub id: CampaignId,
+    pub scheduled_at: OffsetDateTime,
 }
 
 /// Recipients per delivery state. Every state is present, so the numbers always add up to
@@ -192,6 +223,26 @@ pub trait CampaignStore: Send + Sync {
         id: CampaignId,
         at: Option<OffsetDateTime>,
     ) -> Result<bool, StoreError>;
+
+    /// Moves up to `limit` scheduled campaigns whose `scheduled_at` is at or before `now` to
+    /// `queued` (stamping `queued_at = now`), earliest first, and returns them. A conditional
+    /// update: of any number of concurrent callers, exactly one gets each campaign.
+    async fn queue_due_campaigns(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueCampaign>, StoreError>;
+
+    /// The earliest `scheduled_at` of the campaigns still waiting in `scheduled`.
+    async fn next_scheduled_at(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Campaigns still `queued` that were queued before `before`, oldest first: the ones a
+    /// crash may have left without their `send_campaign` task.
+    async fn queued_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<CampaignId>, StoreError>;
 
     /// Cancels a campaign that is in one of `from`, and marks its recipients that were not yet
     /// sent `cancelled`, in one transaction. Returns whether it was cancelled.

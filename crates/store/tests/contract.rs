@@ -771,6 +771,112 @@ async fn a_secret_is_created_once(store: Arc<dyn CampaignStore>) {
     assert_eq!(store.secret("other", "x").await.unwrap(), "x");
 }
 
+async fn due_campaigns_are_queued_exactly_once(store: Arc<dyn CampaignStore>) {
+    use time::macros::datetime;
+    let now = datetime!(2030-03-01 12:00:00 UTC);
+    let second = time::Duration::SECOND;
+    let mut ids = Vec::new();
+    // Two overdue, one in the future, one draft.
+    for (name, at) in [
+        ("Overdue", Some(now - 10 * second)),
+        ("Due", Some(now - 5 * second)),
+        ("Later", Some(now + 3600 * second)),
+        ("Draft", None),
+    ] {
+        let (record, _) = store
+            .create_campaign(&document(name), recipient_stream(Vec::new()))
+            .await
+            .unwrap();
+        if at.is_some() {
+            assert!(store.schedule_campaign(record.id, at).await.unwrap());
+        }
+        ids.push(record.id);
+    }
+    assert_eq!(
+        store.next_scheduled_at().await.unwrap(),
+        Some(now - 10 * second)
+    );
+
+    // Eight replicas race for the same moment: each due campaign is won by exactly one.
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.queue_due_campaigns(now, 100).await.unwrap() })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for racer in racers {
+        won.extend(racer.await.unwrap());
+    }
+    let mut won_ids: Vec<_> = won.iter().map(|due| due.id).collect();
+    won_ids.sort();
+    let mut expected = vec![ids[0], ids[1]];
+    expected.sort();
+    assert_eq!(
+        won_ids, expected,
+        "each due campaign queued once, nothing else"
+    );
+
+    let overdue = store.get_campaign(ids[0]).await.unwrap().unwrap();
+    assert_eq!(overdue.status, CampaignStatus::Queued);
+    assert_eq!(overdue.queued_at, Some(now));
+    assert_eq!(overdue.start_delay(), Some(10 * second));
+    let later = store.get_campaign(ids[2]).await.unwrap().unwrap();
+    assert_eq!(
+        (later.status, later.queued_at),
+        (CampaignStatus::Scheduled, None)
+    );
+    assert_eq!(later.start_delay(), None);
+    assert_eq!(
+        store.next_scheduled_at().await.unwrap(),
+        Some(now + 3600 * second),
+        "only the campaign still waiting counts"
+    );
+    assert!(
+        store
+            .queue_due_campaigns(now, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The ones a crash could leave without a task: queued, and queued before the cut-off.
+    let mut stuck = store.queued_before(now + second, 100).await.unwrap();
+    stuck.sort();
+    assert_eq!(stuck, expected);
+    assert!(store.queued_before(now, 100).await.unwrap().is_empty());
+
+    // Queuing by hand stamps queued_at too; a campaign never scheduled has no start delay.
+    assert!(
+        store
+            .transition_campaign(ids[3], &[CampaignStatus::Draft], CampaignStatus::Queued)
+            .await
+            .unwrap()
+    );
+    let sent_now = store.get_campaign(ids[3]).await.unwrap().unwrap();
+    assert!(sent_now.queued_at.is_some());
+    assert_eq!(sent_now.start_delay(), None);
+
+    // The limit takes the earliest first.
+    let mut later_ids = Vec::new();
+    for offset in [20, 30] {
+        let (record, _) = store
+            .create_campaign(&document("Batch"), recipient_stream(Vec::new()))
+            .await
+            .unwrap();
+        let at = now + 60 * second - offset * second;
+        store.schedule_campaign(record.id, Some(at)).await.unwrap();
+        later_ids.push((at, record.id));
+    }
+    let first = store
+        .queue_due_campaigns(now + 60 * second, 1)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, later_ids[1].1, "the earliest due goes first");
+    assert_eq!(first[0].scheduled_at, later_ids[1].0);
+}
+
 async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
@@ -806,6 +912,7 @@ macro_rules! contract_suite {
             case!(batches_cover_every_due_recipient_once);
             case!(outcomes_decide_who_is_due_and_counts_add_up);
             case!(suppressions_match_whatever_the_case);
+            case!(due_campaigns_are_queued_exactly_once);
         }
     };
 }
