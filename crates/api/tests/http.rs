@@ -971,6 +971,45 @@ async fn a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone(app:
     }
 }
 
+/// A scheduled campaign queued late (its processor was down) says so in its status, and by
+/// how much; one queued on time does not.
+async fn the_status_shows_a_late_start_and_its_delay(app: TestApp) {
+    let now = time::OffsetDateTime::now_utc();
+    let mut ids = Vec::new();
+    for scheduled in [now - time::Duration::seconds(75), now] {
+        let created = app.create_sample().await;
+        let id: uuid::Uuid = created["campaign"]["id"].as_str().unwrap().parse().unwrap();
+        assert!(
+            app.store
+                .schedule_campaign(id, Some(scheduled))
+                .await
+                .unwrap()
+        );
+        ids.push(id);
+    }
+    let (_, waiting) = app
+        .get_json(&format!("/api/v1/campaigns/{}/status", ids[0]))
+        .await;
+    assert_eq!(waiting["started_late"], false);
+    assert!(waiting["start_delay_seconds"].is_null());
+    let queued = app.store.queue_due_campaigns(now, 10).await.unwrap();
+    assert_eq!(queued.len(), 2);
+
+    let (_, late) = app
+        .get_json(&format!("/api/v1/campaigns/{}/status", ids[0]))
+        .await;
+    assert_eq!(late["status"], "queued");
+    assert_eq!(late["started_late"], true);
+    let delay = late["start_delay_seconds"].as_f64().unwrap();
+    assert!((74.9..75.1).contains(&delay), "{delay}");
+    assert!(late["queued_at"].is_string());
+    let (_, on_time) = app
+        .get_json(&format!("/api/v1/campaigns/{}/status", ids[1]))
+        .await;
+    assert_eq!(on_time["started_late"], false);
+    assert!(on_time["start_delay_seconds"].as_f64().unwrap() < 0.001);
+}
+
 async fn an_idempotency_key_creates_once_under_concurrency(app: TestApp) {
     let body = serde_json::to_vec(&sample_campaign()).unwrap();
     let post = |key: &'static str, body: Vec<u8>| {
@@ -1459,6 +1498,7 @@ macro_rules! api_suite {
             case!(templates_are_checked_at_creation_and_previewed);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);
+            case!(the_status_shows_a_late_start_and_its_delay);
             case!(campaigns_page_with_a_cursor);
             case!(a_request_adding_too_many_recipients_is_refused_whole);
         }

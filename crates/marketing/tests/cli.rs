@@ -343,6 +343,89 @@ async fn serve_logs_its_address_and_store_answers_and_stops_cleanly_on_sigterm()
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// `serve` runs the campaign processor too: a campaign scheduled through the API 2 s ahead is
+/// started on time and delivered (to the outbox, the default transport).
+#[tokio::test]
+async fn serve_starts_a_campaign_scheduled_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    assert!(
+        server.log.join("\n").contains("campaign processor started"),
+        "{:?}",
+        server.log
+    );
+    let key = marketing(dir.path())
+        .args(["api-key", "create", "--name", "scheduler"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let api = |path: String| format!("{}/api/v1/campaigns{path}", server.base);
+    let created: serde_json::Value = client
+        .post(api(String::new()))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(std::fs::read(example("sample_campaign.json")).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let imported = client
+        .post(api(format!("/{id}/recipients")))
+        .bearer_auth(&key)
+        .header("content-type", "text/csv")
+        .body(std::fs::read(example("sample_recipients.csv")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(imported.status().is_success());
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let scheduled = client
+        .post(api(format!("/{id}/schedule")))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"scheduled_at": at}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scheduled.status(), reqwest::StatusCode::OK);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status: serde_json::Value = client
+            .get(api(format!("/{id}/status")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "completed" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["started_late"], false, "{status}");
+    assert!(
+        status["start_delay_seconds"].as_f64().unwrap() < 1.5,
+        "{status}"
+    );
+    assert_eq!(status["recipients"], 50, "{status}");
+    assert_eq!(status["deliveries"]["pending"], 0, "{status}");
+    assert!(
+        status["deliveries"]["sent"].as_i64().unwrap() > 0,
+        "{status}"
+    );
+}
+
 #[tokio::test]
 async fn campaigns_list_and_status_read_what_the_api_stored() {
     let dir = tempfile::tempdir().unwrap();

@@ -552,21 +552,30 @@ mod sqlite {
         record.id
     }
 
-    /// The send task the campaign processor created for the campaign.
+    /// The send_campaign tasks of the campaign, once the campaign processor has created its
+    /// task (it does so right after committing `queued`, which the test may see first).
     async fn send_campaign_tasks(url: &str, id: campaign::CampaignId) -> usize {
         let tasks = tasks::connect(url).await.unwrap();
-        let page = tasks
-            .list(&tasks::TaskFilter {
-                status: None,
-                kind: Some(processor::SEND_CAMPAIGN.to_string()),
-                after: None,
-                limit: 100,
-            })
-            .await
-            .unwrap();
-        page.iter()
-            .filter(|task| task.payload["campaign_id"] == id.to_string())
-            .count()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let page = tasks
+                .list(&tasks::TaskFilter {
+                    status: None,
+                    kind: Some(processor::SEND_CAMPAIGN.to_string()),
+                    after: None,
+                    limit: 100,
+                })
+                .await
+                .unwrap();
+            let found = page
+                .iter()
+                .filter(|task| task.payload["campaign_id"] == id.to_string())
+                .count();
+            if found > 0 || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// With CAMPAIGN_CHECK_INTERVAL=60, a campaign scheduled 3 s ahead still starts within
