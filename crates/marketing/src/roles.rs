@@ -181,6 +181,7 @@ fn api_state(
 ) -> api::AppState {
     api::AppState {
         links: Arc::new(links),
+        engagement: api::engagement::Engagement::start(store.clone()),
         message_settings: message::MessageSettings::default(),
         store,
         tasks,
@@ -209,10 +210,17 @@ async fn run_api(
         "API listening on http://{address} (public base URL {})",
         api_args.links.public_base_url
     );
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("the API server failed")?;
+    let events = state.engagement.events().clone();
+    // Connection info gives the tracking endpoints the client address they store hashed.
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("the API server failed")?;
+    // Tracking events still queued are stored before the process ends.
+    events.flush().await;
     Ok(())
 }
 
