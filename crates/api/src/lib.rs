@@ -3,9 +3,11 @@
 //! Every error leaves as `application/problem+json` (RFC 9457) with a `detail` that says what
 //! to fix; malformed input is a 4xx, never a 5xx.
 
+mod analytics;
 pub mod auth;
 mod campaigns;
 mod control;
+pub mod engagement;
 mod health;
 pub mod idempotency;
 mod openapi;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub message_settings: message::MessageSettings,
     /// Where `POST …/test` sends; `None` in a process without a transport (it answers 503).
     pub transport: Option<Arc<dyn delivery::Transport>>,
+    /// The public tracking endpoints' event recorder and click-target cache.
+    pub engagement: engagement::Engagement,
 }
 
 /// Limits and knobs of the API, from configuration.
@@ -92,6 +96,7 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
     use utoipa::OpenApi;
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(campaigns::routes())
+        .merge(analytics::routes())
         .merge(recipients::routes())
         .merge(control::routes())
         .merge(preview::routes())
@@ -99,15 +104,25 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(suppressions::routes())
 }
 
+/// The public routes recipients' mail clients reach (open pixel, click redirect,
+/// unsubscribe): documented like the rest, served without an API key.
+fn public_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    engagement::routes()
+}
+
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    admin_routes().split_for_parts().1
+    let mut document = admin_routes().split_for_parts().1;
+    document.merge(public_routes().split_for_parts().1);
+    document
 }
 
 /// The whole API as one router: `/api/v1/…` (behind an API key), `/health`, `/ready`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    let (admin, document) = admin_routes().split_for_parts();
+    let (admin, mut document) = admin_routes().split_for_parts();
+    let (public, public_document) = public_routes().split_for_parts();
+    document.merge(public_document);
     let admin = match state.settings.rate_limit {
         Some(limit) => admin.route_layer(axum::middleware::from_fn_with_state(
             Arc::new(rate_limit::RateLimiter::new(limit)),
@@ -122,6 +137,7 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .merge(admin)
+        .merge(public)
         .merge(health::routes())
         .merge(openapi::routes(document))
         .fallback(problem::not_found)

@@ -79,6 +79,7 @@ async fn preview(
         recipient_id,
         unsubscribe_url: state.links.unsubscribe(campaign.id, recipient_id),
         unsubscribe_mailto: None,
+        tracking: Default::default(),
     };
     let options = message::BuildOptions {
         envelope_from: None,

@@ -115,6 +115,8 @@ async fn test_send(
             recipient_id: 0,
             unsubscribe_url: state.links.unsubscribe(campaign.id, 0),
             unsubscribe_mailto: None,
+            // A test message records no opens or clicks: its links keep their original URLs.
+            tracking: Default::default(),
         };
         let options = message::BuildOptions {
             envelope_from: None,

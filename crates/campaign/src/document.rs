@@ -131,6 +131,10 @@ pub struct TrackingOptions {
     /// Rewrite links in the HTML part to go through the click redirect.
     #[serde(default = "yes")]
     pub clicks: bool,
+    /// Privacy: record opens and clicks without saying who (no per-recipient rows; the
+    /// links carry no recipient either). Totals stay exact; unique counts are not known.
+    #[serde(default)]
+    pub aggregate_only: bool,
 }
 
 fn yes() -> bool {
@@ -142,6 +146,7 @@ impl Default for TrackingOptions {
         TrackingOptions {
             opens: true,
             clicks: true,
+            aggregate_only: false,
         }
     }
 }

@@ -79,6 +79,10 @@ pub enum Command {
     /// Manage the admin API's keys (every /api/v1 route needs one).
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// The suppression list: addresses never sent to (unsubscribed, bounced, complained, or
+    /// added here).
+    #[command(subcommand)]
+    Suppressions(crate::suppressions::SuppressionsCommand),
     /// Check a campaign file (and optionally its recipients) without storing anything.
     Validate {
         /// The campaign document (JSON).
@@ -282,6 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transport,
         } => roles::serve_api(&repo, &api, &transport).await,
         Command::ApiKey(command) => api_key(command).await,
+        Command::Suppressions(command) => crate::suppressions::run(command).await,
         Command::Campaigns(CampaignsCommand::List {
             status,
             limit,
@@ -333,6 +338,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 recipient_id: recipient as i64,
                 unsubscribe_url: links.unsubscribe(campaign::CampaignId::nil(), recipient as i64),
                 unsubscribe_mailto: None,
+                tracking: Default::default(),
             };
             let options = message::BuildOptions {
                 envelope_from: None,

@@ -99,7 +99,8 @@ impl LinkArgs {
     /// The link builder, with the configured secret or the one kept in the database.
     pub async fn links(&self, store: &dyn store::CampaignStore) -> anyhow::Result<tracking::Links> {
         let keys = self.tracking.keys(store).await?;
-        Ok(tracking::Links::new(&self.public_base_url, keys))
+        Ok(tracking::Links::new(&self.public_base_url, keys)
+            .with_aggregate_only(self.tracking.tracking_aggregate_only))
     }
 }
 
@@ -114,6 +115,20 @@ pub struct TrackingArgs {
     /// Earlier secrets, comma-separated: links signed with them keep working after a rotation.
     #[arg(long, env = "TRACKING_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',', value_parser = tracking_secret)]
     pub tracking_previous_secrets: Vec<String>,
+
+    /// Privacy for every campaign: open and click links name no recipient and their events
+    /// are stored without one (totals only). A campaign can ask for it alone with
+    /// `tracking.aggregate_only`. true or false.
+    #[arg(long, env = "TRACKING_AGGREGATE_ONLY", default_value_t = false, action = clap::ArgAction::Set, value_parser = tracking_aggregate_only)]
+    pub tracking_aggregate_only: bool,
+}
+
+fn tracking_aggregate_only(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err("TRACKING_AGGREGATE_ONLY must be true or false".into()),
+    }
 }
 
 impl TrackingArgs {

@@ -7,6 +7,7 @@ mod report;
 mod roles;
 mod send;
 mod submit;
+mod suppressions;
 mod task_commands;
 mod telemetry;
 

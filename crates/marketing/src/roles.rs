@@ -281,6 +281,7 @@ fn api_state(
     api::AppState {
         transport: Some(transport),
         links: Arc::new(links),
+        engagement: api::engagement::Engagement::start(store.clone()),
         message_settings: message::MessageSettings::default(),
         store,
         tasks,
@@ -311,15 +312,22 @@ async fn run_api(
         "API listening on http://{address} (public base URL {})",
         api_args.links.public_base_url
     );
+    let events = state.engagement.events().clone();
     // The API has its own /health and /ready; the binary adds /metrics and the request
-    // metrics around every route.
+    // metrics around every route. Connection info gives the tracking endpoints the client
+    // address they store hashed.
     let router = monitoring::with_request_metrics(
         api::router(state).merge(monitoring::metrics_route(monitoring)),
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("the API server failed")?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("the API server failed")?;
+    // Tracking events still queued are stored before the process ends.
+    events.flush().await;
     Ok(())
 }
 

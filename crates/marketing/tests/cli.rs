@@ -143,6 +143,57 @@ fn api_keys_are_shown_once_listed_without_secrets_and_revoked() {
 }
 
 #[test]
+fn suppressions_are_added_listed_and_removed_in_the_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| marketing(dir.path()).args(args).output().unwrap();
+    for (email, reason) in [
+        ("Zed@Example.com", "complaint"),
+        ("amy@example.com", "manual"),
+    ] {
+        let output = run(&["suppressions", "add", email, "--reason", reason]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = run(&["suppressions", "list", "--json"]);
+    assert!(output.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let pairs: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["email"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("amy@example.com", "manual"),
+            ("Zed@Example.com", "complaint")
+        ]
+    );
+    let output = run(&["suppressions", "list", "--limit", "1", "--json"]);
+    let first: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 1);
+
+    let output = run(&["suppressions", "remove", "ZED@example.com", "--json"]);
+    assert!(output.status.success());
+    let removed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(removed["suppressed"], false);
+    let table = String::from_utf8(run(&["suppressions", "list"]).stdout).unwrap();
+    assert!(table.contains("amy@example.com") && !table.to_lowercase().contains("zed@"));
+
+    // Bad input: a non-zero exit with a message that says what to fix.
+    let output = run(&["suppressions", "remove", "zed@example.com"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not on the suppression list"));
+    let output = run(&["suppressions", "add", "not an address"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("give one like someone@example.com"));
+}
+
+#[test]
 fn preview_prints_or_writes_one_recipients_message() {
     let dir = tempfile::tempdir().unwrap();
     let args = [

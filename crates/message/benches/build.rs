@@ -40,6 +40,7 @@ fn fixture() -> (CompiledCampaign, Recipient, RecipientContext, BuildOptions) {
         recipient_id: 123_456,
         unsubscribe_url: "https://mail.riverside-books.example/u/AQEBkAAAAAAAcACAAAAAAAAAqwAAAAAAAeJA3q2-7w8gXhZ6yqkHc1Tz0Q".into(),
         unsubscribe_mailto: None,
+        tracking: Default::default(),
     };
     let options = BuildOptions {
         envelope_from: None,

@@ -14,14 +14,16 @@ mod dkim;
 mod mime;
 mod scan;
 mod template;
+mod tracking;
 mod values;
 
 pub use dkim::{DkimError, DkimSigner};
 pub use mime::{BuildError, BuildOptions, OutgoingMessage};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
-    SERVICE_VARIABLES, TemplateError, TemplatePart, UnknownVariable,
+    SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable,
 };
+pub use tracking::tracked_links;
 
 use campaign::{CampaignDocument, Recipient};
 use serde::Serialize;

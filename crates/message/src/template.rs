@@ -150,6 +150,19 @@ pub struct RecipientContext {
     pub unsubscribe_url: String,
     /// Optional `mailto:` unsubscribe address, added to List-Unsubscribe after the URL.
     pub unsubscribe_mailto: Option<String>,
+    /// This recipient's open pixel and click redirect URLs. Empty (the default, e.g. for a
+    /// preview): tracked links keep their original URL and no pixel is added.
+    pub tracking: TrackingUrls,
+}
+
+/// One recipient's tracking URLs, signed by the caller (see `tracking::Links`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackingUrls {
+    /// The open pixel's URL; `None` when opens are not tracked.
+    pub open_pixel: Option<String>,
+    /// One redirect URL per tracked link, in the order of
+    /// [`CompiledCampaign::tracked_link_count`]; empty when clicks are not tracked.
+    pub clicks: Vec<String>,
 }
 
 /// One recipient's message as text, before MIME encoding.
@@ -175,6 +188,10 @@ pub struct CompiledCampaign {
     pub(crate) from: Mailbox,
     pub(crate) reply_to: Option<Mailbox>,
     max_rendered_bytes: usize,
+    /// The HTML template's tracked links (rewritten to read `_tracking.clicks[N]`).
+    tracked_links: Vec<crate::tracking::TemplateLink>,
+    tracks_opens: bool,
+    aggregate_only: bool,
 }
 
 impl CompiledCampaign {
@@ -218,13 +235,28 @@ impl CompiledCampaign {
         let templates = &doc.templates;
         let parts = [
             (TemplatePart::Subject, Some(&templates.subject)),
-            (TemplatePart::Html, templates.html.as_ref()),
             (TemplatePart::Text, templates.text.as_ref()),
         ];
         for (part, source) in parts {
             if let Some(source) = source {
                 env.add_template_owned(part.name(), source.clone())
                     .map_err(|err| syntax_error(part, source, &err))?;
+            }
+        }
+        let mut tracked_links = Vec::new();
+        let tracks_opens = doc.tracking.opens && templates.html.is_some();
+        if let Some(source) = &templates.html {
+            let (rewritten, links) =
+                crate::tracking::rewrite(source, doc.tracking.clicks, doc.tracking.opens);
+            tracked_links = links;
+            if let Err(err) = env.add_template_owned(TemplatePart::Html.name(), rewritten) {
+                // Rewriting replaces only literal attribute values, so the original fails
+                // too; report the error where the author wrote it.
+                let err = Environment::new()
+                    .template_from_str(source)
+                    .err()
+                    .unwrap_or(err);
+                return Err(syntax_error(TemplatePart::Html, source, &err));
             }
         }
         let campaign = Value::from_object(values::object([
@@ -239,7 +271,26 @@ impl CompiledCampaign {
             from: doc.from.clone(),
             reply_to: doc.reply_to.clone(),
             max_rendered_bytes: settings.max_rendered_bytes,
+            tracked_links,
+            tracks_opens,
+            aggregate_only: doc.tracking.aggregate_only,
         })
+    }
+
+    /// How many links of the HTML template are click-tracked: the caller signs one redirect
+    /// URL per link for each recipient ([`TrackingUrls::clicks`]).
+    pub fn tracked_link_count(&self) -> usize {
+        self.tracked_links.len()
+    }
+
+    /// Whether the HTML part carries the open pixel.
+    pub fn tracks_opens(&self) -> bool {
+        self.tracks_opens
+    }
+
+    /// Whether the campaign asks for aggregate-only tracking (anonymous open/click links).
+    pub fn aggregate_only(&self) -> bool {
+        self.aggregate_only
     }
 
     fn parts(&self) -> impl Iterator<Item = TemplatePart> + '_ {
@@ -266,7 +317,8 @@ impl CompiledCampaign {
                 .undeclared_variables(false)
                 .into_iter()
                 .filter(|name| {
-                    !SERVICE_VARIABLES.contains(&name.as_str())
+                    name != crate::tracking::TRACKING_VARIABLE
+                        && !SERVICE_VARIABLES.contains(&name.as_str())
                         && !globals.contains(name.as_str())
                         && !recipient_fields.contains(name)
                 })
@@ -321,25 +373,43 @@ impl CompiledCampaign {
         let email = Value::from(recipient.email.as_str());
         fields.insert("email".into(), email.clone());
         let fields = Value::from_object(fields);
-        // The URL is ours (base URL + base64url token): when it has nothing HTML-special in it,
-        // mark it safe so `href="{{ unsubscribe_url }}"` shows it verbatim instead of `&#x2f;`.
-        let unsubscribe = if ctx
-            .unsubscribe_url
-            .contains(['&', '<', '>', '"', '\'', ' '])
-        {
-            Value::from(ctx.unsubscribe_url.as_str())
-        } else {
-            Value::from_safe_string(ctx.unsubscribe_url.clone())
-        };
+        let unsubscribe = safe_url(&ctx.unsubscribe_url);
         Value::from_object(Root {
             service: [
                 ("email", email),
                 ("recipient", fields.clone()),
                 ("unsubscribe_url", unsubscribe),
                 ("campaign", self.campaign.clone()),
+                (
+                    crate::tracking::TRACKING_VARIABLE,
+                    self.tracking_value(&ctx.tracking),
+                ),
             ],
             fields,
         })
+    }
+
+    /// `_tracking`: the recipient's signed URLs, or the original link targets when none were
+    /// given, so a preview shows the links as written.
+    fn tracking_value(&self, urls: &TrackingUrls) -> Value {
+        let clicks: Vec<Value> = self
+            .tracked_links
+            .iter()
+            .enumerate()
+            .map(|(index, link)| match urls.clicks.get(index) {
+                Some(url) => safe_url(url),
+                // The attribute text as written is already HTML-escaped.
+                None => Value::from_safe_string(link.raw.clone()),
+            })
+            .collect();
+        let open_pixel = match (&urls.open_pixel, self.tracks_opens) {
+            (Some(url), true) => safe_url(url),
+            _ => Value::from(()),
+        };
+        Value::from_object(values::object([
+            ("clicks", Value::from(clicks)),
+            ("open_pixel", open_pixel),
+        ]))
     }
 
     fn render_part(&self, part: TemplatePart, root: &Value) -> Result<String, RenderError> {
@@ -366,11 +436,21 @@ impl CompiledCampaign {
     }
 }
 
+/// Our URLs (base URL + base64url token): when one has nothing HTML-special in it, it is
+/// marked safe so `href="{{ unsubscribe_url }}"` shows it verbatim instead of `&#x2f;`.
+fn safe_url(url: &str) -> Value {
+    if url.contains(['&', '<', '>', '"', '\'', ' ']) {
+        Value::from(url)
+    } else {
+        Value::from_safe_string(url.to_string())
+    }
+}
+
 /// The template's top-level namespace: service variables first (so a recipient field named
 /// `unsubscribe_url` cannot replace the real link), then the recipient's fields.
 #[derive(Debug)]
 struct Root {
-    service: [(&'static str, Value); 4],
+    service: [(&'static str, Value); 5],
     fields: Value,
 }
 

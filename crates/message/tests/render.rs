@@ -385,3 +385,55 @@ fn the_benchmark_newsletter_renders_within_default_limits() {
     assert_eq!(html.matches("class=\"product\"").count(), 8);
     assert!(html.len() > 8000, "{}", html.len());
 }
+
+#[test]
+fn tracked_links_and_the_pixel_carry_the_recipients_urls_and_opt_outs_stay() {
+    let html = "<html><body><a href=\"https://shop.example/a?x=1&amp;y=2\">a</a> \
+                <a data-notrack href=\"https://shop.example/private\">p</a> \
+                <a href=\"{{ unsubscribe_url }}\">unsubscribe</a> \
+                <a href=\"https://shop.example/{{ first_name }}\">personal</a></body></html>";
+    let doc = campaign("Hi", html, "Hi", "lenient");
+    let compiled = compile(&doc);
+    assert_eq!(compiled.tracked_link_count(), 1);
+    assert!(compiled.tracks_opens());
+    assert_eq!(
+        message::tracked_links(html),
+        ["https://shop.example/a?x=1&y=2"]
+    );
+    let someone = recipient(json!({"email": "a@b.example", "first_name": "ann"}));
+    let mut ctx = context(7);
+    ctx.tracking = message::TrackingUrls {
+        open_pixel: Some("https://m.shop.example/t/o/OPEN7".into()),
+        clicks: vec!["https://m.shop.example/t/c/CLICK7".into()],
+    };
+    let rendered = compiled.render(&someone, &ctx).unwrap().html.unwrap();
+    assert!(
+        rendered.contains("<a href=\"https://m.shop.example/t/c/CLICK7\">a</a>"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("href=\"https://shop.example/private\""));
+    assert!(rendered.contains("href=\"https://m.shop.example/u/TOKEN7\""));
+    assert!(rendered.contains("href=\"https://shop.example/ann\""));
+    let pixel = rendered
+        .find("<img src=\"https://m.shop.example/t/o/OPEN7\"")
+        .expect("pixel");
+    assert!(pixel < rendered.find("</body>").unwrap());
+
+    // Without URLs (a preview) the links stay as written and there is no pixel.
+    let plain = compiled
+        .render(&someone, &context(7))
+        .unwrap()
+        .html
+        .unwrap();
+    assert!(plain.contains("<a href=\"https://shop.example/a?x=1&amp;y=2\">a</a>"));
+    assert!(!plain.contains("<img"));
+
+    // Tracking switched off in the campaign: nothing is rewritten even with URLs given.
+    let mut untracked = doc.clone();
+    untracked.tracking.clicks = false;
+    untracked.tracking.opens = false;
+    let compiled = compile(&untracked);
+    assert_eq!(compiled.tracked_link_count(), 0);
+    let html_out = compiled.render(&someone, &ctx).unwrap().html.unwrap();
+    assert!(!html_out.contains("/t/c/") && !html_out.contains("<img"));
+}

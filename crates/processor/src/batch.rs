@@ -485,11 +485,22 @@ fn build(
     campaign_id: CampaignId,
     recipient: &StoredRecipient,
 ) -> Result<delivery::OutgoingMessage, String> {
+    let links = &services.links;
+    let tracked = links.tracked_recipient(compiled.aggregate_only(), recipient.id);
     let context = message::RecipientContext {
         campaign_id,
         recipient_id: recipient.id,
-        unsubscribe_url: services.links.unsubscribe(campaign_id, recipient.id),
+        unsubscribe_url: links.unsubscribe(campaign_id, recipient.id),
         unsubscribe_mailto: None,
+        tracking: message::TrackingUrls {
+            open_pixel: compiled
+                .tracks_opens()
+                .then(|| links.open_pixel(campaign_id, tracked)),
+            // tracked_link_count never exceeds u16::MAX (the template scan stops there).
+            clicks: (0..compiled.tracked_link_count() as u16)
+                .map(|index| links.click(campaign_id, tracked, index))
+                .collect(),
+        },
     };
     let options = message::BuildOptions {
         envelope_from: None,

@@ -8,4 +8,6 @@ pub mod links;
 pub mod token;
 
 pub use links::Links;
-pub use token::{Purpose, TokenClaims, TokenError, TokenKeys, unsubscribe_url};
+pub use token::{
+    ANONYMOUS_RECIPIENT, Purpose, TokenClaims, TokenError, TokenKeys, unsubscribe_url,
+};

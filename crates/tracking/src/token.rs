@@ -27,6 +27,9 @@ const DOMAIN: &[u8] = b"marketing-base/token";
 const TAG_LEN: usize = 16;
 const PAYLOAD_LEN: usize = 1 + 1 + 16 + 8;
 const TOKEN_LEN: usize = PAYLOAD_LEN + TAG_LEN;
+/// Click tokens also carry the link index (2 bytes).
+const CLICK_PAYLOAD_LEN: usize = PAYLOAD_LEN + 2;
+const CLICK_TOKEN_LEN: usize = CLICK_PAYLOAD_LEN + TAG_LEN;
 /// Short secrets make the HMAC guessable offline from any one token.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -36,9 +39,9 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub enum Purpose {
     /// `/u/{token}`: List-Unsubscribe (RFC 8058 one-click) and the visible unsubscribe link.
     Unsubscribe,
-    /// `/o/{token}`: the open-tracking pixel.
+    /// `/t/o/{token}`: the open-tracking pixel.
     Open,
-    /// `/c/{token}/{link index}`: the click redirect.
+    /// `/t/c/{token}`: the click redirect (the token also names the link).
     Click,
 }
 
@@ -122,32 +125,66 @@ impl TokenKeys {
         campaign_id: CampaignId,
         recipient_id: RecipientId,
     ) -> String {
-        let mut bytes = [0u8; TOKEN_LEN];
-        bytes[0] = VERSION;
-        bytes[1] = purpose.code();
-        bytes[2..18].copy_from_slice(campaign_id.as_bytes());
-        bytes[18..26].copy_from_slice(&recipient_id.to_be_bytes());
+        let mut bytes = [0u8; CLICK_TOKEN_LEN];
+        write_payload(&mut bytes, purpose, campaign_id, recipient_id);
+        self.seal(&mut bytes[..TOKEN_LEN])
+    }
+
+    /// A click token: the campaign, the recipient and which link of the campaign's HTML
+    /// template was followed (59 URL-safe characters). The link index is signed with the ids,
+    /// so a token cannot be pointed at another link, and the redirect target is looked up in
+    /// the campaign, never carried in the URL (no open redirect).
+    pub fn sign_click(
+        &self,
+        campaign_id: CampaignId,
+        recipient_id: RecipientId,
+        link_index: u16,
+    ) -> String {
+        let mut bytes = [0u8; CLICK_TOKEN_LEN];
+        write_payload(&mut bytes, Purpose::Click, campaign_id, recipient_id);
+        bytes[PAYLOAD_LEN..CLICK_PAYLOAD_LEN].copy_from_slice(&link_index.to_be_bytes());
+        self.seal(&mut bytes)
+    }
+
+    /// Appends the tag over everything but the last TAG_LEN bytes and encodes the token.
+    fn seal(&self, bytes: &mut [u8]) -> String {
+        let payload_len = bytes.len() - TAG_LEN;
         let tag = self
             .current
             .clone()
-            .chain_update(&bytes[..PAYLOAD_LEN])
+            .chain_update(&bytes[..payload_len])
             .finalize();
-        bytes[PAYLOAD_LEN..].copy_from_slice(&tag.into_bytes()[..TAG_LEN]);
+        bytes[payload_len..].copy_from_slice(&tag.into_bytes()[..TAG_LEN]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// Checks the signature (current secret, then previous ones), then the purpose.
     pub fn verify(&self, expected: Purpose, token: &str) -> Result<TokenClaims, TokenError> {
-        // Reject oversized input before decoding: a token is always the same length.
-        if token.len() != URL_SAFE_NO_PAD_LEN {
+        let mut bytes = [0u8; TOKEN_LEN];
+        let payload = self.open(token, &mut bytes)?;
+        claims(payload, expected)
+    }
+
+    /// Verifies a click token; gives its claims and the link index.
+    pub fn verify_click(&self, token: &str) -> Result<(TokenClaims, u16), TokenError> {
+        let mut bytes = [0u8; CLICK_TOKEN_LEN];
+        let payload = self.open(token, &mut bytes)?;
+        let claims = claims(payload, Purpose::Click)?;
+        let link_index = u16::from_be_bytes([payload[PAYLOAD_LEN], payload[PAYLOAD_LEN + 1]]);
+        Ok((claims, link_index))
+    }
+
+    /// Decodes a token of exactly `bytes.len()` bytes and checks its tag; returns the payload.
+    fn open<'b>(&self, token: &str, bytes: &'b mut [u8]) -> Result<&'b [u8], TokenError> {
+        // Reject other lengths before decoding: a token of one kind is always the same length.
+        if token.len() != (bytes.len() * 4).div_ceil(3) {
             return Err(TokenError::Malformed);
         }
-        let mut bytes = [0u8; TOKEN_LEN];
-        match URL_SAFE_NO_PAD.decode_slice(token, &mut bytes) {
-            Ok(TOKEN_LEN) => {}
+        match URL_SAFE_NO_PAD.decode_slice(token, bytes) {
+            Ok(n) if n == bytes.len() => {}
             _ => return Err(TokenError::Malformed),
         }
-        let (payload, tag) = bytes.split_at(PAYLOAD_LEN);
+        let (payload, tag) = bytes.split_at(bytes.len() - TAG_LEN);
         let genuine = std::iter::once(&self.current)
             .chain(&self.previous)
             .any(|key| {
@@ -159,26 +196,67 @@ impl TokenKeys {
         if !genuine {
             return Err(TokenError::BadSignature);
         }
-        if payload[0] != VERSION {
-            return Err(TokenError::Malformed);
-        }
-        let actual = Purpose::from_code(payload[1]).ok_or(TokenError::Malformed)?;
-        if actual != expected {
-            return Err(TokenError::WrongPurpose { expected, actual });
-        }
-        let mut campaign = [0u8; 16];
-        campaign.copy_from_slice(&payload[2..18]);
-        let mut recipient = [0u8; 8];
-        recipient.copy_from_slice(&payload[18..26]);
-        Ok(TokenClaims {
-            purpose: actual,
-            campaign_id: CampaignId::from_bytes(campaign),
-            recipient_id: RecipientId::from_be_bytes(recipient),
-        })
+        Ok(payload)
+    }
+
+    /// A keyed hash of a client's IP address, so events can tell repeat visitors apart
+    /// without storing the address: without the secret the hash cannot be reversed by
+    /// trying the 2^32 IPv4 addresses.
+    pub fn hash_ip(&self, ip: std::net::IpAddr) -> String {
+        let octets = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let tag = self
+            .current
+            .clone()
+            .chain_update(b"/ip")
+            .chain_update(octets)
+            .finalize()
+            .into_bytes();
+        tag[..TAG_LEN].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
-const URL_SAFE_NO_PAD_LEN: usize = (TOKEN_LEN * 4).div_ceil(3);
+fn write_payload(
+    bytes: &mut [u8],
+    purpose: Purpose,
+    campaign_id: CampaignId,
+    recipient_id: RecipientId,
+) {
+    bytes[0] = VERSION;
+    bytes[1] = purpose.code();
+    bytes[2..18].copy_from_slice(campaign_id.as_bytes());
+    bytes[18..26].copy_from_slice(&recipient_id.to_be_bytes());
+}
+
+fn claims(payload: &[u8], expected: Purpose) -> Result<TokenClaims, TokenError> {
+    if payload[0] != VERSION {
+        return Err(TokenError::Malformed);
+    }
+    let actual = Purpose::from_code(payload[1]).ok_or(TokenError::Malformed)?;
+    if actual != expected {
+        return Err(TokenError::WrongPurpose { expected, actual });
+    }
+    // Only click tokens carry the link index; a payload of the other length is not one.
+    let expected_len = if actual == Purpose::Click {
+        CLICK_PAYLOAD_LEN
+    } else {
+        PAYLOAD_LEN
+    };
+    if payload.len() != expected_len {
+        return Err(TokenError::Malformed);
+    }
+    let mut campaign = [0u8; 16];
+    campaign.copy_from_slice(&payload[2..18]);
+    let mut recipient = [0u8; 8];
+    recipient.copy_from_slice(&payload[18..26]);
+    Ok(TokenClaims {
+        purpose: actual,
+        campaign_id: CampaignId::from_bytes(campaign),
+        recipient_id: RecipientId::from_be_bytes(recipient),
+    })
+}
 
 fn keyed(secret: &[u8]) -> Result<HmacSha256, TokenError> {
     if secret.len() < MIN_SECRET_LEN {
@@ -187,6 +265,11 @@ fn keyed(secret: &[u8]) -> Result<HmacSha256, TokenError> {
     let mac = HmacSha256::new_from_slice(secret).map_err(|_| TokenError::WeakSecret)?;
     Ok(mac.chain_update(DOMAIN))
 }
+
+/// The recipient id open and click tokens carry when the campaign is tracked aggregate-only:
+/// the links then identify nobody (database ids start at 1), and events are stored without
+/// a recipient.
+pub const ANONYMOUS_RECIPIENT: RecipientId = 0;
 
 /// The List-Unsubscribe and visible unsubscribe link: `{public_base_url}/u/{token}`.
 pub fn unsubscribe_url(public_base_url: &str, token: &str) -> String {
@@ -309,6 +392,46 @@ mod tests {
         // New tokens are signed with the current secret only.
         let fresh = after.sign(Purpose::Unsubscribe, campaign(), 5);
         assert!(before.verify(Purpose::Unsubscribe, &fresh).is_err());
+    }
+
+    #[test]
+    fn click_tokens_carry_their_link_and_cannot_be_moved_to_another() {
+        let keys = TokenKeys::new(SECRET, []).unwrap();
+        let token = keys.sign_click(campaign(), 77, 3);
+        assert_eq!(token.len(), 59);
+        let (claims, link) = keys.verify_click(&token).unwrap();
+        assert_eq!(
+            (claims.campaign_id, claims.recipient_id, link),
+            (campaign(), 77, 3)
+        );
+        // Changing the link index without re-signing breaks the signature.
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        bytes[PAYLOAD_LEN + 1] = 4;
+        assert_eq!(
+            keys.verify_click(&URL_SAFE_NO_PAD.encode(bytes)),
+            Err(TokenError::BadSignature)
+        );
+        // Tokens of the other purposes are not click tokens, and the other way round.
+        let open = keys.sign(Purpose::Open, campaign(), 77);
+        assert_eq!(keys.verify_click(&open), Err(TokenError::Malformed));
+        assert!(keys.verify(Purpose::Click, &open).is_err());
+        assert_eq!(
+            keys.verify(Purpose::Open, &token),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn ip_hashes_are_keyed_and_stable() {
+        let keys = TokenKeys::new(SECRET, []).unwrap();
+        let other = TokenKeys::new(OLD, []).unwrap();
+        let ip: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+        let hash = keys.hash_ip(ip);
+        assert_eq!(hash.len(), 32);
+        assert_eq!(hash, keys.hash_ip(ip));
+        assert!(!hash.contains("192"));
+        assert_ne!(hash, other.hash_ip(ip));
+        assert_ne!(hash, keys.hash_ip("192.0.2.11".parse().unwrap()));
     }
 
     #[test]

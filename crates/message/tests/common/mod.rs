@@ -41,6 +41,7 @@ pub fn context(recipient_id: i64) -> RecipientContext {
         unsubscribe_mailto: Some(format!(
             "mailto:unsubscribe@shop.example?subject=TOKEN{recipient_id}"
         )),
+        tracking: Default::default(),
     }
 }
 
