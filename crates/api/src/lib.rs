@@ -4,6 +4,7 @@
 //! to fix; malformed input is a 4xx, never a 5xx.
 
 pub mod auth;
+pub mod bounces;
 mod campaigns;
 mod control;
 mod health;
@@ -34,6 +35,11 @@ pub struct AppState {
     pub links: Arc<tracking::Links>,
     /// Template limits (fuel, recursion, rendered size).
     pub message_settings: message::MessageSettings,
+    /// Bounce intake: its secret and the soft-bounce rule.
+    pub bounces: bounces::BounceSettings,
+    /// Outgoing webhooks (bounced, complained; the tracking endpoints' opened, clicked,
+    /// unsubscribed): [`webhooks::EventSink::recipient_event`].
+    pub events: webhooks::EventSink,
 }
 
 /// Limits and knobs of the API, from configuration.
@@ -90,15 +96,25 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(suppressions::routes())
 }
 
+/// Routes outside the API key that still belong in the document: each authenticates on its
+/// own terms (the bounce intake with BOUNCE_WEBHOOK_SECRET).
+fn public_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new().merge(bounces::routes())
+}
+
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    admin_routes().split_for_parts().1
+    let mut document = admin_routes().split_for_parts().1;
+    document.merge(public_routes().split_for_parts().1);
+    document
 }
 
 /// The whole API as one router: `/api/v1/…` (behind an API key), `/health`, `/ready`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    let (admin, document) = admin_routes().split_for_parts();
+    let (admin, mut document) = admin_routes().split_for_parts();
+    let (public, public_document) = public_routes().split_for_parts();
+    document.merge(public_document);
     let admin = match state.settings.rate_limit {
         Some(limit) => admin.route_layer(axum::middleware::from_fn_with_state(
             Arc::new(rate_limit::RateLimiter::new(limit)),
@@ -113,6 +129,7 @@ pub fn router(state: AppState) -> Router {
     ));
     Router::new()
         .merge(admin)
+        .merge(public)
         .merge(health::routes())
         .merge(openapi::routes(document))
         .fallback(problem::not_found)

@@ -44,13 +44,23 @@ pub async fn serve_api(repo: &TaskRepoClientArgs, api_args: &ApiArgs) -> anyhow:
     let tasks = repo.open().await?;
     log_task_repo("api", repo);
     let links = api_args.links.links(store.as_ref()).await?;
-    run_api(
+    let shutdown = shutdown_token();
+    let (events, dispatcher) = api_args
+        .links
+        .webhooks
+        .start(store.clone(), shutdown.clone())?;
+    let served = run_api(
         "api",
-        api_state(store, tasks, api_args, links),
+        api_state(store, tasks, api_args, links, events),
         api_args,
-        shutdown_token(),
+        shutdown.clone(),
     )
-    .await?;
+    .await;
+    shutdown.cancel();
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -72,6 +82,10 @@ pub async fn serve(
     let links = api_args.links.links(store.as_ref()).await?;
     let shutdown = shutdown_token();
     let transport = transport_args.transport()?;
+    let (events, dispatcher) = api_args
+        .links
+        .webhooks
+        .start(store.clone(), shutdown.clone())?;
     let services = processor::Services {
         store: store.clone(),
         tasks: tasks.clone(),
@@ -80,6 +94,7 @@ pub async fn serve(
         message_settings: message::MessageSettings::default(),
         dkim: None,
         max_batch_size: api_args.limits.max_batch_size,
+        events: events.clone(),
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
@@ -90,7 +105,7 @@ pub async fn serve(
     let worker_run = tokio::spawn(worker.run(shutdown.clone()));
     let api = run_api(
         "serve",
-        api_state(store, tasks, api_args, links),
+        api_state(store, tasks, api_args, links, events),
         api_args,
         shutdown.clone(),
     )
@@ -98,6 +113,9 @@ pub async fn serve(
     // The API stops first (or failed to start): stop the worker too, then let it drain.
     shutdown.cancel();
     worker_run.await.context("the task processor panicked")?;
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
     transport.close().await;
     api?;
     tracing::info!(role = "serve", "stopped");
@@ -117,6 +135,8 @@ pub async fn worker(
     log_task_repo("worker", repo);
     let links = link_args.links(store.as_ref()).await?;
     let transport = transport_args.transport()?;
+    let shutdown = shutdown_token();
+    let (events, dispatcher) = link_args.webhooks.start(store.clone(), shutdown.clone())?;
     let services = processor::Services {
         store,
         tasks,
@@ -125,6 +145,7 @@ pub async fn worker(
         message_settings: message::MessageSettings::default(),
         dkim: None,
         max_batch_size: limits.max_batch_size,
+        events,
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
@@ -133,8 +154,13 @@ pub async fn worker(
     );
     log_worker("worker", &worker, transport.as_ref());
     let stats = worker.stats();
-    worker.run(shutdown_token()).await;
+    worker.run(shutdown.clone()).await;
     transport.close().await;
+    // The worker stops on the shutdown signal, and so does the dispatcher: it writes what is
+    // still queued to the outbox before the process ends.
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
     let done = stats.snapshot();
     tracing::info!(
         role = "worker",
@@ -178,8 +204,10 @@ fn api_state(
     tasks: Arc<dyn TaskRepository>,
     api_args: &ApiArgs,
     links: tracking::Links,
+    events: webhooks::EventSink,
 ) -> api::AppState {
     api::AppState {
+        events,
         links: Arc::new(links),
         message_settings: message::MessageSettings::default(),
         store,
@@ -190,6 +218,7 @@ fn api_state(
             max_import_bytes: api_args.max_import_bytes,
             rate_limit: api_args.rate_limit(),
         },
+        bounces: api_args.bounces.settings(),
     }
 }
 

@@ -145,6 +145,7 @@ impl Harness {
             message_settings: message::MessageSettings::default(),
             dkim: None,
             max_batch_size: 1000,
+            events: webhooks::EventSink::disabled(),
         }
     }
 

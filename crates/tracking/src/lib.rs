@@ -7,5 +7,5 @@ pub mod feedback;
 pub mod links;
 pub mod token;
 
-pub use links::Links;
+pub use links::{Links, VERP_PREFIX};
 pub use token::{Purpose, TokenClaims, TokenError, TokenKeys, unsubscribe_url};

@@ -40,6 +40,9 @@ pub enum Purpose {
     Open,
     /// `/c/{token}/{link index}`: the click redirect.
     Click,
+    /// The VERP envelope sender `bounces+{token}@BOUNCE_VERP_DOMAIN`: bounces and complaints
+    /// come back to it and are attributed to the recipient by it.
+    Bounce,
 }
 
 impl Purpose {
@@ -48,6 +51,7 @@ impl Purpose {
             Purpose::Unsubscribe => 1,
             Purpose::Open => 2,
             Purpose::Click => 3,
+            Purpose::Bounce => 4,
         }
     }
 
@@ -56,6 +60,7 @@ impl Purpose {
             1 => Some(Purpose::Unsubscribe),
             2 => Some(Purpose::Open),
             3 => Some(Purpose::Click),
+            4 => Some(Purpose::Bounce),
             _ => None,
         }
     }
