@@ -1592,6 +1592,13 @@ async fn bounce_fixtures_are_attributed_classified_and_suppress(app: TestApp) {
         events[1].diagnostic
     );
 
+    // The attributed ones count in the campaign's analytics as tracking events.
+    let counts = app.store.engagement_counts(campaign_id).await.unwrap();
+    assert_eq!(counts.of(store::TrackingEventKind::BounceHard).total, 2);
+    assert_eq!(counts.of(store::TrackingEventKind::BounceSoft).total, 2);
+    assert_eq!(counts.of(store::TrackingEventKind::BounceSoft).unique, 1);
+    assert_eq!(counts.of(store::TrackingEventKind::Complaint).total, 1);
+
     // A later campaign skips every suppressed address: the suppression list is what sends check.
     let keys: Vec<String> = ids.keys().cloned().collect();
     let suppressed = app.store.suppressed_among(&keys).await.unwrap();

@@ -13,6 +13,9 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     const BACKEND: &'static str = "postgres";
+    /// `occurred_at` truncated to the hour in UTC, whatever the session's time zone.
+    const HOUR_OF_OCCURRED_AT: &'static str =
+        "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')";
 
     /// Connects and applies the migrations (serialised across processes by sqlx's advisory
     /// lock, so several roles may start at once).

@@ -16,6 +16,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const BACKEND: &'static str = "sqlite";
+    /// `occurred_at` truncated to the hour (integer microseconds).
+    const HOUR_OF_OCCURRED_AT: &'static str = "(occurred_at / 3600000000) * 3600000000";
 
     /// Opens (creating if missing) the database and applies the migrations.
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
