@@ -27,6 +27,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(cancel))
+        .routes(routes!(retry_failed))
 }
 
 /// When to send.
@@ -205,6 +206,40 @@ async fn send_now(state: &AppState, id: &str) -> Result<Response, ApiError> {
         }
         Err(err) => Err(ApiError::Unavailable(format!(
             "the campaign could not be queued: {err}"
+        ))),
+    }
+}
+
+/// Give a finished campaign's failed recipients another try: those not on the suppression list
+/// go back to pending and the campaign is queued again like a first send. Idempotent: repeated
+/// while the retry is queued or sending, it answers 202 and requeues nothing more.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/retry-failed",
+    tag = "control",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    responses(
+        (status = 202, description = "Queued again; `deliveries.pending` counts the recipients to retry", body = StatusView),
+        AdminProblems
+    ),
+    security(("api_key" = []))
+)]
+async fn retry_failed(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let campaign = find(&state, &id).await?;
+    match processor::retry_failed(state.store.as_ref(), state.tasks.as_ref(), campaign.id).await {
+        Ok(_) => Ok((StatusCode::ACCEPTED, Json(status_view(&state, &id).await?)).into_response()),
+        Err(err @ processor::ProcessorError::NotRetryable { .. }) => {
+            Err(ApiError::Conflict(err.to_string()))
+        }
+        Err(processor::ProcessorError::Store(err)) => Err(err.into()),
+        Err(err @ processor::ProcessorError::CampaignNotFound(_)) => {
+            Err(ApiError::NotFound(err.to_string()))
+        }
+        Err(err) => Err(ApiError::Unavailable(format!(
+            "the failed recipients could not be queued again: {err}"
         ))),
     }
 }

@@ -238,6 +238,32 @@ fn event(
     }
 }
 
+/// Queues the event for the store and announces it to the webhook endpoints (neither waits
+/// for a database or a receiver).
+async fn publish(state: &AppState, event: TrackingEvent) {
+    let kind = match event.kind {
+        TrackingEventKind::Open => Some(webhooks::EventKind::Opened),
+        TrackingEventKind::Click => Some(webhooks::EventKind::Clicked),
+        TrackingEventKind::Unsubscribe => Some(webhooks::EventKind::Unsubscribed),
+        // The bounce intake announces bounces and complaints itself.
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        let detail = match event.link_index {
+            Some(link_index) => serde_json::json!({ "link_index": link_index }),
+            None => serde_json::json!({}),
+        };
+        state.events.recipient_event(
+            kind,
+            Some(event.campaign_id),
+            event.recipient_id,
+            None,
+            detail,
+        );
+    }
+    state.engagement.events.record(event).await;
+}
+
 /// The open-tracking pixel: a 1×1 transparent GIF, never cached.
 #[utoipa::path(
     get,
@@ -260,16 +286,16 @@ async fn open_pixel(
         .verify(Purpose::Open, &token)
         .map_err(|_| unknown_link())?;
     // Queued, not stored: the pixel is served even while the database is down.
-    state
-        .engagement
-        .events
-        .record(event(
+    publish(
+        &state,
+        event(
             &claims,
             TrackingEventKind::Open,
             None,
             ip_hash(&state, &extensions),
-        ))
-        .await;
+        ),
+    )
+    .await;
     Ok((
         [
             (header::CONTENT_TYPE, "image/gif"),
@@ -312,16 +338,16 @@ async fn click(
     let target = targets
         .get(usize::from(link_index))
         .ok_or_else(unknown_link)?;
-    state
-        .engagement
-        .events
-        .record(event(
+    publish(
+        &state,
+        event(
             &claims,
             TrackingEventKind::Click,
             Some(link_index),
             ip_hash(&state, &extensions),
-        ))
-        .await;
+        ),
+    )
+    .await;
     Ok((
         StatusCode::FOUND,
         [
@@ -407,7 +433,7 @@ async fn unsubscribe(
     );
     // An unsubscribe always names its recipient: it acts on the address.
     event.recipient_id = Some(claims.recipient_id);
-    state.engagement.events.record(event).await;
+    publish(&state, event).await;
     Ok((
         [(header::CACHE_CONTROL, NO_CACHE)],
         Html(

@@ -5,6 +5,7 @@
 
 mod analytics;
 pub mod auth;
+pub mod bounces;
 mod campaigns;
 mod control;
 pub mod engagement;
@@ -42,6 +43,11 @@ pub struct AppState {
     pub transport: Option<Arc<dyn delivery::Transport>>,
     /// The public tracking endpoints' event recorder and click-target cache.
     pub engagement: engagement::Engagement,
+    /// Bounce intake: its secret and the soft-bounce rule.
+    pub bounces: bounces::BounceSettings,
+    /// Outgoing webhooks (bounced, complained; the tracking endpoints' opened, clicked,
+    /// unsubscribed): [`webhooks::EventSink::recipient_event`].
+    pub events: webhooks::EventSink,
 }
 
 /// Limits and knobs of the API, from configuration.
@@ -104,10 +110,11 @@ fn admin_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .merge(suppressions::routes())
 }
 
-/// The public routes recipients' mail clients reach (open pixel, click redirect,
-/// unsubscribe): documented like the rest, served without an API key.
+/// The routes outside the API key, documented like the rest: the ones recipients' mail
+/// clients reach (open pixel, click redirect, unsubscribe) and the bounce intake, which
+/// authenticates with BOUNCE_WEBHOOK_SECRET.
 fn public_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
-    engagement::routes()
+    engagement::routes().merge(bounces::routes())
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -37,6 +37,9 @@ pub struct ApiArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    #[command(flatten)]
+    pub bounces: BounceArgs,
+
     /// Largest JSON request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = max_body_bytes)]
     pub max_body_bytes: usize,
@@ -93,6 +96,72 @@ pub struct LinkArgs {
 
     #[command(flatten)]
     pub tracking: TrackingArgs,
+
+    /// Domain of the VERP return path: when set, every message's envelope sender (MAIL FROM,
+    /// Return-Path) is bounces+TOKEN@DOMAIN with a signed token naming campaign and recipient,
+    /// so bounces delivered to that domain's `bounces` mailbox find their recipient.
+    #[arg(long, env = "BOUNCE_VERP_DOMAIN", value_parser = verp_domain)]
+    pub bounce_verp_domain: Option<String>,
+
+    /// Where the events of those links (and of delivery) are pushed.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// Outgoing event webhooks. Kept with the links because every role that signs or follows
+/// them (api, worker, serve, send) also produces events.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Endpoints (comma-separated http(s) URLs) that receive sent, failed, bounced, complained,
+    /// opened, clicked and unsubscribed events as signed JSON batches; unset: no webhooks.
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',', value_parser = webhook_url)]
+    pub webhook_urls: Vec<String>,
+
+    /// Key of the HMAC-SHA256 `Webhook-Signature` on every webhook request (required with
+    /// WEBHOOK_URLS; at least 16 characters).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}
+
+impl WebhookArgs {
+    /// Starts the dispatcher when endpoints are configured; the sink is disabled otherwise.
+    pub fn start(
+        &self,
+        store: std::sync::Arc<dyn store::CampaignStore>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<(webhooks::EventSink, Option<webhooks::Dispatcher>)> {
+        if self.webhook_urls.is_empty() {
+            return Ok((webhooks::EventSink::disabled(), None));
+        }
+        let secret = match &self.webhook_secret {
+            Some(secret) if secret.len() >= 16 => secret.clone(),
+            _ => anyhow::bail!(
+                "WEBHOOK_SECRET must be set (at least 16 characters, e.g. `openssl rand -hex 32`) when WEBHOOK_URLS is"
+            ),
+        };
+        let config = webhooks::WebhookConfig::new(self.webhook_urls.clone(), secret);
+        let (sink, dispatcher) = webhooks::Dispatcher::start(store, config, shutdown)
+            .context("cannot start the webhook dispatcher")?;
+        tracing::info!(
+            endpoints = self.webhook_urls.len(),
+            "webhooks: events are sent to WEBHOOK_URLS"
+        );
+        Ok((sink, Some(dispatcher)))
+    }
+}
+
+fn webhook_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if (value.starts_with("http://") || value.starts_with("https://"))
+        && value.len() > "https://".len()
+        && !value.contains(char::is_whitespace)
+    {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "WEBHOOK_URLS must be comma-separated http(s) URLs such as https://hooks.example.com/marketing, got {value:?}"
+        ))
+    }
 }
 
 impl LinkArgs {
@@ -100,8 +169,66 @@ impl LinkArgs {
     pub async fn links(&self, store: &dyn store::CampaignStore) -> anyhow::Result<tracking::Links> {
         let keys = self.tracking.keys(store).await?;
         Ok(tracking::Links::new(&self.public_base_url, keys)
-            .with_aggregate_only(self.tracking.tracking_aggregate_only))
+            .with_aggregate_only(self.tracking.tracking_aggregate_only)
+            .with_verp_domain(self.bounce_verp_domain.clone()))
     }
+}
+
+fn verp_domain(value: &str) -> Result<String, String> {
+    let probe = format!("bounces@{value}");
+    match campaign::EmailAddress::parse(&probe) {
+        Ok(_) if !value.contains('@') => Ok(value.to_ascii_lowercase()),
+        _ => Err(format!(
+            "BOUNCE_VERP_DOMAIN must be a mail domain such as bounces.example.com, got {value:?}"
+        )),
+    }
+}
+
+/// Bounce intake (POST /api/v1/bounces) and when soft bounces suppress an address.
+#[derive(Debug, Clone, Args)]
+pub struct BounceArgs {
+    /// Secret the mail server's bounce hook (or an ESP relay) sends to POST /api/v1/bounces as
+    /// `Authorization: Bearer SECRET` or `X-Bounce-Secret`; unset: the intake refuses everything.
+    #[arg(long, env = "BOUNCE_WEBHOOK_SECRET", hide_env_values = true, value_parser = bounce_webhook_secret)]
+    pub bounce_webhook_secret: Option<String>,
+
+    /// Soft bounces (4.x.x, delayed, expired) of one address within SOFT_BOUNCE_WINDOW_HOURS
+    /// that put it on the suppression list. Hard bounces and complaints suppress at once.
+    #[arg(long, env = "SOFT_BOUNCE_LIMIT", default_value_t = 3, value_parser = soft_bounce_limit)]
+    pub soft_bounce_limit: u32,
+
+    /// The window, in hours, in which SOFT_BOUNCE_LIMIT soft bounces suppress an address.
+    #[arg(long, env = "SOFT_BOUNCE_WINDOW_HOURS", default_value_t = 72, value_parser = soft_bounce_window_hours)]
+    pub soft_bounce_window_hours: u32,
+}
+
+impl BounceArgs {
+    pub fn settings(&self) -> api::bounces::BounceSettings {
+        api::bounces::BounceSettings {
+            webhook_secret: self.bounce_webhook_secret.clone(),
+            soft_bounce_limit: self.soft_bounce_limit,
+            soft_bounce_window: time::Duration::hours(i64::from(self.soft_bounce_window_hours)),
+        }
+    }
+}
+
+fn bounce_webhook_secret(value: &str) -> Result<String, String> {
+    if value.len() >= 16 {
+        Ok(value.to_string())
+    } else {
+        Err(
+            "BOUNCE_WEBHOOK_SECRET must be at least 16 characters (e.g. `openssl rand -hex 32`)"
+                .into(),
+        )
+    }
+}
+
+fn soft_bounce_limit(value: &str) -> Result<u32, String> {
+    whole_number("SOFT_BOUNCE_LIMIT", value, 1..=1000).map(|n| n as u32)
+}
+
+fn soft_bounce_window_hours(value: &str) -> Result<u32, String> {
+    whole_number("SOFT_BOUNCE_WINDOW_HOURS", value, 1..=24 * 365).map(|n| n as u32)
 }
 
 /// The key that signs tracking and unsubscribe links.

@@ -59,15 +59,25 @@ pub async fn serve_api(
     };
     let transport = transport_args.transport()?;
     tracing::info!(role = "api", transport = %transport.describe(), "test sends go through this transport");
-    run_api(
+    let shutdown = shutdown_token();
+    let (events, dispatcher) = api_args
+        .links
+        .webhooks
+        .start(store.clone(), shutdown.clone())?;
+    let served = run_api(
         "api",
-        api_state(store, tasks, api_args, links, transport.clone()),
+        api_state(store, tasks, api_args, links, transport.clone(), events),
         api_args,
         monitoring,
-        shutdown_token(),
+        shutdown.clone(),
     )
-    .await?;
+    .await;
+    shutdown.cancel();
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
     transport.close().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -92,6 +102,10 @@ pub async fn serve(
     let links = api_args.links.links(store.as_ref()).await?;
     let shutdown = shutdown_token();
     let transport = transport_args.transport()?;
+    let (events, dispatcher) = api_args
+        .links
+        .webhooks
+        .start(store.clone(), shutdown.clone())?;
     let services = processor::Services {
         store: store.clone(),
         tasks: tasks.clone(),
@@ -100,6 +114,7 @@ pub async fn serve(
         message_settings: message::MessageSettings::default(),
         dkim: None,
         max_batch_size: api_args.limits.max_batch_size,
+        events: events.clone(),
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
@@ -122,7 +137,7 @@ pub async fn serve(
     let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
         "serve",
-        api_state(store, tasks, api_args, links, transport.clone()),
+        api_state(store, tasks, api_args, links, transport.clone(), events),
         api_args,
         monitoring,
         shutdown.clone(),
@@ -134,6 +149,9 @@ pub async fn serve(
     scheduler_run
         .await
         .context("the campaign processor panicked")?;
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
     transport.close().await;
     api?;
     tracing::info!(role = "serve", "stopped");
@@ -168,6 +186,7 @@ pub async fn worker(
     .await?;
     let links = link_args.links(store.as_ref()).await?;
     let transport = transport_args.transport()?;
+    let (events, dispatcher) = link_args.webhooks.start(store.clone(), shutdown.clone())?;
     let services = processor::Services {
         store,
         tasks,
@@ -176,6 +195,7 @@ pub async fn worker(
         message_settings: message::MessageSettings::default(),
         dkim: None,
         max_batch_size: limits.max_batch_size,
+        events,
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
@@ -186,6 +206,11 @@ pub async fn worker(
     let stats = worker.stats();
     worker.run(shutdown.clone()).await;
     transport.close().await;
+    // The worker stops on the shutdown signal, and so does the dispatcher: it writes what is
+    // still queued to the outbox before the process ends.
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
     // A worker that stops on its own (not by a signal) takes its metrics listener along.
     shutdown.cancel();
     let _ = metrics_listener.await;
@@ -277,9 +302,11 @@ fn api_state(
     api_args: &ApiArgs,
     links: tracking::Links,
     transport: Arc<dyn delivery::Transport>,
+    events: webhooks::EventSink,
 ) -> api::AppState {
     api::AppState {
         transport: Some(transport),
+        events,
         links: Arc::new(links),
         engagement: api::engagement::Engagement::start(store.clone()),
         message_settings: message::MessageSettings::default(),
@@ -292,6 +319,7 @@ fn api_state(
             max_recipients_per_request: api_args.max_recipients_per_request,
             rate_limit: api_args.rate_limit(),
         },
+        bounces: api_args.bounces.settings(),
     }
 }
 

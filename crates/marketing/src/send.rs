@@ -87,6 +87,10 @@ pub async fn send(
     let waker = waking.waker();
     let task_repo: Arc<dyn TaskRepository> = waking;
     let transport = transport_args.transport()?;
+    let stop_webhooks = CancellationToken::new();
+    let (events, dispatcher) = link_args
+        .webhooks
+        .start(store.clone(), stop_webhooks.clone())?;
     let services = processor::Services {
         store: store.clone(),
         tasks: task_repo.clone(),
@@ -95,6 +99,7 @@ pub async fn send(
         message_settings: settings,
         dkim: None,
         max_batch_size: limits.max_batch_size,
+        events,
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
@@ -151,6 +156,11 @@ pub async fn send(
     stop_worker.cancel();
     running.await.context("the task processor panicked")?;
     transport.close().await;
+    // Events not yet delivered stay in the outbox for the next process with WEBHOOK_URLS.
+    stop_webhooks.cancel();
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.join().await;
+    }
 
     let final_record = store
         .get_campaign(record.id)

@@ -18,7 +18,7 @@ mod tracking;
 mod values;
 
 pub use dkim::{DkimError, DkimSigner};
-pub use mime::{BuildError, BuildOptions, OutgoingMessage};
+pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_id};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
     SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable,

@@ -165,6 +165,23 @@ fn build(
     })
 }
 
+/// The campaign and recipient a Message-ID written by this module names: the inverse of the
+/// `<CAMPAIGN.RECIPIENT@domain>` format above, so a bounce or complaint that returns only the
+/// original's Message-ID still finds its recipient without a stored copy of every id. Angle
+/// brackets and surrounding whitespace are optional; anything else is `None`.
+pub fn recipient_of_message_id(message_id: &str) -> Option<(campaign::CampaignId, i64)> {
+    let id = message_id.trim();
+    let id = id
+        .strip_prefix('<')
+        .and_then(|inner| inner.strip_suffix('>'))
+        .unwrap_or(id);
+    let (local, _domain) = id.rsplit_once('@')?;
+    let (campaign_id, recipient_id) = local.split_once('.')?;
+    let campaign_id = campaign::CampaignId::try_parse(campaign_id).ok()?;
+    let recipient_id = recipient_id.parse().ok()?;
+    Some((campaign_id, recipient_id))
+}
+
 fn header(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str(": ");

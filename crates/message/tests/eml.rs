@@ -229,6 +229,32 @@ fn message_id_is_deterministic_and_envelope_sender_is_a_parameter() {
 }
 
 #[test]
+fn a_message_id_leads_back_to_its_campaign_and_recipient() {
+    let (doc, r) = tricky();
+    let (_, out) = build(&doc, &r, 77);
+    let (campaign_id, recipient_id) =
+        message::recipient_of_message_id(&out.message_id).expect("our own Message-ID parses");
+    assert_eq!(
+        (campaign_id.to_string(), recipient_id),
+        (CAMPAIGN_ID.to_string(), 77)
+    );
+    // Without brackets too, as some reports quote it.
+    let bare = out.message_id.trim_matches(['<', '>']);
+    assert_eq!(
+        message::recipient_of_message_id(bare),
+        Some((campaign_id, 77))
+    );
+    for foreign in [
+        "<c123.r456@mailer.example.test>",
+        "<not-ours@example.com>",
+        "",
+        "<@>",
+    ] {
+        assert_eq!(message::recipient_of_message_id(foreign), None, "{foreign}");
+    }
+}
+
+#[test]
 fn preview_returns_parts_and_the_eml() {
     let doc = sample_campaign();
     let r = recipient(

@@ -176,6 +176,7 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
                         first: range.first,
                         last: range.last,
                         round: 0,
+                        pass: record.send_pass,
                     },
                     None,
                 )
@@ -276,7 +277,7 @@ pub(crate) async fn deliver(
     for recipient in due {
         let key = recipient.recipient.email.key();
         if suppressed.contains(&key) {
-            sends.spawn(record_only(shared, recipient.id, OutcomeKind::Suppressed));
+            sends.spawn(record_only(shared, &recipient, OutcomeKind::Suppressed));
             continue;
         }
         if let Some(status) = gate.stopped() {
@@ -313,7 +314,7 @@ pub(crate) async fn deliver(
                 tracing::warn!(campaign = %id, recipient = recipient.id, %error, "message cannot be built");
                 sends.spawn(record_only(
                     shared,
-                    recipient.id,
+                    &recipient,
                     OutcomeKind::Failed {
                         error,
                         attempted: false,
@@ -327,6 +328,7 @@ pub(crate) async fn deliver(
                 let transport_label = shared.transport_label;
                 let policy = policy.clone();
                 let gate = gate.clone();
+                let events = services.events.clone();
                 sends.spawn(async move {
                     match gate.check(slot_taken).await {
                         Ok(None) => {}
@@ -358,6 +360,8 @@ pub(crate) async fn deliver(
                             recipient = recipient.id,
                             "outcome not recorded: the recorder stopped"
                         );
+                    } else {
+                        events.emit_outcome(id, &recipient, &kind);
                     }
                     // Only now may another message take this one's place (the duplicate bound).
                     drop(permit);
@@ -445,24 +449,28 @@ async fn campaign_stopped(
 
 fn record_only(
     shared: &Shared,
-    recipient_id: i64,
+    recipient: &StoredRecipient,
     kind: OutcomeKind,
 ) -> impl std::future::Future<Output = Option<OutcomeKind>> + Send + 'static {
     let recorder = shared.recorder.clone();
     let stats = shared.stats.clone();
     let transport_label = shared.transport_label;
+    let events = shared.services.events.clone();
+    let recipient = recipient.clone();
     async move {
         stats.count(&kind);
         metrics::record_message(transport_label, outcome_metric(&kind));
         let outcome = DeliveryOutcome {
-            recipient_id,
+            recipient_id: recipient.id,
             result: kind.clone(),
         };
         if recorder.record(outcome).await.is_err() {
             tracing::error!(
-                recipient = recipient_id,
+                recipient = recipient.id,
                 "outcome not recorded: the recorder stopped"
             );
+        } else {
+            events.emit_outcome(recipient.campaign_id, &recipient, &kind);
         }
         Some(kind)
     }
@@ -475,6 +483,46 @@ fn outcome_metric(kind: &OutcomeKind) -> metrics::MessageOutcome {
         OutcomeKind::Deferred { .. } => metrics::MessageOutcome::Deferred,
         OutcomeKind::Failed { .. } => metrics::MessageOutcome::Failed,
         OutcomeKind::Suppressed => metrics::MessageOutcome::Suppressed,
+    }
+}
+
+/// The webhook events of committed outcomes.
+trait OutcomeEvents {
+    fn emit_outcome(
+        &self,
+        campaign_id: CampaignId,
+        recipient: &StoredRecipient,
+        kind: &OutcomeKind,
+    );
+}
+
+impl OutcomeEvents for webhooks::EventSink {
+    fn emit_outcome(
+        &self,
+        campaign_id: CampaignId,
+        recipient: &StoredRecipient,
+        kind: &OutcomeKind,
+    ) {
+        if !self.is_enabled() {
+            return;
+        }
+        let (event, detail) = match kind {
+            OutcomeKind::Sent { reply } => {
+                (webhooks::EventKind::Sent, json!({"smtp_reply": reply}))
+            }
+            OutcomeKind::Failed { error, .. } => {
+                (webhooks::EventKind::Failed, json!({"error": error}))
+            }
+            // Deferred is retried and suppressed was never sent: neither is news to a receiver.
+            OutcomeKind::Deferred { .. } | OutcomeKind::Suppressed => return,
+        };
+        self.recipient_event(
+            event,
+            Some(campaign_id),
+            Some(recipient.id),
+            Some(recipient.recipient.email.as_str()),
+            detail,
+        );
     }
 }
 
@@ -502,8 +550,15 @@ fn build(
                 .collect(),
         },
     };
+    // With BOUNCE_VERP_DOMAIN set, bounces come back to an address naming this recipient.
+    let envelope_from = services
+        .links
+        .bounce_address(campaign_id, recipient.id)
+        .map(|address| campaign::EmailAddress::parse(&address))
+        .transpose()
+        .map_err(|err| format!("the VERP return path is not a valid address: {err}"))?;
     let options = message::BuildOptions {
-        envelope_from: None,
+        envelope_from,
         date: OffsetDateTime::now_utc(),
     };
     let built = compiled

@@ -60,6 +60,9 @@ pub enum ProcessorError {
     },
     #[error("campaign {0} does not exist")]
     CampaignNotFound(CampaignId),
+    /// `retry-failed` is not possible now.
+    #[error("campaign {id} cannot retry its failed recipients: {reason}")]
+    NotRetryable { id: CampaignId, reason: String },
 }
 
 /// What every worker shares: where campaigns and tasks are, how mail leaves, and how links
@@ -75,6 +78,8 @@ pub struct Services {
     pub dkim: Option<Arc<message::DkimSigner>>,
     /// MAX_BATCH_SIZE: a campaign's batch_size is capped by it.
     pub max_batch_size: u32,
+    /// Outgoing webhooks: `sent` and `failed` events once an outcome is committed.
+    pub events: webhooks::EventSink,
 }
 
 /// Resumes a paused campaign; returns false when it was not paused. A campaign paused after
@@ -161,4 +166,73 @@ pub async fn enqueue_campaign(
     task.priority = 10;
     let task = tasks.create(task).await?;
     Ok((record, task))
+}
+
+/// What [`retry_failed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RetryFailed {
+    /// Failed recipients put back to pending by this call (0 when a previous call already did).
+    pub requeued: u64,
+}
+
+/// Gives a finished campaign's failed recipients another try: those not suppressed go back to
+/// pending and the campaign is queued again through the same `send_campaign` task path as a
+/// first send, in a new send pass. Idempotent: while the retry is queued or sending, a repeated
+/// call requeues nothing and creates nothing. `NotSendable` when the campaign is in another
+/// state, or finished with no failed recipient that may be retried.
+pub async fn retry_failed(
+    store: &dyn CampaignStore,
+    tasks: &dyn TaskRepository,
+    id: CampaignId,
+) -> Result<RetryFailed, ProcessorError> {
+    let record = store
+        .get_campaign(id)
+        .await?
+        .ok_or(ProcessorError::CampaignNotFound(id))?;
+    if matches!(
+        record.status,
+        CampaignStatus::Queued | CampaignStatus::Sending
+    ) && record.send_pass > 0
+    {
+        // A retry already under way: the call that started it did the work.
+        return Ok(RetryFailed { requeued: 0 });
+    }
+    let Some(requeued) = store.requeue_failed(id).await? else {
+        let status = store
+            .get_campaign(id)
+            .await?
+            .map_or(record.status, |now| now.status);
+        if matches!(status, CampaignStatus::Queued | CampaignStatus::Sending) {
+            // Another caller requeued it between our two reads.
+            return Ok(RetryFailed { requeued: 0 });
+        }
+        return Err(ProcessorError::NotRetryable {
+            id,
+            reason: format!(
+                "it is {status}; only a completed or failed campaign can retry its failed recipients"
+            ),
+        });
+    };
+    if requeued.recipients == 0 {
+        return Err(ProcessorError::NotRetryable {
+            id,
+            reason: "it has no failed recipient that may be retried (suppressed addresses are never retried)".into(),
+        });
+    }
+    let payload = SendCampaign {
+        campaign_id: id,
+        epoch: requeued.send_pass,
+        document: Some(record.document.clone()),
+    };
+    let mut task = NewTask::new(
+        SEND_CAMPAIGN,
+        serde_json::to_value(&payload).map_err(|err| ProcessorError::Payload(err.to_string()))?,
+    );
+    task.idempotency_key = Some(format!("{}:retry", payload.idempotency_key()));
+    task.priority = 10;
+    tasks.create(task).await?;
+    tracing::info!(campaign = %id, recipients = requeued.recipients, pass = requeued.send_pass, "failed recipients queued again");
+    Ok(RetryFailed {
+        requeued: requeued.recipients,
+    })
 }

@@ -40,6 +40,10 @@ pub struct SendBatch {
     /// shutdown) counts one more.
     #[serde(default)]
     pub round: u32,
+    /// The campaign's send pass that split it: 0 for the first send, then one more per
+    /// `retry-failed`, whose batches must not find the first pass's finished tasks.
+    #[serde(default)]
+    pub pass: u32,
 }
 
 impl SendBatch {
@@ -54,10 +58,17 @@ impl SendBatch {
     /// after a crash, or a second split of the same campaign, finds the tasks that exist, so
     /// one range never has two task chains (which could send to a recipient twice).
     pub fn idempotency_key(&self) -> String {
-        format!(
-            "{SEND_BATCH}:{}:{}:{}",
-            self.campaign_id, self.first, self.round
-        )
+        if self.pass == 0 {
+            format!(
+                "{SEND_BATCH}:{}:{}:{}",
+                self.campaign_id, self.first, self.round
+            )
+        } else {
+            format!(
+                "{SEND_BATCH}:{}:{}:{}:pass{}",
+                self.campaign_id, self.first, self.round, self.pass
+            )
+        }
     }
 
     /// The batch that continues this one's range.

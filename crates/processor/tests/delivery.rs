@@ -145,6 +145,7 @@ impl Harness {
             message_settings: message::MessageSettings::default(),
             dkim: None,
             max_batch_size: 1000,
+            events: webhooks::EventSink::disabled(),
         }
     }
 
@@ -1045,6 +1046,49 @@ async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Ha
     );
 }
 
+/// With a VERP domain, every message's envelope sender (MAIL FROM, as the server recorded it) is
+/// `bounces+TOKEN@domain`, and the token names exactly that message's campaign and recipient.
+async fn every_message_returns_bounces_to_its_own_verp_address(harness: Harness) {
+    const COUNT: usize = 20;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let id = harness.campaign("VERP", COUNT, 10).await;
+    let transport = transport(&server.url());
+    let mut services = harness.services(transport.clone());
+    let keys = services.links.keys().clone();
+    services.links = Arc::new(
+        tracking::Links::new("http://127.0.0.1:8000", keys.clone())
+            .with_verp_domain(Some("bounce.example.test".into())),
+    );
+    let worker = Worker::new(worker_config("verp"), services, Some(harness.waker.clone()));
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    harness.enqueue(id).await;
+    assert_eq!(harness.wait_final(id).await, CampaignStatus::Completed);
+    stop.cancel();
+    running.await.unwrap();
+    transport.close().await;
+
+    let messages = tokio::task::block_in_place(|| server.messages());
+    assert_eq!(messages.len(), COUNT);
+    for raw in messages {
+        let text = String::from_utf8_lossy(&raw);
+        let mail_from = header(&text, "X-MailFrom").expect("aiosmtpd records MAIL FROM");
+        let message_id = header(&text, "Message-ID").unwrap();
+        let token = tracking::feedback::verp_token(&mail_from, tracking::VERP_PREFIX)
+            .unwrap_or_else(|| panic!("{mail_from} is not a VERP address"));
+        assert!(mail_from.ends_with("@bounce.example.test"), "{mail_from}");
+        let claims = keys.verify(tracking::Purpose::Bounce, token).unwrap();
+        assert_eq!(claims.campaign_id, id);
+        assert_eq!(message_id, self::message_id(id, claims.recipient_id));
+        assert_eq!(
+            message::recipient_of_message_id(&message_id),
+            Some((id, claims.recipient_id))
+        );
+    }
+}
+
 macro_rules! delivery_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1071,6 +1115,7 @@ macro_rules! delivery_suite {
             case!(a_paused_campaign_resumes_without_a_second_copy_to_anyone);
             case!(a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired);
             case!(a_cancelled_campaign_sends_at_most_its_in_flight_messages_after_the_cancel);
+            case!(every_message_returns_bounces_to_its_own_verp_address);
         }
     };
 }

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, DueCampaign, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, DueCampaign, FeedbackEvent, FeedbackKind, NewFeedbackEvent, QueuedWebhookEvent, Requeued, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             EngagementCounts, EventCount, RecordedTrackingEvent, StoreError, TrackingEvent, TrackingEventKind, StoredRecipient, initial_status,
         };
@@ -22,7 +22,7 @@ macro_rules! campaign_store {
         use sqlx::{QueryBuilder, Row};
         use std::collections::HashSet;
 
-        const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at";
+        const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass";
 
         struct ChunkInserter<'t> {
             tx: &'t mut sqlx::Transaction<'static, $db>,
@@ -99,6 +99,7 @@ macro_rules! campaign_store {
                 created_at: row.try_get::<DbTime, _>("created_at")?.0,
                 updated_at: row.try_get::<DbTime, _>("updated_at")?.0,
                 document,
+                send_pass: u32::try_from(row.try_get::<i32, _>("send_pass")?).unwrap_or(0),
             })
         }
 
@@ -731,6 +732,236 @@ macro_rules! campaign_store {
                     counts.hourly.entry(hour).or_default().insert(kind_of(row)?, row.try_get("total")?);
                 }
                 Ok(counts)
+            }
+
+            async fn record_feedback(&self, event: &NewFeedbackEvent) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO feedback_events (campaign_id, recipient_id, email, email_key, kind, status, action, diagnostic, occurred_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(event.campaign_id.map(DbId))
+                .bind(event.recipient_id)
+                .bind(event.email.as_str())
+                .bind(event.email.key())
+                .bind(event.kind.as_str())
+                .bind(event.status.as_deref())
+                .bind(event.action.as_deref())
+                .bind(event.diagnostic.as_deref())
+                .bind(DbTime::from(event.occurred_at))
+                .execute(&mut *tx)
+                .await?;
+                // An attributed report also counts in the campaign's analytics, in the same
+                // transaction so the bounce log and the report never disagree.
+                if let Some(campaign_id) = event.campaign_id {
+                    let kind = match event.kind {
+                        FeedbackKind::HardBounce => "bounce_hard",
+                        FeedbackKind::SoftBounce => "bounce_soft",
+                        FeedbackKind::Complaint => "complaint",
+                    };
+                    let detail = match event.kind {
+                        FeedbackKind::Complaint => event.status.as_deref(),
+                        _ => event.diagnostic.as_deref().or(event.status.as_deref()),
+                    };
+                    sqlx::query(
+                        "INSERT INTO tracking_events (campaign_id, recipient_id, kind, detail, occurred_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(DbId(campaign_id))
+                    .bind(event.recipient_id)
+                    .bind(kind)
+                    .bind(detail)
+                    .bind(DbTime::from(event.occurred_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn soft_bounces_since(&self, email_key: &str, since: OffsetDateTime) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM feedback_events WHERE email_key = $1 AND kind = 'soft_bounce' AND occurred_at >= $2",
+                )
+                .bind(email_key)
+                .bind(DbTime::from(since))
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn campaign_feedback(&self, id: CampaignId) -> Result<Vec<FeedbackEvent>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT campaign_id, recipient_id, email, kind, status, action, diagnostic, occurred_at \
+                     FROM feedback_events WHERE campaign_id = $1 ORDER BY id",
+                )
+                .bind(DbId(id))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let kind: String = row.try_get("kind")?;
+                        Ok(FeedbackEvent {
+                            campaign_id: row.try_get::<Option<DbId>, _>("campaign_id")?.map(|id| id.0),
+                            recipient_id: row.try_get("recipient_id")?,
+                            email: row.try_get("email")?,
+                            kind: kind.parse::<FeedbackKind>().map_err(StoreError::Corrupt)?,
+                            status: row.try_get("status")?,
+                            action: row.try_get("action")?,
+                            diagnostic: row.try_get("diagnostic")?,
+                            occurred_at: row.try_get::<DbTime, _>("occurred_at")?.0,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn recipient_by_email(&self, id: CampaignId, email: &EmailAddress) -> Result<Option<StoredRecipient>, StoreError> {
+                let row = sqlx::query("SELECT id, email, fields, status, attempts FROM recipients WHERE campaign_id = $1 AND email_key = $2")
+                    .bind(DbId(id))
+                    .bind(email.key())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(|row| stored_recipient_from_row(row, id)).transpose()
+            }
+
+            async fn requeue_failed(&self, id: CampaignId) -> Result<Option<Requeued>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(concat!("SELECT status, send_pass FROM campaigns WHERE id = $1", $lock))
+                    .bind(DbId(id))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::CampaignNotFound(id))?;
+                let status: String = row.try_get("status")?;
+                let status: CampaignStatus = status.parse().map_err(StoreError::Corrupt)?;
+                let send_pass: i32 = row.try_get("send_pass")?;
+                if !matches!(status, CampaignStatus::Completed | CampaignStatus::Failed) {
+                    return Ok(None);
+                }
+                let now = DbTime::now();
+                // A suppressed address (hard bounce, complaint, unsubscribe) stays failed: a
+                // retry must never reach it.
+                let recipients = sqlx::query(
+                    "UPDATE recipients SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = $2 \
+                     WHERE campaign_id = $1 AND status = 'failed' \
+                     AND email_key NOT IN (SELECT email_key FROM suppressions)",
+                )
+                .bind(DbId(id))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if recipients == 0 {
+                    return Ok(Some(Requeued { recipients: 0, send_pass: u32::try_from(send_pass).unwrap_or(0) }));
+                }
+                sqlx::query(
+                    "UPDATE campaigns SET status = 'queued', send_pass = send_pass + 1, started_at = NULL, \
+                     completed_at = NULL, updated_at = $2 WHERE id = $1",
+                )
+                .bind(DbId(id))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(Requeued { recipients, send_pass: u32::try_from(send_pass + 1).unwrap_or(0) }))
+            }
+
+            async fn enqueue_webhook_events(&self, endpoints: &[String], payloads: &[String]) -> Result<(), StoreError> {
+                if endpoints.is_empty() || payloads.is_empty() {
+                    return Ok(());
+                }
+                let now = DbTime::now();
+                let rows: Vec<(&String, &String)> = endpoints
+                    .iter()
+                    .flat_map(|endpoint| payloads.iter().map(move |payload| (endpoint, payload)))
+                    .collect();
+                let mut tx = self.begin_write().await?;
+                for chunk in rows.chunks(1000) {
+                    let mut builder = QueryBuilder::<$db>::new(
+                        "INSERT INTO webhook_outbox (endpoint, payload, next_attempt_at, created_at) ",
+                    );
+                    builder.push_values(chunk, |mut row, (endpoint, payload)| {
+                        row.push_bind(endpoint.as_str())
+                            .push_bind(payload.as_str())
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    builder.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_webhook_events(
+                &self,
+                endpoint: &str,
+                now: OffsetDateTime,
+                lease_until: OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<QueuedWebhookEvent>, StoreError> {
+                // The re-checked `next_attempt_at <= $2` makes a row claimed by a concurrent
+                // dispatcher (PostgreSQL re-evaluates it after the row lock) drop out.
+                let mut tx = self.begin_write().await?;
+                let rows = sqlx::query(
+                    "UPDATE webhook_outbox SET next_attempt_at = $3 \
+                     WHERE next_attempt_at <= $2 AND id IN (SELECT id FROM webhook_outbox \
+                     WHERE endpoint = $1 AND next_attempt_at <= $2 ORDER BY id LIMIT $4) \
+                     RETURNING id, payload, attempts",
+                )
+                .bind(endpoint)
+                .bind(DbTime::from(now))
+                .bind(DbTime::from(lease_until))
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let mut events = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(QueuedWebhookEvent {
+                            id: row.try_get("id")?,
+                            payload: row.try_get("payload")?,
+                            attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                events.sort_by_key(|event| event.id);
+                Ok(events)
+            }
+
+            async fn delete_webhook_events(&self, ids: &[i64]) -> Result<(), StoreError> {
+                for chunk in ids.chunks(500) {
+                    let mut builder = QueryBuilder::<$db>::new("DELETE FROM webhook_outbox WHERE id IN (");
+                    let mut list = builder.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    builder.push(")");
+                    builder.build().execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn retry_webhook_events(&self, ids: &[i64], next_attempt_at: OffsetDateTime) -> Result<(), StoreError> {
+                for chunk in ids.chunks(500) {
+                    let mut builder = QueryBuilder::<$db>::new("UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ");
+                    builder.push_bind(DbTime::from(next_attempt_at));
+                    builder.push(" WHERE id IN (");
+                    let mut list = builder.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    builder.push(")");
+                    builder.build().execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn next_webhook_attempt(&self, endpoint: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+                let earliest: Option<DbTime> = sqlx::query_scalar(
+                    "SELECT MIN(next_attempt_at) FROM webhook_outbox WHERE endpoint = $1",
+                )
+                .bind(endpoint)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(earliest.map(|t| t.0))
             }
 
             async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError> {

@@ -100,6 +100,9 @@ pub struct CampaignRecord {
     pub updated_at: OffsetDateTime,
     /// The whole document as submitted, templates included (recipients live in their rows).
     pub document: CampaignDocument,
+    /// 0 for the first send; each `retry-failed` starts the next pass (part of batch keys).
+    #[serde(skip)]
+    pub send_pass: u32,
 }
 
 /// The campaign processor starts a campaign within about a second of its `scheduled_at`; a
@@ -340,6 +343,70 @@ pub trait CampaignStore: Send + Sync {
     /// A campaign's tracking events counted: per kind, per clicked link, and per hour.
     async fn engagement_counts(&self, id: CampaignId) -> Result<EngagementCounts, StoreError>;
 
+    /// Records a bounce or complaint (see [`NewFeedbackEvent`]); when it is attributed to a
+    /// campaign, also as a tracking event (`bounce_hard`, `bounce_soft`, `complaint`) for the
+    /// campaign's analytics, in the same transaction.
+    async fn record_feedback(&self, event: &NewFeedbackEvent) -> Result<(), StoreError>;
+
+    /// Soft bounces recorded for this address (email key) at or after `since`, across all
+    /// campaigns: what SOFT_BOUNCE_LIMIT is compared with.
+    async fn soft_bounces_since(
+        &self,
+        email_key: &str,
+        since: OffsetDateTime,
+    ) -> Result<i64, StoreError>;
+
+    /// Bounces and complaints of one campaign, oldest first.
+    async fn campaign_feedback(&self, id: CampaignId) -> Result<Vec<FeedbackEvent>, StoreError>;
+
+    /// A campaign's recipient with this address, whatever its state.
+    async fn recipient_by_email(
+        &self,
+        id: CampaignId,
+        email: &EmailAddress,
+    ) -> Result<Option<StoredRecipient>, StoreError>;
+
+    /// Gives a finished (`completed` or `failed`) campaign's failed recipients another try, in
+    /// one transaction: those not on the suppression list go back to `pending` (attempts
+    /// reset), and the campaign goes back to `queued` with its send pass incremented (so its
+    /// new batch tasks get new keys) and `started_at`/`completed_at` cleared. Nothing changes
+    /// when no failed recipient can be retried. `None` when the campaign is not finished.
+    async fn requeue_failed(&self, id: CampaignId) -> Result<Option<Requeued>, StoreError>;
+
+    /// Queues webhook event payloads (JSON text), one row per endpoint and payload.
+    async fn enqueue_webhook_events(
+        &self,
+        endpoints: &[String],
+        payloads: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` of an endpoint's queued events that are due at `now`, oldest first,
+    /// by pushing their next attempt to `lease_until`: a second dispatcher sharing the
+    /// database skips them, and a dispatcher that dies mid-send leaves them to be retried.
+    async fn claim_webhook_events(
+        &self,
+        endpoint: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<QueuedWebhookEvent>, StoreError>;
+
+    /// Removes delivered (or abandoned) events from the outbox.
+    async fn delete_webhook_events(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// Counts a failed attempt on these events and sets when they are tried next.
+    async fn retry_webhook_events(
+        &self,
+        ids: &[i64],
+        next_attempt_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// The earliest next attempt of an endpoint's queued events, `None` when none is queued.
+    async fn next_webhook_attempt(
+        &self,
+        endpoint: &str,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+
     /// The stored secret called `name`; when there is none yet, `candidate` is stored and
     /// returned. Concurrent first calls agree on one value.
     async fn secret(&self, name: &str, candidate: &str) -> Result<String, StoreError>;
@@ -377,6 +444,94 @@ pub trait CampaignStore: Send + Sync {
 
     /// Forgets a reservation whose request failed on our side, so it may be retried.
     async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+}
+
+/// What a bounce or complaint means for its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackKind {
+    /// A permanent failure (5.x.x): the address is suppressed at once.
+    HardBounce,
+    /// A temporary failure (4.x.x, delayed, or expired after retries).
+    SoftBounce,
+    /// A spam complaint (ARF): the address is suppressed at once.
+    Complaint,
+}
+
+impl FeedbackKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackKind::HardBounce => "hard_bounce",
+            FeedbackKind::SoftBounce => "soft_bounce",
+            FeedbackKind::Complaint => "complaint",
+        }
+    }
+}
+
+impl std::str::FromStr for FeedbackKind {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        [
+            FeedbackKind::HardBounce,
+            FeedbackKind::SoftBounce,
+            FeedbackKind::Complaint,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == value)
+        .ok_or_else(|| format!("unknown feedback kind {value:?}"))
+    }
+}
+
+/// A bounce or complaint to record. `campaign_id`/`recipient_id` are set when the report
+/// could be attributed to a recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFeedbackEvent {
+    pub campaign_id: Option<CampaignId>,
+    pub recipient_id: Option<RecipientId>,
+    pub email: EmailAddress,
+    pub kind: FeedbackKind,
+    /// The enhanced status code of a bounce (`5.1.1`), or a complaint's feedback type.
+    pub status: Option<String>,
+    /// The RFC 3464 action of a bounce (`failed`, `delayed`).
+    pub action: Option<String>,
+    /// The remote server's diagnostic (`smtp; 550 5.1.1 …`).
+    pub diagnostic: Option<String>,
+    pub occurred_at: OffsetDateTime,
+}
+
+/// A recorded bounce or complaint.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FeedbackEvent {
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub campaign_id: Option<CampaignId>,
+    pub recipient_id: Option<RecipientId>,
+    pub email: String,
+    pub kind: FeedbackKind,
+    pub status: Option<String>,
+    pub action: Option<String>,
+    pub diagnostic: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+}
+
+/// What [`CampaignStore::requeue_failed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeued {
+    /// Failed recipients put back to pending (0: nothing changed).
+    pub recipients: u64,
+    /// The campaign's send pass after the call.
+    pub send_pass: u32,
+}
+
+/// An outgoing webhook event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedWebhookEvent {
+    pub id: i64,
+    /// The event's JSON text.
+    pub payload: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
 }
 
 /// What reserving an idempotency key found.

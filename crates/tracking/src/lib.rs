@@ -7,7 +7,7 @@ pub mod feedback;
 pub mod links;
 pub mod token;
 
-pub use links::Links;
+pub use links::{Links, VERP_PREFIX};
 pub use token::{
     ANONYMOUS_RECIPIENT, Purpose, TokenClaims, TokenError, TokenKeys, unsubscribe_url,
 };

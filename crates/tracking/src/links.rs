@@ -1,5 +1,6 @@
 //! The public links a message carries, signed per recipient.
 
+use crate::feedback::verp_address;
 use crate::token::{ANONYMOUS_RECIPIENT, Purpose, TokenKeys, unsubscribe_url};
 use campaign::{CampaignId, RecipientId};
 
@@ -10,7 +11,12 @@ pub struct Links {
     keys: TokenKeys,
     /// TRACKING_AGGREGATE_ONLY: every campaign's opens and clicks are anonymous.
     aggregate_only: bool,
+    verp_domain: Option<String>,
 }
+
+/// The local part before the `+` of VERP return paths. With the 56-character tokens it fills
+/// the 64-octet local part exactly (see [`verp_address`]).
+pub const VERP_PREFIX: &str = "bounces";
 
 impl Links {
     pub fn new(public_base_url: &str, keys: TokenKeys) -> Links {
@@ -18,6 +24,7 @@ impl Links {
             public_base_url: public_base_url.trim_end_matches('/').to_string(),
             keys,
             aggregate_only: false,
+            verp_domain: None,
         }
     }
 
@@ -40,6 +47,25 @@ impl Links {
         } else {
             recipient_id
         }
+    }
+
+    /// Sends every message with the envelope sender `bounces+TOKEN@domain` (BOUNCE_VERP_DOMAIN),
+    /// so bounces and complaints name the campaign and recipient they are about.
+    pub fn with_verp_domain(mut self, domain: Option<String>) -> Links {
+        self.verp_domain = domain.filter(|domain| !domain.is_empty());
+        self
+    }
+
+    /// The VERP return path of one recipient's message; `None` when no VERP domain is set
+    /// (the campaign's From address is then the envelope sender).
+    pub fn bounce_address(
+        &self,
+        campaign_id: CampaignId,
+        recipient_id: RecipientId,
+    ) -> Option<String> {
+        let domain = self.verp_domain.as_deref()?;
+        let token = self.keys.sign(Purpose::Bounce, campaign_id, recipient_id);
+        Some(verp_address(VERP_PREFIX, &token, domain))
     }
 
     /// `{PUBLIC_BASE_URL}/u/{token}`: the List-Unsubscribe URL and the visible link.
@@ -106,5 +132,22 @@ mod tests {
             .expect("under the base URL");
         let claims = keys.verify(Purpose::Unsubscribe, token).unwrap();
         assert_eq!((claims.campaign_id, claims.recipient_id), (campaign, 42));
+    }
+
+    #[test]
+    fn bounce_addresses_carry_a_bounce_token_within_the_smtp_local_part_limit() {
+        let keys = TokenKeys::new(&[7u8; 32], []).unwrap();
+        let campaign = uuid::Uuid::now_v7();
+        let plain = Links::new("https://mail.example.com", keys.clone());
+        assert_eq!(plain.bounce_address(campaign, 7), None);
+        let links = plain.with_verp_domain(Some("bounce.example.com".into()));
+        let address = links.bounce_address(campaign, 7).expect("VERP is on");
+        let (local, domain) = address.rsplit_once('@').unwrap();
+        assert_eq!(domain, "bounce.example.com");
+        assert!(local.len() <= 64, "{local} is {} octets", local.len());
+        let token = crate::feedback::verp_token(&address, VERP_PREFIX).unwrap();
+        let claims = keys.verify(Purpose::Bounce, token).unwrap();
+        assert_eq!((claims.campaign_id, claims.recipient_id), (campaign, 7));
+        assert!(keys.verify(Purpose::Unsubscribe, token).is_err());
     }
 }

@@ -43,6 +43,9 @@ pub enum Purpose {
     Open,
     /// `/t/c/{token}`: the click redirect (the token also names the link).
     Click,
+    /// The VERP envelope sender `bounces+{token}@BOUNCE_VERP_DOMAIN`: bounces and complaints
+    /// come back to it and are attributed to the recipient by it.
+    Bounce,
 }
 
 impl Purpose {
@@ -51,6 +54,7 @@ impl Purpose {
             Purpose::Unsubscribe => 1,
             Purpose::Open => 2,
             Purpose::Click => 3,
+            Purpose::Bounce => 4,
         }
     }
 
@@ -59,6 +63,7 @@ impl Purpose {
             1 => Some(Purpose::Unsubscribe),
             2 => Some(Purpose::Open),
             3 => Some(Purpose::Click),
+            4 => Some(Purpose::Bounce),
             _ => None,
         }
     }

@@ -1,0 +1,538 @@
+//! Bounce and complaint intake: `POST /api/v1/bounces`.
+//!
+//! Accepts what the bounce mailbox receives — a raw RFC 3464 delivery status notification or
+//! an RFC 5965 (ARF) complaint, the whole mail as bytes — and a JSON form for relays that
+//! report bounces over HTTP. Not behind the API key: the mail server's delivery hook (or an
+//! ESP relay) authenticates with its own secret, BOUNCE_WEBHOOK_SECRET, so it never holds an
+//! admin key.
+//!
+//! Each report is attributed to the recipient it is about, most reliable first: the signed
+//! VERP token in the return path it came back to (`bounces+TOKEN@BOUNCE_VERP_DOMAIN`), then the
+//! original's Message-ID (which names campaign and recipient, see
+//! [`message::recipient_of_message_id`]), then, in the JSON form, campaign id and address.
+//! An unattributed report still acts on the address it names: the caller holds the secret.
+//!
+//! Then: a hard bounce (5.x.x) or a complaint suppresses the address at once; a soft bounce
+//! (4.x.x, delayed, or a 4.x.x `failed` after the MTA's queue lifetime expired) suppresses it
+//! once SOFT_BOUNCE_LIMIT soft bounces were recorded within SOFT_BOUNCE_WINDOW_HOURS. Every
+//! bounce and complaint is recorded with its status and diagnostic.
+
+use crate::problem::PROBLEM_JSON;
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
+use campaign::{CampaignId, EmailAddress, Problem, RecipientId};
+use serde::{Deserialize, Serialize};
+use store::{CampaignStore, FeedbackKind, NewFeedbackEvent, StoredRecipient};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use tracking::feedback::{
+    Action, BounceNotice, Feedback, FeedbackError, FeedbackKind as ReportKind, Severity,
+    StatusCode as DsnStatus, parse_report,
+};
+use tracking::{Purpose, TokenKeys, VERP_PREFIX};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The header a sender may use instead of `Authorization: Bearer`.
+pub const SECRET_HEADER: &str = "x-bounce-secret";
+
+/// How bounces are authenticated and when soft bounces suppress.
+#[derive(Debug, Clone)]
+pub struct BounceSettings {
+    /// BOUNCE_WEBHOOK_SECRET; `None` refuses every request (nobody can authenticate).
+    pub webhook_secret: Option<String>,
+    /// SOFT_BOUNCE_LIMIT: soft bounces within the window that suppress the address.
+    pub soft_bounce_limit: u32,
+    /// SOFT_BOUNCE_WINDOW_HOURS.
+    pub soft_bounce_window: time::Duration,
+}
+
+impl Default for BounceSettings {
+    fn default() -> Self {
+        BounceSettings {
+            webhook_secret: None,
+            soft_bounce_limit: 3,
+            soft_bounce_window: time::Duration::hours(72),
+        }
+    }
+}
+
+/// The public feedback routes (authenticated by BOUNCE_WEBHOOK_SECRET, not an API key).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
+}
+
+/// The JSON form of one bounce.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BounceJson {
+    /// The address that bounced.
+    #[schema(value_type = String, example = "jane@example.com")]
+    pub email: EmailAddress,
+    /// RFC 3463 enhanced status code, e.g. `5.1.1` or `4.2.2`.
+    #[schema(value_type = String, example = "5.1.1")]
+    pub status: DsnStatus,
+    /// RFC 3464 action: `failed`, `delayed`, `delivered`, `relayed` or `expanded`.
+    #[schema(value_type = String, example = "failed")]
+    pub action: Action,
+    /// The remote server's answer, e.g. `smtp; 550 5.1.1 user unknown`.
+    pub diagnostic: Option<String>,
+    /// The bounced message's Message-ID, with or without angle brackets.
+    pub message_id: Option<String>,
+    /// The campaign the message belonged to (with `email`, finds the recipient).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub campaign_id: Option<CampaignId>,
+}
+
+/// What was done with one reported recipient.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IntakeResult {
+    pub email: String,
+    /// `hard_bounce`, `soft_bounce` or `complaint`; absent for a success notice (delivered,
+    /// relayed, expanded), which is not recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FeedbackKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The recipient the report was attributed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub campaign_id: Option<CampaignId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_id: Option<RecipientId>,
+    /// How: `verp`, `message_id` or `campaign_and_email`; absent when unattributed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributed_by: Option<&'static str>,
+    /// Whether the address is on the suppression list after this report.
+    pub suppressed: bool,
+}
+
+/// The answer to an accepted report.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IntakeReport {
+    pub results: Vec<IntakeResult>,
+}
+
+/// Why intake refused a report; answered as 422 by the API and as a message by the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Report(#[from] FeedbackError),
+    #[error("{0}")]
+    Unusable(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(err: IntakeError) -> Self {
+        match err {
+            IntakeError::Report(err) => ApiError::invalid(vec![Problem {
+                field: "body".into(),
+                message: err.to_string(),
+            }]),
+            IntakeError::Unusable(message) => ApiError::invalid(vec![Problem {
+                field: "body".into(),
+                message,
+            }]),
+            IntakeError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// Report a bounce or spam complaint: a raw DSN (RFC 3464) or ARF complaint (RFC 5965) as the
+/// whole mail (`message/rfc822` or `multipart/report`), or the JSON form. Authenticated with
+/// BOUNCE_WEBHOOK_SECRET (`Authorization: Bearer …` or `X-Bounce-Secret: …`), not an API key.
+#[utoipa::path(
+    post,
+    path = "/api/v1/bounces",
+    tag = "bounces",
+    request_body(
+        content(
+            (BounceJson = "application/json"),
+            (String = "message/rfc822"),
+            (String = "multipart/report"),
+        ),
+        description = "The whole DSN or ARF mail as received, or the JSON form"
+    ),
+    params(("X-Bounce-Secret" = Option<String>, Header, description = "BOUNCE_WEBHOOK_SECRET, when not sent as `Authorization: Bearer`")),
+    responses(
+        (status = 200, description = "Recorded; one result per reported recipient", body = IntakeReport),
+        BounceProblems
+    )
+)]
+async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IntakeReport>, ApiError> {
+    authenticate(&state.bounces, &headers)?;
+    let body = body?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let intake = Intake {
+        store: state.store.as_ref(),
+        keys: state.links.keys(),
+        settings: &state.bounces,
+        events: &state.events,
+    };
+    let results = match media_type.as_str() {
+        "application/json" => {
+            let form: BounceJson = serde_json::from_slice(&body).map_err(|err| {
+                if err.is_data() {
+                    ApiError::invalid(vec![Problem {
+                        field: "body".into(),
+                        message: err.to_string(),
+                    }])
+                } else {
+                    ApiError::Malformed(format!("the body is not valid JSON: {err}"))
+                }
+            })?;
+            intake.json(form).await?
+        }
+        "message/rfc822" => intake.raw(&body).await?,
+        "multipart/report" => {
+            // Either the whole mail, or only the report's MIME body (its type and boundary
+            // then come in the HTTP Content-Type): give the parser the header it needs.
+            match intake.raw(&body).await {
+                Err(IntakeError::Report(FeedbackError::NotAReport { .. })) => {
+                    let mut whole = format!("Content-Type: {content_type}\r\n\r\n").into_bytes();
+                    whole.extend_from_slice(&body);
+                    intake.raw(&whole).await?
+                }
+                other => other?,
+            }
+        }
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type {content_type:?} is not accepted here: send the raw mail as message/rfc822 (or multipart/report) or the JSON form as application/json"
+            )));
+        }
+    };
+    Ok(Json(IntakeReport { results }))
+}
+
+fn authenticate(settings: &BounceSettings, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = settings.webhook_secret.as_deref() else {
+        return Err(ApiError::Unauthorized(
+            "bounce intake is off: set BOUNCE_WEBHOOK_SECRET and send it as `Authorization: Bearer <secret>`".into(),
+        ));
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .or_else(|| {
+            headers
+                .get(SECRET_HEADER)
+                .and_then(|value| value.to_str().ok())
+        });
+    match offered {
+        Some(offered) if bool::from(offered.trim().as_bytes().ct_eq(secret.as_bytes())) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized(
+            "the bounce secret is wrong: send BOUNCE_WEBHOOK_SECRET".into(),
+        )),
+        None => Err(ApiError::Unauthorized(
+            "no bounce secret: send BOUNCE_WEBHOOK_SECRET as `Authorization: Bearer <secret>` or `X-Bounce-Secret`".into(),
+        )),
+    }
+}
+
+/// The intake shared by the API and `marketing bounces fetch`.
+pub struct Intake<'a> {
+    pub store: &'a dyn CampaignStore,
+    pub keys: &'a TokenKeys,
+    pub settings: &'a BounceSettings,
+    /// `bounced` and `complained` webhook events.
+    pub events: &'a webhooks::EventSink,
+}
+
+/// A recipient a report was attributed to, and how.
+struct Attribution {
+    recipient: StoredRecipient,
+    by: &'static str,
+}
+
+impl Intake<'_> {
+    /// A raw DSN or ARF complaint, as received.
+    pub async fn raw(&self, mail: &[u8]) -> Result<Vec<IntakeResult>, IntakeError> {
+        let feedback = parse_report(mail)?;
+        let attribution = self.attribute(&feedback).await?;
+        match &feedback.kind {
+            ReportKind::Bounce(_) => {
+                let notices = feedback.bounce_notices();
+                let single = notices.len() == 1;
+                let mut results = Vec::with_capacity(notices.len());
+                for notice in notices {
+                    // The report's own address may be rewritten (forwarding, aliases); a lone
+                    // recipient of an attributed report is the attributed one.
+                    let matched = attribution.as_ref().filter(|found| {
+                        single
+                            || found.recipient.recipient.email.key()
+                                == notice.recipient.to_lowercase()
+                    });
+                    results.push(self.bounce(&notice, matched).await?);
+                }
+                Ok(results)
+            }
+            ReportKind::Complaint(complaint) => {
+                let email = match &attribution {
+                    Some(found) => found.recipient.recipient.email.clone(),
+                    None => {
+                        let named = complaint
+                            .original_rcpt_to
+                            .first()
+                            .or_else(|| feedback.original.as_ref().and_then(|o| o.to.first()))
+                            .ok_or_else(|| {
+                                IntakeError::Unusable(
+                                    "the complaint names no recipient (no VERP return path, known Message-ID, Original-Rcpt-To or To)".into(),
+                                )
+                            })?;
+                        parse_address(named)?
+                    }
+                };
+                let event = NewFeedbackEvent {
+                    campaign_id: attribution.as_ref().map(|a| a.recipient.campaign_id),
+                    recipient_id: attribution.as_ref().map(|a| a.recipient.id),
+                    email: email.clone(),
+                    kind: FeedbackKind::Complaint,
+                    status: Some(complaint.feedback_type.to_string()),
+                    action: None,
+                    diagnostic: complaint.user_agent.clone(),
+                    occurred_at: OffsetDateTime::now_utc(),
+                };
+                self.store.record_feedback(&event).await?;
+                self.store.suppress(&email, "complaint").await?;
+                tracing::info!(email = %email, attributed = attribution.is_some(), "complaint recorded; address suppressed");
+                metrics::record_tracking_event("complaint");
+                self.events.recipient_event(
+                    webhooks::EventKind::Complained,
+                    event.campaign_id,
+                    event.recipient_id,
+                    Some(email.as_str()),
+                    serde_json::json!({"feedback_type": event.status, "user_agent": event.diagnostic}),
+                );
+                Ok(vec![IntakeResult {
+                    email: email.as_str().to_string(),
+                    kind: Some(FeedbackKind::Complaint),
+                    status: event.status,
+                    action: None,
+                    campaign_id: event.campaign_id,
+                    recipient_id: event.recipient_id,
+                    attributed_by: attribution.map(|a| a.by),
+                    suppressed: true,
+                }])
+            }
+        }
+    }
+
+    /// The JSON form.
+    pub async fn json(&self, form: BounceJson) -> Result<Vec<IntakeResult>, IntakeError> {
+        let mut attribution = match form.message_id.as_deref() {
+            Some(message_id) => self.by_message_id(message_id).await?,
+            None => None,
+        };
+        if attribution.is_none()
+            && let Some(campaign_id) = form.campaign_id
+        {
+            attribution = self
+                .store
+                .recipient_by_email(campaign_id, &form.email)
+                .await?
+                .map(|recipient| Attribution {
+                    recipient,
+                    by: "campaign_and_email",
+                });
+        }
+        let notice = BounceNotice {
+            recipient: form.email.as_str().to_string(),
+            status: form.status,
+            action: form.action,
+            diagnostic: form.diagnostic,
+            message_id: form.message_id,
+        };
+        Ok(vec![self.bounce(&notice, attribution.as_ref()).await?])
+    }
+
+    async fn attribute(&self, feedback: &Feedback) -> Result<Option<Attribution>, IntakeError> {
+        if let Some(token) = feedback.verp_token(VERP_PREFIX) {
+            match self.keys.verify(Purpose::Bounce, token) {
+                Ok(claims) => {
+                    if let Some(recipient) = self
+                        .store
+                        .get_recipient(claims.campaign_id, claims.recipient_id)
+                        .await?
+                    {
+                        return Ok(Some(Attribution {
+                            recipient,
+                            by: "verp",
+                        }));
+                    }
+                }
+                // Not ours, or altered: fall back to the Message-ID.
+                Err(err) => tracing::debug!(error = %err, "VERP token in a report not accepted"),
+            }
+        }
+        match feedback.message_id() {
+            Some(message_id) => self.by_message_id(message_id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn by_message_id(&self, message_id: &str) -> Result<Option<Attribution>, IntakeError> {
+        let Some((campaign_id, recipient_id)) = message::recipient_of_message_id(message_id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .get_recipient(campaign_id, recipient_id)
+            .await?
+            .map(|recipient| Attribution {
+                recipient,
+                by: "message_id",
+            }))
+    }
+
+    /// Records one bounce and applies the suppression rule.
+    async fn bounce(
+        &self,
+        notice: &BounceNotice,
+        attribution: Option<&Attribution>,
+    ) -> Result<IntakeResult, IntakeError> {
+        let email = match attribution {
+            Some(found) => found.recipient.recipient.email.clone(),
+            None => parse_address(&notice.recipient)?,
+        };
+        let kind = match notice.severity() {
+            Severity::Hard => Some(FeedbackKind::HardBounce),
+            Severity::Soft => Some(FeedbackKind::SoftBounce),
+            Severity::None => None,
+        };
+        let mut result = IntakeResult {
+            email: email.as_str().to_string(),
+            kind,
+            status: Some(notice.status.to_string()),
+            action: Some(notice.action.to_string()),
+            campaign_id: attribution.map(|a| a.recipient.campaign_id),
+            recipient_id: attribution.map(|a| a.recipient.id),
+            attributed_by: attribution.map(|a| a.by),
+            suppressed: false,
+        };
+        let Some(kind) = kind else {
+            // A success notice: nothing to record or suppress.
+            return Ok(result);
+        };
+        let now = OffsetDateTime::now_utc();
+        self.store
+            .record_feedback(&NewFeedbackEvent {
+                campaign_id: result.campaign_id,
+                recipient_id: result.recipient_id,
+                email: email.clone(),
+                kind,
+                status: result.status.clone(),
+                action: result.action.clone(),
+                diagnostic: notice.diagnostic.clone(),
+                occurred_at: now,
+            })
+            .await?;
+        let suppress = match kind {
+            FeedbackKind::HardBounce => Some("hard_bounce"),
+            FeedbackKind::SoftBounce => {
+                let recent = self
+                    .store
+                    .soft_bounces_since(&email.key(), now - self.settings.soft_bounce_window)
+                    .await?;
+                (recent >= i64::from(self.settings.soft_bounce_limit.max(1)))
+                    .then_some("soft_bounce_limit")
+            }
+            FeedbackKind::Complaint => Some("complaint"),
+        };
+        if let Some(reason) = suppress {
+            self.store.suppress(&email, reason).await?;
+            result.suppressed = true;
+        } else {
+            result.suppressed = !self
+                .store
+                .suppressed_among(&[email.key()])
+                .await?
+                .is_empty();
+        }
+        tracing::info!(email = %email, kind = kind.as_str(), status = %notice.status, suppressed = result.suppressed, attributed = attribution.is_some(), "bounce recorded");
+        metrics::record_tracking_event("bounce");
+        self.events.recipient_event(
+            webhooks::EventKind::Bounced,
+            result.campaign_id,
+            result.recipient_id,
+            Some(email.as_str()),
+            serde_json::json!({
+                "severity": if kind == FeedbackKind::HardBounce { "hard" } else { "soft" },
+                "status": result.status,
+                "action": result.action,
+                "diagnostic": notice.diagnostic,
+                "suppressed": result.suppressed,
+            }),
+        );
+        Ok(result)
+    }
+}
+
+fn parse_address(raw: &str) -> Result<EmailAddress, IntakeError> {
+    let bare = raw.trim().trim_start_matches('<').trim_end_matches('>');
+    EmailAddress::parse(bare).map_err(|err| {
+        IntakeError::Unusable(format!("the reported address {raw:?} is not usable: {err}"))
+    })
+}
+
+/// The problem answers of the bounce intake, for the OpenAPI document.
+pub(crate) struct BounceProblems;
+
+impl utoipa::IntoResponses for BounceProblems {
+    fn responses() -> std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+    > {
+        use utoipa::openapi::ContentBuilder;
+        use utoipa::openapi::response::ResponseBuilder;
+        [
+            (400, "The JSON form is not valid JSON"),
+            (401, "No BOUNCE_WEBHOOK_SECRET, or a wrong one"),
+            (404, "No such route"),
+            (413, "The body is larger than this route accepts"),
+            (415, "Unsupported Content-Type"),
+            (
+                422,
+                "Not a DSN or ARF report, or the JSON form has a bad field",
+            ),
+            (503, "The database is unavailable"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let content = ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                    "ProblemDetails",
+                )))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(PROBLEM_JSON, content)
+                .build();
+            (status.to_string(), response.into())
+        })
+        .collect()
+    }
+}
