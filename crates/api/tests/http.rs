@@ -716,7 +716,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 17);
+    assert_eq!(protected_routes(&app).await.len(), 19);
     // The routes outside the API key, each with its own authentication.
     let mut public: Vec<String> = public_routes(&app)
         .await

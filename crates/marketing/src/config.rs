@@ -446,11 +446,27 @@ fn shutdown_grace(value: &str) -> Result<f64, String> {
 /// `/health` and `/ready`.
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {
-    /// Address of this process's metrics listener (/metrics, /health, /ready). Port 0 picks a
-    /// free port (logged at start): use it when several workers share a host.
-    #[arg(long, env = "METRICS_BIND", default_value = "127.0.0.1:9101", value_parser = metrics_bind)]
-    pub metrics_bind: SocketAddr,
+    /// Address of this process's metrics listener (/metrics, /health, /ready); default
+    /// 127.0.0.1:9101 for a worker, 127.0.0.1:9102 for a scheduler, so one of each can share
+    /// a host. Port 0 picks a free port (logged at start): use it when several workers share
+    /// a host.
+    #[arg(long, env = "METRICS_BIND", value_parser = metrics_bind)]
+    pub metrics_bind: Option<SocketAddr>,
 }
+
+impl MetricsArgs {
+    /// METRICS_BIND, or the role's own default port.
+    pub fn bind_or(&self, role_default: SocketAddr) -> SocketAddr {
+        self.metrics_bind.unwrap_or(role_default)
+    }
+}
+
+/// A worker's metrics listener when METRICS_BIND is unset.
+pub const WORKER_METRICS_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9101);
+/// A scheduler's metrics listener when METRICS_BIND is unset.
+pub const SCHEDULER_METRICS_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9102);
 
 fn metrics_bind(value: &str) -> Result<SocketAddr, String> {
     socket_addr(

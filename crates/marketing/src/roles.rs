@@ -179,7 +179,7 @@ pub async fn worker(
     };
     let metrics_listener = monitoring::serve_role_metrics(
         "worker",
-        metrics_args.metrics_bind,
+        metrics_args.bind_or(crate::config::WORKER_METRICS_BIND),
         monitoring,
         shutdown.clone(),
     )
@@ -245,7 +245,7 @@ pub async fn scheduler(
     };
     let metrics_listener = monitoring::serve_role_metrics(
         "scheduler",
-        metrics_args.metrics_bind,
+        metrics_args.bind_or(crate::config::SCHEDULER_METRICS_BIND),
         monitoring,
         shutdown.clone(),
     )

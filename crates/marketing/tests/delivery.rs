@@ -71,6 +71,9 @@ fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Proce
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
         .env("TRACKING_SECRET", SECRET)
+        // Workers and schedulers of one test (and of tests running side by side) each get a
+        // free metrics port instead of the fixed default.
+        .env("METRICS_BIND", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
