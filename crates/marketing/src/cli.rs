@@ -29,8 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run everything in one process on the embedded defaults (SQLite, outbox): the API and
-    /// a task processor sharing the store; a campaign sent through the API starts at once.
+    /// Run everything in one process on the embedded defaults (SQLite, outbox): the API, a
+    /// task processor and a campaign processor sharing the store; a campaign sent through the
+    /// API starts at once, a scheduled one at its time.
     Serve {
         #[command(flatten)]
         store: StoreArgs,
