@@ -1337,20 +1337,7 @@ async fn a_delivered_campaign_reports_exactly_what_recipients_did(app: TestApp) 
         ..delivery::TransportConfig::default()
     })
     .expect("SMTP transport");
-    let services = processor::Services {
-        store: app.store.clone(),
-        tasks: app.state.tasks.clone(),
-        transport,
-        links: app.state.links.clone(),
-        message_settings: message::MessageSettings::default(),
-        dkim: None,
-        max_batch_size: 1000,
-        events: webhooks::EventSink::disabled(),
-    };
-    let mut config = processor::WorkerConfig::new("engagement-test");
-    config.check_interval = std::time::Duration::from_millis(100);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(processor::Worker::new(config, services, None).run(stop.clone()));
+    let worker = TestWorker::start(&app, transport);
 
     let response = app
         .post_json(
@@ -1359,36 +1346,7 @@ async fn a_delivered_campaign_reports_exactly_what_recipients_did(app: TestApp) 
         )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let app_ref = &app;
-    let send = move |recipients: Value| async move {
-        let mut campaign = sample_campaign();
-        campaign["recipients"] = recipients;
-        let created: Value = app_ref
-            .post_json("/api/v1/campaigns", &campaign)
-            .await
-            .json()
-            .await
-            .unwrap();
-        let id = created["campaign"]["id"].as_str().unwrap().to_string();
-        let response = app_ref
-            .post_json(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
-            .await;
-        assert!(response.status().is_success(), "{}", response.status());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let (_, status) = app_ref
-                .get_json(&format!("/api/v1/campaigns/{id}/status"))
-                .await;
-            if status["status"] == "completed" {
-                return id;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not completed: {status}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
+    let send = |recipients: Value| send_and_wait(&app, recipients);
     let id = send(json!([
         {"email": "ann@example.com", "first_name": "Ann"},
         {"email": "bob@example.com", "first_name": "Bob"},
@@ -1529,8 +1487,71 @@ async fn a_delivered_campaign_reports_exactly_what_recipients_did(app: TestApp) 
         ["ann@example.com", "bob@example.com", "bob@example.com"],
         "the second campaign reached only bob"
     );
-    stop.cancel();
-    worker.await.unwrap();
+    worker.stop().await;
+}
+
+/// A task processor in the test process, delivering through `transport` until stopped.
+struct TestWorker {
+    stop: tokio_util::sync::CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+}
+
+impl TestWorker {
+    fn start(app: &TestApp, transport: std::sync::Arc<dyn delivery::Transport>) -> TestWorker {
+        let services = processor::Services {
+            store: app.store.clone(),
+            tasks: app.state.tasks.clone(),
+            transport,
+            links: app.state.links.clone(),
+            message_settings: message::MessageSettings::default(),
+            dkim: None,
+            max_batch_size: 1000,
+            events: webhooks::EventSink::disabled(),
+        };
+        let mut config = processor::WorkerConfig::new("api-test");
+        config.check_interval = std::time::Duration::from_millis(100);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running =
+            tokio::spawn(processor::Worker::new(config, services, None).run(stop.clone()));
+        TestWorker { stop, running }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.running.await.unwrap();
+    }
+}
+
+/// Creates the sample campaign with these inline recipients, sends it through the API and
+/// waits until a [`TestWorker`] has completed it; returns its id.
+async fn send_and_wait(app: &TestApp, recipients: Value) -> String {
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = recipients;
+    let created: Value = app
+        .post_json("/api/v1/campaigns", &campaign)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let response = app
+        .post_json(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, status) = app
+            .get_json(&format!("/api/v1/campaigns/{id}/status"))
+            .await;
+        if status["status"] == "completed" {
+            return id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not completed: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The envelope recipient aiosmtpd recorded for a message it stored.
@@ -2279,6 +2300,42 @@ async fn bounce_fixtures_are_attributed_classified_and_suppress(app: TestApp) {
     let suppressed = app.store.suppressed_among(&keys).await.unwrap();
     assert_eq!(suppressed.len(), 4);
     assert!(!suppressed.contains("bystander@example.test"));
+
+    // And a later campaign to the same addresses, delivered to a real SMTP server, reaches
+    // only the ones that did not bounce hard, complain or keep bouncing soft.
+    // (Skipped without aiosmtpd, which fails the run under CI/REQUIRE_SMTP.)
+    if let Some(sink) = testkit::smtp::Aiosmtpd::start() {
+        let transport = delivery::transport_from_config(&delivery::TransportConfig {
+            smtp_url: Some(sink.url()),
+            ..delivery::TransportConfig::default()
+        })
+        .expect("SMTP transport");
+        let worker = TestWorker::start(&app, transport);
+        let everyone: Vec<Value> = ids
+            .keys()
+            .map(|email| json!({"email": email, "first_name": "Reader"}))
+            .collect();
+        let later = send_and_wait(&app, Value::Array(everyone)).await;
+        worker.stop().await;
+        let (_, status) = app
+            .get_json(&format!("/api/v1/campaigns/{later}/status"))
+            .await;
+        assert_eq!(status["deliveries"]["suppressed"], 4, "{status}");
+        assert_eq!(
+            status["deliveries"]["sent"],
+            ids.len() as i64 - 4,
+            "{status}"
+        );
+        let mut reached: Vec<String> = sink.messages().iter().map(|m| recipient_of(m)).collect();
+        reached.sort();
+        let mut expected_reached: Vec<String> = keys
+            .iter()
+            .filter(|key| !suppressed.contains(*key))
+            .cloned()
+            .collect();
+        expected_reached.sort();
+        assert_eq!(reached, expected_reached);
+    }
 
     // The untranslated report (ids of a campaign this database never sent) is still acted on:
     // the address it names bounced hard, so it is suppressed, without attribution.
