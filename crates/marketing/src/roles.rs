@@ -172,15 +172,12 @@ pub async fn worker(
     let tasks = repo.open().await?;
     log_task_repo("worker", repo);
     let shutdown = shutdown_token();
-    let monitoring = Monitoring {
-        store: Some(store.clone()),
-        tasks: Some(tasks.clone()),
-        queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
-    };
-    let metrics_listener = monitoring::serve_role_metrics(
+    let metrics_listener = serve_metrics_of(
         "worker",
         metrics_args.bind_or(crate::config::WORKER_METRICS_BIND),
-        monitoring,
+        repo,
+        &store,
+        &tasks,
         shutdown.clone(),
     )
     .await?;
@@ -238,15 +235,12 @@ pub async fn scheduler(
     let tasks = repo.open().await?;
     log_task_repo("scheduler", repo);
     let shutdown = shutdown_token();
-    let monitoring = Monitoring {
-        store: Some(store.clone()),
-        tasks: Some(tasks.clone()),
-        queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
-    };
-    let metrics_listener = monitoring::serve_role_metrics(
+    let metrics_listener = serve_metrics_of(
         "scheduler",
         metrics_args.bind_or(crate::config::SCHEDULER_METRICS_BIND),
-        monitoring,
+        repo,
+        &store,
+        &tasks,
         shutdown.clone(),
     )
     .await?;
@@ -259,6 +253,25 @@ pub async fn scheduler(
     let _ = metrics_listener.await;
     tracing::info!(role = "scheduler", "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metrics listener of a role without an HTTP API (worker, scheduler): `/ready` checks
+/// its store and task repository; it exports the queue gauges only when it reads the task
+/// tables directly (with TASK_REPO_URL the service exports them, once).
+async fn serve_metrics_of(
+    role: &'static str,
+    bind: std::net::SocketAddr,
+    repo: &TaskRepoClientArgs,
+    store: &Arc<dyn CampaignStore>,
+    tasks: &Arc<dyn TaskRepository>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let monitoring = Monitoring {
+        store: Some(store.clone()),
+        tasks: Some(tasks.clone()),
+        queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
+    };
+    monitoring::serve_role_metrics(role, bind, monitoring, shutdown).await
 }
 
 fn log_scheduler(role: &str, scheduler: &processor::Scheduler) {
