@@ -6,12 +6,13 @@
 # response that violates the document.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-binary=${MARKETING_BIN:-target/debug/marketing}
+binary=${MARKETING_BIN:-${CARGO_TARGET_DIR:-target}/debug/marketing}
 if ! command -v schemathesis >/dev/null 2>&1; then
   python3 -m pip install -q schemathesis
 fi
 work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+server=""
+trap '[[ -n "$server" ]] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 binary=$(realpath "$binary")
 cd "$work"
 key=$("$binary" api-key create --name schemathesis 2>/dev/null)
