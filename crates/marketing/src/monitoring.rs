@@ -148,7 +148,8 @@ async fn ready(State(monitoring): State<Arc<Monitoring>>) -> Response {
 /// `campaign_processor_healthy`. A watchdog turns the gauge to 0 when no check has succeeded
 /// for a while, so a loop that hangs (not only one that errors) shows as unhealthy.
 pub struct SchedulerMetrics {
-    last_success: std::sync::Mutex<std::time::Instant>,
+    /// Tokio's clock, so the watchdog can be tested with paused time.
+    last_success: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl SchedulerMetrics {
@@ -163,7 +164,7 @@ impl SchedulerMetrics {
         shutdown: CancellationToken,
     ) -> Arc<SchedulerMetrics> {
         let observer = Arc::new(SchedulerMetrics {
-            last_success: std::sync::Mutex::new(std::time::Instant::now()),
+            last_success: std::sync::Mutex::new(tokio::time::Instant::now()),
         });
         // Healthy from the start only once a check succeeds; the gauge exists at 0 until then.
         metrics::set_processor_healthy(false);
@@ -188,7 +189,7 @@ impl SchedulerMetrics {
 
 impl processor::SchedulerObserver for SchedulerMetrics {
     fn check_succeeded(&self, report: &processor::CheckReport, took: Duration) {
-        *self.last_success.lock().expect("not poisoned") = std::time::Instant::now();
+        *self.last_success.lock().expect("not poisoned") = tokio::time::Instant::now();
         metrics::set_processor_healthy(true);
         if !report.enqueued.is_empty() {
             // The check queued these campaigns together; each is charged its share.
@@ -202,5 +203,53 @@ impl processor::SchedulerObserver for SchedulerMetrics {
     fn check_failed(&self, _error: &processor::ProcessorError) {
         // The processor logs the error; the gauge says it cannot do its job right now.
         metrics::set_processor_healthy(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use processor::SchedulerObserver;
+
+    fn healthy_gauge() -> String {
+        metrics::render()
+            .lines()
+            .find(|line| line.starts_with("campaign_processor_healthy "))
+            .expect("the gauge is exported once the processor reports")
+            .to_string()
+    }
+
+    /// The gauge follows the checks, and a loop that stops checking (hangs) turns it to 0
+    /// after the stall bound, on tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn the_processor_is_unhealthy_when_checks_fail_or_stop() {
+        let config = processor::SchedulerConfig::new(Duration::from_secs(60));
+        let stall_after = SchedulerMetrics::stall_after(&config);
+        let shutdown = CancellationToken::new();
+        let observer = SchedulerMetrics::start(config, shutdown.clone());
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+
+        let report = processor::CheckReport::default();
+        observer.check_succeeded(&report, Duration::from_millis(3));
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
+
+        // Checks keep succeeding: the watchdog leaves the gauge alone.
+        for _ in 0..3 {
+            tokio::time::sleep(stall_after / 2).await;
+            observer.check_succeeded(&report, Duration::from_millis(3));
+        }
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
+
+        // No check for longer than the bound: the watchdog (ticking every second) notices.
+        tokio::time::sleep(stall_after + Duration::from_secs(2)).await;
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+
+        observer.check_succeeded(&report, Duration::from_millis(3));
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
+        observer.check_failed(&processor::ProcessorError::CampaignNotFound(
+            uuid::Uuid::nil(),
+        ));
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+        shutdown.cancel();
     }
 }
