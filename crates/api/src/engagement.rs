@@ -128,15 +128,8 @@ impl TrackingEventRecorder {
         TrackingEventRecorder { sender }
     }
 
-    /// Records one tracking event: the single place every open, click, unsubscribe, bounce
-    /// and complaint passes through, so `tracking_events_total{kind}` counts them all.
+    /// Queues one tracking event for the writer.
     pub async fn record(&self, event: TrackingEvent) {
-        metrics::record_tracking_event(match event.kind {
-            // Hard and soft are told apart in the store; one metric kind keeps the label set
-            // small and the dashboards simple.
-            TrackingEventKind::BounceHard | TrackingEventKind::BounceSoft => "bounce",
-            kind => kind.as_str(),
-        });
         if self.sender.send(Message::Event(event)).await.is_err() {
             tracing::error!("tracking event lost: the event writer has stopped");
         }
@@ -238,9 +231,12 @@ fn event(
     }
 }
 
-/// Queues the event for the store and announces it to the webhook endpoints (neither waits
-/// for a database or a receiver).
+/// The one place the engagement endpoints' opens, clicks and unsubscribes pass through: counted
+/// in `tracking_events_total{kind}`, queued for the store and announced to the webhook
+/// endpoints (nothing here waits for a database or a receiver). Bounces and complaints take
+/// the same three steps in the bounce intake.
 async fn publish(state: &AppState, event: TrackingEvent) {
+    metrics::record_tracking_event(event.kind.as_str());
     let kind = match event.kind {
         TrackingEventKind::Open => Some(webhooks::EventKind::Opened),
         TrackingEventKind::Click => Some(webhooks::EventKind::Clicked),

@@ -579,10 +579,9 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
     assert_eq!(status["deliveries"]["pending"], 1);
 }
 
-/// Every admin route, with a method; a new route must be added here (and to OpenAPI).
-/// Every route the OpenAPI document says needs an API key, with a concrete path. Read from the
-/// live document, so a new route cannot be left out of the authentication test.
-async fn protected_routes(app: &TestApp) -> Vec<(String, String)> {
+/// Every operation of the live OpenAPI document as (method, path template, needs an API key),
+/// so a new route cannot be left out of the authentication tests.
+async fn documented_routes(app: &TestApp) -> Vec<(String, String, bool)> {
     let document: Value = reqwest::get(app.url("/api/v1/openapi.json"))
         .await
         .unwrap()
@@ -592,15 +591,26 @@ async fn protected_routes(app: &TestApp) -> Vec<(String, String)> {
     let mut routes = Vec::new();
     for (path, operations) in document["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {
-            if operation.get("security").is_some() {
-                let concrete = path
-                    .replace("{id}", "0190b2a0-0000-7000-8000-000000000000")
-                    .replace("{email}", "someone@example.com");
-                routes.push((method.to_uppercase(), concrete));
-            }
+            let protected = operation.get("security").is_some();
+            routes.push((method.to_uppercase(), path.clone(), protected));
         }
     }
     routes
+}
+
+/// Every route the OpenAPI document says needs an API key, with a concrete path.
+async fn protected_routes(app: &TestApp) -> Vec<(String, String)> {
+    documented_routes(app)
+        .await
+        .into_iter()
+        .filter(|(_, _, protected)| *protected)
+        .map(|(method, path, _)| {
+            let concrete = path
+                .replace("{id}", "0190b2a0-0000-7000-8000-000000000000")
+                .replace("{email}", "someone@example.com");
+            (method, concrete)
+        })
+        .collect()
 }
 
 /// The routes served without an API key on purpose: those recipients' mail clients reach,
@@ -615,21 +625,12 @@ const PUBLIC_ROUTES: [&str; 5] = [
 
 /// Every route the OpenAPI document describes without the API key.
 async fn public_routes(app: &TestApp) -> Vec<(String, String)> {
-    let document: Value = reqwest::get(app.url("/api/v1/openapi.json"))
+    documented_routes(app)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut routes = Vec::new();
-    for (path, operations) in document["paths"].as_object().unwrap() {
-        for (method, operation) in operations.as_object().unwrap() {
-            if operation.get("security").is_none() {
-                routes.push((method.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    routes
+        .into_iter()
+        .filter(|(_, _, protected)| !*protected)
+        .map(|(method, path, _)| (method, path))
+        .collect()
 }
 
 async fn the_openapi_document_describes_every_route(app: TestApp) {
