@@ -10,18 +10,13 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use store::{CampaignRecord, DeliveryOutcome, OutcomeKind, StoredRecipient};
 use tasks::NewTask;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// How often a running batch re-reads its campaign's status between messages, so a pause or
-/// cancel stops the batch from claiming further slots within about this long. (Whether a
-/// message may still go out is decided by the [`StatusGate`], per message.)
-const STATUS_CHECK: Duration = Duration::from_millis(200);
 
 /// How often a batch of a paused campaign looks again: a resumed campaign continues within
 /// about this long.
@@ -273,13 +268,14 @@ pub(crate) async fn deliver(
     let mut sends: JoinSet<Option<OutcomeKind>> = JoinSet::new();
     let gate = Arc::new(StatusGate::new(services.store.clone(), id));
     let mut halt = None;
-    let mut checked = Instant::now();
     for recipient in due {
         let key = recipient.recipient.email.key();
         if suppressed.contains(&key) {
             sends.spawn(record_only(shared, &recipient, OutcomeKind::Suppressed));
             continue;
         }
+        // The messages' own status checks (the gate) are what notice a pause or cancel; once
+        // one has, the batch takes no further slot.
         if let Some(status) = gate.stopped() {
             halt = Some(Halt::Campaign(status));
             break;
@@ -287,13 +283,6 @@ pub(crate) async fn deliver(
         if stop.is_cancelled() {
             halt = Some(halted(lease_lost));
             break;
-        }
-        if checked.elapsed() >= STATUS_CHECK {
-            checked = Instant::now();
-            if let Some(status) = campaign_stopped(store, id).await? {
-                halt = Some(Halt::Campaign(status));
-                break;
-            }
         }
         let permit = tokio::select! {
             permit = shared.in_flight.clone().acquire_owned() => match permit {
