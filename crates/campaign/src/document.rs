@@ -1,6 +1,7 @@
 //! The campaign document: everything needed to send a campaign, templates included.
 
 use crate::address::Mailbox;
+use crate::local_time::LocalSendTime;
 use crate::recipient::Recipient;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,10 @@ pub struct CampaignDocument {
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub scheduled_at: Option<OffsetDateTime>,
+    /// Deliver at a local time of day in each recipient's own time zone instead of at once:
+    /// each recipient is released at the first such moment after the campaign starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_send_time: Option<LocalSendTime>,
     /// Free-form data kept with the campaign and available to templates as `campaign.metadata`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schema(value_type = Object)]
@@ -343,6 +348,11 @@ impl CampaignDocument {
                 "retry.max_backoff_seconds",
                 "must not be smaller than retry.initial_backoff_seconds".into(),
             );
+        }
+        if let Some(local) = &self.local_send_time {
+            for (field, message) in local.problems() {
+                problem(field, message);
+            }
         }
 
         if problems.is_empty() {

@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod document;
+pub mod local_time;
 pub mod recipient;
 pub mod schema;
 pub mod status;
@@ -15,6 +16,7 @@ pub use document::{
     CampaignDocument, Limits, Problem, RetryPolicy, Templates, TrackingOptions, UndefinedVariables,
     ValidationError,
 };
+pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};
 pub use recipient::{CsvRecipients, Recipient, RecipientError, RowError};
 pub use status::{CampaignStatus, DeliveryStatus};
 
