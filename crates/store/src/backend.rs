@@ -7,11 +7,11 @@ macro_rules! campaign_store {
         mod shared_sql {
         use super::$store;
         use $crate::db_types::{DbId, DbTime};
-        use $crate::import::{ChunkSink, drive};
+        use $crate::import::{ChunkSink, ImportRow, drive};
         use $crate::{
             ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, DueCampaign, FeedbackEvent, FeedbackKind, NewFeedbackEvent, QueuedWebhookEvent, Requeued, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
-            EngagementCounts, EventCount, RecordedTrackingEvent, StoreError, TrackingEvent, TrackingEventKind, StoredRecipient, initial_status,
+            EngagementCounts, EventCount, RecordedTrackingEvent, StoreError, TrackingEvent, TrackingEventKind, StoredRecipient, ZoneRelease, initial_status,
         };
         use campaign::{
             CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, EmailAddress, Recipient,
@@ -32,16 +32,18 @@ macro_rules! campaign_store {
         impl ChunkSink for ChunkInserter<'_> {
             async fn insert_chunk(
                 &mut self,
-                rows: &[(u64, Recipient)],
+                rows: &[ImportRow],
             ) -> Result<HashSet<String>, StoreError> {
                 let mut builder = QueryBuilder::<$db>::new(
-                    "INSERT INTO recipients (campaign_id, email, email_key, fields) ",
+                    "INSERT INTO recipients (campaign_id, email, email_key, fields, time_zone) ",
                 );
-                builder.push_values(rows, |mut row, (_, recipient)| {
+                builder.push_values(rows, |mut row, import| {
+                    let recipient = &import.recipient;
                     row.push_bind(self.campaign)
                         .push_bind(recipient.email.as_str())
                         .push_bind(recipient.email.key())
-                        .push_bind(Json(&recipient.fields));
+                        .push_bind(Json(&recipient.fields))
+                        .push_bind(import.time_zone.as_deref());
                 });
                 builder.push(" ON CONFLICT (campaign_id, email_key) DO NOTHING RETURNING email_key");
                 let keys: Vec<String> = builder
@@ -187,7 +189,7 @@ macro_rules! campaign_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: id }, recipients).await?;
+                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: id }, recipients, stored.local_send_time.as_ref()).await?;
                 add_to_recipient_count(&mut tx, id, report.imported).await?;
                 let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1")))
                     .bind(id)
@@ -204,18 +206,16 @@ macro_rules! campaign_store {
                 recipients: RecipientStream<'_>,
             ) -> Result<ImportReport, StoreError> {
                 let mut tx = self.begin_write().await?;
-                let status: Option<String> = sqlx::query_scalar(concat!("SELECT status FROM campaigns WHERE id = $1", $lock))
+                let row: Option<(String, Json<CampaignDocument>)> = sqlx::query_as(concat!("SELECT status, document FROM campaigns WHERE id = $1", $lock))
                     .bind(DbId(id))
                     .fetch_optional(&mut *tx)
                     .await?;
-                let status: CampaignStatus = status
-                    .ok_or(StoreError::CampaignNotFound(id))?
-                    .parse()
-                    .map_err(StoreError::Corrupt)?;
+                let (status, Json(document)) = row.ok_or(StoreError::CampaignNotFound(id))?;
+                let status: CampaignStatus = status.parse().map_err(StoreError::Corrupt)?;
                 if !matches!(status, CampaignStatus::Draft | CampaignStatus::Scheduled) {
                     return Err(StoreError::WrongState { id, status, action: "adding recipients" });
                 }
-                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: DbId(id) }, recipients).await?;
+                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: DbId(id) }, recipients, document.local_send_time.as_ref()).await?;
                 add_to_recipient_count(&mut tx, DbId(id), report.imported).await?;
                 tx.commit().await?;
                 Ok(report)
@@ -469,7 +469,7 @@ macro_rules! campaign_store {
                 range: RecipientRange,
             ) -> Result<Option<OffsetDateTime>, StoreError> {
                 let earliest: Option<DbTime> = sqlx::query_scalar(
-                    "SELECT MIN(CASE WHEN status = 'pending' THEN $4 ELSE COALESCE(next_attempt_at, $4) END) \
+                    "SELECT MIN(COALESCE(next_attempt_at, $4)) \
                      FROM recipients WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 \
                      AND status IN ('pending', 'deferred')",
                 )
@@ -495,7 +495,7 @@ macro_rules! campaign_store {
                     "SELECT id, email, fields, status, attempts FROM recipients \
                      WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 \
                      AND status IN ('pending', 'deferred') \
-                     AND (status = 'pending' OR next_attempt_at IS NULL OR next_attempt_at <= $4) \
+                     AND (next_attempt_at IS NULL OR next_attempt_at <= $4) \
                      ORDER BY id",
                 )
                 .bind(DbId(id))
@@ -505,6 +505,52 @@ macro_rules! campaign_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(|row| stored_recipient_from_row(row, id)).collect()
+            }
+
+            async fn unreleased_time_zones(&self, id: CampaignId) -> Result<Vec<(String, i64)>, StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT time_zone, COUNT(*) FROM recipients \
+                     WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NULL AND time_zone IS NOT NULL \
+                     GROUP BY time_zone ORDER BY time_zone",
+                )
+                .bind(DbId(id))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn hold_time_zone(&self, id: CampaignId, zone: &str, release_at: OffsetDateTime) -> Result<u64, StoreError> {
+                let held = sqlx::query(
+                    "UPDATE recipients SET next_attempt_at = $3 \
+                     WHERE campaign_id = $1 AND status = 'pending' AND next_attempt_at IS NULL AND time_zone = $2",
+                )
+                .bind(DbId(id))
+                .bind(zone)
+                .bind(DbTime::from(release_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(held.rows_affected())
+            }
+
+            async fn time_zone_releases(&self, id: CampaignId) -> Result<Vec<ZoneRelease>, StoreError> {
+                // A recipient due now has no time (NULL): MIN over the epoch stand-in tells
+                // "one is due now" from "all wait".
+                let rows: Vec<(String, i64, Option<DbTime>)> = sqlx::query_as(
+                    "SELECT time_zone, COUNT(*), MIN(COALESCE(next_attempt_at, $2)) FROM recipients \
+                     WHERE campaign_id = $1 AND status IN ('pending', 'deferred') AND time_zone IS NOT NULL \
+                     GROUP BY time_zone ORDER BY time_zone",
+                )
+                .bind(DbId(id))
+                .bind(DbTime(OffsetDateTime::UNIX_EPOCH))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(zone, waiting, due)| ZoneRelease {
+                        zone,
+                        waiting,
+                        due_at: due.map(|t| t.0).filter(|at| *at != OffsetDateTime::UNIX_EPOCH),
+                    })
+                    .collect())
             }
 
             async fn get_recipient(&self, id: CampaignId, recipient_id: i64) -> Result<Option<StoredRecipient>, StoreError> {

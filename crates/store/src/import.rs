@@ -2,7 +2,7 @@
 //! database's unique key, all or nothing.
 
 use crate::{MAX_REPORTED_ROW_ERRORS, StoreError};
-use campaign::{Recipient, RowError};
+use campaign::{LocalSendTime, Recipient, RowError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -25,8 +25,8 @@ where
 /// Rows inserted per statement: large enough to amortise the round trip, small enough to stay
 /// below both backends' bind-parameter limits and to keep memory flat.
 pub(crate) const CHUNK_ROWS: usize = 1000;
-/// Duplicates listed in a report; the rest are only counted.
-const MAX_REPORTED_DUPLICATES: usize = 100;
+/// Duplicates (and unrecognised time zones) listed in a report; the rest are only counted.
+const MAX_LISTED_ROWS: usize = 100;
 
 /// A recipient that was not added because its address (compared case-insensitively) was
 /// already in the campaign or earlier in the same import.
@@ -35,6 +35,19 @@ pub struct Duplicate {
     /// 1-based position in the import.
     pub row: u64,
     pub email: String,
+}
+
+/// A recipient whose time zone field held something that is not a known IANA zone: it is
+/// imported and released in the campaign's fallback zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UnrecognisedTimeZone {
+    /// 1-based position in the import.
+    pub row: u64,
+    pub email: String,
+    /// The field's value as it was given.
+    pub value: String,
+    /// The zone used instead (the campaign's fallback).
+    pub used: String,
 }
 
 /// The outcome of an import.
@@ -48,6 +61,25 @@ pub struct ImportReport {
     pub duplicates: u64,
     /// The first duplicates, for the person fixing the list.
     pub duplicate_rows: Vec<Duplicate>,
+    /// With a local send time: recipients whose time zone field was not a known zone and
+    /// who fall back to the campaign's fallback zone.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unrecognised_time_zones: u64,
+    /// The first of them, for the person fixing the list.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unrecognised_time_zone_rows: Vec<UnrecognisedTimeZone>,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
+/// One recipient ready to insert: its position in the import, and with a local send time the
+/// IANA zone it is released in.
+pub(crate) struct ImportRow {
+    pub row: u64,
+    pub recipient: Recipient,
+    pub time_zone: Option<String>,
 }
 
 /// Where chunks go: one backend's open transaction.
@@ -56,27 +88,50 @@ pub(crate) trait ChunkSink {
     /// keys that were inserted.
     fn insert_chunk(
         &mut self,
-        rows: &[(u64, Recipient)],
+        rows: &[ImportRow],
     ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send;
 }
 
 /// Reads the whole stream, inserting chunk by chunk while every row is good. After the first
 /// bad row nothing more is inserted, but reading goes on so the error can say how many rows
-/// are bad; the caller then rolls the transaction back.
+/// are bad; the caller then rolls the transaction back. With a `local_send_time`, each
+/// recipient's zone is resolved here, the one place every import passes.
 pub(crate) async fn drive<S: ChunkSink + Send>(
     sink: &mut S,
     mut stream: RecipientStream<'_>,
+    local_send_time: Option<&LocalSendTime>,
 ) -> Result<ImportReport, StoreError> {
     let mut report = ImportReport::default();
     let mut bad_rows: Vec<RowError> = Vec::new();
     let mut bad_total: u64 = 0;
-    let mut chunk: Vec<(u64, Recipient)> = Vec::with_capacity(CHUNK_ROWS);
+    let mut chunk: Vec<ImportRow> = Vec::with_capacity(CHUNK_ROWS);
 
     while let Some(row) = stream.next().await {
         report.received += 1;
         match row {
             Ok(recipient) if bad_total == 0 => {
-                chunk.push((report.received, recipient));
+                let time_zone = local_send_time.map(|local| {
+                    let zone = local.zone_for(&recipient.fields);
+                    if let Some(value) = zone.unrecognised {
+                        report.unrecognised_time_zones += 1;
+                        if report.unrecognised_time_zone_rows.len() < MAX_LISTED_ROWS {
+                            report
+                                .unrecognised_time_zone_rows
+                                .push(UnrecognisedTimeZone {
+                                    row: report.received,
+                                    email: recipient.email.to_string(),
+                                    value,
+                                    used: zone.zone.clone(),
+                                });
+                        }
+                    }
+                    zone.zone
+                });
+                chunk.push(ImportRow {
+                    row: report.received,
+                    recipient,
+                    time_zone,
+                });
                 if chunk.len() == CHUNK_ROWS {
                     insert(sink, &mut chunk, &mut report).await?;
                 }
@@ -102,7 +157,7 @@ pub(crate) async fn drive<S: ChunkSink + Send>(
 
 async fn insert<S: ChunkSink>(
     sink: &mut S,
-    chunk: &mut Vec<(u64, Recipient)>,
+    chunk: &mut Vec<ImportRow>,
     report: &mut ImportReport,
 ) -> Result<(), StoreError> {
     if chunk.is_empty() {
@@ -112,19 +167,19 @@ async fn insert<S: ChunkSink>(
     // duplicates of rows stored earlier are found by the unique key (ON CONFLICT DO NOTHING).
     let mut seen = HashSet::with_capacity(chunk.len());
     let mut unique = Vec::with_capacity(chunk.len());
-    for (row, recipient) in chunk.drain(..) {
-        if seen.insert(recipient.email.key()) {
-            unique.push((row, recipient));
+    for row in chunk.drain(..) {
+        if seen.insert(row.recipient.email.key()) {
+            unique.push(row);
         } else {
-            note_duplicate(report, row, &recipient);
+            note_duplicate(report, row.row, &row.recipient);
         }
     }
     let inserted = sink.insert_chunk(&unique).await?;
-    for (row, recipient) in &unique {
-        if inserted.contains(&recipient.email.key()) {
+    for row in &unique {
+        if inserted.contains(&row.recipient.email.key()) {
             report.imported += 1;
         } else {
-            note_duplicate(report, *row, recipient);
+            note_duplicate(report, row.row, &row.recipient);
         }
     }
     Ok(())
@@ -132,7 +187,7 @@ async fn insert<S: ChunkSink>(
 
 fn note_duplicate(report: &mut ImportReport, row: u64, recipient: &Recipient) {
     report.duplicates += 1;
-    if report.duplicate_rows.len() < MAX_REPORTED_DUPLICATES {
+    if report.duplicate_rows.len() < MAX_LISTED_ROWS {
         report.duplicate_rows.push(Duplicate {
             row,
             email: recipient.email.to_string(),

@@ -11,7 +11,9 @@ mod import;
 pub mod postgres;
 pub mod sqlite;
 
-pub use import::{Duplicate, ImportReport, RecipientStream, recipient_stream};
+pub use import::{
+    Duplicate, ImportReport, RecipientStream, UnrecognisedTimeZone, recipient_stream,
+};
 
 use async_trait::async_trait;
 use campaign::{
@@ -299,6 +301,26 @@ pub trait CampaignStore: Send + Sync {
         range: RecipientRange,
     ) -> Result<Option<OffsetDateTime>, StoreError>;
 
+    /// With a local send time: the time zones of the campaign's pending recipients that have
+    /// no release time yet, each with its number of recipients.
+    async fn unreleased_time_zones(&self, id: CampaignId)
+    -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Holds the campaign's pending recipients in `zone` that have no release time yet until
+    /// `release_at` (they are not due before it); returns how many. Recipients already held
+    /// keep their time, so a split repeated after a crash changes nothing.
+    async fn hold_time_zone(
+        &self,
+        id: CampaignId,
+        zone: &str,
+        release_at: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Per time zone, the campaign's recipients still waiting (pending or deferred) and the
+    /// earliest time one of them is due: what a campaign's status shows while a local send
+    /// time releases it zone by zone.
+    async fn time_zone_releases(&self, id: CampaignId) -> Result<Vec<ZoneRelease>, StoreError>;
+
     /// One recipient of a campaign, whatever its state.
     async fn get_recipient(
         &self,
@@ -557,6 +579,20 @@ pub struct ApiKeyRecord {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Recipients of one time zone still to be delivered, and when the first of them is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ZoneRelease {
+    /// IANA time zone name.
+    pub zone: String,
+    /// Recipients pending or deferred.
+    pub waiting: i64,
+    /// The earliest time one of them is due (in the past once it has come); absent when one
+    /// has no time at all (not held yet, so due as soon as a batch runs).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub due_at: Option<OffsetDateTime>,
 }
 
 /// A contiguous range of recipient ids within one campaign (both ends included). Ids of other

@@ -360,6 +360,140 @@ async fn batches_cover_every_due_recipient_once(store: Arc<dyn CampaignStore>) {
     );
 }
 
+/// With a local send time, each recipient's zone is resolved at import (the field, or the
+/// fallback for a missing or unknown value, which the report lists, also for recipients added
+/// later); a held zone is not due before its release, a hold is never moved, and the status
+/// per zone shows what waits and when.
+async fn local_send_time_zones_are_stored_held_and_released(store: Arc<dyn CampaignStore>) {
+    use time::macros::datetime;
+    let zoned = |email: &str, zone: Option<&str>| {
+        let mut r = recipient(email, "Z");
+        if let Some(zone) = zone {
+            r.fields.insert("zone".into(), zone.into());
+        }
+        r
+    };
+    let mut doc = document("Local nine");
+    doc.scheduled_at = None;
+    doc.local_send_time = Some(campaign::LocalSendTime {
+        time: "09:00".into(),
+        timezone_field: "zone".into(),
+        fallback_timezone: "Asia/Tokyo".into(),
+    });
+    let (record, report) = store
+        .create_campaign(
+            &doc,
+            recipient_stream(rows(vec![
+                zoned("a@example.com", Some("Europe/Berlin")),
+                zoned("b@example.com", Some("Europe/Nowhere")),
+                zoned("c@example.com", None),
+            ])),
+        )
+        .await
+        .unwrap();
+    let id = record.id;
+    assert_eq!(report.unrecognised_time_zones, 1);
+    assert_eq!(report.unrecognised_time_zone_rows[0].row, 2);
+    assert_eq!(
+        report.unrecognised_time_zone_rows[0].value,
+        "Europe/Nowhere"
+    );
+    let later = store
+        .import_recipients(
+            id,
+            recipient_stream(rows(vec![
+                zoned("d@example.com", Some("America/Chicago")),
+                zoned("e@example.com", Some("")),
+            ])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(later.imported, 2);
+    assert_eq!(later.unrecognised_time_zones, 0);
+    let zones = store.unreleased_time_zones(id).await.unwrap();
+    assert_eq!(
+        zones,
+        vec![
+            ("America/Chicago".to_string(), 1),
+            ("Asia/Tokyo".to_string(), 3),
+            ("Europe/Berlin".to_string(), 1),
+        ]
+    );
+
+    let berlin = datetime!(2030-03-01 08:00 UTC);
+    let tokyo = datetime!(2030-03-02 00:00 UTC);
+    assert_eq!(
+        store
+            .hold_time_zone(id, "Europe/Berlin", berlin)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.hold_time_zone(id, "Asia/Tokyo", tokyo).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .hold_time_zone(id, "Asia/Tokyo", berlin)
+            .await
+            .unwrap(),
+        0,
+        "a held recipient keeps its release time"
+    );
+    assert_eq!(
+        store.unreleased_time_zones(id).await.unwrap(),
+        vec![("America/Chicago".to_string(), 1)]
+    );
+    let releases = store.time_zone_releases(id).await.unwrap();
+    let shown: Vec<(&str, i64, Option<time::OffsetDateTime>)> = releases
+        .iter()
+        .map(|z| (z.zone.as_str(), z.waiting, z.due_at))
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("America/Chicago", 1, None),
+            ("Asia/Tokyo", 3, Some(tokyo)),
+            ("Europe/Berlin", 1, Some(berlin)),
+        ]
+    );
+
+    let range = store.batch_ranges(id, 10).await.unwrap()[0];
+    let due_at = |now| {
+        let store = store.clone();
+        async move {
+            let mut due: Vec<String> = store
+                .due_recipients(id, range, now)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.recipient.email.to_string())
+                .collect();
+            due.sort();
+            due
+        }
+    };
+    let second = time::Duration::SECOND;
+    assert_eq!(due_at(berlin - second).await, ["d@example.com"]);
+    assert_eq!(due_at(berlin).await, ["a@example.com", "d@example.com"]);
+    assert_eq!(
+        due_at(tokyo).await,
+        [
+            "a@example.com",
+            "b@example.com",
+            "c@example.com",
+            "d@example.com",
+            "e@example.com"
+        ]
+    );
+    // Chicago has no hold: the range's next due time is "now" (the epoch stand-in).
+    assert_eq!(
+        store.next_due_in_range(id, range).await.unwrap(),
+        Some(time::OffsetDateTime::UNIX_EPOCH)
+    );
+}
+
 async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn CampaignStore>) {
     use store::{DeliveryOutcome, OutcomeKind};
     let recipients: Vec<Recipient> = (0..5)
@@ -1043,6 +1177,7 @@ macro_rules! contract_suite {
             case!(campaign_transitions_are_conditional);
             case!(batches_cover_every_due_recipient_once);
             case!(outcomes_decide_who_is_due_and_counts_add_up);
+            case!(local_send_time_zones_are_stored_held_and_released);
             case!(suppressions_match_whatever_the_case);
             case!(due_campaigns_are_queued_exactly_once);
             case!(tracking_events_are_appended_in_batches_and_read_back);
