@@ -290,6 +290,10 @@ pub(crate) struct StatusView {
     started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     completed_at: Option<OffsetDateTime>,
+    /// With a local send time: per time zone, the recipients still waiting and when the first
+    /// of them is due (absent: due now). Empty otherwise, and once everyone is delivered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    time_zones: Vec<store::ZoneRelease>,
 }
 
 /// Status, timestamps and recipients per delivery state (they add up to `recipients`).
@@ -314,6 +318,11 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
     let deliveries = state.store.delivery_counts(campaign.id).await?;
     let start_delay_seconds = campaign.start_delay().map(|delay| delay.as_seconds_f64());
     let started_late = campaign.started_late();
+    let time_zones = if campaign.document.local_send_time.is_some() {
+        state.store.time_zone_releases(campaign.id).await?
+    } else {
+        Vec::new()
+    };
     Ok(StatusView {
         id: campaign.id,
         name: campaign.name,
@@ -328,6 +337,7 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
         started_late,
         started_at: campaign.started_at,
         completed_at: campaign.completed_at,
+        time_zones,
     })
 }
 

@@ -253,6 +253,82 @@ async fn inline_recipients_are_deduplicated_and_reported(app: TestApp) {
     );
 }
 
+/// A local send time through the API: a bad time or fallback zone refuses the document (422
+/// naming the field, nothing stored); a CSV with an unknown zone is imported with that row
+/// listed; once sending, the status lists each zone's waiting recipients and release.
+async fn a_local_send_time_is_validated_reported_and_shown_per_zone(app: TestApp) {
+    let before = app.campaign_count().await;
+    for (local, field) in [
+        (
+            json!({"time": "9am", "fallback_timezone": "UTC"}),
+            "local_send_time.time",
+        ),
+        (
+            json!({"time": "09:00", "fallback_timezone": "Europe/Atlantis"}),
+            "local_send_time.fallback_timezone",
+        ),
+    ] {
+        let mut campaign = sample_campaign();
+        campaign["local_send_time"] = local;
+        let body = assert_problem(
+            app.post_json("/api/v1/campaigns", &campaign).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            field,
+            field,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+    }
+    assert_eq!(app.campaign_count().await, before, "nothing stored");
+
+    let mut campaign = sample_campaign();
+    campaign["local_send_time"] =
+        json!({"time": "09:00", "timezone_field": "tz", "fallback_timezone": "Asia/Tokyo"});
+    let created = app.post_json("/api/v1/campaigns", &campaign).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Value = created.json().await.unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let csv = "email,first_name,tz\n\
+               ann@example.com,Ann,Europe/Berlin\n\
+               bob@example.com,Bob,Europe/Berlni\n\
+               cy@example.com,Cy,\n";
+    let response = app
+        .post_bytes(
+            &format!("/api/v1/campaigns/{id}/recipients"),
+            "text/csv",
+            csv.as_bytes().to_vec(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["imported"], 3);
+    assert_eq!(report["unrecognised_time_zones"], 1);
+    assert_eq!(
+        report["unrecognised_time_zone_rows"],
+        json!([{"row": 2, "email": "bob@example.com", "value": "Europe/Berlni", "used": "Asia/Tokyo"}])
+    );
+    // Before the split, nothing is held: each zone's recipients are shown as due.
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(
+        status["time_zones"],
+        json!([
+            {"zone": "Asia/Tokyo", "waiting": 2, "due_at": null},
+            {"zone": "Europe/Berlin", "waiting": 1, "due_at": null}
+        ])
+    );
+    let (_, plain) = app
+        .get_json(&format!(
+            "/api/v1/campaigns/{}/status",
+            app.create_sample().await["campaign"]["id"]
+                .as_str()
+                .unwrap()
+        ))
+        .await;
+    assert!(plain.get("time_zones").is_none(), "{plain}");
+}
+
 /// (case, content type, path, body, expected status, text the detail must contain)
 type BadRequest<'a> = (&'a str, &'a str, String, Vec<u8>, StatusCode, &'a str);
 
@@ -1508,6 +1584,7 @@ impl TestWorker {
             dkim: None,
             max_batch_size: 1000,
             events: webhooks::EventSink::disabled(),
+            clock: std::sync::Arc::new(tasks::SystemClock),
         };
         let mut config = processor::WorkerConfig::new("api-test");
         config.check_interval = std::time::Duration::from_millis(100);
@@ -2629,6 +2706,7 @@ macro_rules! api_suite {
             case!(suppressions_are_listed_added_and_removed);
             case!(templates_are_checked_at_creation_and_previewed);
             case!(scheduling_is_validated_and_controls_are_idempotent);
+            case!(a_local_send_time_is_validated_reported_and_shown_per_zone);
             case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);
             case!(the_status_shows_a_late_start_and_its_delay);
             case!(campaigns_page_with_a_cursor);

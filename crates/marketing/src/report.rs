@@ -84,6 +84,11 @@ pub async fn show_status(
             campaign.status,
             CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
         );
+        let time_zones = if campaign.document.local_send_time.is_some() {
+            store.time_zone_releases(campaign.id).await?
+        } else {
+            Vec::new()
+        };
         match &bar {
             Some(bar) => {
                 bar.set_length(counts.total().max(0) as u64);
@@ -106,6 +111,7 @@ pub async fn show_status(
                         "queued_at": campaign.queued_at.map(rfc3339),
                         "start_delay_seconds": campaign.start_delay().map(|d| d.as_seconds_f64()),
                         "started_late": campaign.started_late(),
+                        "time_zones": time_zones,
                     });
                     println!("{}", serde_json::to_string_pretty(&value)?);
                 } else {
@@ -117,6 +123,13 @@ pub async fn show_status(
                         println!("  {state:<11} {count}");
                     }
                     println!("  {:<11} {}", "total", counts.total());
+                    for zone in &time_zones {
+                        let due = zone.due_at.map_or_else(
+                            || "due now".to_string(),
+                            |at| format!("due {}", rfc3339(at)),
+                        );
+                        println!("  {} waiting in {}, {due}", zone.waiting, zone.zone);
+                    }
                 }
             }
             None => {}
@@ -132,6 +145,26 @@ pub async fn show_status(
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Tells on stderr which imported recipients had a time zone field that is not a known zone
+/// (they are released in the campaign's fallback zone): `report` is an import report as JSON,
+/// from the store or from the API.
+pub fn warn_unrecognised_time_zones(report: &serde_json::Value) {
+    let count = report["unrecognised_time_zones"].as_u64().unwrap_or(0);
+    if count == 0 {
+        return;
+    }
+    eprintln!(
+        "warning: {count} recipient(s) have a time zone that is not an IANA zone (e.g. Europe/Berlin) and use the campaign's fallback_timezone:"
+    );
+    let rows = report["unrecognised_time_zone_rows"].as_array();
+    for row in rows.into_iter().flatten().take(10) {
+        eprintln!(
+            "  row {}: {} has {} (using {})",
+            row["row"], row["email"], row["value"], row["used"]
+        );
     }
 }
 

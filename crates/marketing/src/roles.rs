@@ -115,6 +115,7 @@ pub async fn serve(
         dkim: None,
         max_batch_size: api_args.limits.max_batch_size,
         events: events.clone(),
+        clock: Arc::new(tasks::SystemClock),
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
@@ -193,6 +194,7 @@ pub async fn worker(
         dkim: None,
         max_batch_size: limits.max_batch_size,
         events,
+        clock: Arc::new(tasks::SystemClock),
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),

@@ -65,6 +65,7 @@ pub async fn send(
         },
         imported.elapsed().as_secs_f64()
     );
+    crate::report::warn_unrecognised_time_zones(&serde_json::to_value(&report)?);
 
     let interrupted = roles::shutdown_token();
     if let Some(at) = document
@@ -100,6 +101,7 @@ pub async fn send(
         dkim: None,
         max_batch_size: limits.max_batch_size,
         events,
+        clock: Arc::new(tasks::SystemClock),
     };
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),

@@ -173,6 +173,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .create_campaign(&document, store::recipient_stream(recipients.map(Ok)))
         .await
         .context("the campaign was not stored")?;
+    crate::report::warn_unrecognised_time_zones(&serde_json::to_value(&report)?);
     let (_, task) = processor::enqueue_campaign(store.as_ref(), tasks.as_ref(), record.id)
         .await
         .with_context(|| {
@@ -548,6 +549,7 @@ async fn submit_to_api(
             .await
             .with_context(|| format!("campaign {id} was created but not all its recipients were uploaded ({imported} were); fix the cause and submit again (a new campaign)"))?;
         imported += report["imported"].as_u64().unwrap_or(0);
+        crate::report::warn_unrecognised_time_zones(&report);
         upload.inc(chunk.len() as u64);
     }
     upload.finish_and_clear();

@@ -159,6 +159,13 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
         .batch_size
         .min(shared.services.max_batch_size)
         .max(1);
+    // Before any batch exists, so no batch can send someone ahead of their local time.
+    let first_release = match &record.document.local_send_time {
+        Some(local) if record.send_pass == 0 => {
+            hold_until_local_time(shared, &record, local).await?
+        }
+        _ => None,
+    };
     let ranges = store.batch_ranges(id, batch_size).await?;
     let batches = ranges.len();
     for chunk in ranges.chunks(SPLIT_CHUNK) {
@@ -173,7 +180,7 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
                         round: 0,
                         pass: record.send_pass,
                     },
-                    None,
+                    first_release,
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -184,6 +191,46 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
     }
     tracing::info!(campaign = %id, recipients = record.recipient_count, batches, batch_size, "campaign split into batches");
     Ok(json!({"batches": batches, "batch_size": batch_size}))
+}
+
+/// Gives each time zone's pending recipients their release time: the first moment at or after
+/// the campaign's start when the zone's clock shows the campaign's local time. The start is
+/// `scheduled_at` when the campaign started on schedule or late (so downtime does not push a
+/// zone to the next day), otherwise now (sent by hand, or before its scheduled time).
+/// Returns the earliest release still ahead, when every recipient waits (the batches need not
+/// run before it); `None` when someone is due now. A retry pass (`send_pass > 0`) is not held:
+/// retrying failed recipients is an operator's "now".
+async fn hold_until_local_time(
+    shared: &Shared,
+    record: &CampaignRecord,
+    local: &campaign::LocalSendTime,
+) -> Result<Option<OffsetDateTime>, ProcessorError> {
+    let store = shared.services.store.as_ref();
+    let now = shared.services.clock.now();
+    let start = match record.document.scheduled_at {
+        Some(at) if at <= now => at,
+        _ => now,
+    };
+    for (zone, recipients) in store.unreleased_time_zones(record.id).await? {
+        let release_at =
+            local
+                .release_at(&zone, start)
+                .map_err(|source| ProcessorError::LocalTime {
+                    zone: zone.clone(),
+                    source,
+                })?;
+        let held = store.hold_time_zone(record.id, &zone, release_at).await?;
+        tracing::info!(campaign = %record.id, %zone, recipients, held, %release_at, "recipients held until their local send time");
+    }
+    // Over every zone, also those a split interrupted by a crash held before.
+    let mut earliest: Option<OffsetDateTime> = None;
+    for zone in store.time_zone_releases(record.id).await? {
+        match zone.due_at {
+            Some(at) if at > now => earliest = Some(earliest.map_or(at, |e| e.min(at))),
+            _ => return Ok(None),
+        }
+    }
+    Ok(earliest)
 }
 
 fn batch_task(
@@ -245,7 +292,7 @@ pub(crate) async fn deliver(
     if record.status == CampaignStatus::Paused {
         // The range keeps its task chain through the pause: resuming continues it, and no
         // second task for the same recipients can ever exist.
-        let run_after = OffsetDateTime::now_utc() + PAUSED_RECHECK;
+        let run_after = services.clock.now() + PAUSED_RECHECK;
         services
             .tasks
             .create(batch_task(&batch.follow_up(), Some(run_after))?)
@@ -260,7 +307,7 @@ pub(crate) async fn deliver(
     let compiled = shared.compiled(&record);
     let policy = record.document.retry.clone();
     let due = store
-        .due_recipients(id, batch.range(), OffsetDateTime::now_utc())
+        .due_recipients(id, batch.range(), services.clock.now())
         .await?;
     let keys: Vec<String> = due.iter().map(|r| r.recipient.email.key()).collect();
     let suppressed = store.suppressed_among(&keys).await?;
@@ -318,6 +365,7 @@ pub(crate) async fn deliver(
                 let policy = policy.clone();
                 let gate = gate.clone();
                 let events = services.events.clone();
+                let clock = services.clock.clone();
                 sends.spawn(async move {
                     match gate.check(slot_taken).await {
                         Ok(None) => {}
@@ -336,7 +384,7 @@ pub(crate) async fn deliver(
                         &result,
                         recipient.attempts,
                         &policy,
-                        OffsetDateTime::now_utc(),
+                        clock.now(),
                     );
                     stats.count(&kind);
                     metrics::record_message(transport_label, outcome_metric(&kind));
@@ -379,7 +427,7 @@ pub(crate) async fn deliver(
     let follow_up = match halt {
         Some(Halt::LeaseLost) => None,
         Some(Halt::Campaign(CampaignStatus::Paused)) => {
-            let run_after = OffsetDateTime::now_utc() + PAUSED_RECHECK;
+            let run_after = services.clock.now() + PAUSED_RECHECK;
             services
                 .tasks
                 .create(batch_task(&batch.follow_up(), Some(run_after))?)
@@ -390,7 +438,7 @@ pub(crate) async fn deliver(
         None | Some(Halt::Shutdown) => match store.next_due_in_range(id, batch.range()).await? {
             Some(due_at) => {
                 let next = batch.follow_up();
-                let run_after = due_at.max(OffsetDateTime::now_utc());
+                let run_after = due_at.max(services.clock.now());
                 services
                     .tasks
                     .create(batch_task(&next, Some(run_after))?)

@@ -60,6 +60,12 @@ pub enum ProcessorError {
     },
     #[error("campaign {0} does not exist")]
     CampaignNotFound(CampaignId),
+    /// A stored time zone has no release time (the zone database changed since the import).
+    #[error("cannot compute the local send time in {zone}: {source}")]
+    LocalTime {
+        zone: String,
+        source: campaign::LocalTimeError,
+    },
     /// `retry-failed` is not possible now.
     #[error("campaign {id} cannot retry its failed recipients: {reason}")]
     NotRetryable { id: CampaignId, reason: String },
@@ -80,6 +86,9 @@ pub struct Services {
     pub max_batch_size: u32,
     /// Outgoing webhooks: `sent` and `failed` events once an outcome is committed.
     pub events: webhooks::EventSink,
+    /// What "now" is for due recipients, retry times and recipient-local send times; the
+    /// task repository's clock in a test that moves time by hand.
+    pub clock: Arc<dyn tasks::Clock>,
 }
 
 /// Resumes a paused campaign; returns false when it was not paused. A campaign paused after

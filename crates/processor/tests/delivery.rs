@@ -41,6 +41,7 @@ const SENDER_DOMAIN: &str = "shop.example";
 
 /// The stores (one database) and task repository a suite case runs on.
 struct Harness {
+    url: String,
     store: Arc<dyn CampaignStore>,
     tasks: Arc<dyn TaskRepository>,
     waker: Arc<Notify>,
@@ -127,6 +128,7 @@ impl Harness {
         let waking = Arc::new(WakingTasks::new(local));
         let waker = waking.waker();
         Harness {
+            url,
             store,
             tasks: waking,
             waker,
@@ -135,17 +137,28 @@ impl Harness {
     }
 
     fn services(&self, transport: Arc<dyn Transport>) -> Services {
+        self.services_on(transport, self.tasks.clone(), Arc::new(tasks::SystemClock))
+    }
+
+    /// Services over another task repository and clock (a test that moves time by hand).
+    fn services_on(
+        &self,
+        transport: Arc<dyn Transport>,
+        tasks: Arc<dyn TaskRepository>,
+        clock: Arc<dyn tasks::Clock>,
+    ) -> Services {
         let keys = tracking::TokenKeys::new(b"processor-delivery-test-secret-32-bytes!", [])
             .expect("token keys");
         Services {
             store: self.store.clone(),
-            tasks: self.tasks.clone(),
+            tasks,
             transport,
             links: Arc::new(tracking::Links::new("http://127.0.0.1:8000", keys)),
             message_settings: message::MessageSettings::default(),
             dkim: None,
             max_batch_size: 1000,
             events: webhooks::EventSink::disabled(),
+            clock,
         }
     }
 
@@ -1089,6 +1102,239 @@ async fn every_message_returns_bounces_to_its_own_verp_address(harness: Harness)
     }
 }
 
+/// Recipient-local send time on a clock the test moves: a campaign scheduled for 06:00 UTC
+/// asking for 09:00 local time releases Berlin at 08:00 UTC, New York at 14:00 UTC, Los
+/// Angeles (also the fallback for a missing or unknown zone) at 17:00 UTC and Tokyo, whose
+/// 09:00 had passed at the start, at 00:00 UTC the next day. One second before each release
+/// nothing more has arrived at aiosmtpd; at it, exactly that zone's recipients have.
+async fn recipients_in_three_zones_are_released_at_their_own_local_hour(harness: Harness) {
+    use time::macros::datetime;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let start = datetime!(2030-03-01 06:00 UTC);
+    let clock = tasks::ManualClock::new(start);
+    let local = tasks::connect_with(
+        &harness.url,
+        Arc::new(clock.clone()),
+        tasks::Backoff::default(),
+    )
+    .await
+    .expect("task repository on the test's clock");
+    let waking = Arc::new(WakingTasks::new(local));
+    let waker = waking.waker();
+    let task_repo: Arc<dyn TaskRepository> = waking;
+
+    // (address, time zone field); batches of 4 mix the zones.
+    let people: [(&str, Option<&str>); 12] = [
+        ("anna@berlin.example", Some("Europe/Berlin")),
+        ("ben@newyork.example", Some("America/New_York")),
+        ("chika@tokyo.example", Some("Asia/Tokyo")),
+        ("dora@nowhere.example", None),
+        ("emil@berlin.example", Some("europe/berlin")),
+        ("fay@newyork.example", Some("America/New_York")),
+        ("goro@tokyo.example", Some("Asia/Tokyo")),
+        ("hal@typo.example", Some("Mars/Olympus_Mons")),
+        ("ida@berlin.example", Some("Europe/Berlin")),
+        ("jon@newyork.example", Some("America/New_York")),
+        ("kei@tokyo.example", Some("Asia/Tokyo")),
+        ("lou@nowhere.example", Some("")),
+    ];
+    let rows = people.iter().map(|(email, zone)| {
+        let mut fields = serde_json::Map::new();
+        fields.insert("first_name".into(), "Reader".into());
+        if let Some(zone) = zone {
+            fields.insert("tz".into(), (*zone).into());
+        }
+        Ok(Recipient {
+            email: EmailAddress::parse(email).unwrap(),
+            fields,
+        })
+    });
+    let mut document = document("Nine o'clock", 4);
+    document.scheduled_at = Some(start);
+    document.local_send_time = Some(campaign::LocalSendTime {
+        time: "09:00".into(),
+        timezone_field: "tz".into(),
+        fallback_timezone: "America/Los_Angeles".into(),
+    });
+    let (record, report) = harness
+        .store
+        .create_campaign(&document, store::recipient_stream(rows.collect::<Vec<_>>()))
+        .await
+        .expect("campaign stored");
+    let id = record.id;
+    assert_eq!(record.status, CampaignStatus::Scheduled);
+    assert_eq!(report.imported, 12);
+    assert_eq!(report.unrecognised_time_zones, 1, "{report:?}");
+    assert_eq!(
+        report.unrecognised_time_zone_rows[0].email,
+        "hal@typo.example"
+    );
+    assert_eq!(
+        report.unrecognised_time_zone_rows[0].used,
+        "America/Los_Angeles"
+    );
+
+    // The campaign processor starts it at its time; the worker splits and holds it.
+    let scheduler = processor::Scheduler::new(
+        processor::SchedulerConfig::new(Duration::from_secs(60)),
+        harness.store.clone(),
+        task_repo.clone(),
+    );
+    let transport = transport(&server.url());
+    let worker = Worker::new(
+        worker_config("local-time"),
+        harness.services_on(
+            transport.clone(),
+            task_repo.clone(),
+            Arc::new(clock.clone()),
+        ),
+        Some(waker.clone()),
+    );
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    let checked = scheduler
+        .check(tasks::Clock::now(&clock), false)
+        .await
+        .unwrap();
+    assert_eq!(checked.enqueued.len(), 1);
+    waker.notify_one();
+
+    let releases = [
+        (datetime!(2030-03-01 08:00 UTC), "berlin"),
+        (datetime!(2030-03-01 14:00 UTC), "newyork"),
+        (datetime!(2030-03-01 17:00 UTC), "nowhere|typo"),
+        (datetime!(2030-03-02 00:00 UTC), "tokyo"),
+    ];
+    // Held: every zone has its release time, and no task can run before the first.
+    wait_idle(&harness, task_repo.as_ref(), id, &clock, 3).await;
+    let zones = harness.store.time_zone_releases(id).await.unwrap();
+    let due: Vec<(&str, i64, Option<time::OffsetDateTime>)> = zones
+        .iter()
+        .map(|z| (z.zone.as_str(), z.waiting, z.due_at))
+        .collect();
+    assert_eq!(
+        due,
+        vec![
+            ("America/Los_Angeles", 3, Some(releases[2].0)),
+            ("America/New_York", 3, Some(releases[1].0)),
+            ("Asia/Tokyo", 3, Some(releases[3].0)),
+            ("Europe/Berlin", 3, Some(releases[0].0)),
+        ]
+    );
+    assert_eq!(
+        server.message_count(),
+        0,
+        "nothing before the first local 09:00"
+    );
+
+    let mut expected: Vec<String> = Vec::new();
+    for (at, domains) in releases {
+        // One second before: nothing new.
+        let now = tasks::Clock::now(&clock);
+        clock.advance(at - time::Duration::SECOND - now);
+        waker.notify_one();
+        wait_idle(&harness, task_repo.as_ref(), id, &clock, 0).await;
+        assert_eq!(
+            rcpts(&server),
+            expected,
+            "nothing new one second before {at}"
+        );
+
+        clock.advance(time::Duration::SECOND);
+        waker.notify_one();
+        expected.extend(
+            people
+                .iter()
+                .map(|(email, _)| email.to_string())
+                .filter(|email| {
+                    domains
+                        .split('|')
+                        .any(|d| email.ends_with(&format!("@{d}.example")))
+                }),
+        );
+        expected.sort();
+        let want = expected.len() as i64;
+        harness
+            .wait_counts(id, "the released zone's messages", |c| {
+                c.get(DeliveryStatus::Sent) >= want
+            })
+            .await;
+        wait_idle(&harness, task_repo.as_ref(), id, &clock, 0).await;
+        assert_eq!(
+            rcpts(&server),
+            expected,
+            "at {at}: exactly the zones released so far"
+        );
+    }
+    assert_eq!(harness.wait_final(id).await, CampaignStatus::Completed);
+    stop.cancel();
+    handle.await.unwrap();
+    transport.close().await;
+    assert!(
+        harness
+            .store
+            .time_zone_releases(id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The recipients aiosmtpd has received mail for, sorted.
+fn rcpts(server: &Aiosmtpd) -> Vec<String> {
+    let mut all: Vec<String> = arrivals(server).into_iter().map(|a| a.rcpt).collect();
+    all.sort();
+    all
+}
+
+/// Waits until the campaign's tasks are all either finished or waiting for a time still ahead
+/// on `clock` (none running, none claimable), with at least `min_waiting` waiting.
+async fn wait_idle(
+    harness: &Harness,
+    tasks: &dyn TaskRepository,
+    id: CampaignId,
+    clock: &tasks::ManualClock,
+    min_waiting: usize,
+) {
+    let deadline = Instant::now() + CONDITION_LIMIT;
+    loop {
+        let all = tasks
+            .list(&tasks::TaskFilter {
+                status: None,
+                kind: None,
+                after: None,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        let ours: Vec<&tasks::Task> = all
+            .iter()
+            .filter(|task| task.payload["campaign_id"] == id.to_string())
+            .collect();
+        let now = tasks::Clock::now(clock);
+        let busy = ours.iter().any(|task| {
+            task.status == tasks::TaskStatus::Running
+                || (task.status == tasks::TaskStatus::Pending && task.run_after <= now)
+        });
+        let waiting = ours
+            .iter()
+            .filter(|task| task.status == tasks::TaskStatus::Pending)
+            .count();
+        let split = harness.status(id).await == CampaignStatus::Sending
+            || harness.status(id).await == CampaignStatus::Completed;
+        if split && !busy && waiting >= min_waiting {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the campaign's tasks did not settle: {ours:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 macro_rules! delivery_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1116,6 +1362,7 @@ macro_rules! delivery_suite {
             case!(a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired);
             case!(a_cancelled_campaign_sends_at_most_its_in_flight_messages_after_the_cancel);
             case!(every_message_returns_bounces_to_its_own_verp_address);
+            case!(recipients_in_three_zones_are_released_at_their_own_local_hour);
         }
     };
 }
