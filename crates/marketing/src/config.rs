@@ -121,6 +121,11 @@ pub struct WebhookArgs {
     /// WEBHOOK_URLS; at least 16 characters).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+
+    /// PEM file of CA certificates trusted for https:// webhook endpoints besides the built-in
+    /// web PKI roots (for a receiver with a private CA).
+    #[arg(long, env = "WEBHOOK_TLS_CA")]
+    pub webhook_tls_ca: Option<std::path::PathBuf>,
 }
 
 impl WebhookArgs {
@@ -139,7 +144,8 @@ impl WebhookArgs {
                 "WEBHOOK_SECRET must be set (at least 16 characters, e.g. `openssl rand -hex 32`) when WEBHOOK_URLS is"
             ),
         };
-        let config = webhooks::WebhookConfig::new(self.webhook_urls.clone(), secret);
+        let mut config = webhooks::WebhookConfig::new(self.webhook_urls.clone(), secret);
+        config.tls_ca = self.webhook_tls_ca.clone();
         let (sink, dispatcher) = webhooks::Dispatcher::start(store, config, shutdown)
             .context("cannot start the webhook dispatcher")?;
         tracing::info!(

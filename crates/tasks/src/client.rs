@@ -130,10 +130,10 @@ impl HttpTaskRepository {
                         return Err(TaskError::Unreachable {
                             url,
                             attempts: attempt,
-                            reason: error_chain(&err),
+                            reason: tls::error_chain(&err),
                         });
                     }
-                    tracing::warn!(%url, attempt, error = %error_chain(&err), "task repository unreachable; retrying");
+                    tracing::warn!(%url, attempt, error = %tls::error_chain(&err), "task repository unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.retry.max_delay);
                 }
@@ -165,7 +165,7 @@ impl HttpTaskRepository {
             .map_err(|err| TaskError::Service {
                 url,
                 status,
-                detail: format!("unreadable answer: {}", error_chain(&err)),
+                detail: format!("unreadable answer: {}", tls::error_chain(&err)),
             })
     }
 }
@@ -230,19 +230,6 @@ fn error_for(
             detail,
         },
     }
-}
-
-/// reqwest's top-level message ("error sending request for url …") hides the cause; the
-/// chain names it (connection refused, timed out, …).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn lease_ms(lease: time::Duration) -> u64 {

@@ -3,6 +3,8 @@
 
 use crate::event::Event;
 use crate::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use http_body_util::BodyExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,7 +32,23 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// How long one request may take.
     pub request_timeout: Duration,
+    /// WEBHOOK_TLS_CA: a PEM file of CAs trusted besides the built-in web PKI roots, for
+    /// `https://` endpoints with a private CA.
+    pub tls_ca: Option<PathBuf>,
 }
+
+/// Why the dispatcher cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("WEBHOOK_TLS_CA {0}")]
+    Trust(#[from] tls::TrustError),
+}
+
+/// The senders' HTTP client: pooled connections, `http://` or `https://`.
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
 
 impl WebhookConfig {
     pub fn new(endpoints: Vec<String>, secret: String) -> WebhookConfig {
@@ -44,6 +62,7 @@ impl WebhookConfig {
             // 1 s doubling to 10 min, then every 10 min: about a day.
             max_attempts: 150,
             request_timeout: Duration::from_secs(10),
+            tls_ca: None,
         }
     }
 
@@ -146,10 +165,20 @@ impl Dispatcher {
         store: Arc<dyn CampaignStore>,
         config: WebhookConfig,
         shutdown: CancellationToken,
-    ) -> Result<(EventSink, Dispatcher), reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .build()?;
+    ) -> Result<(EventSink, Dispatcher), StartError> {
+        // https:// endpoints are verified like the SMTP relay: built-in roots plus WEBHOOK_TLS_CA.
+        let extra = match &config.tls_ca {
+            Some(path) => tls::ca_certificates(path)?,
+            None => Vec::new(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls::client_config(&extra)?)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client: HttpClient =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
         let (queue, incoming) = mpsc::channel(config.channel_capacity.max(1));
         let wake = Arc::new(Notify::new());
         let inner = Arc::new(SinkInner {
@@ -247,7 +276,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 async fn sender(
     store: Arc<dyn CampaignStore>,
     config: Arc<WebhookConfig>,
-    client: reqwest::Client,
+    client: HttpClient,
     endpoint: String,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -285,7 +314,7 @@ async fn sender(
         }
         let ids: Vec<i64> = claimed.iter().map(|event| event.id).collect();
         let body = batch_body(claimed.iter().map(|event| event.payload.as_str()));
-        match post(&client, &endpoint, &config.secret, body).await {
+        match post(&client, &endpoint, &config, body).await {
             Ok(()) => {
                 tracing::debug!(%endpoint, events = ids.len(), "webhook batch delivered");
                 if let Err(err) = store.delete_webhook_events(&ids).await {
@@ -330,26 +359,40 @@ fn batch_body<'a>(payloads: impl Iterator<Item = &'a str>) -> Vec<u8> {
 }
 
 async fn post(
-    client: &reqwest::Client,
+    client: &HttpClient,
     endpoint: &str,
-    secret: &str,
+    config: &WebhookConfig,
     body: Vec<u8>,
 ) -> Result<(), String> {
     let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-    let signature = sign(secret.as_bytes(), timestamp, &body);
-    let response = client
-        .post(endpoint)
-        .header("content-type", "application/json")
+    let signature = sign(config.secret.as_bytes(), timestamp, &body);
+    let request = http::Request::post(endpoint)
+        .header(http::header::CONTENT_TYPE, "application/json")
         .header(TIMESTAMP_HEADER, timestamp.to_string())
         .header(SIGNATURE_HEADER, signature)
-        .body(body)
-        .send()
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|err| format!("invalid request: {err}"))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|err| format!("request failed: {}", tls::error_chain(&err)))?;
+        let status = response.status();
+        // Read the answer to its end so the connection goes back to the pool.
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| format!("reading the answer failed: {err}"))?;
+        Ok::<_, String>(status)
+    };
+    let status = tokio::time::timeout(config.request_timeout, exchange)
         .await
-        .map_err(|err| format!("request failed: {err}"))?;
-    if response.status().is_success() {
+        .map_err(|_| format!("no answer within {:?}", config.request_timeout))??;
+    if status.is_success() {
         Ok(())
     } else {
-        Err(format!("the endpoint answered {}", response.status()))
+        Err(format!("the endpoint answered {status}"))
     }
 }
 

@@ -28,6 +28,6 @@ mod dispatcher;
 mod event;
 mod signature;
 
-pub use dispatcher::{Dispatcher, EventSink, WebhookConfig};
+pub use dispatcher::{Dispatcher, EventSink, StartError, WebhookConfig};
 pub use event::{Event, EventKind};
 pub use signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, VerifyError, sign, verify};

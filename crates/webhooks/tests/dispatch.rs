@@ -1,4 +1,5 @@
-//! The dispatcher against a real HTTP receiver (axum on a free port), on both stores.
+//! The dispatcher against a real HTTP receiver (axum on a free port, also behind TLS with a
+//! private CA), on both stores.
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -23,6 +24,80 @@ struct Received {
 
 /// A receiver that answers 500 to the first `failures` requests, then 200.
 async fn receiver(failures: usize) -> (String, Arc<Mutex<Received>>) {
+    let (app, received) = receiving_app(failures);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/hook"), received)
+}
+
+/// TLS in front of a TCP listener, for `axum::serve`; failed handshakes are kept.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    failed_handshakes: Arc<Mutex<Vec<String>>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, address)) = self.tcp.accept().await else {
+                continue;
+            };
+            match self.acceptor.accept(stream).await {
+                Ok(tls) => return (tls, address),
+                Err(err) => self.failed_handshakes.lock().unwrap().push(err.to_string()),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// The receiver over HTTPS with the test CA's certificate for 127.0.0.1; also returns the
+/// handshakes that failed (a client refusing the certificate).
+async fn https_receiver(
+    certificate: &testkit::smtp::TestCertificate,
+) -> (String, Arc<Mutex<Received>>, Arc<Mutex<Vec<String>>>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certificate.cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&certificate.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let (app, received) = receiving_app(0);
+    let failed_handshakes = Arc::new(Mutex::new(Vec::new()));
+    let listener = TlsListener {
+        tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        failed_handshakes: failed_handshakes.clone(),
+    };
+    let address = listener.tcp.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (
+        format!("https://{address}/hook"),
+        received,
+        failed_handshakes,
+    )
+}
+
+/// The receiving route: verifies each request's signature and records it.
+fn receiving_app(failures: usize) -> (axum::Router, Arc<Mutex<Received>>) {
     let received = Arc::new(Mutex::new(Received::default()));
     let state = received.clone();
     let app = axum::Router::new().route(
@@ -68,10 +143,7 @@ async fn receiver(failures: usize) -> (String, Arc<Mutex<Received>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}/hook"), received)
+    (app, received)
 }
 
 fn config(endpoint: String) -> WebhookConfig {
@@ -201,6 +273,71 @@ async fn nothing_is_lost_when_the_queue_is_full_or_the_process_restarts(
     dispatcher.join().await;
 }
 
+/// An https:// endpoint with a private CA: trusted through WEBHOOK_TLS_CA, every event arrives
+/// signed; without it the handshake is refused (the certificate is not trusted), nothing is
+/// posted, and the events wait in the outbox for a retry.
+async fn https_endpoints_are_verified_against_the_configured_ca(
+    store: Arc<dyn store::CampaignStore>,
+) {
+    let Some(certificate) = testkit::smtp::TestCertificate::create() else {
+        return;
+    };
+    let (endpoint, received, failed_handshakes) = https_receiver(&certificate).await;
+
+    let shutdown = CancellationToken::new();
+    let (sink, dispatcher) =
+        Dispatcher::start(store.clone(), config(endpoint.clone()), shutdown.clone()).unwrap();
+    let untrusted: Vec<Event> = (1..=3).map(event).collect();
+    for event in untrusted.clone() {
+        sink.emit(event);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while failed_handshakes.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no TLS handshake was tried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    dispatcher.join().await;
+    assert!(
+        received.lock().unwrap().requests.is_empty(),
+        "nothing is posted to a server whose certificate is not trusted"
+    );
+    assert_eq!(
+        make_due_and_count(&store, &endpoint).await,
+        3,
+        "the events wait"
+    );
+
+    let mut trusted = config(endpoint.clone());
+    trusted.tls_ca = Some(certificate.ca.clone());
+    let shutdown = CancellationToken::new();
+    let (sink, dispatcher) = Dispatcher::start(store.clone(), trusted, shutdown.clone()).unwrap();
+    let more: Vec<Event> = (4..=6).map(event).collect();
+    for event in more.clone() {
+        sink.emit(event);
+    }
+    let ids: BTreeSet<String> = untrusted
+        .iter()
+        .chain(&more)
+        .map(|e| e.id.to_string())
+        .collect();
+    delivered(&received, &ids).await;
+    shutdown.cancel();
+    dispatcher.join().await;
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .all(|(_, verified, _)| *verified),
+        "every request over TLS carries a valid signature"
+    );
+}
+
 /// Counts an endpoint's queued events, and makes them due now (as when their backoff ends):
 /// a claim whose lease ends before its `now` changes nothing else.
 async fn make_due_and_count(store: &Arc<dyn store::CampaignStore>, endpoint: &str) -> usize {
@@ -230,6 +367,7 @@ macro_rules! suite {
             }
             case!(signed_batches_are_retried_after_a_500);
             case!(nothing_is_lost_when_the_queue_is_full_or_the_process_restarts);
+            case!(https_endpoints_are_verified_against_the_configured_ca);
         }
     };
 }

@@ -7,8 +7,7 @@
 use crate::config::ConfigError;
 use crate::smtp::config::{Security, SmtpConfig};
 use lettre::transport::smtp::client::{AsyncTokioStream, Certificate, TlsParameters};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,22 +30,12 @@ pub(crate) enum Encryption {
 
 impl Encryption {
     pub(crate) fn from_config(config: &SmtpConfig) -> Result<Encryption, ConfigError> {
+        let trust_error = |err: tls::TrustError| match err {
+            tls::TrustError::CaFile { path, reason } => ConfigError::TlsCa { path, reason },
+            tls::TrustError::Tls(reason) => ConfigError::Tls { reason },
+        };
         let extra = match &config.tls_ca {
-            Some(path) => {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .and_then(|iter| iter.collect::<Result<_, _>>())
-                    .map_err(|err| ConfigError::TlsCa {
-                        path: path.clone(),
-                        reason: err.to_string(),
-                    })?;
-                if certs.is_empty() {
-                    return Err(ConfigError::TlsCa {
-                        path: path.clone(),
-                        reason: "no PEM certificate in it".to_string(),
-                    });
-                }
-                certs
-            }
+            Some(path) => tls::ca_certificates(path).map_err(trust_error)?,
             None => Vec::new(),
         };
         match config.security {
@@ -67,22 +56,7 @@ impl Encryption {
                 Ok(Encryption::StartTls(parameters))
             }
             Security::Implicit => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                for cert in extra {
-                    roots.add(cert).map_err(|err| ConfigError::TlsCa {
-                        path: config.tls_ca.clone().unwrap_or_default(),
-                        reason: err.to_string(),
-                    })?;
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let client = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|err| ConfigError::Tls {
-                        reason: err.to_string(),
-                    })?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+                let client = tls::client_config(&extra).map_err(trust_error)?;
                 let server_name =
                     ServerName::try_from(config.host.clone()).map_err(|err| ConfigError::Tls {
                         reason: format!("{:?} as a TLS server name: {err}", config.host),
