@@ -207,7 +207,7 @@ async fn hold_until_local_time(
 ) -> Result<Option<OffsetDateTime>, ProcessorError> {
     let store = shared.services.store.as_ref();
     let now = shared.services.clock.now();
-    let start = match record.document.scheduled_at {
+    let start = match record.scheduled_at {
         Some(at) if at <= now => at,
         _ => now,
     };
