@@ -22,6 +22,10 @@ macro_rules! campaign_store {
         use sqlx::{QueryBuilder, Row};
         use std::collections::HashSet;
 
+        /// Sent outcomes recorded per statement (two bind parameters each, far below both
+        /// backends' limits).
+        const SENT_PER_STATEMENT: usize = 500;
+
         const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass";
 
         struct ChunkInserter<'t> {
@@ -568,19 +572,39 @@ macro_rules! campaign_store {
                 }
                 let now = DbTime::now();
                 let mut tx = self.begin_write().await?;
+                // Sent is nearly every outcome: one statement per chunk of them, not one round
+                // trip each. Only recipients still in flight change; a final state is never
+                // rewritten, except that a message the server accepted is recorded as sent even
+                // if the campaign was cancelled meanwhile: the report must say what really
+                // happened.
+                let sent: Vec<(i64, &str)> = outcomes
+                    .iter()
+                    .filter_map(|outcome| match &outcome.result {
+                        OutcomeKind::Sent { reply } => Some((outcome.recipient_id, reply.as_str())),
+                        _ => None,
+                    })
+                    .collect();
+                for chunk in sent.chunks(SENT_PER_STATEMENT) {
+                    let mut builder = QueryBuilder::<$db>::new(
+                        "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = sent.reply, \
+                         last_error = NULL, next_attempt_at = NULL, sent_at = ",
+                    );
+                    builder.push_bind(now).push(", updated_at = ").push_bind(now).push(" FROM (");
+                    for (index, (id, reply)) in chunk.iter().enumerate() {
+                        if index > 0 {
+                            builder.push(" UNION ALL ");
+                        }
+                        builder.push("SELECT ").push_bind(*id).push(" AS id, ").push_bind(*reply).push(" AS reply");
+                    }
+                    builder.push(
+                        ") AS sent WHERE recipients.id = sent.id \
+                         AND recipients.status IN ('pending', 'deferred', 'cancelled')",
+                    );
+                    builder.build().execute(&mut *tx).await?;
+                }
                 for outcome in outcomes {
-                    // Only recipients still in flight change; a final state is never rewritten,
-                    // except that a message the server accepted is recorded as sent even if the
-                    // campaign was cancelled meanwhile: the report must say what really happened.
                     let query = match &outcome.result {
-                        OutcomeKind::Sent { reply } => sqlx::query(
-                            "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = $2, last_error = NULL, \
-                             next_attempt_at = NULL, sent_at = $3, updated_at = $3 \
-                             WHERE id = $1 AND status IN ('pending', 'deferred', 'cancelled')",
-                        )
-                        .bind(outcome.recipient_id)
-                        .bind(reply.as_str())
-                        .bind(now),
+                        OutcomeKind::Sent { .. } => continue,
                         OutcomeKind::Deferred { error, retry_at } => sqlx::query(
                             "UPDATE recipients SET status = 'deferred', attempts = attempts + 1, last_error = $2, \
                              next_attempt_at = $3, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",

@@ -494,6 +494,91 @@ async fn local_send_time_zones_are_stored_held_and_released(store: Arc<dyn Campa
     );
 }
 
+/// Sent outcomes are recorded many to a statement: each recipient keeps its own reply and one
+/// attempt, across statement chunks; a recipient whose campaign was cancelled meanwhile is
+/// recorded as sent (the server has it), and a final state (failed) is never rewritten.
+async fn many_sent_outcomes_are_recorded_each_with_its_own_reply(store: Arc<dyn CampaignStore>) {
+    use store::{DeliveryOutcome, OutcomeKind};
+    const COUNT: usize = 1_201;
+    let recipients: Vec<Recipient> = (0..COUNT)
+        .map(|i| recipient(&format!("s{i}@example.com"), "S"))
+        .collect();
+    let (record, _) = store
+        .create_campaign(
+            &document("Sent in bulk"),
+            recipient_stream(rows(recipients)),
+        )
+        .await
+        .unwrap();
+    let id = record.id;
+    for (from, to) in [
+        (CampaignStatus::Draft, CampaignStatus::Queued),
+        (CampaignStatus::Queued, CampaignStatus::Sending),
+    ] {
+        assert!(store.transition_campaign(id, &[from], to).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for range in store.batch_ranges(id, 1000).await.unwrap() {
+        let due = store
+            .due_recipients(id, range, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        ids.extend(due.iter().map(|r| r.id));
+    }
+    assert_eq!(ids.len(), COUNT);
+    store
+        .record_outcomes(&[DeliveryOutcome {
+            recipient_id: ids[0],
+            result: OutcomeKind::Failed {
+                error: "550 no".into(),
+                attempted: true,
+            },
+        }])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .cancel_campaign(id, &[CampaignStatus::Sending])
+            .await
+            .unwrap()
+    );
+    let outcomes: Vec<DeliveryOutcome> = ids
+        .iter()
+        .map(|&recipient_id| DeliveryOutcome {
+            recipient_id,
+            result: OutcomeKind::Sent {
+                reply: format!("250 2.0.0 queued as Q{recipient_id}"),
+            },
+        })
+        .collect();
+    store.record_outcomes(&outcomes).await.unwrap();
+
+    let counts = store.delivery_counts(id).await.unwrap();
+    assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64 - 1);
+    assert_eq!(counts.get(DeliveryStatus::Failed), 1);
+    assert_eq!(counts.get(DeliveryStatus::Cancelled), 0);
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_deliveries(id, None, after, 500).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.recipient_id);
+        listed.extend(page);
+    }
+    assert_eq!(listed.len(), COUNT);
+    for delivery in &listed[1..] {
+        assert_eq!(delivery.status, DeliveryStatus::Sent);
+        assert_eq!(
+            delivery.smtp_reply.as_deref(),
+            Some(format!("250 2.0.0 queued as Q{}", delivery.recipient_id).as_str())
+        );
+        assert_eq!(delivery.attempts, 1);
+        assert!(delivery.sent_at.is_some());
+    }
+    assert_eq!(listed[0].status, DeliveryStatus::Failed);
+    assert_eq!(listed[0].last_error.as_deref(), Some("550 no"));
+}
+
 async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn CampaignStore>) {
     use store::{DeliveryOutcome, OutcomeKind};
     let recipients: Vec<Recipient> = (0..5)
@@ -1177,6 +1262,7 @@ macro_rules! contract_suite {
             case!(campaign_transitions_are_conditional);
             case!(batches_cover_every_due_recipient_once);
             case!(outcomes_decide_who_is_due_and_counts_add_up);
+            case!(many_sent_outcomes_are_recorded_each_with_its_own_reply);
             case!(local_send_time_zones_are_stored_held_and_released);
             case!(suppressions_match_whatever_the_case);
             case!(due_campaigns_are_queued_exactly_once);
