@@ -27,7 +27,9 @@
 #                             (and one worker); prints the grouped profile
 #   BENCH_KEEP=1              keep the work directory (logs, SQLite files, perf data; the
 #                             PostgreSQL databases are always dropped)
-#   SMTP_CONNECTIONS, WORKER_TASKS, MAX_BATCH_SIZE   passed through to marketing
+#   SMTP_CONNECTIONS, MAX_IN_FLIGHT, WORKER_TASKS, MAX_BATCH_SIZE   passed through to marketing
+#   MARKETING_BIN=PATH        measure this binary instead of building the work tree's (to
+#                             compare two builds in one run)
 # Needs root (smtp-sink drops to `nobody` with -u), postfix (smtp-sink, smtp-source),
 # python3, curl, /usr/bin/time, and psql/createdb/dropdb for the PostgreSQL rows.
 set -euo pipefail
@@ -264,14 +266,24 @@ wait_for_line() { # log pattern pid
 }
 
 # --- build and generate ----------------------------------------------------------------
-say "building: cargo build --release -p marketing"
-cargo build --release -p marketing >&2 || die "the release build failed"
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-BIN="$TARGET_DIR/release/marketing"
+if [ -n "${MARKETING_BIN:-}" ]; then
+    BIN=$MARKETING_BIN
+else
+    say "building: cargo build --release -p marketing"
+    cargo build --release -p marketing >&2 || die "the release build failed"
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    BIN="$TARGET_DIR/release/marketing"
+fi
 [ -x "$BIN" ] || die "$BIN is missing after the build"
 
 CONNECTIONS=${SMTP_CONNECTIONS:-8}
 export SMTP_CONNECTIONS=$CONNECTIONS
+# Each row names its connections, and MAX_IN_FLIGHT when it is set.
+SMTP_LABEL="$CONNECTIONS conn"
+if [ -n "${MAX_IN_FLIGHT:-}" ]; then
+    export MAX_IN_FLIGHT
+    SMTP_LABEL="$SMTP_LABEL, $MAX_IN_FLIGHT in flight"
+fi
 # One secret for every process, so no two processes race to create one in a fresh database.
 export TRACKING_SECRET="bench-delivery-tracking-secret-0123456789abcdef"
 export RUST_LOG=${RUST_LOG:-info}
@@ -294,7 +306,7 @@ run_send() { # store mode recipients database_url
     measure_ceiling
     local before
     before=$(sink_messages "$SINK_LOG")
-    say "$name: marketing send, $n recipients, $CONNECTIONS SMTP connections, load $(loadavg)"
+    say "$name: marketing send, $n recipients, SMTP: $SMTP_LABEL, load $(loadavg)"
     LOG="$WORK/$name.err" spawn env DATABASE_URL="$url" SMTP_URL="smtp://127.0.0.1:$SINK_PORT?tls=none" \
         /usr/bin/time -v -o "$WORK/$name.time" \
         sh -c 'exec "$0" send "$1" --recipients "$2" --json >"$3"' \
@@ -325,7 +337,7 @@ EOF
     stats=$(time_stats "$WORK/$name.time") || die "$name: $stats"
     read -r rss cpu switches <<<"$stats"
     say "$name: $sent sent in $elapsed s = $rate msg/s; sink counted $((count - before)); peak RSS $((rss / 1024)) MiB; CPU $cpu s; $((switches / n)) context switches per message"
-    record_row "$store" "send, $CONNECTIONS conn" "$sent" "$rate" "$CEILING" "$rss" "$cpu"
+    record_row "$store" "send, $SMTP_LABEL" "$sent" "$rate" "$CEILING" "$rss" "$cpu"
     stop_sink
 }
 
@@ -385,7 +397,7 @@ run_workers() {
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["campaign"]["id"])') || die "POST /campaigns failed"
     curl -fsS -o "$WORK/$name.import.json" -H "$auth" -H 'Content-Type: text/csv' --data-binary "@$CSV" \
         "$api/campaigns/$id/recipients" || die "POST /campaigns/$id/recipients failed"
-    say "$name: POST /campaigns/$id/send; $workers workers, $CONNECTIONS SMTP connections each, load $(loadavg)"
+    say "$name: POST /campaigns/$id/send; $workers workers, SMTP: $SMTP_LABEL each, load $(loadavg)"
     curl -fsS -o /dev/null -X POST -H "$auth" "$api/campaigns/$id/send" || die "POST /campaigns/$id/send failed"
     local status="" deadline=$((SECONDS + 600 + n / 100))
     while [ $SECONDS -lt $deadline ]; do
@@ -438,7 +450,7 @@ EOF
     read -r r c _ <<<"$stats"
     say "$name: task-repo: peak RSS $((r / 1024)) MiB, CPU $c s"
     say "$name: $sent sent in $elapsed s = $rate msg/s; sink counted $((count - before))"
-    record_row PostgreSQL "api + task-repo + $workers workers, $CONNECTIONS conn each" "$sent" "$rate" "$CEILING" "$rss" "$cpu"
+    record_row PostgreSQL "api + task-repo + $workers workers, $SMTP_LABEL each" "$sent" "$rate" "$CEILING" "$rss" "$cpu"
     stop_sink
 }
 

@@ -311,8 +311,7 @@ pub struct TransportArgs {
     #[arg(long, env = "OUTBOX_DIR", default_value = "outbox")]
     pub outbox_dir: std::path::PathBuf,
 
-    /// Long-lived SMTP connections per worker, each its own sender. Also the most messages a
-    /// worker has in flight, and so the most duplicates a crash of it can cause.
+    /// Long-lived SMTP connections per worker, each its own sender.
     #[arg(long, env = "SMTP_CONNECTIONS", default_value_t = 8, value_parser = smtp_connections)]
     pub smtp_connections: usize,
 
@@ -408,10 +407,27 @@ pub struct WorkerArgs {
     /// Seconds a shutdown (SIGTERM/SIGINT) waits for messages in flight before exiting.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value_t = 30.0, value_parser = shutdown_grace)]
     pub shutdown_grace: f64,
+
+    /// Messages a worker may have handed to the transport whose outcome is not committed yet:
+    /// the most duplicates a crash of it can cause, and the most messages that can still go
+    /// out after a pause or cancel is acknowledged. More than SMTP_CONNECTIONS keeps every
+    /// connection busy while outcomes are committed. Unset: 4 × SMTP_CONNECTIONS.
+    #[arg(long, env = "MAX_IN_FLIGHT", value_parser = max_in_flight)]
+    pub max_in_flight: Option<usize>,
+}
+
+/// Messages in flight per SMTP connection when MAX_IN_FLIGHT is unset: enough that a
+/// connection has its next message while earlier outcomes wait for their group commit
+/// (docs/BENCHMARKS.md, "Messages in flight").
+pub const IN_FLIGHT_PER_CONNECTION: usize = 4;
+
+fn max_in_flight(value: &str) -> Result<usize, String> {
+    whole_number("MAX_IN_FLIGHT", value, 1..=4096).map(|n| n as usize)
 }
 
 impl WorkerArgs {
-    pub fn config(&self, in_flight: usize) -> processor::WorkerConfig {
+    /// The worker's configuration; `smtp_connections` sets the default of MAX_IN_FLIGHT.
+    pub fn config(&self, smtp_connections: usize) -> processor::WorkerConfig {
         let mut config = processor::WorkerConfig::new(
             self.worker_id
                 .clone()
@@ -420,7 +436,9 @@ impl WorkerArgs {
         config.check_interval = std::time::Duration::from_secs_f64(self.task_check_interval);
         config.lease = std::time::Duration::from_secs_f64(self.task_lease_seconds);
         config.max_tasks = self.worker_tasks;
-        config.in_flight = in_flight;
+        config.in_flight = self
+            .max_in_flight
+            .unwrap_or(IN_FLIGHT_PER_CONNECTION * smtp_connections);
         config.shutdown_grace = std::time::Duration::from_secs_f64(self.shutdown_grace);
         config
     }
