@@ -200,6 +200,15 @@ impl processor::SchedulerObserver for SchedulerMetrics {
         }
     }
 
+    fn campaign_failed(
+        &self,
+        _campaign: campaign::CampaignId,
+        _error: &processor::ProcessorError,
+        took: Duration,
+    ) {
+        metrics::record_campaign_processed(metrics::ProcessedStatus::Failure, took.as_secs_f64());
+    }
+
     fn check_failed(&self, _error: &processor::ProcessorError) {
         // The processor logs the error; the gauge says it cannot do its job right now.
         metrics::set_processor_healthy(false);
@@ -250,6 +259,44 @@ mod tests {
             uuid::Uuid::nil(),
         ));
         assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+        shutdown.cancel();
+    }
+
+    fn processed(status: &str) -> u64 {
+        let prefix = format!("campaigns_processed_total{{status=\"{status}\"}} ");
+        metrics::render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+            .expect("both statuses are exported from the start")
+    }
+
+    /// A campaign the processor won but could not queue counts as a failure; one it queued as
+    /// a success.
+    #[tokio::test]
+    async fn campaigns_are_counted_by_what_happened_to_them() {
+        let shutdown = CancellationToken::new();
+        let observer = SchedulerMetrics::start(
+            processor::SchedulerConfig::new(Duration::from_secs(60)),
+            shutdown.clone(),
+        );
+        let (failures, successes) = (processed("failure"), processed("success"));
+        let id = uuid::Uuid::now_v7();
+        observer.campaign_failed(
+            id,
+            &processor::ProcessorError::CampaignNotFound(id),
+            Duration::from_millis(5),
+        );
+        assert_eq!(processed("failure"), failures + 1);
+        let report = processor::CheckReport {
+            enqueued: vec![processor::EnqueuedCampaign {
+                id,
+                lateness: Duration::ZERO,
+            }],
+            ..processor::CheckReport::default()
+        };
+        observer.check_succeeded(&report, Duration::from_millis(5));
+        assert_eq!(processed("success"), successes + 1);
+        assert_eq!(processed("failure"), failures + 1);
         shutdown.cancel();
     }
 }

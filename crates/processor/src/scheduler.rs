@@ -84,6 +84,10 @@ pub trait SchedulerObserver: Send + Sync {
     fn check_failed(&self, _error: &ProcessorError) {}
     /// This replica started a scheduled campaign, `lateness` after its `scheduled_at`.
     fn campaign_enqueued(&self, _campaign: &EnqueuedCampaign) {}
+    /// This replica won a due campaign but could not create its task (the task repository did
+    /// not answer): the campaign stays `queued`, and the repair of a later full check creates
+    /// the task. `took` is the time spent trying.
+    fn campaign_failed(&self, _campaign: CampaignId, _error: &ProcessorError, _took: Duration) {}
 }
 
 /// An observer that observes nothing (the default).
@@ -180,7 +184,14 @@ impl Scheduler {
             for campaign in &due {
                 // Won by this replica; if creating the task fails, the campaign stays
                 // `queued` and the repair of a later full check creates it.
-                enqueue_campaign(self.store.as_ref(), self.tasks.as_ref(), campaign.id).await?;
+                let trying = Instant::now();
+                if let Err(err) =
+                    enqueue_campaign(self.store.as_ref(), self.tasks.as_ref(), campaign.id).await
+                {
+                    self.observer
+                        .campaign_failed(campaign.id, &err, trying.elapsed());
+                    return Err(err);
+                }
                 let lateness = Duration::try_from(now - campaign.scheduled_at).unwrap_or_default();
                 let enqueued = EnqueuedCampaign {
                     id: campaign.id,

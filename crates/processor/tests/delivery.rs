@@ -940,12 +940,79 @@ async fn send_tasks_of(tasks: &dyn TaskRepository, id: CampaignId) -> Vec<tasks:
 #[derive(Default)]
 struct RecordingObserver {
     enqueued: std::sync::Mutex<Vec<processor::EnqueuedCampaign>>,
+    failed: std::sync::Mutex<Vec<CampaignId>>,
 }
 
 impl processor::SchedulerObserver for RecordingObserver {
     fn campaign_enqueued(&self, campaign: &processor::EnqueuedCampaign) {
         self.enqueued.lock().unwrap().push(*campaign);
     }
+
+    fn campaign_failed(
+        &self,
+        campaign: CampaignId,
+        _error: &processor::ProcessorError,
+        _took: Duration,
+    ) {
+        self.failed.lock().unwrap().push(campaign);
+    }
+}
+
+/// The task repository service down (nothing listens at its address) while a campaign is
+/// due: the replica that won it reports it failed and the check fails, the campaign stays
+/// `queued`, and once the repository answers, the repair gives it its one task.
+async fn a_campaign_due_while_the_task_repository_is_down_is_queued_later(harness: Harness) {
+    use time::macros::datetime;
+    let at = datetime!(2031-02-01 09:00 UTC);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    let down: Arc<dyn TaskRepository> = Arc::new(
+        tasks::HttpTaskRepository::new(&format!("http://{address}"), None).with_retry(
+            tasks::AdapterRetry {
+                attempts: 1,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(10),
+            },
+        ),
+    );
+    let observer = Arc::new(RecordingObserver::default());
+    let config = processor::SchedulerConfig::new(Duration::from_secs(60));
+    let failing = processor::Scheduler::new(config.clone(), harness.store.clone(), down)
+        .with_observer(observer.clone());
+    let (record, _) = harness
+        .store
+        .create_campaign(
+            &document("Due while down", 10),
+            store::recipient_stream(recipients(2)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        harness
+            .store
+            .schedule_campaign(record.id, Some(at))
+            .await
+            .unwrap()
+    );
+    let err = failing.check(at, true).await.unwrap_err();
+    assert!(err.to_string().contains(&address.to_string()), "{err}");
+    assert_eq!(*observer.failed.lock().unwrap(), vec![record.id]);
+    assert!(observer.enqueued.lock().unwrap().is_empty());
+    assert_eq!(harness.status(record.id).await, CampaignStatus::Queued);
+    assert!(
+        send_tasks_of(harness.tasks.as_ref(), record.id)
+            .await
+            .is_empty()
+    );
+
+    let working = processor::Scheduler::new(config, harness.store.clone(), harness.tasks.clone());
+    let later = at + time::Duration::seconds(11);
+    assert_eq!(working.check(later, true).await.unwrap().repaired, 1);
+    assert_eq!(
+        send_tasks_of(harness.tasks.as_ref(), record.id).await.len(),
+        1
+    );
 }
 
 /// The campaign processor on a clock of the test's own: nothing before the campaign's time,
@@ -1363,6 +1430,7 @@ macro_rules! delivery_suite {
             case!(a_cancelled_campaign_sends_at_most_its_in_flight_messages_after_the_cancel);
             case!(every_message_returns_bounces_to_its_own_verp_address);
             case!(recipients_in_three_zones_are_released_at_their_own_local_hour);
+            case!(a_campaign_due_while_the_task_repository_is_down_is_queued_later);
         }
     };
 }
