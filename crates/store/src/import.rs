@@ -2,7 +2,7 @@
 //! database's unique key, all or nothing.
 
 use crate::{MAX_REPORTED_ROW_ERRORS, StoreError};
-use campaign::{LocalSendTime, Recipient, RowError};
+use campaign::{LocalSendTime, Recipient, RecipientZone, RowError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -80,6 +80,8 @@ pub(crate) struct ImportRow {
     pub row: u64,
     pub recipient: Recipient,
     pub time_zone: Option<String>,
+    /// The field's value when it was not a known zone (`time_zone` is then the fallback).
+    pub unrecognised_time_zone: Option<String>,
 }
 
 /// Where chunks go: one backend's open transaction.
@@ -110,27 +112,16 @@ pub(crate) async fn drive<S: ChunkSink + Send>(
         report.received += 1;
         match row {
             Ok(recipient) if bad_total == 0 => {
-                let time_zone = local_send_time.map(|local| {
-                    let zone = local.zone_for(&recipient.fields);
-                    if let Some(value) = zone.unrecognised {
-                        report.unrecognised_time_zones += 1;
-                        if report.unrecognised_time_zone_rows.len() < MAX_LISTED_ROWS {
-                            report
-                                .unrecognised_time_zone_rows
-                                .push(UnrecognisedTimeZone {
-                                    row: report.received,
-                                    email: recipient.email.to_string(),
-                                    value,
-                                    used: zone.zone.clone(),
-                                });
-                        }
-                    }
-                    zone.zone
-                });
+                let (time_zone, unrecognised_time_zone) =
+                    match local_send_time.map(|local| local.zone_for(&recipient.fields)) {
+                        Some(RecipientZone { zone, unrecognised }) => (Some(zone), unrecognised),
+                        None => (None, None),
+                    };
                 chunk.push(ImportRow {
                     row: report.received,
                     recipient,
                     time_zone,
+                    unrecognised_time_zone,
                 });
                 if chunk.len() == CHUNK_ROWS {
                     insert(sink, &mut chunk, &mut report).await?;
@@ -178,6 +169,20 @@ async fn insert<S: ChunkSink>(
     for row in &unique {
         if inserted.contains(&row.recipient.email.key()) {
             report.imported += 1;
+            // Reported for imported rows only: a duplicate's zone is not used.
+            if let (Some(value), Some(used)) = (&row.unrecognised_time_zone, &row.time_zone) {
+                report.unrecognised_time_zones += 1;
+                if report.unrecognised_time_zone_rows.len() < MAX_LISTED_ROWS {
+                    report
+                        .unrecognised_time_zone_rows
+                        .push(UnrecognisedTimeZone {
+                            row: row.row,
+                            email: row.recipient.email.to_string(),
+                            value: value.clone(),
+                            used: used.clone(),
+                        });
+                }
+            }
         } else {
             note_duplicate(report, row.row, &row.recipient);
         }

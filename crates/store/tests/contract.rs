@@ -404,12 +404,16 @@ async fn local_send_time_zones_are_stored_held_and_released(store: Arc<dyn Campa
             recipient_stream(rows(vec![
                 zoned("d@example.com", Some("America/Chicago")),
                 zoned("e@example.com", Some("")),
+                zoned("B@example.com", Some("Europe/Typo")),
             ])),
         )
         .await
         .unwrap();
-    assert_eq!(later.imported, 2);
-    assert_eq!(later.unrecognised_time_zones, 0);
+    assert_eq!((later.imported, later.duplicates), (2, 1));
+    assert_eq!(
+        later.unrecognised_time_zones, 0,
+        "a duplicate's zone is not used, so not reported"
+    );
     let zones = store.unreleased_time_zones(id).await.unwrap();
     assert_eq!(
         zones,
