@@ -126,6 +126,8 @@ pub async fn send(
     let mut last_status_check = Instant::now();
     let mut status = CampaignStatus::Queued;
     let mut was_interrupted = false;
+    // With a local send time, what the bar says while recipients wait for their hour.
+    let mut waiting = String::new();
     loop {
         tokio::select! {
             () = interrupted.cancelled() => { was_interrupted = true; }
@@ -134,7 +136,7 @@ pub async fn send(
         let now = stats.snapshot();
         bar.set_position(now.sent + now.failed + now.suppressed);
         bar.set_message(format!(
-            "sent {} · failed {} · suppressed {} · deferred attempts {}",
+            "sent {} · failed {} · suppressed {} · deferred attempts {}{waiting}",
             now.sent, now.failed, now.suppressed, now.deferred
         ));
         if was_interrupted {
@@ -144,6 +146,9 @@ pub async fn send(
             last_status_check = Instant::now();
             if let Some(current) = store.get_campaign(record.id).await? {
                 status = current.status;
+            }
+            if document.local_send_time.is_some() {
+                waiting = next_local_release(store.as_ref(), record.id).await?;
             }
             if matches!(
                 status,
@@ -264,4 +269,29 @@ fn check_variables(
         "the templates use variables no recipient has: {}; add the field to the recipients, fix the template, or set templates.undefined_variables to \"lenient\"",
         listed.join(", ")
     )
+}
+
+/// " · next: 3 in Europe/Berlin at 08:00:00Z" while recipients wait for their local time, or
+/// nothing when someone is due now (or nobody waits).
+async fn next_local_release(
+    store: &dyn store::CampaignStore,
+    id: campaign::CampaignId,
+) -> anyhow::Result<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let next = store
+        .time_zone_releases(id)
+        .await?
+        .into_iter()
+        .filter_map(|zone| Some((zone.due_at.filter(|at| *at > now)?, zone)))
+        .min_by_key(|(at, _)| *at);
+    Ok(match next {
+        Some((at, zone)) => format!(
+            " · next: {} in {} at {}",
+            zone.waiting,
+            zone.zone,
+            at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    })
 }
