@@ -3,7 +3,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use testkit::process::Process;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
 
@@ -316,56 +318,37 @@ fn validate_reports_every_problem_of_a_file() {
     }
 }
 
-/// A running `marketing serve`, stopped with SIGTERM when dropped.
+/// A running `marketing serve` (its output in `serve.log`), killed when dropped.
 struct Server {
-    child: Child,
+    process: Process,
     base: String,
-    log: Vec<String>,
 }
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let mut child = marketing(dir)
-            .args(["serve", "--api-bind", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The start-up lines are the synchronisation point: the address is known once the
+        let mut command = marketing(dir);
+        command.args(["serve", "--api-bind", "127.0.0.1:0"]);
+        let mut process = Process::spawn("serve", dir, command);
+        // The start-up line is the synchronisation point: the address is known once the
         // server says where it listens.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut log = Vec::new();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("serve exited before listening")
-                .unwrap();
-            log.push(line.clone());
-            if let Some(rest) = line.split("API listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Server { child, base, log }
+        let base = process.wait_for_line("API listening on ", Duration::from_secs(30));
+        Server { process, base }
+    }
+
+    fn log(&self) -> String {
+        self.process.log()
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
+        self.process.signal("-TERM");
+        self.process.wait_exit(Duration::from_secs(30))
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -373,7 +356,7 @@ impl Drop for Server {
 async fn serve_logs_its_address_and_store_answers_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());
-    let log = server.log.join("\n");
+    let log = server.log();
     assert!(
         log.contains("store=\"sqlite\"") || log.contains("store=sqlite"),
         "{log}"
@@ -400,11 +383,8 @@ async fn serve_logs_its_address_and_store_answers_and_stops_cleanly_on_sigterm()
 async fn serve_starts_a_campaign_scheduled_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    assert!(
-        server.log.join("\n").contains("campaign processor started"),
-        "{:?}",
-        server.log
-    );
+    let log = server.log();
+    assert!(log.contains("campaign processor started"), "{log}");
     let key = marketing(dir.path())
         .args(["api-key", "create", "--name", "scheduler"])
         .output()

@@ -7,9 +7,10 @@
 use campaign::{CampaignDocument, CampaignStatus, DeliveryStatus, Recipient};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::process::{Process, isolated_command};
 use testkit::smtp::{Aiosmtpd, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
@@ -21,72 +22,16 @@ const CONNECTIONS: usize = 4;
 /// cause.
 const IN_FLIGHT: usize = 8;
 
-/// A child process killed when the test ends, whatever happens.
-struct Process {
-    name: String,
-    child: Child,
-}
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {}", self.name);
-    }
-
-    /// Waits for the process to exit, up to `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {limit:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `marketing ARGS` in `dir` with only these variables set; its output goes to `dir/NAME.log`.
 fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let mut command = Command::new(BINARY);
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .env("TRACKING_SECRET", SECRET)
-        // Workers and schedulers of one test (and of tests running side by side) each get a
-        // free metrics port instead of the fixed default.
-        .env("METRICS_BIND", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    for (key, value) in env {
-        command.env(key, value);
+    let mut command = isolated_command(BINARY, dir, args, env);
+    command.env("TRACKING_SECRET", SECRET);
+    // Workers and schedulers of one test (and of tests running side by side) each get a free
+    // metrics port instead of the fixed default, unless `env` names one.
+    if !env.iter().any(|(key, _)| *key == "METRICS_BIND") {
+        command.env("METRICS_BIND", "127.0.0.1:0");
     }
-    Process {
-        name: name.to_string(),
-        child: command.spawn().expect("marketing starts"),
-    }
+    Process::spawn(name, dir, command)
 }
 
 fn document(name: &str) -> CampaignDocument {
@@ -265,6 +210,7 @@ impl Cluster {
         self.store.get_campaign(id).await.unwrap().unwrap().status
     }
 
+    /// The log of a process of this cluster, also once it has ended.
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -542,12 +488,7 @@ mod sqlite {
                 ("CAMPAIGN_CHECK_INTERVAL", "60".into()),
             ],
         );
-        let log = dir.join("scheduler.log");
-        wait_for_log(
-            || std::fs::read_to_string(&log).unwrap_or_default(),
-            "campaign processor started",
-        )
-        .await;
+        wait_for_log(|| process.log(), "campaign processor started").await;
         process
     }
 

@@ -15,11 +15,11 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::process::{Process, isolated_command};
 use testkit::smtp::{SmtpSink, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
@@ -73,81 +73,21 @@ fn prometheus_tools() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// A `marketing` process whose stderr is kept; killed when dropped.
-struct Role {
-    name: &'static str,
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Role {
-    /// Starts `marketing ARGS` and waits for the log line containing `marker`; returns the
-    /// process and the first word after the marker (the address it listens on).
-    fn start(
-        name: &'static str,
-        dir: &Path,
-        args: &[&str],
-        env: &[(&str, String)],
-        marker: &str,
-    ) -> (Role, String) {
-        let mut command = Command::new(BINARY);
-        command
-            .args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("TRACKING_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("marketing starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        // The start-up line is the synchronisation point: the address is known once the
-        // process says where it listens.
-        let address = loop {
-            let Some(Ok(line)) = lines.next() else {
-                panic!(
-                    "{name} exited before logging {marker:?}:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            };
-            log.lock().unwrap().push(line.clone());
-            if let Some(rest) = line.split(marker).nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                kept.lock().unwrap().push(line);
-            }
-        });
-        (Role { name, child, log }, address)
-    }
-
-    fn log(&self) -> String {
-        format!(
-            "--- {} ---\n{}",
-            self.name,
-            self.log.lock().unwrap().join("\n")
-        )
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `marketing ARGS` (its output in `dir/NAME.log`) and waits for its log line
+/// containing `marker`; returns the process and the first word after the marker (the address
+/// it listens on). The start-up line is the synchronisation point.
+fn start_role(
+    name: &str,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    marker: &str,
+) -> (Process, String) {
+    let mut command = isolated_command(BINARY, dir, args, env);
+    command.env("TRACKING_SECRET", SECRET);
+    let mut process = Process::spawn(name, dir, command);
+    let address = process.wait_for_line(marker, Duration::from_secs(30));
+    (process, address)
 }
 
 /// Polls `check` until it answers `Some`, up to `limit` (a wait for a condition, not a
@@ -170,10 +110,10 @@ where
 /// task-repo + api + worker + scheduler on one SQLite database, delivering into smtp-sink.
 struct Cluster {
     dir: tempfile::TempDir,
-    task_repo: (Role, String),
-    api: (Role, String),
-    worker: (Role, String),
-    scheduler: (Role, String),
+    task_repo: (Process, String),
+    api: (Process, String),
+    worker: (Process, String),
+    scheduler: (Process, String),
     key: String,
     _sink: SmtpSink,
 }
@@ -208,7 +148,7 @@ impl Cluster {
             .trim()
             .to_string();
 
-        let task_repo = Role::start(
+        let task_repo = start_role(
             "task-repo",
             dir.path(),
             &["task-repo"],
@@ -228,14 +168,14 @@ impl Cluster {
             env.extend(extra.iter().cloned());
             env
         };
-        let api = Role::start(
+        let api = start_role(
             "api",
             dir.path(),
             &["api"],
             &common(&[("API_BIND", "127.0.0.1:0".into())]),
             "API listening on ",
         );
-        let worker = Role::start(
+        let worker = start_role(
             "worker",
             dir.path(),
             &["worker"],
@@ -247,7 +187,7 @@ impl Cluster {
             "metrics listening on ",
         );
         let worker_address = worker.1.trim_end_matches("/metrics").to_string();
-        let scheduler = Role::start(
+        let scheduler = start_role(
             "scheduler",
             dir.path(),
             &["scheduler"],
@@ -274,7 +214,7 @@ impl Cluster {
             &self.scheduler.0,
         ]
         .iter()
-        .map(|role| role.log())
+        .map(|role| format!("--- {} ---\n{}", role.name(), role.log()))
         .collect::<Vec<_>>()
         .join("\n")
     }
@@ -447,7 +387,7 @@ async fn every_role_serves_lint_clean_metrics_and_readiness() {
 
     // `serve` too: one process, API port.
     let serve_dir = tempfile::tempdir().unwrap();
-    let (_serve, base) = Role::start(
+    let (_serve, base) = start_role(
         "serve",
         serve_dir.path(),
         &["serve"],

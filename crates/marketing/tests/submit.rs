@@ -3,8 +3,9 @@
 //! postfix's smtp-sink (a server the project did not write) counting what arrives.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::process::Process;
 use testkit::smtp::SmtpSink;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
@@ -26,10 +27,9 @@ fn marketing(dir: &Path, database_url: &str) -> Command {
     command
 }
 
-/// `marketing serve`, killed when the test ends.
+/// `marketing serve` (its output in `serve.log`), killed when the test ends.
 struct Serve {
-    child: Child,
-    log: std::path::PathBuf,
+    process: Process,
     address: String,
 }
 
@@ -39,48 +39,20 @@ impl Serve {
     }
 
     fn start_with(dir: &Path, database_url: &str, smtp_url: &str, env: &[(&str, &str)]) -> Serve {
-        let log = dir.join("serve.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = marketing(dir, database_url)
+        let mut command = marketing(dir, database_url);
+        command
             .arg("serve")
             .env("API_BIND", "127.0.0.1:0")
             .env("SMTP_URL", smtp_url)
             .env("TASK_CHECK_INTERVAL", "0.2")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("marketing serve starts");
-        let mut serve = Serve {
-            child,
-            log,
-            address: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = serve.log();
-            if let Some(rest) = text.split("API listening on ").nth(1) {
-                serve.address = rest.split_whitespace().next().unwrap().to_string();
-                return serve;
-            }
-            if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("serve exited with {status}: {text}");
-            }
-            assert!(Instant::now() < deadline, "serve did not listen: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .envs(env.iter().copied());
+        let mut process = Process::spawn("serve", dir, command);
+        let address = process.wait_for_line("API listening on ", Duration::from_secs(20));
+        Serve { process, address }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }
 
@@ -313,18 +285,12 @@ mod sqlite {
         let port = testkit::smtp::free_port();
         let repo_url = format!("http://127.0.0.1:{port}");
         let spawn = |name: &str, args: &[&str], env: &[(&str, &str)]| {
-            let file = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
             let mut command = marketing(dir.path(), &database_url);
-            command
-                .args(args)
-                .env("TASK_REPO_TOKEN", "repo-token")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().unwrap())
-                .stderr(file);
+            command.args(args).env("TASK_REPO_TOKEN", "repo-token");
             for (key, value) in env {
                 command.env(key, value);
             }
-            Killed(command.spawn().unwrap())
+            Process::spawn(name, dir.path(), command)
         };
         // Three processes would otherwise race to migrate the fresh database.
         let migrated = marketing(dir.path(), &database_url)
@@ -424,15 +390,5 @@ mod sqlite {
         assert_eq!(output.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("status failed"), "{stdout}");
         assert!(stdout.contains("failed 3"), "{stdout}");
-    }
-}
-
-/// A child process killed when the test ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -1,4 +1,5 @@
-//! Test support for the workspace's own tests (a dev-dependency only).
+//! Test support for the workspace's own tests (a dev-dependency only): databases, SMTP
+//! servers (`smtp`) and child processes (`process`).
 //!
 //! PostgreSQL tests get a database of their own so they can run in parallel without
 //! seeing each other's rows. Where the server is missing, a test skips with a message,
@@ -8,6 +9,7 @@
 use sqlx::{Connection, Executor, PgConnection};
 use std::path::PathBuf;
 
+pub mod process;
 pub mod smtp;
 
 /// The server tests use: `TEST_POSTGRES_URL`, else a `postgres://` `DATABASE_URL`, else the
