@@ -537,6 +537,103 @@ async fn campaigns_list_and_status_read_what_the_api_stored() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a campaign id"));
 }
 
+/// A campaign with a local send time whose hour has just passed everywhere: once `serve`'s
+/// worker has split it, nobody is sent and `marketing status` lists each zone's waiting
+/// recipients with their release, the next occurrence of that local time (Tokyo is UTC+9
+/// all year).
+#[tokio::test]
+async fn status_lists_the_zones_a_local_send_time_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let key = marketing(dir.path())
+        .args(["api-key", "create", "--name", "zones"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+    let now = time::OffsetDateTime::now_utc();
+    let local = now - time::Duration::minutes(2);
+    let hour_minute = format!("{:02}:{:02}", local.hour(), local.minute());
+    let mut campaign: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(example("sample_campaign.json")).unwrap()).unwrap();
+    campaign["local_send_time"] = serde_json::json!({
+        "time": hour_minute, "timezone_field": "tz", "fallback_timezone": "UTC"
+    });
+    campaign["recipients"] = serde_json::json!([
+        {"email": "a@tokyo.example", "first_name": "A", "tz": "Asia/Tokyo"},
+        {"email": "b@tokyo.example", "first_name": "B", "tz": "Asia/Tokyo"},
+        {"email": "c@nowhere.example", "first_name": "C"}
+    ]);
+    let client = reqwest::Client::new();
+    let api = |path: &str| format!("{}/api/v1/campaigns{path}", server.base);
+    let created: serde_json::Value = client
+        .post(api(""))
+        .bearer_auth(&key)
+        .json(&campaign)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let sent = client
+        .post(api(&format!("/{id}/send")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+
+    // Held once every zone has a release time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let output = marketing(dir.path())
+            .args(["status", &id, "--json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let zones = status["time_zones"].as_array().cloned().unwrap_or_default();
+        if zones.len() == 2 && zones.iter().all(|z| z["due_at"].is_string()) {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "not held: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["deliveries"]["sent"], 0);
+    for (zone, waiting, offset_hours) in [("Asia/Tokyo", 2, 9), ("UTC", 1, 0)] {
+        let entry = status["time_zones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|z| z["zone"] == zone)
+            .unwrap_or_else(|| panic!("{zone} in {status}"));
+        assert_eq!(entry["waiting"], waiting);
+        let due = time::OffsetDateTime::parse(
+            entry["due_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!(
+            due > now && due <= now + time::Duration::DAY,
+            "{zone}: {due}"
+        );
+        let wall = due.to_offset(time::UtcOffset::from_hms(offset_hours, 0, 0).unwrap());
+        assert_eq!(
+            format!("{:02}:{:02}", wall.hour(), wall.minute()),
+            hour_minute,
+            "{zone} is released at its own {hour_minute}"
+        );
+    }
+    let output = marketing(dir.path())
+        .args(["status", &id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("2 waiting in Asia/Tokyo, due "), "{text}");
+    assert!(text.contains("1 waiting in UTC, due "), "{text}");
+}
+
 #[tokio::test]
 async fn the_task_repo_role_serves_tasks_that_the_cli_can_read() {
     let dir = tempfile::tempdir().unwrap();
