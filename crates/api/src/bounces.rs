@@ -17,7 +17,6 @@
 //! once SOFT_BOUNCE_LIMIT soft bounces were recorded within SOFT_BOUNCE_WINDOW_HOURS. Every
 //! bounce and complaint is recorded with its status and diagnostic.
 
-use crate::problem::PROBLEM_JSON;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Bytes;
@@ -502,13 +501,8 @@ fn parse_address(raw: &str) -> Result<EmailAddress, IntakeError> {
 pub(crate) struct BounceProblems;
 
 impl utoipa::IntoResponses for BounceProblems {
-    fn responses() -> std::collections::BTreeMap<
-        String,
-        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
-    > {
-        use utoipa::openapi::ContentBuilder;
-        use utoipa::openapi::response::ResponseBuilder;
-        [
+    fn responses() -> crate::problem::ProblemResponses {
+        crate::problem::problem_responses(&[
             (400, "The JSON form is not valid JSON"),
             (401, "No BOUNCE_WEBHOOK_SECRET, or a wrong one"),
             (404, "No such route"),
@@ -519,20 +513,6 @@ impl utoipa::IntoResponses for BounceProblems {
                 "Not a DSN or ARF report, or the JSON form has a bad field",
             ),
             (503, "The database is unavailable"),
-        ]
-        .into_iter()
-        .map(|(status, description)| {
-            let content = ContentBuilder::new()
-                .schema(Some(utoipa::openapi::Ref::from_schema_name(
-                    "ProblemDetails",
-                )))
-                .build();
-            let response = ResponseBuilder::new()
-                .description(description)
-                .content(PROBLEM_JSON, content)
-                .build();
-            (status.to_string(), response.into())
-        })
-        .collect()
+        ])
     }
 }

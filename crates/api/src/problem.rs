@@ -219,13 +219,8 @@ pub(crate) async fn method_not_allowed(uri: Uri) -> Response {
 pub(crate) struct AdminProblems;
 
 impl utoipa::IntoResponses for AdminProblems {
-    fn responses() -> std::collections::BTreeMap<
-        String,
-        utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
-    > {
-        use utoipa::openapi::ContentBuilder;
-        use utoipa::openapi::response::ResponseBuilder;
-        [
+    fn responses() -> ProblemResponses {
+        problem_responses(&[
             (400, "Malformed request (not JSON, bad query string)"),
             (401, "No API key, or one that is not valid"),
             (403, "The API key has been revoked"),
@@ -244,9 +239,21 @@ impl utoipa::IntoResponses for AdminProblems {
             ),
             (503, "The database is unavailable"),
             (500, "Failure on our side (logged)"),
-        ]
-        .into_iter()
-        .map(|(status, description)| {
+        ])
+    }
+}
+
+pub(crate) type ProblemResponses =
+    std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>;
+
+/// The OpenAPI responses of a route's problem answers: each status with its description, as
+/// `application/problem+json` with the ProblemDetails schema (a 429 also names Retry-After).
+pub(crate) fn problem_responses(answers: &[(u16, &str)]) -> ProblemResponses {
+    use utoipa::openapi::ContentBuilder;
+    use utoipa::openapi::response::ResponseBuilder;
+    answers
+        .iter()
+        .map(|&(status, description)| {
             let content = ContentBuilder::new()
                 .schema(Some(utoipa::openapi::Ref::from_schema_name(
                     "ProblemDetails",
@@ -268,9 +275,7 @@ impl utoipa::IntoResponses for AdminProblems {
                         .build(),
                 );
             }
-            let response = response.build();
-            (status.to_string(), response.into())
+            (status.to_string(), response.build().into())
         })
         .collect()
-    }
 }

@@ -115,19 +115,9 @@ pub async fn resume_campaign(
     {
         return Ok(false);
     }
-    let payload = SendCampaign {
-        campaign_id: id,
-        // Any epoch other than the first run's; the transition above let one caller through.
-        epoch: 1 + (uuid::Uuid::new_v4().as_u128() % u128::from(u32::MAX - 1)) as u32,
-        document: Some(record.document.clone()),
-    };
-    let mut task = NewTask::new(
-        SEND_CAMPAIGN,
-        serde_json::to_value(&payload).map_err(|err| ProcessorError::Payload(err.to_string()))?,
-    );
-    task.idempotency_key = Some(payload.idempotency_key());
-    task.priority = 10;
-    tasks.create(task).await?;
+    // Any epoch other than the first run's; the transition above let one caller through.
+    let epoch = 1 + (uuid::Uuid::new_v4().as_u128() % u128::from(u32::MAX - 1)) as u32;
+    create_send_task(tasks, &record, epoch, "").await?;
     Ok(true)
 }
 
@@ -162,19 +152,31 @@ pub async fn enqueue_campaign(
         });
     }
     // The key makes this safe to repeat: the campaign has one send_campaign task per run.
+    let task = create_send_task(tasks, &record, 0, "").await?;
+    Ok((record, task))
+}
+
+/// Creates the campaign's `send_campaign` task of run `epoch`, carrying its document, ahead of
+/// batch tasks (priority 10). Its idempotency key (with `key_suffix`) makes a repeated call
+/// return the task that exists.
+async fn create_send_task(
+    tasks: &dyn TaskRepository,
+    record: &CampaignRecord,
+    epoch: u32,
+    key_suffix: &str,
+) -> Result<Task, ProcessorError> {
     let payload = SendCampaign {
-        campaign_id: id,
-        epoch: 0,
+        campaign_id: record.id,
+        epoch,
         document: Some(record.document.clone()),
     };
     let mut task = NewTask::new(
         SEND_CAMPAIGN,
         serde_json::to_value(&payload).map_err(|err| ProcessorError::Payload(err.to_string()))?,
     );
-    task.idempotency_key = Some(payload.idempotency_key());
+    task.idempotency_key = Some(format!("{}{key_suffix}", payload.idempotency_key()));
     task.priority = 10;
-    let task = tasks.create(task).await?;
-    Ok((record, task))
+    Ok(tasks.create(task).await?)
 }
 
 /// What [`retry_failed`] did.
@@ -228,18 +230,7 @@ pub async fn retry_failed(
             reason: "it has no failed recipient that may be retried (suppressed addresses are never retried)".into(),
         });
     }
-    let payload = SendCampaign {
-        campaign_id: id,
-        epoch: requeued.send_pass,
-        document: Some(record.document.clone()),
-    };
-    let mut task = NewTask::new(
-        SEND_CAMPAIGN,
-        serde_json::to_value(&payload).map_err(|err| ProcessorError::Payload(err.to_string()))?,
-    );
-    task.idempotency_key = Some(format!("{}:retry", payload.idempotency_key()));
-    task.priority = 10;
-    tasks.create(task).await?;
+    create_send_task(tasks, &record, requeued.send_pass, ":retry").await?;
     tracing::info!(campaign = %id, recipients = requeued.recipients, pass = requeued.send_pass, "failed recipients queued again");
     Ok(RetryFailed {
         requeued: requeued.recipients,
