@@ -176,6 +176,26 @@ pub enum Command {
         #[command(flatten)]
         metrics: MetricsArgs,
     },
+    /// Run the original design's campaign processor service: a campaign processor and a task
+    /// processor in one process, so that every replica (`docker-compose up -d --scale
+    /// campaign-processor=3`) both starts due campaigns (exactly once across replicas) and
+    /// delivers a share of the batches (scale-out role).
+    CampaignProcessor {
+        #[command(flatten)]
+        repo: TaskRepoClientArgs,
+        #[command(flatten)]
+        links: LinkArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[command(flatten)]
+        transport: TransportArgs,
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    },
     /// Submit a campaign for sending from a campaign file and recipients (the original
     /// design's submission tool): through the HTTP API (--api), the task repository service
     /// (--task-repo), or the local store (default). Prints the campaign id and the task id (or,
@@ -417,6 +437,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scheduler,
             metrics,
         } => roles::scheduler(&repo, &scheduler, &metrics).await,
+        Command::CampaignProcessor {
+            repo,
+            links,
+            limits,
+            worker,
+            transport,
+            scheduler,
+            metrics,
+        } => {
+            let delivery = roles::DeliveryArgs {
+                repo: &repo,
+                link_args: &links,
+                limits: &limits,
+                worker_args: &worker,
+                transport_args: &transport,
+                metrics_args: &metrics,
+            };
+            roles::campaign_processor(delivery, &scheduler).await
+        }
         Command::Submit(args) => crate::submit::submit(*args).await,
     }
 }

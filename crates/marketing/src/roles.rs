@@ -168,13 +168,60 @@ pub async fn worker(
     transport_args: &TransportArgs,
     metrics_args: &MetricsArgs,
 ) -> anyhow::Result<ExitCode> {
-    metrics::set_build_info("worker");
-    let store = open_store("worker", &repo.store).await?;
+    let delivery = DeliveryArgs {
+        repo,
+        link_args,
+        limits,
+        worker_args,
+        transport_args,
+        metrics_args,
+    };
+    run_task_processor("worker", delivery, None).await
+}
+
+/// `marketing campaign-processor`: the original design's scalable `campaign-processor`
+/// service. A campaign processor (scheduled campaigns, queued exactly once across replicas)
+/// and a task processor (delivery) in one process, so that every replica adds delivery
+/// throughput rather than only another scheduler.
+pub async fn campaign_processor(
+    delivery: DeliveryArgs<'_>,
+    scheduler_args: &SchedulerArgs,
+) -> anyhow::Result<ExitCode> {
+    run_task_processor("campaign-processor", delivery, Some(scheduler_args)).await
+}
+
+/// What a role that delivers (worker, campaign-processor) is configured with.
+pub struct DeliveryArgs<'a> {
+    pub repo: &'a TaskRepoClientArgs,
+    pub link_args: &'a LinkArgs,
+    pub limits: &'a LimitArgs,
+    pub worker_args: &'a WorkerArgs,
+    pub transport_args: &'a TransportArgs,
+    pub metrics_args: &'a MetricsArgs,
+}
+
+/// A task processor, and with `scheduler_args` a campaign processor beside it sharing the
+/// store, the task repository, the metrics listener and the shutdown signal.
+async fn run_task_processor(
+    role: &'static str,
+    delivery: DeliveryArgs<'_>,
+    scheduler_args: Option<&SchedulerArgs>,
+) -> anyhow::Result<ExitCode> {
+    let DeliveryArgs {
+        repo,
+        link_args,
+        limits,
+        worker_args,
+        transport_args,
+        metrics_args,
+    } = delivery;
+    metrics::set_build_info(role);
+    let store = open_store(role, &repo.store).await?;
     let tasks = repo.open().await?;
-    log_task_repo("worker", repo);
+    log_task_repo(role, repo);
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
-        "worker",
+        role,
         metrics_args.bind_or(crate::config::WORKER_METRICS_BIND),
         repo,
         &store,
@@ -185,6 +232,26 @@ pub async fn worker(
     let links = link_args.links(store.as_ref()).await?;
     let transport = transport_args.transport()?;
     let (events, dispatcher) = link_args.webhooks.start(store.clone(), shutdown.clone())?;
+    // Beside a campaign processor, the campaigns it queues wake this process's task
+    // processor at once instead of at its next poll.
+    let (tasks, waker): (Arc<dyn TaskRepository>, _) = match scheduler_args {
+        Some(_) => {
+            let waking = Arc::new(processor::WakingTasks::new(tasks));
+            let waker = waking.waker();
+            (waking, Some(waker))
+        }
+        None => (tasks, None),
+    };
+    let scheduler_run = scheduler_args.map(|scheduler_args| {
+        let scheduler =
+            processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone())
+                .with_observer(monitoring::SchedulerMetrics::start(
+                    scheduler_args.config(),
+                    shutdown.clone(),
+                ));
+        log_scheduler(role, &scheduler);
+        tokio::spawn(scheduler.run(shutdown.clone()))
+    });
     let services = processor::Services {
         store,
         tasks,
@@ -199,11 +266,17 @@ pub async fn worker(
     let worker = processor::Worker::new(
         worker_args.config(transport_args.smtp_connections),
         services,
-        None,
+        waker,
     );
-    log_worker("worker", &worker, transport.as_ref());
+    log_worker(role, &worker, transport.as_ref());
     let stats = worker.stats();
     worker.run(shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(scheduler_run) = scheduler_run {
+        scheduler_run
+            .await
+            .context("the campaign processor panicked")?;
+    }
     transport.close().await;
     // The worker stops on the shutdown signal, and so does the dispatcher: it writes what is
     // still queued to the outbox before the process ends.
@@ -215,7 +288,7 @@ pub async fn worker(
     let _ = metrics_listener.await;
     let done = stats.snapshot();
     tracing::info!(
-        role = "worker",
+        role,
         sent = done.sent,
         deferred = done.deferred,
         failed = done.failed,

@@ -236,6 +236,21 @@ fn enqueued_in_log(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// Messages `sent` in the "batch done" log lines of one campaign.
+fn sent_in_batch_lines(log: &str, campaign: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("batch done") && line.contains(campaign))
+        .filter_map(|line| {
+            let start = line.find(" sent=")? + " sent=".len();
+            let digits: String = line[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<usize>().ok()
+        })
+        .sum()
+}
+
 /// Polls the store until the campaign has left `scheduled`; returns its record.
 async fn wait_queued(
     store: &dyn store::CampaignStore,
@@ -471,6 +486,87 @@ mod postgres {
             CAMPAIGNS * PER_CAMPAIGN,
             "distinct recipients"
         );
+    }
+    /// The original design's `docker-compose up -d --scale campaign-processor=3`: three
+    /// `marketing campaign-processor` processes on one PostgreSQL store. A campaign scheduled
+    /// a few seconds ahead is queued by exactly one of them, each of the three delivers a
+    /// share of its batches, and every recipient gets exactly one message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_campaign_processors_queue_once_and_each_deliver_a_share() {
+        let Some(sink) = Aiosmtpd::start() else {
+            return;
+        };
+        let Some(cluster) = Cluster::start(&sink).await else {
+            return;
+        };
+        const COUNT: usize = 3_000;
+        let mut env = cluster.env.clone();
+        env.push(("CAMPAIGN_CHECK_INTERVAL", "60".into()));
+        let names: Vec<String> = (1..=3).map(|n| format!("campaign-processor-{n}")).collect();
+        let _processors: Vec<Process> = names
+            .iter()
+            .map(|name| spawn(name, cluster.dir.path(), &["campaign-processor"], &env))
+            .collect();
+        for name in &names {
+            wait_for_log(|| cluster.log(name), "campaign processor started").await;
+            wait_for_log(|| cluster.log(name), "task processor started").await;
+        }
+
+        let (record, _) = cluster
+            .store
+            .create_campaign(
+                &document("Scaled campaign processors"),
+                store::recipient_stream(recipients(COUNT)),
+            )
+            .await
+            .expect("campaign stored");
+        let id = record.id;
+        let due = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+        assert!(
+            cluster
+                .store
+                .schedule_campaign(id, Some(due))
+                .await
+                .unwrap()
+        );
+
+        let status = cluster.wait_finished(id, Duration::from_secs(240)).await;
+        assert_eq!(status, CampaignStatus::Completed);
+        let counts = cluster.store.delivery_counts(id).await.unwrap();
+        assert_eq!(counts.get(DeliveryStatus::Sent), COUNT as i64);
+
+        let queued_by: Vec<usize> = names
+            .iter()
+            .map(|name| {
+                enqueued_in_log(&cluster.log(name))
+                    .iter()
+                    .filter(|queued| **queued == id.to_string())
+                    .count()
+            })
+            .collect();
+        assert_eq!(
+            queued_by.iter().sum::<usize>(),
+            1,
+            "queued exactly once in all: {queued_by:?}"
+        );
+        let sent_by: Vec<usize> = names
+            .iter()
+            .map(|name| sent_in_batch_lines(&cluster.log(name), &id.to_string()))
+            .collect();
+        assert_eq!(
+            sent_by.iter().sum::<usize>(),
+            COUNT,
+            "the batch lines account for every message: {sent_by:?}"
+        );
+        assert!(
+            sent_by.iter().all(|&sent| sent > 0),
+            "every replica delivered a share: {sent_by:?}"
+        );
+        eprintln!("sent per campaign processor: {sent_by:?}");
+
+        let arrived = arrivals(&sink);
+        assert_eq!(arrived.total, COUNT, "one message per recipient, no more");
+        assert_each_recipient_reached(&arrived, COUNT);
     }
 }
 

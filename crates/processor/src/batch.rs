@@ -453,7 +453,8 @@ pub(crate) async fn deliver(
             }
         },
     };
-    tracing::debug!(campaign = %id, first = batch.first, round = batch.round, ?tally, ?halt, "batch done");
+    // At info: `docker-compose logs` of a delivering role shows its work batch by batch.
+    tracing::info!(campaign = %id, first = batch.first, round = batch.round, sent = tally.sent, deferred = tally.deferred, failed = tally.failed, ?halt, "batch done");
     Ok(json!({
         "sent": tally.sent,
         "deferred": tally.deferred,
