@@ -1,6 +1,6 @@
 # One image for every role of marketing-base: `marketing api`, `task-repo`, `worker`,
 # `scheduler`, `migrate`, or everything in one process with the default `serve`.
-# deploy/docker-compose.yml builds it; docs/DEPLOYMENT.md explains the roles.
+# docker-compose.yml (at the repository root) builds it; docs/DEPLOYMENT.md explains the roles.
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -14,9 +14,10 @@ RUN cargo build --release --locked -p marketing \
 # Same Debian release as the builder, so the binary finds the glibc it was linked against.
 FROM debian:bookworm-slim
 # ca-certificates: SMTP relays behind TLS. (The binary also carries the Mozilla roots; the
-# system store is here for tools and for relays whose CA an operator adds.)
+# system store is here for tools and for relays whose CA an operator adds.) curl: the
+# healthchecks, and an operator's `docker-compose exec task-repo-service curl …`.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 marketing \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
@@ -34,7 +35,7 @@ WORKDIR /data
 ENV API_BIND=0.0.0.0:8000 \
     TASK_REPO_BIND=0.0.0.0:8503
 EXPOSE 8000 8503
-# No HEALTHCHECK here: each role listens on a different port (or only on its metrics port), and
-# the slim image has no curl. deploy/docker-compose.yml checks each role on its own port.
+# No HEALTHCHECK here: each role listens on a different port (or only on its metrics port);
+# docker-compose.yml checks each role with curl on its own port.
 ENTRYPOINT ["marketing"]
 CMD ["serve"]
