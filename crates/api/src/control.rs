@@ -155,6 +155,11 @@ async fn transition(
             }
         }
         tracing::info!(campaign = %campaign.id, from = %campaign.status, to = %to, "campaign {action}");
+        // A cancel ends the processing of a campaign that had been scheduled or sent; this
+        // process made that final transition, so it counts it (a draft never started).
+        if moved && to == CampaignStatus::Cancelled && campaign.status != CampaignStatus::Draft {
+            processor::record_campaign_ended(state.store.as_ref(), campaign.id).await?;
+        }
     }
     Ok(Json(status_view(state, raw_id).await?))
 }

@@ -49,6 +49,7 @@ pub async fn serve_api(
     transport_args: &TransportArgs,
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("api");
+    metrics::register_campaign_processing();
     let store = open_store("api", &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo("api", repo);
@@ -92,6 +93,7 @@ pub async fn serve(
     scheduler_args: &SchedulerArgs,
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("serve");
+    metrics::register_campaign_processing();
     let store = open_store("serve", store_args).await?;
     let local = tasks::connect(&store_args.database_url)
         .await
@@ -216,6 +218,7 @@ async fn run_task_processor(
         metrics_args,
     } = delivery;
     metrics::set_build_info(role);
+    metrics::register_campaign_processing();
     let store = open_store(role, &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo(role, repo);

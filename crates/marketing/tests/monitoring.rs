@@ -230,56 +230,88 @@ impl Cluster {
         ]
     }
 
-    /// Creates a campaign through the API, schedules it a moment ahead (so the campaign
-    /// processor starts it) and waits until it is completed.
-    async fn deliver_campaign(&self) {
-        let client = reqwest::Client::new();
+    /// Creates a campaign of RECIPIENTS through the API; returns its id.
+    async fn create_campaign(&self, name: &str) -> String {
         let recipients: Vec<Value> = (0..RECIPIENTS)
-            .map(|n| json!({"email": format!("reader{n}@mail.example"), "first_name": format!("R{n}")}))
+            .map(|n| json!({"email": format!("{name}{n}@mail.example"), "first_name": format!("R{n}")}))
             .collect();
         let document = json!({
-            "name": "monitoring",
+            "name": name,
             "from": {"email": "news@shop.example"},
             "templates": {"subject": "Hello {{ first_name }}", "text": "Hi {{ first_name }}\n{{ unsubscribe_url }}\n"},
             "batch_size": 10,
             "recipients": recipients,
         });
-        let api = &self.api.1;
-        let created: Value = client
-            .post(format!("{api}/api/v1/campaigns"))
-            .bearer_auth(&self.key)
-            .json(&document)
-            .send()
+        let created: Value = self
+            .post("/api/v1/campaigns", &document)
             .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
             .json()
             .await
             .unwrap();
-        let id = created["campaign"]["id"].as_str().unwrap().to_string();
-        let start_at = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
-        let start_at = start_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-        client
-            .post(format!("{api}/api/v1/campaigns/{id}/schedule"))
+        created["campaign"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// POSTs to the API with the key; a non-2xx answer fails the test.
+    async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.api.1))
             .bearer_auth(&self.key)
-            .json(&json!({ "scheduled_at": start_at }))
+            .json(body)
             .send()
             .await
             .unwrap()
             .error_for_status()
+            .unwrap()
+    }
+
+    /// Schedules campaign `id` `ahead` from now.
+    async fn schedule(&self, id: &str, ahead: Duration) {
+        let start_at = (time::OffsetDateTime::now_utc() + ahead)
+            .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
-        let status_url = format!("{api}/api/v1/campaigns/{id}/status");
-        wait_for(Duration::from_secs(20), "the campaign to complete", || {
+        self.post(
+            &format!("/api/v1/campaigns/{id}/schedule"),
+            &json!({ "scheduled_at": start_at }),
+        )
+        .await;
+    }
+
+    async fn wait_for_status(&self, id: &str, wanted: &'static str) {
+        let client = reqwest::Client::new();
+        let status_url = format!("{}/api/v1/campaigns/{id}/status", self.api.1);
+        wait_for(Duration::from_secs(20), wanted, || {
             let request = client.get(&status_url).bearer_auth(&self.key).send();
             async move {
                 let status: Value = request.await.ok()?.json().await.ok()?;
-                (status["status"] == "completed").then_some(())
+                (status["status"] == wanted).then_some(())
             }
         })
         .await;
+    }
+
+    /// Creates a campaign through the API, schedules it a moment ahead (so the campaign
+    /// processor starts it) and waits until it is completed.
+    async fn deliver_campaign(&self) {
+        let id = self.create_campaign("scheduled").await;
+        self.schedule(&id, Duration::from_secs(2)).await;
+        self.wait_for_status(&id, "completed").await;
+    }
+
+    /// Sends a campaign at once (no schedule) and waits until it is completed.
+    async fn deliver_campaign_now(&self) {
+        let id = self.create_campaign("immediate").await;
+        self.post(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
+            .await;
+        self.wait_for_status(&id, "completed").await;
+    }
+
+    /// Schedules a campaign an hour ahead, then cancels it.
+    async fn cancel_scheduled_campaign(&self) {
+        let id = self.create_campaign("cancelled").await;
+        self.schedule(&id, Duration::from_secs(3600)).await;
+        self.post(&format!("/api/v1/campaigns/{id}/cancel"), &json!({}))
+            .await;
+        self.wait_for_status(&id, "cancelled").await;
     }
 }
 
@@ -355,11 +387,15 @@ async fn every_role_serves_lint_clean_metrics_and_readiness() {
     // What each role is there to count.
     let (_, scheduler) = get_text(&format!("{}/metrics", cluster.scheduler.1)).await;
     assert!(
-        scheduler.contains("campaigns_processed_total{status=\"success\"} 1")
-            && scheduler.contains("campaign_processor_healthy 1"),
-        "the campaign processor counts the campaign it started and says it is healthy:\n{scheduler}"
+        scheduler.contains("campaign_processor_healthy 1"),
+        "the campaign processor says it is healthy:\n{scheduler}"
     );
     let (_, worker) = get_text(&format!("{}/metrics", cluster.worker.1)).await;
+    assert!(
+        worker.contains("campaigns_processed_total{status=\"completed\"} 1")
+            && worker.contains("campaign_processing_seconds_count 1"),
+        "the task processor that recorded the last outcome counts the campaign it ended:\n{worker}"
+    );
     assert!(
         worker.contains(&format!(
             "messages_total{{outcome=\"sent\",transport=\"smtp\"}} {RECIPIENTS}"
@@ -420,10 +456,15 @@ async fn every_dashboard_panel_and_alert_rule_has_data_in_prometheus() {
     };
     let prometheus =
         Prometheus::start(&prometheus_binary, cluster.dir.path(), &cluster.targets()).await;
+    // The original design's campaign metrics after one scheduled and one immediate campaign
+    // delivered, and one scheduled campaign cancelled.
     cluster.deliver_campaign().await;
+    cluster.deliver_campaign_now().await;
+    cluster.cancel_scheduled_campaign().await;
+    const DELIVERED: usize = 2 * RECIPIENTS;
 
-    // Wait until Prometheus has scraped the finished campaign, and every target is up.
-    let sent = format!("sum(messages_total{{outcome=\"sent\"}}) == {RECIPIENTS}");
+    // Wait until Prometheus has scraped the finished campaigns, and every target is up.
+    let sent = format!("sum(messages_total{{outcome=\"sent\"}}) == {DELIVERED}");
     wait_for(
         Duration::from_secs(15),
         "Prometheus to scrape the delivery",
@@ -445,7 +486,7 @@ async fn every_dashboard_panel_and_alert_rule_has_data_in_prometheus() {
     )
     .await;
     let scraped_twice = format!(
-        "count_over_time((sum(messages_total{{outcome=\"sent\"}}) == {RECIPIENTS})[1m:1s]) >= 2"
+        "count_over_time((sum(messages_total{{outcome=\"sent\"}}) == {DELIVERED})[1m:1s]) >= 2"
     );
     wait_for(
         Duration::from_secs(10),
@@ -456,6 +497,39 @@ async fn every_dashboard_panel_and_alert_rule_has_data_in_prometheus() {
         },
     )
     .await;
+
+    // campaigns_processed_total is summed over the processes that ended the campaigns (the
+    // worker completed two, the API cancelled one); only the two that sent have a sending
+    // time; the campaign processor's gauge is per process.
+    for (expression, meaning) in [
+        (
+            r#"sum(campaigns_processed_total{status="completed"}) == 2"#,
+            "the scheduled and the immediate campaign completed",
+        ),
+        (
+            r#"sum(campaigns_processed_total{status="cancelled"}) == 1"#,
+            "the cancelled campaign",
+        ),
+        (
+            r#"sum(campaigns_processed_total{status="failed"}) == 0"#,
+            "no campaign failed",
+        ),
+        (
+            "sum(campaign_processing_seconds_count) == 2",
+            "a sending time for each campaign that sent",
+        ),
+        (
+            r#"campaign_processor_healthy{job="campaign-processor"} == 1"#,
+            "the campaign processor is healthy",
+        ),
+    ] {
+        let result = prometheus.query(expression).await.unwrap_or_default();
+        assert!(
+            !result.is_empty(),
+            "{meaning}: {expression} has no result\n{}",
+            cluster.logs()
+        );
+    }
 
     let exported: BTreeSet<String> = prometheus
         .get("/api/v1/label/__name__/values")

@@ -9,11 +9,14 @@
 //! so a dashboard shows 0 rather than "no data" before the first event, and `rate()` sees the
 //! first increment.
 //!
-//! The campaign processor's three metrics keep the original design's names
-//! (`campaigns_processed_total{status}`, `campaign_processing_seconds`,
-//! `campaign_processor_healthy`) and are registered on first use only: a process that runs no
-//! campaign processor exports none of them, instead of a `campaign_processor_healthy 0` that
-//! would page someone.
+//! The original design's three campaign metrics keep its names. `campaigns_processed_total
+//! {status}` (completed, failed, cancelled) and `campaign_processing_seconds` (start of sending
+//! to the end) are counted by the process that ended the campaign — the task processor that
+//! recorded its last outcome, or the API that cancelled it — so their sum over every process is
+//! the deployment's total; a role that can end campaigns calls [`register_campaign_processing`]
+//! at start so they read 0 before the first. `campaign_processor_healthy` is registered on
+//! first use only: a process that runs no campaign processor does not export it, instead of a
+//! `campaign_processor_healthy 0` that would page someone.
 
 pub mod http;
 
@@ -50,22 +53,29 @@ impl MessageOutcome {
     }
 }
 
-/// How the campaign processor's handling of one due campaign ended.
+/// How a campaign's processing ended: its final state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessedStatus {
-    /// The campaign was queued for delivery.
-    Success,
-    /// Queuing it failed (it is tried again on the next check).
-    Failure,
+    /// Every recipient has its outcome and at least one was sent (or none failed).
+    Completed,
+    /// Every recipient has its outcome and none was sent.
+    Failed,
+    /// Cancelled before every recipient had its outcome.
+    Cancelled,
 }
 
 impl ProcessedStatus {
-    pub const ALL: [ProcessedStatus; 2] = [ProcessedStatus::Success, ProcessedStatus::Failure];
+    pub const ALL: [ProcessedStatus; 3] = [
+        ProcessedStatus::Completed,
+        ProcessedStatus::Failed,
+        ProcessedStatus::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            ProcessedStatus::Success => "success",
-            ProcessedStatus::Failure => "failure",
+            ProcessedStatus::Completed => "completed",
+            ProcessedStatus::Failed => "failed",
+            ProcessedStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -287,58 +297,87 @@ pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-/// The campaign processor's metrics (original names), registered on first use.
-struct CampaignProcessorMetrics {
+/// Campaigns whose processing ended in this process (original names), registered by the
+/// roles that can end one.
+struct CampaignProcessingMetrics {
     processed: IntCounterVec,
     seconds: Histogram,
-    healthy: IntGauge,
 }
 
-static CAMPAIGN_PROCESSOR: LazyLock<CampaignProcessorMetrics> = LazyLock::new(|| {
+static CAMPAIGN_PROCESSING: LazyLock<CampaignProcessingMetrics> = LazyLock::new(|| {
     let registry = &metrics().registry;
     let processed = counter_vec(
         registry,
         "campaigns_processed_total",
-        "Due campaigns the campaign processor handled, by how it ended (success, failure).",
+        "Campaigns whose processing this process ended, by their final state (completed, failed, cancelled), whether scheduled or sent at once.",
         &["status"],
     );
     for status in ProcessedStatus::ALL {
         processed.with_label_values(&[status.as_str()]);
     }
-    CampaignProcessorMetrics {
+    // Campaigns take seconds to hours: buckets from 1 s to 1 day.
+    let buckets = vec![
+        1.0,
+        5.0,
+        15.0,
+        60.0,
+        300.0,
+        900.0,
+        3600.0,
+        4.0 * 3600.0,
+        12.0 * 3600.0,
+        86400.0,
+    ];
+    CampaignProcessingMetrics {
         processed,
         seconds: register(
             registry,
-            Histogram::with_opts(HistogramOpts::new(
-                "campaign_processing_seconds",
-                "Time the campaign processor took to handle one due campaign.",
-            ))
-            .expect("valid histogram"),
-        ),
-        healthy: register(
-            registry,
-            IntGauge::new(
-                "campaign_processor_healthy",
-                "1 while the campaign processor's loop runs on time, 0 when it stalls or cannot reach the store.",
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "campaign_processing_seconds",
+                    "Time from a campaign's start of sending to its end (completed, failed or cancelled while sending).",
+                )
+                .buckets(buckets),
             )
-            .expect("valid gauge"),
+            .expect("valid histogram"),
         ),
     }
 });
 
-/// The campaign processor handled a due campaign in `seconds`.
-pub fn record_campaign_processed(status: ProcessedStatus, seconds: f64) {
-    let processor = &*CAMPAIGN_PROCESSOR;
-    processor
+/// The campaign processor's health gauge, registered on first use.
+static PROCESSOR_HEALTHY: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        &metrics().registry,
+        IntGauge::new(
+            "campaign_processor_healthy",
+            "1 while this process's campaign processor checks for due campaigns on time, 0 when it stalls or cannot reach the store or the task repository.",
+        )
+        .expect("valid gauge"),
+    )
+});
+
+/// Creates `campaigns_processed_total` (at 0 for every status) and
+/// `campaign_processing_seconds` in a role that can end campaigns, before the first ends.
+pub fn register_campaign_processing() {
+    LazyLock::force(&CAMPAIGN_PROCESSING);
+}
+
+/// This process ended a campaign's processing; `sending_seconds` is the time since it started
+/// sending (`None` when it never did, e.g. cancelled while scheduled).
+pub fn record_campaign_processed(status: ProcessedStatus, sending_seconds: Option<f64>) {
+    let processing = &*CAMPAIGN_PROCESSING;
+    processing
         .processed
         .with_label_values(&[status.as_str()])
         .inc();
-    processor.seconds.observe(seconds);
+    if let Some(seconds) = sending_seconds {
+        processing.seconds.observe(seconds.max(0.0));
+    }
 }
 
 /// The campaign processor's loop is (or is no longer) running on time.
 pub fn set_processor_healthy(healthy: bool) {
-    CAMPAIGN_PROCESSOR.healthy.set(i64::from(healthy));
+    PROCESSOR_HEALTHY.set(i64::from(healthy));
 }
 
 /// The worker's transport as a bounded label: `smtp` or `outbox` from its description.
@@ -503,16 +542,26 @@ mod tests {
     #[test]
     fn campaign_processor_metrics_appear_once_used() {
         // Not asserting absence first: tests share the process-wide registry.
-        record_campaign_processed(ProcessedStatus::Success, 0.2);
+        record_campaign_processed(ProcessedStatus::Completed, Some(0.2));
+        record_campaign_processed(ProcessedStatus::Cancelled, None);
         set_processor_healthy(true);
         let text = render();
-        assert!(value_of(&text, r#"campaigns_processed_total{status="success"}"#).unwrap() >= 1.0);
+        assert!(
+            value_of(&text, r#"campaigns_processed_total{status="completed"}"#).unwrap() >= 1.0
+        );
+        assert!(
+            value_of(&text, r#"campaigns_processed_total{status="cancelled"}"#).unwrap() >= 1.0
+        );
         assert_eq!(
-            value_of(&text, r#"campaigns_processed_total{status="failure"}"#),
+            value_of(&text, r#"campaigns_processed_total{status="failed"}"#),
             Some(0.0)
         );
         assert_eq!(value_of(&text, "campaign_processor_healthy"), Some(1.0));
-        assert!(text.contains("campaign_processing_seconds_bucket"));
+        assert_eq!(
+            value_of(&text, "campaign_processing_seconds_count"),
+            Some(1.0),
+            "a campaign cancelled before it started has no sending time"
+        );
         set_processor_healthy(false);
         assert_eq!(value_of(&render(), "campaign_processor_healthy"), Some(0.0));
     }

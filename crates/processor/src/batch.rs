@@ -186,8 +186,8 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
             .collect::<Result<Vec<_>, _>>()?;
         shared.services.tasks.create_many(tasks).await?;
     }
-    if batches == 0 {
-        store.finish_if_done(id).await?;
+    if batches == 0 && store.finish_if_done(id).await?.is_some() {
+        crate::record_campaign_ended(store, id).await?;
     }
     tracing::info!(campaign = %id, recipients = record.recipient_count, batches, batch_size, "campaign split into batches");
     Ok(json!({"batches": batches, "batch_size": batch_size}))
@@ -448,6 +448,7 @@ pub(crate) async fn deliver(
             None => {
                 if let Some(status) = store.finish_if_done(id).await? {
                     tracing::info!(campaign = %id, %status, "campaign finished");
+                    crate::record_campaign_ended(store, id).await?;
                 }
                 None
             }

@@ -91,6 +91,33 @@ pub struct Services {
     pub clock: Arc<dyn tasks::Clock>,
 }
 
+/// Counts a campaign whose processing this process just ended (it completed, failed or was
+/// cancelled): `campaigns_processed_total{status}` and, when it had started sending, the time
+/// since then in `campaign_processing_seconds`. Called by whoever made the final transition,
+/// once per campaign end, so the sum over every process is the deployment's total.
+pub async fn record_campaign_ended(
+    store: &dyn CampaignStore,
+    id: CampaignId,
+) -> Result<(), StoreError> {
+    let Some(record) = store.get_campaign(id).await? else {
+        return Ok(());
+    };
+    let status = match record.status {
+        CampaignStatus::Completed => metrics::ProcessedStatus::Completed,
+        CampaignStatus::Failed => metrics::ProcessedStatus::Failed,
+        CampaignStatus::Cancelled => metrics::ProcessedStatus::Cancelled,
+        _ => return Ok(()),
+    };
+    let ended = record
+        .completed_at
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    let sending = record
+        .started_at
+        .map(|started| (ended - started).as_seconds_f64());
+    metrics::record_campaign_processed(status, sending);
+    Ok(())
+}
+
 /// Resumes a paused campaign; returns false when it was not paused. A campaign paused after
 /// it started goes back to `sending`, and its batches, which kept their task chains through the
 /// pause, continue with the recipients not yet sent. One paused before its split goes back to
