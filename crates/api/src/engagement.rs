@@ -375,12 +375,15 @@ async fn unsubscribe_page(
         .keys()
         .verify(Purpose::Unsubscribe, &token)
         .map_err(|_| unknown_link())?;
-    // The token is base64url (checked by verify), so it is safe inside the attribute.
+    // The token is base64url (checked by verify) and PUBLIC_BASE_URL a parsed URL, so both
+    // are safe inside the attribute. The action is absolute: a root-relative `/u/…` breaks
+    // behind a proxy that serves the API under a path prefix.
+    let action = state.links.unsubscribe_for_token(&token);
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex\">\
          <title>Unsubscribe</title></head><body>\
          <h1>Unsubscribe</h1><p>Stop receiving these emails?</p>\
-         <form method=\"post\" action=\"/u/{token}\">\
+         <form method=\"post\" action=\"{action}\">\
          <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
          <button type=\"submit\">Unsubscribe</button></form></body></html>\n"
     );

@@ -1761,7 +1761,7 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains(&format!(
-        "<form method=\"post\" action=\"/u/{unsubscribe_token}\""
+        "<form method=\"post\" action=\"https://mail.example.test/u/{unsubscribe_token}\""
     )));
     let ann_key = vec!["ann@example.com".to_string()];
     assert!(

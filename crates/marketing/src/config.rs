@@ -543,7 +543,8 @@ fn public_base_url(value: &str) -> Result<String, String> {
         .strip_prefix("https://")
         .or_else(|| value.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !value.contains(['?', '#', ' ']) => {
+        // Quotes and angle brackets are refused too: the URL is written into HTML attributes.
+        Some(host) if !host.is_empty() && !value.contains(['?', '#', ' ', '"', '\'', '<', '>']) => {
             Ok(value.trim_end_matches('/').to_string())
         }
         _ => Err("PUBLIC_BASE_URL must be an http(s) URL without query, such as https://mail.example.com".into()),
@@ -651,6 +652,16 @@ mod tests {
         assert_eq!(
             public_base_url("https://m.example.com/").unwrap(),
             "https://m.example.com"
+        );
+        assert!(
+            public_base_url("https://m.example.com/\"><script>")
+                .unwrap_err()
+                .starts_with("PUBLIC_BASE_URL"),
+            "the base URL is written into HTML attributes"
+        );
+        assert_eq!(
+            public_base_url("https://proxy.example.com/marketing/").unwrap(),
+            "https://proxy.example.com/marketing"
         );
     }
 }
