@@ -1579,6 +1579,70 @@ async fn a_recipient_whose_field_a_filter_refuses_fails_alone(harness: Harness) 
     assert_eq!(wait_received(&sink, 4).await, 4);
 }
 
+/// The real SMTP transport, except that sending to one address panics: a defect confined to
+/// one message.
+struct PanicsForOne {
+    inner: Arc<dyn Transport>,
+    address: String,
+}
+
+#[async_trait::async_trait]
+impl Transport for PanicsForOne {
+    async fn send(
+        &self,
+        message: delivery::OutgoingMessage,
+    ) -> Result<delivery::Accepted, delivery::SendError> {
+        if String::from_utf8_lossy(&message.content).contains(&self.address) {
+            panic!("the transport panicked for {}", self.address);
+        }
+        self.inner.send(message).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A panic while sending one message fails that recipient with the panic's message, once
+/// (it is not left due, to panic again in every follow-up); the others are delivered and the
+/// campaign completes.
+async fn a_panic_while_sending_one_message_fails_that_recipient_only(harness: Harness) {
+    let Some(sink) = start_sink(SmtpSink::builder()) else {
+        return;
+    };
+    let id = harness.campaign("One poisoned send", 6, 3).await;
+    let smtp = transport(&sink.url());
+    let transport: Arc<dyn Transport> = Arc::new(PanicsForOne {
+        inner: smtp.clone(),
+        address: email(4),
+    });
+    let worker = harness.start(worker_config("send-panic"), transport);
+    harness.enqueue(id).await;
+    assert_eq!(harness.wait_final(id).await, CampaignStatus::Completed);
+    worker.stop().await;
+    smtp.close().await;
+
+    let deliveries = harness.deliveries(id, None).await;
+    for delivery in &deliveries {
+        if delivery.email == email(4) {
+            assert_eq!(delivery.status, DeliveryStatus::Failed, "{delivery:?}");
+            assert_eq!(delivery.attempts, 1, "{delivery:?}");
+            let error = delivery.last_error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains("sending panicked: the transport panicked for reader4@mail.example"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(delivery.status, DeliveryStatus::Sent, "{delivery:?}");
+        }
+    }
+    assert_eq!(wait_received(&sink, 5).await, 5);
+}
+
 macro_rules! delivery_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1610,6 +1674,7 @@ macro_rules! delivery_suite {
             case!(a_campaign_due_while_the_task_repository_is_down_is_queued_later);
             case!(a_panicking_task_is_retried_until_dead_and_the_worker_goes_on);
             case!(a_recipient_whose_field_a_filter_refuses_fails_alone);
+            case!(a_panic_while_sending_one_message_fails_that_recipient_only);
         }
     };
 }
