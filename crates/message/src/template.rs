@@ -588,3 +588,50 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A defect in some filter that panics fails the recipient being rendered, with the
+    /// panic's message, and the compiled campaign goes on rendering others.
+    #[test]
+    fn a_panicking_filter_fails_only_the_recipient_being_rendered() {
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Panics",
+            "from": {"email": "news@shop.example"},
+            "templates": {"subject": "Hi", "text": "{{ code|explode }}"}
+        }))
+        .unwrap();
+        let mut compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+        compiled
+            .env
+            .add_filter("explode", |code: String| -> String {
+                if code == "poison" {
+                    panic!("explode cannot take {code}");
+                }
+                code
+            });
+        let ctx = RecipientContext {
+            campaign_id: uuid::Uuid::nil(),
+            recipient_id: 1,
+            unsubscribe_url: "https://m.shop.example/u/T".into(),
+            unsubscribe_mailto: None,
+            tracking: TrackingUrls::default(),
+        };
+        let recipient = |code: &str| -> Recipient {
+            serde_json::from_value(json!({"email": "a@shop.example", "code": code})).unwrap()
+        };
+        let err = compiled.render(&recipient("poison"), &ctx).unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Panicked {
+                template: TemplatePart::Text,
+                detail: "explode cannot take poison".into(),
+            }
+        );
+        let rendered = compiled.render(&recipient("fine"), &ctx).unwrap();
+        assert_eq!(rendered.text.as_deref(), Some("fine"));
+    }
+}
