@@ -1951,6 +1951,95 @@ async fn templates_are_checked_at_creation_and_previewed(app: TestApp) {
     .await;
 }
 
+/// A filter argument that can never work, written as a literal, is refused at creation naming
+/// the template; one taken from a recipient's field fails that recipient's preview or test
+/// send with a problem, never a dropped connection.
+async fn filter_arguments_are_checked_at_creation_and_per_recipient(app: TestApp) {
+    for (part, template, needle) in [
+        (
+            "html",
+            "<p>Hi</p>\n<p>{{ total|number(70000) }}</p>",
+            "templates.html: line 2, column 20: number: decimals must be a whole number from 0 to 20, not 70000",
+        ),
+        (
+            "subject",
+            "Your {{ total|currency('EURO') }}",
+            "templates.subject: line 1, column 24: currency: the currency must be a three-letter ISO 4217 code",
+        ),
+        (
+            "text",
+            "{{ total|number(2, thousands='0123456789') }}\n{{ unsubscribe_url }}",
+            "templates.text: line 1, column 30: number: thousands must be a string of at most 8 characters",
+        ),
+    ] {
+        let mut document = sample_campaign();
+        document["templates"][part] = json!(template);
+        let response = app.post_json("/api/v1/campaigns", &document).await;
+        let body = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, needle, part).await;
+        assert_eq!(body["errors"][0]["field"], format!("templates.{part}"));
+    }
+    assert_eq!(app.campaign_count().await, 0, "nothing stored");
+
+    let mut document = sample_campaign();
+    document["templates"]["undefined_variables"] = json!("lenient");
+    document["templates"]["text"] =
+        json!("Total: {{ total|number(decimals) }}\n{{ unsubscribe_url }}\n");
+    let response = app.post_json("/api/v1/campaigns", &document).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let preview = format!("/api/v1/campaigns/{id}/preview");
+    let fine = json!({"recipient": {"email": "ann@example.com", "total": "1234.5", "decimals": 1}});
+    let response = app.post_json(&preview, &fine).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["text"].as_str().unwrap().contains("Total: 1,234.5\n"),
+        "{body}"
+    );
+    for decimals in [json!(70000), json!(4294967296u64), json!(-1), json!("many")] {
+        let poison =
+            json!({"recipient": {"email": "bob@example.com", "total": 1, "decimals": decimals}});
+        assert_problem(
+            app.post_json(&preview, &poison).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "number: decimals must be a whole number from 0 to 20",
+            "preview",
+        )
+        .await;
+    }
+
+    let Some(sink) = testkit::smtp::SmtpSink::start() else {
+        return;
+    };
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(sink.url()),
+        connections: 1,
+        ..delivery::TransportConfig::default()
+    })
+    .unwrap();
+    let with_transport = api::AppState {
+        transport: Some(transport),
+        ..app.state.clone()
+    };
+    let address = serve(with_transport).await;
+    let response = app
+        .client
+        .post(format!("http://{address}/api/v1/campaigns/{id}/test"))
+        .json(&json!({"addresses": ["qa@example.com"], "fields": {"total": 1, "decimals": 70000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "fields: text template, line 1: number: decimals must be a whole number from 0 to 20",
+        "test send",
+    )
+    .await;
+    assert_eq!(sink.counters().messages, 0, "nothing sent");
+}
+
 async fn health_and_readiness(app: TestApp) {
     let (status, body) = app.get_json("/health").await;
     assert_eq!(
@@ -2716,6 +2805,7 @@ macro_rules! api_suite {
             case!(bounce_fixtures_are_attributed_classified_and_suppress);
             case!(bounce_intake_needs_its_secret_and_a_readable_report);
             case!(retry_failed_requeues_failed_recipients_once);
+            case!(filter_arguments_are_checked_at_creation_and_per_recipient);
         }
     };
 }

@@ -21,7 +21,7 @@ pub use dkim::{DkimError, DkimSigner};
 pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_id};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
-    SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable,
+    SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable, panic_message,
 };
 pub use tracking::tracked_links;
 

@@ -52,6 +52,9 @@ pub enum ProcessorError {
     /// version): retrying will not help.
     #[error("task payload is invalid: {0}")]
     Payload(String),
+    /// The task's code panicked (a defect): the attempt fails like any other error.
+    #[error("the task panicked: {0}")]
+    Panicked(String),
     /// The campaign cannot be enqueued in its current state.
     #[error("campaign {id} is {status}: only a draft or scheduled campaign can be sent")]
     NotSendable {
