@@ -380,10 +380,12 @@ impl CampaignDocument {
     }
 
     /// The document without its inline recipients: what is stored with the campaign (the
-    /// recipients live in their own rows).
+    /// recipients live in their own rows). `scheduled_at` is cut to the microsecond, as the
+    /// stores keep it, so the stored document reads back under the rules it was written by.
     pub fn without_recipients(&self) -> CampaignDocument {
         CampaignDocument {
             recipients: Vec::new(),
+            scheduled_at: self.scheduled_at.map(crate::timestamp::to_microsecond),
             ..self.clone()
         }
     }

@@ -48,7 +48,7 @@ pub fn parse(raw: &str) -> Result<OffsetDateTime, String> {
 /// Checks a time already in hand against the range and precision rules; the message reads
 /// after the time ("… is before 1970-01-01T00:00:00Z").
 pub fn check(at: OffsetDateTime) -> Result<(), String> {
-    if at.nanosecond() % 1_000 != 0 {
+    if !at.nanosecond().is_multiple_of(1_000) {
         return Err("has more than 6 fractional digits; times are kept to the microsecond".into());
     }
     check_range(at)
@@ -81,6 +81,12 @@ pub fn check_schedule(at: OffsetDateTime, now: OffsetDateTime) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+/// The time cut to the microsecond (what both stores keep), in its own offset.
+pub fn to_microsecond(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_nanosecond(at.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(at)
 }
 
 /// Writes a time as RFC 3339; an accepted time always can be written.

@@ -258,7 +258,10 @@ impl Cluster {
             .await
             .unwrap();
         let id = created["campaign"]["id"].as_str().unwrap().to_string();
-        let start_at = time::OffsetDateTime::now_utc() + Duration::from_secs(2);
+        // Whole seconds: a schedule is kept to the microsecond and finer is refused.
+        let start_at = (time::OffsetDateTime::now_utc() + Duration::from_secs(2))
+            .replace_nanosecond(0)
+            .unwrap();
         let start_at = start_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
