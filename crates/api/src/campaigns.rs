@@ -221,9 +221,10 @@ async fn list(
     let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 500, got {limit}"
-        )));
+        return Err(ApiError::invalid(vec![campaign::Problem {
+            field: "limit".into(),
+            message: format!("must be between 1 and 500, got {limit}"),
+        }]));
     }
     let page = state
         .store
@@ -384,9 +385,10 @@ async fn deliveries(
     let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 1000, got {limit}"
-        )));
+        return Err(ApiError::invalid(vec![campaign::Problem {
+            field: "limit".into(),
+            message: format!("must be between 1 and 1000, got {limit}"),
+        }]));
     }
     let campaign = find(&state, &id).await?;
     let items = state

@@ -217,6 +217,11 @@ async fn sample_campaign_with_csv_recipients_reports_its_status(app: TestApp) {
         .get_json(&format!("/api/v1/campaigns/{id}/deliveries?status=failed"))
         .await;
     assert_eq!(none["items"], json!([]));
+    let (status, refused) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries?limit=1001"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["errors"][0]["field"], "limit", "{refused}");
 
     let (status, campaign) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -607,8 +612,20 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
         (
             "limit out of range",
             "/api/v1/campaigns?limit=0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit: must be between 1 and 500",
+        ),
+        (
+            "limit above the maximum",
+            "/api/v1/campaigns?limit=501",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit: must be between 1 and 500",
+        ),
+        (
+            "limit beyond u32",
+            "/api/v1/campaigns?limit=4294967296",
             StatusCode::BAD_REQUEST,
-            "between 1 and 500",
+            "limit",
         ),
         (
             "unknown status",
