@@ -150,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(problem::require_utf8_path))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

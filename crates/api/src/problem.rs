@@ -194,6 +194,63 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
     }
 }
 
+/// A JSON answer with its status, serialized before the status is set: axum's
+/// `(status, Json(value))` keeps the status even when serializing fails, which answered a 201
+/// with a plain-text error. A value that cannot be written is a 500 problem instead.
+pub(crate) fn json_answer<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|err| ApiError::Internal(format!("cannot write the answer as JSON: {err}")))?;
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Answers a request whose path is not UTF-8 once percent-decoded (`/api/v1/campaigns/%FF`)
+/// with a problem, as every other 4xx; the path extractors would answer in plain text.
+pub(crate) async fn require_utf8_path(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if decodes_to_utf8(request.uri().path()) {
+        return next.run(request).await;
+    }
+    ApiError::BadRequest(format!(
+        "the path {} is not UTF-8 once percent-decoded",
+        request.uri().path()
+    ))
+    .into_response()
+}
+
+fn decodes_to_utf8(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("there is nothing at {}", uri.path()))
 }

@@ -217,6 +217,11 @@ async fn sample_campaign_with_csv_recipients_reports_its_status(app: TestApp) {
         .get_json(&format!("/api/v1/campaigns/{id}/deliveries?status=failed"))
         .await;
     assert_eq!(none["items"], json!([]));
+    let (status, refused) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries?limit=1001"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["errors"][0]["field"], "limit", "{refused}");
 
     let (status, campaign) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -607,8 +612,20 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
         (
             "limit out of range",
             "/api/v1/campaigns?limit=0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit: must be between 1 and 500",
+        ),
+        (
+            "limit above the maximum",
+            "/api/v1/campaigns?limit=501",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit: must be between 1 and 500",
+        ),
+        (
+            "limit beyond u32",
+            "/api/v1/campaigns?limit=4294967296",
             StatusCode::BAD_REQUEST,
-            "between 1 and 500",
+            "limit",
         ),
         (
             "unknown status",
@@ -2770,6 +2787,250 @@ async fn retry_failed_requeues_failed_recipients_once(app: TestApp) {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
+/// Times no store or RFC 3339 can hold, or outside the scheduling range: each is refused at
+/// `scheduled_at` (in a document and on `POST …/schedule`), nothing is stored or queued, and
+/// every read still answers.
+async fn out_of_range_times_are_refused_and_nothing_is_stored_or_sent(app: TestApp) {
+    let existing = app.create_sample().await;
+    let id = existing["campaign"]["id"].as_str().unwrap().to_string();
+    let before = app.campaign_count().await;
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let in_a_month = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        .replace_nanosecond(0)
+        .unwrap();
+    let month = in_a_month.format(rfc3339).unwrap();
+    let month_seconds = &month[..19];
+    let in_six_years = (time::OffsetDateTime::now_utc() + time::Duration::days(6 * 365))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(rfc3339)
+        .unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        // Year 0 at +23:59 is year -1 in UTC: the reproduction.
+        ("0000-01-01T00:00:00+23:59".into(), "before 1970"),
+        ("0000-01-01T00:00:00Z".into(), "before 1970"),
+        ("0000-01-01T00:00:00-23:59".into(), "before 1970"),
+        // Year 9999 at -23:59 is year 10000 in UTC (this one panicked in the store).
+        ("9999-12-31T23:59:59-23:59".into(), "after 9999"),
+        ("9999-12-31T23:59:59.999999Z".into(), "5 years"),
+        (in_six_years, "5 years"),
+        ("1969-12-31T23:59:59Z".into(), "before 1970"),
+        ("2020-01-01T00:00:00Z".into(), "in the past"),
+        (format!("{month_seconds}+24:00"), "not an RFC 3339 time"),
+        (format!("{month_seconds}+99:99"), "not an RFC 3339 time"),
+        (format!("{month_seconds}.123456789Z"), "fractional digits"),
+        (
+            format!("{month_seconds}.1234567+01:00"),
+            "fractional digits",
+        ),
+        ("2030-06-30T23:59:60Z".into(), "leap second"),
+        ("2030-12-31T23:59:60Z".into(), "leap second"),
+        ("+10000-01-01T00:00:00Z".into(), "not an RFC 3339 time"),
+        ("-0001-01-01T00:00:00Z".into(), "not an RFC 3339 time"),
+    ];
+    for (raw, needle) in &cases {
+        let mut campaign = sample_campaign();
+        campaign["scheduled_at"] = json!(raw);
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        let body = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            needle,
+            &format!("create with scheduled_at {raw}"),
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "scheduled_at", "{raw}: {body}");
+
+        let response = app
+            .post_json(
+                &format!("/api/v1/campaigns/{id}/schedule"),
+                &json!({ "scheduled_at": raw }),
+            )
+            .await;
+        let body = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            needle,
+            &format!("schedule at {raw}"),
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "scheduled_at", "{raw}: {body}");
+    }
+
+    assert_eq!(app.campaign_count().await, before, "nothing was stored");
+    let queued = app
+        .state
+        .tasks
+        .list(&tasks::TaskFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(queued.is_empty(), "nothing was queued to send: {queued:?}");
+    for path in [
+        "/api/v1/campaigns".to_string(),
+        format!("/api/v1/campaigns/{id}"),
+        format!("/api/v1/campaigns/{id}/status"),
+    ] {
+        let (status, body) = app.get_json(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let (_, read) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(
+        read["status"], "draft",
+        "the refused schedules left it alone"
+    );
+    assert!(read["scheduled_at"].is_null(), "{read}");
+
+    // The edges of the range are accepted, and answered as JSON.
+    for raw in [month.clone(), format!("{month_seconds}.123456+23:59")] {
+        let mut campaign = sample_campaign();
+        campaign["scheduled_at"] = json!(raw);
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{raw}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let created: Value = response.json().await.unwrap();
+        let stored = time::OffsetDateTime::parse(
+            created["campaign"]["scheduled_at"].as_str().unwrap(),
+            rfc3339,
+        )
+        .unwrap();
+        assert_eq!(stored, time::OffsetDateTime::parse(&raw, rfc3339).unwrap());
+    }
+    let (status, _) = app.get_json("/api/v1/campaigns").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A recipient field over 64 KiB or a row over 256 KiB is refused in every import path,
+/// naming row and column, and nothing is imported.
+async fn oversized_recipient_fields_and_rows_are_refused_whole(app: TestApp) {
+    let field = "x".repeat(64 * 1024 + 1);
+    let near = "y".repeat(60 * 1024);
+    let before = app.campaign_count().await;
+
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = json!([
+        {"email": "fine@example.com", "first_name": "Ann"},
+        {"email": "big@example.com", "first_name": "Bob", "notes": field},
+    ]);
+    let body = assert_problem(
+        app.post_json("/api/v1/campaigns", &campaign).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "field `notes` is 65537 bytes",
+        "inline field",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "recipients[1]", "{body}");
+    campaign["recipients"] = json!([
+        {"email": "wide@example.com", "first_name": "Ann",
+         "a": near, "b": near, "c": near, "d": near, "e": near},
+    ]);
+    assert_problem(
+        app.post_json("/api/v1/campaigns", &campaign).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a recipient row may be at most 262144 bytes",
+        "inline row",
+    )
+    .await;
+    assert_eq!(
+        app.campaign_count().await,
+        before,
+        "no campaign was created"
+    );
+
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/campaigns/{id}/recipients");
+    let status_path = format!("/api/v1/campaigns/{id}/status");
+    let (_, status) = app.get_json(&status_path).await;
+    let recipients_before = status["recipients"].clone();
+
+    let upload = json!([
+        {"email": "one@example.com", "first_name": "Ann"},
+        {"email": "two@example.com", "first_name": field},
+    ]);
+    let body = assert_problem(
+        app.post_json(&path, &upload).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "field `first_name` is 65537 bytes",
+        "JSON array field",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "[1]", "{body}");
+
+    let csv =
+        format!("email,first_name,notes\none@example.com,Ann,short\ntwo@example.com,Bob,{field}\n");
+    let body = assert_problem(
+        app.post_bytes(&path, "text/csv", csv.into_bytes()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "",
+        "CSV field",
+    )
+    .await;
+    let row = &body["errors"][0];
+    assert_eq!(
+        (row["row"].as_u64(), row["line"].as_u64()),
+        (Some(2), Some(3)),
+        "{body}"
+    );
+    assert_eq!(row["column"], "notes", "{body}");
+    assert!(
+        row["message"].as_str().unwrap().contains("64 KiB"),
+        "{body}"
+    );
+
+    let csv = format!(
+        "email,first_name,a,b,c,d,e\none@example.com,Ann,{near},{near},{near},{near},{near}\n"
+    );
+    let body = assert_problem(
+        app.post_bytes(&path, "text/csv", csv.into_bytes()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "",
+        "CSV row",
+    )
+    .await;
+    let row = &body["errors"][0];
+    assert_eq!(row["row"], 1, "{body}");
+    assert!(
+        row["message"].as_str().unwrap().contains("256 KiB"),
+        "{body}"
+    );
+
+    let (_, status) = app.get_json(&status_path).await;
+    assert_eq!(
+        status["recipients"], recipients_before,
+        "nothing was imported"
+    );
+}
+
+/// A path that is not UTF-8 once decoded is a 4xx problem like any other.
+async fn a_path_that_is_not_utf8_answers_a_problem(app: TestApp) {
+    for path in [
+        "/api/v1/campaigns/%FF",
+        "/api/v1/campaigns/%C3%28/status",
+        "/api/v1/nowhere/%80",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "not UTF-8", path).await;
+    }
+    let response = app
+        .post_json(
+            "/api/v1/campaigns/%FF/schedule",
+            &json!({"scheduled_at": "x"}),
+        )
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST, "not UTF-8", "POST").await;
+    // A percent-encoded UTF-8 path is still an ordinary one.
+    let response = app
+        .client
+        .get(app.url("/api/v1/campaigns/%C3%A9"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::NOT_FOUND, "does not exist", "é").await;
+}
+
 macro_rules! api_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -2806,6 +3067,9 @@ macro_rules! api_suite {
             case!(bounce_intake_needs_its_secret_and_a_readable_report);
             case!(retry_failed_requeues_failed_recipients_once);
             case!(filter_arguments_are_checked_at_creation_and_per_recipient);
+            case!(out_of_range_times_are_refused_and_nothing_is_stored_or_sent);
+            case!(oversized_recipient_fields_and_rows_are_refused_whole);
+            case!(a_path_that_is_not_utf8_answers_a_problem);
         }
     };
 }

@@ -37,10 +37,11 @@ pub struct CampaignDocument {
     /// Which engagement is tracked.
     #[serde(default)]
     pub tracking: TrackingOptions,
-    /// When to send (RFC 3339 with an offset). Absent: send when asked.
+    /// When to send (RFC 3339 with an offset, at most microsecond precision), in the future
+    /// and at most 5 years ahead when the campaign is created. Absent: send when asked.
     #[serde(
         default,
-        with = "time::serde::rfc3339::option",
+        with = "crate::timestamp::option",
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
@@ -362,11 +363,29 @@ impl CampaignDocument {
         }
     }
 
+    /// Checks what depends on the moment a campaign is created: its `scheduled_at` lies in the
+    /// future and within [`crate::timestamp::SCHEDULE_HORIZON`] (the rule `POST …/schedule`
+    /// applies). Kept out of [`CampaignDocument::validate`] so stored documents read back
+    /// whatever the time.
+    pub fn check_schedule(&self, now: OffsetDateTime) -> Result<(), ValidationError> {
+        match self.scheduled_at {
+            Some(at) => crate::timestamp::check_schedule(at, now).map_err(|message| {
+                ValidationError::Invalid(vec![Problem {
+                    field: "scheduled_at".into(),
+                    message: format!("{} {message}", describe(at)),
+                }])
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The document without its inline recipients: what is stored with the campaign (the
-    /// recipients live in their own rows).
+    /// recipients live in their own rows). `scheduled_at` is cut to the microsecond, as the
+    /// stores keep it, so the stored document reads back under the rules it was written by.
     pub fn without_recipients(&self) -> CampaignDocument {
         CampaignDocument {
             recipients: Vec::new(),
+            scheduled_at: self.scheduled_at.map(crate::timestamp::to_microsecond),
             ..self.clone()
         }
     }
@@ -408,4 +427,9 @@ fn strip_position(message: &str) -> String {
         Some(index) => message[..index].to_string(),
         None => message.to_string(),
     }
+}
+
+/// A time as RFC 3339 for a message, or as `time` writes it should it be unwritable.
+fn describe(at: OffsetDateTime) -> String {
+    crate::timestamp::format(at).unwrap_or_else(|_| at.to_string())
 }

@@ -449,9 +449,13 @@ fn task_check_interval(value: &str) -> Result<f64, String> {
 }
 
 fn task_lease(value: &str) -> Result<f64, String> {
+    // The task repository refuses leases longer than a day (tasks::MAX_LEASE).
+    let max = tasks::MAX_LEASE.as_seconds_f64();
     match positive_seconds("TASK_LEASE_SECONDS", value)? {
-        n if n >= 1.0 => Ok(n),
-        _ => Err("TASK_LEASE_SECONDS must be at least 1 (heartbeats renew it every third)".into()),
+        n if (1.0..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "TASK_LEASE_SECONDS must be between 1 (heartbeats renew it every third) and {max} (a day)"
+        )),
     }
 }
 

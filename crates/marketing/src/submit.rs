@@ -4,7 +4,7 @@
 //! `--count N` makes load from the samples: the first N rows, or the rows cycled with
 //! unique addresses when N exceeds the file.
 
-use crate::cli::{read_campaign, read_recipients};
+use crate::cli::{read_campaign_to_create, read_recipients};
 use crate::config::{LimitArgs, StoreArgs, redacted};
 use anyhow::Context;
 use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress, Recipient};
@@ -111,7 +111,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             "--api needs an API key: pass --api-key KEY or set MARKETING_API_KEY (create one with `marketing api-key create`)"
         );
     }
-    let mut document = read_campaign(&args.template, &args.limits.limits())?;
+    let mut document = read_campaign_to_create(&args.template, &args.limits.limits())?;
     let compiled =
         message::CompiledCampaign::compile(&document, &message::MessageSettings::default())
             .map_err(|err| {

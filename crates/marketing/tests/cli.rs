@@ -318,6 +318,52 @@ fn validate_reports_every_problem_of_a_file() {
     }
 }
 
+#[test]
+fn validate_send_and_submit_refuse_a_schedule_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut campaign: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example("sample_campaign.json")).unwrap())
+            .unwrap();
+    for (raw, says) in [
+        ("2020-01-01T00:00:00Z", "in the past"),
+        ("0000-01-01T00:00:00+23:59", "before 1970"),
+        ("9999-12-31T23:59:59Z", "5 years"),
+        ("2030-01-01T00:00:00.123456789Z", "fractional digits"),
+    ] {
+        campaign["scheduled_at"] = raw.into();
+        let file = dir.path().join("scheduled.json");
+        std::fs::write(&file, serde_json::to_vec(&campaign).unwrap()).unwrap();
+        let file = file.to_str().unwrap();
+        for args in [
+            vec!["validate", file],
+            vec![
+                "send",
+                file,
+                "--recipients",
+                &example("sample_recipients.csv"),
+            ],
+            vec!["submit", "--template", file],
+        ] {
+            let output = marketing(dir.path())
+                .env("SMTP_URL", "smtp://127.0.0.1:1")
+                .env("TRACKING_SECRET", "a-tracking-secret-of-at-least-32-bytes")
+                .args(&args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?} with {raw}: {stderr}");
+            assert!(
+                stderr.contains("scheduled_at") && stderr.contains(says),
+                "{args:?} with {raw}: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !dir.path().join("marketing.db").exists(),
+        "nothing was stored"
+    );
+}
+
 /// A running `marketing serve` (its output in `serve.log`), killed when dropped.
 struct Server {
     process: Process,

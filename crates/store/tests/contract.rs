@@ -134,6 +134,7 @@ async fn a_bad_row_stores_nothing(store: Arc<dyn CampaignStore>) {
     let bad = |row: u64| RowError {
         row,
         line: row + 1,
+        column: None,
         message: "invalid email address".into(),
     };
     // Good rows first, so a chunk would already have been inserted when the bad one comes.
