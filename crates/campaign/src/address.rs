@@ -108,6 +108,12 @@ impl EmailAddress {
         key
     }
 
+    /// The domain as A-labels (`xn--bcher-kva.example` for `bücher.example`), for places
+    /// that must stay ASCII such as a Message-ID.
+    pub fn ascii_domain(&self) -> Cow<'_, str> {
+        ascii_domain(self.domain())
+    }
+
     /// The address with its domain as A-labels (`idn@xn--bcher-kva.example`), for an SMTP
     /// server that does not offer SMTPUTF8; `None` when the local part is not ASCII, which
     /// such a server cannot accept in any spelling.
