@@ -1629,6 +1629,13 @@ async fn send_and_wait(app: &TestApp, recipients: Value) -> String {
         .await
         .unwrap();
     let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    send_existing_and_wait(app, &id).await;
+    id
+}
+
+/// Sends an existing campaign through the API and waits until a [`TestWorker`] has
+/// completed it.
+async fn send_existing_and_wait(app: &TestApp, id: &str) {
     let response = app
         .post_json(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
         .await;
@@ -1639,7 +1646,7 @@ async fn send_and_wait(app: &TestApp, recipients: Value) -> String {
             .get_json(&format!("/api/v1/campaigns/{id}/status"))
             .await;
         if status["status"] == "completed" {
-            return id;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -3031,6 +3038,147 @@ async fn a_path_that_is_not_utf8_answers_a_problem(app: TestApp) {
     assert_problem(response, StatusCode::NOT_FOUND, "does not exist", "é").await;
 }
 
+/// One mailbox under its spellings (U-label or A-label domain, any case, NFC or NFD local
+/// part) is one recipient and one suppression: the duplicate is reported at import, and the
+/// suppressed mailbox is never sent to, whatever spelling the list holds.
+async fn look_alike_spellings_are_one_mailbox_for_imports_and_suppression(app: TestApp) {
+    let Some(sink) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(sink.url()),
+        ..delivery::TransportConfig::default()
+    })
+    .expect("SMTP transport");
+    let worker = TestWorker::start(&app, transport);
+
+    for email in ["idn@xn--bcher-kva.example", "jose\u{301}@example.com"] {
+        let response = app
+            .post_json(
+                "/api/v1/suppressions",
+                &json!({"email": email, "reason": "manual"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{email}");
+    }
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = json!([
+        {"email": "idn@bücher.example", "first_name": "U-label"},
+        {"email": "IDN@XN--BCHER-KVA.EXAMPLE", "first_name": "A-label"},
+        {"email": "reader@Bücher.example", "first_name": "Reader"},
+        {"email": "JOSÉ@example.com", "first_name": "José"}
+    ]);
+    let response = app.post_json("/api/v1/campaigns", &campaign).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["recipients"]["imported"], 3);
+    assert_eq!(
+        created["recipients"]["duplicate_rows"],
+        json!([{"row": 2, "email": "IDN@XN--BCHER-KVA.EXAMPLE"}])
+    );
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    // A later import under yet another spelling is a duplicate too.
+    let response = app
+        .post_json(
+            &format!("/api/v1/campaigns/{id}/recipients"),
+            &json!([{"email": "Reader@xn--BCHER-kva.example"}, {"email": "new@bücher.example"}]),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+
+    send_existing_and_wait(&app, &id).await;
+    let mut arrived: Vec<String> = sink.messages().iter().map(|m| recipient_of(m)).collect();
+    arrived.sort();
+    assert_eq!(
+        arrived,
+        ["new@xn--bcher-kva.example", "reader@xn--bcher-kva.example"],
+        "the suppressed mailboxes (idn@, josé@) got nothing"
+    );
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(status["deliveries"]["suppressed"], 2, "{status}");
+    // Removing the suppression under another spelling removes it.
+    let response = app
+        .client
+        .delete(app.url("/api/v1/suppressions/IDN@b%C3%BCcher.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    worker.stop().await;
+}
+
+/// A display name past 200 characters, and an address holding an invisible or
+/// text-direction character, are refused naming the field; nothing is stored.
+async fn long_display_names_and_invisible_characters_are_refused(app: TestApp) {
+    let before = app.campaign_count().await;
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut campaign = sample_campaign();
+        edit(&mut campaign);
+        campaign
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "from.name of 5,000 characters",
+            with(&|v| v["from"]["name"] = json!("N".repeat(5_000))),
+            "from.name",
+        ),
+        (
+            "reply_to.name of 100,000 characters",
+            with(&|v| {
+                v["reply_to"] = json!({"email": "help@example.com", "name": "é ".repeat(50_000)})
+            }),
+            "reply_to.name",
+        ),
+        (
+            "U+202E in the sender's address",
+            with(&|v| v["from"]["email"] = json!("news\u{202E}moc.evil@example.com")),
+            "from.email",
+        ),
+        (
+            "U+200B in a recipient's address",
+            with(&|v| v["recipients"] = json!([{"email": "ann\u{200B}@example.com"}])),
+            "recipients[0]",
+        ),
+    ];
+    for (case, campaign, field) in cases {
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        let body = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, field, case).await;
+        let fields: Vec<&Value> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["field"])
+            .collect();
+        assert_eq!(fields, [field], "{case}: {body}");
+    }
+    assert_eq!(app.campaign_count().await, before, "nothing stored");
+
+    let response = app
+        .post_json(
+            "/api/v1/suppressions",
+            &json!({"email": "ann\u{202E}@example.com"}),
+        )
+        .await;
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "U+202E",
+        "U+202E in a suppression",
+    )
+    .await;
+    assert!(body.to_string().contains("email"), "{body}");
+    let (_, all) = app.get_json("/api/v1/suppressions").await;
+    assert_eq!(all["items"], json!([]));
+}
+
 macro_rules! api_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -3070,6 +3218,8 @@ macro_rules! api_suite {
             case!(out_of_range_times_are_refused_and_nothing_is_stored_or_sent);
             case!(oversized_recipient_fields_and_rows_are_refused_whole);
             case!(a_path_that_is_not_utf8_answers_a_problem);
+            case!(look_alike_spellings_are_one_mailbox_for_imports_and_suppression);
+            case!(long_display_names_and_invisible_characters_are_refused);
         }
     };
 }

@@ -60,6 +60,11 @@ pub struct CampaignDocument {
     pub recipients: Vec<Recipient>,
 }
 
+/// The longest display name (`from.name`, `reply_to.name`) accepted, in characters: as long
+/// as a campaign name, far more than a mail client shows, and short enough that the folded
+/// header stays a few lines.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
+
 fn default_batch_size() -> u32 {
     100
 }
@@ -272,12 +277,22 @@ impl CampaignDocument {
             ("from", Some(&self.from)),
             ("reply_to", self.reply_to.as_ref()),
         ] {
-            if let Some(name) = mailbox.and_then(|m| m.name.as_deref())
-                && name.chars().any(char::is_control)
-            {
+            let Some(name) = mailbox.and_then(|m| m.name.as_deref()) else {
+                continue;
+            };
+            if name.chars().any(char::is_control) {
                 problem(
                     &format!("{field}.name"),
                     "must be one line: CR, LF and other control characters are not allowed in a header".into(),
+                );
+            }
+            let length = name.chars().count();
+            if length > MAX_DISPLAY_NAME_CHARS {
+                problem(
+                    &format!("{field}.name"),
+                    format!(
+                        "is {length} characters; a display name may have at most {MAX_DISPLAY_NAME_CHARS}"
+                    ),
                 );
             }
         }

@@ -613,6 +613,14 @@ pub struct Suppression {
     pub created_at: OffsetDateTime,
 }
 
+impl Suppression {
+    /// The key the list is ordered by: pass it as `after` to continue past this entry.
+    pub fn key(&self) -> String {
+        EmailAddress::parse(&self.email)
+            .map_or_else(|_| self.email.to_lowercase(), |email| email.key())
+    }
+}
+
 /// What a tracking event says happened.
 #[derive(
     Debug,

@@ -1237,6 +1237,82 @@ async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
 
+/// Runs SQL on the test database directly, as an older version of the store would have.
+async fn execute_raw(url: &str, statements: &[&'static str]) {
+    if url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        for sql in statements {
+            sqlx::query(*sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        for sql in statements {
+            sqlx::query(*sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+}
+
+async fn stored_keys_follow_the_current_rule(store: Arc<dyn CampaignStore>, url: String) {
+    let (record, _) = store
+        .create_campaign(
+            &document("Old keys"),
+            recipient_stream(rows(vec![recipient("José@Bücher.example", "José")])),
+        )
+        .await
+        .unwrap();
+    store
+        .suppress(
+            &EmailAddress::parse("idn@bücher.example").unwrap(),
+            "manual",
+        )
+        .await
+        .unwrap();
+    store
+        .suppress(
+            &EmailAddress::parse("zoë@xn--bcher-kva.example").unwrap(),
+            "manual",
+        )
+        .await
+        .unwrap();
+    drop(store);
+    // What rule 1 (the address lower-cased) wrote, including a second spelling of a
+    // suppressed mailbox that the new rule makes one.
+    execute_raw(
+        &url,
+        &[
+            "UPDATE recipients SET email_key = 'josé@bücher.example'",
+            "UPDATE suppressions SET email_key = 'idn@bücher.example' WHERE email = 'idn@bücher.example'",
+            "INSERT INTO suppressions (email_key, email, reason, created_at) \
+             SELECT 'zoë@bücher.example', 'zoë@bücher.example', 'manual', created_at FROM suppressions WHERE email = 'idn@bücher.example'",
+            "UPDATE email_key_rule SET version = 1",
+        ],
+    )
+    .await;
+
+    let store = store::connect(&url).await.unwrap();
+    let keys = ["idn@xn--bcher-kva.example", "zoë@xn--bcher-kva.example"].map(String::from);
+    assert_eq!(store.suppressed_among(&keys).await.unwrap().len(), 2);
+    let listed = store.list_suppressions(None, 10).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        2,
+        "two spellings of one mailbox are one suppression: {listed:?}"
+    );
+    let found = store
+        .recipient_by_email(
+            record.id,
+            &EmailAddress::parse("josé@xn--bcher-kva.example").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.map(|r| r.recipient.email.to_string()).as_deref(),
+        Some("José@Bücher.example")
+    );
+}
+
 macro_rules! contract_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1252,6 +1328,24 @@ macro_rules! contract_suite {
                         super::$name(store).await;
                     }
                 };
+            }
+
+            #[tokio::test]
+            async fn stored_keys_follow_the_current_rule() {
+                #[allow(clippy::redundant_closure_call)]
+                let Some((store, guard)) = ($open)().await else {
+                    return;
+                };
+                let url = guard
+                    .downcast_ref::<testkit::SqliteDatabase>()
+                    .map(|database| database.url.clone())
+                    .or_else(|| {
+                        guard
+                            .downcast_ref::<testkit::PostgresDatabase>()
+                            .map(|database| database.url.clone())
+                    })
+                    .expect("a test database");
+                super::stored_keys_follow_the_current_rule(store, url).await;
             }
 
             case!(campaign_round_trips_with_its_recipients);
