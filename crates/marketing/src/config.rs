@@ -61,6 +61,15 @@ pub struct ApiArgs {
     /// Requests an API key may send at once before API_RATE_LIMIT applies.
     #[arg(long, env = "API_RATE_BURST", default_value_t = 100, value_parser = api_rate_burst)]
     pub api_rate_burst: u32,
+
+    /// Test messages (POST …/test) each API key may send per minute, counted across every API
+    /// process sharing the database (beyond it: 429 with Retry-After, nothing sent).
+    #[arg(long, env = "TEST_SEND_PER_MINUTE", default_value_t = 10, value_parser = test_send_per_minute)]
+    pub test_send_per_minute: u32,
+
+    /// Test messages each API key may send per 24 hours.
+    #[arg(long, env = "TEST_SEND_PER_DAY", default_value_t = 100, value_parser = test_send_per_day)]
+    pub test_send_per_day: u32,
 }
 
 impl ApiArgs {
@@ -71,6 +80,14 @@ impl ApiArgs {
             burst: self.api_rate_burst,
         })
     }
+}
+
+fn test_send_per_minute(value: &str) -> Result<u32, String> {
+    whole_number("TEST_SEND_PER_MINUTE", value, 1..=10_000).map(|n| n as u32)
+}
+
+fn test_send_per_day(value: &str) -> Result<u32, String> {
+    whole_number("TEST_SEND_PER_DAY", value, 1..=1_000_000).map(|n| n as u32)
 }
 
 fn api_rate_limit(value: &str) -> Result<f64, String> {

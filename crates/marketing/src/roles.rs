@@ -409,6 +409,10 @@ fn api_state(
             max_import_bytes: api_args.max_import_bytes,
             max_recipients_per_request: api_args.max_recipients_per_request,
             rate_limit: api_args.rate_limit(),
+            test_send_quota: api::TestSendQuota {
+                per_minute: api_args.test_send_per_minute,
+                per_day: api_args.test_send_per_day,
+            },
         },
         bounces: api_args.bounces.settings(),
     }
