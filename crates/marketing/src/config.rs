@@ -136,7 +136,7 @@ pub struct WebhookArgs {
 
     /// Key of the HMAC-SHA256 `Webhook-Signature` on every webhook request (required with
     /// WEBHOOK_URLS; at least 16 characters).
-    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = Hidden(webhook_secret))]
     pub webhook_secret: Option<String>,
 
     /// PEM file of CA certificates trusted for https:// webhook endpoints besides the built-in
@@ -212,7 +212,7 @@ fn verp_domain(value: &str) -> Result<String, String> {
 pub struct BounceArgs {
     /// Secret the mail server's bounce hook (or an ESP relay) sends to POST /api/v1/bounces as
     /// `Authorization: Bearer SECRET` or `X-Bounce-Secret`; unset: the intake refuses everything.
-    #[arg(long, env = "BOUNCE_WEBHOOK_SECRET", hide_env_values = true, value_parser = bounce_webhook_secret)]
+    #[arg(long, env = "BOUNCE_WEBHOOK_SECRET", hide_env_values = true, value_parser = Hidden(bounce_webhook_secret))]
     pub bounce_webhook_secret: Option<String>,
 
     /// Soft bounces (4.x.x, delayed, expired) of one address within SOFT_BOUNCE_WINDOW_HOURS
@@ -235,7 +235,12 @@ impl BounceArgs {
     }
 }
 
+fn webhook_secret(value: &str) -> Result<String, String> {
+    secret("WEBHOOK_SECRET", value)
+}
+
 fn bounce_webhook_secret(value: &str) -> Result<String, String> {
+    let value = secret("BOUNCE_WEBHOOK_SECRET", value)?;
     if value.len() >= 16 {
         Ok(value.to_string())
     } else {
@@ -259,11 +264,11 @@ fn soft_bounce_window_hours(value: &str) -> Result<u32, String> {
 pub struct TrackingArgs {
     /// Secret (at least 32 bytes) signing unsubscribe and tracking tokens. When unset, one is
     /// generated once and kept in the database, so every process sharing it agrees.
-    #[arg(long, env = "TRACKING_SECRET", hide_env_values = true, value_parser = tracking_secret)]
+    #[arg(long, env = "TRACKING_SECRET", hide_env_values = true, value_parser = Hidden(tracking_secret))]
     pub tracking_secret: Option<String>,
 
     /// Earlier secrets, comma-separated: links signed with them keep working after a rotation.
-    #[arg(long, env = "TRACKING_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',', value_parser = tracking_secret)]
+    #[arg(long, env = "TRACKING_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',', value_parser = Hidden(tracking_previous_secret))]
     pub tracking_previous_secrets: Vec<String>,
 
     /// Privacy for every campaign: open and click links name no recipient and their events
@@ -306,13 +311,65 @@ impl TrackingArgs {
 }
 
 fn tracking_secret(value: &str) -> Result<String, String> {
+    long_secret("TRACKING_SECRET", value)
+}
+
+fn tracking_previous_secret(value: &str) -> Result<String, String> {
+    long_secret("an entry of TRACKING_PREVIOUS_SECRETS", value)
+}
+
+fn long_secret(variable: &str, value: &str) -> Result<String, String> {
+    let value = secret(variable, value)?;
     if value.len() >= tracking::token::MIN_SECRET_LEN {
-        Ok(value.to_string())
+        Ok(value)
     } else {
         Err(format!(
-            "TRACKING_SECRET must be at least {} bytes (e.g. `openssl rand -hex 32`)",
+            "{variable} must be at least {} bytes (e.g. `openssl rand -hex 32`)",
             tracking::token::MIN_SECRET_LEN
         ))
+    }
+}
+
+/// Every secret variable goes through this: a secret set to an empty (or blank) value is a
+/// mistake, typically `NAME=` copied from an example file, and taking it as "no secret" would
+/// silently turn authentication off. Leaving the variable unset is how to say "none".
+pub fn secret(variable: &str, value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err(format!(
+            "{variable} is set but empty: give it a value, or remove it to leave it unset"
+        ))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// TASK_REPO_TOKEN, for the service and every client of it.
+pub fn task_repo_token(value: &str) -> Result<String, String> {
+    secret("TASK_REPO_TOKEN", value)
+}
+
+/// The value parser of a secret variable: `check`'s error alone, without clap's usual
+/// "invalid value '…'", which would print the (wrong, but perhaps nearly right) secret.
+#[derive(Clone, Copy)]
+pub struct Hidden(pub fn(&str) -> Result<String, String>);
+
+impl clap::builder::TypedValueParser for Hidden {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n"))
+                .with_cmd(command)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("a secret must be valid UTF-8".into()))?;
+        (self.0)(text).map_err(refuse)
     }
 }
 
@@ -321,7 +378,7 @@ fn tracking_secret(value: &str) -> Result<String, String> {
 pub struct TransportArgs {
     /// SMTP server: smtp://[user:password@]host[:port][?tls=required|opportunistic|none] or
     /// smtps://…; unset: messages are written as .eml files to OUTBOX_DIR.
-    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = Hidden(smtp_url))]
     pub smtp_url: Option<String>,
 
     /// Directory of the outbox transport (used when SMTP_URL is unset).
@@ -354,6 +411,21 @@ impl TransportArgs {
         };
         Ok(delivery::transport_from_config(&config)?)
     }
+}
+
+/// SMTP_URL may carry a password; an empty one (`smtp://user:@host`) is refused like an empty
+/// secret variable, and so is an empty SMTP_URL (unset it to use the outbox).
+fn smtp_url(value: &str) -> Result<String, String> {
+    let value = secret("SMTP_URL", value)?;
+    let authority = value
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    if let Some((userinfo, _host)) = authority.rsplit_once('@')
+        && let Some((_user, password)) = userinfo.split_once(':')
+    {
+        secret("the password in SMTP_URL", password)?;
+    }
+    Ok(value)
 }
 
 fn smtp_connections(value: &str) -> Result<usize, String> {

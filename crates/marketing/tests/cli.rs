@@ -93,6 +93,99 @@ fn scheduler_and_submit_say_what_to_fix() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--template <FILE>"));
 }
 
+/// A secret variable set to nothing (`NAME=`, as copied from an example file) would silently
+/// mean "no secret" (no authentication, for TASK_REPO_TOKEN): every role that reads one refuses
+/// it at start, naming the variable, with exit code 2 and without echoing the value.
+#[test]
+fn an_empty_secret_variable_refuses_to_start_every_role_that_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let submit = ["submit", "--template", "t.json", "--recipients", "r.csv"];
+    let cases: &[(&str, &str, &[&[&str]])] = &[
+        (
+            "TASK_REPO_TOKEN",
+            "",
+            &[&["api"], &["worker"], &["scheduler"], &["task-repo"], &submit],
+        ),
+        ("WEBHOOK_SECRET", "", &[&["api"], &["worker"], &["serve"]]),
+        ("BOUNCE_WEBHOOK_SECRET", " ", &[&["api"], &["serve"]]),
+        ("TRACKING_SECRET", "", &[&["api"], &["worker"], &["serve"]]),
+        ("TRACKING_PREVIOUS_SECRETS", "", &[&["api"], &["worker"]]),
+        ("MARKETING_API_KEY", "\t", &[&submit]),
+        ("SMTP_URL", "", &[&["api"], &["worker"], &["serve"]]),
+    ];
+    for (variable, value, roles) in cases {
+        for args in *roles {
+            let output = testkit::process::isolated_command(
+                BINARY,
+                dir.path(),
+                args,
+                &[(variable, value.to_string())],
+            )
+            .output()
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let case = format!("{variable}={value:?} marketing {}", args.join(" "));
+            assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+            assert!(
+                stderr.contains(variable) && stderr.contains("is set but empty"),
+                "{case}: {stderr}"
+            );
+            assert!(!stderr.contains("invalid value"), "{case}: {stderr}");
+        }
+    }
+
+    // An empty entry among the previous tracking secrets, and an empty password in SMTP_URL.
+    let good = "a-tracking-secret-of-at-least-32-bytes";
+    for (variable, value, needle) in [
+        (
+            "TRACKING_PREVIOUS_SECRETS",
+            format!("{good},,{good}"),
+            "an entry of TRACKING_PREVIOUS_SECRETS is set but empty",
+        ),
+        (
+            "SMTP_URL",
+            "smtp://mailer:@smtp.example.com:587".to_string(),
+            "the password in SMTP_URL is set but empty",
+        ),
+        (
+            // Too short rather than empty: refused without printing the value.
+            "TRACKING_SECRET",
+            "short-but-secret".to_string(),
+            "TRACKING_SECRET must be at least 32 bytes",
+        ),
+    ] {
+        let output = testkit::process::isolated_command(
+            BINARY,
+            dir.path(),
+            &["api"],
+            &[(variable, value.clone())],
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(stderr.contains(needle), "{variable}: {stderr}");
+        assert!(!stderr.contains(&value), "the value is not echoed: {stderr}");
+    }
+}
+
+/// The example environment files leave every secret unset (commented out), never `NAME=`,
+/// so a copied example starts.
+#[test]
+fn the_example_environment_files_set_no_variable_to_empty() {
+    for file in [".env.example", "deploy/.env.example"] {
+        let path = format!("{}/../../{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let empty: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| line.split_once('=').is_some_and(|(_, value)| value.trim().is_empty()))
+            .collect();
+        assert!(empty.is_empty(), "{file} sets variables to empty: {empty:?}");
+    }
+}
+
 #[test]
 fn api_keys_are_shown_once_listed_without_secrets_and_revoked() {
     let dir = tempfile::tempdir().unwrap();
