@@ -70,6 +70,11 @@ pub struct ApiArgs {
     /// Test messages each API key may send per 24 hours.
     #[arg(long, env = "TEST_SEND_PER_DAY", default_value_t = 100, value_parser = test_send_per_day)]
     pub test_send_per_day: u32,
+
+    /// Where /metrics is served: on the API's port (METRICS_BIND unset), a listener of its own,
+    /// or nowhere.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl ApiArgs {
@@ -555,22 +560,36 @@ fn shutdown_grace(value: &str) -> Result<f64, String> {
     }
 }
 
-/// Where a role without an HTTP API of its own (worker, scheduler) serves `/metrics`,
-/// `/health` and `/ready`.
+/// Where a role serves `/metrics`.
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {
-    /// Address of this process's metrics listener (/metrics, /health, /ready); default
-    /// 127.0.0.1:9101 for a worker, 127.0.0.1:9102 for a scheduler, so one of each can share
-    /// a host. Port 0 picks a free port (logged at start): use it when several workers share
-    /// a host.
+    /// Address of this process's metrics listener (/metrics, /health, /ready), or `off` for
+    /// none. Unset: a worker listens on 127.0.0.1:9101 and a scheduler on 127.0.0.1:9102 (so
+    /// one of each can share a host), and the api and serve roles serve /metrics on the API's
+    /// own port. Port 0 picks a free port (logged at start): use it when several workers
+    /// share a host.
     #[arg(long, env = "METRICS_BIND", value_parser = metrics_bind)]
-    pub metrics_bind: Option<SocketAddr>,
+    pub metrics_bind: Option<MetricsBind>,
+}
+
+/// A METRICS_BIND value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsBind {
+    /// A listener of its own at this address.
+    At(SocketAddr),
+    /// No /metrics at all.
+    Off,
 }
 
 impl MetricsArgs {
-    /// METRICS_BIND, or the role's own default port.
-    pub fn bind_or(&self, role_default: SocketAddr) -> SocketAddr {
-        self.metrics_bind.unwrap_or(role_default)
+    /// The address of the role's own metrics listener: METRICS_BIND, or the role's default
+    /// port; `None` when METRICS_BIND is `off`.
+    pub fn listener_or(&self, role_default: SocketAddr) -> Option<SocketAddr> {
+        match self.metrics_bind {
+            None => Some(role_default),
+            Some(MetricsBind::At(address)) => Some(address),
+            Some(MetricsBind::Off) => None,
+        }
     }
 }
 
@@ -581,12 +600,16 @@ pub const WORKER_METRICS_BIND: SocketAddr =
 pub const SCHEDULER_METRICS_BIND: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9102);
 
-fn metrics_bind(value: &str) -> Result<SocketAddr, String> {
+fn metrics_bind(value: &str) -> Result<MetricsBind, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(MetricsBind::Off);
+    }
     socket_addr(
         "METRICS_BIND",
-        "127.0.0.1:9101 (or 0.0.0.0:9100 in a container)",
+        "127.0.0.1:9101 (or 0.0.0.0:9100 in a container), or off",
         value,
     )
+    .map(MetricsBind::At)
 }
 
 /// Limits on campaign documents.
@@ -712,6 +735,7 @@ mod tests {
                 .unwrap_err()
                 .starts_with("METRICS_BIND")
         );
+        assert_eq!(metrics_bind("off"), Ok(MetricsBind::Off));
         assert!(
             api_rate_limit("-1")
                 .unwrap_err()

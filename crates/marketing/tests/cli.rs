@@ -910,3 +910,47 @@ async fn a_million_row_csv_streams_into_the_store() {
         "peak RSS {peak_mib} MiB should stay below the {csv_mib} MiB file"
     );
 }
+
+/// METRICS_BIND moves the api and serve roles' /metrics off the API's port (which also serves
+/// the public tracking links) to a listener of its own, or turns it off; unset, it stays on
+/// the API's port (crates/marketing/tests/monitoring.rs scrapes it there).
+#[tokio::test]
+async fn metrics_bind_moves_the_api_metrics_to_their_own_listener_or_turns_them_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    for role in ["api", "serve"] {
+        let env = [
+            ("DATABASE_URL", format!("sqlite://{}/{role}.db", dir.path().display())),
+            ("API_BIND", "127.0.0.1:0".to_string()),
+            ("METRICS_BIND", "127.0.0.1:0".to_string()),
+        ];
+        let command = testkit::process::isolated_command(BINARY, dir.path(), &[role], &env);
+        let mut process = Process::spawn(&format!("{role}-metrics"), dir.path(), command);
+        let api = process.wait_for_line("API listening on ", Duration::from_secs(30));
+        let metrics = process.wait_for_line("metrics listening on ", Duration::from_secs(30));
+        assert_ne!(format!("{api}/metrics"), metrics);
+        let scraped = reqwest::get(&metrics).await.unwrap();
+        assert_eq!(scraped.status(), 200, "{role}: {metrics}");
+        let text = scraped.text().await.unwrap();
+        assert!(text.contains("marketing_build_info"), "{role}: {text}");
+        assert_eq!(status(format!("{api}/metrics")).await, 404, "{role}: not on the API port");
+        assert_eq!(status(format!("{api}/health")).await, 200, "{role}: the API still answers");
+    }
+
+    let env = [
+        ("DATABASE_URL", format!("sqlite://{}/off.db", dir.path().display())),
+        ("API_BIND", "127.0.0.1:0".to_string()),
+        ("METRICS_BIND", "off".to_string()),
+    ];
+    let command = testkit::process::isolated_command(BINARY, dir.path(), &["api"], &env);
+    let mut process = Process::spawn("api-metrics-off", dir.path(), command);
+    let api = process.wait_for_line("API listening on ", Duration::from_secs(30));
+    process.wait_for_line("metrics are off", Duration::from_secs(30));
+    assert_eq!(status(format!("{api}/metrics")).await, 404);
+    assert_eq!(status(format!("{api}/health")).await, 200);
+    assert!(
+        !process.log().contains("metrics listening on "),
+        "{}",
+        process.log()
+    );
+}
