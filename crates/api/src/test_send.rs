@@ -3,13 +3,13 @@
 //! campaign's state, its recipients or their counts.
 
 use crate::campaigns::{find, template_problem};
+use crate::idempotency::CallerKey;
 use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
-use crate::idempotency::CallerKey;
-use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 use campaign::{EmailAddress, Recipient};
 use serde::{Deserialize, Serialize};
 use store::TestSendReservation;

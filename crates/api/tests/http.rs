@@ -1190,7 +1190,11 @@ async fn a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubs
     assert_eq!(results.len(), 1, "{body}");
     assert_eq!(results[0]["status"], "suppressed", "{body}");
     assert_eq!(results[0]["accepted"], false, "{body}");
-    assert_eq!(server.message_count(), 0, "nothing sent to a suppressed address");
+    assert_eq!(
+        server.message_count(),
+        0,
+        "nothing sent to a suppressed address"
+    );
 
     // Ten spellings of one mailbox, beside the suppressed one: one message, each reported once.
     let spellings = [
@@ -1215,7 +1219,11 @@ async fn a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubs
     assert_eq!(results[0]["status"], "sent", "{body}");
     assert_eq!(results[1]["status"], "suppressed", "{body}");
     let messages = server.messages();
-    assert_eq!(messages.len(), 1, "one message for ten spellings of one mailbox");
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message for ten spellings of one mailbox"
+    );
     assert_eq!(
         raw_header(&messages[0], "X-RcptTo").to_ascii_lowercase(),
         "dup@example.com"
@@ -1263,7 +1271,11 @@ async fn a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubs
     let response = post(vec!["Dup@Example.com"]).await.unwrap();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["results"][0]["status"], "suppressed", "{body}");
-    assert_eq!(server.message_count(), 1, "nothing more sent after the unsubscribe");
+    assert_eq!(
+        server.message_count(),
+        1,
+        "nothing more sent after the unsubscribe"
+    );
 }
 
 /// The test-send quota of a key is counted in the database: two instances on one database
@@ -1281,7 +1293,10 @@ async fn the_test_send_quota_is_shared_by_instances_on_one_database(app: TestApp
     ];
     let post = |instance: usize, addresses: Vec<String>| {
         app.client
-            .post(format!("{}/api/v1/campaigns/{id}/test", instances[instance % 2]))
+            .post(format!(
+                "{}/api/v1/campaigns/{id}/test",
+                instances[instance % 2]
+            ))
             .json(&json!({"addresses": addresses}))
             .send()
     };
@@ -1310,9 +1325,15 @@ async fn the_test_send_quota_is_shared_by_instances_on_one_database(app: TestApp
     assert_eq!(server.message_count(), per_minute - 1);
 
     let response = post(1, vec!["last@example.com".into()]).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "the last one of the minute");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the last one of the minute"
+    );
     for instance in [0, 1] {
-        let refused = post(instance, vec!["over@example.com".into()]).await.unwrap();
+        let refused = post(instance, vec!["over@example.com".into()])
+            .await
+            .unwrap();
         assert!(refused.headers().contains_key("retry-after"));
         assert_problem(
             refused,
@@ -1322,7 +1343,11 @@ async fn the_test_send_quota_is_shared_by_instances_on_one_database(app: TestApp
         )
         .await;
     }
-    assert_eq!(server.message_count(), per_minute, "nothing past the quota is sent");
+    assert_eq!(
+        server.message_count(),
+        per_minute,
+        "nothing past the quota is sent"
+    );
 
     // Another key has its own quota.
     let other = api::auth::create_api_key(app.store.as_ref(), "other")

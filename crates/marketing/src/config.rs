@@ -368,8 +368,11 @@ impl clap::builder::TypedValueParser for Hidden {
         value: &std::ffi::OsStr,
     ) -> Result<String, clap::Error> {
         let refuse = |message: String| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n"))
-                .with_cmd(command)
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{message}\n"),
+            )
+            .with_cmd(command)
         };
         let text = value
             .to_str()

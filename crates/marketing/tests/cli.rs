@@ -104,7 +104,13 @@ fn an_empty_secret_variable_refuses_to_start_every_role_that_reads_it() {
         (
             "TASK_REPO_TOKEN",
             "",
-            &[&["api"], &["worker"], &["scheduler"], &["task-repo"], &submit],
+            &[
+                &["api"],
+                &["worker"],
+                &["scheduler"],
+                &["task-repo"],
+                &submit,
+            ],
         ),
         ("WEBHOOK_SECRET", "", &[&["api"], &["worker"], &["serve"]]),
         ("BOUNCE_WEBHOOK_SECRET", " ", &[&["api"], &["serve"]]),
@@ -165,7 +171,10 @@ fn an_empty_secret_variable_refuses_to_start_every_role_that_reads_it() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
         assert!(stderr.contains(needle), "{variable}: {stderr}");
-        assert!(!stderr.contains(&value), "the value is not echoed: {stderr}");
+        assert!(
+            !stderr.contains(&value),
+            "the value is not echoed: {stderr}"
+        );
     }
 }
 
@@ -180,9 +189,15 @@ fn the_example_environment_files_set_no_variable_to_empty() {
             .lines()
             .map(str::trim)
             .filter(|line| !line.starts_with('#'))
-            .filter(|line| line.split_once('=').is_some_and(|(_, value)| value.trim().is_empty()))
+            .filter(|line| {
+                line.split_once('=')
+                    .is_some_and(|(_, value)| value.trim().is_empty())
+            })
             .collect();
-        assert!(empty.is_empty(), "{file} sets variables to empty: {empty:?}");
+        assert!(
+            empty.is_empty(),
+            "{file} sets variables to empty: {empty:?}"
+        );
     }
 }
 
@@ -920,7 +935,10 @@ async fn metrics_bind_moves_the_api_metrics_to_their_own_listener_or_turns_them_
     let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
     for role in ["api", "serve"] {
         let env = [
-            ("DATABASE_URL", format!("sqlite://{}/{role}.db", dir.path().display())),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}/{role}.db", dir.path().display()),
+            ),
             ("API_BIND", "127.0.0.1:0".to_string()),
             ("METRICS_BIND", "127.0.0.1:0".to_string()),
         ];
@@ -933,12 +951,23 @@ async fn metrics_bind_moves_the_api_metrics_to_their_own_listener_or_turns_them_
         assert_eq!(scraped.status(), 200, "{role}: {metrics}");
         let text = scraped.text().await.unwrap();
         assert!(text.contains("marketing_build_info"), "{role}: {text}");
-        assert_eq!(status(format!("{api}/metrics")).await, 404, "{role}: not on the API port");
-        assert_eq!(status(format!("{api}/health")).await, 200, "{role}: the API still answers");
+        assert_eq!(
+            status(format!("{api}/metrics")).await,
+            404,
+            "{role}: not on the API port"
+        );
+        assert_eq!(
+            status(format!("{api}/health")).await,
+            200,
+            "{role}: the API still answers"
+        );
     }
 
     let env = [
-        ("DATABASE_URL", format!("sqlite://{}/off.db", dir.path().display())),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/off.db", dir.path().display()),
+        ),
         ("API_BIND", "127.0.0.1:0".to_string()),
         ("METRICS_BIND", "off".to_string()),
     ];
