@@ -44,9 +44,13 @@ pub enum ApiError {
     /// A query string or header that cannot be used.
     #[error("{0}")]
     BadRequest(String),
-    /// The API key sent more requests than its rate limit allows; retry after Retry-After.
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// The API key sent more requests than its rate limit (or quota) allows; the answer
+    /// carries `Retry-After: retry_after_seconds`.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after_seconds: u64,
+    },
     /// The database cannot be reached; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -85,7 +89,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,7 +108,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "/problems/too-large",
             ApiError::UnsupportedMediaType(_) => "/problems/unsupported-media-type",
             ApiError::BadRequest(_) => "/problems/bad-request",
-            ApiError::TooManyRequests(_) => "/problems/rate-limited",
+            ApiError::TooManyRequests { .. } => "/problems/rate-limited",
             ApiError::Unavailable(_) => "/problems/unavailable",
             ApiError::Internal(_) => "/problems/internal",
         }
@@ -142,12 +146,23 @@ impl IntoResponse for ApiError {
             detail,
             errors,
         };
-        let unauthorized = matches!(self, ApiError::Unauthorized(_));
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if unauthorized {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds.max(1)),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -13,6 +13,8 @@ struct TestApp {
     /// What the app was started with, to start another on the same database.
     state: api::AppState,
     key: String,
+    /// The database, for another app instance (its own store and pool) on it.
+    database_url: String,
     _database: Box<dyn Any + Send>,
 }
 
@@ -56,6 +58,7 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         store,
         state,
         key,
+        database_url: database_url.to_string(),
         _database: database,
     }
 }
@@ -1137,6 +1140,274 @@ async fn a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone(app:
     }
 }
 
+/// The app of `app`'s test with a transport to `server`, on a store (and pool) of its own:
+/// another instance sharing the database, as a second API process would.
+async fn instance_with_transport(app: &TestApp, server: &testkit::smtp::Aiosmtpd) -> String {
+    let store = store::connect(&app.database_url)
+        .await
+        .expect("a second store on the database");
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(server.url()),
+        connections: 1,
+        ..delivery::TransportConfig::default()
+    })
+    .unwrap();
+    let state = api::AppState {
+        transport: Some(transport),
+        engagement: api::engagement::Engagement::start(store.clone()),
+        store,
+        ..app.state.clone()
+    };
+    format!("http://{}", serve(state).await)
+}
+
+/// A header of a raw message (first line only).
+fn raw_header(raw: &[u8], name: &str) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines()
+        .take_while(|line| !line.is_empty())
+        .find(|line| {
+            line.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
+        .map(|line| line[name.len() + 1..].trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Test sends honour the suppression list, send one message per mailbox whatever the
+/// spelling, and carry an unsubscribe link that suppresses the address it was sent to.
+async fn a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubscribes(
+    app: TestApp,
+) {
+    let Some(server) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let base = instance_with_transport(&app, &server).await;
+    let path = format!("{base}/api/v1/campaigns/{id}/test");
+    let post = |addresses: Vec<&str>| {
+        app.client
+            .post(&path)
+            .json(&json!({"addresses": addresses, "fields": {"first_name": "Tess"}}))
+            .send()
+    };
+
+    let response = app
+        .post_json(
+            "/api/v1/suppressions",
+            &json!({"email": "Blocked@Example.com"}),
+        )
+        .await;
+    assert!(response.status().is_success(), "{:?}", response.status());
+    let response = post(vec!["blocked@example.COM"]).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{body}");
+    assert_eq!(results[0]["status"], "suppressed", "{body}");
+    assert_eq!(results[0]["accepted"], false, "{body}");
+    assert_eq!(
+        server.message_count(),
+        0,
+        "nothing sent to a suppressed address"
+    );
+
+    // Ten spellings of one mailbox, beside the suppressed one: one message, each reported once.
+    let spellings = [
+        "dup@example.com",
+        "DUP@EXAMPLE.COM",
+        "Dup@Example.com",
+        "dUp@example.com",
+        "duP@example.com",
+        "DUp@example.com",
+        "dup@EXAMPLE.com",
+        "dup@Example.Com",
+        "DuP@eXample.com",
+    ];
+    let mut addresses = spellings.to_vec();
+    addresses.push("BLOCKED@example.com");
+    let response = post(addresses).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{body}");
+    assert_eq!(results[0]["address"], "dup@example.com", "{body}");
+    assert_eq!(results[0]["status"], "sent", "{body}");
+    assert_eq!(results[1]["status"], "suppressed", "{body}");
+    let messages = server.messages();
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message for ten spellings of one mailbox"
+    );
+    assert_eq!(
+        raw_header(&messages[0], "X-RcptTo").to_ascii_lowercase(),
+        "dup@example.com"
+    );
+
+    // Its List-Unsubscribe link works: the page, then the one-click POST.
+    let link = raw_header(&messages[0], "List-Unsubscribe");
+    let link = link
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let token_path = link
+        .strip_prefix("https://mail.example.test")
+        .expect("under PUBLIC_BASE_URL");
+    let plain = reqwest::Client::new();
+    let page = plain.get(app.url(token_path)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let (_, listed) = app.get_json("/api/v1/suppressions").await;
+    assert!(
+        !listed.to_string().contains("dup@example.com"),
+        "a GET does not unsubscribe: {listed}"
+    );
+    let unsubscribed = plain
+        .post(app.url(token_path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsubscribed.status(), StatusCode::OK);
+    let (_, listed) = app.get_json("/api/v1/suppressions").await;
+    assert!(
+        listed.to_string().contains("dup@example.com"),
+        "the test address is suppressed: {listed}"
+    );
+    // A forged variant of the link is still refused.
+    let mut forged = token_path.to_string();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let refused = plain.post(app.url(&forged)).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+
+    let response = post(vec!["Dup@Example.com"]).await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "suppressed", "{body}");
+    assert_eq!(
+        server.message_count(),
+        1,
+        "nothing more sent after the unsubscribe"
+    );
+}
+
+/// The test-send quota of a key is counted in the database: two instances on one database
+/// share it, the message past it answers 429 with Retry-After, and nothing past it is sent.
+async fn the_test_send_quota_is_shared_by_instances_on_one_database(app: TestApp) {
+    let Some(server) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let per_minute = api::TestSendQuota::default().per_minute as usize;
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let instances = [
+        instance_with_transport(&app, &server).await,
+        instance_with_transport(&app, &server).await,
+    ];
+    let post = |instance: usize, addresses: Vec<String>| {
+        app.client
+            .post(format!(
+                "{}/api/v1/campaigns/{id}/test",
+                instances[instance % 2]
+            ))
+            .json(&json!({"addresses": addresses}))
+            .send()
+    };
+    for n in 0..per_minute - 1 {
+        let response = post(n, vec![format!("qa{n}@example.com")]).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "send {n}");
+    }
+    assert_eq!(server.message_count(), per_minute - 1);
+
+    // Two more do not fit the one left: refused whole, nothing sent.
+    let two = vec!["x1@example.com".to_string(), "x2@example.com".to_string()];
+    let refused = post(0, two).await.unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_problem(
+        refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "test messages a minute",
+        "two past the quota",
+    )
+    .await;
+    assert_eq!(server.message_count(), per_minute - 1);
+
+    let response = post(1, vec!["last@example.com".into()]).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the last one of the minute"
+    );
+    for instance in [0, 1] {
+        let refused = post(instance, vec!["over@example.com".into()])
+            .await
+            .unwrap();
+        assert!(refused.headers().contains_key("retry-after"));
+        assert_problem(
+            refused,
+            StatusCode::TOO_MANY_REQUESTS,
+            "test messages a minute",
+            "past the quota",
+        )
+        .await;
+    }
+    assert_eq!(
+        server.message_count(),
+        per_minute,
+        "nothing past the quota is sent"
+    );
+
+    // Another key has its own quota.
+    let other = api::auth::create_api_key(app.store.as_ref(), "other")
+        .await
+        .unwrap()
+        .key;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/campaigns/{id}/test", instances[0]))
+        .bearer_auth(other)
+        .json(&json!({"addresses": ["other@example.com"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.message_count(), per_minute + 1);
+
+    // Racing requests of a fresh key, spread over both instances: exactly the quota goes out.
+    let racing = api::auth::create_api_key(app.store.as_ref(), "racing")
+        .await
+        .unwrap()
+        .key;
+    let plain = reqwest::Client::new();
+    let requests = (0..2 * per_minute).map(|n| {
+        plain
+            .post(format!("{}/api/v1/campaigns/{id}/test", instances[n % 2]))
+            .bearer_auth(&racing)
+            .json(&json!({"addresses": [format!("race{n}@example.com")]}))
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|response| response.unwrap().status())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, limited), (per_minute, per_minute), "{statuses:?}");
+    assert_eq!(server.message_count(), 2 * per_minute + 1);
+}
+
 /// A scheduled campaign queued late (its processor was down) says so in its status, and by
 /// how much; one queued on time does not.
 async fn the_status_shows_a_late_start_and_its_delay(app: TestApp) {
@@ -2102,6 +2373,7 @@ async fn a_request_adding_too_many_recipients_is_refused_whole(app: TestApp) {
         store: app.store.clone(),
         state,
         key: app.key.clone(),
+        database_url: app.database_url.clone(),
         _database: Box::new(()),
     };
     let addresses = |n: usize| -> Vec<Value> {
@@ -3206,6 +3478,8 @@ macro_rules! api_suite {
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(a_local_send_time_is_validated_reported_and_shown_per_zone);
             case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);
+            case!(a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubscribes);
+            case!(the_test_send_quota_is_shared_by_instances_on_one_database);
             case!(the_status_shows_a_late_start_and_its_delay);
             case!(campaigns_page_with_a_cursor);
             case!(a_request_adding_too_many_recipients_is_refused_whole);

@@ -48,7 +48,7 @@ pub struct SubmitArgs {
     pub api: Option<String>,
 
     /// The API key for --api (see `marketing api-key create`).
-    #[arg(long, env = "MARKETING_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "MARKETING_API_KEY", hide_env_values = true, value_parser = crate::config::Hidden(marketing_api_key))]
     pub api_key: Option<String>,
 
     /// Without --api: store the campaign in DATABASE_URL and put its task in the task
@@ -58,7 +58,7 @@ pub struct SubmitArgs {
     pub task_repo: Option<String>,
 
     /// Bearer token shared with the task repository service.
-    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
 
     /// Follow the campaign with a progress bar until it is completed, failed or cancelled;
@@ -75,6 +75,10 @@ pub struct SubmitArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+fn marketing_api_key(value: &str) -> Result<String, String> {
+    crate::config::secret("MARKETING_API_KEY", value)
 }
 
 /// What a campaign looks like while it is followed: its status and recipients per state.

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, ImportRow, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, DueCampaign, FeedbackEvent, FeedbackKind, NewFeedbackEvent, QueuedWebhookEvent, Requeued, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, QuotaWindow, TestSendRecord, TestSendReservation, quota_verdict, CampaignPage, DeliveryRecord, DueCampaign, FeedbackEvent, FeedbackKind, NewFeedbackEvent, QueuedWebhookEvent, Requeued, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             EngagementCounts, EventCount, RecordedTrackingEvent, StoreError, TrackingEvent, TrackingEventKind, StoredRecipient, ZoneRelease, initial_status,
         };
@@ -1233,6 +1233,66 @@ macro_rules! campaign_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn reserve_test_sends(
+                &self,
+                api_key_id: &str,
+                campaign_id: CampaignId,
+                addresses: &[EmailAddress],
+                now: OffsetDateTime,
+                quota: &[QuotaWindow],
+            ) -> Result<TestSendReservation, StoreError> {
+                let longest = quota.iter().map(|window| window.window).max().unwrap_or_default();
+                let mut tx = self.begin_write().await?;
+                // Serialises the reservations of one key across processes: PostgreSQL locks the
+                // key's row until commit; SQLite's write transaction is already exclusive.
+                sqlx::query(concat!("SELECT id FROM api_keys WHERE id = $1", $lock))
+                    .bind(api_key_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let earlier: Vec<DbTime> = sqlx::query_scalar(
+                    "SELECT sent_at FROM test_sends WHERE api_key_id = $1 AND sent_at > $2 ORDER BY sent_at",
+                )
+                .bind(api_key_id)
+                .bind(DbTime::from(now - longest))
+                .fetch_all(&mut *tx)
+                .await?;
+                let earlier: Vec<OffsetDateTime> = earlier.into_iter().map(|at| at.0).collect();
+                if let Some((window, retry_at)) = quota_verdict(quota, &earlier, addresses.len(), now) {
+                    return Ok(TestSendReservation::OverQuota { window, retry_at });
+                }
+                let mut ids = Vec::with_capacity(addresses.len());
+                for address in addresses {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO test_sends (api_key_id, campaign_id, email, sent_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(api_key_id)
+                    .bind(DbId(campaign_id))
+                    .bind(address.as_str())
+                    .bind(DbTime::from(now))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    ids.push(id);
+                }
+                tx.commit().await?;
+                Ok(TestSendReservation::Reserved(ids))
+            }
+
+            async fn test_send(&self, id: i64) -> Result<Option<TestSendRecord>, StoreError> {
+                let row = sqlx::query("SELECT id, campaign_id, email, sent_at FROM test_sends WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(TestSendRecord {
+                        id: row.try_get("id")?,
+                        campaign_id: row.try_get::<DbId, _>("campaign_id")?.0,
+                        email: row.try_get("email")?,
+                        sent_at: row.try_get::<DbTime, _>("sent_at")?.0,
+                    })
+                })
+                .transpose()
             }
         }
         }

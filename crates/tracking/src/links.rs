@@ -82,6 +82,15 @@ impl Links {
         unsubscribe_url(&self.public_base_url, &token)
     }
 
+    /// `{PUBLIC_BASE_URL}/u/{token}` of a test message: the token names the recorded test send
+    /// (not a recipient), whose address the link suppresses.
+    pub fn test_unsubscribe(&self, campaign_id: CampaignId, test_send_id: i64) -> String {
+        let token = self
+            .keys
+            .sign(Purpose::TestUnsubscribe, campaign_id, test_send_id);
+        unsubscribe_url(&self.public_base_url, &token)
+    }
+
     /// `{PUBLIC_BASE_URL}/t/o/{token}`: the open-tracking pixel.
     pub fn open_pixel(&self, campaign_id: CampaignId, recipient_id: RecipientId) -> String {
         let token = self.keys.sign(Purpose::Open, campaign_id, recipient_id);
