@@ -52,12 +52,15 @@ struct TestSendResult {
     error: Option<String>,
 }
 
+/// Send a test message to up to 10 addresses.
+///
 /// Send the rendered message, subject marked `[TEST] `, to up to 10 addresses through the
 /// configured transport. The campaign's state, recipients and counts are not touched.
 #[utoipa::path(
     post,
     path = "/api/v1/campaigns/{id}/test",
     tag = "campaigns",
+    operation_id = "send_test_message",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     request_body(content = TestSendRequest, content_type = "application/json"),
     responses(
