@@ -14,6 +14,7 @@
 mod backend;
 mod client;
 pub mod http;
+mod openapi;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,7 +28,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Waiting for `run_after`, then for a worker.
@@ -75,7 +76,7 @@ impl std::str::FromStr for TaskStatus {
 }
 
 /// A task to create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewTask {
     /// What kind of work, e.g. `send_campaign`, `send_batch`.
     pub kind: String,
@@ -112,7 +113,7 @@ impl NewTask {
 }
 
 /// A stored task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
     pub kind: String,
@@ -173,7 +174,7 @@ impl Task {
 }
 
 /// Proof of a claim: the task and the claim's attempt number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub task_id: Uuid,
     pub attempt: u32,
