@@ -334,6 +334,7 @@ pub(crate) struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub limit: Option<u32>,
 }
 
@@ -411,6 +412,7 @@ async fn oldest_due(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
 pub(crate) struct ClaimBody {
     pub worker_id: String,
     pub kinds: Vec<String>,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub limit: u32,
     pub lease_ms: u64,
 }
@@ -504,6 +506,7 @@ async fn show(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CompleteBody {
     pub worker_id: String,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     #[serde(default)]
     pub result: serde_json::Value,
@@ -538,6 +541,7 @@ async fn complete(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Done {
     pub task_id: Uuid,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     #[serde(default)]
     pub result: serde_json::Value,
@@ -587,6 +591,7 @@ async fn complete_many(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct FailBody {
     pub worker_id: String,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     pub error: String,
 }

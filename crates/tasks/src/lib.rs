@@ -86,6 +86,7 @@ pub struct NewTask {
     pub priority: i32,
     /// Attempts before the task is dead.
     #[serde(default = "default_max_attempts")]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_attempts: u32,
     /// Not before this time (default: now).
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -121,7 +122,9 @@ pub struct Task {
     pub priority: i32,
     pub status: TaskStatus,
     /// Claims so far; the current claim's number is its fencing token.
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempts: u32,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_attempts: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub run_after: OffsetDateTime,
@@ -177,6 +180,7 @@ impl Task {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub task_id: Uuid,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
 }
 

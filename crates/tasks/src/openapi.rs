@@ -1,6 +1,10 @@
 //! The task repository service's OpenAPI 3.1 document, generated from the handlers'
 //! annotations in [`crate::http`] (utoipa) and served, without the token, at
 //! `/api/v1/openapi.json` so other services can generate their clients from it.
+//!
+//! utoipa describes a `u32` as `int32`, whose maximum is half what serde accepts, so the `u32`
+//! fields carry `format = Int64, minimum = 0, maximum = 4_294_967_295`: a value the document
+//! allows is one the service can read.
 
 use crate::http::PROBLEM_JSON;
 use axum::Router;
