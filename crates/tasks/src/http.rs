@@ -427,7 +427,8 @@ fn lease_duration(ms: u64) -> Answer<time::Duration> {
 
 /// Claim due tasks of the given kinds with a lease.
 ///
-/// Each claimed task's `attempts` is the claim's fencing token: completing, failing and
+/// Up to `limit` tasks (pending and due, or running with an expired lease), highest priority
+/// first. Each claimed task's `attempts` is the claim's fencing token: completing, failing and
 /// heart-beating need it.
 #[utoipa::path(
     post,
