@@ -189,6 +189,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(problem::require_utf8_path))
+        .layer(problem::catch_panics())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -266,6 +266,26 @@ fn decodes_to_utf8(path: &str) -> bool {
     std::str::from_utf8(&decoded).is_ok()
 }
 
+/// Answers a request whose handler panicked with a 500 problem (the panic is logged), instead
+/// of dropping the connection. A panic is a defect: no input should reach one, but if one does
+/// the caller still gets an answer in the documented shape.
+pub(crate) fn catch_panics()
+-> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send + 'static>) -> Response>
+{
+    tower_http::catch_panic::CatchPanicLayer::custom(
+        panicked as fn(Box<dyn std::any::Any + Send + 'static>) -> Response,
+    )
+}
+
+fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    ApiError::Internal(format!("a request handler panicked: {message}")).into_response()
+}
+
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("there is nothing at {}", uri.path()))
 }
@@ -350,4 +370,43 @@ pub(crate) fn problem_responses(answers: &[(u16, &str)]) -> ProblemResponses {
             (status.to_string(), response.build().into())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_problem() {
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("deliberate");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(catch_panics());
+        let response = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["status"], 500);
+        assert_eq!(problem["type"], "/problems/internal");
+        assert!(
+            !problem.to_string().contains("deliberate"),
+            "the panic's text is logged, not shown: {problem}"
+        );
+    }
 }
