@@ -153,17 +153,7 @@ pub enum Command {
     /// (TASK_REPO_URL, or DATABASE_URL directly) and delivers them (scale-out role).
     Worker {
         #[command(flatten)]
-        repo: TaskRepoClientArgs,
-        #[command(flatten)]
-        links: LinkArgs,
-        #[command(flatten)]
-        limits: LimitArgs,
-        #[command(flatten)]
-        worker: WorkerArgs,
-        #[command(flatten)]
-        transport: TransportArgs,
-        #[command(flatten)]
-        metrics: MetricsArgs,
+        delivery: roles::DeliveryArgs,
     },
     /// Run a campaign processor: queues scheduled campaigns when due, exactly once across
     /// any number of replicas, into the task repository (TASK_REPO_URL, or DATABASE_URL
@@ -182,19 +172,9 @@ pub enum Command {
     /// delivers a share of the batches (scale-out role).
     CampaignProcessor {
         #[command(flatten)]
-        repo: TaskRepoClientArgs,
-        #[command(flatten)]
-        links: LinkArgs,
-        #[command(flatten)]
-        limits: LimitArgs,
-        #[command(flatten)]
-        worker: WorkerArgs,
-        #[command(flatten)]
-        transport: TransportArgs,
+        delivery: roles::DeliveryArgs,
         #[command(flatten)]
         scheduler: SchedulerArgs,
-        #[command(flatten)]
-        metrics: MetricsArgs,
     },
     /// Submit a campaign for sending from a campaign file and recipients (the original
     /// design's submission tool): through the HTTP API (--api), the task repository service
@@ -424,38 +404,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::TaskRepo { service } => task_commands::serve(&service).await,
         Command::Tasks(command) => task_commands::run(command).await,
-        Command::Worker {
-            repo,
-            links,
-            limits,
-            worker,
-            transport,
-            metrics,
-        } => roles::worker(&repo, &links, &limits, &worker, &transport, &metrics).await,
+        Command::Worker { delivery } => roles::worker(&delivery).await,
         Command::Scheduler {
             repo,
             scheduler,
             metrics,
         } => roles::scheduler(&repo, &scheduler, &metrics).await,
         Command::CampaignProcessor {
-            repo,
-            links,
-            limits,
-            worker,
-            transport,
+            delivery,
             scheduler,
-            metrics,
-        } => {
-            let delivery = roles::DeliveryArgs {
-                repo: &repo,
-                link_args: &links,
-                limits: &limits,
-                worker_args: &worker,
-                transport_args: &transport,
-                metrics_args: &metrics,
-            };
-            roles::campaign_processor(delivery, &scheduler).await
-        }
+        } => roles::campaign_processor(&delivery, &scheduler).await,
         Command::Submit(args) => crate::submit::submit(*args).await,
     }
 }

@@ -164,22 +164,7 @@ pub async fn serve(
 }
 
 /// `marketing worker`: a task processor alone.
-pub async fn worker(
-    repo: &TaskRepoClientArgs,
-    link_args: &LinkArgs,
-    limits: &LimitArgs,
-    worker_args: &WorkerArgs,
-    transport_args: &TransportArgs,
-    metrics_args: &MetricsArgs,
-) -> anyhow::Result<ExitCode> {
-    let delivery = DeliveryArgs {
-        repo,
-        link_args,
-        limits,
-        worker_args,
-        transport_args,
-        metrics_args,
-    };
+pub async fn worker(delivery: &DeliveryArgs) -> anyhow::Result<ExitCode> {
     run_task_processor("worker", delivery, None).await
 }
 
@@ -188,36 +173,43 @@ pub async fn worker(
 /// and a task processor (delivery) in one process, so that every replica adds delivery
 /// throughput rather than only another scheduler.
 pub async fn campaign_processor(
-    delivery: DeliveryArgs<'_>,
+    delivery: &DeliveryArgs,
     scheduler_args: &SchedulerArgs,
 ) -> anyhow::Result<ExitCode> {
     run_task_processor("campaign-processor", delivery, Some(scheduler_args)).await
 }
 
-/// What a role that delivers (worker, campaign-processor) is configured with.
-pub struct DeliveryArgs<'a> {
-    pub repo: &'a TaskRepoClientArgs,
-    pub link_args: &'a LinkArgs,
-    pub limits: &'a LimitArgs,
-    pub worker_args: &'a WorkerArgs,
-    pub transport_args: &'a TransportArgs,
-    pub metrics_args: &'a MetricsArgs,
+/// The configuration of a role that delivers (worker, campaign-processor).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeliveryArgs {
+    #[command(flatten)]
+    pub repo: TaskRepoClientArgs,
+    #[command(flatten)]
+    pub links: LinkArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// A task processor, and with `scheduler_args` a campaign processor beside it sharing the
 /// store, the task repository, the metrics listener and the shutdown signal.
 async fn run_task_processor(
     role: &'static str,
-    delivery: DeliveryArgs<'_>,
+    delivery: &DeliveryArgs,
     scheduler_args: Option<&SchedulerArgs>,
 ) -> anyhow::Result<ExitCode> {
     let DeliveryArgs {
         repo,
-        link_args,
+        links: link_args,
         limits,
-        worker_args,
-        transport_args,
-        metrics_args,
+        worker: worker_args,
+        transport: transport_args,
+        metrics: metrics_args,
     } = delivery;
     metrics::set_build_info(role);
     metrics::register_campaign_processing();
