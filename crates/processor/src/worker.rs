@@ -416,6 +416,15 @@ impl TaskRepository for WakingTasks {
         self.inner.fail(worker, lease, error).await
     }
 
+    async fn fail_permanently(
+        &self,
+        worker: &str,
+        lease: Lease,
+        error: &str,
+    ) -> Result<(), TaskError> {
+        self.inner.fail_permanently(worker, lease, error).await
+    }
+
     async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {
         self.inner.get(id).await
     }

@@ -73,6 +73,42 @@ macro_rules! task_repository {
                 task_from_row(&row)
             }
 
+            /// `fail` and `fail_permanently`: a permanent failure is dead at once, attempts left
+            /// or not; the lease check is the same.
+            async fn record_failure(repo: &$repo, worker: &str, lease: Lease, error: &str, permanent: bool) -> Result<TaskStatus, TaskError> {
+                    let now = repo.clock.now();
+                    let task = match repo.get(lease.task_id).await? {
+                        Some(task) => task,
+                        None => return Err(TaskError::NotFound(lease.task_id)),
+                    };
+                    let (status, run_after) = if permanent || task.attempts >= task.max_attempts {
+                        (TaskStatus::Dead, task.run_after)
+                    } else {
+                        (TaskStatus::Pending, now + repo.backoff.delay(task.attempts))
+                    };
+                    let changed = sqlx::query(
+                        "UPDATE tasks SET status = $1, run_after = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+                         WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
+                    )
+                    .bind(status.as_str())
+                    .bind(DbTime::from(run_after))
+                    .bind(error)
+                    .bind(DbTime::from(now))
+                    .bind(DbId(lease.task_id))
+                    .bind(worker)
+                    .bind(i32::try_from(lease.attempt).unwrap_or(i32::MAX))
+                    .execute(&repo.pool)
+                    .await?
+                    .rows_affected();
+                    if changed != 1 {
+                        return Err(lease_error(repo, worker, lease).await);
+                    }
+                    if status == TaskStatus::Dead {
+                        metrics::record_task_dead(&task.kind);
+                    }
+                    Ok(status)
+                }
+
             /// The lease is gone when the task exists but is not this worker's current claim.
             async fn lease_error(repo: &$repo, worker: &str, lease: Lease) -> TaskError {
                 match repo.get(lease.task_id).await {
@@ -282,37 +318,11 @@ macro_rules! task_repository {
                 }
 
                 async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError> {
-                    let now = self.clock.now();
-                    let task = match self.get(lease.task_id).await? {
-                        Some(task) => task,
-                        None => return Err(TaskError::NotFound(lease.task_id)),
-                    };
-                    let (status, run_after) = if task.attempts >= task.max_attempts {
-                        (TaskStatus::Dead, task.run_after)
-                    } else {
-                        (TaskStatus::Pending, now + self.backoff.delay(task.attempts))
-                    };
-                    let changed = sqlx::query(
-                        "UPDATE tasks SET status = $1, run_after = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
-                         WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
-                    )
-                    .bind(status.as_str())
-                    .bind(DbTime::from(run_after))
-                    .bind(error)
-                    .bind(DbTime::from(now))
-                    .bind(DbId(lease.task_id))
-                    .bind(worker)
-                    .bind(i32::try_from(lease.attempt).unwrap_or(i32::MAX))
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                    if changed != 1 {
-                        return Err(lease_error(self, worker, lease).await);
-                    }
-                    if status == TaskStatus::Dead {
-                        metrics::record_task_dead(&task.kind);
-                    }
-                    Ok(status)
+                    record_failure(self, worker, lease, error, false).await
+                }
+
+                async fn fail_permanently(&self, worker: &str, lease: Lease, error: &str) -> Result<(), TaskError> {
+                    record_failure(self, worker, lease, error, true).await.map(|_| ())
                 }
 
                 async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {

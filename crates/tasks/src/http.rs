@@ -13,7 +13,8 @@
 //!   `{refused: [Lease]}`
 //! - `GET  /api/v1/tasks/{id}`
 //! - `POST /api/v1/tasks/{id}/complete` `{worker_id, attempt, result}` → 204
-//! - `POST /api/v1/tasks/{id}/fail` `{worker_id, attempt, error}` → `{status}`
+//! - `POST /api/v1/tasks/{id}/fail` `{worker_id, attempt, error, permanent?}` → `{status}`;
+//!   `permanent: true` makes the task dead at once (a payload no retry can fix)
 //! - `POST /api/v1/tasks/{id}/requeue` → [`Task`]
 
 use crate::{Lease, NewTask, TaskError, TaskFilter, TaskRepository, TaskStatus};
@@ -447,6 +448,9 @@ pub(crate) struct FailBody {
     pub worker_id: String,
     pub attempt: u32,
     pub error: String,
+    /// Dead at once instead of retried (see `TaskRepository::fail_permanently`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -465,7 +469,13 @@ async fn fail(
         task_id,
         attempt: body.attempt,
     };
-    let status = repo.fail(&body.worker_id, lease, &body.error).await?;
+    let status = if body.permanent {
+        repo.fail_permanently(&body.worker_id, lease, &body.error)
+            .await?;
+        TaskStatus::Dead
+    } else {
+        repo.fail(&body.worker_id, lease, &body.error).await?
+    };
     Ok(Json(FailAnswer { status }))
 }
 

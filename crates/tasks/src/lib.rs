@@ -378,6 +378,16 @@ pub trait TaskRepository: Send + Sync {
     /// backoff, or dead when its attempts are used up; returns which.
     async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError>;
 
+    /// Records a failure that no retry can cure (a malformed or invalid payload) — only while
+    /// `worker` holds `lease`. The task is dead at once, whatever attempts it has left, with
+    /// `error` as its last error; an operator may still requeue it.
+    async fn fail_permanently(
+        &self,
+        worker: &str,
+        lease: Lease,
+        error: &str,
+    ) -> Result<(), TaskError>;
+
     async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError>;
 
     /// Tasks in creation order.

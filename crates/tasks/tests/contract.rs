@@ -372,6 +372,55 @@ async fn failures_back_off_then_die_and_can_be_requeued(f: Fixture) {
     );
 }
 
+async fn a_permanent_failure_is_dead_at_once_and_needs_the_lease(f: Fixture) {
+    let created = f.repo.create(task("submit_campaign", 1)).await.unwrap();
+    assert_eq!(created.max_attempts, 5, "attempts left, yet no retry");
+    let claimed = f
+        .repo
+        .claim("w", &kinds(&["submit_campaign"]), 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let refused = f
+        .repo
+        .fail_permanently("other", claimed.lease(), "not mine")
+        .await;
+    assert!(
+        matches!(refused, Err(TaskError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    f.repo
+        .fail_permanently(
+            "w",
+            claimed.lease(),
+            "payload.campaign.name: must not be empty",
+        )
+        .await
+        .unwrap();
+    let dead = f.repo.get(created.id).await.unwrap().unwrap();
+    assert_eq!((dead.status, dead.attempts), (TaskStatus::Dead, 1));
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("payload.campaign.name: must not be empty")
+    );
+    assert_eq!(dead.lease_owner, None);
+    f.clock.advance(Duration::hours(2));
+    assert!(
+        f.repo
+            .claim("w", &kinds(&["submit_campaign"]), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a permanent failure is never retried"
+    );
+    let again = f.repo.fail_permanently("w", claimed.lease(), "twice").await;
+    assert!(
+        matches!(again, Err(TaskError::LeaseLost { .. })),
+        "{again:?}"
+    );
+    assert_eq!(f.repo.counts().await.unwrap()["dead"], 1);
+}
+
 async fn a_lease_lost_on_the_last_attempt_ends_the_task(f: Fixture) {
     let mut once = task("send_batch", 1);
     once.max_attempts = 1;
@@ -658,6 +707,7 @@ macro_rules! contract_suite {
             case!(an_expired_lease_moves_to_another_worker_and_fences_the_first);
             case!(completing_many_refuses_only_the_leases_lost);
             case!(failures_back_off_then_die_and_can_be_requeued);
+            case!(a_permanent_failure_is_dead_at_once_and_needs_the_lease);
             case!(a_lease_lost_on_the_last_attempt_ends_the_task);
             case!(lists_page_in_creation_order_and_counts_add_up);
             case!(oldest_due_is_the_earliest_due_pending_task);
