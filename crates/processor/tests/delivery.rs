@@ -926,6 +926,7 @@ async fn send_tasks_of(tasks: &dyn TaskRepository, id: CampaignId) -> Vec<tasks:
         .list(&tasks::TaskFilter {
             status: None,
             kind: Some(processor::SEND_CAMPAIGN.to_string()),
+            key_prefix: None,
             after: None,
             limit: 500,
         })
@@ -1371,6 +1372,7 @@ async fn wait_idle(
             .list(&tasks::TaskFilter {
                 status: None,
                 kind: None,
+                key_prefix: None,
                 after: None,
                 limit: 1000,
             })

@@ -337,12 +337,13 @@ macro_rules! task_repository {
                     // Ids are UUIDv7: id order is creation order, and the last id is the cursor.
                     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT {COLUMNS} FROM tasks WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) \
-                         AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+                         AND ($3 IS NULL OR id > $3) AND ($5 IS NULL OR substr(idempotency_key, 1, length($5)) = $5) ORDER BY id LIMIT $4"
                     )))
                     .bind(filter.status.map(TaskStatus::as_str))
                     .bind(filter.kind.as_deref())
                     .bind(filter.after.map(DbId))
                     .bind(i64::from(filter.limit.clamp(1, 1000)))
+                    .bind(filter.key_prefix.as_deref())
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(task_from_row).collect()

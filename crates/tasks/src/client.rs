@@ -440,6 +440,7 @@ impl TaskRepository for HttpTaskRepository {
         let query = ListQuery {
             status: filter.status.map(|s| s.as_str().to_string()),
             kind: filter.kind.clone(),
+            key_prefix: filter.key_prefix.clone(),
             after: filter.after,
             limit: Some(filter.limit),
         };
@@ -450,6 +451,9 @@ impl TaskRepository for HttpTaskRepository {
         }
         if let Some(kind) = &query.kind {
             pairs.push(format!("kind={}", encode_query_value(kind)));
+        }
+        if let Some(prefix) = &query.key_prefix {
+            pairs.push(format!("key_prefix={}", encode_query_value(prefix)));
         }
         if let Some(after) = query.after {
             pairs.push(format!("after={after}"));

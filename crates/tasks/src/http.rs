@@ -4,7 +4,8 @@
 //! Routes (JSON in and out; errors `application/problem+json` with `type/title/status/detail`):
 //! - `GET  /health` — open without a token, so probes need no secret
 //! - `POST /api/v1/tasks` ([`NewTask`]) → 201 [`Task`]; `POST /api/v1/tasks/batch` (array) → 201
-//! - `GET  /api/v1/tasks?status=&kind=&after=&limit=` → array of [`Task`], creation order
+//! - `GET  /api/v1/tasks?status=&kind=&key_prefix=&after=&limit=` → array of [`Task`],
+//!   creation order (`key_prefix`: idempotency keys that start with it)
 //! - `GET  /api/v1/tasks/counts` → `{"pending": n, …}`
 //! - `GET  /api/v1/tasks/oldest-due` → `{"run_after": RFC 3339 or null}`
 //! - `POST /api/v1/tasks/claim` `{worker_id, kinds, limit, lease_ms}` → array of [`Task`]
@@ -278,6 +279,8 @@ pub(crate) struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -297,6 +300,7 @@ async fn list(
     let filter = TaskFilter {
         status,
         kind: query.kind,
+        key_prefix: query.key_prefix,
         after: query.after,
         limit: query.limit.unwrap_or(50),
     };

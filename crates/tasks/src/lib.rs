@@ -184,6 +184,9 @@ pub struct Lease {
 pub struct TaskFilter {
     pub status: Option<TaskStatus>,
     pub kind: Option<String>,
+    /// Only tasks whose idempotency key starts with this (e.g. `send_batch:CAMPAIGN_ID:`: one
+    /// campaign's batches).
+    pub key_prefix: Option<String>,
     /// Only tasks created after this one (the previous page's last id).
     pub after: Option<Uuid>,
     pub limit: u32,
