@@ -55,6 +55,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start(database_url: &str, sink: &Aiosmtpd) -> Cluster {
+        Cluster::start_with(database_url, sink, &[]).await
+    }
+
+    /// As `start`, with more variables for the worker.
+    async fn start_with(
+        database_url: &str,
+        sink: &Aiosmtpd,
+        worker_env: &[(&'static str, String)],
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let store = store::connect(database_url).await.expect("store opens");
         let port = free_port();
@@ -79,18 +88,15 @@ impl Cluster {
             }
         })
         .await;
-        let worker = spawn(
-            "worker",
-            dir.path(),
-            &["worker"],
-            &[
-                ("DATABASE_URL", database_url.to_string()),
-                ("TASK_REPO_URL", repo_url.clone()),
-                ("TASK_REPO_TOKEN", TOKEN.into()),
-                ("SMTP_URL", sink.url()),
-                ("TASK_CHECK_INTERVAL", "0.2".into()),
-            ],
-        );
+        let mut env = vec![
+            ("DATABASE_URL", database_url.to_string()),
+            ("TASK_REPO_URL", repo_url.clone()),
+            ("TASK_REPO_TOKEN", TOKEN.into()),
+            ("SMTP_URL", sink.url()),
+            ("TASK_CHECK_INTERVAL", "0.2".into()),
+        ];
+        env.extend(worker_env.iter().cloned());
+        let worker = spawn("worker", dir.path(), &["worker"], &env);
         Cluster {
             dir,
             store,
@@ -313,6 +319,57 @@ async fn submit_with_only_the_task_repository_waits_to_the_end(database_url: &st
     );
 }
 
+/// The worker refuses what `submit` accepted (its MAX_BATCH_SIZE is below the sample's
+/// batch_size): `--wait` prints the task's error and exits 1, and no campaign is stored.
+async fn submit_wait_exits_1_when_the_worker_refuses_the_task(database_url: &str) {
+    let Some(sink) = Aiosmtpd::start() else {
+        return;
+    };
+    let cluster =
+        Cluster::start_with(database_url, &sink, &[("MAX_BATCH_SIZE", "10".into())]).await;
+    let submitted = isolated_command(
+        BINARY,
+        cluster.dir.path(),
+        &[
+            "submit",
+            "--template",
+            &example("sample_campaign.json"),
+            "--recipients",
+            &example("sample_recipients.json"),
+            "--count",
+            "3",
+            "--wait",
+        ],
+        &[
+            ("TASK_REPO_URL", cluster.repo_url.clone()),
+            ("TASK_REPO_TOKEN", TOKEN.into()),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&submitted.stdout);
+    let stderr = String::from_utf8_lossy(&submitted.stderr);
+    assert_eq!(submitted.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("is dead") && stderr.contains("campaign.batch_size"),
+        "{stderr}"
+    );
+    let task_id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("task "))
+        .expect("the task id is printed");
+    let campaign: campaign::CampaignId = task_id.parse().unwrap();
+    assert!(
+        cluster
+            .store
+            .get_campaign(campaign)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(received(&sink).is_empty());
+}
+
 mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_task_posted_by_another_service_is_delivered() {
@@ -324,6 +381,12 @@ mod sqlite {
     async fn submit_with_only_the_task_repository_waits_to_the_end() {
         let database = testkit::SqliteDatabase::create();
         super::submit_with_only_the_task_repository_waits_to_the_end(&database.url).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submit_wait_exits_1_when_the_worker_refuses_the_task() {
+        let database = testkit::SqliteDatabase::create();
+        super::submit_wait_exits_1_when_the_worker_refuses_the_task(&database.url).await;
     }
 }
 
@@ -342,5 +405,13 @@ mod postgres {
             return;
         };
         super::submit_with_only_the_task_repository_waits_to_the_end(&database.url).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submit_wait_exits_1_when_the_worker_refuses_the_task() {
+        let Some(database) = testkit::PostgresDatabase::create().await else {
+            return;
+        };
+        super::submit_wait_exits_1_when_the_worker_refuses_the_task(&database.url).await;
     }
 }
