@@ -16,9 +16,10 @@ trap '[[ -n "$server" ]] && kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 binary=$(realpath "$binary")
 cd "$work"
 key=$("$binary" api-key create --name schemathesis 2>/dev/null)
-# The per-key rate limit (429, described in the document) is off here: the fuzzer sends
-# requests as fast as it can, and throttled answers would test nothing else.
-API_RATE_LIMIT=0 "$binary" serve --api-bind 127.0.0.1:0 2> serve.log &
+# The per-key rate limit and test-send quota (429, described in the document) are off or high
+# here: the fuzzer sends requests as fast as it can, and throttled answers would test nothing
+# else.
+API_RATE_LIMIT=0 TEST_SEND_PER_MINUTE=10000 TEST_SEND_PER_DAY=1000000 "$binary" serve --api-bind 127.0.0.1:0 2> serve.log &
 server=$!
 address=""
 for _ in $(seq 1 100); do

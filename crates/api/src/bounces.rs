@@ -282,8 +282,9 @@ impl Intake<'_> {
                     // recipient of an attributed report is the attributed one.
                     let matched = attribution.as_ref().filter(|found| {
                         single
-                            || found.recipient.recipient.email.key()
-                                == notice.recipient.to_lowercase()
+                            || EmailAddress::parse(&notice.recipient).is_ok_and(|address| {
+                                address.key() == found.recipient.recipient.email.key()
+                            })
                     });
                     results.push(self.bounce(&notice, matched).await?);
                 }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus};
 use serde::{Deserialize, Serialize};
@@ -139,6 +139,7 @@ async fn create(
 
 async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, ApiError> {
     let document = CampaignDocument::from_json(body, &state.settings.limits)?;
+    document.check_schedule(OffsetDateTime::now_utc())?;
     check_new_campaign(state, &document)?;
     let recipients = document
         .recipients
@@ -152,15 +153,17 @@ async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, Api
         .await?;
     tracing::info!(campaign = %campaign.id, name = %campaign.name, recipients = report.imported, "campaign created");
     let location = format!("/api/v1/campaigns/{}", campaign.id);
-    Ok((
+    let mut response = crate::problem::json_answer(
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(Created {
+        &Created {
             campaign,
             recipients: report,
-        }),
-    )
-        .into_response())
+        },
+    )?;
+    let location = header::HeaderValue::try_from(location)
+        .map_err(|err| ApiError::Internal(format!("a campaign's location: {err}")))?;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -203,9 +206,10 @@ async fn list(
     let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 500, got {limit}"
-        )));
+        return Err(ApiError::invalid(vec![campaign::Problem {
+            field: "limit".into(),
+            message: format!("must be between 1 and 500, got {limit}"),
+        }]));
     }
     let page = state
         .store
@@ -366,9 +370,10 @@ async fn deliveries(
     let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 1000, got {limit}"
-        )));
+        return Err(ApiError::invalid(vec![campaign::Problem {
+            field: "limit".into(),
+            message: format!("must be between 1 and 1000, got {limit}"),
+        }]));
     }
     let campaign = find(&state, &id).await?;
     let items = state

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use campaign::CampaignStatus;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -34,12 +34,14 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScheduleRequest {
-    /// RFC 3339 with an offset, in the future, e.g. `2026-12-25T08:00:00Z`.
+    /// RFC 3339 with an offset, e.g. `2026-12-25T08:00:00Z`: in the future, at most 5 years
+    /// ahead, at most microsecond precision.
     #[schema(format = DateTime)]
     scheduled_at: String,
 }
 
-/// Parses an RFC 3339 time that must carry its offset and lie in the future.
+/// Parses `scheduled_at` by the rules every caller-given time follows
+/// ([`campaign::timestamp`]): in the future and at most 5 years ahead.
 fn parse_schedule(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiError> {
     let invalid = |message: String| {
         ApiError::invalid(vec![campaign::Problem {
@@ -47,29 +49,9 @@ fn parse_schedule(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiE
             message,
         }])
     };
-    let at = OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339).map_err(
-        |_| {
-            let looks_local = time::PrimitiveDateTime::parse(
-                raw,
-                &time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
-            )
-            .is_ok();
-            if looks_local {
-                invalid(format!(
-                    "{raw:?} has no UTC offset; add one, e.g. {raw}Z or {raw}+01:00"
-                ))
-            } else {
-                invalid(format!(
-                    "{raw:?} is not an RFC 3339 time such as 2026-12-25T08:00:00Z"
-                ))
-            }
-        },
-    )?;
-    if at <= now {
-        return Err(invalid(format!(
-            "{raw} is in the past; a schedule must lie in the future"
-        )));
-    }
+    let at = campaign::timestamp::parse(raw).map_err(invalid)?;
+    campaign::timestamp::check_schedule(at, now)
+        .map_err(|message| invalid(format!("{raw} {message}")))?;
     Ok(at)
 }
 
@@ -200,7 +182,7 @@ async fn send_now(state: &AppState, id: &str) -> Result<Response, ApiError> {
     {
         Ok((record, task)) => {
             tracing::info!(campaign = %record.id, task = %task.id, "campaign queued for sending");
-            Ok((StatusCode::ACCEPTED, Json(status_view(state, id).await?)).into_response())
+            crate::problem::json_answer(StatusCode::ACCEPTED, &status_view(state, id).await?)
         }
         Err(err @ processor::ProcessorError::NotSendable { .. }) => {
             Err(ApiError::Conflict(err.to_string()))
@@ -235,7 +217,9 @@ async fn retry_failed(
 ) -> Result<Response, ApiError> {
     let campaign = find(&state, &id).await?;
     match processor::retry_failed(state.store.as_ref(), state.tasks.as_ref(), campaign.id).await {
-        Ok(_) => Ok((StatusCode::ACCEPTED, Json(status_view(&state, &id).await?)).into_response()),
+        Ok(_) => {
+            crate::problem::json_answer(StatusCode::ACCEPTED, &status_view(&state, &id).await?)
+        }
         Err(err @ processor::ProcessorError::NotRetryable { .. }) => {
             Err(ApiError::Conflict(err.to_string()))
         }

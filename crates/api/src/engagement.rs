@@ -370,17 +370,16 @@ async fn unsubscribe_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    state
-        .links
-        .keys()
-        .verify(Purpose::Unsubscribe, &token)
-        .map_err(|_| unknown_link())?;
-    // The token is base64url (checked by verify), so it is safe inside the attribute.
+    unsubscribe_claims(&state, &token)?;
+    // The token is base64url (checked by verify) and PUBLIC_BASE_URL a parsed URL, so both
+    // are safe inside the attribute. The action is absolute: a root-relative `/u/…` breaks
+    // behind a proxy that serves the API under a path prefix.
+    let action = state.links.unsubscribe_for_token(&token);
     let page = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"robots\" content=\"noindex\">\
          <title>Unsubscribe</title></head><body>\
          <h1>Unsubscribe</h1><p>Stop receiving these emails?</p>\
-         <form method=\"post\" action=\"/u/{token}\">\
+         <form method=\"post\" action=\"{action}\">\
          <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
          <button type=\"submit\">Unsubscribe</button></form></body></html>\n"
     );
@@ -407,11 +406,21 @@ async fn unsubscribe(
     Path(token): Path<String>,
     extensions: Extensions,
 ) -> Result<Response, ApiError> {
-    let claims = state
-        .links
-        .keys()
-        .verify(Purpose::Unsubscribe, &token)
-        .map_err(|_| unknown_link())?;
+    let claims = unsubscribe_claims(&state, &token)?;
+    if claims.purpose == Purpose::TestUnsubscribe {
+        // A test message names no recipient: its address is suppressed, and no campaign
+        // event is recorded (a test is not part of the campaign's results).
+        let test = state
+            .store
+            .test_send(claims.recipient_id)
+            .await?
+            .filter(|test| test.campaign_id == claims.campaign_id)
+            .ok_or_else(unknown_link)?;
+        let address = campaign::EmailAddress::parse(&test.email)
+            .map_err(|err| ApiError::Internal(format!("test send {}: {err}", test.id)))?;
+        state.store.suppress(&address, "unsubscribed").await?;
+        return Ok(unsubscribed_page());
+    }
     let recipient = state
         .store
         .get_recipient(claims.campaign_id, claims.recipient_id)
@@ -430,12 +439,30 @@ async fn unsubscribe(
     // An unsubscribe always names its recipient: it acts on the address.
     event.recipient_id = Some(claims.recipient_id);
     publish(&state, event).await;
-    Ok((
+    Ok(unsubscribed_page())
+}
+
+fn unsubscribed_page() -> Response {
+    (
         [(header::CACHE_CONTROL, NO_CACHE)],
         Html(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\
              <body><h1>You are unsubscribed</h1><p>You will not receive these emails any more.</p></body></html>\n",
         ),
     )
-        .into_response())
+        .into_response()
+}
+
+/// The claims of an unsubscribe link: a campaign's (naming a recipient) or a test message's
+/// (naming the test send). Every other token is an unknown link.
+fn unsubscribe_claims(state: &AppState, token: &str) -> Result<tracking::TokenClaims, ApiError> {
+    let keys = state.links.keys();
+    match keys.verify(Purpose::Unsubscribe, token) {
+        Err(tracking::TokenError::WrongPurpose {
+            actual: Purpose::TestUnsubscribe,
+            ..
+        }) => keys.verify(Purpose::TestUnsubscribe, token),
+        verified => verified,
+    }
+    .map_err(|_| unknown_link())
 }

@@ -64,6 +64,43 @@ pub struct ApiSettings {
     pub max_recipients_per_request: u64,
     /// Requests per API key on `/api/v1` (429 with Retry-After beyond it); `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// Test messages (`POST …/test`) per API key, counted across every process sharing the
+    /// database.
+    pub test_send_quota: TestSendQuota,
+}
+
+/// How many test messages one API key may send: at most `per_minute` in any minute and
+/// `per_day` in any 24 hours (429 with Retry-After beyond either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestSendQuota {
+    pub per_minute: u32,
+    pub per_day: u32,
+}
+
+impl Default for TestSendQuota {
+    /// Enough for a team checking a campaign; far too few to send a campaign as tests.
+    fn default() -> Self {
+        TestSendQuota {
+            per_minute: 10,
+            per_day: 100,
+        }
+    }
+}
+
+impl TestSendQuota {
+    /// The quota's windows as the store counts them.
+    pub fn windows(&self) -> [store::QuotaWindow; 2] {
+        [
+            store::QuotaWindow {
+                window: time::Duration::minutes(1),
+                limit: self.per_minute,
+            },
+            store::QuotaWindow {
+                window: time::Duration::days(1),
+                limit: self.per_day,
+            },
+        ]
+    }
 }
 
 /// A token bucket per API key: `burst` requests at once, refilled at `per_second`.
@@ -92,6 +129,7 @@ impl Default for ApiSettings {
             max_import_bytes: 512 * 1024 * 1024,
             max_recipients_per_request: 1_000_000,
             rate_limit: Some(RateLimit::default()),
+            test_send_quota: TestSendQuota::default(),
         }
     }
 }
@@ -150,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(problem::require_utf8_path))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -44,9 +44,13 @@ pub enum ApiError {
     /// A query string or header that cannot be used.
     #[error("{0}")]
     BadRequest(String),
-    /// The API key sent more requests than its rate limit allows; retry after Retry-After.
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// The API key sent more requests than its rate limit (or quota) allows; the answer
+    /// carries `Retry-After: retry_after_seconds`.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: String,
+        retry_after_seconds: u64,
+    },
     /// The database cannot be reached; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -85,7 +89,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,7 +108,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "/problems/too-large",
             ApiError::UnsupportedMediaType(_) => "/problems/unsupported-media-type",
             ApiError::BadRequest(_) => "/problems/bad-request",
-            ApiError::TooManyRequests(_) => "/problems/rate-limited",
+            ApiError::TooManyRequests { .. } => "/problems/rate-limited",
             ApiError::Unavailable(_) => "/problems/unavailable",
             ApiError::Internal(_) => "/problems/internal",
         }
@@ -142,12 +146,23 @@ impl IntoResponse for ApiError {
             detail,
             errors,
         };
-        let unauthorized = matches!(self, ApiError::Unauthorized(_));
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if unauthorized {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds.max(1)),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -192,6 +207,63 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
             ApiError::BadRequest(rejection.body_text())
         }
     }
+}
+
+/// A JSON answer with its status, serialized before the status is set: axum's
+/// `(status, Json(value))` keeps the status even when serializing fails, which answered a 201
+/// with a plain-text error. A value that cannot be written is a 500 problem instead.
+pub(crate) fn json_answer<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|err| ApiError::Internal(format!("cannot write the answer as JSON: {err}")))?;
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Answers a request whose path is not UTF-8 once percent-decoded (`/api/v1/campaigns/%FF`)
+/// with a problem, as every other 4xx; the path extractors would answer in plain text.
+pub(crate) async fn require_utf8_path(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if decodes_to_utf8(request.uri().path()) {
+        return next.run(request).await;
+    }
+    ApiError::BadRequest(format!(
+        "the path {} is not UTF-8 once percent-decoded",
+        request.uri().path()
+    ))
+    .into_response()
+}
+
+fn decodes_to_utf8(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 pub(crate) async fn not_found(uri: Uri) -> ApiError {

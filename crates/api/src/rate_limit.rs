@@ -6,7 +6,6 @@
 use crate::idempotency::CallerKey;
 use crate::{ApiError, RateLimit};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
@@ -72,15 +71,14 @@ pub(crate) async fn limit_per_key(
         Ok(()) => next.run(request).await,
         Err(wait) => {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let mut response = ApiError::TooManyRequests(format!(
-                "API key {} is over its limit of {} requests per second (bursts of {}); retry in {seconds} s",
-                caller.0, limiter.limit.per_second, limiter.limit.burst
-            ))
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
+            ApiError::TooManyRequests {
+                detail: format!(
+                    "API key {} is over its limit of {} requests per second (bursts of {}); retry in {seconds} s",
+                    caller.0, limiter.limit.per_second, limiter.limit.burst
+                ),
+                retry_after_seconds: seconds,
+            }
+            .into_response()
         }
     }
 }

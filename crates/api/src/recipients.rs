@@ -171,6 +171,7 @@ fn csv_rows(
                     row: count,
                     // Never shown: the request answers 413 from `too_many`.
                     line: count + 1,
+                    column: None,
                     message: format!("more than {max_rows} recipients in one request"),
                 })
             } else {

@@ -64,7 +64,7 @@ async fn list(
         .list_suppressions(params.after.as_deref(), limit)
         .await?;
     let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|s| s.email.to_lowercase()))
+        .then(|| items.last().map(|s| s.key()))
         .flatten();
     Ok(Json(SuppressionPage { items, next_cursor }))
 }

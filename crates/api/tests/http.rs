@@ -13,6 +13,8 @@ struct TestApp {
     /// What the app was started with, to start another on the same database.
     state: api::AppState,
     key: String,
+    /// The database, for another app instance (its own store and pool) on it.
+    database_url: String,
     _database: Box<dyn Any + Send>,
 }
 
@@ -56,6 +58,7 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         store,
         state,
         key,
+        database_url: database_url.to_string(),
         _database: database,
     }
 }
@@ -217,6 +220,11 @@ async fn sample_campaign_with_csv_recipients_reports_its_status(app: TestApp) {
         .get_json(&format!("/api/v1/campaigns/{id}/deliveries?status=failed"))
         .await;
     assert_eq!(none["items"], json!([]));
+    let (status, refused) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries?limit=1001"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["errors"][0]["field"], "limit", "{refused}");
 
     let (status, campaign) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -607,8 +615,20 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
         (
             "limit out of range",
             "/api/v1/campaigns?limit=0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit: must be between 1 and 500",
+        ),
+        (
+            "limit above the maximum",
+            "/api/v1/campaigns?limit=501",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit: must be between 1 and 500",
+        ),
+        (
+            "limit beyond u32",
+            "/api/v1/campaigns?limit=4294967296",
             StatusCode::BAD_REQUEST,
-            "between 1 and 500",
+            "limit",
         ),
         (
             "unknown status",
@@ -1120,6 +1140,274 @@ async fn a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone(app:
     }
 }
 
+/// The app of `app`'s test with a transport to `server`, on a store (and pool) of its own:
+/// another instance sharing the database, as a second API process would.
+async fn instance_with_transport(app: &TestApp, server: &testkit::smtp::Aiosmtpd) -> String {
+    let store = store::connect(&app.database_url)
+        .await
+        .expect("a second store on the database");
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(server.url()),
+        connections: 1,
+        ..delivery::TransportConfig::default()
+    })
+    .unwrap();
+    let state = api::AppState {
+        transport: Some(transport),
+        engagement: api::engagement::Engagement::start(store.clone()),
+        store,
+        ..app.state.clone()
+    };
+    format!("http://{}", serve(state).await)
+}
+
+/// A header of a raw message (first line only).
+fn raw_header(raw: &[u8], name: &str) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines()
+        .take_while(|line| !line.is_empty())
+        .find(|line| {
+            line.to_ascii_lowercase()
+                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+        })
+        .map(|line| line[name.len() + 1..].trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Test sends honour the suppression list, send one message per mailbox whatever the
+/// spelling, and carry an unsubscribe link that suppresses the address it was sent to.
+async fn a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubscribes(
+    app: TestApp,
+) {
+    let Some(server) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let base = instance_with_transport(&app, &server).await;
+    let path = format!("{base}/api/v1/campaigns/{id}/test");
+    let post = |addresses: Vec<&str>| {
+        app.client
+            .post(&path)
+            .json(&json!({"addresses": addresses, "fields": {"first_name": "Tess"}}))
+            .send()
+    };
+
+    let response = app
+        .post_json(
+            "/api/v1/suppressions",
+            &json!({"email": "Blocked@Example.com"}),
+        )
+        .await;
+    assert!(response.status().is_success(), "{:?}", response.status());
+    let response = post(vec!["blocked@example.COM"]).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{body}");
+    assert_eq!(results[0]["status"], "suppressed", "{body}");
+    assert_eq!(results[0]["accepted"], false, "{body}");
+    assert_eq!(
+        server.message_count(),
+        0,
+        "nothing sent to a suppressed address"
+    );
+
+    // Ten spellings of one mailbox, beside the suppressed one: one message, each reported once.
+    let spellings = [
+        "dup@example.com",
+        "DUP@EXAMPLE.COM",
+        "Dup@Example.com",
+        "dUp@example.com",
+        "duP@example.com",
+        "DUp@example.com",
+        "dup@EXAMPLE.com",
+        "dup@Example.Com",
+        "DuP@eXample.com",
+    ];
+    let mut addresses = spellings.to_vec();
+    addresses.push("BLOCKED@example.com");
+    let response = post(addresses).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{body}");
+    assert_eq!(results[0]["address"], "dup@example.com", "{body}");
+    assert_eq!(results[0]["status"], "sent", "{body}");
+    assert_eq!(results[1]["status"], "suppressed", "{body}");
+    let messages = server.messages();
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message for ten spellings of one mailbox"
+    );
+    assert_eq!(
+        raw_header(&messages[0], "X-RcptTo").to_ascii_lowercase(),
+        "dup@example.com"
+    );
+
+    // Its List-Unsubscribe link works: the page, then the one-click POST.
+    let link = raw_header(&messages[0], "List-Unsubscribe");
+    let link = link
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let token_path = link
+        .strip_prefix("https://mail.example.test")
+        .expect("under PUBLIC_BASE_URL");
+    let plain = reqwest::Client::new();
+    let page = plain.get(app.url(token_path)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let (_, listed) = app.get_json("/api/v1/suppressions").await;
+    assert!(
+        !listed.to_string().contains("dup@example.com"),
+        "a GET does not unsubscribe: {listed}"
+    );
+    let unsubscribed = plain
+        .post(app.url(token_path))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsubscribed.status(), StatusCode::OK);
+    let (_, listed) = app.get_json("/api/v1/suppressions").await;
+    assert!(
+        listed.to_string().contains("dup@example.com"),
+        "the test address is suppressed: {listed}"
+    );
+    // A forged variant of the link is still refused.
+    let mut forged = token_path.to_string();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let refused = plain.post(app.url(&forged)).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+
+    let response = post(vec!["Dup@Example.com"]).await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["results"][0]["status"], "suppressed", "{body}");
+    assert_eq!(
+        server.message_count(),
+        1,
+        "nothing more sent after the unsubscribe"
+    );
+}
+
+/// The test-send quota of a key is counted in the database: two instances on one database
+/// share it, the message past it answers 429 with Retry-After, and nothing past it is sent.
+async fn the_test_send_quota_is_shared_by_instances_on_one_database(app: TestApp) {
+    let Some(server) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let per_minute = api::TestSendQuota::default().per_minute as usize;
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let instances = [
+        instance_with_transport(&app, &server).await,
+        instance_with_transport(&app, &server).await,
+    ];
+    let post = |instance: usize, addresses: Vec<String>| {
+        app.client
+            .post(format!(
+                "{}/api/v1/campaigns/{id}/test",
+                instances[instance % 2]
+            ))
+            .json(&json!({"addresses": addresses}))
+            .send()
+    };
+    for n in 0..per_minute - 1 {
+        let response = post(n, vec![format!("qa{n}@example.com")]).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "send {n}");
+    }
+    assert_eq!(server.message_count(), per_minute - 1);
+
+    // Two more do not fit the one left: refused whole, nothing sent.
+    let two = vec!["x1@example.com".to_string(), "x2@example.com".to_string()];
+    let refused = post(0, two).await.unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_problem(
+        refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        "test messages a minute",
+        "two past the quota",
+    )
+    .await;
+    assert_eq!(server.message_count(), per_minute - 1);
+
+    let response = post(1, vec!["last@example.com".into()]).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the last one of the minute"
+    );
+    for instance in [0, 1] {
+        let refused = post(instance, vec!["over@example.com".into()])
+            .await
+            .unwrap();
+        assert!(refused.headers().contains_key("retry-after"));
+        assert_problem(
+            refused,
+            StatusCode::TOO_MANY_REQUESTS,
+            "test messages a minute",
+            "past the quota",
+        )
+        .await;
+    }
+    assert_eq!(
+        server.message_count(),
+        per_minute,
+        "nothing past the quota is sent"
+    );
+
+    // Another key has its own quota.
+    let other = api::auth::create_api_key(app.store.as_ref(), "other")
+        .await
+        .unwrap()
+        .key;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/campaigns/{id}/test", instances[0]))
+        .bearer_auth(other)
+        .json(&json!({"addresses": ["other@example.com"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.message_count(), per_minute + 1);
+
+    // Racing requests of a fresh key, spread over both instances: exactly the quota goes out.
+    let racing = api::auth::create_api_key(app.store.as_ref(), "racing")
+        .await
+        .unwrap()
+        .key;
+    let plain = reqwest::Client::new();
+    let requests = (0..2 * per_minute).map(|n| {
+        plain
+            .post(format!("{}/api/v1/campaigns/{id}/test", instances[n % 2]))
+            .bearer_auth(&racing)
+            .json(&json!({"addresses": [format!("race{n}@example.com")]}))
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|response| response.unwrap().status())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, limited), (per_minute, per_minute), "{statuses:?}");
+    assert_eq!(server.message_count(), 2 * per_minute + 1);
+}
+
 /// A scheduled campaign queued late (its processor was down) says so in its status, and by
 /// how much; one queued on time does not.
 async fn the_status_shows_a_late_start_and_its_delay(app: TestApp) {
@@ -1613,6 +1901,13 @@ async fn send_and_wait(app: &TestApp, recipients: Value) -> String {
         .await
         .unwrap();
     let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    send_existing_and_wait(app, &id).await;
+    id
+}
+
+/// Sends an existing campaign through the API and waits until a [`TestWorker`] has
+/// completed it.
+async fn send_existing_and_wait(app: &TestApp, id: &str) {
     let response = app
         .post_json(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
         .await;
@@ -1623,7 +1918,7 @@ async fn send_and_wait(app: &TestApp, recipients: Value) -> String {
             .get_json(&format!("/api/v1/campaigns/{id}/status"))
             .await;
         if status["status"] == "completed" {
-            return id;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -1762,7 +2057,7 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains(&format!(
-        "<form method=\"post\" action=\"/u/{unsubscribe_token}\""
+        "<form method=\"post\" action=\"https://mail.example.test/u/{unsubscribe_token}\""
     )));
     let ann_key = vec!["ann@example.com".to_string()];
     assert!(
@@ -1952,6 +2247,95 @@ async fn templates_are_checked_at_creation_and_previewed(app: TestApp) {
     .await;
 }
 
+/// A filter argument that can never work, written as a literal, is refused at creation naming
+/// the template; one taken from a recipient's field fails that recipient's preview or test
+/// send with a problem, never a dropped connection.
+async fn filter_arguments_are_checked_at_creation_and_per_recipient(app: TestApp) {
+    for (part, template, needle) in [
+        (
+            "html",
+            "<p>Hi</p>\n<p>{{ total|number(70000) }}</p>",
+            "templates.html: line 2, column 20: number: decimals must be a whole number from 0 to 20, not 70000",
+        ),
+        (
+            "subject",
+            "Your {{ total|currency('EURO') }}",
+            "templates.subject: line 1, column 24: currency: the currency must be a three-letter ISO 4217 code",
+        ),
+        (
+            "text",
+            "{{ total|number(2, thousands='0123456789') }}\n{{ unsubscribe_url }}",
+            "templates.text: line 1, column 30: number: thousands must be a string of at most 8 characters",
+        ),
+    ] {
+        let mut document = sample_campaign();
+        document["templates"][part] = json!(template);
+        let response = app.post_json("/api/v1/campaigns", &document).await;
+        let body = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, needle, part).await;
+        assert_eq!(body["errors"][0]["field"], format!("templates.{part}"));
+    }
+    assert_eq!(app.campaign_count().await, 0, "nothing stored");
+
+    let mut document = sample_campaign();
+    document["templates"]["undefined_variables"] = json!("lenient");
+    document["templates"]["text"] =
+        json!("Total: {{ total|number(decimals) }}\n{{ unsubscribe_url }}\n");
+    let response = app.post_json("/api/v1/campaigns", &document).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let preview = format!("/api/v1/campaigns/{id}/preview");
+    let fine = json!({"recipient": {"email": "ann@example.com", "total": "1234.5", "decimals": 1}});
+    let response = app.post_json(&preview, &fine).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["text"].as_str().unwrap().contains("Total: 1,234.5\n"),
+        "{body}"
+    );
+    for decimals in [json!(70000), json!(4294967296u64), json!(-1), json!("many")] {
+        let poison =
+            json!({"recipient": {"email": "bob@example.com", "total": 1, "decimals": decimals}});
+        assert_problem(
+            app.post_json(&preview, &poison).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "number: decimals must be a whole number from 0 to 20",
+            "preview",
+        )
+        .await;
+    }
+
+    let Some(sink) = testkit::smtp::SmtpSink::start() else {
+        return;
+    };
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(sink.url()),
+        connections: 1,
+        ..delivery::TransportConfig::default()
+    })
+    .unwrap();
+    let with_transport = api::AppState {
+        transport: Some(transport),
+        ..app.state.clone()
+    };
+    let address = serve(with_transport).await;
+    let response = app
+        .client
+        .post(format!("http://{address}/api/v1/campaigns/{id}/test"))
+        .json(&json!({"addresses": ["qa@example.com"], "fields": {"total": 1, "decimals": 70000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "fields: text template, line 1: number: decimals must be a whole number from 0 to 20",
+        "test send",
+    )
+    .await;
+    assert_eq!(sink.counters().messages, 0, "nothing sent");
+}
+
 async fn health_and_readiness(app: TestApp) {
     let (status, body) = app.get_json("/health").await;
     assert_eq!(
@@ -1990,6 +2374,7 @@ async fn a_request_adding_too_many_recipients_is_refused_whole(app: TestApp) {
         store: app.store.clone(),
         state,
         key: app.key.clone(),
+        database_url: app.database_url.clone(),
         _database: Box::new(()),
     };
     let addresses = |n: usize| -> Vec<Value> {
@@ -2682,6 +3067,391 @@ async fn retry_failed_requeues_failed_recipients_once(app: TestApp) {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
+/// Times no store or RFC 3339 can hold, or outside the scheduling range: each is refused at
+/// `scheduled_at` (in a document and on `POST …/schedule`), nothing is stored or queued, and
+/// every read still answers.
+async fn out_of_range_times_are_refused_and_nothing_is_stored_or_sent(app: TestApp) {
+    let existing = app.create_sample().await;
+    let id = existing["campaign"]["id"].as_str().unwrap().to_string();
+    let before = app.campaign_count().await;
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let in_a_month = (time::OffsetDateTime::now_utc() + time::Duration::days(30))
+        .replace_nanosecond(0)
+        .unwrap();
+    let month = in_a_month.format(rfc3339).unwrap();
+    let month_seconds = &month[..19];
+    let in_six_years = (time::OffsetDateTime::now_utc() + time::Duration::days(6 * 365))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(rfc3339)
+        .unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        // Year 0 at +23:59 is year -1 in UTC: the reproduction.
+        ("0000-01-01T00:00:00+23:59".into(), "before 1970"),
+        ("0000-01-01T00:00:00Z".into(), "before 1970"),
+        ("0000-01-01T00:00:00-23:59".into(), "before 1970"),
+        // Year 9999 at -23:59 is year 10000 in UTC (this one panicked in the store).
+        ("9999-12-31T23:59:59-23:59".into(), "after 9999"),
+        ("9999-12-31T23:59:59.999999Z".into(), "5 years"),
+        (in_six_years, "5 years"),
+        ("1969-12-31T23:59:59Z".into(), "before 1970"),
+        ("2020-01-01T00:00:00Z".into(), "in the past"),
+        (format!("{month_seconds}+24:00"), "not an RFC 3339 time"),
+        (format!("{month_seconds}+99:99"), "not an RFC 3339 time"),
+        (format!("{month_seconds}.123456789Z"), "fractional digits"),
+        (
+            format!("{month_seconds}.1234567+01:00"),
+            "fractional digits",
+        ),
+        ("2030-06-30T23:59:60Z".into(), "leap second"),
+        ("2030-12-31T23:59:60Z".into(), "leap second"),
+        ("+10000-01-01T00:00:00Z".into(), "not an RFC 3339 time"),
+        ("-0001-01-01T00:00:00Z".into(), "not an RFC 3339 time"),
+    ];
+    for (raw, needle) in &cases {
+        let mut campaign = sample_campaign();
+        campaign["scheduled_at"] = json!(raw);
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        let body = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            needle,
+            &format!("create with scheduled_at {raw}"),
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "scheduled_at", "{raw}: {body}");
+
+        let response = app
+            .post_json(
+                &format!("/api/v1/campaigns/{id}/schedule"),
+                &json!({ "scheduled_at": raw }),
+            )
+            .await;
+        let body = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            needle,
+            &format!("schedule at {raw}"),
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "scheduled_at", "{raw}: {body}");
+    }
+
+    assert_eq!(app.campaign_count().await, before, "nothing was stored");
+    let queued = app
+        .state
+        .tasks
+        .list(&tasks::TaskFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(queued.is_empty(), "nothing was queued to send: {queued:?}");
+    for path in [
+        "/api/v1/campaigns".to_string(),
+        format!("/api/v1/campaigns/{id}"),
+        format!("/api/v1/campaigns/{id}/status"),
+    ] {
+        let (status, body) = app.get_json(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let (_, read) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(
+        read["status"], "draft",
+        "the refused schedules left it alone"
+    );
+    assert!(read["scheduled_at"].is_null(), "{read}");
+
+    // The edges of the range are accepted, and answered as JSON.
+    for raw in [month.clone(), format!("{month_seconds}.123456+23:59")] {
+        let mut campaign = sample_campaign();
+        campaign["scheduled_at"] = json!(raw);
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{raw}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let created: Value = response.json().await.unwrap();
+        let stored = time::OffsetDateTime::parse(
+            created["campaign"]["scheduled_at"].as_str().unwrap(),
+            rfc3339,
+        )
+        .unwrap();
+        assert_eq!(stored, time::OffsetDateTime::parse(&raw, rfc3339).unwrap());
+    }
+    let (status, _) = app.get_json("/api/v1/campaigns").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A recipient field over 64 KiB or a row over 256 KiB is refused in every import path,
+/// naming row and column, and nothing is imported.
+async fn oversized_recipient_fields_and_rows_are_refused_whole(app: TestApp) {
+    let field = "x".repeat(64 * 1024 + 1);
+    let near = "y".repeat(60 * 1024);
+    let before = app.campaign_count().await;
+
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = json!([
+        {"email": "fine@example.com", "first_name": "Ann"},
+        {"email": "big@example.com", "first_name": "Bob", "notes": field},
+    ]);
+    let body = assert_problem(
+        app.post_json("/api/v1/campaigns", &campaign).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "field `notes` is 65537 bytes",
+        "inline field",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "recipients[1]", "{body}");
+    campaign["recipients"] = json!([
+        {"email": "wide@example.com", "first_name": "Ann",
+         "a": near, "b": near, "c": near, "d": near, "e": near},
+    ]);
+    assert_problem(
+        app.post_json("/api/v1/campaigns", &campaign).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a recipient row may be at most 262144 bytes",
+        "inline row",
+    )
+    .await;
+    assert_eq!(
+        app.campaign_count().await,
+        before,
+        "no campaign was created"
+    );
+
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/campaigns/{id}/recipients");
+    let status_path = format!("/api/v1/campaigns/{id}/status");
+    let (_, status) = app.get_json(&status_path).await;
+    let recipients_before = status["recipients"].clone();
+
+    let upload = json!([
+        {"email": "one@example.com", "first_name": "Ann"},
+        {"email": "two@example.com", "first_name": field},
+    ]);
+    let body = assert_problem(
+        app.post_json(&path, &upload).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "field `first_name` is 65537 bytes",
+        "JSON array field",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "[1]", "{body}");
+
+    let csv =
+        format!("email,first_name,notes\none@example.com,Ann,short\ntwo@example.com,Bob,{field}\n");
+    let body = assert_problem(
+        app.post_bytes(&path, "text/csv", csv.into_bytes()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "",
+        "CSV field",
+    )
+    .await;
+    let row = &body["errors"][0];
+    assert_eq!(
+        (row["row"].as_u64(), row["line"].as_u64()),
+        (Some(2), Some(3)),
+        "{body}"
+    );
+    assert_eq!(row["column"], "notes", "{body}");
+    assert!(
+        row["message"].as_str().unwrap().contains("64 KiB"),
+        "{body}"
+    );
+
+    let csv = format!(
+        "email,first_name,a,b,c,d,e\none@example.com,Ann,{near},{near},{near},{near},{near}\n"
+    );
+    let body = assert_problem(
+        app.post_bytes(&path, "text/csv", csv.into_bytes()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "",
+        "CSV row",
+    )
+    .await;
+    let row = &body["errors"][0];
+    assert_eq!(row["row"], 1, "{body}");
+    assert!(
+        row["message"].as_str().unwrap().contains("256 KiB"),
+        "{body}"
+    );
+
+    let (_, status) = app.get_json(&status_path).await;
+    assert_eq!(
+        status["recipients"], recipients_before,
+        "nothing was imported"
+    );
+}
+
+/// A path that is not UTF-8 once decoded is a 4xx problem like any other.
+async fn a_path_that_is_not_utf8_answers_a_problem(app: TestApp) {
+    for path in [
+        "/api/v1/campaigns/%FF",
+        "/api/v1/campaigns/%C3%28/status",
+        "/api/v1/nowhere/%80",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, "not UTF-8", path).await;
+    }
+    let response = app
+        .post_json(
+            "/api/v1/campaigns/%FF/schedule",
+            &json!({"scheduled_at": "x"}),
+        )
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST, "not UTF-8", "POST").await;
+    // A percent-encoded UTF-8 path is still an ordinary one.
+    let response = app
+        .client
+        .get(app.url("/api/v1/campaigns/%C3%A9"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::NOT_FOUND, "does not exist", "é").await;
+}
+
+/// One mailbox under its spellings (U-label or A-label domain, any case, NFC or NFD local
+/// part) is one recipient and one suppression: the duplicate is reported at import, and the
+/// suppressed mailbox is never sent to, whatever spelling the list holds.
+async fn look_alike_spellings_are_one_mailbox_for_imports_and_suppression(app: TestApp) {
+    let Some(sink) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(sink.url()),
+        ..delivery::TransportConfig::default()
+    })
+    .expect("SMTP transport");
+    let worker = TestWorker::start(&app, transport);
+
+    for email in ["idn@xn--bcher-kva.example", "jose\u{301}@example.com"] {
+        let response = app
+            .post_json(
+                "/api/v1/suppressions",
+                &json!({"email": email, "reason": "manual"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{email}");
+    }
+    let mut campaign = sample_campaign();
+    campaign["recipients"] = json!([
+        {"email": "idn@bücher.example", "first_name": "U-label"},
+        {"email": "IDN@XN--BCHER-KVA.EXAMPLE", "first_name": "A-label"},
+        {"email": "reader@Bücher.example", "first_name": "Reader"},
+        {"email": "JOSÉ@example.com", "first_name": "José"}
+    ]);
+    let response = app.post_json("/api/v1/campaigns", &campaign).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["recipients"]["imported"], 3);
+    assert_eq!(
+        created["recipients"]["duplicate_rows"],
+        json!([{"row": 2, "email": "IDN@XN--BCHER-KVA.EXAMPLE"}])
+    );
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    // A later import under yet another spelling is a duplicate too.
+    let response = app
+        .post_json(
+            &format!("/api/v1/campaigns/{id}/recipients"),
+            &json!([{"email": "Reader@xn--BCHER-kva.example"}, {"email": "new@bücher.example"}]),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+
+    send_existing_and_wait(&app, &id).await;
+    let mut arrived: Vec<String> = sink.messages().iter().map(|m| recipient_of(m)).collect();
+    arrived.sort();
+    assert_eq!(
+        arrived,
+        ["new@xn--bcher-kva.example", "reader@xn--bcher-kva.example"],
+        "the suppressed mailboxes (idn@, josé@) got nothing"
+    );
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(status["deliveries"]["suppressed"], 2, "{status}");
+    // Removing the suppression under another spelling removes it.
+    let response = app
+        .client
+        .delete(app.url("/api/v1/suppressions/IDN@b%C3%BCcher.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    worker.stop().await;
+}
+
+/// A display name past 200 characters, and an address holding an invisible or
+/// text-direction character, are refused naming the field; nothing is stored.
+async fn long_display_names_and_invisible_characters_are_refused(app: TestApp) {
+    let before = app.campaign_count().await;
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut campaign = sample_campaign();
+        edit(&mut campaign);
+        campaign
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "from.name of 5,000 characters",
+            with(&|v| v["from"]["name"] = json!("N".repeat(5_000))),
+            "from.name",
+        ),
+        (
+            "reply_to.name of 100,000 characters",
+            with(&|v| {
+                v["reply_to"] = json!({"email": "help@example.com", "name": "é ".repeat(50_000)})
+            }),
+            "reply_to.name",
+        ),
+        (
+            "U+202E in the sender's address",
+            with(&|v| v["from"]["email"] = json!("news\u{202E}moc.evil@example.com")),
+            "from.email",
+        ),
+        (
+            "U+200B in a recipient's address",
+            with(&|v| v["recipients"] = json!([{"email": "ann\u{200B}@example.com"}])),
+            "recipients[0]",
+        ),
+    ];
+    for (case, campaign, field) in cases {
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        let body = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, field, case).await;
+        let fields: Vec<&Value> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["field"])
+            .collect();
+        assert_eq!(fields, [field], "{case}: {body}");
+    }
+    assert_eq!(app.campaign_count().await, before, "nothing stored");
+
+    let response = app
+        .post_json(
+            "/api/v1/suppressions",
+            &json!({"email": "ann\u{202E}@example.com"}),
+        )
+        .await;
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "U+202E",
+        "U+202E in a suppression",
+    )
+    .await;
+    assert!(body.to_string().contains("email"), "{body}");
+    let (_, all) = app.get_json("/api/v1/suppressions").await;
+    assert_eq!(all["items"], json!([]));
+}
+
 macro_rules! api_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -2709,6 +3479,8 @@ macro_rules! api_suite {
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(a_local_send_time_is_validated_reported_and_shown_per_zone);
             case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);
+            case!(a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubscribes);
+            case!(the_test_send_quota_is_shared_by_instances_on_one_database);
             case!(the_status_shows_a_late_start_and_its_delay);
             case!(campaigns_page_with_a_cursor);
             case!(a_request_adding_too_many_recipients_is_refused_whole);
@@ -2717,6 +3489,12 @@ macro_rules! api_suite {
             case!(bounce_fixtures_are_attributed_classified_and_suppress);
             case!(bounce_intake_needs_its_secret_and_a_readable_report);
             case!(retry_failed_requeues_failed_recipients_once);
+            case!(filter_arguments_are_checked_at_creation_and_per_recipient);
+            case!(out_of_range_times_are_refused_and_nothing_is_stored_or_sent);
+            case!(oversized_recipient_fields_and_rows_are_refused_whole);
+            case!(a_path_that_is_not_utf8_answers_a_problem);
+            case!(look_alike_spellings_are_one_mailbox_for_imports_and_suppression);
+            case!(long_display_names_and_invisible_characters_are_refused);
         }
     };
 }

@@ -37,10 +37,11 @@ pub struct CampaignDocument {
     /// Which engagement is tracked.
     #[serde(default)]
     pub tracking: TrackingOptions,
-    /// When to send (RFC 3339 with an offset). Absent: send when asked.
+    /// When to send (RFC 3339 with an offset, at most microsecond precision), in the future
+    /// and at most 5 years ahead when the campaign is created. Absent: send when asked.
     #[serde(
         default,
-        with = "time::serde::rfc3339::option",
+        with = "crate::timestamp::option",
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
@@ -58,6 +59,11 @@ pub struct CampaignDocument {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<Recipient>,
 }
+
+/// The longest display name (`from.name`, `reply_to.name`) accepted, in characters: as long
+/// as a campaign name, far more than a mail client shows, and short enough that the folded
+/// header stays a few lines.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
 
 fn default_batch_size() -> u32 {
     100
@@ -271,12 +277,22 @@ impl CampaignDocument {
             ("from", Some(&self.from)),
             ("reply_to", self.reply_to.as_ref()),
         ] {
-            if let Some(name) = mailbox.and_then(|m| m.name.as_deref())
-                && name.chars().any(char::is_control)
-            {
+            let Some(name) = mailbox.and_then(|m| m.name.as_deref()) else {
+                continue;
+            };
+            if name.chars().any(char::is_control) {
                 problem(
                     &format!("{field}.name"),
                     "must be one line: CR, LF and other control characters are not allowed in a header".into(),
+                );
+            }
+            let length = name.chars().count();
+            if length > MAX_DISPLAY_NAME_CHARS {
+                problem(
+                    &format!("{field}.name"),
+                    format!(
+                        "is {length} characters; a display name may have at most {MAX_DISPLAY_NAME_CHARS}"
+                    ),
                 );
             }
         }
@@ -362,11 +378,29 @@ impl CampaignDocument {
         }
     }
 
+    /// Checks what depends on the moment a campaign is created: its `scheduled_at` lies in the
+    /// future and within [`crate::timestamp::SCHEDULE_HORIZON`] (the rule `POST …/schedule`
+    /// applies). Kept out of [`CampaignDocument::validate`] so stored documents read back
+    /// whatever the time.
+    pub fn check_schedule(&self, now: OffsetDateTime) -> Result<(), ValidationError> {
+        match self.scheduled_at {
+            Some(at) => crate::timestamp::check_schedule(at, now).map_err(|message| {
+                ValidationError::Invalid(vec![Problem {
+                    field: "scheduled_at".into(),
+                    message: format!("{} {message}", describe(at)),
+                }])
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The document without its inline recipients: what is stored with the campaign (the
-    /// recipients live in their own rows).
+    /// recipients live in their own rows). `scheduled_at` is cut to the microsecond, as the
+    /// stores keep it, so the stored document reads back under the rules it was written by.
     pub fn without_recipients(&self) -> CampaignDocument {
         CampaignDocument {
             recipients: Vec::new(),
+            scheduled_at: self.scheduled_at.map(crate::timestamp::to_microsecond),
             ..self.clone()
         }
     }
@@ -408,4 +442,9 @@ fn strip_position(message: &str) -> String {
         Some(index) => message[..index].to_string(),
         None => message.to_string(),
     }
+}
+
+/// A time as RFC 3339 for a message, or as `time` writes it should it be unwritable.
+fn describe(at: OffsetDateTime) -> String {
+    crate::timestamp::format(at).unwrap_or_else(|_| at.to_string())
 }

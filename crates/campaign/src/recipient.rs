@@ -16,10 +16,63 @@ pub struct Recipient {
     pub fields: Map<String, Value>,
 }
 
+/// The largest value of one recipient field, in bytes: a CSV cell, or a JSON value as written.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// The largest recipient row, in bytes: its field names and values (the address included).
+pub const MAX_ROW_BYTES: usize = 256 * 1024;
+
+/// Why a row cannot be a recipient, with the column (field) to blame when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RowProblem {
+    column: Option<String>,
+    message: String,
+}
+
+/// Checks a row's field sizes (name, value bytes) against [`MAX_FIELD_BYTES`] and
+/// [`MAX_ROW_BYTES`] before anything else reads the values (an error message must not echo a
+/// 60 MB cell).
+fn check_size<'a>(fields: impl Iterator<Item = (&'a str, usize)>) -> Result<(), RowProblem> {
+    let mut row = 0usize;
+    for (column, size) in fields {
+        if size > MAX_FIELD_BYTES {
+            return Err(RowProblem {
+                column: Some(column.to_string()),
+                message: format!(
+                    "field `{column}` is {size} bytes; a recipient field may be at most {MAX_FIELD_BYTES} bytes (64 KiB)"
+                ),
+            });
+        }
+        row = row.saturating_add(column.len()).saturating_add(size);
+    }
+    if row > MAX_ROW_BYTES {
+        return Err(RowProblem {
+            column: None,
+            message: format!(
+                "the recipient is {row} bytes (field names and values); a recipient row may be at most {MAX_ROW_BYTES} bytes (256 KiB)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A JSON field's size as counted by the limits: a string's bytes, anything else as written.
+fn json_size(value: &Value) -> usize {
+    match value {
+        Value::String(text) => text.len(),
+        other => serde_json::to_string(other).map_or(usize::MAX, |text| text.len()),
+    }
+}
+
 impl Recipient {
     /// Builds a recipient from a JSON object: `email` is required, every other key is a
     /// personalization field (nested objects and arrays allowed).
     pub fn from_object(mut object: Map<String, Value>) -> Result<Recipient, String> {
+        check_size(
+            object
+                .iter()
+                .map(|(key, value)| (key.as_str(), json_size(value))),
+        )
+        .map_err(|problem| problem.message)?;
         let email = match object.remove("email") {
             Some(Value::String(email)) => email,
             Some(other) => {
@@ -116,6 +169,9 @@ pub struct RowError {
     pub row: u64,
     /// 1-based line in the file.
     pub line: u64,
+    /// The column (field) at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
     pub message: String,
 }
 
@@ -179,10 +235,18 @@ impl<R: Read> CsvRecipients<R> {
         })
     }
 
-    fn current_recipient(&self) -> Result<Recipient, String> {
+    fn current_recipient(&self) -> Result<Recipient, RowProblem> {
+        check_size(
+            self.columns
+                .iter()
+                .zip(self.record.iter())
+                .map(|(column, value)| (column.as_str(), value.len())),
+        )?;
         let email = &self.record[self.email_column];
-        let email = EmailAddress::parse(email)
-            .map_err(|err| format!("invalid email address {email:?}: {err}"))?;
+        let email = EmailAddress::parse(email).map_err(|err| RowProblem {
+            column: None,
+            message: format!("invalid email address {email:?}: {err}"),
+        })?;
         let fields = self
             .columns
             .iter()
@@ -207,10 +271,11 @@ impl<R: Read> Iterator for CsvRecipients<R> {
             .map_or_else(|| self.reader.position().line(), csv::Position::line);
         match result {
             Ok(false) => None,
-            Ok(true) => Some(self.current_recipient().map_err(|message| RowError {
+            Ok(true) => Some(self.current_recipient().map_err(|problem| RowError {
                 row: self.row,
                 line,
-                message,
+                column: problem.column,
+                message: problem.message,
             })),
             Err(err) => {
                 let message = match err.kind() {
@@ -224,6 +289,7 @@ impl<R: Read> Iterator for CsvRecipients<R> {
                 Some(Err(RowError {
                     row: self.row,
                     line,
+                    column: None,
                     message,
                 }))
             }

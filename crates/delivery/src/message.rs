@@ -23,7 +23,23 @@ pub enum EnvelopeError {
     NoRecipients,
 }
 
+/// An envelope address, its domain as A-labels (IDNA) when the local part is ASCII: an IDN
+/// domain is then deliverable by a server without SMTPUTF8, and every server accepts the
+/// A-label form. Only a non-ASCII local part still needs SMTPUTF8.
 fn parse_address(address: &str) -> Result<lettre::Address, EnvelopeError> {
+    let ascii;
+    let address = match address.rsplit_once('@') {
+        Some((local, domain)) if local.is_ascii() && !domain.is_ascii() => {
+            let domain =
+                idna::domain_to_ascii(domain).map_err(|err| EnvelopeError::InvalidAddress {
+                    address: address.to_string(),
+                    reason: format!("the domain is not a valid IDN: {err}"),
+                })?;
+            ascii = format!("{local}@{domain}");
+            ascii.as_str()
+        }
+        _ => address,
+    };
     lettre::Address::from_str(address).map_err(|err| EnvelopeError::InvalidAddress {
         address: address.to_string(),
         reason: err.to_string(),

@@ -568,3 +568,51 @@ async fn smtp_idle_connection_closed_by_the_server_is_replaced_without_failing_a
         "{counters:?}"
     );
 }
+
+#[tokio::test]
+async fn smtp_idn_domain_reaches_a_server_without_smtputf8_as_a_labels() {
+    // testkit's aiosmtpd runs without --smtputf8: it does not announce SMTPUTF8.
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let transport = smtp(&server.url(), 1);
+    let envelope =
+        Envelope::new("bounce@bücher.example", ["idn@Bücher.example"]).expect("valid envelope");
+    assert_eq!(
+        envelope.to().collect::<Vec<_>>(),
+        ["idn@xn--bcher-kva.example"]
+    );
+    let accepted = transport
+        .send(OutgoingMessage::new(
+            envelope,
+            content(1, "idn@xn--bcher-kva.example"),
+        ))
+        .await
+        .expect("an IDN domain needs no SMTPUTF8");
+    assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+
+    // A non-ASCII local part has no ASCII form: a clear failure for that recipient alone.
+    let envelope =
+        Envelope::new("bounce@example.com", ["josé@bücher.example"]).expect("valid envelope");
+    let refused = transport
+        .send(OutgoingMessage::new(envelope, content(2, "x@example.org")))
+        .await
+        .expect_err("no SMTPUTF8 for a non-ASCII local part");
+    assert!(
+        matches!(&refused, SendError::Unsendable(why) if why.contains("SMTPUTF8")),
+        "{refused:?}"
+    );
+    transport.close().await;
+
+    let stored = server.messages();
+    assert_eq!(stored.len(), 1);
+    let text = String::from_utf8_lossy(&stored[0]);
+    assert!(
+        text.contains("\nX-RcptTo: idn@xn--bcher-kva.example"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nX-MailFrom: bounce@xn--bcher-kva.example"),
+        "{text}"
+    );
+}

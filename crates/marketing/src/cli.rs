@@ -407,7 +407,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             worker,
             transport,
         } => {
-            let document = read_campaign(&campaign, &limits.limits())?;
+            let document = read_campaign_to_create(&campaign, &limits.limits())?;
             crate::send::send(
                 crate::send::SendJob {
                     document,
@@ -475,6 +475,19 @@ pub(crate) fn read_campaign(
     })
 }
 
+/// [`read_campaign`] for a campaign about to be created: its `scheduled_at` must also lie in
+/// the future and within 5 years, the rule the API applies.
+pub(crate) fn read_campaign_to_create(
+    path: &Path,
+    limits: &campaign::Limits,
+) -> anyhow::Result<CampaignDocument> {
+    let document = read_campaign(path, limits)?;
+    document
+        .check_schedule(time::OffsetDateTime::now_utc())
+        .map_err(|err| anyhow::anyhow!("{} cannot be sent: {err}", path.display()))?;
+    Ok(document)
+}
+
 fn validate(
     campaign_path: &Path,
     recipients_path: Option<&Path>,
@@ -482,7 +495,10 @@ fn validate(
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(campaign_path)
         .with_context(|| format!("cannot read {}", campaign_path.display()))?;
-    let document = match CampaignDocument::from_json(&bytes, limits) {
+    let document = match CampaignDocument::from_json(&bytes, limits).and_then(|document| {
+        document.check_schedule(time::OffsetDateTime::now_utc())?;
+        Ok(document)
+    }) {
         Ok(document) => document,
         Err(err) => {
             eprintln!("{} is not a valid campaign:", campaign_path.display());

@@ -61,6 +61,20 @@ pub struct ApiArgs {
     /// Requests an API key may send at once before API_RATE_LIMIT applies.
     #[arg(long, env = "API_RATE_BURST", default_value_t = 100, value_parser = api_rate_burst)]
     pub api_rate_burst: u32,
+
+    /// Test messages (POST …/test) each API key may send per minute, counted across every API
+    /// process sharing the database (beyond it: 429 with Retry-After, nothing sent).
+    #[arg(long, env = "TEST_SEND_PER_MINUTE", default_value_t = 10, value_parser = test_send_per_minute)]
+    pub test_send_per_minute: u32,
+
+    /// Test messages each API key may send per 24 hours.
+    #[arg(long, env = "TEST_SEND_PER_DAY", default_value_t = 100, value_parser = test_send_per_day)]
+    pub test_send_per_day: u32,
+
+    /// Where /metrics is served: on the API's port (METRICS_BIND unset), a listener of its own,
+    /// or nowhere.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl ApiArgs {
@@ -71,6 +85,14 @@ impl ApiArgs {
             burst: self.api_rate_burst,
         })
     }
+}
+
+fn test_send_per_minute(value: &str) -> Result<u32, String> {
+    whole_number("TEST_SEND_PER_MINUTE", value, 1..=10_000).map(|n| n as u32)
+}
+
+fn test_send_per_day(value: &str) -> Result<u32, String> {
+    whole_number("TEST_SEND_PER_DAY", value, 1..=1_000_000).map(|n| n as u32)
 }
 
 fn api_rate_limit(value: &str) -> Result<f64, String> {
@@ -119,7 +141,7 @@ pub struct WebhookArgs {
 
     /// Key of the HMAC-SHA256 `Webhook-Signature` on every webhook request (required with
     /// WEBHOOK_URLS; at least 16 characters).
-    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = Hidden(webhook_secret))]
     pub webhook_secret: Option<String>,
 
     /// PEM file of CA certificates trusted for https:// webhook endpoints besides the built-in
@@ -195,7 +217,7 @@ fn verp_domain(value: &str) -> Result<String, String> {
 pub struct BounceArgs {
     /// Secret the mail server's bounce hook (or an ESP relay) sends to POST /api/v1/bounces as
     /// `Authorization: Bearer SECRET` or `X-Bounce-Secret`; unset: the intake refuses everything.
-    #[arg(long, env = "BOUNCE_WEBHOOK_SECRET", hide_env_values = true, value_parser = bounce_webhook_secret)]
+    #[arg(long, env = "BOUNCE_WEBHOOK_SECRET", hide_env_values = true, value_parser = Hidden(bounce_webhook_secret))]
     pub bounce_webhook_secret: Option<String>,
 
     /// Soft bounces (4.x.x, delayed, expired) of one address within SOFT_BOUNCE_WINDOW_HOURS
@@ -218,7 +240,12 @@ impl BounceArgs {
     }
 }
 
+fn webhook_secret(value: &str) -> Result<String, String> {
+    secret("WEBHOOK_SECRET", value)
+}
+
 fn bounce_webhook_secret(value: &str) -> Result<String, String> {
+    let value = secret("BOUNCE_WEBHOOK_SECRET", value)?;
     if value.len() >= 16 {
         Ok(value.to_string())
     } else {
@@ -242,11 +269,11 @@ fn soft_bounce_window_hours(value: &str) -> Result<u32, String> {
 pub struct TrackingArgs {
     /// Secret (at least 32 bytes) signing unsubscribe and tracking tokens. When unset, one is
     /// generated once and kept in the database, so every process sharing it agrees.
-    #[arg(long, env = "TRACKING_SECRET", hide_env_values = true, value_parser = tracking_secret)]
+    #[arg(long, env = "TRACKING_SECRET", hide_env_values = true, value_parser = Hidden(tracking_secret))]
     pub tracking_secret: Option<String>,
 
     /// Earlier secrets, comma-separated: links signed with them keep working after a rotation.
-    #[arg(long, env = "TRACKING_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',', value_parser = tracking_secret)]
+    #[arg(long, env = "TRACKING_PREVIOUS_SECRETS", hide_env_values = true, value_delimiter = ',', value_parser = Hidden(tracking_previous_secret))]
     pub tracking_previous_secrets: Vec<String>,
 
     /// Privacy for every campaign: open and click links name no recipient and their events
@@ -289,13 +316,68 @@ impl TrackingArgs {
 }
 
 fn tracking_secret(value: &str) -> Result<String, String> {
+    long_secret("TRACKING_SECRET", value)
+}
+
+fn tracking_previous_secret(value: &str) -> Result<String, String> {
+    long_secret("an entry of TRACKING_PREVIOUS_SECRETS", value)
+}
+
+fn long_secret(variable: &str, value: &str) -> Result<String, String> {
+    let value = secret(variable, value)?;
     if value.len() >= tracking::token::MIN_SECRET_LEN {
-        Ok(value.to_string())
+        Ok(value)
     } else {
         Err(format!(
-            "TRACKING_SECRET must be at least {} bytes (e.g. `openssl rand -hex 32`)",
+            "{variable} must be at least {} bytes (e.g. `openssl rand -hex 32`)",
             tracking::token::MIN_SECRET_LEN
         ))
+    }
+}
+
+/// Every secret variable goes through this: a secret set to an empty (or blank) value is a
+/// mistake, typically `NAME=` copied from an example file, and taking it as "no secret" would
+/// silently turn authentication off. Leaving the variable unset is how to say "none".
+pub fn secret(variable: &str, value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err(format!(
+            "{variable} is set but empty: give it a value, or remove it to leave it unset"
+        ))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// TASK_REPO_TOKEN, for the service and every client of it.
+pub fn task_repo_token(value: &str) -> Result<String, String> {
+    secret("TASK_REPO_TOKEN", value)
+}
+
+/// The value parser of a secret variable: `check`'s error alone, without clap's usual
+/// "invalid value '…'", which would print the (wrong, but perhaps nearly right) secret.
+#[derive(Clone, Copy)]
+pub struct Hidden(pub fn(&str) -> Result<String, String>);
+
+impl clap::builder::TypedValueParser for Hidden {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{message}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("a secret must be valid UTF-8".into()))?;
+        (self.0)(text).map_err(refuse)
     }
 }
 
@@ -304,7 +386,7 @@ fn tracking_secret(value: &str) -> Result<String, String> {
 pub struct TransportArgs {
     /// SMTP server: smtp://[user:password@]host[:port][?tls=required|opportunistic|none] or
     /// smtps://…; unset: messages are written as .eml files to OUTBOX_DIR.
-    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = Hidden(smtp_url))]
     pub smtp_url: Option<String>,
 
     /// Directory of the outbox transport (used when SMTP_URL is unset).
@@ -337,6 +419,21 @@ impl TransportArgs {
         };
         Ok(delivery::transport_from_config(&config)?)
     }
+}
+
+/// SMTP_URL may carry a password; an empty one (`smtp://user:@host`) is refused like an empty
+/// secret variable, and so is an empty SMTP_URL (unset it to use the outbox).
+fn smtp_url(value: &str) -> Result<String, String> {
+    let value = secret("SMTP_URL", value)?;
+    let authority = value
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    if let Some((userinfo, _host)) = authority.rsplit_once('@')
+        && let Some((_user, password)) = userinfo.split_once(':')
+    {
+        secret("the password in SMTP_URL", password)?;
+    }
+    Ok(value)
 }
 
 fn smtp_connections(value: &str) -> Result<usize, String> {
@@ -449,9 +546,13 @@ fn task_check_interval(value: &str) -> Result<f64, String> {
 }
 
 fn task_lease(value: &str) -> Result<f64, String> {
+    // The task repository refuses leases longer than a day (tasks::MAX_LEASE).
+    let max = tasks::MAX_LEASE.as_seconds_f64();
     match positive_seconds("TASK_LEASE_SECONDS", value)? {
-        n if n >= 1.0 => Ok(n),
-        _ => Err("TASK_LEASE_SECONDS must be at least 1 (heartbeats renew it every third)".into()),
+        n if (1.0..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "TASK_LEASE_SECONDS must be between 1 (heartbeats renew it every third) and {max} (a day)"
+        )),
     }
 }
 
@@ -466,22 +567,36 @@ fn shutdown_grace(value: &str) -> Result<f64, String> {
     }
 }
 
-/// Where a role without an HTTP API of its own (worker, scheduler) serves `/metrics`,
-/// `/health` and `/ready`.
+/// Where a role serves `/metrics`.
 #[derive(Debug, Clone, Args)]
 pub struct MetricsArgs {
-    /// Address of this process's metrics listener (/metrics, /health, /ready); default
-    /// 127.0.0.1:9101 for a worker, 127.0.0.1:9102 for a scheduler, so one of each can share
-    /// a host. Port 0 picks a free port (logged at start): use it when several workers share
-    /// a host.
+    /// Address of this process's metrics listener (/metrics, /health, /ready), or `off` for
+    /// none. Unset: a worker listens on 127.0.0.1:9101 and a scheduler on 127.0.0.1:9102 (so
+    /// one of each can share a host), and the api and serve roles serve /metrics on the API's
+    /// own port. Port 0 picks a free port (logged at start): use it when several workers
+    /// share a host.
     #[arg(long, env = "METRICS_BIND", value_parser = metrics_bind)]
-    pub metrics_bind: Option<SocketAddr>,
+    pub metrics_bind: Option<MetricsBind>,
+}
+
+/// A METRICS_BIND value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsBind {
+    /// A listener of its own at this address.
+    At(SocketAddr),
+    /// No /metrics at all.
+    Off,
 }
 
 impl MetricsArgs {
-    /// METRICS_BIND, or the role's own default port.
-    pub fn bind_or(&self, role_default: SocketAddr) -> SocketAddr {
-        self.metrics_bind.unwrap_or(role_default)
+    /// The address of the role's own metrics listener: METRICS_BIND, or the role's default
+    /// port; `None` when METRICS_BIND is `off`.
+    pub fn listener_or(&self, role_default: SocketAddr) -> Option<SocketAddr> {
+        match self.metrics_bind {
+            None => Some(role_default),
+            Some(MetricsBind::At(address)) => Some(address),
+            Some(MetricsBind::Off) => None,
+        }
     }
 }
 
@@ -492,12 +607,16 @@ pub const WORKER_METRICS_BIND: SocketAddr =
 pub const SCHEDULER_METRICS_BIND: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9102);
 
-fn metrics_bind(value: &str) -> Result<SocketAddr, String> {
+fn metrics_bind(value: &str) -> Result<MetricsBind, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(MetricsBind::Off);
+    }
     socket_addr(
         "METRICS_BIND",
-        "127.0.0.1:9101 (or 0.0.0.0:9100 in a container)",
+        "127.0.0.1:9101 (or 0.0.0.0:9100 in a container), or off",
         value,
     )
+    .map(MetricsBind::At)
 }
 
 /// Limits on campaign documents.
@@ -543,7 +662,8 @@ fn public_base_url(value: &str) -> Result<String, String> {
         .strip_prefix("https://")
         .or_else(|| value.strip_prefix("http://"));
     match rest {
-        Some(host) if !host.is_empty() && !value.contains(['?', '#', ' ']) => {
+        // Quotes and angle brackets are refused too: the URL is written into HTML attributes.
+        Some(host) if !host.is_empty() && !value.contains(['?', '#', ' ', '"', '\'', '<', '>']) => {
             Ok(value.trim_end_matches('/').to_string())
         }
         _ => Err("PUBLIC_BASE_URL must be an http(s) URL without query, such as https://mail.example.com".into()),
@@ -622,6 +742,7 @@ mod tests {
                 .unwrap_err()
                 .starts_with("METRICS_BIND")
         );
+        assert_eq!(metrics_bind("off"), Ok(MetricsBind::Off));
         assert!(
             api_rate_limit("-1")
                 .unwrap_err()
@@ -651,6 +772,16 @@ mod tests {
         assert_eq!(
             public_base_url("https://m.example.com/").unwrap(),
             "https://m.example.com"
+        );
+        assert!(
+            public_base_url("https://m.example.com/\"><script>")
+                .unwrap_err()
+                .starts_with("PUBLIC_BASE_URL"),
+            "the base URL is written into HTML attributes"
+        );
+        assert_eq!(
+            public_base_url("https://proxy.example.com/marketing/").unwrap(),
+            "https://proxy.example.com/marketing"
         );
     }
 }

@@ -55,8 +55,8 @@ pub fn with_request_metrics(router: Router) -> Router {
 }
 
 /// Binds METRICS_BIND and serves `/metrics`, `/health` and `/ready` until `shutdown`; logs
-/// the bound address (port 0 picks a free one). For roles with no HTTP API: `worker`, and
-/// `scheduler`.
+/// the bound address (port 0 picks a free one). For roles with no HTTP API (`worker`,
+/// `scheduler`), and for `api` and `serve` when METRICS_BIND moves /metrics off the API port.
 pub async fn serve_role_metrics(
     role: &'static str,
     bind: SocketAddr,

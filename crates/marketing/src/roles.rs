@@ -2,8 +2,8 @@
 //! transport it uses, and stops cleanly on SIGINT/SIGTERM.
 
 use crate::config::{
-    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, SchedulerArgs, StoreArgs, TransportArgs, WorkerArgs,
-    redacted,
+    ApiArgs, LimitArgs, LinkArgs, MetricsArgs, MetricsBind, SchedulerArgs, StoreArgs,
+    TransportArgs, WorkerArgs, redacted,
 };
 use crate::monitoring::{self, Monitoring};
 use crate::task_commands::TaskRepoClientArgs;
@@ -55,8 +55,9 @@ pub async fn serve_api(
     log_task_repo("api", repo);
     let links = api_args.links.links(store.as_ref()).await?;
     let monitoring = Monitoring {
+        store: Some(store.clone()),
+        tasks: Some(tasks.clone()),
         queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
-        ..Monitoring::default()
     };
     let transport = transport_args.transport()?;
     tracing::info!(role = "api", transport = %transport.describe(), "test sends go through this transport");
@@ -127,8 +128,9 @@ pub async fn serve(
     log_worker("serve", &worker, transport.as_ref());
     let worker_run = tokio::spawn(worker.run(shutdown.clone()));
     let monitoring = Monitoring {
+        store: Some(store.clone()),
+        tasks: Some(tasks.clone()),
         queue: Some(tasks.clone()),
-        ..Monitoring::default()
     };
     let scheduler =
         processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone())
@@ -225,7 +227,7 @@ async fn run_task_processor(
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
         role,
-        metrics_args.bind_or(crate::config::WORKER_METRICS_BIND),
+        metrics_args.listener_or(crate::config::WORKER_METRICS_BIND),
         repo,
         &store,
         &tasks,
@@ -288,7 +290,9 @@ async fn run_task_processor(
     }
     // A worker that stops on its own (not by a signal) takes its metrics listener along.
     shutdown.cancel();
-    let _ = metrics_listener.await;
+    if let Some(listener) = metrics_listener {
+        let _ = listener.await;
+    }
     let done = stats.snapshot();
     tracing::info!(
         role,
@@ -315,7 +319,7 @@ pub async fn scheduler(
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
         "scheduler",
-        metrics_args.bind_or(crate::config::SCHEDULER_METRICS_BIND),
+        metrics_args.listener_or(crate::config::SCHEDULER_METRICS_BIND),
         repo,
         &store,
         &tasks,
@@ -328,28 +332,37 @@ pub async fn scheduler(
     log_scheduler("scheduler", &scheduler);
     scheduler.run(shutdown.clone()).await;
     shutdown.cancel();
-    let _ = metrics_listener.await;
+    if let Some(listener) = metrics_listener {
+        let _ = listener.await;
+    }
     tracing::info!(role = "scheduler", "stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// The metrics listener of a role without an HTTP API (worker, scheduler): `/ready` checks
-/// its store and task repository; it exports the queue gauges only when it reads the task
-/// tables directly (with TASK_REPO_URL the service exports them, once).
+/// The metrics listener of a role without an HTTP API (worker, scheduler), `None` with
+/// METRICS_BIND=off: `/ready` checks its store and task repository; it exports the queue
+/// gauges only when it reads the task tables directly (with TASK_REPO_URL the service exports
+/// them, once).
 async fn serve_metrics_of(
     role: &'static str,
-    bind: std::net::SocketAddr,
+    bind: Option<std::net::SocketAddr>,
     repo: &TaskRepoClientArgs,
     store: &Arc<dyn CampaignStore>,
     tasks: &Arc<dyn TaskRepository>,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(bind) = bind else {
+        tracing::info!(role, "metrics are off (METRICS_BIND=off)");
+        return Ok(None);
+    };
     let monitoring = Monitoring {
         store: Some(store.clone()),
         tasks: Some(tasks.clone()),
         queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
     };
-    monitoring::serve_role_metrics(role, bind, monitoring, shutdown).await
+    Ok(Some(
+        monitoring::serve_role_metrics(role, bind, monitoring, shutdown).await?,
+    ))
 }
 
 fn log_scheduler(role: &str, scheduler: &processor::Scheduler) {
@@ -409,6 +422,10 @@ fn api_state(
             max_import_bytes: api_args.max_import_bytes,
             max_recipients_per_request: api_args.max_recipients_per_request,
             rate_limit: api_args.rate_limit(),
+            test_send_quota: api::TestSendQuota {
+                per_minute: api_args.test_send_per_minute,
+                per_day: api_args.test_send_per_day,
+            },
         },
         bounces: api_args.bounces.settings(),
     }
@@ -416,7 +433,7 @@ fn api_state(
 
 /// Serves the API until `shutdown`, then drains in-flight requests.
 async fn run_api(
-    role: &str,
+    role: &'static str,
     state: api::AppState,
     api_args: &ApiArgs,
     monitoring: Monitoring,
@@ -432,19 +449,40 @@ async fn run_api(
         api_args.links.public_base_url
     );
     let events = state.engagement.events().clone();
-    // The API has its own /health and /ready; the binary adds /metrics and the request
-    // metrics around every route. Connection info gives the tracking endpoints the client
-    // address they store hashed.
-    let router = monitoring::with_request_metrics(
-        api::router(state).merge(monitoring::metrics_route(monitoring)),
-    );
-    axum::serve(
+    // The API has its own /health and /ready; the binary adds /metrics (on this port unless
+    // METRICS_BIND moves it: the port also serves the public tracking links) and the request
+    // metrics around every route.
+    let mut router = api::router(state);
+    let mut metrics_listener = None;
+    match api_args.metrics.metrics_bind {
+        None => {
+            tracing::info!(role, "metrics on the API's port: http://{address}/metrics");
+            router = router.merge(monitoring::metrics_route(monitoring));
+        }
+        Some(MetricsBind::At(bind)) => {
+            metrics_listener = Some(
+                monitoring::serve_role_metrics(role, bind, monitoring, shutdown.clone()).await?,
+            );
+        }
+        Some(MetricsBind::Off) => {
+            tracing::info!(role, "metrics are off (METRICS_BIND=off)");
+        }
+    }
+    let router = monitoring::with_request_metrics(router);
+    // Connection info gives the tracking endpoints the client address they store hashed.
+    let stop = shutdown.clone();
+    let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .with_graceful_shutdown(async move { stop.cancelled().await })
     .await
-    .context("the API server failed")?;
+    .context("the API server failed");
+    shutdown.cancel();
+    if let Some(listener) = metrics_listener {
+        let _ = listener.await;
+    }
+    served?;
     // Tracking events still queued are stored before the process ends.
     events.flush().await;
     Ok(())

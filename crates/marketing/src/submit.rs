@@ -5,7 +5,7 @@
 //! `--count N` makes load from the samples: the first N rows, or the rows cycled with
 //! unique addresses when N exceeds the file.
 
-use crate::cli::{read_campaign, read_recipients};
+use crate::cli::{read_campaign_to_create, read_recipients};
 use crate::config::{LimitArgs, StoreArgs, redacted};
 use anyhow::Context;
 use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress, Recipient};
@@ -49,7 +49,7 @@ pub struct SubmitArgs {
     pub api: Option<String>,
 
     /// The API key for --api (see `marketing api-key create`).
-    #[arg(long, env = "MARKETING_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "MARKETING_API_KEY", hide_env_values = true, value_parser = crate::config::Hidden(marketing_api_key))]
     pub api_key: Option<String>,
 
     /// Without --api: submit the whole campaign, recipients inline, as one `submit_campaign`
@@ -60,7 +60,7 @@ pub struct SubmitArgs {
     pub task_repo: Option<String>,
 
     /// Bearer token shared with the task repository service.
-    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
 
     /// Follow the campaign with a progress bar until it is completed, failed or cancelled;
@@ -78,6 +78,10 @@ pub struct SubmitArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+fn marketing_api_key(value: &str) -> Result<String, String> {
+    crate::config::secret("MARKETING_API_KEY", value)
 }
 
 /// What a campaign looks like while it is followed: its status and recipients per state.
@@ -114,7 +118,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             "--api needs an API key: pass --api-key KEY or set MARKETING_API_KEY (create one with `marketing api-key create`)"
         );
     }
-    let mut document = read_campaign(&args.template, &args.limits.limits())?;
+    let mut document = read_campaign_to_create(&args.template, &args.limits.limits())?;
     let rows = source_rows(&mut document, args.recipients.as_ref())?;
     // Checked here, before anything is stored or queued, as the API checks a new campaign:
     // the API only sees the recipients after the campaign exists, so a typo in a variable

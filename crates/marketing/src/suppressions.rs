@@ -64,7 +64,7 @@ pub async fn run(command: SuppressionsCommand) -> anyhow::Result<ExitCode> {
                 let want = (limit as usize - items.len()).min(1000) as u32;
                 let page = store.list_suppressions(after.as_deref(), want).await?;
                 let full = page.len() == want as usize;
-                after = page.last().map(|s| s.email.to_lowercase());
+                after = page.last().map(|s| s.key());
                 items.extend(page);
                 if !full {
                     break;

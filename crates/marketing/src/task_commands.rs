@@ -18,7 +18,7 @@ pub struct TaskRepoClientArgs {
     #[arg(long, env = "TASK_REPO_URL")]
     pub task_repo_url: Option<String>,
     /// Bearer token shared with the task repository service.
-    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -50,7 +50,7 @@ pub struct TaskRepoServiceArgs {
     #[arg(long, env = "TASK_REPO_BIND", default_value = "127.0.0.1:8503", value_parser = task_repo_bind)]
     pub task_repo_bind: SocketAddr,
     /// Bearer token clients must send (recommended whenever the service is reachable by others).
-    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,

@@ -93,6 +93,117 @@ fn scheduler_and_submit_say_what_to_fix() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--template <FILE>"));
 }
 
+/// A secret variable set to nothing (`NAME=`, as copied from an example file) would silently
+/// mean "no secret" (no authentication, for TASK_REPO_TOKEN): every role that reads one refuses
+/// it at start, naming the variable, with exit code 2 and without echoing the value.
+#[test]
+fn an_empty_secret_variable_refuses_to_start_every_role_that_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let submit = ["submit", "--template", "t.json", "--recipients", "r.csv"];
+    let cases: &[(&str, &str, &[&[&str]])] = &[
+        (
+            "TASK_REPO_TOKEN",
+            "",
+            &[
+                &["api"],
+                &["worker"],
+                &["scheduler"],
+                &["campaign-processor"],
+                &["task-repo"],
+                &submit,
+            ],
+        ),
+        ("WEBHOOK_SECRET", "", &[&["api"], &["worker"], &["serve"]]),
+        ("BOUNCE_WEBHOOK_SECRET", " ", &[&["api"], &["serve"]]),
+        ("TRACKING_SECRET", "", &[&["api"], &["worker"], &["serve"]]),
+        ("TRACKING_PREVIOUS_SECRETS", "", &[&["api"], &["worker"]]),
+        ("MARKETING_API_KEY", "\t", &[&submit]),
+        (
+            "SMTP_URL",
+            "",
+            &[&["api"], &["worker"], &["campaign-processor"], &["serve"]],
+        ),
+    ];
+    for (variable, value, roles) in cases {
+        for args in *roles {
+            let output = testkit::process::isolated_command(
+                BINARY,
+                dir.path(),
+                args,
+                &[(variable, value.to_string())],
+            )
+            .output()
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let case = format!("{variable}={value:?} marketing {}", args.join(" "));
+            assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+            assert!(
+                stderr.contains(variable) && stderr.contains("is set but empty"),
+                "{case}: {stderr}"
+            );
+            assert!(!stderr.contains("invalid value"), "{case}: {stderr}");
+        }
+    }
+
+    // An empty entry among the previous tracking secrets, and an empty password in SMTP_URL.
+    let good = "a-tracking-secret-of-at-least-32-bytes";
+    for (variable, value, needle) in [
+        (
+            "TRACKING_PREVIOUS_SECRETS",
+            format!("{good},,{good}"),
+            "an entry of TRACKING_PREVIOUS_SECRETS is set but empty",
+        ),
+        (
+            "SMTP_URL",
+            "smtp://mailer:@smtp.example.com:587".to_string(),
+            "the password in SMTP_URL is set but empty",
+        ),
+        (
+            // Too short rather than empty: refused without printing the value.
+            "TRACKING_SECRET",
+            "short-but-secret".to_string(),
+            "TRACKING_SECRET must be at least 32 bytes",
+        ),
+    ] {
+        let output = testkit::process::isolated_command(
+            BINARY,
+            dir.path(),
+            &["api"],
+            &[(variable, value.clone())],
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(stderr.contains(needle), "{variable}: {stderr}");
+        assert!(
+            !stderr.contains(&value),
+            "the value is not echoed: {stderr}"
+        );
+    }
+}
+
+/// The example environment file leaves every secret unset (commented out), never `NAME=`,
+/// so a copied example starts.
+#[test]
+fn the_example_environment_file_sets_no_variable_to_empty() {
+    let path = format!("{}/../../.env.example", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let empty: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.split_once('=')
+                .is_some_and(|(_, value)| value.trim().is_empty())
+        })
+        .collect();
+    assert!(
+        empty.is_empty(),
+        ".env.example sets variables to empty: {empty:?}"
+    );
+}
+
 #[test]
 fn api_keys_are_shown_once_listed_without_secrets_and_revoked() {
     let dir = tempfile::tempdir().unwrap();
@@ -316,6 +427,52 @@ fn validate_reports_every_problem_of_a_file() {
     ] {
         assert!(stderr.contains(expected), "{expected} in {stderr}");
     }
+}
+
+#[test]
+fn validate_send_and_submit_refuse_a_schedule_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut campaign: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example("sample_campaign.json")).unwrap())
+            .unwrap();
+    for (raw, says) in [
+        ("2020-01-01T00:00:00Z", "in the past"),
+        ("0000-01-01T00:00:00+23:59", "before 1970"),
+        ("9999-12-31T23:59:59Z", "5 years"),
+        ("2030-01-01T00:00:00.123456789Z", "fractional digits"),
+    ] {
+        campaign["scheduled_at"] = raw.into();
+        let file = dir.path().join("scheduled.json");
+        std::fs::write(&file, serde_json::to_vec(&campaign).unwrap()).unwrap();
+        let file = file.to_str().unwrap();
+        for args in [
+            vec!["validate", file],
+            vec![
+                "send",
+                file,
+                "--recipients",
+                &example("sample_recipients.csv"),
+            ],
+            vec!["submit", "--template", file],
+        ] {
+            let output = marketing(dir.path())
+                .env("SMTP_URL", "smtp://127.0.0.1:1")
+                .env("TRACKING_SECRET", "a-tracking-secret-of-at-least-32-bytes")
+                .args(&args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?} with {raw}: {stderr}");
+            assert!(
+                stderr.contains("scheduled_at") && stderr.contains(says),
+                "{args:?} with {raw}: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !dir.path().join("marketing.db").exists(),
+        "nothing was stored"
+    );
 }
 
 /// A running `marketing serve` (its output in `serve.log`), killed when dropped.
@@ -815,5 +972,63 @@ async fn a_million_row_csv_streams_into_the_store() {
     assert!(
         peak_mib < csv_mib,
         "peak RSS {peak_mib} MiB should stay below the {csv_mib} MiB file"
+    );
+}
+
+/// METRICS_BIND moves the api and serve roles' /metrics off the API's port (which also serves
+/// the public tracking links) to a listener of its own, or turns it off; unset, it stays on
+/// the API's port (crates/marketing/tests/monitoring.rs scrapes it there).
+#[tokio::test]
+async fn metrics_bind_moves_the_api_metrics_to_their_own_listener_or_turns_them_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    for role in ["api", "serve"] {
+        let env = [
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}/{role}.db", dir.path().display()),
+            ),
+            ("API_BIND", "127.0.0.1:0".to_string()),
+            ("METRICS_BIND", "127.0.0.1:0".to_string()),
+        ];
+        let command = testkit::process::isolated_command(BINARY, dir.path(), &[role], &env);
+        let mut process = Process::spawn(&format!("{role}-metrics"), dir.path(), command);
+        let api = process.wait_for_line("API listening on ", Duration::from_secs(30));
+        let metrics = process.wait_for_line("metrics listening on ", Duration::from_secs(30));
+        assert_ne!(format!("{api}/metrics"), metrics);
+        let scraped = reqwest::get(&metrics).await.unwrap();
+        assert_eq!(scraped.status(), 200, "{role}: {metrics}");
+        let text = scraped.text().await.unwrap();
+        assert!(text.contains("marketing_build_info"), "{role}: {text}");
+        assert_eq!(
+            status(format!("{api}/metrics")).await,
+            404,
+            "{role}: not on the API port"
+        );
+        assert_eq!(
+            status(format!("{api}/health")).await,
+            200,
+            "{role}: the API still answers"
+        );
+    }
+
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/off.db", dir.path().display()),
+        ),
+        ("API_BIND", "127.0.0.1:0".to_string()),
+        ("METRICS_BIND", "off".to_string()),
+    ];
+    let command = testkit::process::isolated_command(BINARY, dir.path(), &["api"], &env);
+    let mut process = Process::spawn("api-metrics-off", dir.path(), command);
+    let api = process.wait_for_line("API listening on ", Duration::from_secs(30));
+    process.wait_for_line("metrics are off", Duration::from_secs(30));
+    assert_eq!(status(format!("{api}/metrics")).await, 404);
+    assert_eq!(status(format!("{api}/health")).await, 200);
+    assert!(
+        !process.log().contains("metrics listening on "),
+        "{}",
+        process.log()
     );
 }

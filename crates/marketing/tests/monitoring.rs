@@ -266,7 +266,10 @@ impl Cluster {
 
     /// Schedules campaign `id` `ahead` from now.
     async fn schedule(&self, id: &str, ahead: Duration) {
+        // Whole seconds: a schedule is kept to the microsecond and finer is refused.
         let start_at = (time::OffsetDateTime::now_utc() + ahead)
+            .replace_nanosecond(0)
+            .unwrap()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
         self.post(

@@ -23,7 +23,7 @@ pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_i
 pub use new_campaign::{NewCampaignError, check_new_campaign, template_problem};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
-    SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable,
+    SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable, panic_message,
 };
 pub use tracking::tracked_links;
 

@@ -53,9 +53,6 @@ pub enum BuildError {
     NoBody,
 }
 
-/// Header lines are kept at or under this length where the content allows (RFC 5322 §2.1.1).
-const LINE: usize = 78;
-
 impl CompiledCampaign {
     /// Writes the message: headers, then one body part or multipart/alternative (text, HTML).
     pub fn build(
@@ -86,34 +83,45 @@ fn build(
         "<{}.{}@{}>",
         message.campaign_id,
         message.recipient_id,
-        from.email.domain()
+        from.email.ascii_domain()
     );
     let body_len =
         message.html.as_ref().map_or(0, String::len) + message.text.as_ref().map_or(0, String::len);
     let mut out = String::with_capacity(body_len + body_len / 8 + 1024);
 
     header(&mut out, "Date", &date);
-    out.push_str("From: ");
-    mailbox(&mut out, "From: ".len(), from);
+    let mut col = field_name(&mut out, "From");
+    mailbox(&mut out, &mut col, from);
     out.push_str("\r\n");
-    header(&mut out, "To", &format!("<{}>", message.to));
+    header(
+        &mut out,
+        "To",
+        &format!("<{}>", header_address(&message.to)),
+    );
     if let Some(reply_to) = reply_to {
-        out.push_str("Reply-To: ");
-        mailbox(&mut out, "Reply-To: ".len(), reply_to);
+        let mut col = field_name(&mut out, "Reply-To");
+        mailbox(&mut out, &mut col, reply_to);
         out.push_str("\r\n");
     }
-    out.push_str("Subject: ");
-    unstructured(&mut out, "Subject: ".len(), &message.subject);
+    let mut col = field_name(&mut out, "Subject");
+    unstructured(&mut out, &mut col, &message.subject);
     out.push_str("\r\n");
     header(&mut out, "Message-ID", &message_id);
-    out.push_str("List-Unsubscribe: <");
-    out.push_str(&message.unsubscribe_url);
-    out.push('>');
-    if let Some(mailto) = &message.unsubscribe_mailto {
-        // Fold between the two links: each URL is long enough to pass 78 columns alone.
-        out.push_str(",\r\n <");
-        out.push_str(mailto);
-        out.push('>');
+    let mut col = field_name(&mut out, "List-Unsubscribe");
+    match &message.unsubscribe_mailto {
+        Some(mailto) => {
+            token(
+                &mut out,
+                &mut col,
+                &format!("<{}>,", message.unsubscribe_url),
+            );
+            token(&mut out, &mut col, &format!("<{mailto}>"));
+        }
+        None => token(
+            &mut out,
+            &mut col,
+            &format!("<{}>", message.unsubscribe_url),
+        ),
     }
     out.push_str("\r\n");
     header(
@@ -182,95 +190,141 @@ pub fn recipient_of_message_id(message_id: &str) -> Option<(campaign::CampaignId
     Some((campaign_id, recipient_id))
 }
 
+/// Header lines are folded to at most this many octets wherever the value has a place to
+/// fold (RFC 5322 §2.1.1: SHOULD 78, MUST 998).
+const LINE: usize = 78;
+
+/// A header whose value is folded at its spaces (RFC 5322 §2.2.3). Its tokens are short by
+/// construction (dates, ids, addresses of at most 254 characters), so no line passes 998.
 fn header(out: &mut String, name: &str, value: &str) {
-    out.push_str(name);
-    out.push_str(": ");
-    out.push_str(value);
+    let mut col = field_name(out, name);
+    for word in value.split(' ').filter(|word| !word.is_empty()) {
+        token(out, &mut col, word);
+    }
     out.push_str("\r\n");
 }
 
-/// `Display Name <address>`, the name as atoms, a quoted string or encoded-words as needed.
-fn mailbox(out: &mut String, column: usize, mailbox: &Mailbox) {
-    match mailbox.name.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => {
-            phrase(out, column, name);
-            out.push_str(" <");
-        }
-        _ => out.push('<'),
-    }
-    out.push_str(mailbox.email.as_str());
-    out.push('>');
+/// `Name:`; the value's tokens follow, each after one space. Returns the column reached.
+fn field_name(out: &mut String, name: &str) -> usize {
+    out.push_str(name);
+    out.push(':');
+    name.len() + 1
 }
 
-fn phrase(out: &mut String, column: usize, name: &str) {
-    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~ ".contains(c);
-    if name.chars().all(atext) && !name.contains("=?") {
-        out.push_str(name);
-    } else if name.chars().all(|c| (' '..='~').contains(&c)) && !name.contains("=?") {
-        out.push('"');
-        for c in name.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
-    } else {
-        encoded_words(out, column, name);
+/// One space and `token`, folded onto a new line first (CRLF before the space) when it would
+/// pass LINE. A header's first line always holds at least `Name:`, so no line is left empty.
+fn token(out: &mut String, col: &mut usize, token: &str) {
+    if *col + 1 + token.len() > LINE {
+        out.push_str("\r\n");
+        *col = 0;
     }
+    out.push(' ');
+    out.push_str(token);
+    *col += 1 + token.len();
 }
 
-/// An unstructured header value (Subject): plain and folded at spaces when it is printable
-/// ASCII, RFC 2047 encoded-words otherwise.
-fn unstructured(out: &mut String, column: usize, value: &str) {
-    let plain = value
-        .bytes()
-        .all(|b| (b' '..=b'~').contains(&b) || b == b'\t')
+/// An address as the To header carries it: the domain as A-labels when the local part is
+/// ASCII, so the header stays ASCII (and matches the envelope) for an IDN domain.
+fn header_address(address: &str) -> String {
+    EmailAddress::parse(address)
+        .ok()
+        .and_then(|parsed| parsed.with_ascii_domain())
+        .unwrap_or_else(|| address.to_string())
+}
+
+/// Whether `value` can be written as it is, as words separated by single spaces, each word
+/// short enough to fit a folded line. Anything else (non-ASCII, control characters, runs of
+/// spaces, a very long word, text that looks like an encoded-word) is written as
+/// encoded-words, which fold anywhere and decode to exactly the value.
+fn foldable_as_words(value: &str, col: usize, word_char: impl Fn(char) -> bool) -> bool {
+    !value.is_empty()
         && !value.contains("=?")
-        && value.split(' ').all(|word| word.len() < 900);
-    if !plain {
-        encoded_words(out, column, value);
+        && value.chars().all(|c| c == ' ' || word_char(c))
+        && value.split(' ').enumerate().all(|(i, word)| {
+            let room = if i == 0 { LINE - col - 1 } else { LINE - 1 };
+            !word.is_empty() && word.len() <= room
+        })
+}
+
+/// `Display Name <address>`: the name as atoms, a quoted string or encoded-words as needed,
+/// the address's domain as A-labels when its local part is ASCII.
+fn mailbox(out: &mut String, col: &mut usize, mailbox: &Mailbox) {
+    if let Some(name) = mailbox.name.as_deref().map(str::trim)
+        && !name.is_empty()
+    {
+        phrase(out, col, name);
+    }
+    token(
+        out,
+        col,
+        &format!("<{}>", header_address(mailbox.email.as_str())),
+    );
+}
+
+fn phrase(out: &mut String, col: &mut usize, name: &str) {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if foldable_as_words(name, *col, atext) {
+        for word in name.split(' ') {
+            token(out, col, word);
+        }
         return;
     }
-    let mut col = column;
-    for (i, word) in value.split(' ').enumerate() {
-        if i > 0 {
-            if col + 1 + word.len() > LINE && col > column {
-                // Folding: CRLF followed by the space that separated the words.
-                out.push_str("\r\n");
-                col = 0;
+    let printable = |c: char| (' '..='~').contains(&c);
+    // A quoted string is not folded inside: it is used when it fits one folded line.
+    if name.chars().all(printable) && !name.contains("=?") && name.len() + 4 <= LINE {
+        let mut quoted = String::with_capacity(name.len() + 4);
+        quoted.push('"');
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
             }
-            out.push(' ');
-            col += 1;
+            quoted.push(c);
         }
-        out.push_str(word);
-        col += word.len();
+        quoted.push('"');
+        if quoted.len() < LINE {
+            token(out, col, &quoted);
+            return;
+        }
+    }
+    encoded_words(out, col, name);
+}
+
+/// An unstructured header value (Subject): its words as they are, folded at the spaces,
+/// when that represents it exactly; RFC 2047 encoded-words otherwise.
+fn unstructured(out: &mut String, col: &mut usize, value: &str) {
+    if foldable_as_words(value, *col, |c| ('!'..='~').contains(&c)) {
+        for word in value.split(' ') {
+            token(out, col, word);
+        }
+    } else {
+        encoded_words(out, col, value);
     }
 }
 
 /// `=?UTF-8?B?…?=` words of at most 75 characters, never splitting a character (RFC 2047
-/// §5), separated by folding white space, which decoders drop between encoded-words.
-fn encoded_words(out: &mut String, column: usize, value: &str) {
+/// §5), separated by folding white space, which decoders drop between encoded-words. The
+/// first word is sized to the room left on the current line.
+fn encoded_words(out: &mut String, col: &mut usize, value: &str) {
     // 45 bytes of UTF-8 → 60 base64 characters → 72 with the `=?UTF-8?B?` `?=` wrapping.
     const CHUNK: usize = 45;
+    const WRAPPING: usize = "=?UTF-8?B??=".len();
     let mut rest = value;
-    let mut first = true;
-    let mut col = column;
+    let mut word = String::with_capacity(LINE);
     while !rest.is_empty() {
-        let mut end = rest.len().min(CHUNK);
+        // Bytes whose base64 fits the line after a space and the wrapping; a word too short
+        // to hold a few characters goes on the next line instead.
+        let room = (LINE.saturating_sub(*col + 1 + WRAPPING) / 4 * 3).min(CHUNK);
+        let budget = if room < 12 { CHUNK } else { room };
+        let mut end = rest.len().min(budget);
         while !rest.is_char_boundary(end) {
             end -= 1;
         }
         let (chunk, tail) = rest.split_at(end);
-        if !first {
-            out.push_str(if col + 73 > LINE { "\r\n " } else { " " });
-            col = 1;
-        }
-        out.push_str("=?UTF-8?B?");
-        STANDARD.encode_string(chunk.as_bytes(), out);
-        out.push_str("?=");
-        col += 12 + chunk.len().div_ceil(3) * 4;
-        first = false;
+        word.clear();
+        word.push_str("=?UTF-8?B?");
+        STANDARD.encode_string(chunk.as_bytes(), &mut word);
+        word.push_str("?=");
+        token(out, col, &word);
         rest = tail;
     }
 }
@@ -521,7 +575,7 @@ mod tests {
     #[test]
     fn encoded_words_never_split_a_character_and_stay_short() {
         let mut out = String::new();
-        encoded_words(&mut out, 9, &"é🎉".repeat(30));
+        encoded_words(&mut out, &mut 9, &"é🎉".repeat(30));
         for word in out.split(['\r', '\n', ' ']).filter(|w| !w.is_empty()) {
             assert!(word.len() <= 75, "{word}");
             let b64 = word
@@ -538,9 +592,9 @@ mod tests {
 
     #[test]
     fn ascii_subject_folds_at_spaces() {
-        let mut out = String::from("Subject: ");
+        let mut out = String::from("Subject:");
         let subject = "word ".repeat(40);
-        unstructured(&mut out, 9, subject.trim());
+        unstructured(&mut out, &mut 8, subject.trim());
         for line in out.split("\r\n") {
             assert!(line.len() <= LINE, "{line:?}");
         }
@@ -548,6 +602,7 @@ mod tests {
             out.replace("\r\n", ""),
             format!("Subject: {}", subject.trim())
         );
+        assert!(out.contains("\r\n "), "a 200-character subject is folded");
     }
 
     #[test]
@@ -559,12 +614,12 @@ mod tests {
         ];
         for (name, expected) in cases {
             let mut out = String::new();
-            phrase(&mut out, 6, name);
-            assert_eq!(out, expected);
+            phrase(&mut out, &mut 5, name);
+            assert_eq!(out, format!(" {expected}"));
         }
         let mut out = String::new();
-        phrase(&mut out, 6, "Zoë");
-        assert_eq!(out, "=?UTF-8?B?Wm/Dqw==?=");
+        phrase(&mut out, &mut 5, "Zoë");
+        assert_eq!(out, " =?UTF-8?B?Wm/Dqw==?=");
     }
 
     #[test]

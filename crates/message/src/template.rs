@@ -131,6 +131,12 @@ pub enum RenderError {
     /// The rendered subject contains a control character other than a tab.
     #[error("the rendered subject contains the control character U+{0:04X}")]
     SubjectControlCharacter(u32),
+    /// A filter or function panicked: a defect of the service, confined to this recipient.
+    #[error("{template} template: rendering panicked ({detail})")]
+    Panicked {
+        template: TemplatePart,
+        detail: String,
+    },
     /// Any other failure while evaluating (a filter given a wrong value, an unknown filter…).
     #[error("{template} template, line {line}: {detail}")]
     Evaluation {
@@ -257,6 +263,25 @@ impl CompiledCampaign {
                     .err()
                     .unwrap_or(err);
                 return Err(syntax_error(TemplatePart::Html, source, &err));
+            }
+        }
+        // A literal filter argument that can never work is refused now, not per recipient.
+        let sources = [
+            (TemplatePart::Subject, Some(&templates.subject)),
+            (TemplatePart::Html, templates.html.as_ref()),
+            (TemplatePart::Text, templates.text.as_ref()),
+        ];
+        for (part, source) in sources {
+            let Some(source) = source else { continue };
+            if let Some((offset, message)) = values::refused_literal_argument(source, env.syntax())
+            {
+                let offset = offset.min(source.len());
+                return Err(TemplateError {
+                    template: part,
+                    line: source[..offset].matches('\n').count() + 1,
+                    column: column_of(source, offset),
+                    message,
+                });
             }
         }
         let campaign = Value::from_object(values::object([
@@ -417,9 +442,15 @@ impl CompiledCampaign {
             .env
             .get_template(part.name())
             .map_err(|err| render_error(part, "", &err))?;
-        let output = template
-            .render(root.clone())
-            .map_err(|err| render_error(part, template.source(), &err))?;
+        // A panic in a filter or function is this recipient's failure, never the caller's.
+        let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            template.render(root.clone())
+        }))
+        .map_err(|panic| RenderError::Panicked {
+            template: part,
+            detail: panic_message(panic.as_ref()),
+        })?
+        .map_err(|err| render_error(part, template.source(), &err))?;
         if output.len() > self.max_rendered_bytes {
             return Err(RenderError::LimitExceeded {
                 template: part,
@@ -546,5 +577,61 @@ fn render_error(part: TemplatePart, source: &str, err: &minijinja::Error) -> Ren
             line,
             detail,
         },
+    }
+}
+
+/// What a caught panic said: its message when it was a string (as `panic!` makes it).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A defect in some filter that panics fails the recipient being rendered, with the
+    /// panic's message, and the compiled campaign goes on rendering others.
+    #[test]
+    fn a_panicking_filter_fails_only_the_recipient_being_rendered() {
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Panics",
+            "from": {"email": "news@shop.example"},
+            "templates": {"subject": "Hi", "text": "{{ code|explode }}"}
+        }))
+        .unwrap();
+        let mut compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+        compiled
+            .env
+            .add_filter("explode", |code: String| -> String {
+                if code == "poison" {
+                    panic!("explode cannot take {code}");
+                }
+                code
+            });
+        let ctx = RecipientContext {
+            campaign_id: uuid::Uuid::nil(),
+            recipient_id: 1,
+            unsubscribe_url: "https://m.shop.example/u/T".into(),
+            unsubscribe_mailto: None,
+            tracking: TrackingUrls::default(),
+        };
+        let recipient = |code: &str| -> Recipient {
+            serde_json::from_value(json!({"email": "a@shop.example", "code": code})).unwrap()
+        };
+        let err = compiled.render(&recipient("poison"), &ctx).unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Panicked {
+                template: TemplatePart::Text,
+                detail: "explode cannot take poison".into(),
+            }
+        );
+        let rendered = compiled.render(&recipient("fine"), &ctx).unwrap();
+        assert_eq!(rendered.text.as_deref(), Some("fine"));
     }
 }

@@ -44,26 +44,238 @@ pub(crate) fn add_filters(env: &mut Environment<'static>) {
     env.add_filter("number", number);
     env.add_filter("currency", currency);
     env.add_filter("date", date);
+    // Replaces minijinja-contrib's own, whose `length + leeway` overflows on huge arguments.
+    env.add_filter("truncate", truncate);
+}
+
+/// `number(decimals)`: more digits than an f64 carries would only print noise.
+pub const MAX_DECIMALS: i64 = 20;
+/// The `thousands` and `point` separators of `number` and `currency`, in characters.
+pub const MAX_SEPARATOR_CHARS: usize = 8;
+/// A `date` format string, in characters.
+pub const MAX_DATE_FORMAT_CHARS: usize = 256;
+/// `truncate`'s `length` and `leeway`.
+pub const MAX_TRUNCATE_LENGTH: i64 = 1_000_000;
+/// How much of a bad value an error message quotes, in characters.
+const QUOTED_CHARS: usize = 40;
+
+/// One argument of a filter the service provides, and what it must be. The filter checks it
+/// on every call; campaign creation checks it where the template gives it as a literal, so a
+/// value that can never work is refused before anything is stored.
+pub(crate) struct Argument {
+    pub filter: &'static str,
+    /// Its place among the positional arguments after the filtered value (0 = the first).
+    pub position: Option<usize>,
+    /// Its name as a keyword argument.
+    pub keyword: Option<&'static str>,
+    pub check: fn(&Value) -> Result<(), String>,
+}
+
+pub(crate) const ARGUMENTS: &[Argument] = &[
+    Argument {
+        filter: "number",
+        position: Some(0),
+        keyword: None,
+        check: |v| decimals_arg(v).map(drop),
+    },
+    Argument {
+        filter: "number",
+        position: None,
+        keyword: Some("thousands"),
+        check: |v| separator_arg("thousands", v).map(drop),
+    },
+    Argument {
+        filter: "number",
+        position: None,
+        keyword: Some("point"),
+        check: |v| separator_arg("point", v).map(drop),
+    },
+    Argument {
+        filter: "currency",
+        position: Some(0),
+        keyword: None,
+        check: |v| currency_code_arg(v).map(drop),
+    },
+    Argument {
+        filter: "currency",
+        position: None,
+        keyword: Some("thousands"),
+        check: |v| separator_arg("thousands", v).map(drop),
+    },
+    Argument {
+        filter: "currency",
+        position: None,
+        keyword: Some("point"),
+        check: |v| separator_arg("point", v).map(drop),
+    },
+    Argument {
+        filter: "date",
+        position: Some(0),
+        keyword: None,
+        check: |v| date_format_arg(v).map(drop),
+    },
+    Argument {
+        filter: "truncate",
+        position: None,
+        keyword: Some("length"),
+        check: |v| truncate_arg("length", v).map(drop),
+    },
+    Argument {
+        filter: "truncate",
+        position: None,
+        keyword: Some("leeway"),
+        check: |v| truncate_arg("leeway", v).map(drop),
+    },
+];
+
+/// The first literal argument of a service filter that its check refuses: the byte offset
+/// where the argument starts in `source`, and why. Arguments that are expressions are checked
+/// when the filter runs. A source the lexer refuses is left to the template compiler.
+pub(crate) fn refused_literal_argument(
+    source: &str,
+    syntax: &minijinja::syntax::SyntaxConfig,
+) -> Option<(usize, String)> {
+    use minijinja::machinery::{Token, tokenize};
+    let tokens: Vec<(Token<'_>, minijinja::machinery::Span)> =
+        tokenize(source, false, syntax.clone())
+            .collect::<Result<_, _>>()
+            .ok()?;
+    for (index, (token, _)) in tokens.iter().enumerate() {
+        // `value | name(` or `{% filter name(`.
+        let name_at = match (token, tokens.get(index + 1), tokens.get(index + 2)) {
+            (Token::Pipe, Some((Token::Ident(_), _)), _) => index + 1,
+            (Token::BlockStart, Some((Token::Ident("filter"), _)), Some((Token::Ident(_), _))) => {
+                index + 2
+            }
+            _ => continue,
+        };
+        let Some((Token::Ident(filter), _)) = tokens.get(name_at) else {
+            continue;
+        };
+        if !ARGUMENTS.iter().any(|a| a.filter == *filter) {
+            continue;
+        }
+        if !matches!(tokens.get(name_at + 1), Some((Token::ParenOpen, _))) {
+            continue;
+        }
+        for (position, keyword, argument) in call_arguments(&tokens[name_at + 2..]) {
+            let Some(value) = literal(argument) else {
+                continue;
+            };
+            let rule = ARGUMENTS.iter().find(|a| {
+                a.filter == *filter
+                    && match keyword {
+                        Some(keyword) => a.keyword == Some(keyword),
+                        None => a.position == Some(position),
+                    }
+            });
+            if let Some(rule) = rule
+                && let Err(message) = (rule.check)(&value)
+            {
+                let offset = argument.first().map_or(0, |(_, span)| span.start_offset);
+                return Some((offset as usize, format!("{filter}: {message}")));
+            }
+        }
+    }
+    None
+}
+
+type Spanned<'a> = (minijinja::machinery::Token<'a>, minijinja::machinery::Span);
+
+/// The arguments of a call whose `(` has just been read, up to its `)`: each with its
+/// position among the positional ones, its keyword when it has one, and its tokens.
+fn call_arguments<'t, 'a>(
+    tokens: &'t [Spanned<'a>],
+) -> Vec<(usize, Option<&'a str>, &'t [Spanned<'a>])> {
+    use minijinja::machinery::Token;
+    let mut arguments = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut position = 0;
+    let mut push = |slice: &'t [Spanned<'a>]| {
+        if slice.is_empty() {
+            return;
+        }
+        match slice {
+            [(Token::Ident(keyword), _), (Token::Assign, _), rest @ ..] => {
+                arguments.push((0, Some(*keyword), rest))
+            }
+            _ => {
+                arguments.push((position, None, slice));
+                position += 1;
+            }
+        }
+    };
+    for (index, (token, _)) in tokens.iter().enumerate() {
+        match token {
+            Token::ParenOpen | Token::BracketOpen | Token::BraceOpen => depth += 1,
+            Token::ParenClose | Token::BracketClose | Token::BraceClose if depth > 0 => depth -= 1,
+            Token::ParenClose => {
+                push(&tokens[start..index]);
+                break;
+            }
+            Token::Comma if depth == 0 => {
+                push(&tokens[start..index]);
+                start = index + 1;
+            }
+            Token::VariableEnd | Token::BlockEnd => break,
+            _ => {}
+        }
+    }
+    arguments
+}
+
+/// The value of an argument written as one literal (`2`, `-1`, `1e400`, `"EUR"`).
+fn literal(tokens: &[Spanned<'_>]) -> Option<Value> {
+    use minijinja::machinery::Token;
+    let (negative, rest) = match tokens {
+        [(Token::Minus, _), rest @ ..] => (true, rest),
+        rest => (false, rest),
+    };
+    let value = match rest {
+        [(Token::Int(n), _)] => match i64::try_from(*n) {
+            Ok(n) if negative => Value::from(-n),
+            Ok(n) => Value::from(n),
+            Err(_) if negative => Value::from(-(*n as i128)),
+            Err(_) => Value::from(*n),
+        },
+        [(Token::Int128(n), _)] => match i128::try_from(**n) {
+            Ok(n) if negative => Value::from(-n),
+            Ok(n) => Value::from(n),
+            Err(_) => Value::from(**n),
+        },
+        [(Token::Float(f), _)] => Value::from(if negative { -*f } else { *f }),
+        [(Token::Str(s), _)] if !negative => Value::from(*s),
+        [(Token::String(s), _)] if !negative => Value::from(&**s),
+        _ => return None,
+    };
+    Some(value)
 }
 
 /// `{{ total | number }}` → `1,234,567`; `{{ x | number(2) }}` → `1,234.50`;
 /// `{{ x | number(2, thousands=".", point=",") }}` → `1.234,50`. Numeric strings (as CSV
 /// fields always are) are accepted.
-fn number(value: Value, decimals: Option<u32>, kwargs: Kwargs) -> Result<String, Error> {
+fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
     let (amount, is_integer) = to_number(&value)?;
-    let decimals = decimals.unwrap_or(if is_integer { 0 } else { 2 });
-    let thousands = kwargs.get::<Option<&str>>("thousands")?.unwrap_or(",");
-    let point = kwargs.get::<Option<&str>>("point")?.unwrap_or(".");
+    let decimals = match decimals {
+        Some(decimals) => decimals_arg(&decimals).map_err(|m| invalid("number", m))?,
+        None if is_integer => 0,
+        None => 2,
+    };
+    let (thousands, point) = separators("number", &kwargs)?;
     kwargs.assert_all_used()?;
-    Ok(group(amount, decimals, thousands, point))
+    Ok(group(amount, decimals, &thousands, &point))
 }
 
 /// `{{ price | currency("EUR") }}` → `€12.50`. Symbols for common codes, the ISO code itself
 /// otherwise (`CHF 12.50`); yen and won have no minor unit. Same `thousands`/`point` kwargs as
 /// `number`.
-fn currency(value: Value, code: Option<&str>, kwargs: Kwargs) -> Result<String, Error> {
+fn currency(value: Value, code: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
     let (amount, _) = to_number(&value)?;
-    let code = code.unwrap_or("USD").to_ascii_uppercase();
+    let code = match code {
+        Some(code) => currency_code_arg(&code).map_err(|m| invalid("currency", m))?,
+        None => "USD".to_string(),
+    };
     let (symbol, decimals) = match code.as_str() {
         "USD" | "CAD" | "AUD" | "NZD" => ("$".to_string(), 2),
         "EUR" => ("€".to_string(), 2),
@@ -73,10 +285,9 @@ fn currency(value: Value, code: Option<&str>, kwargs: Kwargs) -> Result<String, 
         "INR" => ("₹".to_string(), 2),
         other => (format!("{other} "), 2),
     };
-    let thousands = kwargs.get::<Option<&str>>("thousands")?.unwrap_or(",");
-    let point = kwargs.get::<Option<&str>>("point")?.unwrap_or(".");
+    let (thousands, point) = separators("currency", &kwargs)?;
     kwargs.assert_all_used()?;
-    let formatted = group(amount.abs(), decimals, thousands, point);
+    let formatted = group(amount.abs(), decimals, &thousands, &point);
     let sign = if amount < 0.0 { "-" } else { "" };
     Ok(format!("{sign}{symbol}{formatted}"))
 }
@@ -84,45 +295,158 @@ fn currency(value: Value, code: Option<&str>, kwargs: Kwargs) -> Result<String, 
 /// `{{ signup | date }}`, `{{ signup | date("%e %B %Y") }}` (strftime, or `short`, `medium`,
 /// `long`, `full`). Accepts RFC 3339 / ISO dates and Unix timestamps. A positional front end
 /// for minijinja-contrib's `dateformat`, whose format is keyword-only.
-fn date(state: &State, value: Value, format: Option<&str>) -> Result<String, Error> {
+fn date(state: &State, value: Value, format: Option<Value>) -> Result<String, Error> {
     let kwargs = match format {
-        Some(format) => Kwargs::from_iter([("format", Value::from(format))]),
+        Some(format) => {
+            let format = date_format_arg(&format).map_err(|m| invalid("date", m))?;
+            Kwargs::from_iter([("format", Value::from(format))])
+        }
         None => Kwargs::from_iter(std::iter::empty::<(&str, Value)>()),
     };
     minijinja_contrib::filters::dateformat(state, value, kwargs)
 }
 
-fn to_number(value: &Value) -> Result<(f64, bool), Error> {
-    if let Some(s) = value.as_str() {
-        let s = s.trim();
-        return s
-            .parse::<f64>()
-            .map(|n| (n, !s.contains(['.', 'e', 'E'])))
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("{s:?} is not a number"),
-                )
-            });
+/// minijinja-contrib's `truncate`, its `length` and `leeway` bounded first.
+fn truncate(state: &mut State, value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+    for keyword in ["length", "leeway"] {
+        if let Some(given) = kwargs.peek::<Option<Value>>(keyword)? {
+            truncate_arg(keyword, &given).map_err(|m| invalid("truncate", m))?;
+        }
     }
-    if let Ok(i) = i64::try_from(value.clone()) {
-        // Precision loss above 2^53 only affects the digits shown, never memory safety.
-        return Ok((i as f64, true));
+    minijinja_contrib::filters::truncate(state, value, kwargs)
+}
+
+fn invalid(filter: &str, message: String) -> Error {
+    Error::new(ErrorKind::InvalidOperation, format!("{filter}: {message}"))
+}
+
+/// A value as an error message shows it: quoted when a string, and cut short.
+fn quoted(value: &Value) -> String {
+    let shown = match value.as_str() {
+        Some(s) => format!("{s:?}"),
+        None => value.to_string(),
+    };
+    match shown.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &shown[..cut]),
+        None => shown,
     }
-    f64::try_from(value.clone())
-        .map(|f| (f, false))
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("{value} is not a number"),
+}
+
+/// A whole number in `0..=max`: an integer, a float such as `2.0`, or a string of digits (as
+/// CSV fields always are).
+fn bounded_integer(value: &Value, max: i64) -> Option<i64> {
+    let n = match value.as_str() {
+        Some(s) => s.trim().parse::<i64>().ok()?,
+        None => i64::try_from(value.clone()).ok().or_else(|| {
+            f64::try_from(value.clone())
+                .ok()
+                .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
+                .map(|f| f as i64)
+        })?,
+    };
+    (0..=max).contains(&n).then_some(n)
+}
+
+fn decimals_arg(value: &Value) -> Result<usize, String> {
+    bounded_integer(value, MAX_DECIMALS)
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            format!(
+                "decimals must be a whole number from 0 to {MAX_DECIMALS}, not {}",
+                quoted(value)
             )
         })
 }
 
-fn group(amount: f64, decimals: u32, thousands: &str, point: &str) -> String {
-    let fixed = format!("{:.*}", decimals as usize, amount.abs());
+fn truncate_arg(name: &str, value: &Value) -> Result<i64, String> {
+    bounded_integer(value, MAX_TRUNCATE_LENGTH).ok_or_else(|| {
+        format!(
+            "{name} must be a whole number from 0 to {MAX_TRUNCATE_LENGTH}, not {}",
+            quoted(value)
+        )
+    })
+}
+
+fn separator_arg(name: &str, value: &Value) -> Result<String, String> {
+    match value.as_str() {
+        Some(s) if s.chars().count() <= MAX_SEPARATOR_CHARS => Ok(s.to_string()),
+        _ => Err(format!(
+            "{name} must be a string of at most {MAX_SEPARATOR_CHARS} characters, not {}",
+            quoted(value)
+        )),
+    }
+}
+
+fn separators(filter: &str, kwargs: &Kwargs) -> Result<(String, String), Error> {
+    let pick = |name: &str, default: &str| -> Result<String, Error> {
+        match kwargs.get::<Option<Value>>(name)? {
+            Some(given) => separator_arg(name, &given).map_err(|m| invalid(filter, m)),
+            None => Ok(default.to_string()),
+        }
+    };
+    Ok((pick("thousands", ",")?, pick("point", ".")?))
+}
+
+/// An ISO 4217 code: three letters, any case.
+fn currency_code_arg(value: &Value) -> Result<String, String> {
+    match value.as_str() {
+        Some(code) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Ok(code.to_ascii_uppercase())
+        }
+        _ => Err(format!(
+            "the currency must be a three-letter ISO 4217 code such as \"EUR\", not {}",
+            quoted(value)
+        )),
+    }
+}
+
+fn date_format_arg(value: &Value) -> Result<String, String> {
+    match value.as_str() {
+        Some(format) if format.chars().count() <= MAX_DATE_FORMAT_CHARS => Ok(format.to_string()),
+        _ => Err(format!(
+            "the format must be a string of at most {MAX_DATE_FORMAT_CHARS} characters, not {}",
+            quoted(value)
+        )),
+    }
+}
+
+fn to_number(value: &Value) -> Result<(f64, bool), Error> {
+    let (amount, is_integer) = if let Some(s) = value.as_str() {
+        let s = s.trim();
+        let amount = s.parse::<f64>().map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{} is not a number", quoted(value)),
+            )
+        })?;
+        (amount, !s.contains(['.', 'e', 'E']))
+    } else if let Ok(i) = i64::try_from(value.clone()) {
+        // Precision loss above 2^53 only affects the digits shown, never memory safety.
+        (i as f64, true)
+    } else {
+        let f = f64::try_from(value.clone()).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{} is not a number", quoted(value)),
+            )
+        })?;
+        (f, false)
+    };
+    if !amount.is_finite() {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("{} is not a finite number", quoted(value)),
+        ));
+    }
+    Ok((amount, is_integer))
+}
+
+/// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
+/// about 330 and the separators at most a hundred.
+fn group(amount: f64, decimals: usize, thousands: &str, point: &str) -> String {
+    let fixed = format!("{:.*}", decimals, amount.abs());
     let (int_part, frac_part) = fixed.split_once('.').unwrap_or((&fixed, ""));
-    let mut out = String::with_capacity(fixed.len() + fixed.len() / 3 + 2);
+    let mut out = String::with_capacity(fixed.len() + fixed.len() / 3 * thousands.len() + 2);
     if amount < 0.0 && fixed.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
         out.push('-');
     }
@@ -191,6 +515,156 @@ mod tests {
         assert!(err.to_string().contains("not a number"), "{err}");
     }
 
+    fn environment() -> Environment<'static> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        add_filters(&mut env);
+        env
+    }
+
+    fn render_err(template: &str, ctx: Value) -> String {
+        match environment().render_str(template, ctx) {
+            Ok(rendered) => panic!("{template} rendered {rendered:?}"),
+            Err(err) => err.detail().unwrap_or_default().to_string(),
+        }
+    }
+
+    #[test]
+    fn decimals_out_of_range_are_an_error_naming_the_bound() {
+        let ctx = minijinja::context! { n => 5, big => 70000, neg => -1, half => 2.5, text => "x" };
+        for template in [
+            "{{ n | number(70000) }}",
+            "{{ n | number(big) }}",
+            "{{ n | number(4294967295) }}",
+            "{{ n | number(18446744073709551615) }}",
+            "{{ n | number(neg) }}",
+            "{{ n | number(half) }}",
+            "{{ n | number(text) }}",
+            "{{ n | number(21) }}",
+        ] {
+            let err = render_err(template, ctx.clone());
+            assert!(
+                err.starts_with("number: decimals must be a whole number from 0 to 20"),
+                "{template}: {err}"
+            );
+        }
+        // The bound itself works, and so does a field holding digits (as CSV fields do).
+        let ctx = minijinja::context! { n => 1.5, d => "20" };
+        assert_eq!(render("{{ n | number(d) }}", ctx), "1.50000000000000000000");
+    }
+
+    #[test]
+    fn separators_are_short_strings() {
+        let ctx = minijinja::context! { n => 1234567, long => "x".repeat(100_000) };
+        let err = render_err("{{ n | number(thousands=long) }}", ctx.clone());
+        assert!(
+            err.contains("thousands must be a string of at most 8 characters"),
+            "{err}"
+        );
+        assert!(err.len() < 200, "the message quotes only the start: {err}");
+        let err = render_err("{{ n | currency('EUR', point=3) }}", ctx.clone());
+        assert!(err.contains("point must be a string"), "{err}");
+        assert_eq!(
+            render("{{ n | number(thousands='\u{a0}') }}", ctx),
+            "1\u{a0}234\u{a0}567"
+        );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_an_error() {
+        let ctx = minijinja::context! { inf => f64::INFINITY, nan => f64::NAN, huge => "1e400" };
+        for template in [
+            "{{ inf | number }}",
+            "{{ nan | number(2) }}",
+            "{{ huge | currency }}",
+        ] {
+            let err = render_err(template, ctx.clone());
+            assert!(err.contains("is not a finite number"), "{template}: {err}");
+        }
+        // The largest finite numbers print all their digits.
+        let ctx = minijinja::context! { max => f64::MAX, min => i64::MIN };
+        let max = render("{{ max | number }}", ctx.clone());
+        assert_eq!(max.matches(',').count(), 102, "{max}");
+        assert!(max.starts_with("179,769,313,486,231,570"), "{max}");
+        assert_eq!(
+            render("{{ min | number }}", ctx),
+            "-9,223,372,036,854,775,808"
+        );
+    }
+
+    #[test]
+    fn currency_codes_are_three_letters() {
+        let ctx = minijinja::context! { p => 1, code => "EURO".repeat(10_000) };
+        for template in [
+            "{{ p | currency(code) }}",
+            "{{ p | currency('E') }}",
+            "{{ p | currency(978) }}",
+        ] {
+            let err = render_err(template, ctx.clone());
+            assert!(
+                err.contains("three-letter ISO 4217 code"),
+                "{template}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn date_formats_and_truncate_lengths_are_bounded() {
+        let ctx = minijinja::context! {
+            d => "2026-03-07", long => "%Y".repeat(200), s => "a b c d e f g",
+        };
+        let err = render_err("{{ d | date(long) }}", ctx.clone());
+        assert!(err.contains("at most 256 characters"), "{err}");
+        let err = render_err("{{ d | date(5) }}", ctx.clone());
+        assert!(err.contains("format must be a string"), "{err}");
+        let err = render_err(
+            "{{ s | truncate(length=18446744073709551615) }}",
+            ctx.clone(),
+        );
+        assert!(err.starts_with("truncate: length must be"), "{err}");
+        let err = render_err("{{ s | truncate(length=5, leeway=9999999) }}", ctx.clone());
+        assert!(err.starts_with("truncate: leeway must be"), "{err}");
+        assert_eq!(
+            render("{{ s | truncate(length=7, leeway=0) }}", ctx),
+            "a b..."
+        );
+    }
+
+    #[test]
+    fn literal_arguments_a_filter_refuses_are_found_with_their_offset() {
+        let syntax = minijinja::syntax::SyntaxConfig::default();
+        let refused = |source: &str| refused_literal_argument(source, &syntax);
+        let source = "Total: {{ n|number(70000) }}";
+        let (offset, message) = refused(source).expect("refused");
+        assert_eq!(&source[offset..offset + 5], "70000");
+        assert!(message.starts_with("number: decimals"), "{message}");
+        for source in [
+            "{{ n | number(-1) }}",
+            "{{ n | number(2.5) }}",
+            "{{ n | number(2, thousands='0123456789') }}",
+            "{{ p | currency('EURO') }}",
+            "{{ p | currency(point=1) }}",
+            "{% filter number(99) %}5{% endfilter %}",
+            "{{ s | upper | truncate(length=99999999999) }}",
+            "{% for x in xs %}{{ x | number(1) }}{{ x | number(1e3) }}{% endfor %}",
+        ] {
+            assert!(refused(source).is_some(), "{source}");
+        }
+        // Expressions are checked when the filter runs; valid literals pass.
+        for source in [
+            "{{ n | number(d) }}",
+            "{{ n | number(d + 70000) }}",
+            "{{ n | number(2, thousands='.', point=',') }}",
+            "{{ p | currency('eur') }}",
+            "{{ d | date('%d %B %Y') }}",
+            "{{ n | round(70000) }}",
+            "{{ number(70000) }}",
+            "{{ x | number( }}",
+        ] {
+            assert_eq!(refused(source), None, "{source}");
+        }
+    }
+
     #[test]
     fn date_formats_iso_dates_with_strftime() {
         let ctx = minijinja::context! { d => "2026-03-07", t => "2026-03-07T09:30:00Z" };
@@ -203,5 +677,85 @@ mod tests {
             "2026-03-07"
         );
         assert_eq!(render("{{ d | date }}", ctx), "Mar 7 2026");
+    }
+}
+
+/// Any argument, from a template literal or a recipient's field, gives a value or an error:
+/// never a panic, never output out of proportion to the arguments.
+#[cfg(test)]
+mod properties {
+    use super::add_filters;
+    use minijinja::Environment;
+    use minijinja::value::Value;
+    use proptest::prelude::*;
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (0u32..=u32::MAX).prop_map(Value::from),
+            any::<i128>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                Just(f64::MAX),
+                Just(f64::MIN_POSITIVE),
+                Just(-0.0),
+            ]
+            .prop_map(Value::from),
+            ".{0,40}".prop_map(Value::from),
+            "[0-9eE.+%-]{0,30}".prop_map(Value::from),
+            (0usize..200_000).prop_map(|n| Value::from("9".repeat(n))),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::from(())),
+            Just(Value::UNDEFINED),
+        ]
+    }
+
+    const TEMPLATES: &[&str] = &[
+        "{{ v | number }}",
+        "{{ v | number(a) }}",
+        "{{ v | number(a, thousands=b, point=c) }}",
+        "{{ v | currency }}",
+        "{{ v | currency(b) }}",
+        "{{ v | currency(b, thousands=a, point=c) }}",
+        "{{ v | date }}",
+        "{{ v | date(b) }}",
+        "{{ v | dateformat(format=b) }}",
+        "{{ v | datetimeformat(format=b) }}",
+        "{{ v | timeformat(format=b) }}",
+        "{{ v | truncate(length=a, leeway=c) }}",
+        "{{ b | truncate(length=a, end=c) }}",
+        "{{ v | filesizeformat(a) }}",
+        "{{ v | pluralize(b, c) }}",
+        "{{ b | striptags }}",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn filters_return_a_value_or_an_error_for_any_argument(
+            v in any_value(),
+            a in any_value(),
+            b in any_value(),
+            c in any_value(),
+        ) {
+            let mut env = Environment::new();
+            minijinja_contrib::add_to_environment(&mut env);
+            add_filters(&mut env);
+            let ctx = minijinja::context! { v => v, a => a, b => b, c => c };
+            for template in TEMPLATES {
+                if let Ok(rendered) = env.render_str(template, ctx.clone()) {
+                    prop_assert!(
+                        rendered.len() < 1_000_000,
+                        "{template}: {} bytes",
+                        rendered.len()
+                    );
+                }
+            }
+        }
     }
 }

@@ -22,12 +22,17 @@ print(dkim.verify(sys.stdin.buffer.read(), dnsfunc=dnsfunc))
 "#;
 
 fn signed(signer: &DkimSigner, first_name: &str) -> OutgoingMessage {
-    let doc = campaign(
+    signed_from(signer, first_name, "Shop «Ünïcode» News")
+}
+
+fn signed_from(signer: &DkimSigner, first_name: &str, from_name: &str) -> OutgoingMessage {
+    let mut doc = campaign(
         "{{ first_name }}, 🎉 news — שלום",
         "<p>Hello {{ first_name }}</p>\n<a href=\"{{ unsubscribe_url }}\">Unsubscribe</a>\n",
         "Hello {{ first_name }}   with  spaces \t\nUnsubscribe: {{ unsubscribe_url }}\n",
         "strict",
     );
+    doc.from.name = Some(from_name.to_string());
     let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
     let r = recipient(json!({"email": "ann@mail.example", "first_name": first_name}));
     compiled
@@ -116,4 +121,30 @@ fn the_dns_record_has_the_key_type() {
     assert_eq!(record.len(), "v=DKIM1; k=ed25519; p=".len() + 44);
     // The private key never shows in debug output.
     assert!(!format!("{ed:?}").contains("PRIVATE"));
+}
+
+#[test]
+fn folded_headers_verify_with_dkimpy() {
+    if python_with(&["dkim", "nacl"]).is_none() {
+        return;
+    }
+    let signer = DkimSigner::from_pem(ED25519, "shop.example", "sel2026").unwrap();
+    let long_name = "Zoë ".repeat(40) + &"x".repeat(120);
+    let from_name = "Riverside Books, Ünïcode department of very long names ".repeat(3);
+    let message = signed_from(&signer, &long_name, from_name.trim());
+    let text = String::from_utf8_lossy(&message.bytes);
+    let head = &text[..text.find("\r\n\r\n").unwrap()];
+    let continuation_lines = head
+        .lines()
+        .filter(|l| l.starts_with(" =?UTF-8?B?"))
+        .count();
+    assert!(
+        continuation_lines >= 4,
+        "From and Subject are folded:\n{head}"
+    );
+    assert!(head.lines().all(|line| line.len() <= 998));
+    assert!(
+        dkimpy_verifies(&signer, &message.bytes),
+        "dkimpy rejected:\n{text}"
+    );
 }

@@ -437,3 +437,52 @@ fn tracked_links_and_the_pixel_carry_the_recipients_urls_and_opt_outs_stay() {
     let html_out = compiled.render(&someone, &ctx).unwrap().html.unwrap();
     assert!(!html_out.contains("/t/c/") && !html_out.contains("<img"));
 }
+
+#[test]
+fn a_literal_filter_argument_out_of_range_is_a_template_error_with_its_position() {
+    let doc = campaign(
+        "Hi",
+        "<p>Hello</p>\n<p>Total: {{ total|number(70000) }}</p>",
+        "x",
+        "lenient",
+    );
+    let err = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap_err();
+    assert_eq!(err.template, TemplatePart::Html);
+    assert_eq!((err.line, err.column), (2, 27), "{err}");
+    assert!(
+        err.message
+            .starts_with("number: decimals must be a whole number from 0 to 20"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_filter_argument_from_a_field_fails_only_the_recipient_that_has_it() {
+    let doc = campaign(
+        "Your total",
+        "<p>{{ total|number(decimals) }}</p>",
+        "{{ total|currency(code) }}",
+        "strict",
+    );
+    let compiled = compile(&doc);
+    let good = json!({"email": "a@b.example", "total": "1234.5", "decimals": 1, "code": "EUR"});
+    let rendered = compiled.render(&recipient(good), &context(1)).unwrap();
+    assert_eq!(rendered.html.as_deref(), Some("<p>1,234.5</p>"));
+    assert_eq!(rendered.text.as_deref(), Some("€1,234.50"));
+    let poison = json!({"email": "b@b.example", "total": 1, "decimals": 70000, "code": "EUR"});
+    match compiled
+        .render(&recipient(poison), &context(2))
+        .unwrap_err()
+    {
+        RenderError::Evaluation {
+            template, detail, ..
+        } => {
+            assert_eq!(template, TemplatePart::Html);
+            assert!(
+                detail.contains("decimals must be a whole number"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected an evaluation error, got {other:?}"),
+    }
+}

@@ -6,8 +6,10 @@ use crate::retry::outcome_of;
 use crate::worker::Stats;
 use crate::{ProcessorError, Services};
 use campaign::{CampaignId, CampaignStatus};
+use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -340,7 +342,16 @@ pub(crate) async fn deliver(
         };
         let slot_taken = Instant::now();
         let message = match &compiled {
-            Ok(compiled) => build(services, compiled, id, &recipient),
+            // A panic while building one message fails that recipient only.
+            Ok(compiled) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                build(services, compiled, id, &recipient)
+            }))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "building the message panicked: {}",
+                    crate::worker::describe_panic(panic.as_ref())
+                ))
+            }),
             Err(err) => Err(format!("the campaign's templates do not compile: {err}")),
         };
         match message {
@@ -378,7 +389,24 @@ pub(crate) async fn deliver(
                         }
                     }
                     let sending = Instant::now();
-                    let result = transport.send(message).await;
+                    // A transport that panics fails this recipient (it may have been sent:
+                    // `attempted`), instead of leaving it due for a follow-up that panics again.
+                    let result = match AssertUnwindSafe(transport.send(message))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(panic) => {
+                            let kind = OutcomeKind::Failed {
+                                error: format!(
+                                    "sending panicked: {}",
+                                    crate::worker::describe_panic(panic.as_ref())
+                                ),
+                                attempted: true,
+                            };
+                            return record_kind(&recorder, &stats, transport_label, &events, id, &recipient, kind).await;
+                        }
+                    };
                     metrics::observe_send(transport_label, sending.elapsed().as_secs_f64());
                     let kind = outcome_of(
                         &result,
@@ -497,22 +525,90 @@ fn record_only(
     let events = shared.services.events.clone();
     let recipient = recipient.clone();
     async move {
-        stats.count(&kind);
-        metrics::record_message(transport_label, outcome_metric(&kind));
-        let outcome = DeliveryOutcome {
-            recipient_id: recipient.id,
-            result: kind.clone(),
-        };
-        if recorder.record(outcome).await.is_err() {
-            tracing::error!(
-                recipient = recipient.id,
-                "outcome not recorded: the recorder stopped"
-            );
-        } else {
-            events.emit_outcome(recipient.campaign_id, &recipient, &kind);
-        }
-        Some(kind)
+        record_kind(
+            &recorder,
+            &stats,
+            transport_label,
+            &events,
+            recipient.campaign_id,
+            &recipient,
+            kind,
+        )
+        .await
     }
+}
+
+/// Counts and records one outcome that involved no send, then tells the webhooks.
+async fn record_kind(
+    recorder: &Recorder,
+    stats: &Stats,
+    transport_label: &'static str,
+    events: &webhooks::EventSink,
+    campaign_id: CampaignId,
+    recipient: &StoredRecipient,
+    kind: OutcomeKind,
+) -> Option<OutcomeKind> {
+    stats.count(&kind);
+    metrics::record_message(transport_label, outcome_metric(&kind));
+    let outcome = DeliveryOutcome {
+        recipient_id: recipient.id,
+        result: kind.clone(),
+    };
+    if recorder.record(outcome).await.is_err() {
+        tracing::error!(
+            recipient = recipient.id,
+            "outcome not recorded: the recorder stopped"
+        );
+    } else {
+        events.emit_outcome(campaign_id, recipient, &kind);
+    }
+    Some(kind)
+}
+
+/// A batch whose task is dead (its attempts used up) sends nothing more: its unfinished
+/// recipients, pending or deferred, are failed with the task's last error, and the campaign
+/// finishes by the usual rule (`failed` when nothing was sent). Returns how many were failed.
+pub(crate) async fn abandon(
+    shared: &Shared,
+    batch: SendBatch,
+    error: &str,
+) -> Result<u64, ProcessorError> {
+    let store = shared.services.store.as_ref();
+    let id = batch.campaign_id;
+    let Some(record) = store.get_campaign(id).await? else {
+        return Ok(0);
+    };
+    if !matches!(
+        record.status,
+        CampaignStatus::Sending | CampaignStatus::Paused
+    ) {
+        return Ok(0);
+    }
+    // Past any deferred recipient's retry time (a backoff is at most u32::MAX seconds). The
+    // system clock, not the services' one: this must work whatever made the task fail.
+    let horizon = OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(u32::MAX) + 1);
+    let left = store.due_recipients(id, batch.range(), horizon).await?;
+    let reason = format!("not delivered: its batch task failed on its last attempt ({error})");
+    for recipient in &left {
+        let kind = OutcomeKind::Failed {
+            error: reason.clone(),
+            attempted: false,
+        };
+        record_kind(
+            &shared.recorder,
+            &shared.stats,
+            shared.transport_label,
+            &shared.services.events,
+            id,
+            recipient,
+            kind,
+        )
+        .await;
+    }
+    if let Some(status) = store.finish_if_done(id).await? {
+        tracing::info!(campaign = %id, %status, "campaign finished");
+    }
+    Ok(left.len() as u64)
 }
 
 /// The metrics' name for an outcome.

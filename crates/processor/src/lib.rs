@@ -61,6 +61,9 @@ pub enum ProcessorError {
     /// invalid campaign): the task is dead at once, with this as its last error.
     #[error("{0}")]
     Rejected(String),
+    /// The task's code panicked (a defect): the attempt fails like any other error.
+    #[error("the task panicked: {0}")]
+    Panicked(String),
     /// The campaign cannot be enqueued in its current state.
     #[error("campaign {id} is {status}: only a draft or scheduled campaign can be sent")]
     NotSendable {

@@ -111,7 +111,7 @@ impl SendBatch {
     /// The batch that continues this one's range.
     pub fn follow_up(&self) -> SendBatch {
         SendBatch {
-            round: self.round + 1,
+            round: self.round.saturating_add(1),
             ..*self
         }
     }

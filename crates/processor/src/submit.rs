@@ -85,6 +85,22 @@ pub(crate) async fn submit(
         ..Limits::default()
     };
     let document = read_submission(&task.payload, &limits, &services.message_settings)?;
+    // The schedule rule of a new campaign (in the future, within the horizon) holds when it
+    // is created; a run after a crash may come after that time, and finds the campaign.
+    if services.store.get_campaign(task.id).await?.is_none() {
+        document
+            .check_schedule(services.clock.now())
+            .map_err(|err| {
+                ProcessorError::Rejected(format!(
+                    "submit_campaign payload refused: campaign.{}",
+                    err.problems()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; campaign.")
+                ))
+            })?;
+    }
     let recipients = document
         .recipients
         .iter()

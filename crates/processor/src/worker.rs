@@ -1,11 +1,13 @@
 //! The worker loop: claim, run, heartbeat, stop gracefully.
 
-use crate::batch::{Shared, deliver, split};
+use crate::batch::{Shared, abandon, deliver, split};
 use crate::payload::{SEND_BATCH, SEND_CAMPAIGN, SUBMIT_CAMPAIGN, SendBatch, SendCampaign};
 use crate::{ProcessorError, Services};
 use async_trait::async_trait;
+use futures::FutureExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,6 +135,7 @@ impl Worker {
     /// (see [`WakingTasks`]), so the worker does not wait for its next check.
     pub fn new(config: WorkerConfig, services: Services, wake: Option<Arc<Notify>>) -> Worker {
         let stats = Arc::new(Stats::default());
+        note_panic_locations();
         metrics::init_task_kinds(&[SUBMIT_CAMPAIGN, SEND_CAMPAIGN, SEND_BATCH]);
         Worker {
             shared: Arc::new(Shared::new(services, config.in_flight, stats)),
@@ -254,6 +257,49 @@ impl Worker {
     }
 }
 
+thread_local! {
+    /// Where the last panic on this thread happened, for the error that reports it.
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Notes each panic's source location (then runs the hook there was, which logs it), so
+/// the failed task's error says where it panicked, not only what.
+fn note_panic_locations() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(location) = info.location() {
+                PANIC_LOCATION.with(|last| *last.borrow_mut() = Some(location.to_string()));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// A caught panic as an error text: its message and, when known, where it happened. Called
+/// on the thread that caught it, right after (the location is per thread).
+pub(crate) fn describe_panic(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = message::panic_message(panic);
+    match PANIC_LOCATION.with(|last| last.borrow_mut().take()) {
+        Some(location) => format!("{what} (at {location})"),
+        None => what,
+    }
+}
+
+/// Takes a task out of the heartbeat's set when dropped: however the task ends (returns,
+/// panics, or is aborted), its lease is no longer extended, so it cannot be held for ever.
+struct Release {
+    held: HeldTasks,
+    task: Uuid,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        lock(&self.held).remove(&self.task);
+    }
+}
+
 async fn run_task(
     shared: Arc<Shared>,
     worker: String,
@@ -262,22 +308,18 @@ async fn run_task(
     lost: Arc<AtomicBool>,
     held: HeldTasks,
 ) {
+    let _release = Release {
+        held,
+        task: task.id,
+    };
     let lease = task.lease();
     metrics::record_task_claimed(&task.kind);
-    let outcome = match task.kind.as_str() {
-        SEND_CAMPAIGN => match serde_json::from_value::<SendCampaign>(task.payload.clone()) {
-            Ok(job) => split(&shared, job).await,
-            Err(err) => Err(ProcessorError::Payload(err.to_string())),
-        },
-        SUBMIT_CAMPAIGN => crate::submit::submit(&shared, &task).await,
-        SEND_BATCH => match serde_json::from_value::<SendBatch>(task.payload.clone()) {
-            Ok(batch) => deliver(&shared, batch, &stop, &lost).await,
-            Err(err) => Err(ProcessorError::Payload(err.to_string())),
-        },
-        other => Err(ProcessorError::Payload(format!(
-            "this worker does not run tasks of kind {other:?}"
-        ))),
-    };
+    // A panic is a failed attempt like any other error: retried with backoff, then dead, and
+    // this worker goes on with its other tasks.
+    let outcome = AssertUnwindSafe(run(&shared, &task, &stop, &lost))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(ProcessorError::Panicked(describe_panic(panic.as_ref()))));
     let tasks = &shared.services.tasks;
     let reported = match outcome {
         Ok(result) => {
@@ -294,12 +336,20 @@ async fn run_task(
             tasks.fail_permanently(&worker, lease, &why).await
         }
         Err(err) => {
-            tracing::warn!(task = %task.id, kind = %task.kind, error = %err, "task failed; it is retried after backoff");
+            let error = err.to_string();
             metrics::record_task_failed(&task.kind);
-            tasks
-                .fail(&worker, lease, &err.to_string())
-                .await
-                .map(|_| ())
+            match tasks.fail(&worker, lease, &error).await {
+                Ok(TaskStatus::Dead) => {
+                    tracing::error!(task = %task.id, kind = %task.kind, %error, "task failed on its last attempt; it is dead");
+                    gave_up(&shared, &task, &error).await;
+                    Ok(())
+                }
+                Ok(_) => {
+                    tracing::warn!(task = %task.id, kind = %task.kind, %error, "task failed; it is retried after backoff");
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
         }
     };
     match reported {
@@ -311,7 +361,47 @@ async fn run_task(
             tracing::warn!(task = %task.id, error = %err, "cannot report the task's end; it runs again after its lease expires")
         }
     }
-    lock(&held).remove(&task.id);
+}
+
+async fn run(
+    shared: &Shared,
+    task: &Task,
+    stop: &CancellationToken,
+    lost: &AtomicBool,
+) -> Result<serde_json::Value, ProcessorError> {
+    match task.kind.as_str() {
+        SEND_CAMPAIGN => match serde_json::from_value::<SendCampaign>(task.payload.clone()) {
+            Ok(job) => split(shared, job).await,
+            Err(err) => Err(ProcessorError::Payload(err.to_string())),
+        },
+        SUBMIT_CAMPAIGN => crate::submit::submit(shared, task).await,
+        SEND_BATCH => match serde_json::from_value::<SendBatch>(task.payload.clone()) {
+            Ok(batch) => deliver(shared, batch, stop, lost).await,
+            Err(err) => Err(ProcessorError::Payload(err.to_string())),
+        },
+        other => Err(ProcessorError::Payload(format!(
+            "this worker does not run tasks of kind {other:?}"
+        ))),
+    }
+}
+
+/// A task that just went dead: a batch's unfinished recipients are failed with its error, so
+/// its campaign finishes instead of staying `sending` for recipients no task will deliver.
+async fn gave_up(shared: &Shared, task: &Task, error: &str) {
+    if task.kind != SEND_BATCH {
+        return;
+    }
+    let Ok(batch) = serde_json::from_value::<SendBatch>(task.payload.clone()) else {
+        return;
+    };
+    match abandon(shared, batch, error).await {
+        Ok(failed) => {
+            tracing::warn!(campaign = %batch.campaign_id, task = %task.id, failed, "the dead batch's recipients are failed")
+        }
+        Err(err) => {
+            tracing::error!(campaign = %batch.campaign_id, task = %task.id, error = %err, "cannot fail the dead batch's recipients")
+        }
+    }
 }
 
 /// Extends the leases of running tasks every third of the lease; a task whose lease is lost

@@ -1598,7 +1598,13 @@ async fn a_scheduled_submission_stays_scheduled(harness: Harness) {
         return;
     };
     let mut payload = submission("Later", 2);
-    payload["campaign"]["scheduled_at"] = "2099-01-01T08:00:00Z".into();
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    payload["campaign"]["scheduled_at"] = tomorrow
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .into();
     let task = harness
         .tasks
         .create(tasks::NewTask::new(processor::SUBMIT_CAMPAIGN, payload))
@@ -1616,6 +1622,248 @@ async fn a_scheduled_submission_stays_scheduled(harness: Harness) {
             .await
             .is_empty()
     );
+}
+
+/// The tasks of one kind the repository holds for a campaign.
+async fn tasks_of(tasks: &dyn TaskRepository, kind: &str, id: CampaignId) -> Vec<tasks::Task> {
+    tasks
+        .list(&tasks::TaskFilter {
+            status: None,
+            kind: Some(kind.to_string()),
+            key_prefix: None,
+            after: None,
+            limit: 500,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|task| task.payload["campaign_id"] == id.to_string())
+        .collect()
+}
+
+/// The services' clock, panicking while `poisoned` is set. A batch asks it for "now" outside
+/// any per-recipient isolation, so it stands in for any defect that panics a task's future.
+#[derive(Default)]
+struct PoisonedClock {
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl tasks::Clock for PoisonedClock {
+    fn now(&self) -> time::OffsetDateTime {
+        if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("the test's clock is poisoned");
+        }
+        time::OffsetDateTime::now_utc()
+    }
+}
+
+/// A batch task whose future panics is a failed attempt: its lease is released and it is
+/// retried with the repository's backoff until it is dead, with the panic's message and
+/// place as its error. Its recipients are then failed with that reason and the campaign
+/// finishes; the same worker goes on to deliver the next campaign.
+async fn a_panicking_task_is_retried_until_dead_and_the_worker_goes_on(harness: Harness) {
+    let Some(sink) = start_sink(SmtpSink::builder()) else {
+        return;
+    };
+    let fast = tasks::Backoff {
+        initial: time::Duration::milliseconds(50),
+        max: time::Duration::milliseconds(200),
+        jitter: 0.0,
+    };
+    let local = tasks::connect_with(&harness.url, Arc::new(tasks::SystemClock), fast)
+        .await
+        .expect("task repository with a short backoff");
+    let waking = Arc::new(WakingTasks::new(local));
+    let waker = waking.waker();
+    let task_repo: Arc<dyn TaskRepository> = waking;
+    let clock = Arc::new(PoisonedClock::default());
+    clock
+        .poisoned
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let transport = transport(&sink.url());
+    let worker = Worker::new(
+        worker_config("panicking"),
+        harness.services_on(transport.clone(), task_repo.clone(), clock.clone()),
+        Some(waker),
+    );
+    let stats = worker.stats();
+    let stop = CancellationToken::new();
+    let running = Running {
+        handle: tokio::spawn(worker.run(stop.clone())),
+        stop,
+        stats,
+    };
+
+    let poisoned = harness.campaign("Poisoned", 3, 10).await;
+    processor::enqueue_campaign(harness.store.as_ref(), task_repo.as_ref(), poisoned)
+        .await
+        .expect("campaign enqueued");
+    assert_eq!(harness.wait_final(poisoned).await, CampaignStatus::Failed);
+
+    let batches = tasks_of(task_repo.as_ref(), processor::SEND_BATCH, poisoned).await;
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let batch = &batches[0];
+    assert_eq!(batch.status, tasks::TaskStatus::Dead, "{batch:?}");
+    assert_eq!(
+        batch.attempts, batch.max_attempts,
+        "every attempt was used: {batch:?}"
+    );
+    assert_eq!(batch.lease_owner, None, "the lease is released: {batch:?}");
+    let error = batch.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("the task panicked: the test's clock is poisoned (at ")
+            && error.contains("delivery.rs"),
+        "the error says what panicked and where: {error}"
+    );
+    let failed = harness.deliveries(poisoned, None).await;
+    assert_eq!(failed.len(), 3);
+    for delivery in &failed {
+        assert_eq!(delivery.status, DeliveryStatus::Failed, "{delivery:?}");
+        let reason = delivery.last_error.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("its batch task failed on its last attempt")
+                && reason.contains("the test's clock is poisoned"),
+            "{delivery:?}"
+        );
+    }
+
+    // The same worker, still running, delivers the next campaign.
+    clock
+        .poisoned
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let next = harness.campaign("After the panic", 5, 10).await;
+    processor::enqueue_campaign(harness.store.as_ref(), task_repo.as_ref(), next)
+        .await
+        .expect("campaign enqueued");
+    assert_eq!(harness.wait_final(next).await, CampaignStatus::Completed);
+    assert_eq!(harness.counts(next).await.get(DeliveryStatus::Sent), 5);
+    assert_eq!(wait_received(&sink, 5).await, 5);
+    running.stop().await;
+    transport.close().await;
+}
+
+/// A filter argument taken from a recipient's field that the filter refuses fails that
+/// recipient, with the filter's reason; the others are delivered and the campaign completes.
+async fn a_recipient_whose_field_a_filter_refuses_fails_alone(harness: Harness) {
+    let Some(sink) = start_sink(SmtpSink::builder()) else {
+        return;
+    };
+    let json = serde_json::json!({
+        "name": "Totals",
+        "from": {"email": format!("news@{SENDER_DOMAIN}")},
+        "templates": {
+            "subject": "Your total",
+            "text": "Total: {{ total|number(decimals) }}\nUnsubscribe: {{ unsubscribe_url }}\n"
+        },
+        "batch_size": 10,
+    });
+    let document =
+        CampaignDocument::from_json(json.to_string().as_bytes(), &Limits::default()).unwrap();
+    let rows: Vec<_> = (0..5)
+        .map(|n| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("total".into(), "1234.5".into());
+            let decimals = if n == 2 { 70000 } else { 2 };
+            fields.insert("decimals".into(), decimals.into());
+            Ok(Recipient {
+                email: EmailAddress::parse(&email(n)).unwrap(),
+                fields,
+            })
+        })
+        .collect();
+    let (record, _) = harness
+        .store
+        .create_campaign(&document, store::recipient_stream(rows))
+        .await
+        .expect("campaign stored");
+    let transport = transport(&sink.url());
+    let worker = harness.start(worker_config("filters"), transport.clone());
+    harness.enqueue(record.id).await;
+    assert_eq!(
+        harness.wait_final(record.id).await,
+        CampaignStatus::Completed
+    );
+    worker.stop().await;
+    transport.close().await;
+
+    let deliveries = harness.deliveries(record.id, None).await;
+    let failed: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{deliveries:?}");
+    assert_eq!(failed[0].email, email(2));
+    let reason = failed[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("number: decimals must be a whole number from 0 to 20, not 70000"),
+        "{reason}"
+    );
+    assert_eq!(harness.counts(record.id).await.get(DeliveryStatus::Sent), 4);
+    assert_eq!(wait_received(&sink, 4).await, 4);
+}
+
+/// The real SMTP transport, except that sending to one address panics: a defect confined to
+/// one message.
+struct PanicsForOne {
+    inner: Arc<dyn Transport>,
+    address: String,
+}
+
+#[async_trait::async_trait]
+impl Transport for PanicsForOne {
+    async fn send(
+        &self,
+        message: delivery::OutgoingMessage,
+    ) -> Result<delivery::Accepted, delivery::SendError> {
+        if String::from_utf8_lossy(&message.content).contains(&self.address) {
+            panic!("the transport panicked for {}", self.address);
+        }
+        self.inner.send(message).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A panic while sending one message fails that recipient with the panic's message, once
+/// (it is not left due, to panic again in every follow-up); the others are delivered and the
+/// campaign completes.
+async fn a_panic_while_sending_one_message_fails_that_recipient_only(harness: Harness) {
+    let Some(sink) = start_sink(SmtpSink::builder()) else {
+        return;
+    };
+    let id = harness.campaign("One poisoned send", 6, 3).await;
+    let smtp = transport(&sink.url());
+    let transport: Arc<dyn Transport> = Arc::new(PanicsForOne {
+        inner: smtp.clone(),
+        address: email(4),
+    });
+    let worker = harness.start(worker_config("send-panic"), transport);
+    harness.enqueue(id).await;
+    assert_eq!(harness.wait_final(id).await, CampaignStatus::Completed);
+    worker.stop().await;
+    smtp.close().await;
+
+    let deliveries = harness.deliveries(id, None).await;
+    for delivery in &deliveries {
+        if delivery.email == email(4) {
+            assert_eq!(delivery.status, DeliveryStatus::Failed, "{delivery:?}");
+            assert_eq!(delivery.attempts, 1, "{delivery:?}");
+            let error = delivery.last_error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains("sending panicked: the transport panicked for reader4@mail.example"),
+                "{error}"
+            );
+        } else {
+            assert_eq!(delivery.status, DeliveryStatus::Sent, "{delivery:?}");
+        }
+    }
+    assert_eq!(wait_received(&sink, 5).await, 5);
 }
 
 macro_rules! delivery_suite {
@@ -1650,6 +1898,10 @@ macro_rules! delivery_suite {
             case!(a_bad_submission_is_dead_at_once_and_stores_nothing);
             case!(a_submission_run_again_after_a_crash_stores_and_sends_once);
             case!(a_scheduled_submission_stays_scheduled);
+
+            case!(a_panicking_task_is_retried_until_dead_and_the_worker_goes_on);
+            case!(a_recipient_whose_field_a_filter_refuses_fails_alone);
+            case!(a_panic_while_sending_one_message_fails_that_recipient_only);
         }
     };
 }

@@ -9,7 +9,7 @@ macro_rules! campaign_store {
         use $crate::db_types::{DbId, DbTime};
         use $crate::import::{ChunkSink, ImportRow, drive};
         use $crate::{
-            ApiKeyRecord, CampaignFilter, CampaignPage, DeliveryRecord, DueCampaign, FeedbackEvent, FeedbackKind, NewFeedbackEvent, QueuedWebhookEvent, Requeued, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
+            ApiKeyRecord, CampaignFilter, QuotaWindow, TestSendRecord, TestSendReservation, quota_verdict, CampaignPage, DeliveryRecord, DueCampaign, FeedbackEvent, FeedbackKind, NewFeedbackEvent, QueuedWebhookEvent, Requeued, IdempotencyReservation, Suppression, CampaignRecord, CampaignStore, DeliveryCounts,
             DeliveryOutcome, ImportReport, OutcomeKind, RecipientRange, RecipientStream,
             EngagementCounts, EventCount, RecordedTrackingEvent, StoreError, TrackingEvent, TrackingEventKind, StoredRecipient, ZoneRelease, initial_status,
         };
@@ -25,6 +25,87 @@ macro_rules! campaign_store {
         /// Sent outcomes recorded per statement (two bind parameters each, far below both
         /// backends' limits).
         const SENT_PER_STATEMENT: usize = 500;
+
+        /// The rule `EmailAddress::key` follows today (see migration 0011).
+        const EMAIL_KEY_RULE: i64 = 2;
+
+        impl $store {
+            /// Brings `email_key` columns written under an older key rule up to today's, once
+            /// per database (the rule's version is kept in `email_key_rule`); several processes
+            /// opening one database wait for each other on that row. Only keys holding a
+            /// non-ASCII character (more octets than characters) can differ. A recipient whose new key is already taken in
+            /// its campaign (one mailbox imported under two spellings) keeps its old key:
+            /// nothing is deleted, and sends check suppression on the key computed afresh.
+            pub(crate) async fn upgrade_email_keys(&self) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                let version: i64 = sqlx::query_scalar(concat!("SELECT version FROM email_key_rule WHERE id = 1", $lock))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if version >= EMAIL_KEY_RULE {
+                    return Ok(());
+                }
+                // Suppressions: two spellings of one mailbox become one suppression.
+                let rows = sqlx::query("SELECT email, email_key FROM suppressions WHERE length(email_key) <> octet_length(email_key)")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in &rows {
+                    let old: String = row.try_get("email_key")?;
+                    let Some(new) = recomputed_key(&row.try_get::<String, _>("email")?, &old) else { continue };
+                    sqlx::query(
+                        "DELETE FROM suppressions WHERE email_key = $1 AND EXISTS (SELECT 1 FROM suppressions WHERE email_key = $2)",
+                    )
+                    .bind(&old)
+                    .bind(&new)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE suppressions SET email_key = $2 WHERE email_key = $1")
+                        .bind(&old)
+                        .bind(&new)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let rows = sqlx::query("SELECT id, email, email_key FROM recipients WHERE length(email_key) <> octet_length(email_key)")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in &rows {
+                    let old: String = row.try_get("email_key")?;
+                    let Some(new) = recomputed_key(&row.try_get::<String, _>("email")?, &old) else { continue };
+                    sqlx::query(
+                        "UPDATE recipients SET email_key = $2 WHERE id = $1 AND NOT EXISTS \
+                         (SELECT 1 FROM recipients other WHERE other.campaign_id = recipients.campaign_id AND other.email_key = $2)",
+                    )
+                    .bind(row.try_get::<i64, _>("id")?)
+                    .bind(&new)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let rows = sqlx::query("SELECT id, email, email_key FROM feedback_events WHERE length(email_key) <> octet_length(email_key)")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in &rows {
+                    let old: String = row.try_get("email_key")?;
+                    let Some(new) = recomputed_key(&row.try_get::<String, _>("email")?, &old) else { continue };
+                    sqlx::query("UPDATE feedback_events SET email_key = $2 WHERE id = $1")
+                        .bind(row.try_get::<i64, _>("id")?)
+                        .bind(&new)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE email_key_rule SET version = $1 WHERE id = 1")
+                    .bind(EMAIL_KEY_RULE)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        /// Today's key of a stored address, when it differs from the stored one. An address
+        /// today's parser refuses (an invisible character) keeps its key: it is never sent.
+        fn recomputed_key(email: &str, stored_key: &str) -> Option<String> {
+            let key = EmailAddress::parse(email).ok()?.key();
+            (key != stored_key).then_some(key)
+        }
 
         const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass";
 
@@ -1183,6 +1264,66 @@ macro_rules! campaign_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn reserve_test_sends(
+                &self,
+                api_key_id: &str,
+                campaign_id: CampaignId,
+                addresses: &[EmailAddress],
+                now: OffsetDateTime,
+                quota: &[QuotaWindow],
+            ) -> Result<TestSendReservation, StoreError> {
+                let longest = quota.iter().map(|window| window.window).max().unwrap_or_default();
+                let mut tx = self.begin_write().await?;
+                // Serialises the reservations of one key across processes: PostgreSQL locks the
+                // key's row until commit; SQLite's write transaction is already exclusive.
+                sqlx::query(concat!("SELECT id FROM api_keys WHERE id = $1", $lock))
+                    .bind(api_key_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let earlier: Vec<DbTime> = sqlx::query_scalar(
+                    "SELECT sent_at FROM test_sends WHERE api_key_id = $1 AND sent_at > $2 ORDER BY sent_at",
+                )
+                .bind(api_key_id)
+                .bind(DbTime::from(now - longest))
+                .fetch_all(&mut *tx)
+                .await?;
+                let earlier: Vec<OffsetDateTime> = earlier.into_iter().map(|at| at.0).collect();
+                if let Some((window, retry_at)) = quota_verdict(quota, &earlier, addresses.len(), now) {
+                    return Ok(TestSendReservation::OverQuota { window, retry_at });
+                }
+                let mut ids = Vec::with_capacity(addresses.len());
+                for address in addresses {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO test_sends (api_key_id, campaign_id, email, sent_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                    )
+                    .bind(api_key_id)
+                    .bind(DbId(campaign_id))
+                    .bind(address.as_str())
+                    .bind(DbTime::from(now))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    ids.push(id);
+                }
+                tx.commit().await?;
+                Ok(TestSendReservation::Reserved(ids))
+            }
+
+            async fn test_send(&self, id: i64) -> Result<Option<TestSendRecord>, StoreError> {
+                let row = sqlx::query("SELECT id, campaign_id, email, sent_at FROM test_sends WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(TestSendRecord {
+                        id: row.try_get("id")?,
+                        campaign_id: row.try_get::<DbId, _>("campaign_id")?.0,
+                        email: row.try_get("email")?,
+                        sent_at: row.try_get::<DbTime, _>("sent_at")?.0,
+                    })
+                })
+                .transpose()
             }
         }
         }

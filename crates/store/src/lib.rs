@@ -477,6 +477,77 @@ pub trait CampaignStore: Send + Sync {
 
     /// Forgets a reservation whose request failed on our side, so it may be retried.
     async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Records test messages of `campaign_id` to `addresses` on API key `api_key_id`'s quota,
+    /// all of them or none: when they would take the key's test sends within any of `quota`'s
+    /// windows (ending at `now`) past that window's limit, nothing is recorded and the answer
+    /// says which window and when the sends fit. Callers sharing the database are serialised
+    /// per key, so together they never exceed the quota.
+    async fn reserve_test_sends(
+        &self,
+        api_key_id: &str,
+        campaign_id: CampaignId,
+        addresses: &[EmailAddress],
+        now: OffsetDateTime,
+        quota: &[QuotaWindow],
+    ) -> Result<TestSendReservation, StoreError>;
+
+    /// The test message recorded under this id (its unsubscribe token names it).
+    async fn test_send(&self, id: i64) -> Result<Option<TestSendRecord>, StoreError>;
+}
+
+/// One window of a quota: at most `limit` uses within any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaWindow {
+    pub window: time::Duration,
+    pub limit: u32,
+}
+
+/// What [`CampaignStore::reserve_test_sends`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestSendReservation {
+    /// Recorded: the ids of the test sends, one per address, in the order given.
+    Reserved(Vec<i64>),
+    /// Nothing recorded: `window` is full. `retry_at` is when enough of its sends have aged
+    /// out for this many addresses, `None` when there are more addresses than its limit.
+    OverQuota {
+        window: QuotaWindow,
+        retry_at: Option<OffsetDateTime>,
+    },
+}
+
+/// A recorded test message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestSendRecord {
+    pub id: i64,
+    pub campaign_id: CampaignId,
+    pub email: String,
+    pub sent_at: OffsetDateTime,
+}
+
+/// Whether `wanted` more uses fit a quota, given the times of earlier uses (oldest first):
+/// `None` when they fit every window, else the first full window and when they will fit.
+pub fn quota_verdict(
+    quota: &[QuotaWindow],
+    earlier: &[OffsetDateTime],
+    wanted: usize,
+    now: OffsetDateTime,
+) -> Option<(QuotaWindow, Option<OffsetDateTime>)> {
+    quota.iter().find_map(|&window| {
+        let limit = window.limit as usize;
+        let start = now - window.window;
+        let inside: Vec<OffsetDateTime> =
+            earlier.iter().copied().filter(|&at| at > start).collect();
+        if inside.len() + wanted <= limit {
+            return None;
+        }
+        if wanted > limit {
+            return Some((window, None));
+        }
+        // The oldest `inside.len() + wanted - limit` uses must leave the window first.
+        let last_to_leave = inside[inside.len() + wanted - limit - 1];
+        Some((window, Some(last_to_leave + window.window)))
+    })
 }
 
 /// What a bounce or complaint means for its address.
@@ -622,6 +693,14 @@ pub struct Suppression {
     pub reason: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+impl Suppression {
+    /// The key the list is ordered by: pass it as `after` to continue past this entry.
+    pub fn key(&self) -> String {
+        EmailAddress::parse(&self.email)
+            .map_or_else(|_| self.email.to_lowercase(), |email| email.key())
+    }
 }
 
 /// What a tracking event says happened.
@@ -815,5 +894,43 @@ pub fn initial_status(document: &CampaignDocument) -> CampaignStatus {
         CampaignStatus::Scheduled
     } else {
         CampaignStatus::Draft
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_window_fills_and_says_when_it_has_room_again() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1000);
+        let minute = QuotaWindow {
+            window: time::Duration::minutes(1),
+            limit: 3,
+        };
+        let day = QuotaWindow {
+            window: time::Duration::days(1),
+            limit: 5,
+        };
+        let ago = |seconds: i64| now - time::Duration::seconds(seconds);
+        assert_eq!(quota_verdict(&[minute, day], &[], 3, now), None);
+        assert_eq!(
+            quota_verdict(&[minute, day], &[], 4, now),
+            Some((minute, None))
+        );
+        // Two in the last minute: one more fits, two more wait for the older to leave.
+        let earlier = [ago(50), ago(10)];
+        assert_eq!(quota_verdict(&[minute, day], &earlier, 1, now), None);
+        assert_eq!(
+            quota_verdict(&[minute, day], &earlier, 2, now),
+            Some((minute, Some(ago(50) + time::Duration::minutes(1))))
+        );
+        // Uses older than the minute count only for the day.
+        let earlier = [ago(7200), ago(3600), ago(600), ago(120)];
+        assert_eq!(quota_verdict(&[minute, day], &earlier, 1, now), None);
+        assert_eq!(
+            quota_verdict(&[minute, day], &earlier, 2, now),
+            Some((day, Some(ago(7200) + time::Duration::days(1))))
+        );
     }
 }

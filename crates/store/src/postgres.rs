@@ -32,7 +32,9 @@ impl PostgresStore {
         let mut migrator = sqlx::migrate!("migrations/postgres");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
-        Ok(PostgresStore { pool })
+        let store = PostgresStore { pool };
+        store.upgrade_email_keys().await?;
+        Ok(store)
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -40,7 +40,9 @@ impl SqliteStore {
         let mut migrator = sqlx::migrate!("migrations/sqlite");
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let store = SqliteStore { pool };
+        store.upgrade_email_keys().await?;
+        Ok(store)
     }
 
     pub fn pool(&self) -> &SqlitePool {

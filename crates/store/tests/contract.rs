@@ -175,6 +175,7 @@ async fn a_bad_row_stores_nothing(store: Arc<dyn CampaignStore>) {
     let bad = |row: u64| RowError {
         row,
         line: row + 1,
+        column: None,
         message: "invalid email address".into(),
     };
     // Good rows first, so a chunk would already have been inserted when the bad one comes.
@@ -968,6 +969,85 @@ async fn engagement_is_counted_per_kind_link_and_hour(store: Arc<dyn CampaignSto
     assert_eq!(nothing, store::EngagementCounts::default());
 }
 
+/// Test sends are recorded per key, all or none, within the quota's windows (ending at the
+/// given time), and read back by id.
+async fn test_sends_are_recorded_within_their_quota(store: Arc<dyn CampaignStore>) {
+    let key = store::ApiKeyRecord {
+        id: "tester".into(),
+        name: "qa".into(),
+        secret_hash: "cd".repeat(32),
+        created_at: store::db_types::DbTime::now().0,
+        revoked_at: None,
+    };
+    store.insert_api_key(&key).await.unwrap();
+    let campaign = uuid::Uuid::now_v7();
+    let quota = [
+        store::QuotaWindow {
+            window: time::Duration::minutes(1),
+            limit: 3,
+        },
+        store::QuotaWindow {
+            window: time::Duration::days(1),
+            limit: 4,
+        },
+    ];
+    let address = |n: usize| EmailAddress::parse(&format!("qa{n}@example.com")).unwrap();
+    let start = store::db_types::DbTime::now().0;
+    let reserve = |addresses: Vec<EmailAddress>, at: time::OffsetDateTime| {
+        let store = store.clone();
+        async move {
+            store
+                .reserve_test_sends("tester", campaign, &addresses, at, &quota)
+                .await
+                .unwrap()
+        }
+    };
+    let store::TestSendReservation::Reserved(ids) =
+        reserve(vec![address(0), address(1)], start).await
+    else {
+        panic!("two fit");
+    };
+    assert_eq!(ids.len(), 2);
+    let first = store.test_send(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (first.campaign_id, first.email.as_str()),
+        (campaign, "qa0@example.com")
+    );
+    assert_eq!(first.sent_at, start);
+    assert!(store.test_send(ids[1] + 1000).await.unwrap().is_none());
+
+    // Two more pass the minute's 3: refused whole, until the first two are a minute old.
+    let later = start + time::Duration::seconds(10);
+    assert_eq!(
+        reserve(vec![address(2), address(3)], later).await,
+        store::TestSendReservation::OverQuota {
+            window: quota[0],
+            retry_at: Some(start + time::Duration::minutes(1)),
+        }
+    );
+    assert!(matches!(
+        reserve(vec![address(2)], later).await,
+        store::TestSendReservation::Reserved(_)
+    ));
+    // A minute on, the minute has room but the day (4) has one place left.
+    let next_minute = start + time::Duration::seconds(70);
+    assert_eq!(
+        reserve(vec![address(4), address(5)], next_minute).await,
+        store::TestSendReservation::OverQuota {
+            window: quota[1],
+            retry_at: Some(start + time::Duration::days(1)),
+        }
+    );
+    // More addresses than a window's limit never fit.
+    assert_eq!(
+        reserve((0..4).map(address).collect(), next_minute).await,
+        store::TestSendReservation::OverQuota {
+            window: quota[0],
+            retry_at: None,
+        }
+    );
+}
+
 async fn api_keys_are_stored_listed_and_revoked(store: Arc<dyn CampaignStore>) {
     let key = store::ApiKeyRecord {
         id: "k1".into(),
@@ -1277,6 +1357,82 @@ async fn ping_answers(store: Arc<dyn CampaignStore>) {
     store.ping().await.unwrap();
 }
 
+/// Runs SQL on the test database directly, as an older version of the store would have.
+async fn execute_raw(url: &str, statements: &[&'static str]) {
+    if url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        for sql in statements {
+            sqlx::query(*sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        for sql in statements {
+            sqlx::query(*sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+}
+
+async fn stored_keys_follow_the_current_rule(store: Arc<dyn CampaignStore>, url: String) {
+    let (record, _) = store
+        .create_campaign(
+            &document("Old keys"),
+            recipient_stream(rows(vec![recipient("José@Bücher.example", "José")])),
+        )
+        .await
+        .unwrap();
+    store
+        .suppress(
+            &EmailAddress::parse("idn@bücher.example").unwrap(),
+            "manual",
+        )
+        .await
+        .unwrap();
+    store
+        .suppress(
+            &EmailAddress::parse("zoë@xn--bcher-kva.example").unwrap(),
+            "manual",
+        )
+        .await
+        .unwrap();
+    drop(store);
+    // What rule 1 (the address lower-cased) wrote, including a second spelling of a
+    // suppressed mailbox that the new rule makes one.
+    execute_raw(
+        &url,
+        &[
+            "UPDATE recipients SET email_key = 'josé@bücher.example'",
+            "UPDATE suppressions SET email_key = 'idn@bücher.example' WHERE email = 'idn@bücher.example'",
+            "INSERT INTO suppressions (email_key, email, reason, created_at) \
+             SELECT 'zoë@bücher.example', 'zoë@bücher.example', 'manual', created_at FROM suppressions WHERE email = 'idn@bücher.example'",
+            "UPDATE email_key_rule SET version = 1",
+        ],
+    )
+    .await;
+
+    let store = store::connect(&url).await.unwrap();
+    let keys = ["idn@xn--bcher-kva.example", "zoë@xn--bcher-kva.example"].map(String::from);
+    assert_eq!(store.suppressed_among(&keys).await.unwrap().len(), 2);
+    let listed = store.list_suppressions(None, 10).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        2,
+        "two spellings of one mailbox are one suppression: {listed:?}"
+    );
+    let found = store
+        .recipient_by_email(
+            record.id,
+            &EmailAddress::parse("josé@xn--bcher-kva.example").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.map(|r| r.recipient.email.to_string()).as_deref(),
+        Some("José@Bücher.example")
+    );
+}
+
 macro_rules! contract_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -1294,6 +1450,24 @@ macro_rules! contract_suite {
                 };
             }
 
+            #[tokio::test]
+            async fn stored_keys_follow_the_current_rule() {
+                #[allow(clippy::redundant_closure_call)]
+                let Some((store, guard)) = ($open)().await else {
+                    return;
+                };
+                let url = guard
+                    .downcast_ref::<testkit::SqliteDatabase>()
+                    .map(|database| database.url.clone())
+                    .or_else(|| {
+                        guard
+                            .downcast_ref::<testkit::PostgresDatabase>()
+                            .map(|database| database.url.clone())
+                    })
+                    .expect("a test database");
+                super::stored_keys_follow_the_current_rule(store, url).await;
+            }
+
             case!(campaign_round_trips_with_its_recipients);
             case!(duplicates_are_skipped_and_reported);
             case!(a_campaign_under_a_chosen_id_is_stored_once);
@@ -1305,6 +1479,7 @@ macro_rules! contract_suite {
             case!(a_campaign_finishes_when_every_recipient_is_final);
             case!(schedule_and_cancel_follow_the_rules);
             case!(api_keys_are_stored_listed_and_revoked);
+            case!(test_sends_are_recorded_within_their_quota);
             case!(campaign_transitions_are_conditional);
             case!(batches_cover_every_due_recipient_once);
             case!(outcomes_decide_who_is_due_and_counts_add_up);

@@ -5,7 +5,7 @@ macro_rules! task_repository {
     ($repo:ident, $db:ty, skip_locked = $skip:literal, cte = $cte:literal) => {
         mod shared_sql {
             use super::$repo;
-            use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus};
+            use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus, check_lease, check_page};
             use sqlx::types::Json;
             use sqlx::{QueryBuilder, Row};
             use std::collections::BTreeMap;
@@ -15,6 +15,12 @@ macro_rules! task_repository {
 
             const COLUMNS: &str = "id, kind, payload, priority, status, attempts, max_attempts, run_after, lease_owner, \
                 lease_expires_at, last_error, result, idempotency_key, created_at, updated_at";
+
+            /// When a lease taken at `now` ends; checked, so no lease can overflow the clock.
+            fn lease_end(now: time::OffsetDateTime, lease: Duration) -> Result<time::OffsetDateTime, TaskError> {
+                now.checked_add(lease)
+                    .ok_or_else(|| TaskError::Invalid(format!("a lease of {lease} from {now} ends beyond any time the repository can store")))
+            }
 
             fn task_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Task, TaskError> {
                 let status: String = row.try_get("status")?;
@@ -121,6 +127,7 @@ macro_rules! task_repository {
             #[async_trait::async_trait]
             impl TaskRepository for $repo {
                 async fn create(&self, task: NewTask) -> Result<Task, TaskError> {
+                    task.check(self.clock.now())?;
                     let mut tx = self.begin_write().await?;
                     let created = insert(&mut tx, &task, DbTime::from(self.clock.now())).await?;
                     tx.commit().await?;
@@ -128,7 +135,14 @@ macro_rules! task_repository {
                 }
 
                 async fn create_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, TaskError> {
-                    let now = DbTime::from(self.clock.now());
+                    let clock_now = self.clock.now();
+                    for (index, task) in tasks.iter().enumerate() {
+                        task.check(clock_now).map_err(|err| match err {
+                            TaskError::Invalid(message) => TaskError::Invalid(format!("task {index}: {message}")),
+                            other => other,
+                        })?;
+                    }
+                    let now = DbTime::from(clock_now);
                     let mut tx = self.begin_write().await?;
                     let mut created = Vec::with_capacity(tasks.len());
                     for task in &tasks {
@@ -139,12 +153,14 @@ macro_rules! task_repository {
                 }
 
                 async fn claim(&self, worker: &str, kinds: &[String], limit: u32, lease: Duration) -> Result<Vec<Task>, TaskError> {
+                    check_lease(lease)?;
                     if kinds.is_empty() || limit == 0 {
                         return Ok(Vec::new());
                     }
+                    check_page(limit)?;
                     let clock_now = self.clock.now();
                     let now = DbTime::from(clock_now);
-                    let expiry = DbTime::from(clock_now + lease);
+                    let expiry = DbTime::from(lease_end(clock_now, lease)?);
                     // Expired leases (crash recovery) and pending tasks are picked by separate
                     // selects: an OR of the two defeats the indexes, and the claim then sorts
                     // the whole table instead of reading the first rows of tasks_pending and
@@ -240,14 +256,16 @@ macro_rules! task_repository {
                 }
 
                 async fn heartbeat(&self, worker: &str, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, TaskError> {
+                    check_lease(lease)?;
                     let now = self.clock.now();
+                    let expiry = lease_end(now, lease)?;
                     let mut lost = Vec::new();
                     for held in leases {
                         let extended = sqlx::query(
                             "UPDATE tasks SET lease_expires_at = $1, updated_at = $2 \
                              WHERE id = $3 AND lease_owner = $4 AND attempts = $5 AND status = 'running'",
                         )
-                        .bind(DbTime::from(now + lease))
+                        .bind(DbTime::from(expiry))
                         .bind(DbTime::from(now))
                         .bind(DbId(held.task_id))
                         .bind(worker)

@@ -5,10 +5,11 @@
 //! - `GET  /health` — open without a token, so probes need no secret
 //! - `POST /api/v1/tasks` ([`NewTask`]) → 201 [`Task`]; `POST /api/v1/tasks/batch` (array) → 201
 //! - `GET  /api/v1/tasks?status=&kind=&key_prefix=&after=&limit=` → array of [`Task`],
-//!   creation order (`key_prefix`: idempotency keys that start with it)
+//!   creation order (`limit` 1 to 1,000; `key_prefix`: idempotency keys that start with it)
 //! - `GET  /api/v1/tasks/counts` → `{"pending": n, …}`
 //! - `GET  /api/v1/tasks/oldest-due` → `{"run_after": RFC 3339 or null}`
 //! - `POST /api/v1/tasks/claim` `{worker_id, kinds, limit, lease_ms}` → array of [`Task`]
+//!   (`limit` 0 to 1,000; `lease_ms` 1 to 86,400,000, a day)
 //! - `POST /api/v1/tasks/heartbeat` `{worker_id, leases, lease_ms}` → `{lost: [Lease]}`
 //! - `POST /api/v1/tasks/complete` `{worker_id, done: [{task_id, attempt, result}]}` →
 //!   `{refused: [Lease]}`
@@ -297,12 +298,14 @@ async fn list(
         .map(str::parse::<TaskStatus>)
         .transpose()
         .map_err(Failure::invalid)?;
+    let limit = query.limit.unwrap_or(50);
+    crate::check_page(limit)?;
     let filter = TaskFilter {
         status,
         kind: query.kind,
         key_prefix: query.key_prefix,
         after: query.after,
-        limit: query.limit.unwrap_or(50),
+        limit,
     };
     Ok(Json(repo.list(&filter).await?))
 }
@@ -332,12 +335,19 @@ pub(crate) struct ClaimBody {
     pub lease_ms: u64,
 }
 
+/// `lease_ms` as a duration: 1 to [`crate::MAX_LEASE`] (24 hours), checked before any
+/// arithmetic.
 fn lease_duration(ms: u64) -> Answer<time::Duration> {
-    i64::try_from(ms)
-        .ok()
-        .filter(|ms| *ms > 0)
+    let lease = i64::try_from(ms)
         .map(time::Duration::milliseconds)
-        .ok_or_else(|| Failure::invalid(format!("lease_ms must be a positive number, not {ms}")))
+        .unwrap_or(time::Duration::MAX);
+    crate::check_lease(lease).map_err(|_| {
+        Failure::invalid(format!(
+            "lease_ms must be between 1 and {} (24 hours), got {ms}",
+            crate::MAX_LEASE.whole_milliseconds()
+        ))
+    })?;
+    Ok(lease)
 }
 
 async fn claim(

@@ -98,7 +98,71 @@ fn default_max_attempts() -> u32 {
     5
 }
 
+/// The longest lease a claim or heartbeat may ask for. Workers hold leases of tens of seconds
+/// (TASK_LEASE_SECONDS) and renew them every third; a day is far beyond any of them.
+pub const MAX_LEASE: Duration = Duration::hours(24);
+/// The most tasks one claim may take, and one listing page may show.
+pub const MAX_PAGE: u32 = 1000;
+/// The most attempts a task may be given.
+pub const MAX_TASK_ATTEMPTS: u32 = 1000;
+/// The priorities a task may have (higher runs first; the service's own use 0 and 10).
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Checks a lease length a worker asked for: more than zero, at most [`MAX_LEASE`].
+pub fn check_lease(lease: Duration) -> Result<(), TaskError> {
+    if lease <= Duration::ZERO || lease > MAX_LEASE {
+        return Err(TaskError::Invalid(format!(
+            "lease_ms must be between 1 and {} (24 hours), got {}",
+            MAX_LEASE.whole_milliseconds(),
+            lease.whole_milliseconds()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks how many tasks a claim or listing asked for: 1 to [`MAX_PAGE`].
+pub fn check_page(limit: u32) -> Result<(), TaskError> {
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(TaskError::Invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    Ok(())
+}
+
 impl NewTask {
+    /// Checks what a caller chose: priority, attempts, and a `run_after` that the stores can
+    /// hold and that lies at most 5 years after `now` (a time in the past means "now").
+    pub fn check(&self, now: OffsetDateTime) -> Result<(), TaskError> {
+        if !PRIORITIES.contains(&self.priority) {
+            return Err(TaskError::Invalid(format!(
+                "priority must be between {} and {}, got {}",
+                PRIORITIES.start(),
+                PRIORITIES.end(),
+                self.priority
+            )));
+        }
+        if !(1..=MAX_TASK_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(TaskError::Invalid(format!(
+                "max_attempts must be between 1 and {MAX_TASK_ATTEMPTS}, got {}",
+                self.max_attempts
+            )));
+        }
+        if let Some(at) = self.run_after {
+            let horizon = campaign::timestamp::SCHEDULE_HORIZON;
+            campaign::timestamp::check_range(at)
+                .and_then(|()| match now.checked_add(horizon) {
+                    Some(latest) if at > latest => Err(format!(
+                        "is more than 5 years ({} days) ahead",
+                        horizon.whole_days()
+                    )),
+                    _ => Ok(()),
+                })
+                .map_err(|message| TaskError::Invalid(format!("run_after {at} {message}")))?;
+        }
+        Ok(())
+    }
+
     pub fn new(kind: impl Into<String>, payload: serde_json::Value) -> NewTask {
         NewTask {
             kind: kind.into(),

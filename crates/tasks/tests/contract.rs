@@ -680,6 +680,115 @@ impl ClockExt for ManualClock {
     }
 }
 
+/// Numbers and times beyond the documented bounds are refused before any arithmetic, and
+/// nothing is stored.
+async fn out_of_range_numbers_and_times_are_refused(f: Fixture) {
+    let invalid = |result: Result<_, TaskError>, case: &str| match result {
+        Err(TaskError::Invalid(message)) => message,
+        other => panic!("{case}: expected Invalid, got {other:?}"),
+    };
+    let with = |change: &dyn Fn(&mut NewTask)| {
+        let mut new = task("send_batch", 1);
+        change(&mut new);
+        new
+    };
+    let now = tasks::Clock::now(&f.clock);
+    let cases: Vec<(&str, NewTask, &str)> = vec![
+        ("priority", with(&|t| t.priority = 1001), "priority"),
+        ("priority", with(&|t| t.priority = i32::MIN), "priority"),
+        ("no attempts", with(&|t| t.max_attempts = 0), "max_attempts"),
+        (
+            "attempts",
+            with(&|t| t.max_attempts = u32::MAX),
+            "max_attempts",
+        ),
+        (
+            "beyond the horizon",
+            with(&|t| t.run_after = Some(now + Duration::days(1827))),
+            "5 years",
+        ),
+        (
+            "year 10000 in UTC",
+            with(&|t| t.run_after = Some(datetime!(9999-12-31 23:59:59 -23:59))),
+            "after 9999",
+        ),
+        (
+            "year -1 in UTC",
+            with(&|t| t.run_after = Some(datetime!(0000-01-01 00:00:00 +23:59))),
+            "before 1970",
+        ),
+    ];
+    for (case, new, needle) in cases {
+        let message = invalid(f.repo.create(new.clone()).await.map(|_| ()), case);
+        assert!(message.contains(needle), "{case}: {message}");
+        let message = invalid(
+            f.repo
+                .create_many(vec![task("send_batch", 0), new])
+                .await
+                .map(|_| ()),
+            case,
+        );
+        assert!(message.contains(needle), "{case} in a batch: {message}");
+    }
+    let counts = f.repo.counts().await.unwrap();
+    assert!(
+        counts.values().all(|n| *n == 0),
+        "nothing was stored: {counts:?}"
+    );
+
+    let accepted = f
+        .repo
+        .create(with(&|t| {
+            t.priority = 1000;
+            t.max_attempts = 1000;
+            t.run_after = Some(now - Duration::days(365));
+        }))
+        .await
+        .unwrap();
+    let kinds = kinds(&["send_batch"]);
+    for lease in [
+        Duration::ZERO,
+        Duration::milliseconds(86_400_001),
+        Duration::days(317 * 365),
+        Duration::MAX,
+    ] {
+        let message = invalid(
+            f.repo.claim("w", &kinds, 1, lease).await.map(|_| ()),
+            "claim",
+        );
+        assert!(message.contains("lease_ms"), "{lease}: {message}");
+        let message = invalid(
+            f.repo
+                .heartbeat("w", &[accepted.lease()], lease)
+                .await
+                .map(|_| ()),
+            "heartbeat",
+        );
+        assert!(message.contains("lease_ms"), "{lease}: {message}");
+    }
+    let message = invalid(
+        f.repo.claim("w", &kinds, 1001, LEASE).await.map(|_| ()),
+        "claim limit",
+    );
+    assert!(message.contains("limit"), "{message}");
+    assert_eq!(
+        f.repo.counts().await.unwrap()["pending"],
+        1,
+        "a refused claim takes nothing"
+    );
+    let claimed = f
+        .repo
+        .claim("w", &kinds, 1000, tasks::MAX_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the bounds themselves are accepted");
+    assert_eq!(
+        claimed[0].lease_expires_at,
+        Some(now + tasks::MAX_LEASE),
+        "leased for exactly a day"
+    );
+}
+
 async fn open(url: &str, database: Box<dyn std::any::Any + Send>) -> Fixture {
     let clock = ManualClock::new(datetime!(2026-11-28 09:00 UTC));
     let repo = tasks::connect_with(url, Arc::new(clock.clone()), Backoff::default())
@@ -756,6 +865,7 @@ macro_rules! contract_suite {
             case!(lists_page_in_creation_order_and_counts_add_up);
             case!(oldest_due_is_the_earliest_due_pending_task);
             case!(crash_recoveries_and_dead_tasks_are_counted);
+            case!(out_of_range_numbers_and_times_are_refused);
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_claimers_complete_every_task_once() {

@@ -9,7 +9,16 @@ const TOKEN: &str = "s3cret-token";
 /// A SQLite-backed service with `TOKEN` on 127.0.0.1:0; the guard keeps both alive.
 async fn service() -> (String, impl Drop) {
     let database = testkit::SqliteDatabase::create();
-    let repo = tasks::connect(&database.url).await.unwrap();
+    let url = database.url.clone();
+    service_on(&url, Box::new(database)).await
+}
+
+/// The service with `TOKEN` on 127.0.0.1:0 in front of the database at `url`.
+async fn service_on(
+    url: &str,
+    database: Box<dyn std::any::Any + Send>,
+) -> (String, impl Drop + use<>) {
+    let repo = tasks::connect(url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = tasks::http::router(repo, Some(TOKEN.to_string()));
@@ -18,7 +27,7 @@ async fn service() -> (String, impl Drop) {
     });
     struct Guard(
         tokio::task::JoinHandle<()>,
-        #[allow(dead_code)] testkit::SqliteDatabase,
+        #[allow(dead_code)] Box<dyn std::any::Any + Send>,
     );
     impl Drop for Guard {
         fn drop(&mut self) {
@@ -26,6 +35,151 @@ async fn service() -> (String, impl Drop) {
         }
     }
     (base, Guard(server, database))
+}
+
+/// What a client sends that the adapter never would: numbers beyond every bound, times no
+/// store can hold. Each is a 422 problem; nothing is stored; the service keeps answering.
+async fn out_of_range_requests_are_refused(base: String) {
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    async fn assert_422(response: reqwest::Response, needle: &str, case: &str) {
+        assert_eq!(response.status(), 422, "{case}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(needle), "{case}: {detail}");
+    }
+    let leased = |lease_ms: serde_json::Value| serde_json::json!({"worker_id": "w", "kinds": ["send_batch"], "limit": 1, "lease_ms": lease_ms});
+    for lease_ms in [
+        serde_json::json!(1_000_000_000_000_000u64),
+        serde_json::json!(10_000_000_000_000u64),
+        serde_json::json!(86_400_001),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(0),
+    ] {
+        let case = format!("claim lease_ms {lease_ms}");
+        assert_422(
+            post("/api/v1/tasks/claim", leased(lease_ms.clone()))
+                .await
+                .unwrap(),
+            "lease_ms",
+            &case,
+        )
+        .await;
+        let heartbeat = serde_json::json!({"worker_id": "w", "leases": [], "lease_ms": lease_ms});
+        let case = format!("heartbeat lease_ms {lease_ms}");
+        assert_422(
+            post("/api/v1/tasks/heartbeat", heartbeat).await.unwrap(),
+            "lease_ms",
+            &case,
+        )
+        .await;
+    }
+    let mut too_many = leased(serde_json::json!(30_000));
+    too_many["limit"] = serde_json::json!(1001);
+    assert_422(
+        post("/api/v1/tasks/claim", too_many).await.unwrap(),
+        "limit",
+        "claim limit",
+    )
+    .await;
+    for limit in ["0", "1001", "4294967295"] {
+        let response = client
+            .get(format!("{base}/api/v1/tasks?limit={limit}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_422(response, "limit", &format!("list limit {limit}")).await;
+    }
+    for (field, value, needle) in [
+        (
+            "run_after",
+            serde_json::json!("0000-01-01T00:00:00+23:59"),
+            "before 1970",
+        ),
+        (
+            "run_after",
+            serde_json::json!("9999-12-31T23:59:59-23:59"),
+            "after 9999",
+        ),
+        (
+            "run_after",
+            serde_json::json!("9999-12-31T23:59:59Z"),
+            "5 years",
+        ),
+        ("priority", serde_json::json!(2_000_000_000), "priority"),
+        (
+            "max_attempts",
+            serde_json::json!(4_000_000_000u64),
+            "max_attempts",
+        ),
+    ] {
+        let mut new = serde_json::json!({"kind": "send_batch", "payload": {}});
+        new[field] = value.clone();
+        let case = format!("{field} {value}");
+        assert_422(
+            post("/api/v1/tasks", new.clone()).await.unwrap(),
+            needle,
+            &case,
+        )
+        .await;
+        assert_422(
+            post("/api/v1/tasks/batch", serde_json::json!([new]))
+                .await
+                .unwrap(),
+            needle,
+            &case,
+        )
+        .await;
+    }
+    let counts: serde_json::Value = client
+        .get(format!("{base}/api/v1/tasks/counts"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counts["pending"], 0, "nothing was stored: {counts}");
+    let listed = client
+        .get(format!("{base}/api/v1/tasks?limit=1000"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+}
+
+mod bounds {
+    #[tokio::test]
+    async fn sqlite() {
+        let database = testkit::SqliteDatabase::create();
+        let url = database.url.clone();
+        let (base, _guard) = super::service_on(&url, Box::new(database)).await;
+        super::out_of_range_requests_are_refused(base).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        let Some(database) = testkit::PostgresDatabase::create().await else {
+            return;
+        };
+        let url = database.url.clone();
+        let (base, _guard) = super::service_on(&url, Box::new(database)).await;
+        super::out_of_range_requests_are_refused(base).await;
+    }
 }
 
 mod http_sqlite {

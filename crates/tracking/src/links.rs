@@ -68,11 +68,26 @@ impl Links {
         Some(verp_address(VERP_PREFIX, &token, domain))
     }
 
+    /// `{PUBLIC_BASE_URL}/u/{token}` for a token already signed: where the confirmation
+    /// page's form posts, so it works behind a proxy that serves the API under a path prefix.
+    pub fn unsubscribe_for_token(&self, token: &str) -> String {
+        unsubscribe_url(&self.public_base_url, token)
+    }
+
     /// `{PUBLIC_BASE_URL}/u/{token}`: the List-Unsubscribe URL and the visible link.
     pub fn unsubscribe(&self, campaign_id: CampaignId, recipient_id: RecipientId) -> String {
         let token = self
             .keys
             .sign(Purpose::Unsubscribe, campaign_id, recipient_id);
+        unsubscribe_url(&self.public_base_url, &token)
+    }
+
+    /// `{PUBLIC_BASE_URL}/u/{token}` of a test message: the token names the recorded test send
+    /// (not a recipient), whose address the link suppresses.
+    pub fn test_unsubscribe(&self, campaign_id: CampaignId, test_send_id: i64) -> String {
+        let token = self
+            .keys
+            .sign(Purpose::TestUnsubscribe, campaign_id, test_send_id);
         unsubscribe_url(&self.public_base_url, &token)
     }
 

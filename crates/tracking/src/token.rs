@@ -46,6 +46,9 @@ pub enum Purpose {
     /// The VERP envelope sender `bounces+{token}@BOUNCE_VERP_DOMAIN`: bounces and complaints
     /// come back to it and are attributed to the recipient by it.
     Bounce,
+    /// `/u/{token}` in a test message (`POST …/test`): the recipient id is the test send's id,
+    /// and the link suppresses the address that test was sent to.
+    TestUnsubscribe,
 }
 
 impl Purpose {
@@ -55,6 +58,7 @@ impl Purpose {
             Purpose::Open => 2,
             Purpose::Click => 3,
             Purpose::Bounce => 4,
+            Purpose::TestUnsubscribe => 5,
         }
     }
 
@@ -64,6 +68,7 @@ impl Purpose {
             2 => Some(Purpose::Open),
             3 => Some(Purpose::Click),
             4 => Some(Purpose::Bounce),
+            5 => Some(Purpose::TestUnsubscribe),
             _ => None,
         }
     }

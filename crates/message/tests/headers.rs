@@ -1,0 +1,118 @@
+//! Every header the MIME writer emits is folded: no line of the header section passes 998
+//! octets, none passes 78 where the value has a place to fold, and an independent parser
+//! (mail-parser) decodes each header back to the value it was written from.
+
+mod common;
+
+use common::*;
+use mail_parser::MessageParser;
+use message::{CompiledCampaign, MessageSettings, RenderedMessage};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// Text drawn from ASCII letters, punctuation that needs quoting or encoding (`"`, `\`, `,`,
+/// `=?`), spaces (single and in runs), non-ASCII letters of 2, 3 and 4 UTF-8 bytes, and long
+/// words without a space.
+fn text(max_pieces: usize) -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        4 => "[a-zA-Z0-9]{1,8}",
+        2 => Just(" ".to_string()),
+        1 => Just("  ".to_string()),
+        1 => "[\"\\\\,.;:()<>@=?!#'~-]{1,3}",
+        2 => "[éüßжשלום中文字😀🎉]{1,6}",
+        1 => "[a-z]{60,120}",
+        1 => "[é中😀]{30,60}",
+        1 => Just("=?UTF-8?B?eA==?=".to_string()),
+        1 => Just("\t".to_string()),
+    ];
+    proptest::collection::vec(piece, 0..max_pieces).prop_map(|pieces| pieces.concat())
+}
+
+/// A display name as the document validation admits it: no control characters, at most
+/// 200 characters.
+fn display_name() -> impl Strategy<Value = String> {
+    text(30).prop_map(|name| name.replace('\t', " ").chars().take(200).collect())
+}
+
+fn subject() -> impl Strategy<Value = String> {
+    text(60).prop_filter("a subject is not blank", |s| !s.trim().is_empty())
+}
+
+fn build(from_name: &str, reply_name: &str, subject: &str) -> Vec<u8> {
+    let doc = document(json!({
+        "name": "Headers",
+        "from": { "email": "news@shop.example", "name": from_name },
+        "reply_to": { "email": "help@bücher.example", "name": reply_name },
+        "templates": { "subject": "x", "text": "Hello" },
+    }));
+    let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+    let rendered = RenderedMessage {
+        campaign_id: CAMPAIGN_ID,
+        recipient_id: 7,
+        to: "reader@bücher.example".to_string(),
+        subject: subject.to_string(),
+        html: None,
+        text: Some("Hello\n".to_string()),
+        unsubscribe_url: "https://m.shop.example/u/TOKEN7".to_string(),
+        unsubscribe_mailto: Some("mailto:unsubscribe@shop.example?subject=TOKEN7".to_string()),
+    };
+    compiled.build(&rendered, &options()).unwrap().bytes
+}
+
+fn header_lines(bytes: &[u8]) -> Vec<&[u8]> {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header section");
+    bytes[..end].split(|&b| b == b'\n').collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn headers_are_folded_and_decode_to_their_values(
+        from_name in display_name(),
+        reply_name in display_name(),
+        subject in subject(),
+    ) {
+        let bytes = build(&from_name, &reply_name, &subject);
+        for line in header_lines(&bytes) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            // Every token here (addresses, links, ids) is short, so every line can fold.
+            prop_assert!(line.len() <= 78, "{} octets: {:?}", line.len(), String::from_utf8_lossy(line));
+            prop_assert!(line.is_ascii(), "{:?}", String::from_utf8_lossy(line));
+            prop_assert!(!line.iter().all(|b| *b == b' '), "a folded line holds only white space");
+        }
+        let parsed = MessageParser::default().parse(&bytes).expect("parses");
+        prop_assert_eq!(parsed.subject(), Some(subject.as_str()));
+        let from = parsed.from().and_then(|a| a.first()).expect("a From mailbox");
+        let expected = Some(from_name.trim()).filter(|name| !name.is_empty());
+        prop_assert_eq!(from.name(), expected);
+        prop_assert_eq!(from.address(), Some("news@shop.example"));
+        let reply = parsed.reply_to().and_then(|a| a.first()).expect("a Reply-To mailbox");
+        let expected = Some(reply_name.trim()).filter(|name| !name.is_empty());
+        prop_assert_eq!(reply.name(), expected);
+        prop_assert_eq!(reply.address(), Some("help@xn--bcher-kva.example"));
+        prop_assert_eq!(
+            parsed.to().and_then(|a| a.first()).and_then(|to| to.address()),
+            Some("reader@xn--bcher-kva.example")
+        );
+    }
+}
+
+#[test]
+fn words_too_long_for_a_line_are_encoded_and_folded() {
+    let long_word = "x".repeat(150);
+    let bytes = build(&long_word, &"é".repeat(200), &"y".repeat(900));
+    for line in header_lines(&bytes) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        assert!(line.len() <= 78, "{}", String::from_utf8_lossy(line));
+    }
+    let parsed = MessageParser::default().parse(&bytes).unwrap();
+    assert_eq!(parsed.subject(), Some("y".repeat(900).as_str()));
+    assert_eq!(
+        parsed.from().and_then(|a| a.first()).and_then(|f| f.name()),
+        Some(long_word.as_str())
+    );
+}
