@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a developer's: installs or starts what the tests
 # need (PostgreSQL server, postfix smtp-sink, aiosmtpd, Prometheus, cargo-nextest), checks formatting and lints, builds once, then runs
-# the SQLite suite, the PostgreSQL suite and everything else, and prints how many tests each ran.
+# the SQLite suite, the PostgreSQL suite and everything else, both OpenAPI documents (validator,
+# schemathesis) and the tests of clients generated from them, and prints how many tests each ran.
 #
 # With CI=true (or REQUIRE_POSTGRES=1 / REQUIRE_SMTP=1 / REQUIRE_PROMETHEUS=1) a PostgreSQL server,
 # SMTP sink or Prometheus that cannot be started fails the run; otherwise those tests skip with a
@@ -149,15 +150,31 @@ run_suite "SQLite" 'test(/sqlite::/)'
 run_suite "PostgreSQL" 'test(/postgres::/)'
 run_suite "other" 'not (test(/sqlite::/) | test(/postgres::/))'
 
-say "suite: schemathesis (the live API against its OpenAPI document)"
+say "suite: OpenAPI (both live documents: openapi-spec-validator, then schemathesis)"
 schema_log=$(mktemp)
 if bash scripts/schemathesis.sh 2>&1 | tee "$schema_log"; then
-  summary+=("schemathesis: $(grep -oE '[0-9]+ generated, [0-9]+ passed' "$schema_log" | tail -n 1) (no 5xx, no response outside the document)")
+  summary+=("schemathesis: documents valid; $(grep -E '^schemathesis (api|task-repo):' "$schema_log" | sed 's/^schemathesis //' | paste -sd ';' | sed 's/;/; /') (no 5xx, no response outside the document)")
 else
   failed=1
   summary+=("schemathesis: FAILED (see above)")
 fi
 rm -f "$schema_log"
+
+say "suite: generated clients (Python clients generated from both live documents, pytest)"
+clients_log=$(mktemp)
+if bash scripts/client-tests.sh -rA 2>&1 | tee "$clients_log"; then
+  :
+else
+  failed=1
+fi
+clients_passed=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "$clients_log" | tail -n 1 | grep -oE '[0-9]+ passed' | awk '{print $1}' || true)
+clients_failed=$(grep -E '^[=]* ?[0-9]+ (passed|failed|error)' "$clients_log" | tail -n 1 | grep -oE '[0-9]+ (failed|errors?)' | awk '{s+=$1} END {print s+0}' || true)
+if [[ -z "$clients_passed$clients_failed" || ( "${clients_passed:-0}" == 0 && "${clients_failed:-0}" == 0 ) ]]; then
+  clients_failed=1
+  failed=1
+fi
+summary+=("generated clients: ${clients_passed:-0} passed, ${clients_failed:-0} failed")
+rm -f "$clients_log"
 
 say "suite: deployment files (docker-compose config, promtool)"
 if bash scripts/check-deploy.sh; then
@@ -169,7 +186,8 @@ fi
 
 say "summary"
 printf '%s\n' "${summary[@]}"
-# Totals count tests only (the nextest suites), not schemathesis's generated requests.
+# Totals count tests only (the nextest suites and the generated-client tests), not
+# schemathesis's generated requests.
 count() { printf '%s\n' "${summary[@]}" | grep -v '^schemathesis' | { grep -oE "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
 passed=$(count passed)
 failures=$(count failed)

@@ -94,12 +94,15 @@ struct Hour {
     complaints: i64,
 }
 
+/// Get a campaign's engagement report.
+///
 /// The campaign report: recipients per delivery outcome, bounces, opens, clicks (per link),
 /// unsubscribes and complaints, rates against delivered, and an hourly series.
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}/analytics",
-    tag = "campaigns",
+    tag = "analytics",
+    operation_id = "get_campaign_analytics",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign's report", body = Analytics), AdminProblems),
     security(("api_key" = []))

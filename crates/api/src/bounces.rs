@@ -145,13 +145,16 @@ impl From<IntakeError> for ApiError {
     }
 }
 
-/// Report a bounce or spam complaint: a raw DSN (RFC 3464) or ARF complaint (RFC 5965) as the
-/// whole mail (`message/rfc822` or `multipart/report`), or the JSON form. Authenticated with
-/// BOUNCE_WEBHOOK_SECRET (`Authorization: Bearer …` or `X-Bounce-Secret: …`), not an API key.
+/// Report a bounce or spam complaint.
+///
+/// A raw DSN (RFC 3464) or ARF complaint (RFC 5965) as the whole mail (`message/rfc822` or
+/// `multipart/report`), or the JSON form. Authenticated with BOUNCE_WEBHOOK_SECRET
+/// (`Authorization: Bearer …` or `X-Bounce-Secret: …`), not an API key.
 #[utoipa::path(
     post,
     path = "/api/v1/bounces",
     tag = "bounces",
+    operation_id = "report_bounce",
     request_body(
         content(
             (BounceJson = "application/json"),

@@ -113,6 +113,7 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     post,
     path = "/api/v1/campaigns",
     tag = "campaigns",
+    operation_id = "create_campaign",
     request_body(content = CampaignDocument, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key and body returns the first response and creates nothing; the same key with another body is refused (422). Kept 24 hours.")),
     responses((status = 201, description = "Created", body = Created), AdminProblems),
@@ -195,6 +196,7 @@ struct CampaignList {
     get,
     path = "/api/v1/campaigns",
     tag = "campaigns",
+    operation_id = "list_campaigns",
     params(ListParams),
     responses((status = 200, description = "A page of campaigns", body = CampaignList), AdminProblems),
     security(("api_key" = []))
@@ -234,11 +236,12 @@ pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<CampaignRecor
         .ok_or_else(|| ApiError::NotFound(format!("campaign {id} does not exist")))
 }
 
-/// A campaign with its whole document.
+/// Get a campaign with its whole document.
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}",
     tag = "campaigns",
+    operation_id = "get_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign", body = CampaignRecord), AdminProblems),
     security(("api_key" = []))
@@ -285,11 +288,14 @@ pub(crate) struct StatusView {
     time_zones: Vec<store::ZoneRelease>,
 }
 
+/// Get a campaign's status.
+///
 /// Status, timestamps and recipients per delivery state (they add up to `recipients`).
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}/status",
     tag = "campaigns",
+    operation_id = "get_campaign_status",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign's status", body = StatusView), AdminProblems),
     security(("api_key" = []))
@@ -352,12 +358,15 @@ struct DeliveryPage {
     next_cursor: Option<i64>,
 }
 
+/// List a campaign's per-recipient delivery outcomes.
+///
 /// Per-recipient outcomes (with the SMTP reply or the last error), in recipient order, so
 /// failed recipients can be found.
 #[utoipa::path(
     get,
     path = "/api/v1/campaigns/{id}/deliveries",
-    tag = "campaigns",
+    tag = "recipients",
+    operation_id = "list_deliveries",
     params(("id" = String, Path, description = "Campaign id (UUID)"), DeliveryParams),
     responses((status = 200, description = "A page of deliveries", body = DeliveryPage), AdminProblems),
     security(("api_key" = []))

@@ -60,6 +60,7 @@ fn parse_schedule(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, ApiE
     post,
     path = "/api/v1/campaigns/{id}/schedule",
     tag = "control",
+    operation_id = "schedule_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     request_body(content = ScheduleRequest, content_type = "application/json"),
     responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
@@ -88,6 +89,7 @@ async fn schedule(
     delete,
     path = "/api/v1/campaigns/{id}/schedule",
     tag = "control",
+    operation_id = "unschedule_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
     security(("api_key" = []))
@@ -146,12 +148,15 @@ async fn transition(
     Ok(Json(status_view(state, raw_id).await?))
 }
 
+/// Send a campaign now.
+///
 /// Send a draft or scheduled campaign now: it is queued for the task processor, which splits
 /// it into batches (idempotent: a campaign already queued or sending answers 202 again).
 #[utoipa::path(
     post,
     path = "/api/v1/campaigns/{id}/send",
     tag = "control",
+    operation_id = "send_campaign",
     params(
         ("id" = String, Path, description = "Campaign id (UUID)"),
         ("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key returns the first response and queues nothing again; the same key for another campaign is refused (422). Kept 24 hours."),
@@ -197,6 +202,8 @@ async fn send_now(state: &AppState, id: &str) -> Result<Response, ApiError> {
     }
 }
 
+/// Retry a finished campaign's failed recipients.
+///
 /// Give a finished campaign's failed recipients another try: those not on the suppression list
 /// go back to pending and the campaign is queued again like a first send. Idempotent: repeated
 /// while the retry is queued or sending, it answers 202 and requeues nothing more.
@@ -204,6 +211,7 @@ async fn send_now(state: &AppState, id: &str) -> Result<Response, ApiError> {
     post,
     path = "/api/v1/campaigns/{id}/retry-failed",
     tag = "control",
+    operation_id = "retry_failed_recipients",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses(
         (status = 202, description = "Queued again; `deliveries.pending` counts the recipients to retry", body = StatusView),
@@ -238,6 +246,7 @@ async fn retry_failed(
     post,
     path = "/api/v1/campaigns/{id}/pause",
     tag = "control",
+    operation_id = "pause_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
     security(("api_key" = []))
@@ -261,6 +270,7 @@ async fn pause(
     post,
     path = "/api/v1/campaigns/{id}/resume",
     tag = "control",
+    operation_id = "resume_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
     security(("api_key" = []))
@@ -307,6 +317,7 @@ async fn resume(
     post,
     path = "/api/v1/campaigns/{id}/cancel",
     tag = "control",
+    operation_id = "cancel_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     responses((status = 200, description = "The campaign's status after the change", body = StatusView), AdminProblems),
     security(("api_key" = []))

@@ -260,11 +260,14 @@ async fn publish(state: &AppState, event: TrackingEvent) {
     state.engagement.events.record(event).await;
 }
 
+/// Record an open.
+///
 /// The open-tracking pixel: a 1×1 transparent GIF, never cached.
 #[utoipa::path(
     get,
     path = "/t/o/{token}",
-    tag = "engagement",
+    tag = "tracking",
+    operation_id = "track_open",
     params(("token" = String, Path, description = "Signed open token from the message")),
     responses(
         (status = 200, description = "A 1×1 transparent GIF; the open is recorded", content_type = "image/gif"),
@@ -304,12 +307,15 @@ async fn open_pixel(
         .into_response())
 }
 
+/// Follow a tracked link.
+///
 /// The click redirect: 302 to the URL the campaign's HTML template has at the token's link
 /// index, and nowhere else.
 #[utoipa::path(
     get,
     path = "/t/c/{token}",
-    tag = "engagement",
+    tag = "tracking",
+    operation_id = "track_click",
     params(("token" = String, Path, description = "Signed click token from the message (names the link)")),
     responses(
         (status = 302, description = "Redirect to the link's URL; the click is recorded"),
@@ -354,12 +360,15 @@ async fn click(
         .into_response())
 }
 
-/// The unsubscribe confirmation page. A GET never unsubscribes: link scanners and prefetchers
-/// follow GETs, so only the page's button (a POST) does.
+/// Show the unsubscribe confirmation page.
+///
+/// A GET never unsubscribes: link scanners and prefetchers follow GETs, so only the page's
+/// button (a POST) does.
 #[utoipa::path(
     get,
     path = "/u/{token}",
-    tag = "engagement",
+    tag = "tracking",
+    operation_id = "show_unsubscribe_page",
     params(("token" = String, Path, description = "Signed unsubscribe token (List-Unsubscribe)")),
     responses(
         (status = 200, description = "An HTML page with an unsubscribe button", content_type = "text/html"),
@@ -386,13 +395,16 @@ async fn unsubscribe_page(
     Ok(([(header::CACHE_CONTROL, NO_CACHE)], Html(page)).into_response())
 }
 
-/// Unsubscribe (RFC 8058 one-click, also the confirmation page's button): the address goes on
-/// the suppression list at once, so every later send skips it. Answers 200, never a redirect,
-/// and needs no cookie.
+/// Unsubscribe an address.
+///
+/// RFC 8058 one-click, also the confirmation page's button: the address goes on the
+/// suppression list at once, so every later send skips it. Answers 200, never a redirect, and
+/// needs no cookie.
 #[utoipa::path(
     post,
     path = "/u/{token}",
-    tag = "engagement",
+    tag = "tracking",
+    operation_id = "unsubscribe",
     params(("token" = String, Path, description = "Signed unsubscribe token (List-Unsubscribe)")),
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`List-Unsubscribe=One-Click` (RFC 8058); any body is accepted"),
     responses(

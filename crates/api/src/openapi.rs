@@ -16,6 +16,15 @@ pub(crate) const API_KEY_SCHEME: &str = "api_key";
         title = "marketing-base API",
         description = "Campaigns, recipients and their delivery state. Every /api/v1 route needs `Authorization: Bearer <API key>` (create one with `marketing api-key create`); errors are application/problem+json.",
     ),
+    tags(
+        (name = "campaigns", description = "Create, list, read, preview and test-send campaigns"),
+        (name = "recipients", description = "A campaign's recipients: adding them (JSON or CSV) and their delivery outcomes"),
+        (name = "control", description = "Schedule, send, pause, resume, cancel a campaign and retry its failed recipients"),
+        (name = "analytics", description = "A campaign's report: deliveries, bounces, opens, clicks, unsubscribes, complaints"),
+        (name = "suppressions", description = "Addresses no campaign sends to"),
+        (name = "bounces", description = "Bounce and complaint intake (BOUNCE_WEBHOOK_SECRET, not an API key)"),
+        (name = "tracking", description = "The public links in sent messages: open pixel, click redirect, unsubscribe"),
+    ),
     modifiers(&ApiKeySecurity),
     components(schemas(crate::problem::ProblemDetails))
 )]

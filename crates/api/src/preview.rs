@@ -34,12 +34,15 @@ struct PreviewResponse {
     eml: String,
 }
 
+/// Preview one recipient's message without sending it.
+///
 /// Render one recipient's message (subject, HTML, text and the complete .eml) without
 /// sending anything.
 #[utoipa::path(
     post,
     path = "/api/v1/campaigns/{id}/preview",
     tag = "campaigns",
+    operation_id = "preview_campaign",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     request_body(content = PreviewRequest, content_type = "application/json"),
     responses((status = 200, description = "The rendered message", body = PreviewResponse), AdminProblems),

@@ -25,12 +25,15 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 /// Rows parsed ahead of the database: enough to keep both busy, small enough to stay flat.
 const ROWS_IN_FLIGHT: usize = 2048;
 
+/// Add recipients to a campaign.
+///
 /// Add recipients to a draft or scheduled campaign: a JSON array, or CSV with an `email`
 /// column (streamed). All or nothing; duplicates are skipped and reported.
 #[utoipa::path(
     post,
     path = "/api/v1/campaigns/{id}/recipients",
-    tag = "campaigns",
+    tag = "recipients",
+    operation_id = "add_recipients",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     request_body(content(
         (Vec<Recipient> = "application/json"),

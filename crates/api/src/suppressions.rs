@@ -44,6 +44,7 @@ struct SuppressionPage {
     get,
     path = "/api/v1/suppressions",
     tag = "suppressions",
+    operation_id = "list_suppressions",
     params(ListParams),
     responses((status = 200, description = "A page of suppressions", body = SuppressionPage), AdminProblems),
     security(("api_key" = []))
@@ -83,6 +84,7 @@ struct AddSuppression {
     post,
     path = "/api/v1/suppressions",
     tag = "suppressions",
+    operation_id = "add_suppression",
     request_body(content = AddSuppression, content_type = "application/json"),
     responses((status = 204, description = "Suppressed"), AdminProblems),
     security(("api_key" = []))
@@ -108,6 +110,7 @@ async fn add(
     delete,
     path = "/api/v1/suppressions/{email}",
     tag = "suppressions",
+    operation_id = "remove_suppression",
     params(("email" = String, Path, description = "The address (compared case-insensitively)")),
     responses((status = 204, description = "Removed"), AdminProblems),
     security(("api_key" = []))

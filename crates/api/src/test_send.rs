@@ -68,6 +68,8 @@ enum TestSendStatus {
     Suppressed,
 }
 
+/// Send a test message to up to 10 addresses.
+///
 /// Send the rendered message, subject marked `[TEST] `, to up to 10 addresses through the
 /// configured transport. Addresses on the suppression list are answered `suppressed` and not
 /// sent; several spellings of one address are sent once. Each key may send at most
@@ -78,6 +80,7 @@ enum TestSendStatus {
     post,
     path = "/api/v1/campaigns/{id}/test",
     tag = "campaigns",
+    operation_id = "send_test_message",
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     request_body(content = TestSendRequest, content_type = "application/json"),
     responses(

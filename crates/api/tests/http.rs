@@ -1162,16 +1162,20 @@ async fn instance_with_transport(app: &TestApp, server: &testkit::smtp::Aiosmtpd
 }
 
 /// A header of a raw message (first line only).
+/// The value of header `name`, unfolded (headers are folded at 78 columns: a continuation
+/// line starts with white space).
 fn raw_header(raw: &[u8], name: &str) -> String {
     let text = String::from_utf8_lossy(raw);
-    text.lines()
-        .take_while(|line| !line.is_empty())
-        .find(|line| {
-            line.to_ascii_lowercase()
-                .starts_with(&format!("{}:", name.to_ascii_lowercase()))
-        })
-        .map(|line| line[name.len() + 1..].trim().to_string())
-        .unwrap_or_default()
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    let mut lines = text.lines().take_while(|line| !line.is_empty());
+    let Some(first) = lines.find(|line| line.to_ascii_lowercase().starts_with(&prefix)) else {
+        return String::new();
+    };
+    let mut value = first[prefix.len()..].to_string();
+    for continuation in lines.take_while(|line| line.starts_with([' ', '\t'])) {
+        value.push_str(continuation);
+    }
+    value.trim().to_string()
 }
 
 /// Test sends honour the suppression list, send one message per mailbox whatever the

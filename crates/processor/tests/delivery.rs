@@ -79,7 +79,10 @@ fn transport(url: &str) -> Arc<dyn Transport> {
 fn worker_config(id: &str) -> WorkerConfig {
     let mut config = WorkerConfig::new(id);
     config.check_interval = Duration::from_millis(200);
-    config.lease = Duration::from_secs(5);
+    // Long enough that a loaded machine never loses a lease between heartbeats (a lost lease
+    // stops a batch mid-way, which the pause and cancel bounds do not measure); the crash test
+    // sets its own short lease.
+    config.lease = Duration::from_secs(30);
     config.in_flight = IN_FLIGHT;
     config.shutdown_grace = Duration::from_secs(10);
     config

@@ -18,19 +18,24 @@
 //! - `POST /api/v1/tasks/{id}/fail` `{worker_id, attempt, error, permanent?}` → `{status}`;
 //!   `permanent: true` makes the task dead at once (a payload no retry can fix)
 //! - `POST /api/v1/tasks/{id}/requeue` → [`Task`]
+//! - `GET  /api/v1/openapi.json` — the OpenAPI 3.1 document of all of the above, open like
+//!   `/health`
 
-use crate::{Lease, NewTask, TaskError, TaskFilter, TaskRepository, TaskStatus};
+use crate::openapi::TaskProblems;
+use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -39,6 +44,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// variants a repository in process would.
 pub(crate) mod problem_type {
     pub const NOT_FOUND: &str = "/problems/not-found";
+    pub const METHOD_NOT_ALLOWED: &str = "/problems/method-not-allowed";
     pub const LEASE_LOST: &str = "/problems/lease-lost";
     pub const NOT_DEAD: &str = "/problems/not-dead";
     pub const VALIDATION: &str = "/problems/validation";
@@ -52,7 +58,7 @@ pub(crate) mod problem_type {
 const BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// An RFC 9457 problem document. `task_status` accompanies `/problems/not-dead`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -175,25 +181,39 @@ type Answer<T> = Result<T, Failure>;
 /// `Authorization: Bearer <token>`; `/health` stays open. The binary adds `/metrics`.
 pub fn router(repo: Arc<dyn TaskRepository>, token: Option<String>) -> Router {
     let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
-    let api = Router::new()
-        .route("/api/v1/tasks", post(create).get(list))
-        .route("/api/v1/tasks/batch", post(create_many))
-        .route("/api/v1/tasks/counts", get(counts))
-        .route("/api/v1/tasks/oldest-due", get(oldest_due))
-        .route("/api/v1/tasks/claim", post(claim))
-        .route("/api/v1/tasks/heartbeat", post(heartbeat))
-        .route("/api/v1/tasks/complete", post(complete_many))
-        .route("/api/v1/tasks/{id}", get(show))
-        .route("/api/v1/tasks/{id}/complete", post(complete))
-        .route("/api/v1/tasks/{id}/fail", post(fail))
-        .route("/api/v1/tasks/{id}/requeue", post(requeue))
-        .layer(middleware::from_fn_with_state(token, require_token));
+    let (api, document) = api_routes().split_for_parts();
+    let api = api.layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/health", get(health))
         .merge(api)
+        .merge(crate::openapi::routes(&document))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(repo)
+}
+
+/// The `/api/v1/tasks…` routes with their OpenAPI descriptions: registering a route here is
+/// what puts it in the document, so no route can be served undocumented.
+fn api_routes() -> OpenApiRouter<Repo> {
+    use utoipa::OpenApi;
+    OpenApiRouter::with_openapi(crate::openapi::TaskRepositoryDoc::openapi())
+        .routes(routes!(create, list))
+        .routes(routes!(create_many))
+        .routes(routes!(counts))
+        .routes(routes!(oldest_due))
+        .routes(routes!(claim))
+        .routes(routes!(heartbeat))
+        .routes(routes!(complete_many))
+        .routes(routes!(show))
+        .routes(routes!(complete))
+        .routes(routes!(fail))
+        .routes(routes!(requeue))
+}
+
+/// The service's OpenAPI document, as served at `/api/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
 }
 
 /// Binds `bind` and serves [`router`] until the process ends.
@@ -250,12 +270,34 @@ async fn not_found() -> Failure {
     )
 }
 
+/// A known route asked with a method it does not serve; axum adds the `Allow` header.
+async fn method_not_allowed(uri: axum::http::Uri) -> Failure {
+    Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        problem_type::METHOD_NOT_ALLOWED,
+        format!("{} does not accept this method", uri.path()),
+    )
+}
+
 /// Answers 200 only when the database answers too, so a probe sees a broken store.
 async fn health(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
     repo.counts().await?;
     Ok(Json(serde_json::json!({"status": "ok"})))
 }
 
+/// Create a task.
+///
+/// A task with the idempotency key of an existing one is not created again: the existing one
+/// is returned.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    operation_id = "create_task",
+    request_body(content = NewTask, content_type = "application/json"),
+    responses((status = 201, description = "Created, or the task that already has this idempotency key", body = Task), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn create(
     State(repo): State<Repo>,
     body: Result<Json<NewTask>, JsonRejection>,
@@ -264,6 +306,16 @@ async fn create(
     Ok((StatusCode::CREATED, Json(repo.create(task).await?)))
 }
 
+/// Create many tasks in one transaction.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/batch",
+    tag = "tasks",
+    operation_id = "create_tasks",
+    request_body(content = Vec<NewTask>, content_type = "application/json"),
+    responses((status = 201, description = "The tasks, in the order given", body = Vec<Task>), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn create_many(
     State(repo): State<Repo>,
     body: Result<Json<Vec<NewTask>>, JsonRejection>,
@@ -273,9 +325,12 @@ async fn create_many(
 }
 
 /// The listing's query string.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only tasks in this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -284,9 +339,22 @@ pub(crate) struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub limit: Option<u32>,
 }
 
+/// List tasks in creation order, a page at a time.
+///
+/// The next page starts `after` the last id of the previous one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    operation_id = "list_tasks",
+    params(ListQuery),
+    responses((status = 200, description = "A page of tasks", body = Vec<Task>), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn list(
     State(repo): State<Repo>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -310,27 +378,49 @@ async fn list(
     Ok(Json(repo.list(&filter).await?))
 }
 
+/// Count tasks per status.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/counts",
+    tag = "tasks",
+    operation_id = "count_tasks",
+    responses((status = 200, description = "Tasks per status (pending, running, completed, dead)", body = BTreeMap<String, i64>), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn counts(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
     Ok(Json(repo.counts().await?))
 }
 
 /// The answer of `GET /api/v1/tasks/oldest-due`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct OldestDue {
     #[serde(with = "time::serde::rfc3339::option")]
     pub run_after: Option<time::OffsetDateTime>,
 }
 
+/// When the longest-waiting due task became due.
+///
+/// `run_after` of the oldest pending task whose time has come, or null: how far behind the
+/// workers are.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/oldest-due",
+    tag = "tasks",
+    operation_id = "get_oldest_due",
+    responses((status = 200, description = "When the oldest pending task became due, or null", body = OldestDue), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn oldest_due(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
     Ok(Json(OldestDue {
         run_after: repo.oldest_due().await?,
     }))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ClaimBody {
     pub worker_id: String,
     pub kinds: Vec<String>,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub limit: u32,
     pub lease_ms: u64,
 }
@@ -350,6 +440,20 @@ fn lease_duration(ms: u64) -> Answer<time::Duration> {
     Ok(lease)
 }
 
+/// Claim due tasks of the given kinds with a lease.
+///
+/// Up to `limit` tasks (pending and due, or running with an expired lease), highest priority
+/// first. Each claimed task's `attempts` is the claim's fencing token: completing, failing and
+/// heart-beating need it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/claim",
+    tag = "tasks",
+    operation_id = "claim_tasks",
+    request_body(content = ClaimBody, content_type = "application/json"),
+    responses((status = 200, description = "The claimed tasks (possibly none), each leased to the worker", body = Vec<Task>), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn claim(
     State(repo): State<Repo>,
     body: Result<Json<ClaimBody>, JsonRejection>,
@@ -362,18 +466,28 @@ async fn claim(
     ))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct HeartbeatBody {
     pub worker_id: String,
     pub leases: Vec<Lease>,
     pub lease_ms: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct HeartbeatAnswer {
     pub lost: Vec<Lease>,
 }
 
+/// Extend the worker's leases.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/heartbeat",
+    tag = "tasks",
+    operation_id = "heartbeat_leases",
+    request_body(content = HeartbeatBody, content_type = "application/json"),
+    responses((status = 200, description = "The leases the worker no longer holds", body = HeartbeatAnswer), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn heartbeat(
     State(repo): State<Repo>,
     body: Result<Json<HeartbeatBody>, JsonRejection>,
@@ -384,6 +498,16 @@ async fn heartbeat(
     Ok(Json(HeartbeatAnswer { lost }))
 }
 
+/// Get a task.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    operation_id = "get_task",
+    params(("id" = Uuid, Path, description = "Task id")),
+    responses((status = 200, description = "The task", body = Task), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn show(
     State(repo): State<Repo>,
     id: Result<Path<Uuid>, PathRejection>,
@@ -395,14 +519,26 @@ async fn show(
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CompleteBody {
     pub worker_id: String,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     #[serde(default)]
     pub result: serde_json::Value,
 }
 
+/// Complete a task the worker holds the lease of.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/complete",
+    tag = "tasks",
+    operation_id = "complete_task",
+    params(("id" = Uuid, Path, description = "Task id")),
+    request_body(content = CompleteBody, content_type = "application/json"),
+    responses((status = 204, description = "Completed"), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn complete(
     State(repo): State<Repo>,
     id: Result<Path<Uuid>, PathRejection>,
@@ -418,25 +554,36 @@ async fn complete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Done {
     pub task_id: Uuid,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     #[serde(default)]
     pub result: serde_json::Value,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CompleteManyBody {
     pub worker_id: String,
     pub done: Vec<Done>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CompleteManyAnswer {
     pub refused: Vec<Lease>,
 }
 
+/// Complete many tasks at once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/complete",
+    tag = "tasks",
+    operation_id = "complete_tasks",
+    request_body(content = CompleteManyBody, content_type = "application/json"),
+    responses((status = 200, description = "The leases refused because they were no longer held", body = CompleteManyAnswer), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn complete_many(
     State(repo): State<Repo>,
     body: Result<Json<CompleteManyBody>, JsonRejection>,
@@ -457,9 +604,10 @@ async fn complete_many(
     Ok(Json(CompleteManyAnswer { refused }))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct FailBody {
     pub worker_id: String,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     pub error: String,
     /// Dead at once instead of retried (see `TaskRepository::fail_permanently`).
@@ -467,11 +615,25 @@ pub(crate) struct FailBody {
     pub permanent: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct FailAnswer {
     pub status: TaskStatus,
 }
 
+/// Report a failed attempt.
+///
+/// The task is retried after exponential backoff until its attempts are used up, then it is
+/// dead.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/fail",
+    tag = "tasks",
+    operation_id = "fail_task",
+    params(("id" = Uuid, Path, description = "Task id")),
+    request_body(content = FailBody, content_type = "application/json"),
+    responses((status = 200, description = "Where the task went: pending (retried after backoff) or dead", body = FailAnswer), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn fail(
     State(repo): State<Repo>,
     id: Result<Path<Uuid>, PathRejection>,
@@ -493,6 +655,16 @@ async fn fail(
     Ok(Json(FailAnswer { status }))
 }
 
+/// Requeue a dead task.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/requeue",
+    tag = "tasks",
+    operation_id = "requeue_task",
+    params(("id" = Uuid, Path, description = "Task id")),
+    responses((status = 200, description = "The task, pending again with fresh attempts", body = Task), TaskProblems),
+    security(("task_repo_token" = []))
+)]
 async fn requeue(
     State(repo): State<Repo>,
     id: Result<Path<Uuid>, PathRejection>,

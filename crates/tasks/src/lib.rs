@@ -14,6 +14,7 @@
 mod backend;
 mod client;
 pub mod http;
+mod openapi;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,7 +28,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 /// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Waiting for `run_after`, then for a worker.
@@ -75,7 +76,7 @@ impl std::str::FromStr for TaskStatus {
 }
 
 /// A task to create.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewTask {
     /// What kind of work, e.g. `send_campaign`, `send_batch`.
     pub kind: String,
@@ -85,6 +86,7 @@ pub struct NewTask {
     pub priority: i32,
     /// Attempts before the task is dead.
     #[serde(default = "default_max_attempts")]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_attempts: u32,
     /// Not before this time (default: now).
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -176,7 +178,7 @@ impl NewTask {
 }
 
 /// A stored task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
     pub kind: String,
@@ -184,7 +186,9 @@ pub struct Task {
     pub priority: i32,
     pub status: TaskStatus,
     /// Claims so far; the current claim's number is its fencing token.
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempts: u32,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_attempts: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub run_after: OffsetDateTime,
@@ -237,9 +241,10 @@ impl Task {
 }
 
 /// Proof of a claim: the task and the claim's attempt number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub task_id: Uuid,
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
 }
 
