@@ -334,6 +334,8 @@ pub(crate) struct ListQuery {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Only tasks whose idempotency key starts with this, e.g. `send_batch:CAMPAIGN_ID:` for
+    /// one campaign's batches (characters match as they are; `%` and `_` are no patterns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -610,7 +612,8 @@ pub(crate) struct FailBody {
     #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     pub error: String,
-    /// Dead at once instead of retried (see `TaskRepository::fail_permanently`).
+    /// `true`: no retry can fix this (an invalid payload) — the task is dead at once, whatever
+    /// attempts it has left. Default `false`: retried after backoff until its attempts run out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub permanent: bool,
 }
