@@ -63,42 +63,28 @@ struct Created {
     recipients: ImportReport,
 }
 
-/// Templates must compile (a syntax error names template, line and column). With inline
-/// recipients and strict variables, every variable a template prints must come from the
-/// service or from at least one recipient; a lenient campaign renders missing ones empty.
-pub(crate) fn check_templates(
+/// The checks of a new campaign (`message::check_new_campaign`), as API errors.
+pub(crate) fn check_new_campaign(
     state: &AppState,
     document: &CampaignDocument,
 ) -> Result<(), ApiError> {
-    let compiled = message::CompiledCampaign::compile(document, &state.message_settings)
-        .map_err(|err| template_problem(&err))?;
-    let strict = document.templates.undefined_variables == campaign::UndefinedVariables::Strict;
-    if strict && !document.recipients.is_empty() {
-        let fields = message::field_names(&document.recipients);
-        let unknown = compiled.unknown_variables(&fields);
-        if !unknown.is_empty() {
-            return Err(ApiError::invalid(
-                unknown
-                    .iter()
-                    .map(|u| campaign::Problem {
-                        field: format!("templates.{}", u.template),
-                        message: format!(
-                            "line {}: `{}` is used but no recipient has that field (add it, use `| default(…)`, or set undefined_variables to lenient)",
-                            u.line, u.name
-                        ),
-                    })
-                    .collect(),
-            ));
+    message::check_new_campaign(
+        document,
+        &document.recipients,
+        &state.message_settings,
+        state.settings.max_recipients_per_request,
+    )
+    .map(|_| ())
+    .map_err(|err| match err {
+        message::NewCampaignError::Invalid(problems) => ApiError::invalid(problems),
+        message::NewCampaignError::TooManyRecipients { limit, .. } => {
+            crate::recipients::too_many_recipients(limit)
         }
-    }
-    Ok(())
+    })
 }
 
 pub(crate) fn template_problem(err: &message::TemplateError) -> ApiError {
-    ApiError::invalid(vec![campaign::Problem {
-        field: format!("templates.{}", err.template),
-        message: format!("line {}, column {}: {}", err.line, err.column, err.message),
-    }])
+    ApiError::invalid(vec![message::template_problem(err)])
 }
 
 /// Parses a campaign id from the path; an id that cannot exist is simply not found.
@@ -155,8 +141,7 @@ async fn create(
 async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, ApiError> {
     let document = CampaignDocument::from_json(body, &state.settings.limits)?;
     document.check_schedule(OffsetDateTime::now_utc())?;
-    check_templates(state, &document)?;
-    crate::recipients::check_recipient_count(state, document.recipients.len())?;
+    check_new_campaign(state, &document)?;
     let recipients = document
         .recipients
         .iter()

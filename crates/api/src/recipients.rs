@@ -85,7 +85,7 @@ pub(crate) fn check_recipient_count(state: &AppState, count: usize) -> Result<()
     Ok(())
 }
 
-fn too_many_recipients(limit: u64) -> ApiError {
+pub(crate) fn too_many_recipients(limit: u64) -> ApiError {
     ApiError::TooLarge(format!(
         "one request may add at most {limit} recipients (MAX_RECIPIENTS_PER_REQUEST); split the list into several uploads; nothing was imported"
     ))

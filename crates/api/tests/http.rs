@@ -1561,6 +1561,7 @@ async fn an_idempotency_key_sends_once(app: TestApp) {
         .list(&tasks::TaskFilter {
             status: None,
             kind: Some(processor::SEND_CAMPAIGN.to_string()),
+            key_prefix: None,
             after: None,
             limit: 100,
         })

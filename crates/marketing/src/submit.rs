@@ -1,6 +1,7 @@
 //! `marketing submit`: the original design's task-submission tool. It turns a campaign file
-//! and a recipients file into a queued campaign — through the HTTP API, through the task
-//! repository service, or straight into the local store — and can follow it to the end.
+//! and a recipients file into a queued campaign — through the HTTP API, as one self-contained
+//! `submit_campaign` task in the task repository service (nothing but its URL and token
+//! needed), or straight into the local store — and can follow it to the end.
 //! `--count N` makes load from the samples: the first N rows, or the rows cycled with
 //! unique addresses when N exceeds the file.
 
@@ -51,9 +52,10 @@ pub struct SubmitArgs {
     #[arg(long, env = "MARKETING_API_KEY", hide_env_values = true, value_parser = crate::config::Hidden(marketing_api_key))]
     pub api_key: Option<String>,
 
-    /// Without --api: store the campaign in DATABASE_URL and put its task in the task
-    /// repository service at this URL (e.g. http://127.0.0.1:8503). Unset (and no --api):
-    /// the task goes into DATABASE_URL's task tables.
+    /// Without --api: submit the whole campaign, recipients inline, as one `submit_campaign`
+    /// task to the task repository service at this URL (e.g. http://127.0.0.1:8503); a worker
+    /// stores and sends it, and no database is needed here (at most 50,000 recipients per
+    /// task). Unset (and no --api): stored in DATABASE_URL and queued in its task tables.
     #[arg(long = "task-repo", env = "TASK_REPO_URL", value_name = "URL")]
     pub task_repo: Option<String>,
 
@@ -62,7 +64,8 @@ pub struct SubmitArgs {
     pub task_repo_token: Option<String>,
 
     /// Follow the campaign with a progress bar until it is completed, failed or cancelled;
-    /// exit 1 when it failed.
+    /// exit 1 when it failed. With --task-repo: follow the task, then the campaign's send
+    /// tasks until none is pending or running; exit 1 when a task died.
     #[arg(long)]
     pub wait: bool,
 
@@ -116,30 +119,17 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut document = read_campaign_to_create(&args.template, &args.limits.limits())?;
-    let compiled =
-        message::CompiledCampaign::compile(&document, &message::MessageSettings::default())
-            .map_err(|err| {
-                anyhow::anyhow!(
-                    "{}: the templates do not compile: {err}",
-                    args.template.display()
-                )
-            })?;
     let rows = source_rows(&mut document, args.recipients.as_ref())?;
-    // Checked here, before anything is stored: the API only sees the recipients after the
-    // campaign exists, so a typo in a variable would otherwise reach every recipient.
-    if document.templates.undefined_variables == campaign::UndefinedVariables::Strict {
-        let unknown = compiled.unknown_variables(&message::field_names(&rows));
-        if !unknown.is_empty() {
-            let listed: Vec<String> = unknown
-                .iter()
-                .map(|v| format!("`{}` ({} template, line {})", v.name, v.template, v.line))
-                .collect();
-            anyhow::bail!(
-                "the templates use variables no recipient has: {}; add the field to the recipients, fix the template, or set templates.undefined_variables to \"lenient\"",
-                listed.join(", ")
-            );
-        }
-    }
+    // Checked here, before anything is stored or queued, as the API checks a new campaign:
+    // the API only sees the recipients after the campaign exists, so a typo in a variable
+    // would otherwise reach every recipient.
+    message::check_new_campaign(
+        &document,
+        &rows,
+        &message::MessageSettings::default(),
+        u64::MAX,
+    )
+    .map_err(|err| anyhow::anyhow!("{}: {err}", args.template.display()))?;
     let count = args.count.unwrap_or(rows.len() as u64);
     if (rows.len() as u64) < count {
         eprintln!(
@@ -152,27 +142,19 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(api) = &args.api {
         return submit_to_api(&args, api, document, recipients, count).await;
     }
+    if let Some(url) = &args.task_repo {
+        return submit_task(&args, url, document, recipients, count).await;
+    }
     let store = crate::report::open(&args.store).await?;
-    let (tasks, where_tasks): (Arc<dyn TaskRepository>, String) = match &args.task_repo {
-        Some(url) => (
-            Arc::new(tasks::HttpTaskRepository::new(
-                url,
-                args.task_repo_token.clone(),
-            )),
-            format!("the task repository service at {url}"),
-        ),
-        None => (
-            tasks::connect(&args.store.database_url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the task repository at {}",
-                        redacted(&args.store.database_url)
-                    )
-                })?,
-            format!("the task tables of {}", redacted(&args.store.database_url)),
-        ),
-    };
+    let tasks: Arc<dyn TaskRepository> = tasks::connect(&args.store.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the task repository at {}",
+                redacted(&args.store.database_url)
+            )
+        })?;
+    let where_tasks = format!("the task tables of {}", redacted(&args.store.database_url));
     let (record, report) = store
         .create_campaign(&document, store::recipient_stream(recipients.map(Ok)))
         .await
@@ -229,6 +211,196 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     .await?;
     summary["status"] = serde_json::json!(progress.status);
     finish(&args, summary, Some(progress))
+}
+
+/// Submits the campaign with its recipients inline as one `submit_campaign` task to the task
+/// repository service; with --wait follows the task, then the campaign's send tasks, through
+/// the service alone.
+async fn submit_task(
+    args: &SubmitArgs,
+    url: &str,
+    mut document: CampaignDocument,
+    recipients: Generated,
+    count: u64,
+) -> anyhow::Result<ExitCode> {
+    if count > processor::SUBMIT_CAMPAIGN_MAX_RECIPIENTS {
+        anyhow::bail!(
+            "--task-repo carries the recipients inside one task: at most {} (here {count}); pass a smaller --count, split the list into several submits (each its own campaign), or submit through the API (--api), which streams any number",
+            processor::SUBMIT_CAMPAIGN_MAX_RECIPIENTS
+        );
+    }
+    let repo = tasks::HttpTaskRepository::new(url, args.task_repo_token.clone());
+    document.recipients = recipients.collect();
+    let imported = document.recipients.len() as u64;
+    let payload = processor::SubmitCampaign {
+        version: processor::SUBMIT_CAMPAIGN_VERSION,
+        campaign: document,
+    };
+    let task = repo
+        .create(tasks::NewTask::new(
+            processor::SUBMIT_CAMPAIGN,
+            serde_json::to_value(&payload)?,
+        ))
+        .await
+        .with_context(|| format!("the campaign was not submitted to the task repository service at {url}; nothing was queued"))?;
+    eprintln!(
+        "campaign {:?} with {imported} recipients submitted as task {} to the task repository service at {url}; a task processor (`marketing worker`) stores and sends it",
+        payload.campaign.name, task.id
+    );
+    if !args.json {
+        println!("task {}", task.id);
+    }
+    let mut summary = serde_json::json!({
+        "task_id": task.id,
+        "recipients": imported,
+        "status": task.status,
+    });
+    if !args.wait {
+        return finish(args, summary, None);
+    }
+    // The task first: it ends completed (the campaign stored and queued) or dead.
+    let done = loop {
+        let now = repo
+            .get(task.id)
+            .await?
+            .with_context(|| format!("task {} disappeared from the task repository", task.id))?;
+        match now.status {
+            tasks::TaskStatus::Completed => break now,
+            tasks::TaskStatus::Dead => {
+                summary["status"] = serde_json::json!("dead");
+                summary["error"] = serde_json::json!(now.last_error);
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                }
+                eprintln!(
+                    "task {} is dead: {}",
+                    task.id,
+                    now.last_error.as_deref().unwrap_or("no error recorded")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => tokio::time::sleep(POLL_EVERY).await,
+        }
+    };
+    let result = done.result.unwrap_or_default();
+    let campaign_id: CampaignId = result["campaign_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .with_context(|| format!("task {} completed without a campaign id: {result}", task.id))?;
+    summary["campaign_id"] = serde_json::json!(campaign_id);
+    summary["status"] = result["status"].clone();
+    if !args.json {
+        println!("campaign {campaign_id}");
+    }
+    if result["status"] == "scheduled" {
+        eprintln!(
+            "campaign {campaign_id} is scheduled; the campaign processor queues it at its time"
+        );
+        return finish(args, summary, None);
+    }
+    let (ended, counts) = follow_send_tasks(&repo, campaign_id, imported, args.json).await?;
+    summary["status"] = serde_json::json!(ended);
+    summary["deliveries"] = serde_json::json!(counts);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("status {ended}");
+        let listed: Vec<String> = counts
+            .iter()
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        println!("  {}", listed.join(" · "));
+    }
+    Ok(if ended == "completed" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Follows a campaign's `send_campaign` and `send_batch` tasks (found by their idempotency-key
+/// prefixes) until none is pending or running, drawing the recipients the finished batches
+/// report. Returns "completed", or "failed" when one of them died, and the summed outcomes.
+async fn follow_send_tasks(
+    repo: &dyn TaskRepository,
+    campaign: CampaignId,
+    total: u64,
+    json: bool,
+) -> anyhow::Result<(&'static str, BTreeMap<String, u64>)> {
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let prefixes = [
+        format!("{}:{campaign}:", processor::SEND_CAMPAIGN),
+        format!("{}:{campaign}:", processor::SEND_BATCH),
+    ];
+    loop {
+        let mut found = Vec::new();
+        for prefix in &prefixes {
+            let mut after = None;
+            loop {
+                let page = repo
+                    .list(&tasks::TaskFilter {
+                        key_prefix: Some(prefix.clone()),
+                        after,
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await?;
+                after = page.last().map(|t| t.id);
+                let full = page.len() == 1000;
+                found.extend(page);
+                if !full {
+                    break;
+                }
+            }
+        }
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut open, mut dead) = (0, 0);
+        for task in &found {
+            match task.status {
+                tasks::TaskStatus::Pending | tasks::TaskStatus::Running => open += 1,
+                tasks::TaskStatus::Dead => dead += 1,
+                tasks::TaskStatus::Completed => {}
+            }
+            if task.kind == processor::SEND_BATCH
+                && let Some(result) = &task.result
+            {
+                for state in ["sent", "failed", "suppressed"] {
+                    *counts.entry(state.to_string()).or_default() +=
+                        result[state].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        let finished: u64 = counts.values().sum();
+        bar.set_position(finished.min(total));
+        bar.set_message(format!(
+            "tasks open {open} · sent {} · failed {} · suppressed {}",
+            counts.get("sent").copied().unwrap_or(0),
+            counts.get("failed").copied().unwrap_or(0),
+            counts.get("suppressed").copied().unwrap_or(0)
+        ));
+        // The send_campaign task exists from the submit task's completion on; its batches
+        // before it completes, and each follow-up before its batch completes.
+        if !found.is_empty() && open == 0 {
+            bar.finish_and_clear();
+            if dead > 0 {
+                eprintln!(
+                    "{dead} send task(s) of campaign {campaign} died; see `marketing tasks list --status dead`"
+                );
+                return Ok(("failed", counts));
+            }
+            return Ok(("completed", counts));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// Prints the summary (JSON, or the final counts) and picks the exit code.

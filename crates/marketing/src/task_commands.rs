@@ -115,6 +115,7 @@ pub async fn run(command: TasksCommand) -> anyhow::Result<ExitCode> {
                 .list(&TaskFilter {
                     status,
                     kind,
+                    key_prefix: None,
                     after: None,
                     limit,
                 })

@@ -623,6 +623,7 @@ mod sqlite {
                 .list(&tasks::TaskFilter {
                     status: None,
                     kind: Some(processor::SEND_CAMPAIGN.to_string()),
+                    key_prefix: None,
                     after: None,
                     limit: 100,
                 })

@@ -273,8 +273,9 @@ mod sqlite {
         assert_eq!(summary["deliveries"]["sent"], 4, "{summary}");
     }
 
-    /// `--task-repo`: the campaign goes into DATABASE_URL, its task through the task
-    /// repository service (with its token), and a `worker` reading that service delivers it.
+    /// `--task-repo`: the campaign goes as one `submit_campaign` task through the task
+    /// repository service (with its token), and a `worker` reading that service stores and
+    /// delivers it (tests/self_contained.rs does it without DATABASE_URL, on both stores).
     #[test]
     fn submit_through_the_task_repository_service_reaches_its_worker() {
         let Some(sink) = SmtpSink::start() else {
@@ -342,7 +343,10 @@ mod sqlite {
             if output.status.success() || Instant::now() > deadline {
                 break output;
             }
-            assert!(stderr.contains("could not be queued"), "{stderr}");
+            assert!(
+                stderr.contains("was not submitted to the task repository service"),
+                "{stderr}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         };
         assert!(

@@ -4,7 +4,7 @@
 //!
 //! The path per campaign and recipient:
 //! 1. [`CompiledCampaign::compile`] once per campaign (syntax errors name template, line,
-//!    column); [`CompiledCampaign::unknown_variables`] at campaign creation.
+//!    column); [`check_new_campaign`] does it with the other checks of a new campaign.
 //! 2. [`CompiledCampaign::render`] per recipient ([`RenderError`] is that recipient's failure).
 //! 3. [`CompiledCampaign::build`] writes MIME; [`DkimSigner::sign`] adds DKIM-Signature.
 //!
@@ -12,6 +12,7 @@
 
 mod dkim;
 mod mime;
+mod new_campaign;
 mod scan;
 mod template;
 mod tracking;
@@ -19,6 +20,7 @@ mod values;
 
 pub use dkim::{DkimError, DkimSigner};
 pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_id};
+pub use new_campaign::{NewCampaignError, check_new_campaign, template_problem};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
     SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable, panic_message,

@@ -25,9 +25,14 @@ mod payload;
 mod recorder;
 mod retry;
 mod scheduler;
+mod submit;
 mod worker;
 
-pub use payload::{SEND_BATCH, SEND_CAMPAIGN, SendBatch, SendCampaign};
+pub use payload::{
+    SEND_BATCH, SEND_CAMPAIGN, SUBMIT_CAMPAIGN, SUBMIT_CAMPAIGN_MAX_RECIPIENTS,
+    SUBMIT_CAMPAIGN_VERSION, SendBatch, SendCampaign, SubmitCampaign,
+    submit_campaign_schema_pretty,
+};
 pub use recorder::Recorder;
 pub use retry::outcome_of;
 pub use scheduler::{
@@ -52,6 +57,10 @@ pub enum ProcessorError {
     /// version): retrying will not help.
     #[error("task payload is invalid: {0}")]
     Payload(String),
+    /// A `submit_campaign` payload that can never be stored (malformed, another version, an
+    /// invalid campaign): the task is dead at once, with this as its last error.
+    #[error("{0}")]
+    Rejected(String),
     /// The task's code panicked (a defect): the attempt fails like any other error.
     #[error("the task panicked: {0}")]
     Panicked(String),

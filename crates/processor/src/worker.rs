@@ -1,7 +1,7 @@
 //! The worker loop: claim, run, heartbeat, stop gracefully.
 
 use crate::batch::{Shared, abandon, deliver, split};
-use crate::payload::{SEND_BATCH, SEND_CAMPAIGN, SendBatch, SendCampaign};
+use crate::payload::{SEND_BATCH, SEND_CAMPAIGN, SUBMIT_CAMPAIGN, SendBatch, SendCampaign};
 use crate::{ProcessorError, Services};
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -136,7 +136,7 @@ impl Worker {
     pub fn new(config: WorkerConfig, services: Services, wake: Option<Arc<Notify>>) -> Worker {
         let stats = Arc::new(Stats::default());
         note_panic_locations();
-        metrics::init_task_kinds(&[SEND_CAMPAIGN, SEND_BATCH]);
+        metrics::init_task_kinds(&[SUBMIT_CAMPAIGN, SEND_CAMPAIGN, SEND_BATCH]);
         Worker {
             shared: Arc::new(Shared::new(services, config.in_flight, stats)),
             config,
@@ -158,7 +158,11 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let config = &self.config;
         let tasks = self.shared.services.tasks.clone();
-        let kinds = vec![SEND_CAMPAIGN.to_string(), SEND_BATCH.to_string()];
+        let kinds = vec![
+            SUBMIT_CAMPAIGN.to_string(),
+            SEND_CAMPAIGN.to_string(),
+            SEND_BATCH.to_string(),
+        ];
         let lease = time::Duration::try_from(config.lease).unwrap_or(time::Duration::MINUTE);
         let held: HeldTasks = Arc::default();
         let heartbeat_stop = CancellationToken::new();
@@ -325,6 +329,12 @@ async fn run_task(
             }
             completed
         }
+        Err(ProcessorError::Rejected(why)) => {
+            // No retry can fix the payload: dead at once, the reason on the task.
+            tracing::warn!(task = %task.id, kind = %task.kind, error = %why, "task refused; it is dead");
+            metrics::record_task_failed(&task.kind);
+            tasks.fail_permanently(&worker, lease, &why).await
+        }
         Err(err) => {
             let error = err.to_string();
             metrics::record_task_failed(&task.kind);
@@ -364,6 +374,7 @@ async fn run(
             Ok(job) => split(shared, job).await,
             Err(err) => Err(ProcessorError::Payload(err.to_string())),
         },
+        SUBMIT_CAMPAIGN => crate::submit::submit(shared, task).await,
         SEND_BATCH => match serde_json::from_value::<SendBatch>(task.payload.clone()) {
             Ok(batch) => deliver(shared, batch, stop, lost).await,
             Err(err) => Err(ProcessorError::Payload(err.to_string())),
@@ -504,6 +515,15 @@ impl TaskRepository for WakingTasks {
 
     async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError> {
         self.inner.fail(worker, lease, error).await
+    }
+
+    async fn fail_permanently(
+        &self,
+        worker: &str,
+        lease: Lease,
+        error: &str,
+    ) -> Result<(), TaskError> {
+        self.inner.fail_permanently(worker, lease, error).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {

@@ -929,6 +929,7 @@ async fn send_tasks_of(tasks: &dyn TaskRepository, id: CampaignId) -> Vec<tasks:
         .list(&tasks::TaskFilter {
             status: None,
             kind: Some(processor::SEND_CAMPAIGN.to_string()),
+            key_prefix: None,
             after: None,
             limit: 500,
         })
@@ -1374,6 +1375,7 @@ async fn wait_idle(
             .list(&tasks::TaskFilter {
                 status: None,
                 kind: None,
+                key_prefix: None,
                 after: None,
                 limit: 1000,
             })
@@ -1405,12 +1407,233 @@ async fn wait_idle(
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Self-contained `submit_campaign` tasks.
+
+/// A `submit_campaign` payload: the campaign document with `count` recipients inline.
+fn submission(name: &str, count: usize) -> serde_json::Value {
+    let mut campaign = serde_json::to_value(document(name, 10)).expect("document as JSON");
+    campaign["recipients"] = (0..count)
+        .map(|n| serde_json::json!({"email": email(n), "first_name": first_name(n)}))
+        .collect();
+    serde_json::json!({"version": processor::SUBMIT_CAMPAIGN_VERSION, "campaign": campaign})
+}
+
+async fn wait_task(harness: &Harness, id: uuid::Uuid, status: tasks::TaskStatus) -> tasks::Task {
+    let deadline = Instant::now() + CONDITION_LIMIT;
+    loop {
+        let task = harness
+            .tasks
+            .get(id)
+            .await
+            .unwrap()
+            .expect("the task exists");
+        if task.status == status {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task never became {status}: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Malformed payloads and a schema-valid but invalid campaign: each task is dead after one
+/// attempt with the reason on it, and no campaign is stored.
+async fn a_bad_submission_is_dead_at_once_and_stores_nothing(harness: Harness) {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let mut strict = submission("Typo", 3);
+    strict["campaign"]["templates"]["subject"] = "Hello {{ frist_name }}".into();
+    let mut unknown_field = submission("Unknown field", 1);
+    unknown_field["campaign"]["batchsize"] = 10.into();
+    let mut newer = submission("Newer", 1);
+    newer["version"] = 2.into();
+    let cases = [
+        (
+            serde_json::json!("not an object"),
+            "expected {\"version\": 1",
+        ),
+        (
+            serde_json::json!({"campaign": {}}),
+            "missing field `version`",
+        ),
+        (newer, "version: 2 is not supported"),
+        (
+            unknown_field,
+            "campaign.batchsize: unknown field `batchsize`",
+        ),
+        (
+            strict,
+            "campaign.templates.subject: line 1: `frist_name` is used but no recipient has that field",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (payload, _) in &cases {
+        let task = harness
+            .tasks
+            .create(tasks::NewTask::new(
+                processor::SUBMIT_CAMPAIGN,
+                payload.clone(),
+            ))
+            .await
+            .unwrap();
+        ids.push(task.id);
+    }
+    let transport = transport(&server.url());
+    let worker = harness.start(worker_config("refuses"), transport.clone());
+    for (id, (_, reason)) in ids.iter().zip(&cases) {
+        let dead = wait_task(&harness, *id, tasks::TaskStatus::Dead).await;
+        assert_eq!(dead.attempts, 1, "never retried: {dead}");
+        let error = dead.last_error.unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "{error:?} should contain {reason:?}"
+        );
+        assert!(harness.store.get_campaign(*id).await.unwrap().is_none());
+    }
+    worker.stop().await;
+    transport.close().await;
+    let stored = harness
+        .store
+        .list_campaigns(&store::CampaignFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        stored.items.is_empty(),
+        "nothing stored: {:?}",
+        stored.items
+    );
+    assert!(arrivals(&server).is_empty());
+}
+
+/// A worker stored the campaign and died before completing its task: the task's lease runs
+/// out, another worker claims it, finds the campaign under the task's id and sends it — one
+/// campaign, each recipient reached once.
+async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Harness) {
+    const COUNT: usize = 30;
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let payload = submission("Crashed once", COUNT);
+    let task = harness
+        .tasks
+        .create(tasks::NewTask::new(
+            processor::SUBMIT_CAMPAIGN,
+            payload.clone(),
+        ))
+        .await
+        .unwrap();
+    // The first run: claimed, campaign stored under the task's id, then nothing more.
+    let claimed = harness
+        .tasks
+        .claim(
+            "crashed",
+            &[processor::SUBMIT_CAMPAIGN.to_string()],
+            1,
+            time::Duration::milliseconds(300),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let first: processor::SubmitCampaign = serde_json::from_value(payload).unwrap();
+    let rows = first
+        .campaign
+        .recipients
+        .iter()
+        .cloned()
+        .map(Ok)
+        .collect::<Vec<_>>();
+    harness
+        .store
+        .create_campaign_once(task.id, &first.campaign, store::recipient_stream(rows))
+        .await
+        .unwrap();
+    let expired = Instant::now() + Duration::from_millis(300);
+    wait_until(
+        "the crashed worker's lease runs out",
+        CONDITION_LIMIT,
+        || Instant::now() > expired,
+    )
+    .await;
+
+    let transport = transport(&server.url());
+    let worker = harness.start(worker_config("takes-over"), transport.clone());
+    let done = wait_task(&harness, task.id, tasks::TaskStatus::Completed).await;
+    assert_eq!(done.attempts, 2, "{done}");
+    assert_eq!(
+        done.result.as_ref().unwrap()["campaign_id"],
+        task.id.to_string()
+    );
+    assert_eq!(harness.wait_final(task.id).await, CampaignStatus::Completed);
+    worker.stop().await;
+    transport.close().await;
+
+    let stored = harness
+        .store
+        .list_campaigns(&store::CampaignFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![task.id]
+    );
+    assert_eq!(stored.items[0].recipient_count, COUNT as i64);
+    let sent = harness
+        .deliveries(task.id, Some(DeliveryStatus::Sent))
+        .await;
+    assert_eq!(sent.len(), COUNT);
+    let copies = assert_each_recipient_reached(&arrivals(&server), task.id, &sent);
+    assert!(copies.values().all(|n| *n == 1), "{copies:?}");
+}
+
+/// A submission with scheduled_at is stored scheduled and left to the campaign processor.
+async fn a_scheduled_submission_stays_scheduled(harness: Harness) {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let mut payload = submission("Later", 2);
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    payload["campaign"]["scheduled_at"] = tomorrow
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .into();
+    let task = harness
+        .tasks
+        .create(tasks::NewTask::new(processor::SUBMIT_CAMPAIGN, payload))
+        .await
+        .unwrap();
+    let transport = transport(&server.url());
+    let worker = harness.start(worker_config("schedules"), transport.clone());
+    let done = wait_task(&harness, task.id, tasks::TaskStatus::Completed).await;
+    worker.stop().await;
+    transport.close().await;
+    assert_eq!(done.result.as_ref().unwrap()["status"], "scheduled");
+    assert_eq!(harness.status(task.id).await, CampaignStatus::Scheduled);
+    assert!(
+        send_tasks_of(harness.tasks.as_ref(), task.id)
+            .await
+            .is_empty()
+    );
+}
+
 /// The tasks of one kind the repository holds for a campaign.
 async fn tasks_of(tasks: &dyn TaskRepository, kind: &str, id: CampaignId) -> Vec<tasks::Task> {
     tasks
         .list(&tasks::TaskFilter {
             status: None,
             kind: Some(kind.to_string()),
+            key_prefix: None,
             after: None,
             limit: 500,
         })
@@ -1675,6 +1898,10 @@ macro_rules! delivery_suite {
             case!(every_message_returns_bounces_to_its_own_verp_address);
             case!(recipients_in_three_zones_are_released_at_their_own_local_hour);
             case!(a_campaign_due_while_the_task_repository_is_down_is_queued_later);
+            case!(a_bad_submission_is_dead_at_once_and_stores_nothing);
+            case!(a_submission_run_again_after_a_crash_stores_and_sends_once);
+            case!(a_scheduled_submission_stays_scheduled);
+
             case!(a_panicking_task_is_retried_until_dead_and_the_worker_goes_on);
             case!(a_recipient_whose_field_a_filter_refuses_fails_alone);
             case!(a_panic_while_sending_one_message_fails_that_recipient_only);

@@ -243,6 +243,49 @@ macro_rules! campaign_store {
             Ok(result.rows_affected() == 1)
         }
 
+        /// Stores a campaign under `id` with its recipients in one transaction, unless a
+        /// campaign with that id exists: then nothing is stored, and the existing campaign is
+        /// returned without a report. The row lock (PostgreSQL) or the write lock (SQLite)
+        /// makes a second caller wait for the first's commit and then find its campaign.
+        async fn insert_campaign(
+            store: &$store,
+            id: CampaignId,
+            document: &CampaignDocument,
+            recipients: RecipientStream<'_>,
+        ) -> Result<(CampaignRecord, Option<ImportReport>), StoreError> {
+            let id = DbId(id);
+            let now = DbTime::now();
+            let stored = document.without_recipients();
+            let mut tx = store.begin_write().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO campaigns (id, name, status, document, scheduled_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(&stored.name)
+            .bind(initial_status(&stored).as_str())
+            .bind(Json(&stored))
+            .bind(stored.scheduled_at.map(DbTime::from))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            let report = if inserted {
+                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: id }, recipients, stored.local_send_time.as_ref()).await?;
+                add_to_recipient_count(&mut tx, id, report.imported).await?;
+                Some(report)
+            } else {
+                None
+            };
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let record = campaign_from_row(&row)?;
+            tx.commit().await?;
+            Ok((record, report))
+        }
+
         #[async_trait::async_trait]
         impl CampaignStore for $store {
             fn backend(&self) -> &'static str {
@@ -259,30 +302,18 @@ macro_rules! campaign_store {
                 document: &CampaignDocument,
                 recipients: RecipientStream<'_>,
             ) -> Result<(CampaignRecord, ImportReport), StoreError> {
-                let id = DbId(uuid::Uuid::now_v7());
-                let now = DbTime::now();
-                let stored = document.without_recipients();
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO campaigns (id, name, status, document, scheduled_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-                )
-                .bind(id)
-                .bind(&stored.name)
-                .bind(initial_status(&stored).as_str())
-                .bind(Json(&stored))
-                .bind(stored.scheduled_at.map(DbTime::from))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let report = drive(&mut ChunkInserter { tx: &mut tx, campaign: id }, recipients, stored.local_send_time.as_ref()).await?;
-                add_to_recipient_count(&mut tx, id, report.imported).await?;
-                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1")))
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let record = campaign_from_row(&row)?;
-                tx.commit().await?;
-                Ok((record, report))
+                let (record, report) = insert_campaign(self, uuid::Uuid::now_v7(), document, recipients).await?;
+                // A fresh v7 id cannot already exist.
+                Ok((record, report.unwrap_or_default()))
+            }
+
+            async fn create_campaign_once(
+                &self,
+                id: CampaignId,
+                document: &CampaignDocument,
+                recipients: RecipientStream<'_>,
+            ) -> Result<(CampaignRecord, Option<ImportReport>), StoreError> {
+                insert_campaign(self, id, document, recipients).await
             }
 
             async fn import_recipients(

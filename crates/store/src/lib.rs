@@ -195,6 +195,17 @@ pub trait CampaignStore: Send + Sync {
         recipients: RecipientStream<'_>,
     ) -> Result<(CampaignRecord, ImportReport), StoreError>;
 
+    /// As `create_campaign`, under a caller-chosen id (a `submit_campaign` task's id), and
+    /// once: when a campaign with this id exists, nothing is stored and the existing campaign
+    /// comes back without a report. A task run again after a crash therefore finds the
+    /// campaign its first run stored, never a second one.
+    async fn create_campaign_once(
+        &self,
+        id: CampaignId,
+        document: &CampaignDocument,
+        recipients: RecipientStream<'_>,
+    ) -> Result<(CampaignRecord, Option<ImportReport>), StoreError>;
+
     /// Adds recipients to a draft or scheduled campaign, all or nothing. Addresses already
     /// present are reported as duplicates, not added twice.
     async fn import_recipients(

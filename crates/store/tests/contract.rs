@@ -73,6 +73,47 @@ async fn campaign_round_trips_with_its_recipients(store: Arc<dyn CampaignStore>)
     }
 }
 
+async fn a_campaign_under_a_chosen_id_is_stored_once(store: Arc<dyn CampaignStore>) {
+    let id = uuid::Uuid::now_v7();
+    let doc = document("Submitted by a task");
+    let first = vec![
+        recipient("ann@example.com", "Ann"),
+        recipient("bob@example.org", "Bob"),
+    ];
+    let (record, report) = store
+        .create_campaign_once(id, &doc, recipient_stream(rows(first)))
+        .await
+        .unwrap();
+    assert_eq!(record.id, id);
+    assert_eq!(record.recipient_count, 2);
+    assert_eq!(report.map(|r| r.imported), Some(2));
+    // The same task run again (after a crash), even with other recipients: nothing new.
+    let again = vec![
+        recipient("ann@example.com", "Ann"),
+        recipient("cid@example.net", "Cid"),
+    ];
+    let (existing, report) = store
+        .create_campaign_once(id, &document("Renamed"), recipient_stream(rows(again)))
+        .await
+        .unwrap();
+    assert_eq!(report, None, "no second import");
+    assert_eq!(
+        (existing.id, existing.name.as_str()),
+        (id, "Submitted by a task")
+    );
+    assert_eq!(existing.recipient_count, 2);
+    let counts = store.delivery_counts(id).await.unwrap();
+    assert_eq!(counts.total(), 2);
+    let listed = store
+        .list_campaigns(&CampaignFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.items.iter().filter(|c| c.id == id).count(), 1);
+}
+
 async fn duplicates_are_skipped_and_reported(store: Arc<dyn CampaignStore>) {
     // 2,500 rows cross the 1,000-row chunk boundary; duplicates sit inside one chunk, across
     // chunks, and differ only by case.
@@ -1429,6 +1470,7 @@ macro_rules! contract_suite {
 
             case!(campaign_round_trips_with_its_recipients);
             case!(duplicates_are_skipped_and_reported);
+            case!(a_campaign_under_a_chosen_id_is_stored_once);
             case!(a_bad_row_stores_nothing);
             case!(unknown_campaigns_are_reported);
             case!(campaigns_page_newest_first);

@@ -79,6 +79,42 @@ macro_rules! task_repository {
                 task_from_row(&row)
             }
 
+            /// `fail` and `fail_permanently`: a permanent failure is dead at once, attempts left
+            /// or not; the lease check is the same.
+            async fn record_failure(repo: &$repo, worker: &str, lease: Lease, error: &str, permanent: bool) -> Result<TaskStatus, TaskError> {
+                    let now = repo.clock.now();
+                    let task = match repo.get(lease.task_id).await? {
+                        Some(task) => task,
+                        None => return Err(TaskError::NotFound(lease.task_id)),
+                    };
+                    let (status, run_after) = if permanent || task.attempts >= task.max_attempts {
+                        (TaskStatus::Dead, task.run_after)
+                    } else {
+                        (TaskStatus::Pending, now + repo.backoff.delay(task.attempts))
+                    };
+                    let changed = sqlx::query(
+                        "UPDATE tasks SET status = $1, run_after = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+                         WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
+                    )
+                    .bind(status.as_str())
+                    .bind(DbTime::from(run_after))
+                    .bind(error)
+                    .bind(DbTime::from(now))
+                    .bind(DbId(lease.task_id))
+                    .bind(worker)
+                    .bind(i32::try_from(lease.attempt).unwrap_or(i32::MAX))
+                    .execute(&repo.pool)
+                    .await?
+                    .rows_affected();
+                    if changed != 1 {
+                        return Err(lease_error(repo, worker, lease).await);
+                    }
+                    if status == TaskStatus::Dead {
+                        metrics::record_task_dead(&task.kind);
+                    }
+                    Ok(status)
+                }
+
             /// The lease is gone when the task exists but is not this worker's current claim.
             async fn lease_error(repo: &$repo, worker: &str, lease: Lease) -> TaskError {
                 match repo.get(lease.task_id).await {
@@ -300,37 +336,11 @@ macro_rules! task_repository {
                 }
 
                 async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError> {
-                    let now = self.clock.now();
-                    let task = match self.get(lease.task_id).await? {
-                        Some(task) => task,
-                        None => return Err(TaskError::NotFound(lease.task_id)),
-                    };
-                    let (status, run_after) = if task.attempts >= task.max_attempts {
-                        (TaskStatus::Dead, task.run_after)
-                    } else {
-                        (TaskStatus::Pending, now + self.backoff.delay(task.attempts))
-                    };
-                    let changed = sqlx::query(
-                        "UPDATE tasks SET status = $1, run_after = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
-                         WHERE id = $5 AND lease_owner = $6 AND attempts = $7 AND status = 'running'",
-                    )
-                    .bind(status.as_str())
-                    .bind(DbTime::from(run_after))
-                    .bind(error)
-                    .bind(DbTime::from(now))
-                    .bind(DbId(lease.task_id))
-                    .bind(worker)
-                    .bind(i32::try_from(lease.attempt).unwrap_or(i32::MAX))
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
-                    if changed != 1 {
-                        return Err(lease_error(self, worker, lease).await);
-                    }
-                    if status == TaskStatus::Dead {
-                        metrics::record_task_dead(&task.kind);
-                    }
-                    Ok(status)
+                    record_failure(self, worker, lease, error, false).await
+                }
+
+                async fn fail_permanently(&self, worker: &str, lease: Lease, error: &str) -> Result<(), TaskError> {
+                    record_failure(self, worker, lease, error, true).await.map(|_| ())
                 }
 
                 async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {
@@ -345,12 +355,13 @@ macro_rules! task_repository {
                     // Ids are UUIDv7: id order is creation order, and the last id is the cursor.
                     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT {COLUMNS} FROM tasks WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR kind = $2) \
-                         AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+                         AND ($3 IS NULL OR id > $3) AND ($5 IS NULL OR substr(idempotency_key, 1, length($5)) = $5) ORDER BY id LIMIT $4"
                     )))
                     .bind(filter.status.map(TaskStatus::as_str))
                     .bind(filter.kind.as_deref())
                     .bind(filter.after.map(DbId))
                     .bind(i64::from(filter.limit.clamp(1, 1000)))
+                    .bind(filter.key_prefix.as_deref())
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(task_from_row).collect()

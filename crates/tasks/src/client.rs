@@ -236,6 +236,38 @@ fn lease_ms(lease: time::Duration) -> u64 {
     u64::try_from(lease.whole_milliseconds()).unwrap_or(0)
 }
 
+impl HttpTaskRepository {
+    /// `POST …/fail`, retried or (with `permanent`) dead at once.
+    async fn record_failure(
+        &self,
+        worker: &str,
+        lease: Lease,
+        error: &str,
+        permanent: bool,
+    ) -> Result<TaskStatus, TaskError> {
+        let body = FailBody {
+            worker_id: worker.to_string(),
+            attempt: lease.attempt,
+            error: error.to_string(),
+            permanent,
+        };
+        let answer: FailAnswer = self
+            .json(
+                Method::POST,
+                &format!("/api/v1/tasks/{}/fail", lease.task_id),
+                Some(&body),
+                Repeat::OnlyIfUnsent,
+                Subject {
+                    task: Some(lease.task_id),
+                    worker: Some(worker),
+                    lease: Some(lease),
+                },
+            )
+            .await?;
+        Ok(answer.status)
+    }
+}
+
 #[async_trait::async_trait]
 impl TaskRepository for HttpTaskRepository {
     async fn create(&self, task: NewTask) -> Result<Task, TaskError> {
@@ -370,25 +402,18 @@ impl TaskRepository for HttpTaskRepository {
     }
 
     async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError> {
-        let body = FailBody {
-            worker_id: worker.to_string(),
-            attempt: lease.attempt,
-            error: error.to_string(),
-        };
-        let answer: FailAnswer = self
-            .json(
-                Method::POST,
-                &format!("/api/v1/tasks/{}/fail", lease.task_id),
-                Some(&body),
-                Repeat::OnlyIfUnsent,
-                Subject {
-                    task: Some(lease.task_id),
-                    worker: Some(worker),
-                    lease: Some(lease),
-                },
-            )
-            .await?;
-        Ok(answer.status)
+        self.record_failure(worker, lease, error, false).await
+    }
+
+    async fn fail_permanently(
+        &self,
+        worker: &str,
+        lease: Lease,
+        error: &str,
+    ) -> Result<(), TaskError> {
+        self.record_failure(worker, lease, error, true)
+            .await
+            .map(|_| ())
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError> {
@@ -415,6 +440,7 @@ impl TaskRepository for HttpTaskRepository {
         let query = ListQuery {
             status: filter.status.map(|s| s.as_str().to_string()),
             kind: filter.kind.clone(),
+            key_prefix: filter.key_prefix.clone(),
             after: filter.after,
             limit: Some(filter.limit),
         };
@@ -425,6 +451,9 @@ impl TaskRepository for HttpTaskRepository {
         }
         if let Some(kind) = &query.kind {
             pairs.push(format!("kind={}", encode_query_value(kind)));
+        }
+        if let Some(prefix) = &query.key_prefix {
+            pairs.push(format!("key_prefix={}", encode_query_value(prefix)));
         }
         if let Some(after) = query.after {
             pairs.push(format!("after={after}"));

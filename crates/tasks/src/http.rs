@@ -4,8 +4,8 @@
 //! Routes (JSON in and out; errors `application/problem+json` with `type/title/status/detail`):
 //! - `GET  /health` — open without a token, so probes need no secret
 //! - `POST /api/v1/tasks` ([`NewTask`]) → 201 [`Task`]; `POST /api/v1/tasks/batch` (array) → 201
-//! - `GET  /api/v1/tasks?status=&kind=&after=&limit=` → array of [`Task`], creation order
-//!   (`limit` 1 to 1,000)
+//! - `GET  /api/v1/tasks?status=&kind=&key_prefix=&after=&limit=` → array of [`Task`],
+//!   creation order (`limit` 1 to 1,000; `key_prefix`: idempotency keys that start with it)
 //! - `GET  /api/v1/tasks/counts` → `{"pending": n, …}`
 //! - `GET  /api/v1/tasks/oldest-due` → `{"run_after": RFC 3339 or null}`
 //! - `POST /api/v1/tasks/claim` `{worker_id, kinds, limit, lease_ms}` → array of [`Task`]
@@ -15,7 +15,8 @@
 //!   `{refused: [Lease]}`
 //! - `GET  /api/v1/tasks/{id}`
 //! - `POST /api/v1/tasks/{id}/complete` `{worker_id, attempt, result}` → 204
-//! - `POST /api/v1/tasks/{id}/fail` `{worker_id, attempt, error}` → `{status}`
+//! - `POST /api/v1/tasks/{id}/fail` `{worker_id, attempt, error, permanent?}` → `{status}`;
+//!   `permanent: true` makes the task dead at once (a payload no retry can fix)
 //! - `POST /api/v1/tasks/{id}/requeue` → [`Task`]
 //! - `GET  /api/v1/openapi.json` — the OpenAPI 3.1 document of all of the above, open like
 //!   `/health`
@@ -333,6 +334,10 @@ pub(crate) struct ListQuery {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Only tasks whose idempotency key starts with this, e.g. `send_batch:CAMPAIGN_ID:` for
+    /// one campaign's batches (characters match as they are; `%` and `_` are no patterns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,6 +373,7 @@ async fn list(
     let filter = TaskFilter {
         status,
         kind: query.kind,
+        key_prefix: query.key_prefix,
         after: query.after,
         limit,
     };
@@ -606,6 +612,10 @@ pub(crate) struct FailBody {
     #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_u64)]
     pub attempt: u32,
     pub error: String,
+    /// `true`: no retry can fix this (an invalid payload) — the task is dead at once, whatever
+    /// attempts it has left. Default `false`: retried after backoff until its attempts run out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -638,7 +648,13 @@ async fn fail(
         task_id,
         attempt: body.attempt,
     };
-    let status = repo.fail(&body.worker_id, lease, &body.error).await?;
+    let status = if body.permanent {
+        repo.fail_permanently(&body.worker_id, lease, &body.error)
+            .await?;
+        TaskStatus::Dead
+    } else {
+        repo.fail(&body.worker_id, lease, &body.error).await?
+    };
     Ok(Json(FailAnswer { status }))
 }
 

@@ -253,6 +253,9 @@ pub struct Lease {
 pub struct TaskFilter {
     pub status: Option<TaskStatus>,
     pub kind: Option<String>,
+    /// Only tasks whose idempotency key starts with this (e.g. `send_batch:CAMPAIGN_ID:`: one
+    /// campaign's batches).
+    pub key_prefix: Option<String>,
     /// Only tasks created after this one (the previous page's last id).
     pub after: Option<Uuid>,
     pub limit: u32,
@@ -446,6 +449,16 @@ pub trait TaskRepository: Send + Sync {
     /// Records a failure — only while `worker` holds `lease`. The task is retried after
     /// backoff, or dead when its attempts are used up; returns which.
     async fn fail(&self, worker: &str, lease: Lease, error: &str) -> Result<TaskStatus, TaskError>;
+
+    /// Records a failure that no retry can cure (a malformed or invalid payload) — only while
+    /// `worker` holds `lease`. The task is dead at once, whatever attempts it has left, with
+    /// `error` as its last error; an operator may still requeue it.
+    async fn fail_permanently(
+        &self,
+        worker: &str,
+        lease: Lease,
+        error: &str,
+    ) -> Result<(), TaskError>;
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, TaskError>;
 

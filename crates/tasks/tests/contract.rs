@@ -372,6 +372,98 @@ async fn failures_back_off_then_die_and_can_be_requeued(f: Fixture) {
     );
 }
 
+async fn a_permanent_failure_is_dead_at_once_and_needs_the_lease(f: Fixture) {
+    let created = f.repo.create(task("submit_campaign", 1)).await.unwrap();
+    assert_eq!(created.max_attempts, 5, "attempts left, yet no retry");
+    let claimed = f
+        .repo
+        .claim("w", &kinds(&["submit_campaign"]), 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let refused = f
+        .repo
+        .fail_permanently("other", claimed.lease(), "not mine")
+        .await;
+    assert!(
+        matches!(refused, Err(TaskError::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    f.repo
+        .fail_permanently(
+            "w",
+            claimed.lease(),
+            "payload.campaign.name: must not be empty",
+        )
+        .await
+        .unwrap();
+    let dead = f.repo.get(created.id).await.unwrap().unwrap();
+    assert_eq!((dead.status, dead.attempts), (TaskStatus::Dead, 1));
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("payload.campaign.name: must not be empty")
+    );
+    assert_eq!(dead.lease_owner, None);
+    f.clock.advance(Duration::hours(2));
+    assert!(
+        f.repo
+            .claim("w", &kinds(&["submit_campaign"]), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a permanent failure is never retried"
+    );
+    let again = f.repo.fail_permanently("w", claimed.lease(), "twice").await;
+    assert!(
+        matches!(again, Err(TaskError::LeaseLost { .. })),
+        "{again:?}"
+    );
+    assert_eq!(f.repo.counts().await.unwrap()["dead"], 1);
+}
+
+async fn lists_filter_on_the_idempotency_key_prefix(f: Fixture) {
+    let keyed = |kind: &str, key: &str| {
+        let mut new = task(kind, 0);
+        new.idempotency_key = Some(key.to_string());
+        new
+    };
+    let created = f
+        .repo
+        .create_many(vec![
+            keyed("send_batch", "send_batch:c1:1:0"),
+            keyed("send_batch", "send_batch:c2:1:0"),
+            keyed("send_batch", "send_batch:c1:101:0"),
+            keyed("send_campaign", "send_campaign:c1:0"),
+            task("send_batch", 9),
+        ])
+        .await
+        .unwrap();
+    let listed = |prefix: &str| {
+        let filter = TaskFilter {
+            key_prefix: Some(prefix.to_string()),
+            limit: 100,
+            ..Default::default()
+        };
+        let repo = f.repo.clone();
+        async move {
+            repo.list(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        listed("send_batch:c1:").await,
+        vec![created[0].id, created[2].id]
+    );
+    assert_eq!(listed("send_campaign:c1:").await, vec![created[3].id]);
+    // `_` and `%` are plain characters, not patterns.
+    assert!(listed("send_batch:c_:").await.is_empty());
+    assert!(listed("send%").await.is_empty());
+}
+
 async fn a_lease_lost_on_the_last_attempt_ends_the_task(f: Fixture) {
     let mut once = task("send_batch", 1);
     once.max_attempts = 1;
@@ -767,7 +859,9 @@ macro_rules! contract_suite {
             case!(an_expired_lease_moves_to_another_worker_and_fences_the_first);
             case!(completing_many_refuses_only_the_leases_lost);
             case!(failures_back_off_then_die_and_can_be_requeued);
+            case!(a_permanent_failure_is_dead_at_once_and_needs_the_lease);
             case!(a_lease_lost_on_the_last_attempt_ends_the_task);
+            case!(lists_filter_on_the_idempotency_key_prefix);
             case!(lists_page_in_creation_order_and_counts_add_up);
             case!(oldest_due_is_the_earliest_due_pending_task);
             case!(crash_recoveries_and_dead_tasks_are_counted);

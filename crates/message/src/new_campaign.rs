@@ -1,0 +1,75 @@
+//! The checks every new campaign passes before anything is stored, whoever creates it: the
+//! API's `POST /campaigns`, `marketing submit` and the `submit_campaign` task. One function,
+//! so a campaign refused by one door is refused by all of them, with the same field paths.
+
+use crate::template::{CompiledCampaign, MessageSettings, TemplateError};
+use campaign::{CampaignDocument, Problem, Recipient, UndefinedVariables};
+
+/// Why a new campaign is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewCampaignError {
+    /// Fields that must change, each named by its path (`templates.subject`).
+    #[error("{}", list(.0))]
+    Invalid(Vec<Problem>),
+    /// More recipients than one request (or task) may carry.
+    #[error("{count} recipients given, at most {limit} may come with one request")]
+    TooManyRecipients { count: usize, limit: u64 },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A template syntax error as a field problem (`templates.html: line 3, column 7: …`).
+pub fn template_problem(err: &TemplateError) -> Problem {
+    Problem {
+        field: format!("templates.{}", err.template),
+        message: format!("line {}, column {}: {}", err.line, err.column, err.message),
+    }
+}
+
+/// Checks a parsed and validated document (see `CampaignDocument::from_json`) with the
+/// recipients that come with it: at most `max_recipients` of them, templates that compile,
+/// and — for a strict campaign with recipients — every variable a template prints comes from
+/// the service or from at least one recipient (a lenient campaign renders missing ones
+/// empty; a campaign without recipients yet is checked per recipient at send time).
+/// Returns the compiled templates.
+pub fn check_new_campaign(
+    document: &CampaignDocument,
+    recipients: &[Recipient],
+    settings: &MessageSettings,
+    max_recipients: u64,
+) -> Result<CompiledCampaign, NewCampaignError> {
+    if recipients.len() as u64 > max_recipients {
+        return Err(NewCampaignError::TooManyRecipients {
+            count: recipients.len(),
+            limit: max_recipients,
+        });
+    }
+    let compiled = CompiledCampaign::compile(document, settings)
+        .map_err(|err| NewCampaignError::Invalid(vec![template_problem(&err)]))?;
+    if document.templates.undefined_variables == UndefinedVariables::Strict
+        && !recipients.is_empty()
+    {
+        let unknown = compiled.unknown_variables(&crate::field_names(recipients));
+        if !unknown.is_empty() {
+            return Err(NewCampaignError::Invalid(
+                unknown
+                    .iter()
+                    .map(|u| Problem {
+                        field: format!("templates.{}", u.template),
+                        message: format!(
+                            "line {}: `{}` is used but no recipient has that field (add it, use `| default(…)`, or set undefined_variables to lenient)",
+                            u.line, u.name
+                        ),
+                    })
+                    .collect(),
+            ));
+        }
+    }
+    Ok(compiled)
+}
