@@ -10,6 +10,7 @@ pub mod local_time;
 pub mod recipient;
 pub mod schema;
 pub mod status;
+pub mod submission;
 pub mod timestamp;
 
 pub use address::{AddressError, EmailAddress, Mailbox};

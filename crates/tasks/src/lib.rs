@@ -78,8 +78,11 @@ impl std::str::FromStr for TaskStatus {
 /// A task to create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewTask {
-    /// What kind of work, e.g. `send_campaign`, `send_batch`.
+    /// What kind of work, e.g. `send_campaign`, `send_batch`, or `submit_campaign` (a whole
+    /// campaign from another service).
     pub kind: String,
+    /// The work's input, as its kind defines it; for `submit_campaign`, a `SubmitCampaign`
+    /// (see the component schema of that name, and docs/submit_campaign.schema.json).
     pub payload: serde_json::Value,
     /// Higher runs first.
     #[serde(default)]

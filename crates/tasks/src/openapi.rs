@@ -28,7 +28,7 @@ pub(crate) const TOKEN_SCHEME: &str = "task_repo_token";
     ),
     tags((name = "tasks", description = "Create, list, claim, heart-beat, complete, fail and requeue tasks")),
     modifiers(&TokenSecurity),
-    components(schemas(crate::http::Problem))
+    components(schemas(crate::http::Problem, campaign::submission::SubmitCampaign))
 )]
 pub(crate) struct TaskRepositoryDoc;
 

@@ -35,6 +35,17 @@ mod http_sqlite {
             served["components"]["securitySchemes"]["task_repo_token"]["scheme"],
             "bearer"
         );
+        // The self-contained campaign task's payload, for services that submit one.
+        let submit = &served["components"]["schemas"]["SubmitCampaign"];
+        assert_eq!(
+            submit["required"],
+            serde_json::json!(["version", "campaign"]),
+            "{submit}"
+        );
+        assert_eq!(
+            submit["properties"]["campaign"]["$ref"],
+            "#/components/schemas/CampaignDocument"
+        );
 
         let mut described = Vec::new();
         let mut ids = BTreeSet::new();
