@@ -41,6 +41,9 @@ pub struct AppState {
     pub message_settings: message::MessageSettings,
     /// Where `POST …/test` sends; `None` in a process without a transport (it answers 503).
     pub transport: Option<Arc<dyn delivery::Transport>>,
+    /// Signs test sends as the workers sign campaign mail (DKIM_*): a From domain the key
+    /// does not cover is sent unsigned.
+    pub dkim: Option<Arc<message::DkimSigner>>,
     /// The public tracking endpoints' event recorder and click-target cache.
     pub engagement: engagement::Engagement,
     /// Bounce intake: its secret and the soft-bounce rule.

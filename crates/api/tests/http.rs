@@ -27,6 +27,7 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         .await
         .expect("task repository opens");
     let state = api::AppState {
+        dkim: None,
         store: store.clone(),
         tasks,
         settings: api::ApiSettings::default(),
@@ -1153,6 +1154,7 @@ async fn instance_with_transport(app: &TestApp, server: &testkit::smtp::Aiosmtpd
     })
     .unwrap();
     let state = api::AppState {
+        dkim: None,
         transport: Some(transport),
         engagement: api::engagement::Engagement::start(store.clone()),
         store,

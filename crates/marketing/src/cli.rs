@@ -84,6 +84,10 @@ pub enum Command {
     /// added here).
     #[command(subcommand)]
     Suppressions(crate::suppressions::SuppressionsCommand),
+    /// DKIM keys: `keygen` writes one and prints its DNS record, `check` compares the
+    /// configured key with a published record.
+    #[command(subcommand)]
+    Dkim(crate::dkim::DkimCommand),
     /// Check a campaign file (and optionally its recipients) without storing anything.
     Validate {
         /// The campaign document (JSON).
@@ -288,6 +292,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => roles::serve_api(&repo, &api, &transport).await,
         Command::ApiKey(command) => api_key(command).await,
         Command::Suppressions(command) => crate::suppressions::run(command).await,
+        Command::Dkim(command) => crate::dkim::run(command),
         Command::Campaigns(CampaignsCommand::List {
             status,
             limit,

@@ -405,6 +405,10 @@ pub struct TransportArgs {
     /// per-step defaults.
     #[arg(long, env = "SMTP_TIMEOUT", value_parser = smtp_timeout)]
     pub smtp_timeout: Option<f64>,
+
+    /// DKIM signing of what this transport sends.
+    #[command(flatten)]
+    pub dkim: crate::dkim::DkimArgs,
 }
 
 impl TransportArgs {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod dkim;
 mod monitoring;
 mod report;
 mod roles;
@@ -37,7 +38,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // A configuration the process refuses to start with is a usage error, like a bad
+            // value clap rejects.
+            if err.is::<dkim::StartupRefusal>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

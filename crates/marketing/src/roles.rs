@@ -50,6 +50,7 @@ pub async fn serve_api(
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("api");
     metrics::register_campaign_processing();
+    let dkim = transport_args.dkim.signer()?;
     let store = open_store("api", &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo("api", repo);
@@ -68,7 +69,15 @@ pub async fn serve_api(
         .start(store.clone(), shutdown.clone())?;
     let served = run_api(
         "api",
-        api_state(store, tasks, api_args, links, transport.clone(), events),
+        api_state(
+            store,
+            tasks,
+            api_args,
+            links,
+            transport.clone(),
+            events,
+            dkim.clone(),
+        ),
         api_args,
         monitoring,
         shutdown.clone(),
@@ -95,6 +104,7 @@ pub async fn serve(
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("serve");
     metrics::register_campaign_processing();
+    let dkim = transport_args.dkim.signer()?;
     let store = open_store("serve", store_args).await?;
     let local = tasks::connect(&store_args.database_url)
         .await
@@ -115,7 +125,7 @@ pub async fn serve(
         transport: transport.clone(),
         links: Arc::new(links.clone()),
         message_settings: message::MessageSettings::default(),
-        dkim: None,
+        dkim: dkim.clone(),
         max_batch_size: api_args.limits.max_batch_size,
         events: events.clone(),
         clock: Arc::new(tasks::SystemClock),
@@ -142,7 +152,15 @@ pub async fn serve(
     let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
         "serve",
-        api_state(store, tasks, api_args, links, transport.clone(), events),
+        api_state(
+            store,
+            tasks,
+            api_args,
+            links,
+            transport.clone(),
+            events,
+            dkim.clone(),
+        ),
         api_args,
         monitoring,
         shutdown.clone(),
@@ -213,6 +231,7 @@ async fn run_task_processor(
     } = delivery;
     metrics::set_build_info(role);
     metrics::register_campaign_processing();
+    let dkim = transport_args.dkim.signer()?;
     let store = open_store(role, &repo.store).await?;
     let tasks = repo.open().await?;
     log_task_repo(role, repo);
@@ -255,7 +274,7 @@ async fn run_task_processor(
         transport: transport.clone(),
         links: Arc::new(links),
         message_settings: message::MessageSettings::default(),
-        dkim: None,
+        dkim: dkim.clone(),
         max_batch_size: limits.max_batch_size,
         events,
         clock: Arc::new(tasks::SystemClock),
@@ -399,9 +418,11 @@ fn api_state(
     links: tracking::Links,
     transport: Arc<dyn delivery::Transport>,
     events: webhooks::EventSink,
+    dkim: Option<Arc<message::DkimSigner>>,
 ) -> api::AppState {
     api::AppState {
         transport: Some(transport),
+        dkim,
         events,
         links: Arc::new(links),
         engagement: api::engagement::Engagement::start(store.clone()),

@@ -35,6 +35,8 @@ pub async fn send(
     worker_args: &WorkerArgs,
     transport_args: &TransportArgs,
 ) -> anyhow::Result<ExitCode> {
+    // A key that cannot sign refuses the send before anything is stored.
+    let dkim = transport_args.dkim.signer()?;
     let document = job.document;
     let settings = message::MessageSettings::default();
     let compiled = message::CompiledCampaign::compile(&document, &settings)
@@ -98,7 +100,7 @@ pub async fn send(
         transport: transport.clone(),
         links: Arc::new(link_args.links(store.as_ref()).await?),
         message_settings: settings,
-        dkim: None,
+        dkim,
         max_batch_size: limits.max_batch_size,
         events,
         clock: Arc::new(tasks::SystemClock),

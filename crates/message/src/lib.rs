@@ -18,7 +18,10 @@ mod template;
 mod tracking;
 mod values;
 
-pub use dkim::{DkimError, DkimSigner};
+pub use dkim::{
+    DkimError, DkimKeyKind, DkimSigner, check_name as check_dkim_name,
+    generate_key as generate_dkim_key,
+};
 pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_id};
 pub use new_campaign::{NewCampaignError, check_new_campaign, template_problem};
 pub use template::{

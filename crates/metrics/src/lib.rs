@@ -99,6 +99,7 @@ pub struct Metrics {
     messages: IntCounterVec,
     send_seconds: HistogramVec,
     render_errors: IntCounter,
+    dkim_unsigned: IntCounter,
     batch_seconds: Histogram,
     tasks_claimed: IntCounterVec,
     tasks_completed: IntCounterVec,
@@ -187,6 +188,14 @@ impl Metrics {
                 IntCounter::new(
                     "message_render_errors_total",
                     "Messages that could not be rendered or built (the recipient is recorded failed).",
+                )
+                .expect("valid counter"),
+            ),
+            dkim_unsigned: register(
+                &registry,
+                IntCounter::new(
+                    "dkim_unsigned_messages_total",
+                    "Messages sent without a DKIM signature because DKIM is configured but its DKIM_DOMAIN does not cover the campaign's From domain.",
                 )
                 .expect("valid counter"),
             ),
@@ -434,6 +443,11 @@ pub fn observe_send(transport: &'static str, seconds: f64) {
 /// A message could not be rendered or built.
 pub fn record_render_error() {
     metrics().render_errors.inc();
+}
+
+/// A message left unsigned: DKIM is configured for another domain than its From.
+pub fn record_dkim_unsigned() {
+    metrics().dkim_unsigned.inc();
 }
 
 /// A batch task's delivery took `seconds`.
