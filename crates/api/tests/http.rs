@@ -1034,6 +1034,48 @@ async fn scheduling_is_validated_and_controls_are_idempotent(app: TestApp) {
     .await;
 }
 
+/// With DKIM configured, a test send is signed when the campaign's From domain is the key's
+/// domain, and sent unsigned when the key is for another domain (the workers' rule).
+async fn a_test_send_is_dkim_signed_only_for_a_from_domain_the_key_covers(app: TestApp) {
+    let created = app.create_sample().await;
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/campaigns/{id}/test");
+    let Some(server) = testkit::smtp::Aiosmtpd::start() else {
+        return;
+    };
+    let transport = delivery::transport_from_config(&delivery::TransportConfig {
+        smtp_url: Some(server.url()),
+        connections: 1,
+        ..delivery::TransportConfig::default()
+    })
+    .unwrap();
+    let key = include_str!("../../message/tests/fixtures/dkim-test-ed25519.pem");
+    for (domain, signed) in [("riverside-books.example", true), ("other.example", false)] {
+        let signer = message::DkimSigner::from_pem(key, domain, "sel").unwrap();
+        let state = api::AppState {
+            transport: Some(transport.clone()),
+            dkim: Some(std::sync::Arc::new(signer)),
+            ..app.state.clone()
+        };
+        let address = serve(state).await;
+        let before = server.message_count();
+        let response = app
+            .client
+            .post(format!("http://{address}{path}"))
+            .json(&json!({"addresses": ["qa@example.com"], "fields": {"first_name": "Tess"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{domain}");
+        let messages = server.messages();
+        assert_eq!(messages.len(), before + 1, "{domain}");
+        let text = String::from_utf8_lossy(messages.last().unwrap()).into_owned();
+        let signature = format!("d={domain}; s=sel;");
+        assert_eq!(text.contains(&signature), signed, "{domain}: {text}");
+        assert_eq!(text.contains("DKIM-Signature:"), signed, "{domain}: {text}");
+    }
+}
+
 /// A test send renders the campaign's message with a marked subject and delivers it through
 /// the transport (aiosmtpd here) to each address, leaving the campaign exactly as it was; bad
 /// requests are problem+json, and a process without a transport says so.
@@ -3485,6 +3527,7 @@ macro_rules! api_suite {
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(a_local_send_time_is_validated_reported_and_shown_per_zone);
             case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);
+            case!(a_test_send_is_dkim_signed_only_for_a_from_domain_the_key_covers);
             case!(a_test_send_skips_suppressed_and_repeated_addresses_and_its_link_unsubscribes);
             case!(the_test_send_quota_is_shared_by_instances_on_one_database);
             case!(the_status_shows_a_late_start_and_its_delay);

@@ -389,6 +389,17 @@ mod tests {
     }
 
     #[test]
+    fn a_key_covers_its_domain_and_subdomains_only() {
+        let key = include_str!("../tests/fixtures/dkim-test-ed25519.pem");
+        let signer = DkimSigner::from_pem(key, "shop.example", "sel").unwrap();
+        assert!(signer.covers("shop.example"));
+        assert!(signer.covers("Mail.Shop.Example."));
+        assert!(!signer.covers("othershop.example"));
+        assert!(!signer.covers("example"));
+        assert!(!signer.covers("shop.example.net"));
+    }
+
+    #[test]
     fn bad_names_and_keys_are_refused() {
         assert!(matches!(
             DkimSigner::from_pem("x", "example.com", "sel"),
