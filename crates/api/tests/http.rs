@@ -2178,6 +2178,81 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
     );
 }
 
+/// The mailbox-provider headers a campaign names (List-Id, a mailto: List-Unsubscribe, a
+/// Feedback-ID) are kept with it and written into the message it sends (here: its preview);
+/// a List-Id that is not domain-like is a 422 naming the field, and nothing is stored.
+async fn provider_headers_are_kept_and_reach_the_message(app: TestApp) {
+    let mut bad = sample_campaign();
+    bad["list_id"] = json!({"name": "Riverside Books news", "id": "riverside books"});
+    let response = app.post_json("/api/v1/campaigns", &bad).await;
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "list_id.id: must be domain-like",
+        "bad list_id",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "list_id.id");
+    assert_eq!(app.campaign_count().await, 0, "nothing stored");
+
+    let mut campaign = sample_campaign();
+    campaign["list_id"] =
+        json!({"name": "Riverside Books news", "id": "news.riverside-books.example"});
+    campaign["unsubscribe_mailto"] = json!("leave@riverside-books.example");
+    campaign["feedback_id"] = json!("riverside-books");
+    campaign["recipients"] = json!([{"email": "ann@example.com", "first_name": "Ann"}]);
+    let created: Value = app
+        .post_json("/api/v1/campaigns", &campaign)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let (_, deliveries) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/deliveries"))
+        .await;
+    let recipient_id = deliveries["items"][0]["recipient_id"].as_i64().unwrap();
+    let preview: Value = app
+        .post_json(
+            &format!("/api/v1/campaigns/{id}/preview"),
+            &json!({"recipient_id": recipient_id}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let eml = preview["eml"].as_str().unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(eml.as_bytes())
+        .unwrap();
+    let list_id = parsed
+        .list_id()
+        .as_address()
+        .and_then(|a| a.first())
+        .unwrap();
+    assert_eq!(list_id.name(), Some("Riverside Books news"), "{eml}");
+    assert_eq!(list_id.address(), Some("news.riverside-books.example"));
+    let links: Vec<&str> = parsed
+        .list_unsubscribe()
+        .as_address()
+        .unwrap()
+        .iter()
+        .filter_map(|link| link.address())
+        .collect();
+    assert_eq!(links.len(), 2, "{eml}");
+    assert!(links[0].starts_with("https://"), "{links:?}");
+    assert!(
+        links[1].starts_with(
+            "mailto:leave@riverside-books.example?subject=unsubscribe&body=https:%2F%2F"
+        ),
+        "{links:?}"
+    );
+    assert_eq!(
+        parsed.header_raw("Feedback-ID").map(str::trim),
+        Some(format!("{id}:riverside-books").as_str())
+    );
+}
+
 async fn templates_are_checked_at_creation_and_previewed(app: TestApp) {
     let mut broken = sample_campaign();
     broken["templates"]["html"] = json!("<p>Hello</p>\n<p>{{ first_name </p>");
@@ -3524,6 +3599,7 @@ macro_rules! api_suite {
             case!(over_its_rate_limit_a_key_gets_429_with_retry_after);
             case!(suppressions_are_listed_added_and_removed);
             case!(templates_are_checked_at_creation_and_previewed);
+            case!(provider_headers_are_kept_and_reach_the_message);
             case!(scheduling_is_validated_and_controls_are_idempotent);
             case!(a_local_send_time_is_validated_reported_and_shown_per_zone);
             case!(a_test_send_delivers_marked_messages_and_leaves_the_campaign_alone);

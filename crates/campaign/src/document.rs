@@ -1,6 +1,6 @@
 //! The campaign document: everything needed to send a campaign, templates included.
 
-use crate::address::Mailbox;
+use crate::address::{EmailAddress, Mailbox};
 use crate::local_time::LocalSendTime;
 use crate::recipient::Recipient;
 use schemars::JsonSchema;
@@ -51,6 +51,24 @@ pub struct CampaignDocument {
     /// each recipient is released at the first such moment after the campaign starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_send_time: Option<LocalSendTime>,
+    /// The `List-Id` header (RFC 2919): the identifier of the list this campaign goes to, as a
+    /// string (`"news.riverside.example"`) or with a description shown by mail clients
+    /// (`{"name": "Riverside Books news", "id": "news.riverside.example"}`). The identifier is
+    /// domain-like: labels of letters, digits, `-` and `_` joined by dots, at least two, at most
+    /// 255 characters. Absent: derived from the From address (`news@riverside.example` gives
+    /// `news.riverside.example`), so every campaign from one sender shares one list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_id: Option<ListId>,
+    /// An address that unsubscribes by mail: a `mailto:` link (subject `unsubscribe`, the
+    /// recipient's signed https link as the body) is added to `List-Unsubscribe` after the
+    /// https one, which stays first for one-click unsubscription (RFC 8058). Absent: https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe_mailto: Option<EmailAddress>,
+    /// The sender identifier of a `Feedback-ID: CAMPAIGN_ID:SENDER` header, for mailbox
+    /// providers' feedback loops (Gmail's Postmaster Tools) to report complaints per campaign:
+    /// 1 to 64 letters, digits, `.`, `_` and `-`. Absent: no Feedback-ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_id: Option<String>,
     /// Free-form data kept with the campaign and available to templates as `campaign.metadata`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schema(value_type = Object)]
@@ -59,6 +77,62 @@ pub struct CampaignDocument {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<Recipient>,
 }
+
+/// The `List-Id` of a campaign: the identifier alone, or with a description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ListId {
+    /// The identifier alone, e.g. `news.riverside.example`.
+    Id(String),
+    /// The identifier with a description.
+    Named(NamedListId),
+}
+
+/// A `List-Id` with its description (`"Riverside Books news" <news.riverside.example>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedListId {
+    /// The description mail clients may show. One line, at most 200 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The identifier, domain-like (`news.riverside.example`).
+    pub id: String,
+}
+
+impl ListId {
+    /// The identifier (what goes between the angle brackets).
+    pub fn id(&self) -> &str {
+        match self {
+            ListId::Id(id) => id,
+            ListId::Named(named) => &named.id,
+        }
+    }
+
+    /// The description, when one is given.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ListId::Id(_) => None,
+            ListId::Named(named) => named.name.as_deref(),
+        }
+    }
+}
+
+/// Whether `id` can stand in `List-Id: <…>` (RFC 2919 `list-id`, a dot-atom, kept
+/// domain-like): at least two non-empty labels of ASCII letters, digits, `-` and `_`, joined by
+/// dots, at most 255 characters.
+pub fn is_valid_list_id(id: &str) -> bool {
+    id.len() <= 255
+        && id.split('.').count() >= 2
+        && id.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// The longest `feedback_id` accepted, in characters.
+pub const MAX_FEEDBACK_ID_CHARS: usize = 64;
 
 /// The longest display name (`from.name`, `reply_to.name`) accepted, in characters: as long
 /// as a campaign name, far more than a mail client shows, and short enough that the folded
@@ -292,6 +366,47 @@ impl CampaignDocument {
                     &format!("{field}.name"),
                     format!(
                         "is {length} characters; a display name may have at most {MAX_DISPLAY_NAME_CHARS}"
+                    ),
+                );
+            }
+        }
+
+        if let Some(list_id) = &self.list_id {
+            let field = match list_id {
+                ListId::Id(_) => "list_id",
+                ListId::Named(_) => "list_id.id",
+            };
+            if !is_valid_list_id(list_id.id()) {
+                problem(
+                    field,
+                    "must be domain-like, e.g. news.riverside.example: at least two labels of letters, digits, `-` and `_` joined by dots, at most 255 characters".into(),
+                );
+            }
+            if let Some(name) = list_id.name() {
+                if name.chars().any(char::is_control) {
+                    problem(
+                        "list_id.name",
+                        "must be one line: CR, LF and other control characters are not allowed in a header".into(),
+                    );
+                }
+                if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+                    problem(
+                        "list_id.name",
+                        format!("must be at most {MAX_DISPLAY_NAME_CHARS} characters"),
+                    );
+                }
+            }
+        }
+        if let Some(feedback_id) = &self.feedback_id {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_".contains(c);
+            if feedback_id.is_empty()
+                || feedback_id.chars().count() > MAX_FEEDBACK_ID_CHARS
+                || !feedback_id.chars().all(allowed)
+            {
+                problem(
+                    "feedback_id",
+                    format!(
+                        "must be 1 to {MAX_FEEDBACK_ID_CHARS} letters, digits, `.`, `_` and `-` (it ends the Feedback-ID header, whose fields are separated by colons)"
                     ),
                 );
             }

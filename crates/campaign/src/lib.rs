@@ -15,8 +15,8 @@ pub mod timestamp;
 
 pub use address::{AddressError, EmailAddress, Mailbox};
 pub use document::{
-    CampaignDocument, Limits, Problem, RetryPolicy, Templates, TrackingOptions, UndefinedVariables,
-    ValidationError,
+    CampaignDocument, Limits, ListId, NamedListId, Problem, RetryPolicy, Templates,
+    TrackingOptions, UndefinedVariables, ValidationError,
 };
 pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};
 pub use recipient::{CsvRecipients, Recipient, RecipientError, RowError};

@@ -124,6 +124,73 @@ fn header_injection_and_empty_templates_are_refused() {
     );
 }
 
+/// `list_id` is a domain-like identifier, as a string or with a one-line description;
+/// `feedback_id` is one short token; `unsubscribe_mailto` is an address. Each is checked
+/// where it is written, naming the field.
+#[test]
+fn list_id_feedback_id_and_unsubscribe_mailto_are_checked() {
+    let mut doc = sample();
+    doc["list_id"] = "news.riverside.example".into();
+    doc["feedback_id"] = "riverside_books-2026.v1".into();
+    doc["unsubscribe_mailto"] = "leave@riverside.example".into();
+    assert_eq!(problems_of(&doc), Vec::<String>::new());
+    doc["list_id"] =
+        serde_json::json!({"name": "Riverside Books news", "id": "news.riverside.example"});
+    assert_eq!(problems_of(&doc), Vec::<String>::new());
+
+    for (list_id, field) in [
+        (serde_json::json!("riverside"), "list_id"),
+        (serde_json::json!("news..riverside.example"), "list_id"),
+        (serde_json::json!("news riverside.example"), "list_id"),
+        (serde_json::json!("<news.riverside.example>"), "list_id"),
+        (
+            serde_json::json!({"id": "news.riverside.example\r\nBcc: x"}),
+            "list_id.id",
+        ),
+        (
+            serde_json::json!({"name": "Riverside\nBooks", "id": "news.riverside.example"}),
+            "list_id.name",
+        ),
+    ] {
+        let mut doc = sample();
+        doc["list_id"] = list_id.clone();
+        let problems = problems_of(&doc);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with(&format!("{field}: must"))),
+            "{list_id}: {problems:?}"
+        );
+    }
+    let mut doc = sample();
+    doc["list_id"] =
+        serde_json::json!({"name": "Riverside", "id": "news.riverside.example", "extra": 1});
+    let problems = problems_of(&doc);
+    assert!(
+        problems.iter().any(|p| p.starts_with("list_id")),
+        "{problems:?}"
+    );
+
+    for feedback_id in ["", "a:b", "riverside books", &"x".repeat(65)] {
+        let mut doc = sample();
+        doc["feedback_id"] = feedback_id.into();
+        let problems = problems_of(&doc);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("feedback_id: must be 1 to 64")),
+            "{feedback_id:?}: {problems:?}"
+        );
+    }
+    let mut doc = sample();
+    doc["unsubscribe_mailto"] = "not an address".into();
+    let problems = problems_of(&doc);
+    assert!(
+        problems.iter().any(|p| p.starts_with("unsubscribe_mailto")),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn batch_size_is_bounded_by_max_batch_size() {
     for (size, ok) in [(0, false), (1, true), (1000, true), (1001, false)] {

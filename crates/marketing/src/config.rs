@@ -140,7 +140,7 @@ pub struct WebhookArgs {
     pub webhook_urls: Vec<String>,
 
     /// Key of the HMAC-SHA256 `Webhook-Signature` on every webhook request (required with
-    /// WEBHOOK_URLS; at least 16 characters).
+    /// WEBHOOK_URLS; at least 16 bytes).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true, value_parser = Hidden(webhook_secret))]
     pub webhook_secret: Option<String>,
 
@@ -161,9 +161,9 @@ impl WebhookArgs {
             return Ok((webhooks::EventSink::disabled(), None));
         }
         let secret = match &self.webhook_secret {
-            Some(secret) if secret.len() >= 16 => secret.clone(),
-            _ => anyhow::bail!(
-                "WEBHOOK_SECRET must be set (at least 16 characters, e.g. `openssl rand -hex 32`) when WEBHOOK_URLS is"
+            Some(secret) => secret.clone(),
+            None => anyhow::bail!(
+                "WEBHOOK_SECRET must be set (at least {MIN_SHARED_SECRET_LEN} bytes, e.g. `openssl rand -hex 32`) when WEBHOOK_URLS is"
             ),
         };
         let mut config = webhooks::WebhookConfig::new(self.webhook_urls.clone(), secret);
@@ -241,19 +241,11 @@ impl BounceArgs {
 }
 
 fn webhook_secret(value: &str) -> Result<String, String> {
-    secret("WEBHOOK_SECRET", value)
+    shared_secret("WEBHOOK_SECRET", value)
 }
 
 fn bounce_webhook_secret(value: &str) -> Result<String, String> {
-    let value = secret("BOUNCE_WEBHOOK_SECRET", value)?;
-    if value.len() >= 16 {
-        Ok(value.to_string())
-    } else {
-        Err(
-            "BOUNCE_WEBHOOK_SECRET must be at least 16 characters (e.g. `openssl rand -hex 32`)"
-                .into(),
-        )
-    }
+    shared_secret("BOUNCE_WEBHOOK_SECRET", value)
 }
 
 fn soft_bounce_limit(value: &str) -> Result<u32, String> {
@@ -324,13 +316,27 @@ fn tracking_previous_secret(value: &str) -> Result<String, String> {
 }
 
 fn long_secret(variable: &str, value: &str) -> Result<String, String> {
+    secret_of_length(variable, value, tracking::token::MIN_SECRET_LEN)
+}
+
+/// The shortest token or shared secret accepted (TASK_REPO_TOKEN, WEBHOOK_SECRET,
+/// BOUNCE_WEBHOOK_SECRET), in bytes. Signing keys (TRACKING_SECRET) need
+/// `tracking::token::MIN_SECRET_LEN` (32). A short value is refused at start: it could be
+/// guessed, and is more likely a placeholder than a secret.
+pub const MIN_SHARED_SECRET_LEN: usize = 16;
+
+fn shared_secret(variable: &str, value: &str) -> Result<String, String> {
+    secret_of_length(variable, value, MIN_SHARED_SECRET_LEN)
+}
+
+/// A secret (see [`secret`]) of at least `minimum` bytes; the error never shows the value.
+fn secret_of_length(variable: &str, value: &str, minimum: usize) -> Result<String, String> {
     let value = secret(variable, value)?;
-    if value.len() >= tracking::token::MIN_SECRET_LEN {
+    if value.len() >= minimum {
         Ok(value)
     } else {
         Err(format!(
-            "{variable} must be at least {} bytes (e.g. `openssl rand -hex 32`)",
-            tracking::token::MIN_SECRET_LEN
+            "{variable} must be at least {minimum} bytes (e.g. `openssl rand -hex 32`)"
         ))
     }
 }
@@ -350,7 +356,7 @@ pub fn secret(variable: &str, value: &str) -> Result<String, String> {
 
 /// TASK_REPO_TOKEN, for the service and every client of it.
 pub fn task_repo_token(value: &str) -> Result<String, String> {
-    secret("TASK_REPO_TOKEN", value)
+    shared_secret("TASK_REPO_TOKEN", value)
 }
 
 /// The value parser of a secret variable: `check`'s error alone, without clap's usual

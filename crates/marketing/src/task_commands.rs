@@ -49,11 +49,40 @@ pub struct TaskRepoServiceArgs {
     /// Address the task repository service listens on.
     #[arg(long, env = "TASK_REPO_BIND", default_value = "127.0.0.1:8503", value_parser = task_repo_bind)]
     pub task_repo_bind: SocketAddr,
-    /// Bearer token clients must send (recommended whenever the service is reachable by others).
+    /// Bearer token clients must send (at least 16 bytes). Required unless TASK_REPO_BIND is a
+    /// loopback address or --insecure-no-token is given.
     #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
+    /// Serve without TASK_REPO_TOKEN on a non-loopback address: anyone who reaches the port
+    /// can queue mail. Only for a network nothing else can reach.
+    #[arg(long)]
+    pub insecure_no_token: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// Whether the service may start with its token setting, and the warning to log if so. A
+/// service reachable by others without a token would let anyone queue mail, so that needs
+/// the operator to say so with --insecure-no-token.
+fn token_policy(args: &TaskRepoServiceArgs) -> Result<Option<String>, String> {
+    if args.task_repo_token.is_some() {
+        return Ok(None);
+    }
+    let bind = args.task_repo_bind;
+    if bind.ip().is_loopback() {
+        Ok(Some(format!(
+            "TASK_REPO_TOKEN is not set: every local process may use the service on {bind}"
+        )))
+    } else if args.insecure_no_token {
+        Ok(Some(format!(
+            "INSECURE: TASK_REPO_TOKEN is not set and TASK_REPO_BIND={bind} is not a loopback address (--insecure-no-token): anyone who reaches the port can queue mail"
+        )))
+    } else {
+        Err(format!(
+            "TASK_REPO_TOKEN is not set and TASK_REPO_BIND={bind} is not a loopback address: anyone who reaches the port could queue mail. Set TASK_REPO_TOKEN (at least {} bytes, e.g. `openssl rand -hex 32`) here and on every client, bind to 127.0.0.1, or pass --insecure-no-token on a network nothing else can reach",
+            crate::config::MIN_SHARED_SECRET_LEN
+        ))
+    }
 }
 
 fn task_repo_bind(value: &str) -> Result<SocketAddr, String> {
@@ -166,6 +195,14 @@ pub async fn run(command: TasksCommand) -> anyhow::Result<ExitCode> {
 
 /// `marketing task-repo`: serves the repository over HTTP until SIGINT/SIGTERM.
 pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
+    match token_policy(args) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Err(refusal) => {
+            eprintln!("error: {refusal}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     metrics::set_build_info("task-repo");
     let repo = tasks::connect(&args.store.database_url)
         .await
@@ -175,11 +212,6 @@ pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
                 redacted(&args.store.database_url)
             )
         })?;
-    if args.task_repo_token.is_none() {
-        tracing::warn!(
-            "TASK_REPO_TOKEN is not set: any process that can reach the service may use it"
-        );
-    }
     let listener = tokio::net::TcpListener::bind(args.task_repo_bind)
         .await
         .with_context(|| format!("cannot listen on TASK_REPO_BIND={}", args.task_repo_bind))?;

@@ -791,6 +791,88 @@ async fn status_lists_the_zones_a_local_send_time_holds() {
     assert!(text.contains("1 waiting in UTC, due "), "{text}");
 }
 
+/// The task repository queues mail for whoever can reach it: without TASK_REPO_TOKEN it starts
+/// only on a loopback address, or on another with an explicit --insecure-no-token (and a loud
+/// warning); a token shorter than the documented minimum is refused.
+#[test]
+fn task_repo_without_a_token_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = testkit::process::isolated_command(
+        BINARY,
+        dir.path(),
+        &["task-repo"],
+        &[("TASK_REPO_BIND", "0.0.0.0:0".to_string())],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TASK_REPO_TOKEN") && stderr.contains("TASK_REPO_BIND=0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--insecure-no-token"), "{stderr}");
+    assert!(
+        !stderr.contains("listening"),
+        "refused before listening: {stderr}"
+    );
+
+    let short = testkit::process::isolated_command(
+        BINARY,
+        dir.path(),
+        &["task-repo"],
+        &[("TASK_REPO_TOKEN", "fifteen-bytes!!".to_string())],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert_eq!(short.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("TASK_REPO_TOKEN must be at least 16 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("fifteen-bytes"),
+        "the value is not echoed: {stderr}"
+    );
+
+    for (bind, extra, warning) in [
+        (
+            "127.0.0.1:0",
+            None,
+            "TASK_REPO_TOKEN is not set: every local process",
+        ),
+        (
+            "0.0.0.0:0",
+            Some("--insecure-no-token"),
+            "INSECURE: TASK_REPO_TOKEN is not set",
+        ),
+    ] {
+        let mut args = vec!["task-repo", "--task-repo-bind", bind];
+        args.extend(extra);
+        let mut child = testkit::process::isolated_command(BINARY, dir.path(), &args, &[])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut warned = false;
+        loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("task-repo on {bind} exited before listening"))
+                .unwrap();
+            warned |= line.contains(warning);
+            if line.contains("task repository listening on ") {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(warned, "task-repo on {bind} warns: {warning}");
+    }
+}
+
 #[tokio::test]
 async fn the_task_repo_role_serves_tasks_that_the_cli_can_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -800,7 +882,7 @@ async fn the_task_repo_role_serves_tasks_that_the_cli_can_read() {
             "--task-repo-bind",
             "127.0.0.1:0",
             "--task-repo-token",
-            "s3cret-token",
+            "task-repo-s3cret-token",
         ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -829,7 +911,7 @@ async fn the_task_repo_role_serves_tasks_that_the_cli_can_read() {
     assert_eq!(anonymous.status(), 401, "the token is required");
     let created: serde_json::Value = client
         .post(format!("{base}/api/v1/tasks"))
-        .bearer_auth("s3cret-token")
+        .bearer_auth("task-repo-s3cret-token")
         .json(&serde_json::json!({"kind": "send_campaign", "payload": {"campaign": "c1"}}))
         .send()
         .await
@@ -843,7 +925,7 @@ async fn the_task_repo_role_serves_tasks_that_the_cli_can_read() {
         "--task-repo-url",
         &base,
         "--task-repo-token",
-        "s3cret-token",
+        "task-repo-s3cret-token",
     ];
     let output = marketing(dir.path())
         .args(["tasks", "list", "--json"])

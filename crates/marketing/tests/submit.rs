@@ -287,7 +287,9 @@ mod sqlite {
         let repo_url = format!("http://127.0.0.1:{port}");
         let spawn = |name: &str, args: &[&str], env: &[(&str, &str)]| {
             let mut command = marketing(dir.path(), &database_url);
-            command.args(args).env("TASK_REPO_TOKEN", "repo-token");
+            command
+                .args(args)
+                .env("TASK_REPO_TOKEN", "task-repo-test-token");
             for (key, value) in env {
                 command.env(key, value);
             }
@@ -338,7 +340,7 @@ mod sqlite {
         // The service may still be starting: retry the submission until it answers.
         let deadline = Instant::now() + Duration::from_secs(20);
         let output = loop {
-            let output = submit("repo-token");
+            let output = submit("task-repo-test-token");
             let stderr = String::from_utf8_lossy(&output.stderr).to_string();
             if output.status.success() || Instant::now() > deadline {
                 break output;
@@ -361,7 +363,7 @@ mod sqlite {
         let counted = sink.wait_for(Duration::from_secs(10), |c| c.messages >= 5);
         assert_eq!(counted.messages, 5);
 
-        let output = submit("wrong-token");
+        let output = submit("a-wrong-task-repo-token");
         assert_eq!(output.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("TASK_REPO_TOKEN"), "{stderr}");

@@ -60,16 +60,17 @@ impl CompiledCampaign {
         message: &RenderedMessage,
         options: &BuildOptions,
     ) -> Result<OutgoingMessage, BuildError> {
-        build(&self.from, self.reply_to.as_ref(), message, options)
+        build(self, message, options)
     }
 }
 
 fn build(
-    from: &Mailbox,
-    reply_to: Option<&Mailbox>,
+    campaign: &CompiledCampaign,
     message: &RenderedMessage,
     options: &BuildOptions,
 ) -> Result<OutgoingMessage, BuildError> {
+    let from = &campaign.from;
+    let reply_to = campaign.reply_to.as_ref();
     for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
         if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
             return Err(BuildError::UnsubscribeLink(link.clone()));
@@ -129,6 +130,20 @@ fn build(
         "List-Unsubscribe-Post",
         "List-Unsubscribe=One-Click",
     );
+    let (list_name, list_id) = &campaign.list_id;
+    let mut col = field_name(&mut out, "List-Id");
+    if let Some(name) = list_name {
+        phrase(&mut out, &mut col, name);
+    }
+    token(&mut out, &mut col, &format!("<{list_id}>"));
+    out.push_str("\r\n");
+    if let Some(sender) = &campaign.feedback_id {
+        header(
+            &mut out,
+            "Feedback-ID",
+            &format!("{}:{sender}", message.campaign_id),
+        );
+    }
     let _ = write!(
         out,
         "X-Campaign-ID: {}\r\nX-Recipient-ID: {}\r\nMIME-Version: 1.0\r\n",
@@ -171,6 +186,51 @@ fn build(
         message_id,
         bytes: out.into_bytes(),
     })
+}
+
+/// The `List-Id` of a campaign that names none: the From address read as a list name
+/// (`news@riverside.example` → `news.riverside.example`), lowercase, the domain as A-labels
+/// and any character of the local part other than a letter, digit, `-` or `_` as `-`. Every
+/// campaign of one sender shares it, as the messages of one list do.
+pub(crate) fn default_list_id(from: &EmailAddress) -> String {
+    let local = from
+        .as_str()
+        .rsplit_once('@')
+        .map_or("", |(local, _)| local);
+    let label: String = local
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    let label = label.trim_matches('-');
+    let label = if label.is_empty() { "list" } else { label };
+    format!("{label}.{}", from.ascii_domain().to_ascii_lowercase())
+}
+
+/// The `mailto:` List-Unsubscribe of a campaign with an unsubscribe address (RFC 6068):
+/// subject `unsubscribe`, the recipient's signed https link as the body, so whoever reads
+/// that mailbox (or a script) can act on it. Everything outside RFC 6068's `qchar` is
+/// percent-encoded, which keeps the link free of the characters List-Unsubscribe refuses.
+pub(crate) fn unsubscribe_mailto(address: &EmailAddress, unsubscribe_url: &str) -> String {
+    fn encode(out: &mut String, value: &str, also_allowed: &[u8]) {
+        for byte in value.bytes() {
+            if byte.is_ascii_alphanumeric()
+                || b"-._~!$'()*+;:".contains(&byte)
+                || also_allowed.contains(&byte)
+            {
+                out.push(char::from(byte));
+            } else {
+                let _ = write!(out, "%{byte:02X}");
+            }
+        }
+    }
+    let mut link = String::from("mailto:");
+    encode(&mut link, &header_address(address.as_str()), b"@");
+    link.push_str("?subject=unsubscribe&body=");
+    encode(&mut link, unsubscribe_url, b"");
+    link
 }
 
 /// The campaign and recipient a Message-ID written by this module names: the inverse of the

@@ -198,6 +198,12 @@ pub struct CompiledCampaign {
     tracked_links: Vec<crate::tracking::TemplateLink>,
     tracks_opens: bool,
     aggregate_only: bool,
+    /// The `List-Id`: description (if any) and identifier.
+    pub(crate) list_id: (Option<String>, String),
+    /// The address of the `mailto:` List-Unsubscribe, when the campaign gives one.
+    unsubscribe_mailto: Option<campaign::EmailAddress>,
+    /// The sender identifier of the `Feedback-ID` header, when the campaign gives one.
+    pub(crate) feedback_id: Option<String>,
 }
 
 impl CompiledCampaign {
@@ -299,6 +305,18 @@ impl CompiledCampaign {
             tracked_links,
             tracks_opens,
             aggregate_only: doc.tracking.aggregate_only,
+            list_id: match &doc.list_id {
+                Some(list_id) => (
+                    list_id
+                        .name()
+                        .filter(|name| !name.trim().is_empty())
+                        .map(str::to_string),
+                    list_id.id().to_string(),
+                ),
+                None => (None, crate::mime::default_list_id(&doc.from.email)),
+            },
+            unsubscribe_mailto: doc.unsubscribe_mailto.clone(),
+            feedback_id: doc.feedback_id.clone(),
         })
     }
 
@@ -389,7 +407,11 @@ impl CompiledCampaign {
             html,
             text,
             unsubscribe_url: ctx.unsubscribe_url.clone(),
-            unsubscribe_mailto: ctx.unsubscribe_mailto.clone(),
+            unsubscribe_mailto: ctx.unsubscribe_mailto.clone().or_else(|| {
+                self.unsubscribe_mailto
+                    .as_ref()
+                    .map(|address| crate::mime::unsubscribe_mailto(address, &ctx.unsubscribe_url))
+            }),
         })
     }
 

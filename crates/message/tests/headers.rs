@@ -116,3 +116,110 @@ fn words_too_long_for_a_line_are_encoded_and_folded() {
         Some(long_word.as_str())
     );
 }
+
+/// The first List-Id mailbox as mail-parser reads it: (description, identifier).
+fn list_id(parsed: &mail_parser::Message) -> (Option<String>, String) {
+    let entry = parsed
+        .list_id()
+        .as_address()
+        .and_then(|a| a.first())
+        .expect("a List-Id");
+    (
+        entry.name().map(str::to_string),
+        entry.address().expect("a List-Id identifier").to_string(),
+    )
+}
+
+/// The links of List-Unsubscribe, in order.
+fn unsubscribe_links(parsed: &mail_parser::Message) -> Vec<String> {
+    parsed
+        .list_unsubscribe()
+        .as_address()
+        .map(|links| {
+            links
+                .iter()
+                .filter_map(|link| link.address().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A campaign's List-Id (RFC 2919, with a non-ASCII description), its `mailto:`
+/// List-Unsubscribe (after the https one, RFC 8058) and its Feedback-ID reach the message as
+/// an independent parser reads them.
+#[test]
+fn list_id_mailto_unsubscribe_and_feedback_id_come_from_the_document() {
+    let doc = document(json!({
+        "name": "Headers",
+        "from": { "email": "news@shop.example" },
+        "templates": { "subject": "Hi", "text": "Hello" },
+        "list_id": { "name": "Bücher & Co. «news»", "id": "news.riverside.example" },
+        "unsubscribe_mailto": "leave@bücher.example",
+        "feedback_id": "riverside-books",
+    }));
+    let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+    let ctx = message::RecipientContext {
+        unsubscribe_mailto: None,
+        ..context(7)
+    };
+    let rendered = compiled
+        .render(&recipient(json!({"email": "reader@shop.example"})), &ctx)
+        .unwrap();
+    let bytes = compiled.build(&rendered, &options()).unwrap().bytes;
+    for line in header_lines(&bytes) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        assert!(line.is_ascii(), "{:?}", String::from_utf8_lossy(line));
+        assert!(line.len() <= 998);
+    }
+    let parsed = MessageParser::default().parse(&bytes).unwrap();
+    assert_eq!(
+        list_id(&parsed),
+        (
+            Some("Bücher & Co. «news»".to_string()),
+            "news.riverside.example".to_string()
+        )
+    );
+    let links = unsubscribe_links(&parsed);
+    assert_eq!(
+        links,
+        [
+            "https://m.shop.example/u/TOKEN7".to_string(),
+            "mailto:leave@xn--bcher-kva.example?subject=unsubscribe&body=https:%2F%2Fm.shop.example%2Fu%2FTOKEN7".to_string(),
+        ],
+        "the https link first, then the mailto"
+    );
+    assert_eq!(
+        parsed.header_raw("Feedback-ID").map(str::trim),
+        Some(format!("{CAMPAIGN_ID}:riverside-books").as_str())
+    );
+}
+
+/// Without those fields: the List-Id is the From address read as a list name, List-Unsubscribe
+/// holds the https link alone and there is no Feedback-ID.
+#[test]
+fn the_default_list_id_is_derived_from_the_sender() {
+    let doc = document(json!({
+        "name": "Headers",
+        "from": { "email": "Spring.News+promo@Shop.Example", "name": "Shop" },
+        "templates": { "subject": "Hi", "text": "Hello" },
+    }));
+    let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+    let ctx = message::RecipientContext {
+        unsubscribe_mailto: None,
+        ..context(7)
+    };
+    let rendered = compiled
+        .render(&recipient(json!({"email": "reader@shop.example"})), &ctx)
+        .unwrap();
+    let bytes = compiled.build(&rendered, &options()).unwrap().bytes;
+    let parsed = MessageParser::default().parse(&bytes).unwrap();
+    assert_eq!(
+        list_id(&parsed),
+        (None, "spring-news-promo.shop.example".to_string())
+    );
+    assert_eq!(
+        unsubscribe_links(&parsed),
+        ["https://m.shop.example/u/TOKEN7".to_string()]
+    );
+    assert_eq!(parsed.header_raw("Feedback-ID"), None);
+}
