@@ -9,6 +9,8 @@
 use sqlx::{Connection, Executor, PgConnection};
 use std::path::PathBuf;
 
+pub mod https;
+pub mod postgres_tls;
 pub mod process;
 pub mod smtp;
 
