@@ -31,7 +31,10 @@ ensure_nextest() {
 
 # PostgreSQL at 127.0.0.1:5432 with trust authentication and a database `test`.
 ensure_postgres() {
-  export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+  # sslmode=disable: the shared server's TLS is not what these suites test (TLS to PostgreSQL
+  # has its own tests against a private-CA server they start), and sqlx's default `prefer`
+  # would make every suite's connections slower than before TLS support existed.
+  export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}"
   if ! command -v pg_ctlcluster >/dev/null 2>&1; then
     say "installing PostgreSQL"
     apt_install postgresql

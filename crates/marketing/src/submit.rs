@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tasks::TaskRepository;
+use tls::http::{Method, StatusCode, header};
 
 /// Recipients per `POST …/recipients` request: about 1 MB of JSON for the samples, far below
 /// the API's default body limit.
@@ -62,6 +63,11 @@ pub struct SubmitArgs {
     /// Bearer token shared with the task repository service.
     #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
+
+    /// PEM file of CAs trusted, besides the built-in web PKI roots, for an https:// --api or
+    /// --task-repo whose certificate a private CA signed.
+    #[arg(long, env = "SERVICE_TLS_CA", value_name = "PEM")]
+    pub service_tls_ca: Option<PathBuf>,
 
     /// Follow the campaign with a progress bar until it is completed, failed or cancelled;
     /// exit 1 when it failed. With --task-repo: follow the task, then the campaign's send
@@ -229,7 +235,9 @@ async fn submit_task(
             processor::SUBMIT_CAMPAIGN_MAX_RECIPIENTS
         );
     }
-    let repo = tasks::HttpTaskRepository::new(url, args.task_repo_token.clone());
+    let repo = tasks::HttpTaskRepository::new(url, args.task_repo_token.clone())
+        .with_trusted_ca(args.service_tls_ca.as_deref())
+        .context("SERVICE_TLS_CA")?;
     document.recipients = recipients.collect();
     let imported = document.recipients.len() as u64;
     let payload = processor::SubmitCampaign {
@@ -588,20 +596,23 @@ impl Iterator for Generated {
 
 /// The API at `base`, authenticated with the key.
 struct ApiClient {
-    http: reqwest::Client,
+    http: tls::http::HttpClient,
     base: String,
     key: String,
 }
 
 impl ApiClient {
-    fn new(base: &str, key: &str) -> anyhow::Result<ApiClient> {
+    fn new(base: &str, key: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<ApiClient> {
         let base = base.trim_end_matches('/');
         let base = base.strip_suffix("/api/v1").unwrap_or(base).to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--api must be an http(s) URL such as http://127.0.0.1:8000");
         }
+        let http =
+            tls::http::HttpClient::new(ca_file, Duration::from_secs(10), Duration::from_secs(300))
+                .context("SERVICE_TLS_CA")?;
         Ok(ApiClient {
-            http: reqwest::Client::new(),
+            http,
             base,
             key: key.to_string(),
         })
@@ -611,42 +622,37 @@ impl ApiClient {
     /// what the API said and what to do about it.
     async fn call(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<serde_json::Value> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+        let authorization = format!("Bearer {}", self.key);
+        let mut headers = vec![(header::AUTHORIZATION, authorization.as_str())];
+        if body.is_some() {
+            headers.push((header::CONTENT_TYPE, "application/json"));
         }
         // A 429 says when to come back: wait that long (a few times) rather than give up
         // on a campaign that is half uploaded.
         let mut throttled = 0;
         let response = loop {
-            let response = request
-                .try_clone()
-                .context("the request cannot be repeated")?
-                .send()
+            let response = self
+                .http
+                .request(method.clone(), &url, &headers, body.clone())
                 .await
                 .with_context(|| {
                     format!(
-                        "cannot reach the API at {}: is `marketing serve` (or `marketing api`) running there?",
+                        "cannot reach the API at {}: is `marketing serve` (or `marketing api`) running there? (for https with a private CA, set SERVICE_TLS_CA)",
                         self.base
                     )
                 })?;
-            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || throttled == 5 {
+            if response.status != StatusCode::TOO_MANY_REQUESTS || throttled == 5 {
                 break response;
             }
             throttled += 1;
             let wait = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
+                .headers
+                .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(1)
@@ -656,11 +662,8 @@ impl ApiClient {
             );
             tokio::time::sleep(Duration::from_secs(wait)).await;
         };
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("{method} {url}: the response was cut off"))?;
+        let status = response.status;
+        let text = String::from_utf8_lossy(&response.body).into_owned();
         if status.is_success() {
             return serde_json::from_str(&text)
                 .with_context(|| format!("{method} {url}: the response is not JSON: {text}"));
@@ -689,10 +692,10 @@ async fn submit_to_api(
     count: u64,
 ) -> anyhow::Result<ExitCode> {
     let key = args.api_key.as_deref().unwrap_or_default();
-    let client = ApiClient::new(api, key)?;
+    let client = ApiClient::new(api, key, args.service_tls_ca.as_deref())?;
     let created = client
         .call(
-            reqwest::Method::POST,
+            Method::POST,
             "/campaigns",
             Some(serde_json::to_vec(&document)?),
         )
@@ -718,7 +721,7 @@ async fn submit_to_api(
         let chunk: Vec<Recipient> = recipients.by_ref().take(RECIPIENTS_PER_REQUEST).collect();
         let report = client
             .call(
-                reqwest::Method::POST,
+                Method::POST,
                 &format!("/campaigns/{id}/recipients"),
                 Some(serde_json::to_vec(&chunk)?),
             )
@@ -730,7 +733,7 @@ async fn submit_to_api(
     }
     upload.finish_and_clear();
     let sent = client
-        .call(reqwest::Method::POST, &format!("/campaigns/{id}/send"), None)
+        .call(Method::POST, &format!("/campaigns/{id}/send"), None)
         .await
         .with_context(|| format!("campaign {id} was created with {imported} recipients but not sent; POST /api/v1/campaigns/{id}/send to send it"))?;
     let status = sent["status"].as_str().unwrap_or("queued").to_string();
@@ -754,11 +757,7 @@ async fn submit_to_api(
         let client = client.clone();
         async move {
             let view = client
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/campaigns/{id}/status"),
-                    None,
-                )
+                .call(Method::GET, &format!("/campaigns/{id}/status"), None)
                 .await?;
             let status = view["status"]
                 .as_str()

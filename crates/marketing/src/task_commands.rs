@@ -5,6 +5,7 @@ use crate::config::{StoreArgs, redacted};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tasks::{TaskFilter, TaskRepository, TaskStatus};
@@ -20,6 +21,10 @@ pub struct TaskRepoClientArgs {
     /// Bearer token shared with the task repository service.
     #[arg(long, env = "TASK_REPO_TOKEN", hide_env_values = true, value_parser = crate::config::Hidden(crate::config::task_repo_token))]
     pub task_repo_token: Option<String>,
+    /// PEM file of CAs trusted, besides the built-in web PKI roots, for an https://
+    /// TASK_REPO_URL whose certificate a private CA signed.
+    #[arg(long, env = "SERVICE_TLS_CA", value_name = "PEM")]
+    pub service_tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -27,10 +32,11 @@ pub struct TaskRepoClientArgs {
 impl TaskRepoClientArgs {
     pub async fn open(&self) -> anyhow::Result<Arc<dyn TaskRepository>> {
         match &self.task_repo_url {
-            Some(url) => Ok(Arc::new(tasks::HttpTaskRepository::new(
-                url,
-                self.task_repo_token.clone(),
-            ))),
+            Some(url) => Ok(Arc::new(
+                tasks::HttpTaskRepository::new(url, self.task_repo_token.clone())
+                    .with_trusted_ca(self.service_tls_ca.as_deref())
+                    .context("SERVICE_TLS_CA")?,
+            )),
             None => tasks::connect(&self.store.database_url)
                 .await
                 .with_context(|| {
@@ -57,6 +63,10 @@ pub struct TaskRepoServiceArgs {
     /// can queue mail. Only for a network nothing else can reach.
     #[arg(long)]
     pub insecure_no_token: bool,
+    /// PEM file of CAs trusted, besides the built-in web PKI roots, for an https://
+    /// TASK_REPO_URL whose certificate a private CA signed.
+    #[arg(long, env = "SERVICE_TLS_CA", value_name = "PEM")]
+    pub service_tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
 }

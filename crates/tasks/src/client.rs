@@ -8,17 +8,25 @@
 //! repeated once sent: the first try may have taken effect, and a repeat would then answer
 //! LeaseLost or NotDead for work that succeeded; a lost claim answer is recovered by the
 //! lease expiring.
+//!
+//! `https://` URLs are verified against the built-in web PKI roots plus, for a private CA,
+//! the PEM file given to [`HttpTaskRepository::with_trusted_ca`] (`SERVICE_TLS_CA`).
 
 use crate::http::{
     ClaimBody, CompleteBody, CompleteManyAnswer, CompleteManyBody, Done, FailAnswer, FailBody,
     HeartbeatAnswer, HeartbeatBody, ListQuery, Problem, problem_type,
 };
 use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus};
-use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
+use tls::http::{Answer, HttpClient, Method, StatusCode, header};
 use uuid::Uuid;
+
+/// How long a connection may take to open, and a whole exchange.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How hard the adapter tries before reporting the service unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,28 +69,34 @@ struct Subject<'a> {
 pub struct HttpTaskRepository {
     base: String,
     token: Option<String>,
-    client: reqwest::Client,
+    client: HttpClient,
     retry: AdapterRetry,
 }
 
 impl HttpTaskRepository {
     /// `base_url` is the service's root, e.g. `http://127.0.0.1:8503`; `token` the bearer token
     /// the service was started with, if any. A malformed URL is reported, naming it, by the
-    /// first call.
+    /// first call. An `https://` service is trusted through the built-in web PKI roots; see
+    /// [`HttpTaskRepository::with_trusted_ca`] for a private CA.
     pub fn new(base_url: &str, token: Option<String>) -> HttpTaskRepository {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            // Small JSON requests answered at once: Nagle's delay would dominate them.
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_default();
+        let client = HttpClient::new(None, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+            .expect("the built-in roots alone always make a TLS configuration");
         HttpTaskRepository {
             base: base_url.trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.is_empty()),
             client,
             retry: AdapterRetry::default(),
         }
+    }
+
+    /// Trusts the CAs of a PEM file besides the built-in roots (a service whose certificate
+    /// a private CA signed); `None` keeps the built-in roots alone.
+    pub fn with_trusted_ca(
+        mut self,
+        ca_file: Option<&Path>,
+    ) -> Result<HttpTaskRepository, tls::TrustError> {
+        self.client = HttpClient::new(ca_file, CONNECT_TIMEOUT, REQUEST_TIMEOUT)?;
+        Ok(self)
     }
 
     pub fn with_retry(mut self, retry: AdapterRetry) -> HttpTaskRepository {
@@ -103,47 +117,58 @@ impl HttpTaskRepository {
         body: Option<&dyn ErasedBody>,
         repeat: Repeat,
         subject: Subject<'_>,
-    ) -> Result<reqwest::Response, TaskError> {
+    ) -> Result<Answer, TaskError> {
         let url = format!("{}{}", self.base, path);
         let attempts = self.retry.attempts.max(1);
         let mut delay = self.retry.base_delay;
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
-            let mut request = self.client.request(method.clone(), &url);
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
+            let authorization = self.token.as_ref().map(|token| format!("Bearer {token}"));
+            let mut headers = Vec::new();
+            if let Some(value) = &authorization {
+                headers.push((header::AUTHORIZATION, value.as_str()));
             }
-            if let Some(body) = body {
-                request = request
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.to_json()?);
-            }
-            match request.send().await {
+            let payload = match body {
+                Some(body) => {
+                    headers.push((header::CONTENT_TYPE, "application/json"));
+                    Some(body.to_json()?)
+                }
+                None => None,
+            };
+            match self
+                .client
+                .request(method.clone(), &url, &headers, payload)
+                .await
+            {
                 Ok(response) => break response,
-                Err(err) if err.is_builder() => {
-                    return Err(TaskError::InvalidUrl(format!("{url}: {err}")));
+                Err(tls::http::RequestError::Invalid { url, reason }) => {
+                    return Err(TaskError::InvalidUrl(format!("{url}: {reason}")));
                 }
                 Err(err) => {
-                    let unsent = err.is_connect();
-                    if attempt >= attempts || !(unsent || repeat == Repeat::Safe) {
+                    let reason = match &err {
+                        tls::http::RequestError::Connect { reason, .. }
+                        | tls::http::RequestError::Exchange { reason, .. }
+                        | tls::http::RequestError::Invalid { reason, .. } => reason.clone(),
+                    };
+                    if attempt >= attempts || !(err.is_unsent() || repeat == Repeat::Safe) {
                         return Err(TaskError::Unreachable {
                             url,
                             attempts: attempt,
-                            reason: tls::error_chain(&err),
+                            reason,
                         });
                     }
-                    tracing::warn!(%url, attempt, error = %tls::error_chain(&err), "task repository unreachable; retrying");
+                    tracing::warn!(%url, attempt, error = %reason, "task repository unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.retry.max_delay);
                 }
             }
         };
-        let status = response.status();
+        let status = response.status;
         if status.is_success() {
             return Ok(response);
         }
-        let text = response.text().await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&response.body).into_owned();
         let problem: Option<Problem> = serde_json::from_str(&text).ok();
         Err(error_for(url, status, problem, text, subject))
     }
@@ -158,15 +183,11 @@ impl HttpTaskRepository {
     ) -> Result<T, TaskError> {
         let url = format!("{}{}", self.base, path);
         let response = self.send(method, path, body, repeat, subject).await?;
-        let status = response.status().as_u16();
-        response
-            .json::<T>()
-            .await
-            .map_err(|err| TaskError::Service {
-                url,
-                status,
-                detail: format!("unreadable answer: {}", tls::error_chain(&err)),
-            })
+        serde_json::from_slice::<T>(&response.body).map_err(|err| TaskError::Service {
+            url,
+            status: response.status.as_u16(),
+            detail: format!("unreadable answer: {err}"),
+        })
     }
 }
 

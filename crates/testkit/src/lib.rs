@@ -9,6 +9,8 @@
 use sqlx::{Connection, Executor, PgConnection};
 use std::path::PathBuf;
 
+pub mod https;
+pub mod postgres_tls;
 pub mod process;
 pub mod smtp;
 
@@ -20,7 +22,9 @@ pub fn postgres_server_url() -> String {
     }
     match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => url,
-        _ => "postgres://postgres@127.0.0.1:5432/test".to_string(),
+        // Plain TCP on loopback, as before TLS support: TLS to PostgreSQL is tested against a
+        // private-CA server of its own (postgres_tls).
+        _ => "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".to_string(),
     }
 }
 

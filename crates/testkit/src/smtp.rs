@@ -46,7 +46,7 @@ fn unavailable<T>(what: &str, why: &str) -> Option<T> {
     None
 }
 
-fn running_as_root() -> bool {
+pub(crate) fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|meta| meta.uid() == 0)
         .unwrap_or(false)

@@ -2,7 +2,10 @@
 //! endpoints verify their server against the web PKI roots built into the binary (the same on
 //! every machine, whatever its CA bundle) plus, for a server with a private CA, the
 //! certificates of a PEM file. rustls with ring, one provider for every connection. And
-//! [`error_chain`], how a failed outgoing connection is told.
+//! [`error_chain`], how a failed outgoing connection is told. [`http::HttpClient`]: the HTTP(S)
+//! client of our own services' clients, with that trust.
+
+pub mod http;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
