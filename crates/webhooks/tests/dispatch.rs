@@ -31,69 +31,14 @@ async fn receiver(failures: usize) -> (String, Arc<Mutex<Received>>) {
     (format!("http://{address}/hook"), received)
 }
 
-/// TLS in front of a TCP listener, for `axum::serve`; failed handshakes are kept.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    failed_handshakes: Arc<Mutex<Vec<String>>>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((stream, address)) = self.tcp.accept().await else {
-                continue;
-            };
-            match self.acceptor.accept(stream).await {
-                Ok(tls) => return (tls, address),
-                Err(err) => self.failed_handshakes.lock().unwrap().push(err.to_string()),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// The receiver over HTTPS with the test CA's certificate for 127.0.0.1; also returns the
-/// handshakes that failed (a client refusing the certificate).
+/// The receiver over HTTPS with the test CA's certificate for 127.0.0.1 (testkit's server,
+/// which also keeps the handshakes that failed: a client refusing the certificate).
 async fn https_receiver(
     certificate: &testkit::smtp::TestCertificate,
-) -> (String, Arc<Mutex<Received>>, Arc<Mutex<Vec<String>>>) {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certificate.cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(&certificate.key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+) -> (String, Arc<Mutex<Received>>, testkit::https::HttpsServer) {
     let (app, received) = receiving_app(0);
-    let failed_handshakes = Arc::new(Mutex::new(Vec::new()));
-    let listener = TlsListener {
-        tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        failed_handshakes: failed_handshakes.clone(),
-    };
-    let address = listener.tcp.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (
-        format!("https://{address}/hook"),
-        received,
-        failed_handshakes,
-    )
+    let server = testkit::https::HttpsServer::start(app, certificate).await;
+    (format!("{}/hook", server.base), received, server)
 }
 
 /// The receiving route: verifies each request's signature and records it.
@@ -282,7 +227,8 @@ async fn https_endpoints_are_verified_against_the_configured_ca(
     let Some(certificate) = testkit::smtp::TestCertificate::create() else {
         return;
     };
-    let (endpoint, received, failed_handshakes) = https_receiver(&certificate).await;
+    let (endpoint, received, server) = https_receiver(&certificate).await;
+    let failed_handshakes = server.failed_handshakes.clone();
 
     let shutdown = CancellationToken::new();
     let (sink, dispatcher) =
