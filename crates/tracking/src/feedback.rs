@@ -490,8 +490,9 @@ impl Feedback {
     }
 }
 
-/// The simple JSON form of a bounce, for senders that report bounces over HTTP (e.g. an ESP
-/// webhook relay) instead of mailing a DSN:
+/// One recipient's bounce as the intake classifies and records it, whether it came in a
+/// parsed DSN ([`Feedback::bounce_notices`]) or in the API's JSON form
+/// ([`crate::intake::BounceJson`]). As JSON:
 /// `{"recipient": "a@b", "status": "5.1.1", "action": "failed", "diagnostic": "…", "message_id": "<…>"}`.
 /// `status` must be a valid enhanced status code and `action` one of the five RFC 3464 values
 /// (lower case); `diagnostic` and `message_id` are optional.
