@@ -12,12 +12,19 @@ over the same window. The server needs `shared_preload_libraries = 'pg_stat_stat
 and `CREATE EXTENSION pg_stat_statements` in its `postgres` database; the cluster should serve
 nothing but the benchmark while it runs, since pg_stat_wal counts the whole cluster.
 
+`reset` also notes the CPU time of the server's processes (the postmaster, its live children
+— backends, checkpointer, WAL writer, autovacuum — and the children it has reaped), read from
+/proc, so `report` gives the database's whole CPU per unit, protocol work included, which
+statement timings leave out. That part needs the server on this machine.
+
 Only psql is used (no Python driver to install).
 """
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 
 # The table a statement touches first names its group; order matters where one statement names
 # two tables (a recipients UPDATE joining campaigns is a recipients statement).
@@ -42,9 +49,43 @@ def psql(server, database, sql):
     return [line.split("\t") for line in out.stdout.splitlines() if line]
 
 
+def cpu_file(server):
+    port = re.sub(r"\W", "_", server)
+    return os.path.join(tempfile.gettempdir(), f"pg_stats_cpu_{port}")
+
+
+def server_cpu_seconds(server):
+    """User + system CPU of the postmaster and all its children, live or reaped."""
+    data_dir = psql(server, "postgres", "SHOW data_directory")[0][0]
+    with open(os.path.join(data_dir, "postmaster.pid")) as pid_file:
+        postmaster = int(pid_file.readline())
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the command name (which may hold spaces) start at field 3.
+            return f.read().rsplit(")", 1)[1].split()
+
+    fields = stat(postmaster)
+    # utime, stime, cutime, cstime are fields 14-17 (1-based): indexes 11-14 here.
+    total = sum(int(v) for v in fields[11:15])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = stat(entry)
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def reset(server):
     psql(server, "postgres", "SELECT pg_stat_statements_reset()")
     psql(server, "postgres", "SELECT pg_stat_reset_shared('wal')")
+    with open(cpu_file(server), "w") as f:
+        f.write(str(server_cpu_seconds(server)))
 
 
 def group_of(query):
@@ -65,6 +106,8 @@ def report(server, database, units, label, json_out=None):
         f"WHERE d.datname = '{database}'",
     )
     wal = psql(server, "postgres", "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")[0]
+    with open(cpu_file(server)) as f:
+        cpu_seconds = server_cpu_seconds(server) - float(f.read())
     groups = {}
     statements = []
     for calls, nrows, wal_bytes, wal_records, wal_fpi, exec_ms, query in rows:
@@ -95,7 +138,11 @@ def report(server, database, units, label, json_out=None):
     print(
         f"\ncluster WAL over the run (pg_stat_wal): {wal_records / units:.2f} records, "
         f"{wal_fpi / units:.3f} full-page images, {wal_bytes / units:,.0f} bytes per unit "
-        f"({wal_bytes / 2**20:,.1f} MiB in all)\n"
+        f"({wal_bytes / 2**20:,.1f} MiB in all)"
+    )
+    print(
+        f"server CPU over the run (postmaster and its processes, /proc): {cpu_seconds:.2f} s, "
+        f"{cpu_seconds / units * 1e6:,.0f} µs per unit\n"
     )
     print("statements by WAL bytes (top 8):\n")
     print("| calls | rows | WAL bytes | exec ms | statement |")
@@ -111,6 +158,7 @@ def report(server, database, units, label, json_out=None):
                     "units": units,
                     "groups": groups,
                     "wal": {"records": wal_records, "fpi": wal_fpi, "bytes": wal_bytes},
+                    "server_cpu_seconds": cpu_seconds,
                 },
                 out,
             )
