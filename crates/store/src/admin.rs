@@ -73,7 +73,7 @@ pub struct QuotaWindow {
     pub limit: u32,
 }
 
-/// What [`CampaignStore::reserve_test_sends`] did.
+/// What [`AdminRepository::reserve_test_sends`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TestSendReservation {
     /// Recorded: the ids of the test sends, one per address, in the order given.

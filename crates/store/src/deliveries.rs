@@ -116,7 +116,7 @@ impl DeliveryCounts {
     }
 }
 
-/// What [`CampaignStore::requeue_failed`] did.
+/// What [`DeliveryRepository::requeue_failed`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requeued {
     /// Failed recipients put back to pending (0: nothing changed).

@@ -1,3 +1,5 @@
+//! [`AdminRepository`](crate::AdminRepository) in SQL: API keys, idempotency keys, secrets, test sends.
+
 use super::{Db, Store};
 use crate::db_types::{DbId, DbTime};
 use crate::{

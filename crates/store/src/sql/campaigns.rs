@@ -1,3 +1,5 @@
+//! [`CampaignRepository`](crate::CampaignRepository) in SQL: campaigns, their status changes, and reading recipients.
+
 use super::{Db, Store, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
@@ -9,37 +11,9 @@ use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
 use time::OffsetDateTime;
 
-use crate::import::{ChunkSink, ImportRow, drive};
-use std::collections::HashSet;
+use super::recipients::import;
 
 const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass";
-
-struct ChunkInserter<'t> {
-    tx: &'t mut sqlx::Transaction<'static, Db>,
-    campaign: DbId,
-}
-
-impl ChunkSink for ChunkInserter<'_> {
-    async fn insert_chunk(&mut self, rows: &[ImportRow]) -> Result<HashSet<String>, StoreError> {
-        let mut builder = QueryBuilder::<Db>::new(
-            "INSERT INTO recipients (campaign_id, email, email_key, fields, time_zone) ",
-        );
-        builder.push_values(rows, |mut row, import| {
-            let recipient = &import.recipient;
-            row.push_bind(self.campaign)
-                .push_bind(recipient.email.as_str())
-                .push_bind(recipient.email.key())
-                .push_bind(Json(&recipient.fields))
-                .push_bind(import.time_zone.as_deref());
-        });
-        builder.push(" ON CONFLICT (campaign_id, email_key) DO NOTHING RETURNING email_key");
-        let keys: Vec<String> = builder
-            .build_query_scalar()
-            .fetch_all(&mut **self.tx)
-            .await?;
-        Ok(keys.into_iter().collect())
-    }
-}
 
 fn campaign_from_row(row: &<Db as sqlx::Database>::Row) -> Result<CampaignRecord, StoreError> {
     let status: String = row.try_get("status")?;
@@ -62,23 +36,6 @@ fn campaign_from_row(row: &<Db as sqlx::Database>::Row) -> Result<CampaignRecord
         document,
         send_pass: u32::try_from(row.try_get::<i32, _>("send_pass")?).unwrap_or(0),
     })
-}
-
-/// Adds the import's count to the campaign, inside the import's transaction.
-async fn add_to_recipient_count(
-    tx: &mut sqlx::Transaction<'static, Db>,
-    id: DbId,
-    imported: u64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE campaigns SET recipient_count = recipient_count + $2, updated_at = $3 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(imported as i64)
-    .bind(DbTime::now())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// The conditional status change, inside the caller's transaction.
@@ -157,17 +114,7 @@ async fn insert_campaign(
     .rows_affected()
         == 1;
     let report = if inserted {
-        let report = drive(
-            &mut ChunkInserter {
-                tx: &mut tx,
-                campaign: id,
-            },
-            recipients,
-            stored.local_send_time.as_ref(),
-        )
-        .await?;
-        add_to_recipient_count(&mut tx, id, report.imported).await?;
-        Some(report)
+        Some(import(&mut tx, id, recipients, stored.local_send_time.as_ref()).await?)
     } else {
         None
     };
@@ -225,16 +172,13 @@ impl CampaignRepository for Store {
                 action: "adding recipients",
             });
         }
-        let report = drive(
-            &mut ChunkInserter {
-                tx: &mut tx,
-                campaign: DbId(id),
-            },
+        let report = import(
+            &mut tx,
+            DbId(id),
             recipients,
             document.local_send_time.as_ref(),
         )
         .await?;
-        add_to_recipient_count(&mut tx, DbId(id), report.imported).await?;
         tx.commit().await?;
         Ok(report)
     }

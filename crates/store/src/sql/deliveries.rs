@@ -1,3 +1,5 @@
+//! [`DeliveryRepository`](crate::DeliveryRepository) in SQL: batches, due recipients, outcomes, time-zone holds.
+
 use super::{Db, Store, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{

@@ -8,6 +8,7 @@ mod admin;
 mod campaigns;
 mod deliveries;
 mod email_keys;
+mod recipients;
 mod suppressions;
 mod tracking;
 mod webhooks;

@@ -1,3 +1,5 @@
+//! [`SuppressionRepository`](crate::SuppressionRepository) in SQL: the suppression list and feedback events.
+
 use super::{Db, Store};
 use crate::db_types::{DbId, DbTime};
 use crate::{

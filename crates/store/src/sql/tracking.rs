@@ -1,3 +1,5 @@
+//! [`TrackingRepository`](crate::TrackingRepository) in SQL: tracking events and their counts.
+
 use super::{Db, HOUR_OF_OCCURRED_AT, Store};
 use crate::db_types::{DbId, DbTime};
 use crate::{

@@ -1,3 +1,5 @@
+//! [`WebhookOutbox`](crate::WebhookOutbox) in SQL: queued webhook events claimed under a lease.
+
 use super::{Db, Store};
 use crate::db_types::DbTime;
 use crate::{QueuedWebhookEvent, StoreError, WebhookOutbox};
