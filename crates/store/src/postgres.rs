@@ -26,6 +26,10 @@ macro_rules! locked {
 }
 
 #[path = "sql/mod.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "the shared SQL is compiled once per backend, each time for its own Db"
+)]
 mod sql;
 
 impl PostgresStore {
