@@ -37,16 +37,19 @@ impl TaskRepoClientArgs {
                     .with_trusted_ca(self.service_tls_ca.as_deref())
                     .context("SERVICE_TLS_CA")?,
             )),
-            None => tasks::connect(&self.store.database_url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the task repository at {}",
-                        redacted(&self.store.database_url)
-                    )
-                }),
+            None => open_task_tables(&self.store).await,
         }
     }
+}
+
+/// The task tables in the database at DATABASE_URL, read and written directly.
+pub async fn open_task_tables(store: &StoreArgs) -> anyhow::Result<Arc<dyn TaskRepository>> {
+    tasks::connect(&store.database_url).await.with_context(|| {
+        format!(
+            "cannot open the task repository at {}",
+            redacted(&store.database_url)
+        )
+    })
 }
 
 /// The task repository service's address and token.
@@ -214,14 +217,7 @@ pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     metrics::set_build_info("task-repo");
-    let repo = tasks::connect(&args.store.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the task repository at {}",
-                redacted(&args.store.database_url)
-            )
-        })?;
+    let repo = open_task_tables(&args.store).await?;
     let listener = tokio::net::TcpListener::bind(args.task_repo_bind)
         .await
         .with_context(|| format!("cannot listen on TASK_REPO_BIND={}", args.task_repo_bind))?;
