@@ -80,7 +80,11 @@ impl Components {
             dkim: self.dkim.clone(),
             events: self.events.clone(),
             links: self.links.clone(),
-            engagement: api::engagement::Engagement::start(self.store.clone()),
+            engagement: tracking::Engagement::start(
+                self.store.clone(),
+                self.links.keys().clone(),
+                self.events.clone(),
+            ),
             message_settings: message::MessageSettings::default(),
             store: self.store.clone(),
             tasks: self.tasks.clone(),

@@ -92,10 +92,17 @@ pub async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> Tes
         store: store.clone(),
         tasks,
         settings: api::ApiSettings::default(),
-        links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
+        links: std::sync::Arc::new(tracking::Links::new(
+            "https://mail.example.test",
+            keys.clone(),
+        )),
         message_settings: message::MessageSettings::default(),
         transport: None,
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement: tracking::Engagement::start(
+            store.clone(),
+            keys.clone(),
+            webhooks::EventSink::disabled(),
+        ),
         bounces: api::bounces::BounceSettings {
             webhook_secret: Some(BOUNCE_SECRET.into()),
             soft_bounce_limit: 2,

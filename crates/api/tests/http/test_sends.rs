@@ -169,7 +169,11 @@ async fn instance_with_transport(app: &TestApp, server: &testkit::smtp::Aiosmtpd
     let state = api::AppState {
         dkim: None,
         transport: Some(transport),
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement: tracking::Engagement::start(
+            store.clone(),
+            app.state.links.keys().clone(),
+            app.state.events.clone(),
+        ),
         store,
         ..app.state.clone()
     };
