@@ -568,7 +568,7 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
             recipients_path.clone(),
             br#"[{"email": "new4@example.com"}, {"email": 7}]"#.to_vec(),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "[1]",
+            "row 2 (line 1): `email` must be a string",
         ),
         (
             "recipients as XML",
@@ -3360,7 +3360,11 @@ async fn oversized_recipient_fields_and_rows_are_refused_whole(app: TestApp) {
         "JSON array field",
     )
     .await;
-    assert_eq!(body["errors"][0]["field"], "[1]", "{body}");
+    assert_eq!(
+        (&body["errors"][0]["row"], &body["errors"][0]["column"]),
+        (&json!(2), &json!("first_name")),
+        "{body}"
+    );
 
     let csv =
         format!("email,first_name,notes\none@example.com,Ann,short\ntwo@example.com,Bob,{field}\n");
