@@ -14,21 +14,26 @@ use store::CampaignStore;
 use tasks::TaskRepository;
 use tokio_util::sync::CancellationToken;
 
-/// Opens the store and logs which one it is.
+/// Opens the database (one pool, which the store and a local task repository share) and the
+/// store on it, and logs which one it is.
 pub async fn open_store(
     role: &str,
     store_args: &StoreArgs,
-) -> anyhow::Result<Arc<dyn CampaignStore>> {
-    let store = store::connect(&store_args.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the store at {}",
-                redacted(&store_args.database_url)
-            )
-        })?;
+) -> anyhow::Result<(store::Database, Arc<dyn CampaignStore>)> {
+    let (database, store) = async {
+        let database = store::Database::open(&store_args.database_url).await?;
+        let store = store::open(&database).await?;
+        Ok::<_, store::StoreError>((database, store))
+    }
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the store at {}",
+            redacted(&store_args.database_url)
+        )
+    })?;
     tracing::info!(role, store = store.backend(), url = %redacted(&store_args.database_url), "store ready (migrations applied)");
-    Ok(store)
+    Ok((database, store))
 }
 
 /// A token cancelled on SIGINT/SIGTERM, shared by every part of a role.
@@ -51,8 +56,8 @@ pub async fn serve_api(
     metrics::set_build_info("api");
     metrics::register_campaign_processing();
     let dkim = transport_args.dkim.signer()?;
-    let store = open_store("api", &repo.store).await?;
-    let tasks = repo.open().await?;
+    let (database, store) = open_store("api", &repo.store).await?;
+    let tasks = repo.open_on(&database).await?;
     log_task_repo("api", repo);
     let links = api_args.links.links(store.as_ref()).await?;
     let monitoring = Monitoring {
@@ -105,8 +110,8 @@ pub async fn serve(
     metrics::set_build_info("serve");
     metrics::register_campaign_processing();
     let dkim = transport_args.dkim.signer()?;
-    let store = open_store("serve", store_args).await?;
-    let local = tasks::connect(&store_args.database_url)
+    let (database, store) = open_store("serve", store_args).await?;
+    let local = tasks::open(&database)
         .await
         .context("cannot open the task repository")?;
     let waking = Arc::new(processor::WakingTasks::new(local));
@@ -232,8 +237,8 @@ async fn run_task_processor(
     metrics::set_build_info(role);
     metrics::register_campaign_processing();
     let dkim = transport_args.dkim.signer()?;
-    let store = open_store(role, &repo.store).await?;
-    let tasks = repo.open().await?;
+    let (database, store) = open_store(role, &repo.store).await?;
+    let tasks = repo.open_on(&database).await?;
     log_task_repo(role, repo);
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
@@ -324,8 +329,8 @@ pub async fn scheduler(
     metrics_args: &MetricsArgs,
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("scheduler");
-    let store = open_store("scheduler", &repo.store).await?;
-    let tasks = repo.open().await?;
+    let (database, store) = open_store("scheduler", &repo.store).await?;
+    let tasks = repo.open_on(&database).await?;
     log_task_repo("scheduler", repo);
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
@@ -420,12 +425,14 @@ fn api_state(
     events: webhooks::EventSink,
     dkim: Option<Arc<message::DkimSigner>>,
 ) -> api::AppState {
+    let engagement =
+        tracking::Engagement::start(store.clone(), links.keys().clone(), events.clone());
     api::AppState {
         transport: Some(transport),
         dkim,
         events,
         links: Arc::new(links),
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement,
         message_settings: message::MessageSettings::default(),
         store,
         tasks,

@@ -45,7 +45,7 @@ pub async fn send(
         check_variables(&compiled, &document, job.recipients.as_ref())?;
     }
 
-    let store = roles::open_store("send", store_args).await?;
+    let (database, store) = roles::open_store("send", store_args).await?;
     let rows = match &job.recipients {
         Some(path) => read_recipients(path)?,
         None => Box::new(document.recipients.clone().into_iter().map(Ok)),
@@ -83,7 +83,7 @@ pub async fn send(
         }
     }
 
-    let local = tasks::connect(&store_args.database_url)
+    let local = tasks::open(&database)
         .await
         .context("cannot open the task repository")?;
     let waking = Arc::new(processor::WakingTasks::new(local));

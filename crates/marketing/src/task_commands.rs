@@ -30,22 +30,41 @@ pub struct TaskRepoClientArgs {
 }
 
 impl TaskRepoClientArgs {
+    /// The repository: the service, or the tables in DATABASE_URL through a pool of its own.
     pub async fn open(&self) -> anyhow::Result<Arc<dyn TaskRepository>> {
-        match &self.task_repo_url {
-            Some(url) => Ok(Arc::new(
+        self.open_local_or_remote(None).await
+    }
+
+    /// As [`open`](Self::open), with the tables reached through `database`, the pool the
+    /// process's store uses.
+    pub async fn open_on(
+        &self,
+        database: &store::Database,
+    ) -> anyhow::Result<Arc<dyn TaskRepository>> {
+        self.open_local_or_remote(Some(database)).await
+    }
+
+    async fn open_local_or_remote(
+        &self,
+        database: Option<&store::Database>,
+    ) -> anyhow::Result<Arc<dyn TaskRepository>> {
+        if let Some(url) = &self.task_repo_url {
+            return Ok(Arc::new(
                 tasks::HttpTaskRepository::new(url, self.task_repo_token.clone())
                     .with_trusted_ca(self.service_tls_ca.as_deref())
                     .context("SERVICE_TLS_CA")?,
-            )),
-            None => tasks::connect(&self.store.database_url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the task repository at {}",
-                        redacted(&self.store.database_url)
-                    )
-                }),
+            ));
         }
+        match database {
+            Some(database) => tasks::open(database).await,
+            None => tasks::connect(&self.store.database_url).await,
+        }
+        .with_context(|| {
+            format!(
+                "cannot open the task repository at {}",
+                redacted(&self.store.database_url)
+            )
+        })
     }
 }
 
