@@ -33,10 +33,17 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         store: store.clone(),
         tasks: tasks::connect(database_url).await.expect("tasks open"),
         settings: settings(),
-        links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
+        links: std::sync::Arc::new(tracking::Links::new(
+            "https://mail.example.test",
+            keys.clone(),
+        )),
         message_settings: message::MessageSettings::default(),
         transport: None,
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement: tracking::Engagement::start(
+            store.clone(),
+            keys,
+            webhooks::EventSink::disabled(),
+        ),
         bounces: api::bounces::BounceSettings {
             webhook_secret: None,
             soft_bounce_limit: 2,
