@@ -8,6 +8,7 @@ use campaign::{CampaignDocument, EmailAddress, Limits, Recipient, RowError};
 mod admin;
 mod campaigns;
 mod deliveries;
+mod import;
 mod suppressions;
 mod tracking;
 
@@ -38,6 +39,7 @@ pub(crate) fn rows(recipients: Vec<Recipient>) -> Vec<Result<Recipient, RowError
 use admin::*;
 use campaigns::*;
 use deliveries::*;
+use import::*;
 use suppressions::*;
 use tracking::*;
 
@@ -86,6 +88,8 @@ testkit::backend_suite! {
         due_campaigns_are_queued_exactly_once,
         tracking_events_are_appended_in_batches_and_read_back,
         engagement_is_counted_per_kind_link_and_hour,
+        a_json_array_is_stored_while_it_is_read,
+        json_lines_are_stored_while_they_are_read,
     ];
     #[tokio::test] with_store_and_url => [stored_keys_follow_the_current_rule];
 }
