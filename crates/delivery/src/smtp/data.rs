@@ -53,24 +53,24 @@ mod tests {
     fn reference(content: &[u8]) -> Vec<u8> {
         #[derive(Clone, Copy)]
         enum Status {
-            MiddleOfLine,
-            StartingNewLine,
-            StartOfNewLine,
+            Middle,
+            AfterCr,
+            LineStart,
         }
         let content = content.strip_suffix(b"\r\n").unwrap_or(content);
-        let mut status = Status::StartOfNewLine;
+        let mut status = Status::LineStart;
         let mut out = Vec::new();
         for &b in content {
             out.push(b);
             status = match (b, status) {
-                (b'\r', _) => Status::StartingNewLine,
-                (b'\n', Status::StartingNewLine) => Status::StartOfNewLine,
-                (_, Status::StartingNewLine) => Status::MiddleOfLine,
-                (b'.', Status::StartOfNewLine) => {
+                (b'\r', _) => Status::AfterCr,
+                (b'\n', Status::AfterCr) => Status::LineStart,
+                (_, Status::AfterCr) => Status::Middle,
+                (b'.', Status::LineStart) => {
                     out.push(b'.');
-                    Status::MiddleOfLine
+                    Status::Middle
                 }
-                (_, Status::StartOfNewLine) => Status::MiddleOfLine,
+                (_, Status::LineStart) => Status::Middle,
                 (_, status) => status,
             };
         }
