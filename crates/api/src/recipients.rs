@@ -60,10 +60,13 @@ async fn add_recipients(
                     ))
                 })?;
             let recipients: Vec<Recipient> = parse_json(&bytes)?;
-            check_recipient_count(&state, recipients.len())?;
+            service::check_recipient_count(
+                recipients.len() as u64,
+                state.settings.max_recipients_per_request,
+            )?;
             state
-                .store
-                .import_recipients(id, recipient_stream(recipients.into_iter().map(Ok)))
+                .campaigns()
+                .add_recipients(id, recipient_stream(recipients.into_iter().map(Ok)))
                 .await?
         }
         Some(other) => {
@@ -72,17 +75,7 @@ async fn add_recipients(
             )));
         }
     };
-    tracing::info!(campaign = %id, imported = report.imported, duplicates = report.duplicates, "recipients imported");
     Ok(Json(report))
-}
-
-/// Refuses a request that adds more than MAX_RECIPIENTS_PER_REQUEST recipients.
-pub(crate) fn check_recipient_count(state: &AppState, count: usize) -> Result<(), ApiError> {
-    let limit = state.settings.max_recipients_per_request;
-    if count as u64 > limit {
-        return Err(too_many_recipients(limit));
-    }
-    Ok(())
 }
 
 pub(crate) fn too_many_recipients(limit: u64) -> ApiError {
@@ -116,7 +109,7 @@ async fn import_csv(
                 }])
             }
         })?;
-    let result = state.store.import_recipients(id, rows).await;
+    let result = state.campaigns().add_recipients(id, rows).await;
     if too_large.load(Ordering::Relaxed) {
         return Err(ApiError::TooLarge(format!(
             "a recipient upload may be at most {limit} bytes; nothing was imported"

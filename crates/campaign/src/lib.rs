@@ -20,7 +20,7 @@ pub use document::{
 };
 pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};
 pub use recipient::{CsvRecipients, Recipient, RecipientError, RowError};
-pub use status::{CampaignStatus, DeliveryStatus};
+pub use status::{CampaignAction, CampaignStatus, DeliveryStatus, TransitionRefused};
 
 /// Campaign ids are UUIDs (v7, so they sort by creation time).
 pub type CampaignId = uuid::Uuid;
