@@ -68,8 +68,7 @@ struct Created {
 impl From<CampaignError> for ApiError {
     fn from(err: CampaignError) -> Self {
         match err {
-            CampaignError::Document(err) => err.into(),
-            CampaignError::Invalid(problems) => ApiError::invalid(problems),
+            CampaignError::Invalid(err) => err.into(),
             CampaignError::TooManyRecipients { limit, .. } => {
                 crate::recipients::too_many_recipients(limit)
             }

@@ -464,7 +464,7 @@ fn validate(
     let document = match service::read_new_campaign(&bytes, limits, time::OffsetDateTime::now_utc())
     {
         Ok(document) => document,
-        Err(service::CampaignError::Document(err)) => {
+        Err(service::CampaignError::Invalid(err)) => {
             eprintln!("{} is not a valid campaign:", campaign_path.display());
             for problem in err.problems() {
                 eprintln!("  - {problem}");

@@ -64,7 +64,9 @@ pub(crate) fn read_submission(
         SUBMIT_CAMPAIGN_MAX_RECIPIENTS,
     )
     .map_err(|err| match err {
-        CampaignError::Invalid(problems) => rejected(in_campaign(problems)),
+        CampaignError::Invalid(campaign::ValidationError::Invalid(problems)) => {
+            rejected(in_campaign(problems))
+        }
         CampaignError::TooManyRecipients { count, limit } => rejected(format!(
             "campaign.recipients: {count} recipients inline, at most {limit} per task; submit several tasks, or create the campaign through the API and upload its recipients with POST /api/v1/campaigns/{{id}}/recipients"
         )),

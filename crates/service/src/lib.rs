@@ -32,12 +32,10 @@ use tasks::{TaskError, TaskRepository};
 /// Why the campaign service did not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
-    /// The campaign document is not JSON, or not a valid campaign (every problem listed).
+    /// Input that is not JSON, or not what the service can accept (every problem listed,
+    /// each named by its field path).
     #[error(transparent)]
-    Document(#[from] campaign::ValidationError),
-    /// A request the service understood but cannot accept, with every problem found.
-    #[error("{}", list(.0))]
-    Invalid(Vec<Problem>),
+    Invalid(#[from] campaign::ValidationError),
     /// More recipients than one request (or task) may carry.
     #[error("{count} recipients given, at most {limit} may come with one request")]
     TooManyRecipients { count: u64, limit: u64 },
@@ -75,7 +73,7 @@ pub enum CampaignError {
 impl From<message::NewCampaignError> for CampaignError {
     fn from(err: message::NewCampaignError) -> Self {
         match err {
-            message::NewCampaignError::Invalid(problems) => CampaignError::Invalid(problems),
+            message::NewCampaignError::Invalid(problems) => CampaignError::invalid(problems),
             message::NewCampaignError::TooManyRecipients { count, limit } => {
                 CampaignError::TooManyRecipients {
                     count: count as u64,
@@ -86,12 +84,11 @@ impl From<message::NewCampaignError> for CampaignError {
     }
 }
 
-fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+impl CampaignError {
+    /// Problems that must be fixed, each named by its field path.
+    pub fn invalid(problems: Vec<Problem>) -> Self {
+        CampaignError::Invalid(campaign::ValidationError::Invalid(problems))
+    }
 }
 
 /// The campaign service over a store and a task repository. Cheap to make: it borrows what

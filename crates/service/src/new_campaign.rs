@@ -2,7 +2,7 @@
 //! recipients added to a stored one.
 
 use crate::{CampaignError, CampaignService};
-use campaign::{CampaignDocument, CampaignId, Limits, Problem, Recipient, UndefinedVariables};
+use campaign::{CampaignDocument, CampaignId, Limits, Recipient};
 use std::collections::HashSet;
 use store::{CampaignRecord, ImportReport, RecipientStream};
 use time::OffsetDateTime;
@@ -46,24 +46,11 @@ pub fn check_variables(
     document: &CampaignDocument,
     fields: &HashSet<String>,
 ) -> Result<(), CampaignError> {
-    if document.templates.undefined_variables != UndefinedVariables::Strict {
-        return Ok(());
-    }
-    let problems: Vec<Problem> = compiled
-        .unknown_variables(fields)
-        .iter()
-        .map(|unknown| Problem {
-            field: format!("templates.{}", unknown.template),
-            message: format!(
-                "line {}: `{}` is used but no recipient has that field (add it, use `| default(…)`, or set undefined_variables to lenient)",
-                unknown.line, unknown.name
-            ),
-        })
-        .collect();
+    let problems = message::unknown_variable_problems(compiled, document, fields);
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(CampaignError::Invalid(problems))
+        Err(CampaignError::invalid(problems))
     }
 }
 
@@ -133,7 +120,7 @@ mod tests {
         let document = strict_campaign();
         let compiled = message::CompiledCampaign::compile(&document, &Default::default()).unwrap();
         let fields: HashSet<String> = ["first_name".to_string()].into();
-        let CampaignError::Invalid(problems) =
+        let CampaignError::Invalid(campaign::ValidationError::Invalid(problems)) =
             check_variables(&compiled, &document, &fields).unwrap_err()
         else {
             panic!("expected Invalid");
@@ -165,7 +152,7 @@ mod tests {
         assert!(read_new_campaign(json.to_string().as_bytes(), &Limits::default(), now).is_ok());
         assert!(matches!(
             read_new_campaign(b"{", &Limits::default(), now),
-            Err(CampaignError::Document(
+            Err(CampaignError::Invalid(
                 campaign::ValidationError::Malformed { .. }
             ))
         ));

@@ -88,12 +88,12 @@ pub fn parse_test_addresses(raw: &[String]) -> Result<Vec<EmailAddress>, Campaig
     if problems.is_empty() {
         Ok(addresses)
     } else {
-        Err(CampaignError::Invalid(problems))
+        Err(CampaignError::invalid(problems))
     }
 }
 
 fn template_problem(err: &message::TemplateError) -> CampaignError {
-    CampaignError::Invalid(vec![message::template_problem(err)])
+    CampaignError::invalid(vec![message::template_problem(err)])
 }
 
 impl CampaignService<'_> {
@@ -135,7 +135,7 @@ impl CampaignService<'_> {
                 .message(&recipient, &context, &options, None)
                 .map_err(|err| match err {
                     message::MessageError::Template(err) => template_problem(&err),
-                    other => CampaignError::Invalid(vec![Problem {
+                    other => CampaignError::invalid(vec![Problem {
                         field: "fields".into(),
                         message: other.to_string(),
                     }]),
@@ -182,7 +182,7 @@ impl CampaignService<'_> {
             let built = build(address, sender.links.test_unsubscribe(campaign.id, test_id))?;
             let envelope = delivery::Envelope::new(&built.envelope_from, &built.recipients)
                 .map_err(|err| {
-                    CampaignError::Invalid(vec![Problem {
+                    CampaignError::invalid(vec![Problem {
                         field: "addresses".into(),
                         message: format!("{shown}: {err}"),
                     }])
@@ -258,7 +258,7 @@ impl CampaignService<'_> {
             "day (TEST_SEND_PER_DAY)"
         };
         let Some(retry_at) = retry_at else {
-            return Err(CampaignError::Invalid(vec![Problem {
+            return Err(CampaignError::invalid(vec![Problem {
                 field: "addresses".into(),
                 message: format!(
                     "{} addresses to send to, but an API key may send at most {} test messages a {per}",
