@@ -9,6 +9,7 @@ mod backend;
 pub mod db_types;
 mod import;
 pub mod postgres;
+pub mod sending_rates;
 pub mod sqlite;
 
 pub use import::{
