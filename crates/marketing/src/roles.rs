@@ -114,7 +114,9 @@ pub async fn serve(
     let tasks: Arc<dyn TaskRepository> = waking;
     let links = api_args.links.links(store.as_ref()).await?;
     let shutdown = shutdown_token();
-    let transport = transport_args.transport()?;
+    let transport = transport_args
+        .delivery_transport(&store_args.database_url)
+        .await?;
     let (events, dispatcher) = api_args
         .links
         .webhooks
@@ -246,7 +248,9 @@ async fn run_task_processor(
     )
     .await?;
     let links = link_args.links(store.as_ref()).await?;
-    let transport = transport_args.transport()?;
+    let transport = transport_args
+        .delivery_transport(&repo.store.database_url)
+        .await?;
     let (events, dispatcher) = link_args.webhooks.start(store.clone(), shutdown.clone())?;
     // Beside a campaign processor, the campaigns it queues wake this process's task
     // processor at once instead of at its next poll.

@@ -89,7 +89,9 @@ pub async fn send(
     let waking = Arc::new(processor::WakingTasks::new(local));
     let waker = waking.waker();
     let task_repo: Arc<dyn TaskRepository> = waking;
-    let transport = transport_args.transport()?;
+    let transport = transport_args
+        .delivery_transport(&store_args.database_url)
+        .await?;
     let stop_webhooks = CancellationToken::new();
     let (events, dispatcher) = link_args
         .webhooks

@@ -4,7 +4,7 @@
 use crate::limits_file::SlowDownPolicy;
 use crate::throttle;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::StoreError;
 use store::sending_rates::{SendingRateStore, Slowdown};
@@ -19,7 +19,8 @@ pub const LEASE_FOR: Duration = Duration::from_millis(200);
 /// dropped, so a worker that idled never sends a burst above the rate.
 const CATCH_UP: Duration = Duration::from_millis(100);
 
-/// A worker gives back the rest of its stretch when no message asked for a slot this long.
+/// A worker gives back the rest of its stretch when no message waited for or asked for a slot
+/// this long.
 const IDLE: Duration = Duration::from_millis(50);
 
 /// While the store cannot be reached, senders wait and ask again this often (nothing is sent
@@ -63,6 +64,8 @@ pub struct SharedSchedule {
     /// The slow-down as last read from the store.
     slowdown: std::sync::Mutex<Option<Slowdown>>,
     last_asked_ns: AtomicI64,
+    /// Messages waiting for their slot: while any does, this worker still wants its stretch.
+    waiting: AtomicUsize,
 }
 
 impl SharedSchedule {
@@ -83,6 +86,7 @@ impl SharedSchedule {
             lease: Mutex::new(None),
             slowdown: std::sync::Mutex::new(None),
             last_asked_ns: AtomicI64::new(0),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -142,11 +146,13 @@ impl SharedSchedule {
 
     /// Waits for this worker's next slot.
     pub async fn acquire(self: &Arc<SharedSchedule>) {
+        let _waiting = Waiting::start(&self.waiting);
         let slot = self.reserve().await;
         let wait = slot - wall_ns();
         if wait > 0 {
             tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
         }
+        self.last_asked_ns.store(wall_ns(), Ordering::Relaxed);
     }
 
     /// Leases the next stretch of `LEASE_FOR` at the rate in force, waiting out store outages.
@@ -203,8 +209,9 @@ impl SharedSchedule {
                 {
                     return;
                 }
-                if now_ns - schedule.last_asked_ns.load(Ordering::Relaxed)
-                    < IDLE.as_nanos() as i64
+                if schedule.waiting.load(Ordering::Relaxed) > 0
+                    || now_ns - schedule.last_asked_ns.load(Ordering::Relaxed)
+                        < IDLE.as_nanos() as i64
                 {
                     continue;
                 }
@@ -244,5 +251,21 @@ impl SharedSchedule {
             lease.remaining = 0;
         }
         Ok(())
+    }
+}
+
+/// Counts a message as waiting for its slot until dropped (also when its send is abandoned).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Waiting<'_> {
+    fn start(count: &AtomicUsize) -> Waiting<'_> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
