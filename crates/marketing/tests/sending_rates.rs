@@ -243,6 +243,76 @@ mod postgres {
             "copies beyond the killed worker's in-flight messages: {copies:?}"
         );
     }
+
+    /// Two destination groups limited differently, recipients of both taken in turn: each
+    /// group arrives at its own rate (± 10 %) at the same time — messages to the slow group
+    /// wait for their slots without holding up the fast one — and every recipient gets one
+    /// message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_domain_groups_each_keep_their_own_rate_at_once() {
+        const SLOW: f64 = 40.0;
+        const FAST: f64 = 120.0;
+        const COUNT: usize = 2_000;
+        let Some(sink) = RecordingSmtp::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let limits = dir.path().join("limits.toml");
+        std::fs::write(
+            &limits,
+            format!(
+                "[groups.slow]\ndomains = [\"slow.example\", \"slow2.example\"]\nrate = {SLOW}\n\n\
+                 [groups.fast]\ndomains = [\"fast.example\"]\nrate = {FAST}\n"
+            ),
+        )
+        .unwrap();
+        let Some(deployment) = Deployment::start(
+            &sink,
+            &[
+                ("RATE_LIMITS_FILE", limits.display().to_string()),
+                // The default for 8 connections: messages waiting for a slow group's slots
+                // hold in-flight slots, so there must be more than those.
+                ("MAX_IN_FLIGHT", "32".into()),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let _workers: Vec<Process> = (1..=2)
+            .map(|n| deployment.worker(&format!("worker-{n}")))
+            .collect();
+        let id = deployment
+            .send("two groups", COUNT, &["slow.example", "fast.example", "slow2.example", "fast.example"])
+            .await;
+        wait_until(Duration::from_secs(60), "the first message", || {
+            !sink.arrivals().is_empty()
+        })
+        .await;
+        let first = sink.arrivals()[0].at;
+        wait_until(Duration::from_secs(60), "7 s of sending", || {
+            sink.arrivals().last().is_some_and(|a| a.at > first + 7.0)
+        })
+        .await;
+        let arrivals = sink.arrivals();
+        let (from, to) = (first + 1.0, first + 7.0);
+        let slow = (count_between(&arrivals, from, to, Some("slow.example"))
+            + count_between(&arrivals, from, to, Some("slow2.example"))) as f64
+            / (to - from);
+        let fast = count_between(&arrivals, from, to, Some("fast.example")) as f64 / (to - from);
+        eprintln!("measured at the sink: slow group {slow:.1}/s, fast group {fast:.1}/s");
+        assert!(
+            (slow - SLOW).abs() <= SLOW * 0.10,
+            "slow group {slow:.1}/s, limit {SLOW}"
+        );
+        assert!(
+            (fast - FAST).abs() <= FAST * 0.10,
+            "fast group {fast:.1}/s, limit {FAST}"
+        );
+        deployment.wait_completed(id, Duration::from_secs(120)).await;
+        let copies = assert_all_reached(&sink.arrivals(), COUNT);
+        assert!(copies.is_empty(), "sent twice: {copies:?}");
+    }
 }
 
 /// A RATE_LIMITS_FILE that cannot work stops the worker at start (exit code 2), naming the

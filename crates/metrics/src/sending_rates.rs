@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 struct SendingRateMetrics {
     rate: GaugeVec,
     throttled: IntCounterVec,
+    deferred: IntCounterVec,
 }
 
 static SENDING_RATES: LazyLock<SendingRateMetrics> = LazyLock::new(|| {
@@ -32,6 +33,12 @@ static SENDING_RATES: LazyLock<SendingRateMetrics> = LazyLock::new(|| {
             "Throttling replies (421, or 4xx with enhanced status 4.7.x) this process got, by the destination's schedule.",
             &["schedule"],
         ),
+        deferred: counter_vec(
+            registry,
+            "sending_rate_deferrals_total",
+            "Messages this process deferred without sending because their destination's schedule had no slot free soon (the recipient is retried at the slot's time, not counted as failed), by schedule.",
+            &["schedule"],
+        ),
     }
 });
 
@@ -40,6 +47,7 @@ pub fn set_rate(schedule: &str, per_second: f64) {
     let rates = &*SENDING_RATES;
     rates.rate.with_label_values(&[schedule]).set(per_second);
     rates.throttled.with_label_values(&[schedule]);
+    rates.deferred.with_label_values(&[schedule]);
 }
 
 /// A throttling reply for a destination of `schedule`.
@@ -48,4 +56,9 @@ pub fn record_throttling_reply(schedule: &str) {
         .throttled
         .with_label_values(&[schedule])
         .inc();
+}
+
+/// A message deferred for want of a slot of `schedule`.
+pub fn record_rate_deferral(schedule: &str) {
+    SENDING_RATES.deferred.with_label_values(&[schedule]).inc();
 }

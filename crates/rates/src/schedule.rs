@@ -98,6 +98,14 @@ impl SharedSchedule {
         &self.label
     }
 
+    /// `group google`, `domain example.com` or `the global limit`, for messages.
+    pub fn describe(&self) -> String {
+        match self.name.split_once(':') {
+            Some((kind, name)) => format!("{kind} {name}"),
+            None => "the global limit".into(),
+        }
+    }
+
     /// The configured rate, messages per second.
     pub fn configured(&self) -> f64 {
         self.configured
@@ -153,6 +161,23 @@ impl SharedSchedule {
             tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
         }
         self.last_asked_ns.store(wall_ns(), Ordering::Relaxed);
+    }
+
+    /// As [`SharedSchedule::acquire`] while fewer of this worker's messages wait for this
+    /// schedule than a stretch holds; beyond that returns how long the message should wait
+    /// elsewhere (deferred, not holding one of the worker's in-flight slots), so a slow
+    /// destination cannot take every slot while messages to other destinations could go.
+    pub async fn acquire_or_defer(self: &Arc<SharedSchedule>) -> Result<(), Duration> {
+        let rate = self.rate_now();
+        let stretch = (rate * LEASE_FOR.as_secs_f64()).ceil().max(1.0);
+        let waiting = self.waiting.load(Ordering::Relaxed) as f64;
+        if waiting >= stretch {
+            // Back once those ahead of it are sent, and never sooner than a second: a deferred
+            // recipient costs a write and a follow-up task.
+            return Err(Duration::from_secs_f64((waiting / rate).max(1.0)));
+        }
+        self.acquire().await;
+        Ok(())
     }
 
     /// Leases the next stretch of `LEASE_FOR` at the rate in force, waiting out store outages.

@@ -118,8 +118,14 @@ impl Transport for RateLimitedTransport {
         let destination = self.destination(&message);
         // The destination first: a slot of the global schedule taken while waiting for a slow
         // destination would be wasted.
-        if let Some(schedule) = &destination {
-            schedule.acquire().await;
+        if let Some(schedule) = &destination
+            && let Err(retry_in) = schedule.acquire_or_defer().await
+        {
+            metrics::sending_rates::record_rate_deferral(schedule.label());
+            return Err(SendError::RateLimited {
+                destination: schedule.describe(),
+                retry_in,
+            });
         }
         if let Some(global) = &self.global {
             global.acquire().await;
