@@ -181,7 +181,9 @@ mod postgres {
             "{}",
             workers[0].log()
         );
-        let id = deployment.send("global rate", COUNT, &["mail.example"]).await;
+        let id = deployment
+            .send("global rate", COUNT, &["mail.example"])
+            .await;
 
         wait_until(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
@@ -193,18 +195,24 @@ mod postgres {
             std::fs::read_to_string(deployment.dir.path().join(format!("worker-{n}.log")))
                 .unwrap_or_default()
         };
-        wait_until(Duration::from_secs(30), "a batch done by each worker", || {
-            now_seconds() > first + 6.0 && (1..=3).all(|n| log(n).contains("batch done"))
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "a batch done by each worker",
+            || now_seconds() > first + 6.0 && (1..=3).all(|n| log(n).contains("batch done")),
+        )
         .await;
         let victim = workers.pop().unwrap();
         victim.signal("-KILL");
         let killed = now_seconds();
-        wait_until(Duration::from_secs(60), "sending well after the kill", || {
-            sink.arrivals()
-                .last()
-                .is_some_and(|a| a.at > (first + 22.0).max(killed + 13.0))
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "sending well after the kill",
+            || {
+                sink.arrivals()
+                    .last()
+                    .is_some_and(|a| a.at > (first + 22.0).max(killed + 13.0))
+            },
+        )
         .await;
 
         let arrivals = sink.arrivals();
@@ -221,7 +229,9 @@ mod postgres {
             (after - RATE).abs() <= RATE * 0.05,
             "{after:.1} messages/s in the 12 s after a worker was killed; the limit is {RATE}"
         );
-        eprintln!("measured at the sink: {rate:.1}/s over 20 s, {after:.1}/s in the 12 s after the kill");
+        eprintln!(
+            "measured at the sink: {rate:.1}/s over 20 s, {after:.1}/s in the 12 s after the kill"
+        );
         // Each second on its own stays near the rate too: no worker ever sends its own 200/s.
         for second in 1..21 {
             let start = first + f64::from(second);
@@ -283,7 +293,16 @@ mod postgres {
             .map(|n| deployment.worker(&format!("worker-{n}")))
             .collect();
         let id = deployment
-            .send("two groups", COUNT, &["slow.example", "fast.example", "slow2.example", "fast.example"])
+            .send(
+                "two groups",
+                COUNT,
+                &[
+                    "slow.example",
+                    "fast.example",
+                    "slow2.example",
+                    "fast.example",
+                ],
+            )
             .await;
         wait_until(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
@@ -309,9 +328,121 @@ mod postgres {
             (fast - FAST).abs() <= FAST * 0.10,
             "fast group {fast:.1}/s, limit {FAST}"
         );
-        deployment.wait_completed(id, Duration::from_secs(120)).await;
+        deployment
+            .wait_completed(id, Duration::from_secs(120))
+            .await;
         let copies = assert_all_reached(&sink.arrivals(), COUNT);
         assert!(copies.is_empty(), "sent twice: {copies:?}");
+    }
+
+    /// The sink answers `421 4.7.0` for one domain for five seconds: that destination slows
+    /// down for every worker (the shared rate at most halved, its attempts at the sink
+    /// dropping with it), its recipients are deferred and delivered once the sink accepts
+    /// again, the other group keeps its rate throughout, and nothing is lost or sent twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_throttling_domain_slows_down_and_its_recipients_are_delivered_later() {
+        const RATE: f64 = 40.0;
+        const COUNT: usize = 800;
+        let Some(sink) = RecordingSmtp::start_throttling("slow.example") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let limits = dir.path().join("limits.toml");
+        std::fs::write(
+            &limits,
+            format!(
+                "[groups.slow]\ndomains = [\"slow.example\"]\nrate = {RATE}\n\n\
+                 [groups.fast]\ndomains = [\"fast.example\"]\nrate = {RATE}\n\n\
+                 [slow_down]\nquiet_seconds = 1\nrecovery_per_minute = 10\n"
+            ),
+        )
+        .unwrap();
+        let Some(deployment) = Deployment::start(
+            &sink,
+            &[
+                ("RATE_LIMITS_FILE", limits.display().to_string()),
+                ("MAX_IN_FLIGHT", "32".into()),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let _workers: Vec<Process> = (1..=2)
+            .map(|n| deployment.worker(&format!("worker-{n}")))
+            .collect();
+        let id = deployment
+            .send("throttled", COUNT, &["slow.example", "fast.example"])
+            .await;
+        wait_until(Duration::from_secs(60), "the first message", || {
+            !sink.arrivals().is_empty()
+        })
+        .await;
+        let first = sink.arrivals()[0].at;
+        wait_until(Duration::from_secs(30), "3 s of sending", || {
+            now_seconds() > first + 3.0
+        })
+        .await;
+        sink.set_throttling(true);
+        let on = now_seconds();
+        wait_until(Duration::from_secs(30), "5 s of throttling", || {
+            now_seconds() > on + 5.0
+        })
+        .await;
+        sink.set_throttling(false);
+        let off = now_seconds();
+
+        let throttled = sink.throttled();
+        assert!(!throttled.is_empty(), "the sink throttled nobody");
+        // The shared schedule says how far it slowed down.
+        let rates = store::sending_rates::connect(&deployment.url)
+            .await
+            .unwrap();
+        let slow = rates
+            .schedules()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "group:slow")
+            .expect("the slow group's schedule");
+        let slowed = slow.slowdown.expect("slowed down").rate;
+        assert!(slowed <= RATE / 2.0, "slowed to {slowed}/s");
+        // Attempts at the throttled domain (421s and acceptances) fell to half the rate or
+        // less once the first replies were in.
+        let arrivals = sink.arrivals();
+        let tried = throttled
+            .iter()
+            .filter(|(at, _)| *at >= on + 1.5 && *at < off)
+            .count()
+            + count_between(&arrivals, on + 1.5, off, Some("slow.example"));
+        let tried_rate = tried as f64 / (off - on - 1.5);
+        // The other group kept its rate all along.
+        let fast = count_between(&arrivals, on, off, Some("fast.example")) as f64 / (off - on);
+        eprintln!(
+            "slowed to {slowed:.1}/s; attempts at the throttled domain {tried_rate:.1}/s; other group {fast:.1}/s"
+        );
+        assert!(
+            tried_rate <= RATE / 2.0 * 1.1,
+            "{tried_rate:.1}/s tried while throttled"
+        );
+        assert!(
+            (fast - RATE).abs() <= RATE * 0.10,
+            "other group {fast:.1}/s while throttled"
+        );
+
+        // Once accepted again, every deferred recipient is delivered, once.
+        deployment
+            .wait_completed(id, Duration::from_secs(180))
+            .await;
+        let arrivals = sink.arrivals();
+        let copies = assert_all_reached(&arrivals, COUNT);
+        assert!(copies.is_empty(), "sent twice: {copies:?}");
+        for (_, recipient) in &throttled {
+            assert!(
+                arrivals.iter().any(|a| &a.recipient == recipient),
+                "{recipient} was throttled and never delivered"
+            );
+        }
     }
 }
 
@@ -345,7 +476,10 @@ fn a_bad_rate_limits_file_refuses_to_start_naming_the_line() {
             dir.path(),
             &["worker"],
             &[
-                ("DATABASE_URL", format!("sqlite://{}/m.db", dir.path().display())),
+                (
+                    "DATABASE_URL",
+                    format!("sqlite://{}/m.db", dir.path().display()),
+                ),
                 ("RATE_LIMITS_FILE", file.display().to_string()),
                 ("TRACKING_SECRET", SECRET.into()),
             ],

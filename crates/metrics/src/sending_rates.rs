@@ -52,10 +52,7 @@ pub fn set_rate(schedule: &str, per_second: f64) {
 
 /// A throttling reply for a destination of `schedule`.
 pub fn record_throttling_reply(schedule: &str) {
-    SENDING_RATES
-        .throttled
-        .with_label_values(&[schedule])
-        .inc();
+    SENDING_RATES.throttled.with_label_values(&[schedule]).inc();
 }
 
 /// A message deferred for want of a slot of `schedule`.

@@ -111,11 +111,7 @@ impl RateLimits {
                 "groups" => limits.groups = groups(item)?,
                 "slow_down" => limits.slow_down = slow_down(item)?,
                 other => {
-                    return Err(unknown_key(
-                        top,
-                        other,
-                        "default_rate, groups, slow_down",
-                    ));
+                    return Err(unknown_key(top, other, "default_rate, groups, slow_down"));
                 }
             }
         }
@@ -132,7 +128,11 @@ pub struct Problem {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn span_of(item: &Item) -> Range<usize> {
@@ -173,9 +173,7 @@ fn rate(item: &Item, name: &str) -> Result<f64, Problem> {
     } else {
         Err(Problem {
             at: span_of(item),
-            reason: format!(
-                "{name} must be a positive number of messages per second, not {value}"
-            ),
+            reason: format!("{name} must be a positive number of messages per second, not {value}"),
         })
     }
 }
@@ -248,7 +246,9 @@ fn domain_list(item: &Item, group: &str, earlier: &[DomainGroup]) -> Result<Vec<
             )));
         }
         if domains.contains(&domain) {
-            return Err(problem(format!("{domain} is listed twice in group {group:?}")));
+            return Err(problem(format!(
+                "{domain} is listed twice in group {group:?}"
+            )));
         }
         domains.push(domain);
     }
@@ -391,9 +391,11 @@ mod tests {
         std::fs::write(&path, "default_rate = -1\n").unwrap();
         let err = RateLimits::read(&path).expect_err("refused").to_string();
         assert!(err.starts_with("RATE_LIMITS_FILE "), "{err}");
-        assert!(err.contains("limits.toml, line 1: default_rate must be a positive"), "{err}");
+        assert!(
+            err.contains("limits.toml, line 1: default_rate must be a positive"),
+            "{err}"
+        );
         let missing = RateLimits::read(&dir.path().join("absent.toml")).expect_err("refused");
         assert!(matches!(missing, LimitsFileError::Unreadable { .. }));
     }
-
 }

@@ -66,6 +66,8 @@ pub struct SharedSchedule {
     last_asked_ns: AtomicI64,
     /// Messages waiting for their slot: while any does, this worker still wants its stretch.
     waiting: AtomicUsize,
+    /// When the last message this worker turned away was told to come back.
+    deferred_until_ns: std::sync::Mutex<i64>,
 }
 
 impl SharedSchedule {
@@ -87,6 +89,7 @@ impl SharedSchedule {
             slowdown: std::sync::Mutex::new(None),
             last_asked_ns: AtomicI64::new(0),
             waiting: AtomicUsize::new(0),
+            deferred_until_ns: std::sync::Mutex::new(0),
         })
     }
 
@@ -172,12 +175,28 @@ impl SharedSchedule {
         let stretch = (rate * LEASE_FOR.as_secs_f64()).ceil().max(1.0);
         let waiting = self.waiting.load(Ordering::Relaxed) as f64;
         if waiting >= stretch {
-            // Back once those ahead of it are sent, and never sooner than a second: a deferred
-            // recipient costs a write and a follow-up task.
-            return Err(Duration::from_secs_f64((waiting / rate).max(1.0)));
+            return Err(self.defer(rate, waiting));
         }
         self.acquire().await;
         Ok(())
+    }
+
+    /// When a message turned away now should come back: in line behind the messages waiting
+    /// and those turned away before it (each one slot later than the previous), so a backlog
+    /// comes back spread at the rate instead of all at once; never sooner than a second, as a
+    /// deferred recipient costs a write and a follow-up task. The line is this worker's: with
+    /// several workers sharing the rate, recipients come back early and wait in line again.
+    fn defer(&self, rate: f64, waiting: f64) -> Duration {
+        let now_ns = wall_ns();
+        let interval_ns = 1e9 / rate;
+        let mut line_end = self
+            .deferred_until_ns
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let behind_waiting = now_ns + (waiting * interval_ns) as i64;
+        let at = (*line_end).max(behind_waiting) + interval_ns as i64;
+        *line_end = at;
+        Duration::from_nanos((at - now_ns).max(0) as u64).max(Duration::from_secs(1))
     }
 
     /// Leases the next stretch of `LEASE_FOR` at the rate in force, waiting out store outages.

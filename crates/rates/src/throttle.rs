@@ -96,7 +96,10 @@ mod tests {
         assert!(is_throttling(&reply(421, "4.7.0 Try again later")));
         assert!(is_throttling(&reply(421, "Service not available")));
         assert!(is_throttling(&reply(451, "4.7.1 Rate limited")));
-        assert!(is_throttling(&reply(450, "4.7.28 Our system has detected an unusual rate")));
+        assert!(is_throttling(&reply(
+            450,
+            "4.7.28 Our system has detected an unusual rate"
+        )));
         assert!(!is_throttling(&reply(451, "4.3.0 Local error")));
         assert!(!is_throttling(&reply(452, "4.2.2 Mailbox full")));
         assert!(!is_throttling(&SendError::PermanentReply {
@@ -119,7 +122,10 @@ mod tests {
             throttled_ns: 10 * SECOND,
         });
         // Replies of messages in flight when it slowed down do not halve it again...
-        assert_eq!(slowed_after_reply(100.0, current, &policy, 11 * SECOND), None);
+        assert_eq!(
+            slowed_after_reply(100.0, current, &policy, 11 * SECOND),
+            None
+        );
         // ...a reply after the settle time does.
         assert_eq!(
             slowed_after_reply(100.0, current, &policy, 13 * SECOND),
@@ -148,6 +154,9 @@ mod tests {
         let after_a_minute = rate_in_force(100.0, slowdown, &policy, 120 * SECOND);
         assert!((after_a_minute - 55.0).abs() < 1e-9, "{after_a_minute}");
         // 1.1^8 > 2: back to the configured rate after the quiet minute and eight more.
-        assert_eq!(rate_in_force(100.0, slowdown, &policy, 9 * 60 * SECOND), 100.0);
+        assert_eq!(
+            rate_in_force(100.0, slowdown, &policy, 9 * 60 * SECOND),
+            100.0
+        );
     }
 }

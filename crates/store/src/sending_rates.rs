@@ -236,15 +236,7 @@ macro_rules! sending_rate_store {
     };
 }
 
-sending_rate_store!(
-    PostgresStore,
-    begin = "BEGIN",
-    lock = " FOR UPDATE"
-);
+sending_rate_store!(PostgresStore, begin = "BEGIN", lock = " FOR UPDATE");
 // A write transaction from the start (`BEGIN IMMEDIATE`): read-then-write must not fail when
 // another writer got in between (see `SqliteStore::begin_write`).
-sending_rate_store!(
-    SqliteStore,
-    begin = "BEGIN IMMEDIATE",
-    lock = ""
-);
+sending_rate_store!(SqliteStore, begin = "BEGIN IMMEDIATE", lock = "");

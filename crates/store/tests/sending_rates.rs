@@ -32,35 +32,73 @@ async fn concurrent_leases_take_consecutive_stretches(rates: Arc<dyn SendingRate
     }
     assert_eq!(stretches.last().unwrap().1, now + 12 * 200 * MS);
     // Another schedule is independent.
-    let other = rates.lease_slots("group:google", now, 50 * MS).await.unwrap();
+    let other = rates
+        .lease_slots("group:google", now, 50 * MS)
+        .await
+        .unwrap();
     assert_eq!((other.start_ns, other.end_ns), (now, now + 50 * MS));
 }
 
 /// Time nobody used is not saved up: a lease after a pause starts at its own `now`.
 async fn unused_time_is_not_saved_up(rates: Arc<dyn SendingRateStore>) {
-    let first = rates.lease_slots("global", 1_000 * MS, 200 * MS).await.unwrap();
+    let first = rates
+        .lease_slots("global", 1_000 * MS, 200 * MS)
+        .await
+        .unwrap();
     assert_eq!(first.end_ns, 1_200 * MS);
-    let later = rates.lease_slots("global", 5_000 * MS, 200 * MS).await.unwrap();
+    let later = rates
+        .lease_slots("global", 5_000 * MS, 200 * MS)
+        .await
+        .unwrap();
     assert_eq!((later.start_ns, later.end_ns), (5_000 * MS, 5_200 * MS));
 }
 
 /// The unused end of a lease goes back only while nobody leased after it.
 async fn unused_slots_go_back_only_from_the_last_lease(rates: Arc<dyn SendingRateStore>) {
-    let a = rates.lease_slots("global", 1_000 * MS, 200 * MS).await.unwrap();
-    assert!(rates.return_slots("global", a.end_ns, 1_050 * MS).await.unwrap());
-    let b = rates.lease_slots("global", 1_000 * MS, 200 * MS).await.unwrap();
-    assert_eq!(b.start_ns, 1_050 * MS, "the given-back time is leased again");
-    let c = rates.lease_slots("global", 1_000 * MS, 200 * MS).await.unwrap();
+    let a = rates
+        .lease_slots("global", 1_000 * MS, 200 * MS)
+        .await
+        .unwrap();
+    assert!(
+        rates
+            .return_slots("global", a.end_ns, 1_050 * MS)
+            .await
+            .unwrap()
+    );
+    let b = rates
+        .lease_slots("global", 1_000 * MS, 200 * MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.start_ns,
+        1_050 * MS,
+        "the given-back time is leased again"
+    );
+    let c = rates
+        .lease_slots("global", 1_000 * MS, 200 * MS)
+        .await
+        .unwrap();
     // b is no longer the last lease: its time stays used.
-    assert!(!rates.return_slots("global", b.end_ns, 1_100 * MS).await.unwrap());
-    let d = rates.lease_slots("global", 1_000 * MS, 200 * MS).await.unwrap();
+    assert!(
+        !rates
+            .return_slots("global", b.end_ns, 1_100 * MS)
+            .await
+            .unwrap()
+    );
+    let d = rates
+        .lease_slots("global", 1_000 * MS, 200 * MS)
+        .await
+        .unwrap();
     assert_eq!(d.start_ns, c.end_ns);
 }
 
 /// A throttling reply's slow-down is kept on the row, seen by every later lease, and decided
 /// under a lock from the slow-down it found.
 async fn throttles_are_recorded_and_seen_by_every_lease(rates: Arc<dyn SendingRateStore>) {
-    let lease = rates.lease_slots("group:google", 1_000 * MS, 200 * MS).await.unwrap();
+    let lease = rates
+        .lease_slots("group:google", 1_000 * MS, 200 * MS)
+        .await
+        .unwrap();
     assert_eq!(lease.slowdown, None);
     let halve = |current: Option<Slowdown>| Some(current.map_or(100.0, |s| s.rate) / 2.0);
     let first = rates
@@ -79,7 +117,8 @@ async fn throttles_are_recorded_and_seen_by_every_lease(rates: Arc<dyn SendingRa
         .map(|n| {
             let rates = rates.clone();
             tokio::spawn(async move {
-                let halve = |current: Option<Slowdown>| Some(current.map_or(100.0, |s| s.rate) / 2.0);
+                let halve =
+                    |current: Option<Slowdown>| Some(current.map_or(100.0, |s| s.rate) / 2.0);
                 rates
                     .record_throttle("group:google", (3_000 + n) * MS, &halve)
                     .await
@@ -89,7 +128,10 @@ async fn throttles_are_recorded_and_seen_by_every_lease(rates: Arc<dyn SendingRa
     for result in futures::future::join_all(handles).await {
         result.expect("task").expect("recorded");
     }
-    let leased = rates.lease_slots("group:google", 4_000 * MS, MS).await.unwrap();
+    let leased = rates
+        .lease_slots("group:google", 4_000 * MS, MS)
+        .await
+        .unwrap();
     assert_eq!(leased.slowdown.map(|s| s.rate), Some(12.5));
     // Leaving it as it is writes nothing.
     let kept = rates
