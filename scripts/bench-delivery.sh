@@ -27,6 +27,11 @@
 #                             (and one worker); prints the grouped profile
 #   BENCH_KEEP=1              keep the work directory (logs, SQLite files, perf data; the
 #                             PostgreSQL databases are always dropped)
+#   BENCH_PG_STATS=1          for the PostgreSQL rows, print what the database did per message
+#                             (statements, rows, WAL bytes by table group, from
+#                             pg_stat_statements and pg_stat_wal: scripts/bench/pg_stats.py);
+#                             the server must preload pg_stat_statements and serve nothing else
+#                             (docs/SCALING.md)
 #   SMTP_CONNECTIONS, MAX_IN_FLIGHT, WORKER_TASKS, MAX_BATCH_SIZE   passed through to marketing
 #   MARKETING_BIN=PATH        measure this binary instead of building the work tree's (to
 #                             compare two builds in one run)
@@ -307,6 +312,7 @@ run_send() { # store mode recipients database_url
     local before
     before=$(sink_messages "$SINK_LOG")
     say "$name: marketing send, $n recipients, SMTP: $SMTP_LABEL, load $(loadavg)"
+    [[ "$url" == postgres* ]] && pg_stats_reset
     LOG="$WORK/$name.err" spawn env DATABASE_URL="$url" SMTP_URL="smtp://127.0.0.1:$SINK_PORT?tls=none" \
         /usr/bin/time -v -o "$WORK/$name.time" \
         sh -c 'exec "$0" send "$1" --recipients "$2" --json >"$3"' \
@@ -338,7 +344,20 @@ EOF
     read -r rss cpu switches <<<"$stats"
     say "$name: $sent sent in $elapsed s = $rate msg/s; sink counted $((count - before)); peak RSS $((rss / 1024)) MiB; CPU $cpu s; $((switches / n)) context switches per message"
     record_row "$store" "send, $SMTP_LABEL" "$sent" "$rate" "$CEILING" "$rss" "$cpu"
+    [[ "$url" == postgres* ]] && pg_stats_report "${url##*/}" "$n" "$name (per message sent)"
     stop_sink
+}
+
+# BENCH_PG_STATS=1: the database's work over one row (scripts/bench/pg_stats.py), kept in
+# $WORK/pgstats-*.md and printed after the table.
+pg_stats_reset() {
+    [ "${BENCH_PG_STATS:-0}" = 1 ] || return 0
+    python3 scripts/bench/pg_stats.py reset "$PG_BASE" || die "BENCH_PG_STATS=1: pg_stat_statements is not available at $PG_BASE"
+}
+pg_stats_report() { # database units label
+    [ "${BENCH_PG_STATS:-0}" = 1 ] || return 0
+    python3 scripts/bench/pg_stats.py report "$PG_BASE" "$1" "$2" "$3" >"$WORK/pgstats-$1.md" \
+        || die "reading pg_stat_statements failed"
 }
 
 new_database() { # suffix -> sets DB_URL
@@ -393,6 +412,7 @@ run_workers() {
 
     local api="http://127.0.0.1:$api_port/api/v1" auth="Authorization: Bearer $key" id
     say "$name: creating the campaign and importing $n recipients through the API"
+    pg_stats_reset
     id=$(curl -fsS -H "$auth" -H 'Content-Type: application/json' --data-binary "@$WORK/campaign.json" "$api/campaigns" \
         | python3 -c 'import json, sys; print(json.load(sys.stdin)["campaign"]["id"])') || die "POST /campaigns failed"
     curl -fsS -o "$WORK/$name.import.json" -H "$auth" -H 'Content-Type: text/csv' --data-binary "@$CSV" \
@@ -451,6 +471,7 @@ EOF
     say "$name: task-repo: peak RSS $((r / 1024)) MiB, CPU $c s"
     say "$name: $sent sent in $elapsed s = $rate msg/s; sink counted $((count - before))"
     record_row PostgreSQL "api + task-repo + $workers workers, $SMTP_LABEL each" "$sent" "$rate" "$CEILING" "$rss" "$cpu"
+    pg_stats_report "${url##*/}" "$n" "$name (per message sent)"
     stop_sink
 }
 
@@ -481,3 +502,8 @@ print(f"| {store} | {mode} | {messages:,} | {rate:,} | {ceiling:,} | {rate / cei
       f"{rss / 1024:.1f} | {cpu:.1f} | {cpu / messages * 1e6:.0f} | {load} |")
 EOF
 done <"$RESULTS"
+if [ "${BENCH_PG_STATS:-0}" = 1 ]; then
+    for report in "$WORK"/pgstats-*.md; do
+        if [ -e "$report" ]; then cat "$report"; fi
+    done
+fi

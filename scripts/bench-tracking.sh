@@ -20,6 +20,12 @@
 #   BENCH_THREADS=2         wrk -t
 #   BENCH_KEEP=1            keep the work directory
 #   MARKETING_BIN=PATH      use this binary instead of building the release one
+#   BENCH_PG_URL=postgres://postgres@127.0.0.1:5433
+#                           serve on a fresh PostgreSQL database on that server instead of
+#                           SQLite (dropped at the end)
+#   BENCH_PG_STATS=1        with BENCH_PG_URL: print what the database did per stored event
+#                           (scripts/bench/pg_stats.py; the server must preload
+#                           pg_stat_statements and serve nothing else; docs/SCALING.md)
 # Needs cargo, wrk (Debian: wrk), curl, jq, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +55,7 @@ done
 
 WORK=$(mktemp -d /tmp/bench-tracking.XXXXXX)
 SERVER=""
+PG_DATABASE=""
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
@@ -59,6 +66,9 @@ cleanup() {
             sleep 0.1
         done
         kill -KILL -- "-$SERVER" 2>/dev/null || true
+    fi
+    if [ -n "$PG_DATABASE" ]; then
+        psql "$BENCH_PG_URL/postgres" -X -qc "DROP DATABASE IF EXISTS $PG_DATABASE WITH (FORCE)" >/dev/null 2>&1 || true
     fi
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "bench-tracking: work directory kept: $WORK" >&2
@@ -82,7 +92,14 @@ fi
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BASE="http://127.0.0.1:$PORT"
-export DATABASE_URL="sqlite://$WORK/bench.db"
+if [ -n "${BENCH_PG_URL:-}" ]; then
+    PG_DATABASE="bench_tracking_$$"
+    psql "$BENCH_PG_URL/postgres" -X -qc "CREATE DATABASE $PG_DATABASE" >/dev/null \
+        || die "cannot create a database on $BENCH_PG_URL"
+    export DATABASE_URL="$BENCH_PG_URL/$PG_DATABASE"
+else
+    export DATABASE_URL="sqlite://$WORK/bench.db"
+fi
 export OUTBOX_DIR="$WORK/outbox"
 export API_BIND="127.0.0.1:$PORT"
 export PUBLIC_BASE_URL="$BASE"
@@ -160,6 +177,7 @@ printf '\n%-6s %12s %10s %10s %10s %12s\n' endpoint "requests/s" requests "p50 m
 for endpoint in pixel click; do
     kind=$([ "$endpoint" = pixel ] && echo opens || echo clicks)
     before=$(report_total "$kind")
+    [ "${BENCH_PG_STATS:-0}" = 1 ] && python3 scripts/bench/pg_stats.py reset "$BENCH_PG_URL"
     out=$(PATHS_FILE="$WORK/$endpoint.paths" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
         -s "$WORK/paths.lua" "$BASE")
     echo "$out" >"$WORK/wrk-$endpoint.txt"
@@ -181,6 +199,11 @@ for endpoint in pixel click; do
     [ "$stored" -ge "$requests" ] && [ "$stored" -le $((requests + CONNECTIONS)) ] \
         || die "$endpoint: wrk completed $requests requests, $stored events were stored"
     printf '%-6s %12s %10s %10s %10s %12s\n' "$endpoint" "$rps" "$requests" "$p50" "$p99" "$stored"
+    if [ "${BENCH_PG_STATS:-0}" = 1 ]; then
+        python3 scripts/bench/pg_stats.py report "$BENCH_PG_URL" "$PG_DATABASE" "$stored" \
+            "$endpoint (per stored event)" >>"$WORK/pgstats.md"
+    fi
 done
+if [ -e "$WORK/pgstats.md" ]; then cat "$WORK/pgstats.md"; fi
 echo
 echo "nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

@@ -6,16 +6,10 @@
 //! ESP relay) authenticates with its own secret, BOUNCE_WEBHOOK_SECRET, so it never holds an
 //! admin key.
 //!
-//! Each report is attributed to the recipient it is about, most reliable first: the signed
-//! VERP token in the return path it came back to (`bounces+TOKEN@BOUNCE_VERP_DOMAIN`), then the
-//! original's Message-ID (which names campaign and recipient, see
-//! [`message::recipient_of_message_id`]), then, in the JSON form, campaign id and address.
-//! An unattributed report still acts on the address it names: the caller holds the secret.
-//!
-//! Then: a hard bounce (5.x.x) or a complaint suppresses the address at once; a soft bounce
-//! (4.x.x, delayed, or a 4.x.x `failed` after the MTA's queue lifetime expired) suppresses it
-//! once SOFT_BOUNCE_LIMIT soft bounces were recorded within SOFT_BOUNCE_WINDOW_HOURS. Every
-//! bounce and complaint is recorded with its status and diagnostic.
+//! The handler authenticates, reads the body by its Content-Type and hands it to
+//! `tracking::Intake`, which attributes the report to its recipient, records it and applies
+//! the suppression rule (hard bounces and complaints at once, soft bounces by SOFT_BOUNCE_LIMIT
+//! within SOFT_BOUNCE_WINDOW_HOURS).
 
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -23,16 +17,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
-use campaign::{CampaignId, EmailAddress, Problem, RecipientId};
-use serde::{Deserialize, Serialize};
-use store::{CampaignStore, FeedbackKind, NewFeedbackEvent, StoredRecipient};
+use campaign::Problem;
+use serde::Serialize;
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
-use tracking::feedback::{
-    Action, BounceNotice, Feedback, FeedbackError, FeedbackKind as ReportKind, Severity,
-    StatusCode as DsnStatus, parse_report,
-};
-use tracking::{Purpose, TokenKeys, VERP_PREFIX};
+use tracking::feedback::FeedbackError;
+use tracking::intake::BounceJson;
+use tracking::{Intake, IntakeError, IntakeResult, SoftBounceRule};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -50,12 +40,23 @@ pub struct BounceSettings {
     pub soft_bounce_window: time::Duration,
 }
 
+impl BounceSettings {
+    /// When soft bounces suppress, as the intake applies it.
+    pub fn soft_bounce_rule(&self) -> SoftBounceRule {
+        SoftBounceRule {
+            limit: self.soft_bounce_limit,
+            window: self.soft_bounce_window,
+        }
+    }
+}
+
 impl Default for BounceSettings {
     fn default() -> Self {
+        let rule = SoftBounceRule::default();
         BounceSettings {
             webhook_secret: None,
-            soft_bounce_limit: 3,
-            soft_bounce_window: time::Duration::hours(72),
+            soft_bounce_limit: rule.limit,
+            soft_bounce_window: rule.window,
         }
     }
 }
@@ -65,68 +66,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(receive))
 }
 
-/// The JSON form of one bounce.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BounceJson {
-    /// The address that bounced.
-    #[schema(value_type = String, example = "jane@example.com")]
-    pub email: EmailAddress,
-    /// RFC 3463 enhanced status code, e.g. `5.1.1` or `4.2.2`.
-    #[schema(value_type = String, example = "5.1.1")]
-    pub status: DsnStatus,
-    /// RFC 3464 action: `failed`, `delayed`, `delivered`, `relayed` or `expanded`.
-    #[schema(value_type = String, example = "failed")]
-    pub action: Action,
-    /// The remote server's answer, e.g. `smtp; 550 5.1.1 user unknown`.
-    pub diagnostic: Option<String>,
-    /// The bounced message's Message-ID, with or without angle brackets.
-    pub message_id: Option<String>,
-    /// The campaign the message belonged to (with `email`, finds the recipient).
-    #[schema(value_type = Option<String>, format = Uuid)]
-    pub campaign_id: Option<CampaignId>,
-}
-
-/// What was done with one reported recipient.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct IntakeResult {
-    pub email: String,
-    /// `hard_bounce`, `soft_bounce` or `complaint`; absent for a success notice (delivered,
-    /// relayed, expanded), which is not recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<FeedbackKind>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    /// The recipient the report was attributed to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = Uuid)]
-    pub campaign_id: Option<CampaignId>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipient_id: Option<RecipientId>,
-    /// How: `verp`, `message_id` or `campaign_and_email`; absent when unattributed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attributed_by: Option<&'static str>,
-    /// Whether the address is on the suppression list after this report.
-    pub suppressed: bool,
-}
-
 /// The answer to an accepted report.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IntakeReport {
     pub results: Vec<IntakeResult>,
-}
-
-/// Why intake refused a report; answered as 422 by the API and as a message by the CLI.
-#[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
-    #[error(transparent)]
-    Report(#[from] FeedbackError),
-    #[error("{0}")]
-    Unusable(String),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
 }
 
 impl From<IntakeError> for ApiError {
@@ -190,8 +133,8 @@ async fn receive(
     let intake = Intake {
         store: state.store.as_ref(),
         keys: state.links.keys(),
-        settings: &state.bounces,
-        events: &state.events,
+        soft_bounces: state.bounces.soft_bounce_rule(),
+        webhooks: &state.events,
     };
     let results = match media_type.as_str() {
         "application/json" => {
@@ -253,252 +196,6 @@ fn authenticate(settings: &BounceSettings, headers: &HeaderMap) -> Result<(), Ap
             "no bounce secret: send BOUNCE_WEBHOOK_SECRET as `Authorization: Bearer <secret>` or `X-Bounce-Secret`".into(),
         )),
     }
-}
-
-/// The intake shared by the API and `marketing bounces fetch`.
-pub struct Intake<'a> {
-    pub store: &'a dyn CampaignStore,
-    pub keys: &'a TokenKeys,
-    pub settings: &'a BounceSettings,
-    /// `bounced` and `complained` webhook events.
-    pub events: &'a webhooks::EventSink,
-}
-
-/// A recipient a report was attributed to, and how.
-struct Attribution {
-    recipient: StoredRecipient,
-    by: &'static str,
-}
-
-impl Intake<'_> {
-    /// A raw DSN or ARF complaint, as received.
-    pub async fn raw(&self, mail: &[u8]) -> Result<Vec<IntakeResult>, IntakeError> {
-        let feedback = parse_report(mail)?;
-        let attribution = self.attribute(&feedback).await?;
-        match &feedback.kind {
-            ReportKind::Bounce(_) => {
-                let notices = feedback.bounce_notices();
-                let single = notices.len() == 1;
-                let mut results = Vec::with_capacity(notices.len());
-                for notice in notices {
-                    // The report's own address may be rewritten (forwarding, aliases); a lone
-                    // recipient of an attributed report is the attributed one.
-                    let matched = attribution.as_ref().filter(|found| {
-                        single
-                            || EmailAddress::parse(&notice.recipient).is_ok_and(|address| {
-                                address.key() == found.recipient.recipient.email.key()
-                            })
-                    });
-                    results.push(self.bounce(&notice, matched).await?);
-                }
-                Ok(results)
-            }
-            ReportKind::Complaint(complaint) => {
-                let email = match &attribution {
-                    Some(found) => found.recipient.recipient.email.clone(),
-                    None => {
-                        let named = complaint
-                            .original_rcpt_to
-                            .first()
-                            .or_else(|| feedback.original.as_ref().and_then(|o| o.to.first()))
-                            .ok_or_else(|| {
-                                IntakeError::Unusable(
-                                    "the complaint names no recipient (no VERP return path, known Message-ID, Original-Rcpt-To or To)".into(),
-                                )
-                            })?;
-                        parse_address(named)?
-                    }
-                };
-                let event = NewFeedbackEvent {
-                    campaign_id: attribution.as_ref().map(|a| a.recipient.campaign_id),
-                    recipient_id: attribution.as_ref().map(|a| a.recipient.id),
-                    email: email.clone(),
-                    kind: FeedbackKind::Complaint,
-                    status: Some(complaint.feedback_type.to_string()),
-                    action: None,
-                    diagnostic: complaint.user_agent.clone(),
-                    occurred_at: OffsetDateTime::now_utc(),
-                };
-                self.store.record_feedback(&event).await?;
-                self.store.suppress(&email, "complaint").await?;
-                tracing::info!(email = %email, attributed = attribution.is_some(), "complaint recorded; address suppressed");
-                metrics::record_tracking_event("complaint");
-                self.events.recipient_event(
-                    webhooks::EventKind::Complained,
-                    event.campaign_id,
-                    event.recipient_id,
-                    Some(email.as_str()),
-                    serde_json::json!({"feedback_type": event.status, "user_agent": event.diagnostic}),
-                );
-                Ok(vec![IntakeResult {
-                    email: email.as_str().to_string(),
-                    kind: Some(FeedbackKind::Complaint),
-                    status: event.status,
-                    action: None,
-                    campaign_id: event.campaign_id,
-                    recipient_id: event.recipient_id,
-                    attributed_by: attribution.map(|a| a.by),
-                    suppressed: true,
-                }])
-            }
-        }
-    }
-
-    /// The JSON form.
-    pub async fn json(&self, form: BounceJson) -> Result<Vec<IntakeResult>, IntakeError> {
-        let mut attribution = match form.message_id.as_deref() {
-            Some(message_id) => self.by_message_id(message_id).await?,
-            None => None,
-        };
-        if attribution.is_none()
-            && let Some(campaign_id) = form.campaign_id
-        {
-            attribution = self
-                .store
-                .recipient_by_email(campaign_id, &form.email)
-                .await?
-                .map(|recipient| Attribution {
-                    recipient,
-                    by: "campaign_and_email",
-                });
-        }
-        let notice = BounceNotice {
-            recipient: form.email.as_str().to_string(),
-            status: form.status,
-            action: form.action,
-            diagnostic: form.diagnostic,
-            message_id: form.message_id,
-        };
-        Ok(vec![self.bounce(&notice, attribution.as_ref()).await?])
-    }
-
-    async fn attribute(&self, feedback: &Feedback) -> Result<Option<Attribution>, IntakeError> {
-        if let Some(token) = feedback.verp_token(VERP_PREFIX) {
-            match self.keys.verify(Purpose::Bounce, token) {
-                Ok(claims) => {
-                    if let Some(recipient) = self
-                        .store
-                        .get_recipient(claims.campaign_id, claims.recipient_id)
-                        .await?
-                    {
-                        return Ok(Some(Attribution {
-                            recipient,
-                            by: "verp",
-                        }));
-                    }
-                }
-                // Not ours, or altered: fall back to the Message-ID.
-                Err(err) => tracing::debug!(error = %err, "VERP token in a report not accepted"),
-            }
-        }
-        match feedback.message_id() {
-            Some(message_id) => self.by_message_id(message_id).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn by_message_id(&self, message_id: &str) -> Result<Option<Attribution>, IntakeError> {
-        let Some((campaign_id, recipient_id)) = message::recipient_of_message_id(message_id) else {
-            return Ok(None);
-        };
-        Ok(self
-            .store
-            .get_recipient(campaign_id, recipient_id)
-            .await?
-            .map(|recipient| Attribution {
-                recipient,
-                by: "message_id",
-            }))
-    }
-
-    /// Records one bounce and applies the suppression rule.
-    async fn bounce(
-        &self,
-        notice: &BounceNotice,
-        attribution: Option<&Attribution>,
-    ) -> Result<IntakeResult, IntakeError> {
-        let email = match attribution {
-            Some(found) => found.recipient.recipient.email.clone(),
-            None => parse_address(&notice.recipient)?,
-        };
-        let kind = match notice.severity() {
-            Severity::Hard => Some(FeedbackKind::HardBounce),
-            Severity::Soft => Some(FeedbackKind::SoftBounce),
-            Severity::None => None,
-        };
-        let mut result = IntakeResult {
-            email: email.as_str().to_string(),
-            kind,
-            status: Some(notice.status.to_string()),
-            action: Some(notice.action.to_string()),
-            campaign_id: attribution.map(|a| a.recipient.campaign_id),
-            recipient_id: attribution.map(|a| a.recipient.id),
-            attributed_by: attribution.map(|a| a.by),
-            suppressed: false,
-        };
-        let Some(kind) = kind else {
-            // A success notice: nothing to record or suppress.
-            return Ok(result);
-        };
-        let now = OffsetDateTime::now_utc();
-        self.store
-            .record_feedback(&NewFeedbackEvent {
-                campaign_id: result.campaign_id,
-                recipient_id: result.recipient_id,
-                email: email.clone(),
-                kind,
-                status: result.status.clone(),
-                action: result.action.clone(),
-                diagnostic: notice.diagnostic.clone(),
-                occurred_at: now,
-            })
-            .await?;
-        let suppress = match kind {
-            FeedbackKind::HardBounce => Some("hard_bounce"),
-            FeedbackKind::SoftBounce => {
-                let recent = self
-                    .store
-                    .soft_bounces_since(&email.key(), now - self.settings.soft_bounce_window)
-                    .await?;
-                (recent >= i64::from(self.settings.soft_bounce_limit.max(1)))
-                    .then_some("soft_bounce_limit")
-            }
-            FeedbackKind::Complaint => Some("complaint"),
-        };
-        if let Some(reason) = suppress {
-            self.store.suppress(&email, reason).await?;
-            result.suppressed = true;
-        } else {
-            result.suppressed = !self
-                .store
-                .suppressed_among(&[email.key()])
-                .await?
-                .is_empty();
-        }
-        tracing::info!(email = %email, kind = kind.as_str(), status = %notice.status, suppressed = result.suppressed, attributed = attribution.is_some(), "bounce recorded");
-        metrics::record_tracking_event("bounce");
-        self.events.recipient_event(
-            webhooks::EventKind::Bounced,
-            result.campaign_id,
-            result.recipient_id,
-            Some(email.as_str()),
-            serde_json::json!({
-                "severity": if kind == FeedbackKind::HardBounce { "hard" } else { "soft" },
-                "status": result.status,
-                "action": result.action,
-                "diagnostic": notice.diagnostic,
-                "suppressed": result.suppressed,
-            }),
-        );
-        Ok(result)
-    }
-}
-
-fn parse_address(raw: &str) -> Result<EmailAddress, IntakeError> {
-    let bare = raw.trim().trim_start_matches('<').trim_end_matches('>');
-    EmailAddress::parse(bare).map_err(|err| {
-        IntakeError::Unusable(format!("the reported address {raw:?} is not usable: {err}"))
-    })
 }
 
 /// The problem answers of the bounce intake, for the OpenAPI document.

@@ -8,7 +8,7 @@ pub mod auth;
 pub mod bounces;
 mod campaigns;
 mod control;
-pub mod engagement;
+mod engagement;
 mod health;
 pub mod idempotency;
 mod openapi;
@@ -44,12 +44,13 @@ pub struct AppState {
     /// Signs test sends as the workers sign campaign mail (DKIM_*): a From domain the key
     /// does not cover is sent unsigned.
     pub dkim: Option<Arc<message::DkimSigner>>,
-    /// The public tracking endpoints' event recorder and click-target cache.
-    pub engagement: engagement::Engagement,
+    /// Opens, clicks and unsubscribes of the public tracking endpoints (their event recorder
+    /// and click-target cache).
+    pub engagement: tracking::Engagement,
     /// Bounce intake: its secret and the soft-bounce rule.
     pub bounces: bounces::BounceSettings,
-    /// Outgoing webhooks (bounced, complained; the tracking endpoints' opened, clicked,
-    /// unsubscribed): [`webhooks::EventSink::recipient_event`].
+    /// Outgoing webhooks: the bounce intake's bounced and complained (`engagement` holds
+    /// the sink of opened, clicked and unsubscribed).
     pub events: webhooks::EventSink,
 }
 

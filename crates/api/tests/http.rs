@@ -31,10 +31,17 @@ async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp
         store: store.clone(),
         tasks,
         settings: api::ApiSettings::default(),
-        links: std::sync::Arc::new(tracking::Links::new("https://mail.example.test", keys)),
+        links: std::sync::Arc::new(tracking::Links::new(
+            "https://mail.example.test",
+            keys.clone(),
+        )),
         message_settings: message::MessageSettings::default(),
         transport: None,
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement: tracking::Engagement::start(
+            store.clone(),
+            keys.clone(),
+            webhooks::EventSink::disabled(),
+        ),
         bounces: api::bounces::BounceSettings {
             webhook_secret: Some(BOUNCE_SECRET.into()),
             soft_bounce_limit: 2,
@@ -1198,7 +1205,11 @@ async fn instance_with_transport(app: &TestApp, server: &testkit::smtp::Aiosmtpd
     let state = api::AppState {
         dkim: None,
         transport: Some(transport),
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement: tracking::Engagement::start(
+            store.clone(),
+            app.state.links.keys().clone(),
+            app.state.events.clone(),
+        ),
         store,
         ..app.state.clone()
     };

@@ -424,12 +424,14 @@ fn api_state(
     events: webhooks::EventSink,
     dkim: Option<Arc<message::DkimSigner>>,
 ) -> api::AppState {
+    let engagement =
+        tracking::Engagement::start(store.clone(), links.keys().clone(), events.clone());
     api::AppState {
         transport: Some(transport),
         dkim,
         events,
         links: Arc::new(links),
-        engagement: api::engagement::Engagement::start(store.clone()),
+        engagement,
         message_settings: message::MessageSettings::default(),
         store,
         tasks,

@@ -1,6 +1,6 @@
 //! Bounces and spam complaints, read from the raw mail that arrives at the bounce and
 //! feedback-loop mailboxes. Pure: bytes in, values out; storing events and suppressing
-//! addresses is the caller's business.
+//! addresses is the business of the [`crate::intake`].
 //!
 //! # What arrives
 //!
@@ -108,17 +108,19 @@ pub struct StatusCodeError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feedback {
     #[serde(flatten)]
-    pub kind: FeedbackKind,
+    pub kind: ReportKind,
     /// The addresses the report itself was delivered to (where a VERP token is found).
     pub addressed_to: ReportAddresses,
     /// The message the report is about, when the report returned it (whole or headers only).
     pub original: Option<OriginalMessage>,
 }
 
-/// Bounce or complaint, with the fields of its machine-readable part.
+/// Bounce or complaint, with the fields of its machine-readable part. What it means for the
+/// address (hard or soft bounce, complaint) is a [`crate::FeedbackKind`], decided by the
+/// [`crate::intake`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FeedbackKind {
+pub enum ReportKind {
     Bounce(DeliveryReport),
     Complaint(ComplaintReport),
 }
@@ -454,8 +456,8 @@ impl Feedback {
     /// `Return-Path`. `None` when no address carries `local_prefix+TOKEN`.
     pub fn verp_token(&self, local_prefix: &str) -> Option<&str> {
         let original_mail_from = match &self.kind {
-            FeedbackKind::Complaint(complaint) => complaint.original_mail_from.as_deref(),
-            FeedbackKind::Bounce(_) => None,
+            ReportKind::Complaint(complaint) => complaint.original_mail_from.as_deref(),
+            ReportKind::Bounce(_) => None,
         };
         let return_path = self
             .original
@@ -471,7 +473,7 @@ impl Feedback {
     /// A bounce as the simple notices the API also accepts as JSON, one per recipient, so
     /// both intake paths are classified and recorded the same way. Empty for complaints.
     pub fn bounce_notices(&self) -> Vec<BounceNotice> {
-        let FeedbackKind::Bounce(report) = &self.kind else {
+        let ReportKind::Bounce(report) = &self.kind else {
             return Vec::new();
         };
         report
@@ -488,8 +490,9 @@ impl Feedback {
     }
 }
 
-/// The simple JSON form of a bounce, for senders that report bounces over HTTP (e.g. an ESP
-/// webhook relay) instead of mailing a DSN:
+/// One recipient's bounce as the intake classifies and records it, whether it came in a
+/// parsed DSN ([`Feedback::bounce_notices`]) or in the API's JSON form
+/// ([`crate::intake::BounceJson`]). As JSON:
 /// `{"recipient": "a@b", "status": "5.1.1", "action": "failed", "diagnostic": "…", "message_id": "<…>"}`.
 /// `status` must be a valid enhanced status code and `action` one of the five RFC 3464 values
 /// (lower case); `diagnostic` and `message_id` are optional.
@@ -637,7 +640,7 @@ fn is_type(ctype: &str, subtype: Option<&str>, want_type: &str, want_subtype: &s
         && subtype.is_some_and(|subtype| subtype.eq_ignore_ascii_case(want_subtype))
 }
 
-fn bounce(delivery_status: Option<&[u8]>) -> Result<FeedbackKind, FeedbackError> {
+fn bounce(delivery_status: Option<&[u8]>) -> Result<ReportKind, FeedbackError> {
     let text =
         String::from_utf8_lossy(delivery_status.ok_or(FeedbackError::MissingDeliveryStatus)?);
     let mut groups = field_groups(&text).into_iter().peekable();
@@ -653,7 +656,7 @@ fn bounce(delivery_status: Option<&[u8]>) -> Result<FeedbackKind, FeedbackError>
     if recipients.is_empty() {
         return Err(FeedbackError::NoRecipients);
     }
-    Ok(FeedbackKind::Bounce(DeliveryReport {
+    Ok(ReportKind::Bounce(DeliveryReport {
         reporting_mta: field(&per_message, "Reporting-MTA").map(untyped),
         original_envelope_id: field(&per_message, "Original-Envelope-Id").map(str::to_string),
         arrival_date: field(&per_message, "Arrival-Date").map(str::to_string),
@@ -697,7 +700,7 @@ fn recipient_status(group: &[Field]) -> Result<RecipientStatus, FeedbackError> {
     })
 }
 
-fn complaint(feedback_report: Option<&[u8]>) -> Result<FeedbackKind, FeedbackError> {
+fn complaint(feedback_report: Option<&[u8]>) -> Result<ReportKind, FeedbackError> {
     let text =
         String::from_utf8_lossy(feedback_report.ok_or(FeedbackError::MissingFeedbackReport)?);
     // One group per RFC 5965; tolerate stray blank lines by reading all of them.
@@ -707,7 +710,7 @@ fn complaint(feedback_report: Option<&[u8]>) -> Result<FeedbackKind, FeedbackErr
             field: "Feedback-Type",
             context: "the feedback-report part".to_string(),
         })?;
-    Ok(FeedbackKind::Complaint(ComplaintReport {
+    Ok(ReportKind::Complaint(ComplaintReport {
         feedback_type: FeedbackType::from(feedback_type.to_string()),
         version: field(&fields, "Version").map(str::to_string),
         user_agent: field(&fields, "User-Agent").map(str::to_string),

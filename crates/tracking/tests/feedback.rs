@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use tracking::feedback::{
-    Action, BounceNotice, ComplaintReport, DeliveryReport, Feedback, FeedbackError, FeedbackKind,
-    FeedbackType, Returned, Severity, StatusClass, StatusCode, parse_report, verp_address,
+    Action, BounceNotice, ComplaintReport, DeliveryReport, Feedback, FeedbackError, FeedbackType,
+    ReportKind, Returned, Severity, StatusClass, StatusCode, parse_report, verp_address,
     verp_token,
 };
 
@@ -19,7 +19,7 @@ fn fixture(path: &str) -> Vec<u8> {
 
 fn bounce(path: &str) -> (Feedback, DeliveryReport) {
     let feedback = parse_report(&fixture(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let FeedbackKind::Bounce(report) = feedback.kind.clone() else {
+    let ReportKind::Bounce(report) = feedback.kind.clone() else {
         panic!("{path}: parsed as {:?}, expected a bounce", feedback.kind);
     };
     (feedback, report)
@@ -240,7 +240,7 @@ fn crlf_line_endings_parse_the_same_as_lf() {
 fn complaint() -> (Feedback, ComplaintReport) {
     let path = "complaints/dovecot-pigeonhole-arf-abuse.eml";
     let feedback = parse_report(&fixture(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let FeedbackKind::Complaint(report) = feedback.kind.clone() else {
+    let ReportKind::Complaint(report) = feedback.kind.clone() else {
         panic!("parsed as {:?}, expected a complaint", feedback.kind);
     };
     (feedback, report)
@@ -289,7 +289,7 @@ fn a_complaint_is_attributed_by_its_original_mail_from_not_the_feedback_mailbox(
     let (mut feedback, _) = complaint();
     assert_eq!(feedback.verp_token("bounces"), Some("c123-r461"));
     // Without Original-Mail-From the returned original's Return-Path still carries it.
-    if let FeedbackKind::Complaint(report) = &mut feedback.kind {
+    if let ReportKind::Complaint(report) = &mut feedback.kind {
         report.original_mail_from = None;
     }
     assert_eq!(feedback.verp_token("bounces"), Some("c123-r461"));
