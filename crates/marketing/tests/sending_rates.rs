@@ -80,6 +80,7 @@ struct Deployment {
     store: Arc<dyn store::CampaignStore>,
     url: String,
     env: Vec<(&'static str, String)>,
+    _limits: Option<tempfile::NamedTempFile>,
     _database: testkit::PostgresDatabase,
 }
 
@@ -102,8 +103,34 @@ impl Deployment {
             store,
             url: database.url.clone(),
             env,
+            _limits: None,
             _database: database,
         })
+    }
+
+    /// A deployment whose workers read `limits` as their RATE_LIMITS_FILE (written into the
+    /// deployment's folder), with two workers started.
+    async fn with_limits_file(
+        sink: &RecordingSmtp,
+        limits: &str,
+    ) -> Option<(Deployment, Vec<Process>)> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), limits).unwrap();
+        let mut deployment = Deployment::start(
+            sink,
+            &[
+                ("RATE_LIMITS_FILE", file.path().display().to_string()),
+                // The default for 8 connections: messages waiting for a slow group's slots
+                // hold in-flight slots, so there must be more than those.
+                ("MAX_IN_FLIGHT", "32".into()),
+            ],
+        )
+        .await?;
+        deployment._limits = Some(file);
+        let workers = (1..=2)
+            .map(|n| deployment.worker(&format!("worker-{n}")))
+            .collect();
+        Some((deployment, workers))
     }
 
     /// A `marketing worker`, once it has said which limits its transport keeps.
@@ -266,32 +293,17 @@ mod postgres {
         let Some(sink) = RecordingSmtp::start() else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let limits = dir.path().join("limits.toml");
-        std::fs::write(
-            &limits,
-            format!(
+        let Some((deployment, _workers)) = Deployment::with_limits_file(
+            &sink,
+            &format!(
                 "[groups.slow]\ndomains = [\"slow.example\", \"slow2.example\"]\nrate = {SLOW}\n\n\
                  [groups.fast]\ndomains = [\"fast.example\"]\nrate = {FAST}\n"
             ),
-        )
-        .unwrap();
-        let Some(deployment) = Deployment::start(
-            &sink,
-            &[
-                ("RATE_LIMITS_FILE", limits.display().to_string()),
-                // The default for 8 connections: messages waiting for a slow group's slots
-                // hold in-flight slots, so there must be more than those.
-                ("MAX_IN_FLIGHT", "32".into()),
-            ],
         )
         .await
         else {
             return;
         };
-        let _workers: Vec<Process> = (1..=2)
-            .map(|n| deployment.worker(&format!("worker-{n}")))
-            .collect();
         let id = deployment
             .send(
                 "two groups",
@@ -346,31 +358,18 @@ mod postgres {
         let Some(sink) = RecordingSmtp::start_throttling("slow.example") else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let limits = dir.path().join("limits.toml");
-        std::fs::write(
-            &limits,
-            format!(
+        let Some((deployment, _workers)) = Deployment::with_limits_file(
+            &sink,
+            &format!(
                 "[groups.slow]\ndomains = [\"slow.example\"]\nrate = {RATE}\n\n\
                  [groups.fast]\ndomains = [\"fast.example\"]\nrate = {RATE}\n\n\
                  [slow_down]\nquiet_seconds = 1\nrecovery_per_minute = 10\n"
             ),
         )
-        .unwrap();
-        let Some(deployment) = Deployment::start(
-            &sink,
-            &[
-                ("RATE_LIMITS_FILE", limits.display().to_string()),
-                ("MAX_IN_FLIGHT", "32".into()),
-            ],
-        )
         .await
         else {
             return;
         };
-        let _workers: Vec<Process> = (1..=2)
-            .map(|n| deployment.worker(&format!("worker-{n}")))
-            .collect();
         let id = deployment
             .send("throttled", COUNT, &["slow.example", "fast.example"])
             .await;
