@@ -55,7 +55,7 @@ impl Default for TransportConfig {
         TransportConfig {
             smtp_url: None,
             outbox_dir: PathBuf::from("outbox"),
-            // Eight measured ~9,700 msg/s into smtp-sink here (DESIGN.md); beyond that the
+            // Eight measured ~9,700 msg/s into smtp-sink here (docs/BENCHMARKS.md); beyond that the
             // server, not the connection count, is the limit.
             connections: 8,
             rate_limit: None,

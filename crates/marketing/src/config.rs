@@ -437,11 +437,11 @@ impl TransportArgs {
     }
 
     /// The transport of a role that delivers campaigns: `SMTP_RATE_LIMIT` and
-    /// `RATE_LIMITS_FILE` are kept as schedules shared through the database at `database_url`
-    /// by every worker on it; with neither set, the transport as it is.
-    pub async fn delivery_transport(
+    /// `RATE_LIMITS_FILE` are kept as schedules shared through `database` by every worker on
+    /// it; with neither set, the transport as it is.
+    pub fn delivery_transport(
         &self,
-        database_url: &str,
+        database: &store::Database,
     ) -> anyhow::Result<std::sync::Arc<dyn delivery::Transport>> {
         let settings = rates::RateSettings {
             global: self.smtp_rate_limit,
@@ -454,13 +454,10 @@ impl TransportArgs {
             smtp_rate_limit: None,
             ..self.clone()
         };
-        let schedules = store::sending_rates::connect(database_url)
-            .await
-            .context("cannot open the sending-rate schedules")?;
         Ok(std::sync::Arc::new(rates::RateLimitedTransport::new(
             unlimited.transport()?,
             &settings,
-            schedules,
+            store::sending_rates::open(database),
         )))
     }
 }

@@ -7,6 +7,7 @@ mod monitoring;
 mod report;
 mod roles;
 mod send;
+mod startup;
 mod submit;
 mod suppressions;
 mod task_commands;

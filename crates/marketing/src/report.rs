@@ -189,9 +189,24 @@ fn schedule_line(campaign: &store::CampaignRecord) -> Option<String> {
     })
 }
 
+/// The store at DATABASE_URL (migrations applied), for a command that needs nothing else.
 pub async fn open(args: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn CampaignStore>> {
+    Ok(open_database(args).await?.1)
+}
+
+/// The database pool at DATABASE_URL and the store on it (migrations applied); the pool is
+/// what the task tables share when the process also opens them.
+pub async fn open_database(
+    args: &StoreArgs,
+) -> anyhow::Result<(store::Database, std::sync::Arc<dyn CampaignStore>)> {
     use anyhow::Context;
-    store::connect(&args.database_url).await.with_context(|| {
+    async {
+        let database = store::Database::open(&args.database_url).await?;
+        let store = store::open(&database).await?;
+        Ok::<_, store::StoreError>((database, store))
+    }
+    .await
+    .with_context(|| {
         format!(
             "cannot open the store at {}",
             crate::config::redacted(&args.database_url)

@@ -6,6 +6,7 @@ use crate::config::{
     TransportArgs, WorkerArgs, redacted,
 };
 use crate::monitoring::{self, Monitoring};
+use crate::startup::Components;
 use crate::task_commands::TaskRepoClientArgs;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -14,21 +15,15 @@ use store::CampaignStore;
 use tasks::TaskRepository;
 use tokio_util::sync::CancellationToken;
 
-/// Opens the store and logs which one it is.
+/// Opens the database (one pool, which the store and a local task repository share) and the
+/// store on it, and logs which one it is.
 pub async fn open_store(
     role: &str,
     store_args: &StoreArgs,
-) -> anyhow::Result<Arc<dyn CampaignStore>> {
-    let store = store::connect(&store_args.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the store at {}",
-                redacted(&store_args.database_url)
-            )
-        })?;
+) -> anyhow::Result<(store::Database, Arc<dyn CampaignStore>)> {
+    let (database, store) = crate::report::open_database(store_args).await?;
     tracing::info!(role, store = store.backend(), url = %redacted(&store_args.database_url), "store ready (migrations applied)");
-    Ok(store)
+    Ok((database, store))
 }
 
 /// A token cancelled on SIGINT/SIGTERM, shared by every part of a role.
@@ -51,33 +46,29 @@ pub async fn serve_api(
     metrics::set_build_info("api");
     metrics::register_campaign_processing();
     let dkim = transport_args.dkim.signer()?;
-    let store = open_store("api", &repo.store).await?;
-    let tasks = repo.open().await?;
+    let (database, store) = open_store("api", &repo.store).await?;
+    let tasks = repo.open_on(&database).await?;
     log_task_repo("api", repo);
-    let links = api_args.links.links(store.as_ref()).await?;
     let monitoring = Monitoring {
         store: Some(store.clone()),
         tasks: Some(tasks.clone()),
         queue: repo.task_repo_url.is_none().then(|| tasks.clone()),
     };
-    let transport = transport_args.transport()?;
-    tracing::info!(role = "api", transport = %transport.describe(), "test sends go through this transport");
     let shutdown = shutdown_token();
-    let (events, dispatcher) = api_args
-        .links
-        .webhooks
-        .start(store.clone(), shutdown.clone())?;
+    let (components, dispatcher) = Components::build(
+        store,
+        tasks,
+        &api_args.links,
+        transport_args,
+        dkim,
+        shutdown.clone(),
+        None,
+    )
+    .await?;
+    tracing::info!(role = "api", transport = %components.transport.describe(), "test sends go through this transport");
     let served = run_api(
         "api",
-        api_state(
-            store,
-            tasks,
-            api_args,
-            links,
-            transport.clone(),
-            events,
-            dkim.clone(),
-        ),
+        components.api_state(api_args),
         api_args,
         monitoring,
         shutdown.clone(),
@@ -87,7 +78,7 @@ pub async fn serve_api(
     if let Some(dispatcher) = dispatcher {
         dispatcher.join().await;
     }
-    transport.close().await;
+    components.transport.close().await;
     served?;
     Ok(ExitCode::SUCCESS)
 }
@@ -105,39 +96,28 @@ pub async fn serve(
     metrics::set_build_info("serve");
     metrics::register_campaign_processing();
     let dkim = transport_args.dkim.signer()?;
-    let store = open_store("serve", store_args).await?;
-    let local = tasks::connect(&store_args.database_url)
-        .await
-        .context("cannot open the task repository")?;
+    let (database, store) = open_store("serve", store_args).await?;
+    let local = crate::task_commands::open_task_tables(store_args, Some(&database)).await?;
     let waking = Arc::new(processor::WakingTasks::new(local));
     let waker = waking.waker();
     let tasks: Arc<dyn TaskRepository> = waking;
-    let links = api_args.links.links(store.as_ref()).await?;
     let shutdown = shutdown_token();
-    let transport = transport_args
-        .delivery_transport(&store_args.database_url)
-        .await?;
-    let (events, dispatcher) = api_args
-        .links
-        .webhooks
-        .start(store.clone(), shutdown.clone())?;
-    let services = processor::Services {
-        store: store.clone(),
-        tasks: tasks.clone(),
-        transport: transport.clone(),
-        links: Arc::new(links.clone()),
-        message_settings: message::MessageSettings::default(),
-        dkim: dkim.clone(),
-        max_batch_size: api_args.limits.max_batch_size,
-        events: events.clone(),
-        clock: Arc::new(tasks::SystemClock),
-    };
-    let worker = processor::Worker::new(
+    let (components, dispatcher) = Components::build(
+        store.clone(),
+        tasks.clone(),
+        &api_args.links,
+        transport_args,
+        dkim,
+        shutdown.clone(),
+        Some(&database),
+    )
+    .await?;
+    let worker = components.task_processor(
+        "serve",
         worker_args.config(transport_args.smtp_connections),
-        services,
+        api_args.limits.max_batch_size,
         Some(waker),
     );
-    log_worker("serve", &worker, transport.as_ref());
     let worker_run = tokio::spawn(worker.run(shutdown.clone()));
     let monitoring = Monitoring {
         store: Some(store.clone()),
@@ -154,15 +134,7 @@ pub async fn serve(
     let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
         "serve",
-        api_state(
-            store,
-            tasks,
-            api_args,
-            links,
-            transport.clone(),
-            events,
-            dkim.clone(),
-        ),
+        components.api_state(api_args),
         api_args,
         monitoring,
         shutdown.clone(),
@@ -177,7 +149,7 @@ pub async fn serve(
     if let Some(dispatcher) = dispatcher {
         dispatcher.join().await;
     }
-    transport.close().await;
+    components.transport.close().await;
     api?;
     tracing::info!(role = "serve", "stopped");
     Ok(ExitCode::SUCCESS)
@@ -234,8 +206,8 @@ async fn run_task_processor(
     metrics::set_build_info(role);
     metrics::register_campaign_processing();
     let dkim = transport_args.dkim.signer()?;
-    let store = open_store(role, &repo.store).await?;
-    let tasks = repo.open().await?;
+    let (database, store) = open_store(role, &repo.store).await?;
+    let tasks = repo.open_on(&database).await?;
     log_task_repo(role, repo);
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
@@ -247,11 +219,6 @@ async fn run_task_processor(
         shutdown.clone(),
     )
     .await?;
-    let links = link_args.links(store.as_ref()).await?;
-    let transport = transport_args
-        .delivery_transport(&repo.store.database_url)
-        .await?;
-    let (events, dispatcher) = link_args.webhooks.start(store.clone(), shutdown.clone())?;
     // Beside a campaign processor, the campaigns it queues wake this process's task
     // processor at once instead of at its next poll.
     let (tasks, waker): (Arc<dyn TaskRepository>, _) = match scheduler_args {
@@ -262,6 +229,16 @@ async fn run_task_processor(
         }
         None => (tasks, None),
     };
+    let (components, dispatcher) = Components::build(
+        store.clone(),
+        tasks.clone(),
+        link_args,
+        transport_args,
+        dkim,
+        shutdown.clone(),
+        Some(&database),
+    )
+    .await?;
     let scheduler_run = scheduler_args.map(|scheduler_args| {
         let scheduler =
             processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone())
@@ -272,23 +249,12 @@ async fn run_task_processor(
         log_scheduler(role, &scheduler);
         tokio::spawn(scheduler.run(shutdown.clone()))
     });
-    let services = processor::Services {
-        store,
-        tasks,
-        transport: transport.clone(),
-        links: Arc::new(links),
-        message_settings: message::MessageSettings::default(),
-        dkim: dkim.clone(),
-        max_batch_size: limits.max_batch_size,
-        events,
-        clock: Arc::new(tasks::SystemClock),
-    };
-    let worker = processor::Worker::new(
+    let worker = components.task_processor(
+        role,
         worker_args.config(transport_args.smtp_connections),
-        services,
+        limits.max_batch_size,
         waker,
     );
-    log_worker(role, &worker, transport.as_ref());
     let stats = worker.stats();
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
@@ -297,7 +263,7 @@ async fn run_task_processor(
             .await
             .context("the campaign processor panicked")?;
     }
-    transport.close().await;
+    components.transport.close().await;
     // The worker stops on the shutdown signal, and so does the dispatcher: it writes what is
     // still queued to the outbox before the process ends.
     if let Some(dispatcher) = dispatcher {
@@ -328,8 +294,8 @@ pub async fn scheduler(
     metrics_args: &MetricsArgs,
 ) -> anyhow::Result<ExitCode> {
     metrics::set_build_info("scheduler");
-    let store = open_store("scheduler", &repo.store).await?;
-    let tasks = repo.open().await?;
+    let (database, store) = open_store("scheduler", &repo.store).await?;
+    let tasks = repo.open_on(&database).await?;
     log_task_repo("scheduler", repo);
     let shutdown = shutdown_token();
     let metrics_listener = serve_metrics_of(
@@ -398,55 +364,6 @@ fn log_task_repo(role: &str, repo: &TaskRepoClientArgs) {
             "task repository: tables in {}",
             redacted(&repo.store.database_url)
         ),
-    }
-}
-
-pub fn log_worker(role: &str, worker: &processor::Worker, transport: &dyn delivery::Transport) {
-    let config = worker.config();
-    tracing::info!(
-        role,
-        worker_id = %config.worker_id,
-        transport = %transport.describe(),
-        in_flight = config.in_flight,
-        tasks = config.max_tasks,
-        check_interval = ?config.check_interval,
-        lease = ?config.lease,
-        "task processor started"
-    );
-}
-
-fn api_state(
-    store: Arc<dyn CampaignStore>,
-    tasks: Arc<dyn TaskRepository>,
-    api_args: &ApiArgs,
-    links: tracking::Links,
-    transport: Arc<dyn delivery::Transport>,
-    events: webhooks::EventSink,
-    dkim: Option<Arc<message::DkimSigner>>,
-) -> api::AppState {
-    let engagement =
-        tracking::Engagement::start(store.clone(), links.keys().clone(), events.clone());
-    api::AppState {
-        transport: Some(transport),
-        dkim,
-        events,
-        links: Arc::new(links),
-        engagement,
-        message_settings: message::MessageSettings::default(),
-        store,
-        tasks,
-        settings: api::ApiSettings {
-            limits: api_args.limits.limits(),
-            max_body_bytes: api_args.max_body_bytes,
-            max_import_bytes: api_args.max_import_bytes,
-            max_recipients_per_request: api_args.max_recipients_per_request,
-            rate_limit: api_args.rate_limit(),
-            test_send_quota: api::TestSendQuota {
-                per_minute: api_args.test_send_per_minute,
-                per_day: api_args.test_send_per_day,
-            },
-        },
-        bounces: api_args.bounces.settings(),
     }
 }
 

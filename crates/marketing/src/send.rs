@@ -45,7 +45,7 @@ pub async fn send(
         check_variables(&compiled, &document, job.recipients.as_ref())?;
     }
 
-    let store = roles::open_store("send", store_args).await?;
+    let (database, store) = roles::open_store("send", store_args).await?;
     let rows = match &job.recipients {
         Some(path) => read_recipients(path)?,
         None => Box::new(document.recipients.clone().into_iter().map(Ok)),
@@ -83,36 +83,28 @@ pub async fn send(
         }
     }
 
-    let local = tasks::connect(&store_args.database_url)
-        .await
-        .context("cannot open the task repository")?;
+    let local = crate::task_commands::open_task_tables(store_args, Some(&database)).await?;
     let waking = Arc::new(processor::WakingTasks::new(local));
     let waker = waking.waker();
     let task_repo: Arc<dyn TaskRepository> = waking;
-    let transport = transport_args
-        .delivery_transport(&store_args.database_url)
-        .await?;
     let stop_webhooks = CancellationToken::new();
-    let (events, dispatcher) = link_args
-        .webhooks
-        .start(store.clone(), stop_webhooks.clone())?;
-    let services = processor::Services {
-        store: store.clone(),
-        tasks: task_repo.clone(),
-        transport: transport.clone(),
-        links: Arc::new(link_args.links(store.as_ref()).await?),
-        message_settings: settings,
+    let (components, dispatcher) = crate::startup::Components::build(
+        store.clone(),
+        task_repo.clone(),
+        link_args,
+        transport_args,
         dkim,
-        max_batch_size: limits.max_batch_size,
-        events,
-        clock: Arc::new(tasks::SystemClock),
-    };
-    let worker = processor::Worker::new(
+        stop_webhooks.clone(),
+        Some(&database),
+    )
+    .await?;
+    let transport = components.transport.clone();
+    let worker = components.task_processor(
+        "send",
         worker_args.config(transport_args.smtp_connections),
-        services,
+        limits.max_batch_size,
         Some(waker),
     );
-    roles::log_worker("send", &worker, transport.as_ref());
     let stats = worker.stats();
     let stop_worker = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop_worker.clone()));

@@ -151,15 +151,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.task_repo {
         return submit_task(&args, url, document, recipients, count).await;
     }
-    let store = crate::report::open(&args.store).await?;
-    let tasks: Arc<dyn TaskRepository> = tasks::connect(&args.store.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the task repository at {}",
-                redacted(&args.store.database_url)
-            )
-        })?;
+    let (database, store) = crate::report::open_database(&args.store).await?;
+    let tasks = crate::task_commands::open_task_tables(&args.store, Some(&database)).await?;
     let where_tasks = format!("the task tables of {}", redacted(&args.store.database_url));
     let (record, report) = store
         .create_campaign(&document, store::recipient_stream(recipients.map(Ok)))

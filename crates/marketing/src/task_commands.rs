@@ -30,23 +30,51 @@ pub struct TaskRepoClientArgs {
 }
 
 impl TaskRepoClientArgs {
+    /// The repository: the service, or the tables in DATABASE_URL through a pool of its own.
     pub async fn open(&self) -> anyhow::Result<Arc<dyn TaskRepository>> {
-        match &self.task_repo_url {
-            Some(url) => Ok(Arc::new(
+        self.open_local_or_remote(None).await
+    }
+
+    /// As [`open`](Self::open), with the tables reached through `database`, the pool the
+    /// process's store uses.
+    pub async fn open_on(
+        &self,
+        database: &store::Database,
+    ) -> anyhow::Result<Arc<dyn TaskRepository>> {
+        self.open_local_or_remote(Some(database)).await
+    }
+
+    async fn open_local_or_remote(
+        &self,
+        database: Option<&store::Database>,
+    ) -> anyhow::Result<Arc<dyn TaskRepository>> {
+        if let Some(url) = &self.task_repo_url {
+            return Ok(Arc::new(
                 tasks::HttpTaskRepository::new(url, self.task_repo_token.clone())
                     .with_trusted_ca(self.service_tls_ca.as_deref())
                     .context("SERVICE_TLS_CA")?,
-            )),
-            None => tasks::connect(&self.store.database_url)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the task repository at {}",
-                        redacted(&self.store.database_url)
-                    )
-                }),
+            ));
         }
+        open_task_tables(&self.store, database).await
     }
+}
+
+/// The task tables in the database at DATABASE_URL, read and written directly: through
+/// `database`, the pool the process's store uses, when there is one, else a pool of their own.
+pub async fn open_task_tables(
+    store: &StoreArgs,
+    database: Option<&store::Database>,
+) -> anyhow::Result<Arc<dyn TaskRepository>> {
+    match database {
+        Some(database) => tasks::open(database).await,
+        None => tasks::connect(&store.database_url).await,
+    }
+    .with_context(|| {
+        format!(
+            "cannot open the task repository at {}",
+            redacted(&store.database_url)
+        )
+    })
 }
 
 /// The task repository service's address and token.
@@ -214,14 +242,7 @@ pub async fn serve(args: &TaskRepoServiceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     metrics::set_build_info("task-repo");
-    let repo = tasks::connect(&args.store.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the task repository at {}",
-                redacted(&args.store.database_url)
-            )
-        })?;
+    let repo = open_task_tables(&args.store, None).await?;
     let listener = tokio::net::TcpListener::bind(args.task_repo_bind)
         .await
         .with_context(|| format!("cannot listen on TASK_REPO_BIND={}", args.task_repo_bind))?;

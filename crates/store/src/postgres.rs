@@ -1,9 +1,8 @@
 //! The scale-out store: PostgreSQL, campaign documents kept whole as JSONB.
 
-use crate::StoreError;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
-use std::str::FromStr;
-use std::time::Duration;
+use crate::{CampaignStore, StoreError};
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, Postgres};
 
 /// Campaigns and recipients in PostgreSQL.
 #[derive(Clone)]
@@ -11,27 +10,32 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
-impl PostgresStore {
-    const BACKEND: &'static str = "postgres";
-    /// `occurred_at` truncated to the hour in UTC, whatever the session's time zone.
-    const HOUR_OF_OCCURRED_AT: &'static str =
-        "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')";
+/// What the shared SQL (`sql/`) takes from this backend.
+type Db = Postgres;
+type Store = PostgresStore;
+/// `occurred_at` truncated to the hour in UTC, whatever the session's time zone.
+const HOUR_OF_OCCURRED_AT: &str =
+    "(date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')";
 
-    /// Connects and applies the migrations (serialised across processes by sqlx's advisory
-    /// lock, so several roles may start at once).
-    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(|err| StoreError::InvalidUrl {
-            url: url.to_string(),
-            reason: err.to_string(),
-        })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        let mut migrator = sqlx::migrate!("migrations/postgres");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+/// A select whose rows a write transaction will change: locked until it commits, so a
+/// concurrent writer waits instead of acting on what it read before.
+macro_rules! locked {
+    ($select:literal) => {
+        concat!($select, " FOR UPDATE")
+    };
+}
+
+#[path = "sql/mod.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "the shared SQL is compiled once per backend, each time for its own Db"
+)]
+mod sql;
+
+impl PostgresStore {
+    /// The store on a pool whose migrations [`crate::open`] applied: brings stored keys up to
+    /// date.
+    pub(crate) async fn on_migrated(pool: PgPool) -> Result<PostgresStore, StoreError> {
         let store = PostgresStore { pool };
         store.upgrade_email_keys().await?;
         Ok(store)
@@ -46,4 +50,14 @@ impl PostgresStore {
     }
 }
 
-crate::backend::campaign_store!(PostgresStore, sqlx::Postgres, lock_campaign = " FOR UPDATE");
+#[async_trait]
+impl CampaignStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -13,9 +13,7 @@
 //! it down to and when), so every worker slows down together; the recovery over time is
 //! computed by the reader from those two values, so it needs no writes.
 
-use crate::StoreError;
-use crate::postgres::PostgresStore;
-use crate::sqlite::SqliteStore;
+use crate::{Database, StoreError};
 use async_trait::async_trait;
 use sqlx::Row;
 use std::sync::Arc;
@@ -84,19 +82,31 @@ pub trait SendingRateStore: Send + Sync {
     async fn schedules(&self) -> Result<Vec<ScheduleState>, StoreError>;
 }
 
-/// Opens the schedules of the database named by `url` (as [`crate::connect`] does, with its
-/// own small pool, and the migrations applied).
-pub async fn connect(url: &str) -> Result<Arc<dyn SendingRateStore>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url).await?))
-    } else {
-        Err(StoreError::InvalidUrl {
-            url: url.to_string(),
-            reason: "it must start with sqlite:// or postgres://".into(),
-        })
+/// The schedules on an open database, sharing its pool. The table comes with the store's
+/// migrations, applied when the store is opened on it ([`crate::open`]).
+pub fn open(database: &Database) -> Arc<dyn SendingRateStore> {
+    match database {
+        Database::Sqlite(pool) => Arc::new(SqliteSchedules { pool: pool.clone() }),
+        Database::Postgres(pool) => Arc::new(PostgresSchedules { pool: pool.clone() }),
     }
+}
+
+/// Opens the database at `url`, brings the store's schema up to date, and returns its
+/// schedules.
+pub async fn connect(url: &str) -> Result<Arc<dyn SendingRateStore>, StoreError> {
+    let database = Database::open(url).await?;
+    crate::open(&database).await?;
+    Ok(open(&database))
+}
+
+/// The schedules in SQLite.
+struct SqliteSchedules {
+    pool: sqlx::SqlitePool,
+}
+
+/// The schedules in PostgreSQL.
+struct PostgresSchedules {
+    pool: sqlx::PgPool,
 }
 
 fn slowdown_of(row: &impl SlowdownColumns) -> Result<Option<Slowdown>, StoreError> {
@@ -146,7 +156,7 @@ macro_rules! sending_rate_store {
                 .bind(name)
                 .bind(now_ns)
                 .bind(span_ns)
-                .fetch_one(self.pool())
+                .fetch_one(&self.pool)
                 .await?;
                 let end_ns: i64 = row.try_get("next_slot_ns")?;
                 Ok(SlotLease {
@@ -169,7 +179,7 @@ macro_rules! sending_rate_store {
                 .bind(name)
                 .bind(end_ns)
                 .bind(unused_from_ns)
-                .execute(self.pool())
+                .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -180,7 +190,7 @@ macro_rules! sending_rate_store {
                 now_ns: i64,
                 slowed: &(dyn Fn(Option<Slowdown>) -> Option<f64> + Send + Sync),
             ) -> Result<Option<Slowdown>, StoreError> {
-                let mut tx = self.pool().begin_with($begin).await?;
+                let mut tx = self.pool.begin_with($begin).await?;
                 sqlx::query(
                     "INSERT INTO sending_rate_schedules (name, next_slot_ns) VALUES ($1, $2) \
                      ON CONFLICT (name) DO NOTHING",
@@ -220,7 +230,7 @@ macro_rules! sending_rate_store {
                     "SELECT name, next_slot_ns, slowed_rate, throttled_ns \
                      FROM sending_rate_schedules ORDER BY name",
                 )
-                .fetch_all(self.pool())
+                .fetch_all(&self.pool)
                 .await?;
                 rows.iter()
                     .map(|row| {
@@ -236,7 +246,7 @@ macro_rules! sending_rate_store {
     };
 }
 
-sending_rate_store!(PostgresStore, begin = "BEGIN", lock = " FOR UPDATE");
+sending_rate_store!(PostgresSchedules, begin = "BEGIN", lock = " FOR UPDATE");
 // A write transaction from the start (`BEGIN IMMEDIATE`): read-then-write must not fail when
-// another writer got in between (see `SqliteStore::begin_write`).
-sending_rate_store!(SqliteStore, begin = "BEGIN IMMEDIATE", lock = "");
+// another writer got in between (as the store's write transactions do).
+sending_rate_store!(SqliteSchedules, begin = "BEGIN IMMEDIATE", lock = "");

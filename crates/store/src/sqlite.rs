@@ -1,12 +1,8 @@
 //! The embedded default store: one SQLite file in WAL mode.
 
-use crate::StoreError;
-use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
-use std::str::FromStr;
-use std::time::Duration;
+use crate::{CampaignStore, StoreError};
+use async_trait::async_trait;
+use sqlx::sqlite::{Sqlite, SqlitePool};
 
 /// Campaigns and recipients in a SQLite database file.
 #[derive(Clone)]
@@ -14,32 +10,31 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-impl SqliteStore {
-    const BACKEND: &'static str = "sqlite";
-    /// `occurred_at` truncated to the hour (integer microseconds).
-    const HOUR_OF_OCCURRED_AT: &'static str = "(occurred_at / 3600000000) * 3600000000";
+/// What the shared SQL (`sql/`) takes from this backend.
+type Db = Sqlite;
+type Store = SqliteStore;
+/// `occurred_at` truncated to the hour (integer microseconds).
+const HOUR_OF_OCCURRED_AT: &str = "(occurred_at / 3600000000) * 3600000000";
 
-    /// Opens (creating if missing) the database and applies the migrations.
-    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|err| StoreError::InvalidUrl {
-                url: url.to_string(),
-                reason: err.to_string(),
-            })?
-            .create_if_missing(true)
-            // WAL lets readers (the API) proceed while a writer (an import, a worker) commits;
-            // synchronous=FULL makes every committed delivery outcome survive power loss too.
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        let mut migrator = sqlx::migrate!("migrations/sqlite");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+/// A select whose rows a write transaction will change. SQLite needs no row lock: its write
+/// transaction (`begin_write`) already excludes every other writer.
+macro_rules! locked {
+    ($select:literal) => {
+        $select
+    };
+}
+
+#[path = "sql/mod.rs"]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "the shared SQL is compiled once per backend, each time for its own Db"
+)]
+mod sql;
+
+impl SqliteStore {
+    /// The store on a pool whose migrations [`crate::open`] applied: brings stored keys up to
+    /// date.
+    pub(crate) async fn on_migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
         let store = SqliteStore { pool };
         store.upgrade_email_keys().await?;
         Ok(store)
@@ -57,4 +52,14 @@ impl SqliteStore {
     }
 }
 
-crate::backend::campaign_store!(SqliteStore, sqlx::Sqlite, lock_campaign = "");
+#[async_trait]
+impl CampaignStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -481,7 +481,8 @@ pub trait TaskRepository: Send + Sync {
 }
 
 /// Opens the repository at a database URL (`sqlite://…` or `postgres://…`) with the system
-/// clock and default backoff, applying its migrations.
+/// clock and default backoff, applying its migrations. A process that also opens the campaign
+/// store on the same database opens a [`store::Database`] once and passes it to both.
 pub async fn connect(url: &str) -> Result<Arc<dyn TaskRepository>, TaskError> {
     connect_with(url, Arc::new(SystemClock), Backoff::default()).await
 }
@@ -492,15 +493,63 @@ pub async fn connect_with(
     clock: Arc<dyn Clock>,
     backoff: Backoff,
 ) -> Result<Arc<dyn TaskRepository>, TaskError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            sqlite::SqliteTasks::connect(url, clock, backoff).await?,
-        ))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            postgres::PostgresTasks::connect(url, clock, backoff).await?,
-        ))
-    } else {
-        Err(TaskError::InvalidUrl(url.to_string()))
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return Err(TaskError::InvalidUrl(url.to_string()));
+    }
+    let database = store::Database::open(url)
+        .await
+        .map_err(TaskError::from_opening)?;
+    open_with(&database, clock, backoff).await
+}
+
+/// The repository on an open database (the pool the campaign store uses too), with the system
+/// clock and default backoff, its migrations applied.
+pub async fn open(database: &store::Database) -> Result<Arc<dyn TaskRepository>, TaskError> {
+    open_with(database, Arc::new(SystemClock), Backoff::default()).await
+}
+
+/// As [`open`], with a chosen clock and backoff (tests).
+pub async fn open_with(
+    database: &store::Database,
+    clock: Arc<dyn Clock>,
+    backoff: Backoff,
+) -> Result<Arc<dyn TaskRepository>, TaskError> {
+    database
+        .migrate(
+            sqlx::migrate!("migrations/sqlite"),
+            sqlx::migrate!("migrations/postgres"),
+        )
+        .await?;
+    Ok(match database {
+        store::Database::Sqlite(pool) => Arc::new(sqlite::SqliteTasks::on_migrated(
+            pool.clone(),
+            clock,
+            backoff,
+        )),
+        store::Database::Postgres(pool) => Arc::new(postgres::PostgresTasks::on_migrated(
+            pool.clone(),
+            clock,
+            backoff,
+        )),
+    })
+}
+
+impl TaskError {
+    /// A failure to open the database, as the repository reports it: a URL sqlx cannot parse
+    /// is a database configuration error, as when the repository opened its own pool.
+    fn from_opening(err: store::StoreError) -> TaskError {
+        match err {
+            store::StoreError::InvalidUrl { reason, .. } => {
+                TaskError::Database(sqlx::Error::Configuration(reason.into()))
+            }
+            store::StoreError::Unavailable(err) | store::StoreError::Database(err) => {
+                TaskError::Database(err)
+            }
+            store::StoreError::Migration(err) => TaskError::Migration(err),
+            other => TaskError::Corrupt(other.to_string()),
+        }
     }
 }

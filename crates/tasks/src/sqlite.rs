@@ -2,12 +2,8 @@
 //! front, so two claimers never pick the same rows.
 
 use crate::{Backoff, Clock, TaskError};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use std::str::FromStr;
+use sqlx::sqlite::SqlitePool;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct SqliteTasks {
     pool: SqlitePool,
@@ -16,28 +12,18 @@ pub struct SqliteTasks {
 }
 
 impl SqliteTasks {
-    pub async fn connect(
-        url: &str,
+    /// The repository on a pool (shared with the campaign store) whose migrations
+    /// [`crate::open_with`] applied.
+    pub(crate) fn on_migrated(
+        pool: SqlitePool,
         clock: Arc<dyn Clock>,
         backoff: Backoff,
-    ) -> Result<SqliteTasks, TaskError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        let mut migrator = sqlx::migrate!("migrations/sqlite");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
-        Ok(SqliteTasks {
+    ) -> SqliteTasks {
+        SqliteTasks {
             pool,
             clock,
             backoff,
-        })
+        }
     }
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, TaskError> {

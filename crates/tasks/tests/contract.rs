@@ -12,6 +12,7 @@ const LEASE: Duration = Duration::seconds(30);
 struct Fixture {
     repo: Arc<dyn TaskRepository>,
     clock: ManualClock,
+    backend: testkit::Backend,
     _database: Box<dyn std::any::Any + Send>,
 }
 
@@ -613,7 +614,13 @@ async fn crash_recoveries_and_dead_tasks_are_counted(f: Fixture) {
 
 /// Claimers race over `total` tasks: each must be completed exactly once, and no task may be
 /// handed to two claimers (leases are long enough never to expire here).
-async fn concurrent_claimers_complete_every_task_once(f: Fixture, claimers: usize, total: u64) {
+async fn concurrent_claimers_complete_every_task_once(f: Fixture) {
+    // SQLite has one writer at a time; PostgreSQL takes more claimers at once.
+    let claimers = match f.backend {
+        testkit::Backend::Sqlite => 4,
+        testkit::Backend::Postgres => 8,
+    };
+    let total: u64 = 10_000;
     for chunk in (0..total).collect::<Vec<_>>().chunks(1000) {
         f.repo
             .create_many(chunk.iter().map(|n| task("send_batch", *n)).collect())
@@ -789,16 +796,36 @@ async fn out_of_range_numbers_and_times_are_refused(f: Fixture) {
     );
 }
 
-async fn open(url: &str, database: Box<dyn std::any::Any + Send>) -> Fixture {
+async fn open(database: testkit::TestDatabase) -> Fixture {
     let clock = ManualClock::new(datetime!(2026-11-28 09:00 UTC));
-    let repo = tasks::connect_with(url, Arc::new(clock.clone()), Backoff::default())
+    let repo = tasks::connect_with(database.url(), Arc::new(clock.clone()), Backoff::default())
         .await
         .unwrap();
     Fixture {
         repo,
         clock,
-        _database: database,
+        backend: database.backend(),
+        _database: Box::new(database),
     }
+}
+
+/// Runs one case on the repository opened directly on `database`.
+async fn direct<Case, Run>(database: testkit::TestDatabase, case: Case)
+where
+    Case: FnOnce(Fixture) -> Run,
+    Run: std::future::Future<Output = ()>,
+{
+    case(open(database).await).await;
+}
+
+/// Runs one case through the HTTP adapter, against the service serving a repository on
+/// `database`.
+async fn over_http<Case, Run>(database: testkit::TestDatabase, case: Case)
+where
+    Case: FnOnce(Fixture) -> Run,
+    Run: std::future::Future<Output = ()>,
+{
+    case(open_over_http(database).await).await;
 }
 
 /// Keeps the in-test service running as long as the fixture, and stops it after.
@@ -815,9 +842,9 @@ impl Drop for Service {
 
 /// The store-backed fixture served by the real router on 127.0.0.1:0, reached through the
 /// adapter with a bearer token: the suite then tests service and adapter together.
-async fn open_over_http(url: &str, database: Box<dyn std::any::Any + Send>) -> Fixture {
+async fn open_over_http(database: testkit::TestDatabase) -> Fixture {
     const TOKEN: &str = "contract-suite-token";
-    let direct = open(url, database).await;
+    let direct = open(database).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let app = tasks::http::router(direct.repo, Some(TOKEN.to_string()));
@@ -829,6 +856,7 @@ async fn open_over_http(url: &str, database: Box<dyn std::any::Any + Send>) -> F
     Fixture {
         repo: Arc::new(adapter),
         clock: direct.clock,
+        backend: direct.backend,
         _database: Box::new(Service {
             server,
             _database: direct._database,
@@ -836,90 +864,22 @@ async fn open_over_http(url: &str, database: Box<dyn std::any::Any + Send>) -> F
     }
 }
 
-macro_rules! contract_suite {
-    ($backend:ident, $open:expr, claimers = $claimers:expr, tasks = $total:expr) => {
-        mod $backend {
-            use super::*;
-
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        #[allow(clippy::redundant_closure_call)]
-                        let Some(fixture) = ($open)().await else {
-                            return;
-                        };
-                        super::$name(fixture).await;
-                    }
-                };
-            }
-            case!(create_get_and_idempotency);
-            case!(claims_follow_kind_priority_time_and_limit);
-            case!(complete_needs_the_lease);
-            case!(an_expired_lease_moves_to_another_worker_and_fences_the_first);
-            case!(completing_many_refuses_only_the_leases_lost);
-            case!(failures_back_off_then_die_and_can_be_requeued);
-            case!(a_permanent_failure_is_dead_at_once_and_needs_the_lease);
-            case!(a_lease_lost_on_the_last_attempt_ends_the_task);
-            case!(lists_filter_on_the_idempotency_key_prefix);
-            case!(lists_page_in_creation_order_and_counts_add_up);
-            case!(oldest_due_is_the_earliest_due_pending_task);
-            case!(crash_recoveries_and_dead_tasks_are_counted);
-            case!(out_of_range_numbers_and_times_are_refused);
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_claimers_complete_every_task_once() {
-                #[allow(clippy::redundant_closure_call)]
-                let Some(fixture) = ($open)().await else {
-                    return;
-                };
-                super::concurrent_claimers_complete_every_task_once(fixture, $claimers, $total)
-                    .await;
-            }
-        }
-    };
+testkit::backend_suite! {
+    runners { direct, http: over_http }
+    #[tokio::test] [
+        create_get_and_idempotency,
+        claims_follow_kind_priority_time_and_limit,
+        complete_needs_the_lease,
+        an_expired_lease_moves_to_another_worker_and_fences_the_first,
+        completing_many_refuses_only_the_leases_lost,
+        failures_back_off_then_die_and_can_be_requeued,
+        a_permanent_failure_is_dead_at_once_and_needs_the_lease,
+        a_lease_lost_on_the_last_attempt_ends_the_task,
+        lists_filter_on_the_idempotency_key_prefix,
+        lists_page_in_creation_order_and_counts_add_up,
+        oldest_due_is_the_earliest_due_pending_task,
+        crash_recoveries_and_dead_tasks_are_counted,
+        out_of_range_numbers_and_times_are_refused,
+    ];
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)] [concurrent_claimers_complete_every_task_once];
 }
-
-contract_suite!(
-    sqlite,
-    || async {
-        let database = testkit::SqliteDatabase::create();
-        let url = database.url.clone();
-        Some(open(&url, Box::new(database)).await)
-    },
-    claimers = 4,
-    tasks = 10_000
-);
-
-contract_suite!(
-    postgres,
-    || async {
-        let database = testkit::PostgresDatabase::create().await?;
-        let url = database.url.clone();
-        Some(open(&url, Box::new(database)).await)
-    },
-    claimers = 8,
-    tasks = 10_000
-);
-
-contract_suite!(
-    http_sqlite,
-    || async {
-        let database = testkit::SqliteDatabase::create();
-        let url = database.url.clone();
-        Some(open_over_http(&url, Box::new(database)).await)
-    },
-    claimers = 4,
-    tasks = 10_000
-);
-
-contract_suite!(
-    http_postgres,
-    || async {
-        let database = testkit::PostgresDatabase::create().await?;
-        let url = database.url.clone();
-        Some(open_over_http(&url, Box::new(database)).await)
-    },
-    claimers = 8,
-    tasks = 10_000
-);

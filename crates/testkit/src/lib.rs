@@ -151,6 +151,108 @@ impl SqliteDatabase {
     }
 }
 
+/// The two stores every store-touching test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database of either backend, dropped (files removed, database dropped) with this
+/// value.
+pub enum TestDatabase {
+    Sqlite(SqliteDatabase),
+    Postgres(PostgresDatabase),
+}
+
+impl TestDatabase {
+    /// A fresh database on `backend`, or `None` when PostgreSQL is unreachable and the run
+    /// does not require it (see [`PostgresDatabase::create`]).
+    pub async fn create(backend: Backend) -> Option<TestDatabase> {
+        match backend {
+            Backend::Sqlite => Some(TestDatabase::Sqlite(SqliteDatabase::create())),
+            Backend::Postgres => PostgresDatabase::create().await.map(TestDatabase::Postgres),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            TestDatabase::Sqlite(_) => Backend::Sqlite,
+            TestDatabase::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDatabase::Sqlite(database) => &database.url,
+            TestDatabase::Postgres(database) => &database.url,
+        }
+    }
+}
+
+/// Expands a suite of store-touching tests once per backend: a module `sqlite` and a module
+/// `postgres`, each holding one test per case, so `cargo nextest run -E 'test(/sqlite::/)'`
+/// selects a backend. Each test creates a fresh [`TestDatabase`] and hands it, with the case
+/// function, to a runner of the suite's own that builds the fixture the cases take:
+///
+/// ```ignore
+/// async fn with_store<Case, Run>(database: testkit::TestDatabase, case: Case)
+/// where
+///     Case: FnOnce(Store) -> Run,
+///     Run: std::future::Future<Output = ()>,
+/// { /* open the store on database.url(), keep `database` alive, */ case(store).await }
+///
+/// testkit::backend_suite! {
+///     #[tokio::test] with_store => [a_case, another_case];
+///     #[tokio::test(flavor = "multi_thread", worker_threads = 2)] with_store => [a_busy_case];
+/// }
+/// ```
+///
+/// The same cases can run through several runners (a repository used directly and through
+/// its HTTP adapter): `runners { direct, http: over_http }` followed by the groups without a
+/// runner (`#[tokio::test] [a_case, another_case];`) gives `sqlite::…`/`postgres::…` through
+/// `direct` and `http::sqlite::…`/`http::postgres::…` through `over_http`.
+///
+/// Runners and cases are named from the invoking module. Without PostgreSQL the `postgres`
+/// tests skip, except under CI or `REQUIRE_POSTGRES=1`, where they fail.
+#[macro_export]
+macro_rules! backend_suite {
+    (@backend $module:ident, $backend:ident; $( #[$test:meta] $run:ident => [ $($case:ident),* ] );+) => {
+        mod $module {
+            $( $(
+                #[$test]
+                async fn $case() {
+                    let Some(database) =
+                        $crate::TestDatabase::create($crate::Backend::$backend).await
+                    else {
+                        return;
+                    };
+                    super::$run(database, super::$case).await;
+                }
+            )* )+
+        }
+    };
+    (@runner $run:ident; $( #[$test:meta] [ $($case:ident),* $(,)? ] );+ $(;)?) => {
+        $crate::backend_suite!($( #[$test] $run => [ $($case),* ] );+);
+    };
+    (@variants [$($groups:tt)*] $variant:ident: $run:ident $(, $($rest:tt)*)?) => {
+        mod $variant {
+            use super::*;
+            $crate::backend_suite!(@runner $run; $($groups)*);
+        }
+        $crate::backend_suite!(@variants [$($groups)*] $($($rest)*)?);
+    };
+    (@variants [$($groups:tt)*]) => {};
+    (runners { $run:ident $(, $($variants:tt)*)? } $($groups:tt)*) => {
+        $crate::backend_suite!(@runner $run; $($groups)*);
+        $crate::backend_suite!(@variants [$($groups)*] $($($variants)*)?);
+    };
+    ($( #[$test:meta] $run:ident => [ $($case:ident),* $(,)? ] );+ $(;)?) => {
+        $crate::backend_suite!(@backend sqlite, Sqlite; $( #[$test] $run => [ $($case),* ] );+);
+        $crate::backend_suite!(@backend postgres, Postgres; $( #[$test] $run => [ $($case),* ] );+);
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

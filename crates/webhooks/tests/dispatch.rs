@@ -296,36 +296,21 @@ async fn make_due_and_count(store: &Arc<dyn store::CampaignStore>, endpoint: &st
         .len()
 }
 
-macro_rules! suite {
-    ($backend:ident, $open:expr) => {
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        #[allow(clippy::redundant_closure_call)]
-                        let Some((store, _database)) = ($open)().await else {
-                            return;
-                        };
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(signed_batches_are_retried_after_a_500);
-            case!(nothing_is_lost_when_the_queue_is_full_or_the_process_restarts);
-            case!(https_endpoints_are_verified_against_the_configured_ca);
-        }
-    };
+/// Runs one case on a store opened on `database`.
+async fn with_store<Case, Run>(database: testkit::TestDatabase, case: Case)
+where
+    Case: FnOnce(Arc<dyn store::CampaignStore>) -> Run,
+    Run: std::future::Future<Output = ()>,
+{
+    let store = store::connect(database.url()).await.unwrap();
+    case(store).await;
+    drop(database);
 }
 
-suite!(sqlite, || async {
-    let database = testkit::SqliteDatabase::create();
-    let store = store::connect(&database.url).await.unwrap();
-    Some((store, Box::new(database) as Box<dyn std::any::Any + Send>))
-});
-
-suite!(postgres, || async {
-    let database = testkit::PostgresDatabase::create().await?;
-    let store = store::connect(&database.url).await.unwrap();
-    Some((store, Box::new(database) as Box<dyn std::any::Any + Send>))
-});
+testkit::backend_suite! {
+    #[tokio::test] with_store => [
+        signed_batches_are_retried_after_a_500,
+        nothing_is_lost_when_the_queue_is_full_or_the_process_restarts,
+        https_endpoints_are_verified_against_the_configured_ca,
+    ];
+}

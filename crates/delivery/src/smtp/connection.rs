@@ -136,7 +136,8 @@ impl Connection {
                 });
             }
         };
-        // Without this every message waits ~40 ms for a delayed ACK (DESIGN.md).
+        // Without this every message waits ~40 ms for a delayed ACK (docs/BENCHMARKS.md, "SMTP
+        // transport throughput").
         tcp.set_nodelay(true).map_err(|err| SendError::Connect {
             server: server.clone(),
             detail: format!("setting TCP_NODELAY: {err}"),

@@ -1,0 +1,14 @@
+//! The API over real HTTP, on both stores: the app is started on port 0 exactly as the
+//! binary starts it, and driven with an HTTP client. One module per route group; what they
+//! share is in `support`.
+
+mod access;
+mod bounces;
+mod campaigns;
+mod control;
+mod engagement;
+mod idempotency;
+mod recipients;
+mod support;
+mod suppressions;
+mod test_sends;
