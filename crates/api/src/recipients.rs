@@ -1,5 +1,5 @@
-//! Adding recipients to a campaign: a JSON array, or CSV streamed row by row so that a
-//! million-row file never sits in memory.
+//! Adding recipients to a campaign: CSV, a JSON array or JSON Lines, each parsed row by row
+//! as the body arrives, so a million-row upload never sits in memory.
 
 use crate::campaigns::{campaign_id, media_type};
 use crate::problem::AdminProblems;
@@ -7,12 +7,11 @@ use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use campaign::document::parse_json;
-use campaign::{CsvRecipients, Recipient, RowError};
+use campaign::{Recipient, RecipientFormat, RowError};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use store::{ImportReport, RecipientStream, recipient_stream};
+use store::{ImportReport, RecipientStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use utoipa_axum::router::OpenApiRouter;
@@ -27,8 +26,9 @@ const ROWS_IN_FLIGHT: usize = 2048;
 
 /// Add recipients to a campaign.
 ///
-/// Add recipients to a draft or scheduled campaign: a JSON array, or CSV with an `email`
-/// column (streamed). All or nothing; duplicates are skipped and reported.
+/// Add recipients to a draft or scheduled campaign: a JSON array of objects, JSON Lines (one
+/// object per line) or CSV with an `email` column; every format is streamed. All or nothing;
+/// duplicates are skipped and reported.
 #[utoipa::path(
     post,
     path = "/api/v1/campaigns/{id}/recipients",
@@ -37,6 +37,8 @@ const ROWS_IN_FLIGHT: usize = 2048;
     params(("id" = String, Path, description = "Campaign id (UUID)")),
     request_body(content(
         (Vec<Recipient> = "application/json"),
+        (String = "application/x-ndjson", example = "{\"email\": \"ann@example.com\", \"first_name\": \"Ann\"}\n{\"email\": \"bob@example.org\"}\n"),
+        (String = "application/jsonl", example = "{\"email\": \"ann@example.com\", \"first_name\": \"Ann\"}\n"),
         (String = "text/csv", example = "email,first_name\nann@example.com,Ann\n")
     )),
     responses((status = 200, description = "Imported", body = ImportReport), AdminProblems),
@@ -48,41 +50,18 @@ async fn add_recipients(
     request: Request,
 ) -> Result<Json<ImportReport>, ApiError> {
     let id = campaign_id(&id)?;
-    let report = match media_type(request.headers()).as_deref() {
-        Some("text/csv") => import_csv(&state, id, request.into_body()).await?,
-        None | Some("application/json") => {
-            let limit = state.settings.max_body_bytes;
-            let bytes = axum::body::to_bytes(request.into_body(), limit)
-                .await
-                .map_err(|_| {
-                    ApiError::TooLarge(format!(
-                        "a JSON recipient list may be at most {limit} bytes; send larger lists as text/csv"
-                    ))
-                })?;
-            let recipients: Vec<Recipient> = parse_json(&bytes)?;
-            check_recipient_count(&state, recipients.len())?;
-            state
-                .store
-                .import_recipients(id, recipient_stream(recipients.into_iter().map(Ok)))
-                .await?
-        }
-        Some(other) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "recipients are read from application/json (an array) or text/csv, not {other}"
-            )));
-        }
+    let format = match media_type(request.headers()).as_deref() {
+        None => RecipientFormat::JsonArray,
+        Some(media_type) => RecipientFormat::from_media_type(media_type).ok_or_else(|| {
+            ApiError::UnsupportedMediaType(format!(
+                "recipients are read from application/json (an array), {} (JSON Lines) or text/csv, not {media_type}",
+                RecipientFormat::JSON_LINES_MEDIA_TYPES.join(" or ")
+            ))
+        })?,
     };
+    let report = import_streamed(&state, id, format, request.into_body()).await?;
     tracing::info!(campaign = %id, imported = report.imported, duplicates = report.duplicates, "recipients imported");
     Ok(Json(report))
-}
-
-/// Refuses a request that adds more than MAX_RECIPIENTS_PER_REQUEST recipients.
-pub(crate) fn check_recipient_count(state: &AppState, count: usize) -> Result<(), ApiError> {
-    let limit = state.settings.max_recipients_per_request;
-    if count as u64 > limit {
-        return Err(too_many_recipients(limit));
-    }
-    Ok(())
 }
 
 pub(crate) fn too_many_recipients(limit: u64) -> ApiError {
@@ -91,27 +70,41 @@ pub(crate) fn too_many_recipients(limit: u64) -> ApiError {
     ))
 }
 
-async fn import_csv(
+async fn import_streamed(
     state: &AppState,
     id: campaign::CampaignId,
+    format: RecipientFormat,
     body: Body,
 ) -> Result<ImportReport, ApiError> {
     let limit = state.settings.max_import_bytes;
     let max_rows = state.settings.max_recipients_per_request;
     let too_large = Arc::new(AtomicBool::new(false));
     let too_many = Arc::new(AtomicBool::new(false));
-    let (rows, header) = csv_rows(body, limit, max_rows, too_large.clone(), too_many.clone());
-    // The header is read before anything is stored, so a file without an `email` column
-    // is refused without touching the campaign.
-    header
+    let (rows, start) = parsed_rows(
+        format,
+        body,
+        limit,
+        max_rows,
+        too_large.clone(),
+        too_many.clone(),
+    );
+    // What precedes the first row (the CSV header, the array's `[`) is read before anything is
+    // stored, so a file without an `email` column or a body that is no array is refused
+    // without touching the campaign.
+    start
         .await
-        .map_err(|_| ApiError::Internal("the CSV reader stopped unexpectedly".into()))?
+        .map_err(|_| ApiError::Internal("the recipient reader stopped unexpectedly".into()))?
         .map_err(|err| {
             if too_large.load(Ordering::Relaxed) {
                 ApiError::TooLarge(format!("a recipient upload may be at most {limit} bytes"))
             } else {
                 ApiError::invalid(vec![campaign::Problem {
-                    field: "csv".into(),
+                    field: match format {
+                        RecipientFormat::Csv => "csv",
+                        RecipientFormat::JsonArray => "json",
+                        RecipientFormat::JsonLines => "jsonl",
+                    }
+                    .into(),
                     message: err,
                 }])
             }
@@ -128,11 +121,12 @@ async fn import_csv(
     Ok(result?)
 }
 
-/// Parses CSV on a blocking thread (the csv crate reads synchronously) and hands rows over a
+/// Parses the body on a blocking thread (the readers read synchronously) and hands rows over a
 /// bounded channel, so parsing and inserting overlap and memory stays bounded. The oneshot
-/// answers once the header row has been read. A file with more than `max_rows` rows ends in
-/// an error row after the limit, so the import rolls back and `too_many` says why.
-fn csv_rows(
+/// answers once what precedes the first row has been read. A body with more than `max_rows`
+/// rows ends in an error row after the limit, so the import rolls back and `too_many` says why.
+fn parsed_rows(
+    format: RecipientFormat,
     body: Body,
     limit: u64,
     max_rows: u64,
@@ -144,7 +138,7 @@ fn csv_rows(
 ) {
     let (row_sender, mut row_receiver) =
         mpsc::channel::<Result<Recipient, RowError>>(ROWS_IN_FLIGHT);
-    let (header_sender, header_receiver) = oneshot::channel();
+    let (start_sender, start_receiver) = oneshot::channel();
     let mut seen: u64 = 0;
     let bytes = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -157,13 +151,13 @@ fn csv_rows(
     });
     let reader = SyncIoBridge::new(StreamReader::new(bytes));
     tokio::task::spawn_blocking(move || {
-        let rows = match CsvRecipients::new(reader) {
+        let rows = match format.read(reader) {
             Ok(rows) => {
-                let _ = header_sender.send(Ok(()));
+                let _ = start_sender.send(Ok(()));
                 rows
             }
             Err(err) => {
-                let _ = header_sender.send(Err(err.to_string()));
+                let _ = start_sender.send(Err(err.to_string()));
                 return;
             }
         };
@@ -187,6 +181,8 @@ fn csv_rows(
             }
         }
     });
-    let stream = futures::stream::poll_fn(move |cx| row_receiver.poll_recv(cx)).boxed();
-    (stream, header_receiver)
+    let stream = RecipientStream::new(futures::stream::poll_fn(move |cx| {
+        row_receiver.poll_recv(cx)
+    }));
+    (stream, start_receiver)
 }

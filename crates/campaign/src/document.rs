@@ -552,7 +552,7 @@ fn classify(field: String, err: serde_json::Error) -> ValidationError {
 }
 
 /// serde_json appends " at line L column C" to its messages; we report position separately.
-fn strip_position(message: &str) -> String {
+pub(crate) fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(index) => message[..index].to_string(),
         None => message.to_string(),

@@ -19,7 +19,10 @@ pub use document::{
     TrackingOptions, UndefinedVariables, ValidationError,
 };
 pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};
-pub use recipient::{CsvRecipients, Recipient, RecipientError, RowError};
+pub use recipient::{
+    CsvRecipients, JsonLinesRecipients, JsonRecipients, Recipient, RecipientError, RecipientFormat,
+    RecipientRows, RowError,
+};
 pub use status::{CampaignStatus, DeliveryStatus};
 
 /// Campaign ids are UUIDs (v7, so they sort by creation time).

@@ -1,4 +1,9 @@
-//! Recipients: an address plus free personalization fields, read from JSON or CSV.
+//! Recipients: an address plus free personalization fields, read from CSV, a JSON array or
+//! JSON Lines — each streamed row by row, so a file's size never decides the memory used.
+
+mod json;
+
+pub use json::{JsonLinesRecipients, JsonRecipients, MAX_ELEMENT_BYTES};
 
 use crate::address::EmailAddress;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -8,6 +13,7 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Read;
+use std::path::Path;
 
 /// One recipient: the address and the fields templates can use (`{{ first_name }}`).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +32,23 @@ pub const MAX_ROW_BYTES: usize = 256 * 1024;
 struct RowProblem {
     column: Option<String>,
     message: String,
+}
+
+impl RowProblem {
+    /// A problem of the row as a whole, no one field to blame.
+    fn whole_row(message: String) -> RowProblem {
+        RowProblem {
+            column: None,
+            message,
+        }
+    }
+
+    fn in_email(message: String) -> RowProblem {
+        RowProblem {
+            column: Some("email".into()),
+            message,
+        }
+    }
 }
 
 /// Checks a row's field sizes (name, value bytes) against [`MAX_FIELD_BYTES`] and
@@ -66,29 +89,44 @@ fn json_size(value: &Value) -> usize {
 impl Recipient {
     /// Builds a recipient from a JSON object: `email` is required, every other key is a
     /// personalization field (nested objects and arrays allowed).
-    pub fn from_object(mut object: Map<String, Value>) -> Result<Recipient, String> {
-        check_size(
-            object
-                .iter()
-                .map(|(key, value)| (key.as_str(), json_size(value))),
-        )
-        .map_err(|problem| problem.message)?;
-        let email = match object.remove("email") {
-            Some(Value::String(email)) => email,
-            Some(other) => {
-                return Err(format!(
-                    "`email` must be a string, got {}",
-                    json_type(&other)
-                ));
-            }
-            None => return Err("`email` is missing".to_string()),
-        };
-        let email = EmailAddress::parse(email.trim())
-            .map_err(|err| format!("invalid email address {email:?}: {err}"))?;
-        Ok(Recipient {
-            email,
-            fields: object,
-        })
+    pub fn from_object(object: Map<String, Value>) -> Result<Recipient, String> {
+        recipient_from_object(object).map_err(|problem| problem.message)
+    }
+}
+
+/// As [`Recipient::from_object`], naming the field at fault.
+fn recipient_from_object(mut object: Map<String, Value>) -> Result<Recipient, RowProblem> {
+    check_size(
+        object
+            .iter()
+            .map(|(key, value)| (key.as_str(), json_size(value))),
+    )?;
+    let email = match object.remove("email") {
+        Some(Value::String(email)) => email,
+        Some(other) => {
+            return Err(RowProblem::in_email(format!(
+                "`email` must be a string, got {}",
+                json_type(&other)
+            )));
+        }
+        None => return Err(RowProblem::in_email("`email` is missing".to_string())),
+    };
+    let email = EmailAddress::parse(email.trim())
+        .map_err(|err| RowProblem::in_email(format!("invalid email address {email:?}: {err}")))?;
+    Ok(Recipient {
+        email,
+        fields: object,
+    })
+}
+
+/// A recipient from one JSON element or line, which must be an object.
+fn recipient_from_value(value: Value) -> Result<Recipient, RowProblem> {
+    match value {
+        Value::Object(object) => recipient_from_object(object),
+        other => Err(RowProblem::whole_row(format!(
+            "a recipient must be a JSON object with an `email`, got {}",
+            json_type(&other)
+        ))),
     }
 }
 
@@ -190,6 +228,94 @@ pub enum RecipientError {
     /// The header row itself could not be read.
     #[error("the CSV header cannot be read: {0}")]
     Header(String),
+    /// The JSON input is empty.
+    #[error(
+        "the JSON input is empty: it needs an array of recipient objects, each with an `email`"
+    )]
+    EmptyJson,
+    /// The JSON input is something other than an array.
+    #[error("the JSON input is not an array of recipient objects: {0}")]
+    NotJsonArray(String),
+    /// The input could not be read before its first row.
+    #[error("the recipients cannot be read: {0}")]
+    Unreadable(String),
+}
+
+/// The ways a recipient list is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientFormat {
+    /// CSV with a header row naming an `email` column.
+    Csv,
+    /// One JSON array of objects.
+    JsonArray,
+    /// JSON Lines (NDJSON): one object per line.
+    JsonLines,
+}
+
+impl RecipientFormat {
+    /// The media types read as JSON Lines: the de facto `application/x-ndjson` and the
+    /// registered-to-be `application/jsonl`.
+    pub const JSON_LINES_MEDIA_TYPES: [&'static str; 2] =
+        ["application/x-ndjson", "application/jsonl"];
+
+    /// By a file's extension: `.csv`, `.jsonl` or `.ndjson` (any case); anything else is read
+    /// as a JSON array.
+    pub fn from_path(path: &Path) -> RecipientFormat {
+        let extension = path
+            .extension()
+            .and_then(|ext| ext.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match extension.as_str() {
+            "csv" => RecipientFormat::Csv,
+            "jsonl" | "ndjson" => RecipientFormat::JsonLines,
+            _ => RecipientFormat::JsonArray,
+        }
+    }
+
+    /// By a request's media type (lower case, without parameters); `None` for one that holds
+    /// no recipient list.
+    pub fn from_media_type(media_type: &str) -> Option<RecipientFormat> {
+        match media_type {
+            "text/csv" => Some(RecipientFormat::Csv),
+            "application/json" => Some(RecipientFormat::JsonArray),
+            other if Self::JSON_LINES_MEDIA_TYPES.contains(&other) => {
+                Some(RecipientFormat::JsonLines)
+            }
+            _ => None,
+        }
+    }
+
+    /// Starts reading `input` in this format: what comes before the first row (the CSV header,
+    /// the array's `[`) is checked here, the rows are read as they are asked for.
+    pub fn read<R: Read>(self, input: R) -> Result<RecipientRows<R>, RecipientError> {
+        Ok(match self {
+            RecipientFormat::Csv => RecipientRows::Csv(CsvRecipients::new(input)?),
+            RecipientFormat::JsonArray => RecipientRows::JsonArray(JsonRecipients::new(input)?),
+            RecipientFormat::JsonLines => {
+                RecipientRows::JsonLines(JsonLinesRecipients::new(input)?)
+            }
+        })
+    }
+}
+
+/// Rows of a recipient list in any [`RecipientFormat`], read one at a time.
+pub enum RecipientRows<R: Read> {
+    Csv(CsvRecipients<R>),
+    JsonArray(JsonRecipients<R>),
+    JsonLines(JsonLinesRecipients<R>),
+}
+
+impl<R: Read> Iterator for RecipientRows<R> {
+    type Item = Result<Recipient, RowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RecipientRows::Csv(rows) => rows.next(),
+            RecipientRows::JsonArray(rows) => rows.next(),
+            RecipientRows::JsonLines(rows) => rows.next(),
+        }
+    }
 }
 
 /// Streams recipients out of a CSV file one row at a time, so a million-row file never has
@@ -244,7 +370,7 @@ impl<R: Read> CsvRecipients<R> {
         )?;
         let email = &self.record[self.email_column];
         let email = EmailAddress::parse(email).map_err(|err| RowProblem {
-            column: None,
+            column: Some(self.columns[self.email_column].clone()),
             message: format!("invalid email address {email:?}: {err}"),
         })?;
         let fields = self

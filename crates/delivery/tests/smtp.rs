@@ -616,3 +616,107 @@ async fn smtp_idn_domain_reaches_a_server_without_smtputf8_as_a_labels() {
         "{text}"
     );
 }
+
+/// Bodies that exercise dot-stuffing: a dot at the start of the body, lone-dot lines (which
+/// would end DATA early if left single), doubled dots, dot lines around the 8 KiB and 64 KiB
+/// buffer sizes with the CRLF split across each, and a last line without its CRLF. (No bare
+/// LF: servers differ on whether it ends a line; the unit tests cover it against lettre.)
+fn dotted_bodies() -> Vec<String> {
+    let mut large = String::new();
+    for boundary in [8192usize, 65536] {
+        for offset in [-3i64, -2, -1, 0, 1, 2] {
+            let target = (boundary as i64 + offset) as usize;
+            while large.len() < target {
+                large.push_str(if large.len() % 78 == 76 { "\r\n" } else { "x" });
+            }
+            large.push_str("\r\n.\r\n..\r\n.x\r\n");
+        }
+    }
+    large.push_str("end\r\n");
+    vec![
+        ".starts with a dot\r\n.\r\n..\r\n...\r\n. \r\nend\r\n".to_string(),
+        "é and ü in 8-bit\r\n.é\r\n.".to_string(),
+        large,
+    ]
+}
+
+fn dotted_message(i: usize, body: &str) -> (String, OutgoingMessage) {
+    let to = format!("dots{i}@example.org");
+    let content = format!(
+        "From: <sender@example.com>\r\nTo: <{to}>\r\nSubject: dots {i}\r\nMessage-ID: <dots-{i}@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}"
+    );
+    let envelope = Envelope::new("bounce@example.com", [to.as_str()]).expect("valid envelope");
+    (content.clone(), OutgoingMessage::new(envelope, content))
+}
+
+#[tokio::test]
+async fn smtp_dot_stuffing_delivers_every_dot_line_intact_to_aiosmtpd() {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let transport = smtp(&server.url(), 1);
+    let bodies = dotted_bodies();
+    let mut sent = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let (content, outgoing) = dotted_message(i, body);
+        let accepted = transport.send(outgoing).await.expect("accepted");
+        assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+        sent.push(content);
+    }
+    transport.close().await;
+
+    let stored = server.messages();
+    assert_eq!(stored.len(), bodies.len());
+    for (i, content) in sent.iter().enumerate() {
+        let found = stored
+            .iter()
+            .find(|m| message_id(m).as_deref() == Some(&format!("<dots-{i}@example.com>")))
+            .unwrap_or_else(|| panic!("message {i} not in the Maildir"));
+        let text = String::from_utf8_lossy(found);
+        let (_, body) = text.split_once("\n\n").expect("header/body separator");
+        // The server un-stuffs; a last line without CRLF ends with the terminator's CRLF.
+        let mut expected = content
+            .split_once("\r\n\r\n")
+            .expect("separator")
+            .1
+            .to_string();
+        if !expected.ends_with("\r\n") {
+            expected.push_str("\r\n");
+        }
+        assert_eq!(body.as_bytes(), lf(&expected).as_slice(), "message {i}");
+    }
+}
+
+#[tokio::test]
+async fn smtp_dot_stuffing_keeps_smtp_sink_in_step_also_for_non_utf8_content() {
+    let Some(sink) = SmtpSink::start() else {
+        return;
+    };
+    let transport = smtp(&sink.url(), 1);
+    let mut count = 0u64;
+    for (i, body) in dotted_bodies().iter().enumerate() {
+        let (_, outgoing) = dotted_message(i, body);
+        let accepted = transport.send(outgoing).await.expect("accepted");
+        assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+        count += 1;
+    }
+    // Latin-1 bytes are not UTF-8: this content goes through lettre's own stuffing.
+    let (content, _) = dotted_message(99, ".\r\n..\r\nend\r\n");
+    let mut bytes = content.into_bytes();
+    bytes.extend_from_slice(b"caf\xe9\r\n.\r\n");
+    let envelope = Envelope::new("bounce@example.com", ["latin1@example.org"]).expect("valid");
+    let accepted = transport
+        .send(OutgoingMessage::new(envelope, bytes))
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+    count += 1;
+    // A lone dot left unstuffed would end DATA early and the rest would be read as commands:
+    // the next transaction on the same connection would fail.
+    let accepted = transport.send(message(1)).await.expect("still in step");
+    assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
+    count += 1;
+    transport.close().await;
+    let counters = sink.wait_for(SETTLE, |c| c.messages >= count && c.quits >= 1);
+    assert_eq!(counters.messages, count, "{counters:?}");
+}

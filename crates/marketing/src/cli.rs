@@ -9,7 +9,7 @@ use crate::task_commands::{TaskRepoClientArgs, TaskRepoServiceArgs, TasksCommand
 use crate::{report, roles, task_commands};
 use anyhow::Context;
 use campaign::CampaignStatus;
-use campaign::{CampaignDocument, CsvRecipients, Recipient, RowError};
+use campaign::{CampaignDocument, Recipient, RecipientFormat, RowError};
 use clap::{Parser, Subcommand};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,8 @@ pub enum Command {
     Validate {
         /// The campaign document (JSON).
         campaign: PathBuf,
-        /// Recipients as a JSON array (.json) or CSV with an `email` column (.csv).
+        /// Recipients as a JSON array (.json), JSON Lines (.jsonl, .ndjson) or CSV with an
+        /// `email` column (.csv).
         #[arg(long)]
         recipients: Option<PathBuf>,
         #[command(flatten)]
@@ -103,7 +104,8 @@ pub enum Command {
     Preview {
         /// The campaign document (JSON).
         campaign: PathBuf,
-        /// Recipients file (.json array or .csv); without it, the campaign's inline recipients.
+        /// Recipients file (.json array, .jsonl/.ndjson or .csv); without it, the campaign's
+        /// inline recipients.
         #[arg(long)]
         recipients: Option<PathBuf>,
         /// Which recipient, counting from 1 in file order.
@@ -126,8 +128,8 @@ pub enum Command {
     Send {
         /// The campaign document (JSON), templates embedded.
         campaign: PathBuf,
-        /// Recipients as a JSON array (.json) or CSV with an `email` column (.csv); without
-        /// it, the campaign's inline recipients.
+        /// Recipients as a JSON array (.json), JSON Lines (.jsonl, .ndjson) or CSV with an
+        /// `email` column (.csv), streamed; without it, the campaign's inline recipients.
         #[arg(long)]
         recipients: Option<PathBuf>,
         /// Print the summary as JSON.
@@ -531,24 +533,15 @@ fn validate(
     })
 }
 
-/// Reads a recipient file by its extension: `.csv` streams rows; anything else is a JSON array.
+/// Reads a recipient file in the format its extension names (`.csv`, `.jsonl`/`.ndjson`,
+/// otherwise a JSON array), row by row as the caller asks: the file is never held whole.
 pub fn read_recipients(
     path: &Path,
 ) -> anyhow::Result<Box<dyn Iterator<Item = Result<Recipient, RowError>> + Send>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let is_csv = path
-        .extension()
-        .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
-    if is_csv {
-        let rows = CsvRecipients::new(std::io::BufReader::new(file))
-            .with_context(|| format!("{} cannot be used", path.display()))?;
-        Ok(Box::new(rows))
-    } else {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let recipients: Vec<Recipient> = campaign::document::parse_json(&bytes)
-            .with_context(|| format!("{} is not a JSON array of recipients", path.display()))?;
-        Ok(Box::new(recipients.into_iter().map(Ok)))
-    }
+    let rows = RecipientFormat::from_path(path)
+        .read(file)
+        .with_context(|| format!("{} cannot be used", path.display()))?;
+    Ok(Box::new(rows))
 }

@@ -31,8 +31,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "FILE")]
     pub template: PathBuf,
 
-    /// Recipients as a JSON array (.json) or CSV with an `email` column (.csv); without it,
-    /// the campaign's inline recipients.
+    /// Recipients as a JSON array (.json), JSON Lines (.jsonl, .ndjson) or CSV with an
+    /// `email` column (.csv); without it, the campaign's inline recipients.
     #[arg(long, value_name = "FILE")]
     pub recipients: Option<PathBuf>,
 
@@ -503,7 +503,7 @@ fn source_rows(
     }
     if unique.is_empty() {
         anyhow::bail!(
-            "{where_from} has no recipients; pass --recipients FILE (.json array or .csv with an `email` column)"
+            "{where_from} has no recipients; pass --recipients FILE (.json array, .jsonl or .csv with an `email` column)"
         );
     }
     if duplicates > 0 {

@@ -204,6 +204,10 @@ pub struct CompiledCampaign {
     unsubscribe_mailto: Option<campaign::EmailAddress>,
     /// The sender identifier of the `Feedback-ID` header, when the campaign gives one.
     pub(crate) feedback_id: Option<String>,
+    /// The recipient fields the templates can read, by minijinja's static analysis; `None`
+    /// when they can read any (through the `recipient` variable). Only these are converted
+    /// to template values per recipient: a CSV export's other columns cost nothing.
+    used_fields: Option<HashSet<String>>,
 }
 
 impl CompiledCampaign {
@@ -290,6 +294,7 @@ impl CompiledCampaign {
                 });
             }
         }
+        let used_fields = used_fields(&env);
         let campaign = Value::from_object(values::object([
             ("name", Value::from(doc.name.as_str())),
             ("metadata", values::from_json_map(&doc.metadata)),
@@ -317,6 +322,7 @@ impl CompiledCampaign {
             },
             unsubscribe_mailto: doc.unsubscribe_mailto.clone(),
             feedback_id: doc.feedback_id.clone(),
+            used_fields,
         })
     }
 
@@ -416,7 +422,7 @@ impl CompiledCampaign {
     }
 
     fn root_context(&self, recipient: &Recipient, ctx: &RecipientContext) -> Value {
-        let mut fields = values::from_json_fields(&recipient.fields);
+        let mut fields = values::from_json_fields(&recipient.fields, self.used_fields.as_ref());
         let email = Value::from(recipient.email.as_str());
         fields.insert("email".into(), email.clone());
         let fields = Value::from_object(fields);
@@ -487,6 +493,16 @@ impl CompiledCampaign {
         }
         Ok(output)
     }
+}
+
+/// The top-level names the templates look up, or `None` when they use `recipient` (which
+/// exposes every field, also by a name known only at run time).
+fn used_fields(env: &Environment<'static>) -> Option<HashSet<String>> {
+    let mut used = HashSet::new();
+    for (_, template) in env.templates() {
+        used.extend(template.undeclared_variables(false));
+    }
+    (!used.contains("recipient")).then_some(used)
 }
 
 /// Our URLs (base URL + base64url token): when one has nothing HTML-special in it, it is
@@ -615,6 +631,49 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn render_text(text: &str, fields: serde_json::Value) -> String {
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Fields",
+            "from": {"email": "news@shop.example"},
+            "templates": {"subject": "Hi", "text": text, "undefined_variables": "lenient"}
+        }))
+        .unwrap();
+        let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+        let ctx = RecipientContext {
+            campaign_id: uuid::Uuid::nil(),
+            recipient_id: 1,
+            unsubscribe_url: "https://m.shop.example/u/T".into(),
+            unsubscribe_mailto: None,
+            tracking: TrackingUrls::default(),
+        };
+        let recipient: Recipient = serde_json::from_value(fields).unwrap();
+        compiled.render(&recipient, &ctx).unwrap().text.unwrap()
+    }
+
+    /// Only the fields the templates name are converted, and a field named anywhere a
+    /// template can read it (a macro, a loop, a `set`) is among them; with `recipient` every
+    /// field is, as a key known only at run time may name any.
+    #[test]
+    fn fields_the_templates_read_are_there_wherever_they_are_read() {
+        let fields = json!({"email": "a@shop.example", "city": "Bath", "code": "X1", "n": 2});
+        assert_eq!(
+            render_text(
+                "{% macro m() %}{{ city }}{% endmacro %}{{ m() }}/{% for i in range(n) %}{{ code }}{% endfor %}/{% set c = city %}{{ c }}",
+                fields.clone()
+            ),
+            "Bath/X1X1/Bath"
+        );
+        assert_eq!(
+            render_text(
+                "{% for key in ['city', 'code'] %}{{ recipient[key] }} {% endfor %}{{ recipient.n }}",
+                fields.clone()
+            ),
+            "Bath X1 2"
+        );
+        // Lenient: a field no template names would print empty, converted or not.
+        assert_eq!(render_text("[{{ missing }}]", fields), "[]");
+    }
 
     /// A defect in some filter that panics fails the recipient being rendered, with the
     /// panic's message, and the compiled campaign goes on rendering others.

@@ -3,7 +3,7 @@
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind, State};
 use serde_json::{Map, Value as Json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Converts JSON directly (not through serde): cheaper per recipient, and it keeps numbers as
 /// integers where they are integers so `{{ count }}` prints `3`, not `3.0`.
@@ -23,14 +23,19 @@ pub(crate) fn from_json(value: &Json) -> Value {
     }
 }
 
-pub(crate) fn from_json_fields(map: &Map<String, Json>) -> BTreeMap<String, Value> {
+/// The fields named in `only` (all when `None`) as template values.
+pub(crate) fn from_json_fields(
+    map: &Map<String, Json>,
+    only: Option<&HashSet<String>>,
+) -> BTreeMap<String, Value> {
     map.iter()
+        .filter(|(key, _)| only.is_none_or(|only| only.contains(*key)))
         .map(|(key, value)| (key.clone(), from_json(value)))
         .collect()
 }
 
 pub(crate) fn from_json_map(map: &Map<String, Json>) -> Value {
-    Value::from_object(from_json_fields(map))
+    Value::from_object(from_json_fields(map, None))
 }
 
 pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
@@ -264,7 +269,9 @@ fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<Strin
     };
     let (thousands, point) = separators("number", &kwargs)?;
     kwargs.assert_all_used()?;
-    Ok(group(amount, decimals, &thousands, &point))
+    let mut out = String::new();
+    group(&mut out, amount, decimals, sep(&thousands), sep(&point));
+    Ok(out)
 }
 
 /// `{{ price | currency("EUR") }}` → `€12.50`. Symbols for common codes, the ISO code itself
@@ -272,24 +279,39 @@ fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<Strin
 /// `number`.
 fn currency(value: Value, code: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
     let (amount, _) = to_number(&value)?;
-    let code = match code {
-        Some(code) => currency_code_arg(&code).map_err(|m| invalid("currency", m))?,
-        None => "USD".to_string(),
+    let code = match &code {
+        Some(code) => currency_code_arg(code).map_err(|m| invalid("currency", m))?,
+        None => *b"USD",
     };
-    let (symbol, decimals) = match code.as_str() {
-        "USD" | "CAD" | "AUD" | "NZD" => ("$".to_string(), 2),
-        "EUR" => ("€".to_string(), 2),
-        "GBP" => ("£".to_string(), 2),
-        "JPY" => ("¥".to_string(), 0),
-        "KRW" => ("₩".to_string(), 0),
-        "INR" => ("₹".to_string(), 2),
-        other => (format!("{other} "), 2),
+    // The symbol, whether a space follows it, and the minor unit's digits.
+    let (symbol, spaced, decimals) = match &code {
+        b"USD" | b"CAD" | b"AUD" | b"NZD" => ("$", false, 2),
+        b"EUR" => ("€", false, 2),
+        b"GBP" => ("£", false, 2),
+        b"JPY" => ("¥", false, 0),
+        b"KRW" => ("₩", false, 0),
+        b"INR" => ("₹", false, 2),
+        // Three ASCII letters, as currency_code_arg checked.
+        other => (std::str::from_utf8(other).unwrap_or_default(), true, 2),
     };
     let (thousands, point) = separators("currency", &kwargs)?;
     kwargs.assert_all_used()?;
-    let formatted = group(amount.abs(), decimals, &thousands, &point);
-    let sign = if amount < 0.0 { "-" } else { "" };
-    Ok(format!("{sign}{symbol}{formatted}"))
+    let mut out = String::with_capacity(16);
+    if amount < 0.0 {
+        out.push('-');
+    }
+    out.push_str(symbol);
+    if spaced {
+        out.push(' ');
+    }
+    group(
+        &mut out,
+        amount.abs(),
+        decimals,
+        sep(&thousands),
+        sep(&point),
+    );
+    Ok(out)
 }
 
 /// `{{ signup | date }}`, `{{ signup | date("%e %B %Y") }}` (strftime, or `short`, `medium`,
@@ -377,22 +399,31 @@ fn separator_arg(name: &str, value: &Value) -> Result<String, String> {
     }
 }
 
-fn separators(filter: &str, kwargs: &Kwargs) -> Result<(String, String), Error> {
-    let pick = |name: &str, default: &str| -> Result<String, Error> {
+/// `thousands` and `point` (checked strings; short ones are stored inline, no allocation).
+fn separators(filter: &str, kwargs: &Kwargs) -> Result<(Value, Value), Error> {
+    let pick = |name: &str, default: &'static str| -> Result<Value, Error> {
         match kwargs.get::<Option<Value>>(name)? {
-            Some(given) => separator_arg(name, &given).map_err(|m| invalid(filter, m)),
-            None => Ok(default.to_string()),
+            Some(given) => separator_arg(name, &given)
+                .map(|_| given)
+                .map_err(|m| invalid(filter, m)),
+            None => Ok(Value::from(default)),
         }
     };
     Ok((pick("thousands", ",")?, pick("point", ".")?))
 }
 
+fn sep(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
 /// An ISO 4217 code: three letters, any case.
-fn currency_code_arg(value: &Value) -> Result<String, String> {
-    match value.as_str() {
-        Some(code) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) => {
-            Ok(code.to_ascii_uppercase())
-        }
+fn currency_code_arg(value: &Value) -> Result<[u8; 3], String> {
+    match value.as_str().map(str::as_bytes) {
+        Some(&[a, b, c]) if [a, b, c].iter().all(u8::is_ascii_alphabetic) => Ok([
+            a.to_ascii_uppercase(),
+            b.to_ascii_uppercase(),
+            c.to_ascii_uppercase(),
+        ]),
         _ => Err(format!(
             "the currency must be a three-letter ISO 4217 code such as \"EUR\", not {}",
             quoted(value)
@@ -443,10 +474,10 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
 
 /// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
 /// about 330 and the separators at most a hundred.
-fn group(amount: f64, decimals: usize, thousands: &str, point: &str) -> String {
+fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
     let fixed = format!("{:.*}", decimals, amount.abs());
     let (int_part, frac_part) = fixed.split_once('.').unwrap_or((&fixed, ""));
-    let mut out = String::with_capacity(fixed.len() + fixed.len() / 3 * thousands.len() + 2);
+    out.reserve(fixed.len() + fixed.len() / 3 * thousands.len() + 2);
     if amount < 0.0 && fixed.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
         out.push('-');
     }
@@ -460,7 +491,6 @@ fn group(amount: f64, decimals: usize, thousands: &str, point: &str) -> String {
         out.push_str(point);
         out.push_str(frac_part);
     }
-    out
 }
 
 #[cfg(test)]

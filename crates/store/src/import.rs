@@ -3,23 +3,49 @@
 
 use crate::{MAX_REPORTED_ROW_ERRORS, StoreError};
 use campaign::{LocalSendTime, Recipient, RecipientZone, RowError};
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::future::Future;
 
 /// Recipients as they are read (from a request body, a file, a generator), each row either a
-/// recipient or the reason it is unusable.
-pub type RecipientStream<'a> = BoxStream<'a, Result<Recipient, RowError>>;
+/// recipient or the reason it is unusable. The import pulls rows as it stores them, so a
+/// source that reads lazily (a file, a request body) is never held whole.
+pub struct RecipientStream<'a> {
+    rows: BoxStream<'a, Result<Recipient, RowError>>,
+    on_chunk_stored: Option<ChunkStored<'a>>,
+}
 
-/// A stream over recipients already in memory (a JSON array, inline recipients).
+/// Told the report so far each time a chunk of rows has been inserted (not yet committed).
+type ChunkStored<'a> = Box<dyn FnMut(&ImportReport) + Send + 'a>;
+
+impl<'a> RecipientStream<'a> {
+    /// Rows from an asynchronous source (a channel fed by a parser on another thread).
+    pub fn new(rows: impl Stream<Item = Result<Recipient, RowError>> + Send + 'a) -> Self {
+        RecipientStream {
+            rows: rows.boxed(),
+            on_chunk_stored: None,
+        }
+    }
+
+    /// Calls `observer` after every chunk the import inserts, with the report up to that
+    /// chunk: progress for a long import, and the evidence that rows are stored while the
+    /// source is still being read.
+    pub fn on_chunk_stored(mut self, observer: impl FnMut(&ImportReport) + Send + 'a) -> Self {
+        self.on_chunk_stored = Some(Box::new(observer));
+        self
+    }
+}
+
+/// A stream over rows an iterator yields: recipients in memory (inline recipients), or a
+/// reader that parses a file as the import asks for rows.
 pub fn recipient_stream<'a, I>(rows: I) -> RecipientStream<'a>
 where
     I: IntoIterator<Item = Result<Recipient, RowError>>,
     I::IntoIter: Send + 'a,
 {
-    futures::stream::iter(rows).boxed()
+    RecipientStream::new(futures::stream::iter(rows))
 }
 
 /// Rows inserted per statement: large enough to amortise the round trip, small enough to stay
@@ -100,9 +126,13 @@ pub(crate) trait ChunkSink {
 /// recipient's zone is resolved here, the one place every import passes.
 pub(crate) async fn drive<S: ChunkSink + Send>(
     sink: &mut S,
-    mut stream: RecipientStream<'_>,
+    stream: RecipientStream<'_>,
     local_send_time: Option<&LocalSendTime>,
 ) -> Result<ImportReport, StoreError> {
+    let RecipientStream {
+        rows: mut stream,
+        mut on_chunk_stored,
+    } = stream;
     let mut report = ImportReport::default();
     let mut bad_rows: Vec<RowError> = Vec::new();
     let mut bad_total: u64 = 0;
@@ -124,7 +154,7 @@ pub(crate) async fn drive<S: ChunkSink + Send>(
                     unrecognised_time_zone,
                 });
                 if chunk.len() == CHUNK_ROWS {
-                    insert(sink, &mut chunk, &mut report).await?;
+                    insert(sink, &mut chunk, &mut report, &mut on_chunk_stored).await?;
                 }
             }
             Ok(_) => {}
@@ -142,7 +172,7 @@ pub(crate) async fn drive<S: ChunkSink + Send>(
             total: bad_total,
         });
     }
-    insert(sink, &mut chunk, &mut report).await?;
+    insert(sink, &mut chunk, &mut report, &mut on_chunk_stored).await?;
     Ok(report)
 }
 
@@ -150,6 +180,7 @@ async fn insert<S: ChunkSink>(
     sink: &mut S,
     chunk: &mut Vec<ImportRow>,
     report: &mut ImportReport,
+    on_chunk_stored: &mut Option<ChunkStored<'_>>,
 ) -> Result<(), StoreError> {
     if chunk.is_empty() {
         return Ok(());
@@ -186,6 +217,9 @@ async fn insert<S: ChunkSink>(
         } else {
             note_duplicate(report, row.row, &row.recipient);
         }
+    }
+    if let Some(observer) = on_chunk_stored.as_mut() {
+        observer(report);
     }
     Ok(())
 }

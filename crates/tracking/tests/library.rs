@@ -215,35 +215,20 @@ async fn engagement_records_verified_opens_and_clicks_and_refuses_forgeries(
     assert_eq!(counts.by_link.keys().copied().collect::<Vec<_>>(), [1]);
 }
 
-macro_rules! suite {
-    ($backend:ident, $open:expr) => {
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        #[allow(clippy::redundant_closure_call)]
-                        let Some((store, _database)) = ($open)().await else {
-                            return;
-                        };
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(the_intake_attributes_records_and_applies_the_suppression_rule);
-            case!(engagement_records_verified_opens_and_clicks_and_refuses_forgeries);
-        }
-    };
+/// Opens the store on the test database and runs one case on it.
+async fn with_store<Case, Run>(database: testkit::TestDatabase, case: Case)
+where
+    Case: FnOnce(std::sync::Arc<dyn store::CampaignStore>) -> Run,
+    Run: std::future::Future<Output = ()>,
+{
+    let store = store::connect(database.url()).await.unwrap();
+    case(store).await;
+    drop(database);
 }
 
-suite!(sqlite, || async {
-    let database = testkit::SqliteDatabase::create();
-    let store = store::connect(&database.url).await.unwrap();
-    Some((store, Box::new(database) as Box<dyn std::any::Any + Send>))
-});
-
-suite!(postgres, || async {
-    let database = testkit::PostgresDatabase::create().await?;
-    let store = store::connect(&database.url).await.unwrap();
-    Some((store, Box::new(database) as Box<dyn std::any::Any + Send>))
-});
+testkit::backend_suite! {
+    #[tokio::test] with_store => [
+        the_intake_attributes_records_and_applies_the_suppression_rule,
+        engagement_records_verified_opens_and_clicks_and_refuses_forgeries,
+    ];
+}

@@ -393,7 +393,7 @@ async fn malformed_requests_get_problems_and_store_nothing(app: TestApp) {
             recipients_path.clone(),
             br#"[{"email": "new4@example.com"}, {"email": 7}]"#.to_vec(),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "[1]",
+            "row 2 (line 1): `email` must be a string",
         ),
         (
             "recipients as XML",

@@ -160,7 +160,11 @@ async fn oversized_recipient_fields_and_rows_are_refused_whole(app: TestApp) {
         "JSON array field",
     )
     .await;
-    assert_eq!(body["errors"][0]["field"], "[1]", "{body}");
+    assert_eq!(
+        (&body["errors"][0]["row"], &body["errors"][0]["column"]),
+        (&json!(2), &json!("first_name")),
+        "{body}"
+    );
 
     let csv =
         format!("email,first_name,notes\none@example.com,Ann,short\ntwo@example.com,Bob,{field}\n");

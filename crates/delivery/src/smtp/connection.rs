@@ -8,6 +8,7 @@
 use crate::message::OutgoingMessage;
 use crate::outcome::{Accepted, RecipientRefused, Reply, SendError, Stage};
 use crate::smtp::config::{Security, SmtpConfig};
+use crate::smtp::data;
 use crate::smtp::tls::{Encryption, ImplicitTlsStream};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
@@ -52,6 +53,8 @@ pub(crate) struct Failure {
 
 pub(crate) struct Connection {
     inner: AsyncSmtpConnection,
+    /// The last message's DATA as sent, kept for its capacity: the next one is stuffed into it.
+    data: String,
     /// Transactions completed (accepted or rejected) on this connection; a failure on the
     /// first command of a reused connection may just be the server's idle timeout.
     pub(crate) transactions: u64,
@@ -204,6 +207,7 @@ impl Connection {
         }
         Ok(Connection {
             inner,
+            data: String::new(),
             transactions: 0,
         })
     }
@@ -304,11 +308,21 @@ impl Connection {
         }
 
         step(Stage::Data, timeouts.command, self.inner.command(Data)).await?;
-        // lettre always ends the content with CRLF.CRLF; a message that already ends with CRLF
-        // would gain an empty line, so hand it over without its last line break.
         let content = message.content.as_ref();
-        let content = content.strip_suffix(b"\r\n").unwrap_or(content);
-        let response = step(Stage::Message, timeouts.data, self.inner.message(content)).await?;
+        let response = match std::str::from_utf8(content) {
+            // Every message this service builds is UTF-8: stuffed here, in one write.
+            Ok(text) => {
+                data::stuff_into(text, &mut self.data);
+                let sent = self.inner.command(data::Stuffed(&self.data));
+                step(Stage::Message, timeouts.data, sent).await?
+            }
+            // Other bytes go through lettre's own (slower) stuffing, which needs the content
+            // without its last line break, as stuff_into does.
+            Err(_) => {
+                let content = content.strip_suffix(b"\r\n").unwrap_or(content);
+                step(Stage::Message, timeouts.data, self.inner.message(content)).await?
+            }
+        };
         Ok(Accepted {
             reply: reply_of(&response),
             refused,

@@ -7,6 +7,7 @@
 
 pub mod config;
 mod connection;
+mod data;
 mod tls;
 
 use crate::config::ConfigError;
