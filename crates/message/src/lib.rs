@@ -23,7 +23,9 @@ pub use dkim::{
     generate_key as generate_dkim_key,
 };
 pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_id};
-pub use new_campaign::{NewCampaignError, check_new_campaign, template_problem};
+pub use new_campaign::{
+    NewCampaignError, check_new_campaign, template_problem, unknown_variable_problems,
+};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
     SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable, panic_message,
