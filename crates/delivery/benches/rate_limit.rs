@@ -60,7 +60,9 @@ fn slot(c: &mut Criterion) {
     let governed = current();
     let quota = delivery::rate_limit::quota(RATE, (RATE / 10.0) as u32).expect("quota");
     let quanta = RateLimiter::direct_with_clock(quota, QuantaClock::default());
-    group.bench_function("previous_mutex", |b| b.iter(|| black_box(previous.reserve())));
+    group.bench_function("previous_mutex", |b| {
+        b.iter(|| black_box(previous.reserve()))
+    });
     group.bench_function("governor_tokio_clock", |b| {
         b.iter(|| black_box(governed.try_acquire()))
     });
