@@ -78,6 +78,7 @@ impl TokenBucket {
     }
 
     /// Takes a slot if one is free now, or says how long until one is.
+    #[inline]
     pub fn try_acquire(&self) -> Result<(), Duration> {
         self.limiter.check().map_err(|refused| wait_time(&refused))
     }
