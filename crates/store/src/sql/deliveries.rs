@@ -264,27 +264,32 @@ impl DeliveryRepository for Store {
             .collect();
         for chunk in sent.chunks(SENT_PER_STATEMENT) {
             let mut builder = QueryBuilder::<Db>::new(
-                "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = sent.reply, \
+                "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = sent.column2, \
                  last_error = NULL, next_attempt_at = NULL, sent_at = ",
             );
             builder
                 .push_bind(now)
                 .push(", updated_at = ")
                 .push_bind(now)
-                .push(" FROM (");
+                .push(" FROM (VALUES ");
+            // A VALUES list, not a UNION ALL of SELECTs: when a cancel has locked some of
+            // these rows, PostgreSQL re-checks each row it waited for against the joined
+            // row, and with a UNION ALL it lost all but one of them (the message was sent,
+            // the row stayed `cancelled`). VALUES columns are `column1`, `column2` on both
+            // backends.
             for (index, (id, reply)) in chunk.iter().enumerate() {
                 if index > 0 {
-                    builder.push(" UNION ALL ");
+                    builder.push(", ");
                 }
                 builder
-                    .push("SELECT ")
+                    .push("(")
                     .push_bind(*id)
-                    .push(" AS id, ")
+                    .push(", ")
                     .push_bind(*reply)
-                    .push(" AS reply");
+                    .push(")");
             }
             builder.push(
-                ") AS sent WHERE recipients.id = sent.id \
+                ") AS sent WHERE recipients.id = sent.column1 \
                  AND recipients.status IN ('pending', 'deferred', 'cancelled')",
             );
             builder.build().execute(&mut *tx).await?;

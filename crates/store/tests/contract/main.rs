@@ -91,5 +91,8 @@ testkit::backend_suite! {
         a_json_array_is_stored_while_it_is_read,
         json_lines_are_stored_while_they_are_read,
     ];
-    #[tokio::test] with_store_and_url => [stored_keys_follow_the_current_rule];
+    #[tokio::test] with_store_and_url => [
+        stored_keys_follow_the_current_rule,
+        sent_outcomes_that_wait_for_a_cancel_are_all_recorded,
+    ];
 }
