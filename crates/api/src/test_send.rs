@@ -156,6 +156,12 @@ async fn test_send(
             .message(&recipient, &context, &options, None)
             .map_err(|err| match err {
                 message::MessageError::Template(err) => template_problem(&err),
+                message::MessageError::Build(message::BuildError::Envelope(err)) => {
+                    ApiError::invalid(vec![campaign::Problem {
+                        field: "addresses".into(),
+                        message: format!("{}: {err}", recipient.email.as_str()),
+                    }])
+                }
                 other => ApiError::invalid(vec![campaign::Problem {
                     field: "fields".into(),
                     message: other.to_string(),
@@ -201,13 +207,6 @@ async fn test_send(
             ));
         };
         let built = build(address, state.links.test_unsubscribe(campaign.id, test_id))?;
-        let envelope =
-            delivery::Envelope::new(&built.envelope_from, &built.recipients).map_err(|err| {
-                ApiError::invalid(vec![campaign::Problem {
-                    field: "addresses".into(),
-                    message: format!("{shown}: {err}"),
-                }])
-            })?;
         let bytes = match state
             .dkim
             .clone()
@@ -215,7 +214,7 @@ async fn test_send(
         {
             // Off the async threads, as the workers do: RSA signing takes over a millisecond.
             Some(signer) => {
-                let unsigned = built.bytes;
+                let unsigned = built.content;
                 tokio::task::spawn_blocking(move || {
                     signer.sign_bytes(&unsigned, time::OffsetDateTime::now_utc().unix_timestamp())
                 })
@@ -223,10 +222,13 @@ async fn test_send(
                 .map_err(|err| ApiError::Internal(format!("DKIM signing did not finish: {err}")))?
                 .map_err(|err| ApiError::Internal(format!("DKIM signing failed: {err}")))?
             }
-            None => built.bytes,
+            None => built.content.to_vec(),
         };
-        let outgoing = delivery::OutgoingMessage::new(envelope, bytes)
-            .with_ids(campaign.id.to_string(), format!("test-{test_id}"));
+        let outgoing = message::OutgoingMessage {
+            content: bytes.into(),
+            ..built
+        }
+        .with_ids(campaign.id.to_string(), format!("test-{test_id}"));
         results.push(match transport.send(outgoing).await {
             Ok(accepted) => TestSendResult {
                 address: shown,
