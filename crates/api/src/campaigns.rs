@@ -11,6 +11,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus};
 use serde::{Deserialize, Serialize};
+use service::CampaignError;
 use store::{
     CampaignFilter, CampaignRecord, DeliveryCounts, DeliveryRecord, ImportReport, recipient_stream,
 };
@@ -63,24 +64,32 @@ struct Created {
     recipients: ImportReport,
 }
 
-/// The checks of a new campaign (`message::check_new_campaign`), as API errors.
-pub(crate) fn check_new_campaign(
-    state: &AppState,
-    document: &CampaignDocument,
-) -> Result<(), ApiError> {
-    message::check_new_campaign(
-        document,
-        &document.recipients,
-        &state.message_settings,
-        state.settings.max_recipients_per_request,
-    )
-    .map(|_| ())
-    .map_err(|err| match err {
-        message::NewCampaignError::Invalid(problems) => ApiError::invalid(problems),
-        message::NewCampaignError::TooManyRecipients { limit, .. } => {
-            crate::recipients::too_many_recipients(limit)
+/// The campaign service's refusals as problem+json: the one mapping of [`CampaignError`].
+impl From<CampaignError> for ApiError {
+    fn from(err: CampaignError) -> Self {
+        match err {
+            CampaignError::Invalid(err) => err.into(),
+            CampaignError::TooManyRecipients { limit, .. } => {
+                crate::recipients::too_many_recipients(limit)
+            }
+            CampaignError::NotFound(_) => ApiError::NotFound(err.to_string()),
+            CampaignError::Refused { .. } | CampaignError::NothingToRetry(_) => {
+                ApiError::Conflict(err.to_string())
+            }
+            CampaignError::QuotaExceeded {
+                detail,
+                retry_after_seconds,
+            } => ApiError::TooManyRequests {
+                detail,
+                retry_after_seconds,
+            },
+            CampaignError::NoTransport | CampaignError::Tasks(_) => {
+                ApiError::Unavailable(err.to_string())
+            }
+            CampaignError::Store(err) => err.into(),
+            CampaignError::Internal(detail) => ApiError::Internal(detail),
         }
-    })
+    }
 }
 
 pub(crate) fn template_problem(err: &message::TemplateError) -> ApiError {
@@ -139,20 +148,19 @@ async fn create(
 }
 
 async fn create_campaign(state: &AppState, body: &Bytes) -> Result<Response, ApiError> {
-    let document = CampaignDocument::from_json(body, &state.settings.limits)?;
-    document.check_schedule(OffsetDateTime::now_utc())?;
-    check_new_campaign(state, &document)?;
-    let recipients = document
-        .recipients
-        .iter()
-        .cloned()
-        .map(Ok)
-        .collect::<Vec<_>>();
+    let document =
+        service::read_new_campaign(body, &state.settings.limits, OffsetDateTime::now_utc())?;
+    service::check_new_campaign(
+        &document,
+        &document.recipients,
+        &state.message_settings,
+        state.settings.max_recipients_per_request,
+    )?;
+    let recipients = document.recipients.iter().cloned().map(Ok);
     let (campaign, report) = state
-        .store
-        .create_campaign(&document, recipient_stream(recipients))
+        .campaigns()
+        .create(&document, recipient_stream(recipients))
         .await?;
-    tracing::info!(campaign = %campaign.id, name = %campaign.name, recipients = report.imported, "campaign created");
     let location = format!("/api/v1/campaigns/{}", campaign.id);
     let mut response = crate::problem::json_answer(
         StatusCode::CREATED,
@@ -228,12 +236,7 @@ async fn list(
 }
 
 pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<CampaignRecord, ApiError> {
-    let id = campaign_id(raw_id)?;
-    state
-        .store
-        .get_campaign(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("campaign {id} does not exist")))
+    Ok(state.campaigns().find(campaign_id(raw_id)?).await?)
 }
 
 /// Get a campaign with its whole document.

@@ -1,10 +1,12 @@
 //! Campaign control: send now, schedule and unschedule, pause, resume, cancel.
 //!
-//! Every action is idempotent (asking for the state a campaign is already in answers 200) and
-//! an impossible transition answers 409 naming the current state. The campaign processor and
-//! the task processor act on the states set here.
+//! Each handler reads the request and hands the action to the campaign service
+//! ([`service::CampaignService`]): every action is idempotent (asking for the state a campaign
+//! is already in answers 200) and an impossible transition answers 409 with the transition
+//! table's words, naming the current and the asked-for state. The campaign processor and the
+//! task processor act on the states set here.
 
-use crate::campaigns::{StatusView, find, status_view};
+use crate::campaigns::{StatusView, campaign_id, status_view};
 use crate::idempotency::{self, CallerKey};
 use crate::problem::AdminProblems;
 use crate::{ApiError, AppState};
@@ -14,7 +16,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use campaign::CampaignStatus;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
@@ -73,14 +74,7 @@ async fn schedule(
 ) -> Result<Json<StatusView>, ApiError> {
     let request: ScheduleRequest = campaign::document::parse_json(&body?)?;
     let at = parse_schedule(&request.scheduled_at, OffsetDateTime::now_utc())?;
-    let campaign = find(&state, &id).await?;
-    if !state.store.schedule_campaign(campaign.id, Some(at)).await? {
-        let current = find(&state, &id).await?;
-        return Err(ApiError::Conflict(format!(
-            "campaign {} is {}; only a draft or scheduled campaign can be (re)scheduled",
-            current.id, current.status
-        )));
-    }
+    state.campaigns().schedule(campaign_id(&id)?, at).await?;
     Ok(Json(status_view(&state, &id).await?))
 }
 
@@ -98,54 +92,8 @@ async fn unschedule(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StatusView>, ApiError> {
-    let campaign = find(&state, &id).await?;
-    if !state.store.schedule_campaign(campaign.id, None).await? {
-        return Err(ApiError::Conflict(format!(
-            "campaign {} is {}; only a scheduled campaign can be unscheduled",
-            campaign.id, campaign.status
-        )));
-    }
+    state.campaigns().unschedule(campaign_id(&id)?).await?;
     Ok(Json(status_view(&state, &id).await?))
-}
-
-/// Applies `from → to`, answering 200 when the campaign already is in `to` and 409 otherwise.
-async fn transition(
-    state: &AppState,
-    raw_id: &str,
-    from: &[CampaignStatus],
-    to: CampaignStatus,
-    action: &str,
-) -> Result<Json<StatusView>, ApiError> {
-    let campaign = find(state, raw_id).await?;
-    if campaign.status != to {
-        let moved = if to == CampaignStatus::Cancelled {
-            state.store.cancel_campaign(campaign.id, from).await?
-        } else {
-            state
-                .store
-                .transition_campaign(campaign.id, from, to)
-                .await?
-        };
-        if !moved {
-            let current = find(state, raw_id).await?;
-            if current.status != to {
-                let allowed: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-                return Err(ApiError::Conflict(format!(
-                    "campaign {} is {}; {action} is possible only while it is {}",
-                    current.id,
-                    current.status,
-                    allowed.join(", ")
-                )));
-            }
-        }
-        tracing::info!(campaign = %campaign.id, from = %campaign.status, to = %to, "campaign {action}");
-        // A cancel ends the processing of a campaign that had been scheduled or sent; this
-        // process made that final transition, so it counts it (a draft never started).
-        if moved && to == CampaignStatus::Cancelled && campaign.status != CampaignStatus::Draft {
-            processor::record_campaign_ended(state.store.as_ref(), campaign.id).await?;
-        }
-    }
-    Ok(Json(status_view(state, raw_id).await?))
 }
 
 /// Send a campaign now.
@@ -173,7 +121,7 @@ async fn send(
     // The campaign is part of what the key stands for: reusing it for another campaign is a
     // client bug, answered 422 like a different body on POST /campaigns.
     // By the parsed id, so that an upper-case spelling of the same UUID is the same request.
-    let target = crate::campaigns::campaign_id(&id).map_or_else(|_| id.clone(), |c| c.to_string());
+    let target = campaign_id(&id).map_or_else(|_| id.clone(), |c| c.to_string());
     let route = format!("POST /api/v1/campaigns/{target}/send");
     idempotency::once(&state, &caller, &headers, &route, &Bytes::new(), || {
         send_now(&state, &id)
@@ -182,24 +130,8 @@ async fn send(
 }
 
 async fn send_now(state: &AppState, id: &str) -> Result<Response, ApiError> {
-    let campaign = find(state, id).await?;
-    match processor::enqueue_campaign(state.store.as_ref(), state.tasks.as_ref(), campaign.id).await
-    {
-        Ok((record, task)) => {
-            tracing::info!(campaign = %record.id, task = %task.id, "campaign queued for sending");
-            crate::problem::json_answer(StatusCode::ACCEPTED, &status_view(state, id).await?)
-        }
-        Err(err @ processor::ProcessorError::NotSendable { .. }) => {
-            Err(ApiError::Conflict(err.to_string()))
-        }
-        Err(processor::ProcessorError::Store(err)) => Err(err.into()),
-        Err(err @ processor::ProcessorError::CampaignNotFound(_)) => {
-            Err(ApiError::NotFound(err.to_string()))
-        }
-        Err(err) => Err(ApiError::Unavailable(format!(
-            "the campaign could not be queued: {err}"
-        ))),
-    }
+    state.campaigns().send(campaign_id(id)?).await?;
+    crate::problem::json_answer(StatusCode::ACCEPTED, &status_view(state, id).await?)
 }
 
 /// Retry a finished campaign's failed recipients.
@@ -223,22 +155,8 @@ async fn retry_failed(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let campaign = find(&state, &id).await?;
-    match processor::retry_failed(state.store.as_ref(), state.tasks.as_ref(), campaign.id).await {
-        Ok(_) => {
-            crate::problem::json_answer(StatusCode::ACCEPTED, &status_view(&state, &id).await?)
-        }
-        Err(err @ processor::ProcessorError::NotRetryable { .. }) => {
-            Err(ApiError::Conflict(err.to_string()))
-        }
-        Err(processor::ProcessorError::Store(err)) => Err(err.into()),
-        Err(err @ processor::ProcessorError::CampaignNotFound(_)) => {
-            Err(ApiError::NotFound(err.to_string()))
-        }
-        Err(err) => Err(ApiError::Unavailable(format!(
-            "the failed recipients could not be queued again: {err}"
-        ))),
-    }
+    state.campaigns().retry_failed(campaign_id(&id)?).await?;
+    crate::problem::json_answer(StatusCode::ACCEPTED, &status_view(&state, &id).await?)
 }
 
 /// Pause a queued or sending campaign (idempotent).
@@ -255,14 +173,8 @@ async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StatusView>, ApiError> {
-    transition(
-        &state,
-        &id,
-        &[CampaignStatus::Queued, CampaignStatus::Sending],
-        CampaignStatus::Paused,
-        "pause",
-    )
-    .await
+    state.campaigns().pause(campaign_id(&id)?).await?;
+    Ok(Json(status_view(&state, &id).await?))
 }
 
 /// Resume a paused campaign (idempotent).
@@ -279,36 +191,7 @@ async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StatusView>, ApiError> {
-    let campaign = find(&state, &id).await?;
-    if !matches!(
-        campaign.status,
-        CampaignStatus::Queued | CampaignStatus::Sending
-    ) {
-        // A campaign that never started goes back to the queue; one that did continues
-        // sending where its batches stopped.
-        let resumed =
-            processor::resume_campaign(state.store.as_ref(), state.tasks.as_ref(), campaign.id)
-                .await
-                .map_err(|err| match err {
-                    processor::ProcessorError::Store(err) => err.into(),
-                    other => {
-                        ApiError::Unavailable(format!("the campaign could not be resumed: {other}"))
-                    }
-                })?;
-        let current = find(&state, &id).await?;
-        if !resumed
-            && !matches!(
-                current.status,
-                CampaignStatus::Queued | CampaignStatus::Sending
-            )
-        {
-            return Err(ApiError::Conflict(format!(
-                "campaign {} is {}; resume is possible only while it is paused",
-                current.id, current.status
-            )));
-        }
-        tracing::info!(campaign = %campaign.id, from = %campaign.status, to = %current.status, "campaign resume");
-    }
+    state.campaigns().resume(campaign_id(&id)?).await?;
     Ok(Json(status_view(&state, &id).await?))
 }
 
@@ -326,20 +209,8 @@ async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<StatusView>, ApiError> {
-    transition(
-        &state,
-        &id,
-        &[
-            CampaignStatus::Draft,
-            CampaignStatus::Scheduled,
-            CampaignStatus::Queued,
-            CampaignStatus::Sending,
-            CampaignStatus::Paused,
-        ],
-        CampaignStatus::Cancelled,
-        "cancel",
-    )
-    .await
+    state.campaigns().cancel(campaign_id(&id)?).await?;
+    Ok(Json(status_view(&state, &id).await?))
 }
 
 #[cfg(test)]

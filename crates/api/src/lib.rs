@@ -26,7 +26,7 @@ use std::sync::Arc;
 use store::CampaignStore;
 
 pub use problem::ApiError;
-pub use test_send::{MAX_TEST_ADDRESSES, TEST_SUBJECT_MARK};
+pub use service::{MAX_TEST_ADDRESSES, TEST_SUBJECT_MARK};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -52,6 +52,14 @@ pub struct AppState {
     /// Outgoing webhooks: the bounce intake's bounced and complained (`engagement` holds
     /// the sink of opened, clicked and unsubscribed).
     pub events: webhooks::EventSink,
+}
+
+impl AppState {
+    /// The campaign service over this state's store and task repository.
+    pub fn campaigns(&self) -> service::CampaignService<'_> {
+        service::CampaignService::new(self.store.as_ref(), self.tasks.as_ref())
+            .with_message_settings(&self.message_settings)
+    }
 }
 
 /// Limits and knobs of the API, from configuration.

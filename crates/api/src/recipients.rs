@@ -109,7 +109,7 @@ async fn import_streamed(
                 }])
             }
         })?;
-    let result = state.store.import_recipients(id, rows).await;
+    let result = state.campaigns().add_recipients(id, rows).await;
     if too_large.load(Ordering::Relaxed) {
         return Err(ApiError::TooLarge(format!(
             "a recipient upload may be at most {limit} bytes; nothing was imported"

@@ -23,7 +23,7 @@ pub use recipient::{
     CsvRecipients, JsonLinesRecipients, JsonRecipients, Recipient, RecipientError, RecipientFormat,
     RecipientRows, RowError,
 };
-pub use status::{CampaignStatus, DeliveryStatus};
+pub use status::{CampaignAction, CampaignStatus, DeliveryStatus, TransitionRefused};
 
 /// Campaign ids are UUIDs (v7, so they sort by creation time).
 pub type CampaignId = uuid::Uuid;

@@ -125,6 +125,14 @@ pub enum SendError {
     /// The transport was shut down before the message went out.
     #[error("the transport is shut down")]
     Closed,
+    /// Not sent: the sending rate of its destination (a domain group, or the deployment's
+    /// total) has no slot free soon enough; it may go in `retry_in`. Nothing reached a server,
+    /// so this is no delivery attempt.
+    #[error("waiting for the sending rate of {destination}: next free slot in {retry_in:?}")]
+    RateLimited {
+        destination: String,
+        retry_in: Duration,
+    },
 }
 
 impl SendError {
@@ -150,7 +158,8 @@ impl SendError {
             | SendError::ConnectionLost { .. }
             | SendError::Timeout { .. }
             | SendError::Storage { .. }
-            | SendError::Closed => FailureClass::Temporary,
+            | SendError::Closed
+            | SendError::RateLimited { .. } => FailureClass::Temporary,
         }
     }
 

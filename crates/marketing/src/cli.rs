@@ -460,18 +460,20 @@ fn validate(
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(campaign_path)
         .with_context(|| format!("cannot read {}", campaign_path.display()))?;
-    let document = match CampaignDocument::from_json(&bytes, limits).and_then(|document| {
-        document.check_schedule(time::OffsetDateTime::now_utc())?;
-        Ok(document)
-    }) {
+    // Read as the service reads a campaign about to be created; the templates are compiled
+    // here (not checked against the inline recipients) to report every unknown variable,
+    // strict or lenient, against the recipients file.
+    let document = match service::read_new_campaign(&bytes, limits, time::OffsetDateTime::now_utc())
+    {
         Ok(document) => document,
-        Err(err) => {
+        Err(service::CampaignError::Invalid(err)) => {
             eprintln!("{} is not a valid campaign:", campaign_path.display());
             for problem in err.problems() {
                 eprintln!("  - {problem}");
             }
             return Ok(ExitCode::FAILURE);
         }
+        Err(err) => anyhow::bail!("{}: {err}", campaign_path.display()),
     };
     let compiled =
         match message::CompiledCampaign::compile(&document, &message::MessageSettings::default()) {

@@ -403,9 +403,15 @@ pub struct TransportArgs {
     #[arg(long, env = "SMTP_CONNECTIONS", default_value_t = 8, value_parser = smtp_connections)]
     pub smtp_connections: usize,
 
-    /// Messages per second per worker at most (token bucket); unset: no limit.
+    /// Messages per second at most for the whole deployment, shared by every worker on the
+    /// database (the API's test sends: per API process); unset: no limit.
     #[arg(long, env = "SMTP_RATE_LIMIT", value_parser = smtp_rate_limit)]
     pub smtp_rate_limit: Option<f64>,
+
+    /// TOML file of sending rates per destination domain or domain group (and a default for
+    /// the other domains), shared by every worker on the database; read and checked at start.
+    #[arg(long, env = "RATE_LIMITS_FILE", value_parser = rate_limits_file)]
+    pub rate_limits_file: Option<rates::RateLimits>,
 
     /// Seconds allowed for every SMTP step (connect, each command, the content); unset:
     /// per-step defaults.
@@ -429,6 +435,35 @@ impl TransportArgs {
         };
         Ok(delivery::transport_from_config(&config)?)
     }
+
+    /// The transport of a role that delivers campaigns: `SMTP_RATE_LIMIT` and
+    /// `RATE_LIMITS_FILE` are kept as schedules shared through `database` by every worker on
+    /// it; with neither set, the transport as it is.
+    pub fn delivery_transport(
+        &self,
+        database: &store::Database,
+    ) -> anyhow::Result<std::sync::Arc<dyn delivery::Transport>> {
+        let settings = rates::RateSettings {
+            global: self.smtp_rate_limit,
+            destinations: self.rate_limits_file.clone().unwrap_or_default(),
+        };
+        if !settings.limits_anything() {
+            return self.transport();
+        }
+        let unlimited = TransportArgs {
+            smtp_rate_limit: None,
+            ..self.clone()
+        };
+        Ok(std::sync::Arc::new(rates::RateLimitedTransport::new(
+            unlimited.transport()?,
+            &settings,
+            store::sending_rates::open(database),
+        )))
+    }
+}
+
+fn rate_limits_file(value: &str) -> Result<rates::RateLimits, String> {
+    rates::RateLimits::read(std::path::Path::new(value)).map_err(|err| err.to_string())
 }
 
 /// SMTP_URL may carry a password; an empty one (`smtp://user:@host`) is refused like an empty

@@ -251,8 +251,8 @@ mod tests {
 
         observer.check_succeeded(&report, Duration::from_millis(3));
         assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
-        observer.check_failed(&processor::ProcessorError::CampaignNotFound(
-            uuid::Uuid::nil(),
+        observer.check_failed(&processor::ProcessorError::Campaign(
+            service::CampaignError::NotFound(uuid::Uuid::nil()),
         ));
         assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
         shutdown.cancel();

@@ -62,6 +62,7 @@ pub async fn serve_api(
         transport_args,
         dkim,
         shutdown.clone(),
+        None,
     )
     .await?;
     tracing::info!(role = "api", transport = %components.transport.describe(), "test sends go through this transport");
@@ -108,6 +109,7 @@ pub async fn serve(
         transport_args,
         dkim,
         shutdown.clone(),
+        Some(&database),
     )
     .await?;
     let worker = components.task_processor(
@@ -234,6 +236,7 @@ async fn run_task_processor(
         transport_args,
         dkim,
         shutdown.clone(),
+        Some(&database),
     )
     .await?;
     let scheduler_run = scheduler_args.map(|scheduler_args| {

@@ -39,20 +39,36 @@ pub async fn send(
     let dkim = transport_args.dkim.signer()?;
     let document = job.document;
     let settings = message::MessageSettings::default();
-    let compiled = message::CompiledCampaign::compile(&document, &settings)
-        .map_err(|err| anyhow::anyhow!("the campaign's templates do not compile: {err}"))?;
-    if document.templates.undefined_variables == UndefinedVariables::Strict {
-        check_variables(&compiled, &document, job.recipients.as_ref())?;
+    // Checked before anything is stored, so a typo never reaches a single recipient: the
+    // inline recipients with the campaign, a file's field names on their own (it may be too
+    // large to hold).
+    let inline: &[campaign::Recipient] = match &job.recipients {
+        Some(_) => &[],
+        None => &document.recipients,
+    };
+    let compiled = service::check_new_campaign(&document, inline, &settings, u64::MAX)
+        .map_err(|err| anyhow::anyhow!("the campaign cannot be sent: {err}"))?;
+    if let Some(path) = &job.recipients
+        && document.templates.undefined_variables == UndefinedVariables::Strict
+    {
+        service::check_variables(&compiled, &document, &field_names(path)?)
+            .map_err(|err| anyhow::anyhow!("the campaign cannot be sent: {err}"))?;
     }
 
     let (database, store) = roles::open_store("send", store_args).await?;
+    let local = crate::task_commands::open_task_tables(store_args, Some(&database)).await?;
+    let waking = Arc::new(processor::WakingTasks::new(local));
+    let waker = waking.waker();
+    let task_repo: Arc<dyn TaskRepository> = waking;
+    let campaigns = service::CampaignService::new(store.as_ref(), task_repo.as_ref())
+        .with_message_settings(&settings);
     let rows = match &job.recipients {
         Some(path) => read_recipients(path)?,
         None => Box::new(document.recipients.clone().into_iter().map(Ok)),
     };
     let imported = Instant::now();
-    let (record, report) = store
-        .create_campaign(&document, store::recipient_stream(rows))
+    let (record, report) = campaigns
+        .create(&document, store::recipient_stream(rows))
         .await
         .context("the campaign was not stored")?;
     eprintln!(
@@ -74,7 +90,7 @@ pub async fn send(
         .scheduled_at
         .filter(|at| *at > time::OffsetDateTime::now_utc())
     {
-        store.schedule_campaign(record.id, Some(at)).await?;
+        campaigns.schedule(record.id, at).await?;
         eprintln!("scheduled for {at}; waiting (Ctrl-C to stop: the campaign stays scheduled)");
         let wait = (at - time::OffsetDateTime::now_utc()).unsigned_abs();
         tokio::select! {
@@ -83,10 +99,6 @@ pub async fn send(
         }
     }
 
-    let local = crate::task_commands::open_task_tables(store_args, Some(&database)).await?;
-    let waking = Arc::new(processor::WakingTasks::new(local));
-    let waker = waking.waker();
-    let task_repo: Arc<dyn TaskRepository> = waking;
     let stop_webhooks = CancellationToken::new();
     let (components, dispatcher) = crate::startup::Components::build(
         store.clone(),
@@ -95,6 +107,7 @@ pub async fn send(
         transport_args,
         dkim,
         stop_webhooks.clone(),
+        Some(&database),
     )
     .await?;
     let transport = components.transport.clone();
@@ -107,7 +120,7 @@ pub async fn send(
     let stats = worker.stats();
     let stop_worker = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop_worker.clone()));
-    processor::enqueue_campaign(store.as_ref(), task_repo.as_ref(), record.id).await?;
+    campaigns.send(record.id).await?;
 
     let started = Instant::now();
     let bar = ProgressBar::new(record.recipient_count.max(0) as u64);
@@ -230,40 +243,13 @@ pub async fn send(
     })
 }
 
-/// In strict mode every variable a template prints must be a field of the recipients:
-/// checked before anything is stored, so a typo never reaches a single recipient.
-fn check_variables(
-    compiled: &message::CompiledCampaign,
-    document: &CampaignDocument,
-    recipients: Option<&PathBuf>,
-) -> anyhow::Result<()> {
-    let fields = match recipients {
-        Some(path) => {
-            let mut fields = std::collections::HashSet::new();
-            // Bad rows are reported by the import itself; here only field names matter.
-            for recipient in read_recipients(path)?.flatten() {
-                for key in recipient.fields.keys() {
-                    if !fields.contains(key) {
-                        fields.insert(key.clone());
-                    }
-                }
-            }
-            fields
-        }
-        None => message::field_names(&document.recipients),
-    };
-    let unknown = compiled.unknown_variables(&fields);
-    if unknown.is_empty() {
-        return Ok(());
+/// The field names of a recipients file's rows (bad rows are reported by the import itself).
+fn field_names(path: &std::path::Path) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut fields = std::collections::HashSet::new();
+    for recipient in read_recipients(path)?.flatten() {
+        fields.extend(recipient.fields.keys().cloned());
     }
-    let listed: Vec<String> = unknown
-        .iter()
-        .map(|v| format!("`{}` ({} template, line {})", v.name, v.template, v.line))
-        .collect();
-    anyhow::bail!(
-        "the templates use variables no recipient has: {}; add the field to the recipients, fix the template, or set templates.undefined_variables to \"lenient\"",
-        listed.join(", ")
-    )
+    Ok(fields)
 }
 
 /// " · next: 3 in Europe/Berlin at 08:00:00Z" while recipients wait for their local time, or

@@ -24,6 +24,8 @@ impl Components {
     /// Builds the links (tracking keys from the configuration or the store), the transport,
     /// and the webhook dispatcher, which runs until `webhooks_stop`; the caller joins the
     /// dispatcher (if any) after its task processor has stopped, so no event is lost.
+    /// `delivering_on`: the database of a process that delivers campaigns, whose transport
+    /// keeps the sending rates shared there; `None` (the API alone) limits per process.
     pub async fn build(
         store: Arc<dyn CampaignStore>,
         tasks: Arc<dyn TaskRepository>,
@@ -31,9 +33,13 @@ impl Components {
         transport_args: &TransportArgs,
         dkim: Option<Arc<message::DkimSigner>>,
         webhooks_stop: CancellationToken,
+        delivering_on: Option<&store::Database>,
     ) -> anyhow::Result<(Components, Option<webhooks::Dispatcher>)> {
         let links = link_args.links(store.as_ref()).await?;
-        let transport = transport_args.transport()?;
+        let transport = match delivering_on {
+            Some(database) => transport_args.delivery_transport(database)?,
+            None => transport_args.transport()?,
+        };
         let (events, dispatcher) = link_args.webhooks.start(store.clone(), webhooks_stop)?;
         Ok((
             Components {

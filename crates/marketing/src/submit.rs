@@ -129,7 +129,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     // Checked here, before anything is stored or queued, as the API checks a new campaign:
     // the API only sees the recipients after the campaign exists, so a typo in a variable
     // would otherwise reach every recipient.
-    message::check_new_campaign(
+    service::check_new_campaign(
         &document,
         &rows,
         &message::MessageSettings::default(),
@@ -154,12 +154,14 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let (database, store) = crate::report::open_database(&args.store).await?;
     let tasks = crate::task_commands::open_task_tables(&args.store, Some(&database)).await?;
     let where_tasks = format!("the task tables of {}", redacted(&args.store.database_url));
-    let (record, report) = store
-        .create_campaign(&document, store::recipient_stream(recipients.map(Ok)))
+    let campaigns = service::CampaignService::new(store.as_ref(), tasks.as_ref());
+    let (record, report) = campaigns
+        .create(&document, store::recipient_stream(recipients.map(Ok)))
         .await
         .context("the campaign was not stored")?;
     crate::report::warn_unrecognised_time_zones(&serde_json::to_value(&report)?);
-    let (_, task) = processor::enqueue_campaign(store.as_ref(), tasks.as_ref(), record.id)
+    let (_, task) = campaigns
+        .send(record.id)
         .await
         .with_context(|| {
             format!(

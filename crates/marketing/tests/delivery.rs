@@ -191,7 +191,8 @@ impl Cluster {
             .await
             .expect("campaign stored");
         let repo = tasks::HttpTaskRepository::new(&self.repo_url, Some(TOKEN.to_string()));
-        processor::enqueue_campaign(self.store.as_ref(), &repo, record.id)
+        service::CampaignService::new(self.store.as_ref(), &repo)
+            .send(record.id)
             .await
             .expect("campaign queued");
         record.id

@@ -205,6 +205,8 @@ impl Cluster {
                 ("SMTP_URL", sink.url()),
                 ("TASK_CHECK_INTERVAL", "0.2".into()),
                 ("METRICS_BIND", "127.0.0.1:0".into()),
+                // A deployment-wide sending rate, so the dashboard's rate panels have series.
+                ("SMTP_RATE_LIMIT", "1000".into()),
             ]),
             "metrics listening on ",
         );

@@ -24,7 +24,9 @@ pub use dkim::{
     generate_key as generate_dkim_key,
 };
 pub use mime::{BuildError, BuildOptions, recipient_of_message_id};
-pub use new_campaign::{NewCampaignError, check_new_campaign, template_problem};
+pub use new_campaign::{
+    NewCampaignError, check_new_campaign, template_problem, unknown_variable_problems,
+};
 pub use outgoing::{Envelope, EnvelopeError, OutgoingMessage};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,

@@ -52,24 +52,37 @@ pub fn check_new_campaign(
     }
     let compiled = CompiledCampaign::compile(document, settings)
         .map_err(|err| NewCampaignError::Invalid(vec![template_problem(&err)]))?;
-    if document.templates.undefined_variables == UndefinedVariables::Strict
-        && !recipients.is_empty()
-    {
-        let unknown = compiled.unknown_variables(&crate::field_names(recipients));
-        if !unknown.is_empty() {
-            return Err(NewCampaignError::Invalid(
-                unknown
-                    .iter()
-                    .map(|u| Problem {
-                        field: format!("templates.{}", u.template),
-                        message: format!(
-                            "line {}: `{}` is used but no recipient has that field (add it, use `| default(…)`, or set undefined_variables to lenient)",
-                            u.line, u.name
-                        ),
-                    })
-                    .collect(),
-            ));
+    if !recipients.is_empty() {
+        let problems =
+            unknown_variable_problems(&compiled, document, &crate::field_names(recipients));
+        if !problems.is_empty() {
+            return Err(NewCampaignError::Invalid(problems));
         }
     }
     Ok(compiled)
+}
+
+/// For a strict campaign, one problem per variable a template prints that is not among
+/// `fields` (the recipients' field names), named by template and line; none for a lenient
+/// one. Used by [`check_new_campaign`] and for recipients streamed from a file, whose field
+/// names are gathered without holding the rows.
+pub fn unknown_variable_problems(
+    compiled: &CompiledCampaign,
+    document: &CampaignDocument,
+    fields: &std::collections::HashSet<String>,
+) -> Vec<Problem> {
+    if document.templates.undefined_variables != UndefinedVariables::Strict {
+        return Vec::new();
+    }
+    compiled
+        .unknown_variables(fields)
+        .iter()
+        .map(|u| Problem {
+            field: format!("templates.{}", u.template),
+            message: format!(
+                "line {}: `{}` is used but no recipient has that field (add it, use `| default(…)`, or set undefined_variables to lenient)",
+                u.line, u.name
+            ),
+        })
+        .collect()
 }

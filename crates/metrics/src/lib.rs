@@ -19,6 +19,7 @@
 //! `campaign_processor_healthy 0` that would page someone.
 
 pub mod http;
+pub mod sending_rates;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -1,7 +1,7 @@
 //! What the processor's tasks carry. The payloads are JSON in the task repository, so they
 //! are plain serde types, versioned by their optional fields.
 
-use campaign::{CampaignDocument, CampaignId, RecipientId};
+use campaign::{CampaignId, RecipientId};
 use serde::{Deserialize, Serialize};
 use store::RecipientRange;
 
@@ -10,30 +10,10 @@ pub use campaign::submission::{
     submit_campaign_schema_pretty,
 };
 
-/// Task kind: split a campaign into batches.
-pub const SEND_CAMPAIGN: &str = "send_campaign";
+pub use service::{SEND_CAMPAIGN, SendCampaign};
+
 /// Task kind: deliver one id range of a campaign's recipients.
 pub const SEND_BATCH: &str = "send_batch";
-
-/// Payload of a `send_campaign` task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SendCampaign {
-    pub campaign_id: CampaignId,
-    /// Which `send_campaign` task of the campaign this is: a campaign paused before its split
-    /// and then resumed needs a second one (the first already ended).
-    #[serde(default)]
-    pub epoch: u32,
-    /// The complete campaign definition with its templates, as the original design's task
-    /// carries it; the worker reads the stored campaign, this is for operators and tooling.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub document: Option<CampaignDocument>,
-}
-
-impl SendCampaign {
-    pub fn idempotency_key(&self) -> String {
-        format!("{SEND_CAMPAIGN}:{}:{}", self.campaign_id, self.epoch)
-    }
-}
 
 /// Payload of a `send_batch` task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,12 @@ pub fn outcome_of(
         Ok(accepted) => OutcomeKind::Sent {
             reply: accepted.reply.to_string(),
         },
+        // Held back by a sending rate: nothing was attempted, so the retry policy's attempts
+        // are not what decides; the recipient waits for the slot.
+        Err(error @ SendError::RateLimited { retry_in, .. }) => OutcomeKind::Deferred {
+            error: error.to_string(),
+            retry_at: now + *retry_in,
+        },
         Err(error) if error.is_temporary() => {
             let attempt = attempts_before + 1;
             if attempt >= policy.max_attempts {
@@ -133,6 +139,23 @@ mod tests {
                 assert!(error.contains("550 5.1.1 User unknown"), "{error}");
             }
             other => panic!("expected failed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_held_back_by_a_sending_rate_is_deferred_to_its_slot_whatever_its_attempts() {
+        let now = time::macros::datetime!(2030-01-01 00:00 UTC);
+        let held = Err(SendError::RateLimited {
+            destination: "group google".into(),
+            retry_in: std::time::Duration::from_secs(3),
+        });
+        // Attempts beyond the policy's maximum do not fail it: nothing was attempted.
+        match outcome_of(&held, 7, &policy(), now) {
+            OutcomeKind::Deferred { retry_at, error } => {
+                assert_eq!(retry_at, now + time::Duration::seconds(3));
+                assert!(error.contains("group google"), "{error}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

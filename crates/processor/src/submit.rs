@@ -1,12 +1,13 @@
 //! The `submit_campaign` task: a campaign that arrives whole through the task repository is
 //! checked as the API checks a new campaign, stored under the task's id (once) and queued
-//! like `POST …/send`.
+//! like `POST …/send`, each step through the campaign service.
 
+use crate::ProcessorError;
 use crate::batch::Shared;
 use crate::payload::{SUBMIT_CAMPAIGN_MAX_RECIPIENTS, SUBMIT_CAMPAIGN_VERSION};
-use crate::{ProcessorError, enqueue_campaign};
 use campaign::{CampaignDocument, CampaignStatus, Limits};
 use serde::Deserialize;
+use service::{CampaignError, CampaignService};
 use tasks::Task;
 
 /// The payload as first read: the version decides how the campaign is read.
@@ -56,17 +57,20 @@ pub(crate) fn read_submission(
         campaign::ValidationError::Invalid(problems) => rejected(in_campaign(problems)),
         other => rejected(format!("campaign: {other}")),
     })?;
-    message::check_new_campaign(
+    service::check_new_campaign(
         &document,
         &document.recipients,
         settings,
         SUBMIT_CAMPAIGN_MAX_RECIPIENTS,
     )
     .map_err(|err| match err {
-        message::NewCampaignError::Invalid(problems) => rejected(in_campaign(problems)),
-        message::NewCampaignError::TooManyRecipients { count, limit } => rejected(format!(
+        CampaignError::Invalid(campaign::ValidationError::Invalid(problems)) => {
+            rejected(in_campaign(problems))
+        }
+        CampaignError::TooManyRecipients { count, limit } => rejected(format!(
             "campaign.recipients: {count} recipients inline, at most {limit} per task; submit several tasks, or create the campaign through the API and upload its recipients with POST /api/v1/campaigns/{{id}}/recipients"
         )),
+        other => rejected(format!("campaign: {other}")),
     })?;
     Ok(document)
 }
@@ -101,15 +105,11 @@ pub(crate) async fn submit(
                 ))
             })?;
     }
-    let recipients = document
-        .recipients
-        .iter()
-        .cloned()
-        .map(Ok)
-        .collect::<Vec<_>>();
-    let (record, report) = services
-        .store
-        .create_campaign_once(task.id, &document, store::recipient_stream(recipients))
+    let campaigns = CampaignService::new(services.store.as_ref(), services.tasks.as_ref())
+        .with_message_settings(&services.message_settings);
+    let recipients = document.recipients.iter().cloned().map(Ok);
+    let (record, report) = campaigns
+        .create_once(task.id, &document, store::recipient_stream(recipients))
         .await?;
     match &report {
         Some(report) => {
@@ -123,10 +123,7 @@ pub(crate) async fn submit(
     // for queued and sending campaigns and not wanted once it ended or was paused.
     let status = match record.status {
         CampaignStatus::Draft | CampaignStatus::Queued | CampaignStatus::Sending => {
-            enqueue_campaign(services.store.as_ref(), services.tasks.as_ref(), record.id)
-                .await?
-                .0
-                .status
+            campaigns.send(record.id).await?.0.status
         }
         other => other,
     };

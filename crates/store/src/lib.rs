@@ -20,6 +20,7 @@ pub mod db_types;
 pub mod deliveries;
 mod import;
 pub mod postgres;
+pub mod sending_rates;
 pub mod sqlite;
 pub mod suppressions;
 pub mod tracking;

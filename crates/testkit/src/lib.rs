@@ -12,6 +12,7 @@ use std::path::PathBuf;
 pub mod https;
 pub mod postgres_tls;
 pub mod process;
+pub mod recording_smtp;
 pub mod smtp;
 
 /// The server tests use: `TEST_POSTGRES_URL`, else a `postgres://` `DATABASE_URL`, else the

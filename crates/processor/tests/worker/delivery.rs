@@ -462,12 +462,14 @@ async fn a_paused_campaign_resumes_without_a_second_copy_to_anyone(harness: Harn
     assert_eq!(harness.status(id).await, CampaignStatus::Paused);
 
     assert!(
-        processor::resume_campaign(harness.store.as_ref(), harness.tasks.as_ref(), id)
+        service::CampaignService::new(harness.store.as_ref(), harness.tasks.as_ref())
+            .resume(id)
             .await
             .unwrap()
     );
     assert!(
-        !processor::resume_campaign(harness.store.as_ref(), harness.tasks.as_ref(), id)
+        !service::CampaignService::new(harness.store.as_ref(), harness.tasks.as_ref())
+            .resume(id)
             .await
             .unwrap(),
         "resuming twice does nothing more"
@@ -1106,7 +1108,8 @@ async fn a_panicking_task_is_retried_until_dead_and_the_worker_goes_on(harness: 
     };
 
     let poisoned = harness.campaign("Poisoned", 3, 10).await;
-    processor::enqueue_campaign(harness.store.as_ref(), task_repo.as_ref(), poisoned)
+    service::CampaignService::new(harness.store.as_ref(), task_repo.as_ref())
+        .send(poisoned)
         .await
         .expect("campaign enqueued");
     assert_eq!(harness.wait_final(poisoned).await, CampaignStatus::Failed);
@@ -1143,7 +1146,8 @@ async fn a_panicking_task_is_retried_until_dead_and_the_worker_goes_on(harness: 
         .poisoned
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let next = harness.campaign("After the panic", 5, 10).await;
-    processor::enqueue_campaign(harness.store.as_ref(), task_repo.as_ref(), next)
+    service::CampaignService::new(harness.store.as_ref(), task_repo.as_ref())
+        .send(next)
         .await
         .expect("campaign enqueued");
     assert_eq!(harness.wait_final(next).await, CampaignStatus::Completed);

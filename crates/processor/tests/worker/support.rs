@@ -200,7 +200,8 @@ impl Harness {
     }
 
     pub async fn enqueue(&self, id: CampaignId) {
-        processor::enqueue_campaign(self.store.as_ref(), self.tasks.as_ref(), id)
+        service::CampaignService::new(self.store.as_ref(), self.tasks.as_ref())
+            .send(id)
             .await
             .expect("campaign enqueued");
     }
