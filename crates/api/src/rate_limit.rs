@@ -8,53 +8,44 @@ use crate::{ApiError, RateLimit};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use delivery::TokioClock;
+use delivery::rate_limit::{quota, wait_time};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The buckets of every key, shared by all requests.
+/// The buckets of every key, shared by all requests: `governor`'s keyed limiter, the same
+/// GCRA bucket as `SMTP_RATE_LIMIT`'s, on tokio's clock.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: RateLimit,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
+    buckets: governor::RateLimiter<
+        String,
+        HashMapStateStore<String>,
+        TokioClock,
+        NoOpMiddleware<Instant>,
+    >,
 }
 
 impl RateLimiter {
+    /// # Panics
+    /// If `limit.per_second` is not a positive number, which the configuration refuses
+    /// (`API_RATE_LIMIT` 0 means no limiter at all).
     pub fn new(limit: RateLimit) -> RateLimiter {
+        let quota = quota(limit.per_second, limit.burst)
+            .expect("API_RATE_LIMIT is validated as a positive number");
         RateLimiter {
             limit,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: governor::RateLimiter::new(quota, HashMapStateStore::default(), TokioClock),
         }
     }
 
     /// Takes one token from `key`'s bucket, or says how long until one is back.
-    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let burst = f64::from(self.limit.burst);
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.limit.per_second).min(burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.limit.per_second,
-            ))
-        }
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        self.buckets
+            .check_key(&key.to_string())
+            .map_err(|refused| wait_time(&refused))
     }
 }
 
@@ -67,7 +58,7 @@ pub(crate) async fn limit_per_key(
     let Some(caller) = request.extensions().get::<CallerKey>().cloned() else {
         return next.run(request).await;
     };
-    match limiter.check(&caller.0, Instant::now()) {
+    match limiter.check(&caller.0) {
         Ok(()) => next.run(request).await,
         Err(wait) => {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -87,29 +78,28 @@ pub(crate) async fn limit_per_key(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_burst_then_the_refill_rate_per_key() {
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_the_refill_rate_per_key() {
         let limiter = RateLimiter::new(RateLimit {
             per_second: 2.0,
             burst: 3,
         });
-        let start = Instant::now();
         for _ in 0..3 {
-            assert_eq!(limiter.check("a", start), Ok(()));
+            assert_eq!(limiter.check("a"), Ok(()));
         }
-        let wait = limiter.check("a", start).unwrap_err();
+        let wait = limiter.check("a").unwrap_err();
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
         // Another key has its own bucket.
-        assert_eq!(limiter.check("b", start), Ok(()));
+        assert_eq!(limiter.check("b"), Ok(()));
         // Half a second brings one token back, and only one.
-        let later = start + Duration::from_millis(500);
-        assert_eq!(limiter.check("a", later), Ok(()));
-        assert!(limiter.check("a", later).is_err());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(limiter.check("a"), Ok(()));
+        assert!(limiter.check("a").is_err());
         // A long pause refills to the burst, not beyond.
-        let much_later = later + Duration::from_secs(60);
+        tokio::time::advance(Duration::from_secs(60)).await;
         for _ in 0..3 {
-            assert_eq!(limiter.check("a", much_later), Ok(()));
+            assert_eq!(limiter.check("a"), Ok(()));
         }
-        assert!(limiter.check("a", much_later).is_err());
+        assert!(limiter.check("a").is_err());
     }
 }

@@ -16,7 +16,7 @@ pub use config::{ConfigError, TransportConfig, transport_from_config};
 pub use message::{Envelope, EnvelopeError, OutgoingMessage};
 pub use outbox::OutboxTransport;
 pub use outcome::{Accepted, FailureClass, RecipientRefused, Reply, SendError, Stage};
-pub use rate_limit::{InvalidRate, RateLimited, TokenBucket};
+pub use rate_limit::{InvalidRate, RateLimited, TokenBucket, TokioClock};
 pub use smtp::SmtpTransport;
 pub use smtp::config::{Credentials, Security, SmtpConfig, Timeouts};
 pub use transport::Transport;

@@ -150,7 +150,8 @@ impl Deployment {
             .await
             .expect("campaign stored");
         let tasks = tasks::connect(&self.url).await.expect("task tables");
-        processor::enqueue_campaign(self.store.as_ref(), tasks.as_ref(), record.id)
+        service::CampaignService::new(self.store.as_ref(), tasks.as_ref())
+            .send(record.id)
             .await
             .expect("campaign queued");
         record.id
