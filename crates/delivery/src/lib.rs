@@ -5,7 +5,6 @@
 //! transport, and token-bucket rate limits. The task processor builds on these.
 
 pub mod config;
-pub mod message;
 pub mod outbox;
 pub mod outcome;
 pub mod rate_limit;
@@ -13,6 +12,7 @@ pub mod smtp;
 pub mod transport;
 
 pub use config::{ConfigError, TransportConfig, transport_from_config};
+// The message type is the MIME writer's own: what `message` builds is what a transport sends.
 pub use message::{Envelope, EnvelopeError, OutgoingMessage};
 pub use outbox::OutboxTransport;
 pub use outcome::{Accepted, FailureClass, RecipientRefused, Reply, SendError, Stage};

@@ -1,7 +1,7 @@
 //! The outbox transport: one `.eml` file per message, for development and for the one-shot
 //! `send` without an SMTP server.
 
-use crate::message::OutgoingMessage;
+use crate::OutgoingMessage;
 use crate::outcome::{Accepted, Reply, SendError};
 use crate::transport::Transport;
 use async_trait::async_trait;

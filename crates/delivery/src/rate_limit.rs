@@ -1,6 +1,6 @@
 //! Token-bucket rate limits (messages per second), reusable per transport and per worker.
 
-use crate::message::OutgoingMessage;
+use crate::OutgoingMessage;
 use crate::outcome::{Accepted, SendError};
 use crate::transport::Transport;
 use async_trait::async_trait;

@@ -1,6 +1,6 @@
 //! The one interface the task processor sends through.
 
-use crate::message::OutgoingMessage;
+use crate::OutgoingMessage;
 use crate::outcome::{Accepted, SendError};
 use async_trait::async_trait;
 

@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
         compiled
             .build(&sample, &options)
             .expect("builds")
-            .bytes
+            .content
             .len()
     );
     let mut group = c.benchmark_group("message");

@@ -4,7 +4,7 @@
 //! instance of each signed header), but canonicalizes generally so a verifier agrees. It is
 //! checked against an independent verifier (dkimpy) in the tests.
 
-use crate::mime::OutgoingMessage;
+use crate::OutgoingMessage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
@@ -139,7 +139,7 @@ impl DkimSigner {
 
     /// Prepends a DKIM-Signature header. `timestamp` (Unix seconds) becomes `t=`.
     pub fn sign(&self, message: &mut OutgoingMessage, timestamp: i64) -> Result<(), DkimError> {
-        message.bytes = self.sign_bytes(&message.bytes, timestamp)?;
+        message.content = self.sign_bytes(&message.content, timestamp)?.into();
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 mod dkim;
 mod mime;
 mod new_campaign;
+mod outgoing;
 mod scan;
 mod template;
 mod tracking;
@@ -22,10 +23,11 @@ pub use dkim::{
     DkimError, DkimKeyKind, DkimSigner, check_name as check_dkim_name,
     generate_key as generate_dkim_key,
 };
-pub use mime::{BuildError, BuildOptions, OutgoingMessage, recipient_of_message_id};
+pub use mime::{BuildError, BuildOptions, recipient_of_message_id};
 pub use new_campaign::{
     NewCampaignError, check_new_campaign, template_problem, unknown_variable_problems,
 };
+pub use outgoing::{Envelope, EnvelopeError, OutgoingMessage};
 pub use template::{
     CompiledCampaign, Limit, MessageSettings, RecipientContext, RenderError, RenderedMessage,
     SERVICE_VARIABLES, TemplateError, TemplatePart, TrackingUrls, UnknownVariable, panic_message,
@@ -104,7 +106,7 @@ pub fn preview(
         subject: rendered.subject,
         html: rendered.html,
         text: rendered.text,
-        eml: message.bytes,
+        eml: message.content.to_vec(),
     })
 }
 

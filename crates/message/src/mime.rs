@@ -6,11 +6,11 @@
 //! CRLF everywhere, UTF-8 headers as RFC 2047 encoded-words, bodies in 7bit when they already
 //! are 7-bit with short lines, otherwise quoted-printable (mostly ASCII) or base64.
 
+use crate::outgoing::{Envelope, EnvelopeError, OutgoingMessage};
 use crate::template::{CompiledCampaign, RenderedMessage};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use campaign::{EmailAddress, Mailbox};
-use serde::Serialize;
 use std::fmt::Write as _;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
@@ -25,20 +25,6 @@ pub struct BuildOptions {
     pub date: OffsetDateTime,
 }
 
-/// A message ready for SMTP: hand `bytes` to `AsyncSmtpConnection::send` as they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OutgoingMessage {
-    /// MAIL FROM.
-    pub envelope_from: String,
-    /// RCPT TO (one address for campaign mail).
-    pub recipients: Vec<String>,
-    /// The Message-ID header's value, with angle brackets.
-    pub message_id: String,
-    /// The whole message, CRLF line endings, headers first.
-    #[serde(skip)]
-    pub bytes: Vec<u8>,
-}
-
 /// Why a message could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
@@ -51,6 +37,9 @@ pub enum BuildError {
     /// The message has neither an HTML nor a text body.
     #[error("the message has no body")]
     NoBody,
+    /// The return path or the recipient is not an address an SMTP envelope can carry.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
 }
 
 impl CompiledCampaign {
@@ -174,18 +163,12 @@ fn build(
         (None, None) => return Err(BuildError::NoBody),
     }
 
-    let envelope_from = options
-        .envelope_from
-        .as_ref()
-        .unwrap_or(&from.email)
-        .as_str()
-        .to_string();
-    Ok(OutgoingMessage {
-        envelope_from,
-        recipients: vec![message.to.clone()],
-        message_id,
-        bytes: out.into_bytes(),
-    })
+    let envelope_from = options.envelope_from.as_ref().unwrap_or(&from.email);
+    let envelope = Envelope::new(envelope_from.as_str(), [message.to.as_str()])?;
+    Ok(OutgoingMessage::new(envelope, out.into_bytes()).with_ids(
+        message.campaign_id.to_string(),
+        message.recipient_id.to_string(),
+    ))
 }
 
 /// The `List-Id` of a campaign that names none: the From address read as a list name

@@ -56,7 +56,7 @@ fn check(pem: &str, algorithm: &str) {
     let signer = DkimSigner::from_pem(pem, "shop.example", "sel2026").unwrap();
     assert_eq!(signer.algorithm(), algorithm);
     let message = signed(&signer, "Zoë <script>\"x\"</script> 😀");
-    let text = String::from_utf8_lossy(&message.bytes);
+    let text = String::from_utf8_lossy(&message.content);
     assert!(text.starts_with("DKIM-Signature: v=1; a="), "{text}");
     let h = text
         .split("h=")
@@ -78,7 +78,7 @@ fn check(pem: &str, algorithm: &str) {
         );
     }
     assert!(
-        dkimpy_verifies(&signer, &message.bytes),
+        dkimpy_verifies(&signer, &message.content),
         "dkimpy rejected:\n{text}"
     );
 
@@ -132,7 +132,7 @@ fn folded_headers_verify_with_dkimpy() {
     let long_name = "Zoë ".repeat(40) + &"x".repeat(120);
     let from_name = "Riverside Books, Ünïcode department of very long names ".repeat(3);
     let message = signed_from(&signer, &long_name, from_name.trim());
-    let text = String::from_utf8_lossy(&message.bytes);
+    let text = String::from_utf8_lossy(&message.content);
     let head = &text[..text.find("\r\n\r\n").unwrap()];
     let continuation_lines = head
         .lines()
@@ -144,7 +144,7 @@ fn folded_headers_verify_with_dkimpy() {
     );
     assert!(head.lines().all(|line| line.len() <= 998));
     assert!(
-        dkimpy_verifies(&signer, &message.bytes),
+        dkimpy_verifies(&signer, &message.content),
         "dkimpy rejected:\n{text}"
     );
 }

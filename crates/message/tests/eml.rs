@@ -43,7 +43,7 @@ fn crlf(s: &str) -> String {
 fn lines_end_in_crlf_and_stay_under_998_octets() {
     let (doc, r) = tricky();
     let (_, out) = build(&doc, &r, 42);
-    let bytes = &out.bytes;
+    let bytes = &out.content;
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'\n' {
             assert_eq!(bytes[i - 1], b'\r', "bare LF at {i}");
@@ -69,7 +69,9 @@ fn lines_end_in_crlf_and_stay_under_998_octets() {
 fn mail_parser_reads_back_subject_addresses_parts_and_list_headers() {
     let (doc, r) = tricky();
     let (rendered, out) = build(&doc, &r, 42);
-    let parsed = MessageParser::default().parse(&out.bytes).expect("parses");
+    let parsed = MessageParser::default()
+        .parse(&out.content)
+        .expect("parses");
     assert_eq!(parsed.subject(), Some(rendered.subject.as_str()));
     let from = parsed.from().and_then(|a| a.first()).unwrap();
     assert_eq!(from.name(), Some("Shop «Ünïcode» News"));
@@ -85,7 +87,13 @@ fn mail_parser_reads_back_subject_addresses_parts_and_list_headers() {
         parsed.message_id(),
         Some(format!("{CAMPAIGN_ID}.42@shop.example").as_str())
     );
-    assert_eq!(out.message_id, format!("<{CAMPAIGN_ID}.42@shop.example>"));
+    assert_eq!(
+        out.header("Message-ID"),
+        Some(format!("<{CAMPAIGN_ID}.42@shop.example>"))
+    );
+    // The build names the message after its campaign and recipient (outbox files, logs).
+    assert_eq!(out.campaign_id, Some(CAMPAIGN_ID.to_string()));
+    assert_eq!(out.recipient_id.as_deref(), Some("42"));
     assert_eq!(parsed.text_body_count(), 1);
     assert_eq!(parsed.html_body_count(), 1);
     assert_eq!(
@@ -118,8 +126,8 @@ fn mail_parser_reads_back_subject_addresses_parts_and_list_headers() {
         Some("42")
     );
     assert!(parsed.date().is_some());
-    assert_eq!(out.recipients, vec!["zoë@shop.example".to_string()]);
-    assert_eq!(out.envelope_from, "news@shop.example");
+    assert_eq!(out.envelope.to().collect::<Vec<_>>(), ["zoë@shop.example"]);
+    assert_eq!(out.envelope.from(), "news@shop.example");
 }
 
 #[test]
@@ -145,7 +153,7 @@ print(json.dumps({
   "date": msg["date"].datetime.isoformat(),
 }))
 "#;
-    let out = python(script, &out.bytes, &[]);
+    let out = python(script, &out.content, &[]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["subject"], rendered.subject);
     assert_eq!(v["from_name"], "Shop «Ünïcode» News");
@@ -188,9 +196,9 @@ fn single_part_messages_and_encodings_round_trip() {
             &recipient(json!({"email": "x@y.example", "first_name": "Ann"})),
             1,
         );
-        let text = String::from_utf8_lossy(&out.bytes);
+        let text = String::from_utf8_lossy(&out.content);
         assert!(!text.contains("multipart"), "{text}");
-        let parsed = MessageParser::default().parse(&out.bytes).unwrap();
+        let parsed = MessageParser::default().parse(&out.content).unwrap();
         let body = if html {
             parsed.body_html(0)
         } else {
@@ -210,7 +218,7 @@ fn message_id_is_deterministic_and_envelope_sender_is_a_parameter() {
     let (doc, r) = tricky();
     let (_, first) = build(&doc, &r, 5);
     let (_, again) = build(&doc, &r, 5);
-    assert_eq!(first.bytes, again.bytes, "a re-send is byte-identical");
+    assert_eq!(first.content, again.content, "a re-send is byte-identical");
     let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
     let verp = campaign::EmailAddress::parse("bounces+TOKEN@shop.example").unwrap();
     let out = compiled
@@ -224,22 +232,26 @@ fn message_id_is_deterministic_and_envelope_sender_is_a_parameter() {
             None,
         )
         .unwrap();
-    assert_eq!(out.envelope_from, "bounces+TOKEN@shop.example");
-    assert_eq!(out.message_id, format!("<{CAMPAIGN_ID}.6@shop.example>"));
+    assert_eq!(out.envelope.from(), "bounces+TOKEN@shop.example");
+    assert_eq!(
+        out.header("Message-ID"),
+        Some(format!("<{CAMPAIGN_ID}.6@shop.example>"))
+    );
 }
 
 #[test]
 fn a_message_id_leads_back_to_its_campaign_and_recipient() {
     let (doc, r) = tricky();
     let (_, out) = build(&doc, &r, 77);
+    let message_id = out.header("Message-ID").expect("a Message-ID");
     let (campaign_id, recipient_id) =
-        message::recipient_of_message_id(&out.message_id).expect("our own Message-ID parses");
+        message::recipient_of_message_id(&message_id).expect("our own Message-ID parses");
     assert_eq!(
         (campaign_id.to_string(), recipient_id),
         (CAMPAIGN_ID.to_string(), 77)
     );
     // Without brackets too, as some reports quote it.
-    let bare = out.message_id.trim_matches(['<', '>']);
+    let bare = message_id.trim_matches(['<', '>']);
     assert_eq!(
         message::recipient_of_message_id(bare),
         Some((campaign_id, 77))

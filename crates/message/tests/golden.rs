@@ -33,7 +33,8 @@ fn build(
     compiled
         .message(&recipient(value), ctx, options, signer)
         .expect("builds")
-        .bytes
+        .content
+        .to_vec()
 }
 
 fn newsletter() -> campaign::CampaignDocument {

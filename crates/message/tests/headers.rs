@@ -56,7 +56,11 @@ fn build(from_name: &str, reply_name: &str, subject: &str) -> Vec<u8> {
         unsubscribe_url: "https://m.shop.example/u/TOKEN7".to_string(),
         unsubscribe_mailto: Some("mailto:unsubscribe@shop.example?subject=TOKEN7".to_string()),
     };
-    compiled.build(&rendered, &options()).unwrap().bytes
+    compiled
+        .build(&rendered, &options())
+        .unwrap()
+        .content
+        .to_vec()
 }
 
 fn header_lines(bytes: &[u8]) -> Vec<&[u8]> {
@@ -165,7 +169,7 @@ fn list_id_mailto_unsubscribe_and_feedback_id_come_from_the_document() {
     let rendered = compiled
         .render(&recipient(json!({"email": "reader@shop.example"})), &ctx)
         .unwrap();
-    let bytes = compiled.build(&rendered, &options()).unwrap().bytes;
+    let bytes = compiled.build(&rendered, &options()).unwrap().content;
     for line in header_lines(&bytes) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         assert!(line.is_ascii(), "{:?}", String::from_utf8_lossy(line));
@@ -211,7 +215,7 @@ fn the_default_list_id_is_derived_from_the_sender() {
     let rendered = compiled
         .render(&recipient(json!({"email": "reader@shop.example"})), &ctx)
         .unwrap();
-    let bytes = compiled.build(&rendered, &options()).unwrap().bytes;
+    let bytes = compiled.build(&rendered, &options()).unwrap().content;
     let parsed = MessageParser::default().parse(&bytes).unwrap();
     assert_eq!(
         list_id(&parsed),

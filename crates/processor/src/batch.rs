@@ -705,7 +705,7 @@ async fn sign(
     Ok(message)
 }
 
-/// Renders and builds one recipient's message, named after campaign and recipient. DKIM
+/// Renders and builds one recipient's message (named after campaign and recipient). DKIM
 /// signing is left to [`sign`], off the async threads.
 fn build(
     services: &Services,
@@ -741,11 +741,7 @@ fn build(
         envelope_from,
         date: OffsetDateTime::now_utc(),
     };
-    let built = compiled
+    compiled
         .message(&recipient.recipient, &context, &options, None)
-        .map_err(|err| err.to_string())?;
-    let envelope = delivery::Envelope::new(&built.envelope_from, &built.recipients)
-        .map_err(|err| err.to_string())?;
-    Ok(delivery::OutgoingMessage::new(envelope, built.bytes)
-        .with_ids(campaign_id.to_string(), recipient.id.to_string()))
+        .map_err(|err| err.to_string())
 }

@@ -135,6 +135,12 @@ impl CampaignService<'_> {
                 .message(&recipient, &context, &options, None)
                 .map_err(|err| match err {
                     message::MessageError::Template(err) => template_problem(&err),
+                    message::MessageError::Build(message::BuildError::Envelope(err)) => {
+                        CampaignError::invalid(vec![Problem {
+                            field: "addresses".into(),
+                            message: format!("{}: {err}", recipient.email.as_str()),
+                        }])
+                    }
                     other => CampaignError::invalid(vec![Problem {
                         field: "fields".into(),
                         message: other.to_string(),
@@ -180,21 +186,14 @@ impl CampaignService<'_> {
                 ));
             };
             let built = build(address, sender.links.test_unsubscribe(campaign.id, test_id))?;
-            let envelope = delivery::Envelope::new(&built.envelope_from, &built.recipients)
-                .map_err(|err| {
-                    CampaignError::invalid(vec![Problem {
-                        field: "addresses".into(),
-                        message: format!("{shown}: {err}"),
-                    }])
-                })?;
-            let bytes = match sender
+            let content = match sender
                 .dkim
                 .cloned()
                 .filter(|signer| signer.covers(document.from.email.domain()))
             {
                 // Off the async threads, as the workers do: RSA signing takes over a millisecond.
                 Some(signer) => {
-                    let unsigned = built.bytes;
+                    let unsigned = built.content.clone();
                     tokio::task::spawn_blocking(move || {
                         signer
                             .sign_bytes(&unsigned, time::OffsetDateTime::now_utc().unix_timestamp())
@@ -205,10 +204,13 @@ impl CampaignService<'_> {
                     })?
                     .map_err(|err| CampaignError::Internal(format!("DKIM signing failed: {err}")))?
                 }
-                None => built.bytes,
+                None => built.content.to_vec(),
             };
-            let outgoing = delivery::OutgoingMessage::new(envelope, bytes)
-                .with_ids(campaign.id.to_string(), format!("test-{test_id}"));
+            let outgoing = message::OutgoingMessage {
+                content: content.into(),
+                ..built
+            }
+            .with_ids(campaign.id.to_string(), format!("test-{test_id}"));
             results.push(match transport.send(outgoing).await {
                 Ok(accepted) => TestSendResult {
                     address: shown,

@@ -5,7 +5,7 @@
 //! the connection on any negative reply; a marketing run meets 4xx/5xx replies all the time
 //! and must not pay a reconnect for each.
 
-use crate::message::OutgoingMessage;
+use crate::OutgoingMessage;
 use crate::outcome::{Accepted, RecipientRefused, Reply, SendError, Stage};
 use crate::smtp::config::{Security, SmtpConfig};
 use crate::smtp::data;

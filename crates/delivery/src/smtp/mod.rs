@@ -10,8 +10,8 @@ mod connection;
 mod data;
 mod tls;
 
+use crate::OutgoingMessage;
 use crate::config::ConfigError;
-use crate::message::OutgoingMessage;
 use crate::outcome::{Accepted, SendError, Stage};
 use crate::transport::Transport;
 use async_trait::async_trait;

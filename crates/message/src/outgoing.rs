@@ -1,4 +1,5 @@
-//! What a transport sends: an envelope and the finished message bytes.
+//! What a transport sends: an envelope and the finished message bytes, as the MIME writer
+//! produces them (the one message type from build to SMTP).
 
 use bytes::Bytes;
 use std::str::FromStr;
@@ -77,21 +78,24 @@ impl Envelope {
         self.to.iter().map(AsRef::as_ref)
     }
 
-    pub(crate) fn return_path(&self) -> Option<&lettre::Address> {
+    /// The return path as the SMTP client takes it; `None` is `<>`.
+    pub fn return_path(&self) -> Option<&lettre::Address> {
         self.from.as_ref()
     }
 
-    pub(crate) fn to_addresses(&self) -> &[lettre::Address] {
+    /// The recipients as the SMTP client takes them.
+    pub fn to_addresses(&self) -> &[lettre::Address] {
         &self.to
     }
 
-    pub(crate) fn has_non_ascii_addresses(&self) -> bool {
+    /// Whether sending needs SMTPUTF8 (a non-ASCII local part; domains are A-labels).
+    pub fn has_non_ascii_addresses(&self) -> bool {
         !self.from().is_ascii() || self.to().any(|address| !address.is_ascii())
     }
 }
 
 /// One message ready to go: envelope, the complete RFC 5322 bytes (CRLF line endings, built
-/// and perhaps DKIM-signed elsewhere; sent unchanged), and optional ids that name it in the
+/// by [`crate::CompiledCampaign::build`], perhaps DKIM-signed; sent unchanged), and optional ids that name it in the
 /// outbox and in logs.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
