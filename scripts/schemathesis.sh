@@ -25,6 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 binary=$(realpath "$binary")
+# How to send request bodies of media types schemathesis has no serializer for (JSON Lines).
+export SCHEMATHESIS_HOOKS="$PWD/scripts/schemathesis_hooks.py"
 cd "$work"
 
 # wait_for_address LOG PATTERN: the http://host:port a role logged after PATTERN.
