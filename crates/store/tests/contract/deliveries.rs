@@ -210,14 +210,7 @@ pub(crate) async fn many_sent_outcomes_are_recorded_each_with_its_own_reply(
     ] {
         assert!(store.transition_campaign(id, &[from], to).await.unwrap());
     }
-    let mut ids = Vec::new();
-    for range in store.batch_ranges(id, 1000).await.unwrap() {
-        let due = store
-            .due_recipients(id, range, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        ids.extend(due.iter().map(|r| r.id));
-    }
+    let ids = due_ids(store.as_ref(), id).await;
     assert_eq!(ids.len(), COUNT);
     store
         .record_outcomes(&[DeliveryOutcome {
@@ -540,14 +533,7 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
         .await
         .unwrap();
     let id = record.id;
-    let mut ids = Vec::new();
-    for range in store.batch_ranges(id, 1000).await.unwrap() {
-        let due = store
-            .due_recipients(id, range, time::OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        ids.extend(due.iter().map(|r| r.id));
-    }
+    let ids = due_ids(store.as_ref(), id).await;
     assert_eq!(ids.len(), COUNT);
     // A group commit's worth of outcomes from the middle of a large campaign (the plan
     // PostgreSQL picks, and with it the lost rows, depended on the table's size).
@@ -561,6 +547,10 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
             },
         })
         .collect();
+    let record_in_background = |outcomes: Vec<DeliveryOutcome>| {
+        let store = store.clone();
+        tokio::spawn(async move { store.record_outcomes(&outcomes).await })
+    };
     // The cancel's recipient update, held open (the database has only this campaign).
     const CANCEL: &str = "UPDATE recipients SET status = 'cancelled', next_attempt_at = NULL \
                           WHERE status IN ('pending', 'deferred')";
@@ -568,10 +558,7 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         let mut cancel = pool.begin().await.unwrap();
         sqlx::query(CANCEL).execute(&mut *cancel).await.unwrap();
-        let recording = tokio::spawn({
-            let store = store.clone();
-            async move { store.record_outcomes(&outcomes).await }
-        });
+        let recording = record_in_background(outcomes);
         // Commit only once the outcome statement is waiting for the cancel's row locks.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -598,10 +585,7 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
         let mut cancel = pool.begin().await.unwrap();
         sqlx::query(CANCEL).execute(&mut *cancel).await.unwrap();
-        let recording = tokio::spawn({
-            let store = store.clone();
-            async move { store.record_outcomes(&outcomes).await }
-        });
+        let recording = record_in_background(outcomes);
         cancel.commit().await.unwrap();
         recording.await.unwrap().unwrap();
         pool.close().await;
@@ -616,4 +600,17 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
         counts.get(DeliveryStatus::Cancelled),
         (COUNT - sent_ids.len()) as i64
     );
+}
+
+/// The ids of every recipient of campaign `id` that is due now, over all its batch ranges.
+async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for range in store.batch_ranges(id, 1000).await.unwrap() {
+        let due = store
+            .due_recipients(id, range, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        ids.extend(due.iter().map(|r| r.id));
+    }
+    ids
 }
