@@ -52,14 +52,73 @@ pub fn check_new_campaign(
     }
     let compiled = CompiledCampaign::compile(document, settings)
         .map_err(|err| NewCampaignError::Invalid(vec![template_problem(&err)]))?;
+    let mut problems = Vec::new();
+    let variants = compile_variants(document, settings, &mut problems);
+    if !problems.is_empty() {
+        return Err(NewCampaignError::Invalid(problems));
+    }
     if !recipients.is_empty() {
-        let problems =
-            unknown_variable_problems(&compiled, document, &crate::field_names(recipients));
+        let fields = crate::field_names(recipients);
+        let mut problems = unknown_variable_problems(&compiled, document, &fields);
+        for (index, variant) in variants.iter().enumerate() {
+            for problem in unknown_variable_problems(variant, document, &fields) {
+                // A template the variant keeps is the campaign's, already reported.
+                let problem = in_variant(document, index, problem);
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
+            }
+        }
+        if let Some(problem) = document.ab_slice_problem(recipients.len() as u64) {
+            problems.push(problem);
+        }
         if !problems.is_empty() {
             return Err(NewCampaignError::Invalid(problems));
         }
     }
     Ok(compiled)
+}
+
+/// Compiles every A/B variant, adding a problem naming the variant's field for each that
+/// does not compile.
+pub fn compile_variants(
+    document: &CampaignDocument,
+    settings: &MessageSettings,
+    problems: &mut Vec<Problem>,
+) -> Vec<CompiledCampaign> {
+    (0..document.variants.len())
+        .filter_map(
+            |index| match CompiledCampaign::compile_variant(document, index, settings) {
+                Ok(compiled) => Some(compiled),
+                Err(err) => {
+                    problems.push(in_variant(document, index, template_problem(&err)));
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+/// A problem found in variant `index`'s templates, named by the variant's own field when it
+/// overrides that template (`variants[1].subject`), else by the campaign's with the variant
+/// said (the campaign's template fails with this variant's other parts).
+fn in_variant(document: &CampaignDocument, index: usize, problem: Problem) -> Problem {
+    let variant = &document.variants[index];
+    let part = problem.field.trim_start_matches("templates.").to_string();
+    let overridden = match part.as_str() {
+        "subject" => variant.subject.is_some(),
+        "html" => variant.html.is_some(),
+        "text" => variant.text.is_some(),
+        _ => false,
+    };
+    if overridden {
+        Problem {
+            field: format!("variants[{index}].{part}"),
+            message: format!("(variant {:?}) {}", variant.name, problem.message),
+        }
+    } else {
+        problem
+    }
 }
 
 /// For a strict campaign, one problem per variable a template prints that is not among
