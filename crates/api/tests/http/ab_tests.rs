@@ -326,8 +326,410 @@ async fn the_variant_opened_most_goes_to_exactly_the_rest_of_the_list(app: TestA
     harness.worker.stop().await;
 }
 
+/// `POST …/ab/winner` decides before `decide_after`: an unknown variant is a 422 naming the
+/// field, the chosen one goes to the rest at once, asking again for it is a 200 and another
+/// winner a 409; the processor then has nothing to decide. A campaign without a test is a 409.
+async fn a_winner_chosen_by_hand_is_idempotent_and_final(app: TestApp) {
+    let Some(harness) = AbHarness::start(&app).await else {
+        return;
+    };
+    let campaign = ab_campaign(
+        &["A", "B"],
+        20,
+        json!({"test_fraction": 0.5, "metric": "clicks", "decide_after": "2d", "variant_header": true}),
+    );
+    let id = create_and_send(&app, &campaign).await;
+    wait_status(&app, &id, "waiting for the decision", |s| {
+        s["ab_test"]["phase"] == "waiting_for_decision"
+    })
+    .await;
+    let path = format!("/api/v1/campaigns/{id}/ab/winner");
+    let winner = |variant: &str| {
+        let body = json!({ "variant": variant });
+        let path = path.clone();
+        let app = &app;
+        async move { app.post_json(&path, &body).await }
+    };
+    let unknown = assert_problem(
+        winner("Z").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not a variant",
+        "unknown variant",
+    )
+    .await;
+    assert_eq!(unknown["errors"][0]["field"], "variant", "{unknown}");
+    let response = winner("B").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status: Value = response.json().await.unwrap();
+    assert_eq!(status["ab_test"]["winner"], "B", "{status}");
+    assert_eq!(status["ab_test"]["decision"]["rule"], "manual", "{status}");
+    let again = winner("B").await;
+    assert_eq!(again.status(), StatusCode::OK, "idempotent");
+    assert_problem(
+        winner("A").await,
+        StatusCode::CONFLICT,
+        "already decided",
+        "another winner",
+    )
+    .await;
+
+    wait_status(&app, &id, "completed", |s| s["status"] == "completed").await;
+    harness.wait_received(20).await;
+    let messages = harness.received();
+    let reached: HashSet<&str> = messages.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!((messages.len(), reached.len()), (20, 20));
+    let b_messages = messages.iter().filter(|m| m.variant == "B").count();
+    assert_eq!(b_messages, 15, "its 5 of the slice and the 10 of the rest");
+    let later = harness.clock.now() + time::Duration::days(3);
+    let report = harness.scheduler(&app).check(later, true).await.unwrap();
+    assert!(report.decided.is_empty(), "decided once, by hand");
+    assert_problem(
+        winner("A").await,
+        StatusCode::CONFLICT,
+        "already decided",
+        "after the rest was sent",
+    )
+    .await;
+
+    let plain = app.create_sample().await;
+    let plain_id = plain["campaign"]["id"].as_str().unwrap();
+    assert_problem(
+        app.post_json(
+            &format!("/api/v1/campaigns/{plain_id}/ab/winner"),
+            &json!({"variant": "A"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "no A/B test",
+        "a campaign without a test",
+    )
+    .await;
+    harness.worker.stop().await;
+}
+
+/// The documented rules when the results do not single out a variant: equal rates keep the
+/// first variant of the document (`tie_first_variant`), and no events at all too
+/// (`no_events_first_variant`). Aggregate-only tracking still counts per variant.
+async fn ties_and_silence_keep_the_first_variant(app: TestApp) {
+    let Some(harness) = AbHarness::start(&app).await else {
+        return;
+    };
+    let test = json!({"test_fraction": 0.5, "metric": "opens", "decide_after": "1h", "variant_header": true});
+    let mut tied = ab_campaign(&["first", "second"], 8, test.clone());
+    tied["tracking"]["aggregate_only"] = json!(true);
+    let tied = create_and_send(&app, &tied).await;
+    let silent = create_and_send(&app, &ab_campaign(&["first", "second"], 8, test)).await;
+    for id in [&tied, &silent] {
+        wait_status(&app, id, "waiting for the decision", |s| {
+            s["ab_test"]["phase"] == "waiting_for_decision"
+        })
+        .await;
+    }
+    harness.wait_received(8).await;
+    // One open of each variant of the tied campaign: 1 of 2 delivered each.
+    // Both campaigns go to the same addresses: their pixels' tokens tell them apart.
+    let tied_messages: Vec<Received> = harness
+        .received()
+        .into_iter()
+        .filter(|m| is_of_campaign(&app, m, &tied))
+        .collect();
+    assert_eq!(tied_messages.len(), 4, "2 per variant");
+    for name in ["first", "second"] {
+        let message = tied_messages.iter().find(|m| m.variant == name).unwrap();
+        open(&app, message).await;
+    }
+    app.state.engagement.events().flush().await;
+    harness.clock.advance(time::Duration::hours(1));
+    let report = harness
+        .scheduler(&app)
+        .check(harness.clock.now(), false)
+        .await
+        .unwrap();
+    assert_eq!(report.decided.len(), 2, "{:?}", report.decided);
+    for (id, rule) in [
+        (&tied, "tie_first_variant"),
+        (&silent, "no_events_first_variant"),
+    ] {
+        let status = wait_status(&app, id, "completed", |s| s["status"] == "completed").await;
+        assert_eq!(status["ab_test"]["winner"], "first", "{status}");
+        assert_eq!(status["ab_test"]["decision"]["rule"], rule, "{status}");
+    }
+    let (_, report) = app
+        .get_json(&format!("/api/v1/campaigns/{tied}/analytics"))
+        .await;
+    let opens: Vec<(i64, i64)> = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["opens"]["total"].as_i64().unwrap(),
+                v["opens"]["unique"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        opens,
+        [(1, 0), (1, 0)],
+        "counted per variant, nobody named: {report}"
+    );
+    harness.worker.stop().await;
+}
+
+/// Whether a received message belongs to campaign `id` (its pixel's token names it).
+fn is_of_campaign(app: &TestApp, message: &Received, id: &str) -> bool {
+    let token = message.pixel.rsplit('/').next().unwrap();
+    app.state
+        .links
+        .keys()
+        .verify(tracking::Purpose::Open, token)
+        .unwrap()
+        .campaign_id
+        .to_string()
+        == id
+}
+
+/// Every way an A/B test can be wrong is a 422 naming the field to fix, and nothing is
+/// stored.
+async fn invalid_ab_tests_are_refused_with_their_field_paths(app: TestApp) {
+    let test = json!({"test_fraction": 0.2, "metric": "opens", "decide_after": "4h"});
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut campaign = ab_campaign(&["A", "B"], 0, test.clone());
+        campaign.as_object_mut().unwrap().remove("recipients");
+        change(&mut campaign);
+        campaign
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "variants without ab_test",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("ab_test");
+            }),
+            "ab_test",
+        ),
+        (
+            "ab_test without variants",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("variants");
+            }),
+            "variants",
+        ),
+        (
+            "one variant",
+            with(&|c| {
+                c["variants"].as_array_mut().unwrap().pop();
+            }),
+            "variants",
+        ),
+        (
+            "two variants of one name",
+            with(&|c| c["variants"][1]["name"] = json!("A")),
+            "variants[1].name",
+        ),
+        (
+            "a subject that does not compile",
+            with(&|c| c["variants"][1]["subject"] = json!("Hello {{ first_name")),
+            "variants[1].subject",
+        ),
+        (
+            "an html that does not compile",
+            with(&|c| c["variants"][0]["html"] = json!("<p>{% if %}</p>")),
+            "variants[0].html",
+        ),
+        (
+            "opens that are not tracked",
+            with(&|c| c["tracking"]["opens"] = json!(false)),
+            "ab_test.metric",
+        ),
+        (
+            "a fraction of the whole list",
+            with(&|c| c["ab_test"]["test_fraction"] = json!(1.0)),
+            "ab_test.test_fraction",
+        ),
+        (
+            "a duration without a unit",
+            with(&|c| c["ab_test"]["decide_after"] = json!("240")),
+            "ab_test.decide_after",
+        ),
+        (
+            "an unknown metric",
+            with(&|c| c["ab_test"]["metric"] = json!("replies")),
+            "ab_test.metric",
+        ),
+        (
+            "too few recipients per variant",
+            with(&|c| {
+                c["ab_test"]["min_per_variant"] = json!(3);
+                c["recipients"] = (0..10)
+                    .map(|i| json!({"email": format!("r{i}@example.com")}))
+                    .collect();
+            }),
+            "ab_test.test_fraction",
+        ),
+    ];
+    for (case, campaign, field) in cases {
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}"
+        );
+        let body: Value = response.json().await.unwrap();
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{case}: {body}"))
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&field), "{case}: {field} not in {body}");
+    }
+    assert_eq!(app.campaign_count().await, 0, "nothing stored");
+
+    // Recipients added later: the slice is checked when the campaign is sent.
+    let response = app
+        .post_json(
+            "/api/v1/campaigns",
+            &with(&|c| c["ab_test"]["min_per_variant"] = json!(5)),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap();
+    let response = app
+        .post_json(
+            &format!("/api/v1/campaigns/{id}/recipients"),
+            &json!([{"email": "a@example.com"}, {"email": "b@example.com"}, {"email": "c@example.com"}]),
+        )
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let refused = assert_problem(
+        app.post_json(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "min_per_variant",
+        "a slice too small at send",
+    )
+    .await;
+    assert_eq!(
+        refused["errors"][0]["field"], "ab_test.test_fraction",
+        "{refused}"
+    );
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    assert_eq!(status["status"], "draft", "not sent: {status}");
+}
+
+/// A pause and the decision at the same moment: whichever commits first, the rest is never
+/// sent while the campaign is paused, the test is decided once (a paused campaign's decision
+/// waits for its resume), and after the resume every recipient gets exactly one message, the
+/// rest all the winner.
+async fn a_decision_racing_a_pause_sends_nothing_while_paused_and_decides_once(app: TestApp) {
+    let Some(harness) = AbHarness::start(&app).await else {
+        return;
+    };
+    let campaign = ab_campaign(
+        &["A", "B"],
+        40,
+        json!({"test_fraction": 0.5, "metric": "opens", "decide_after": "30m", "variant_header": true}),
+    );
+    let id = create_and_send(&app, &campaign).await;
+    wait_status(&app, &id, "waiting for the decision", |s| {
+        s["ab_test"]["phase"] == "waiting_for_decision"
+    })
+    .await;
+    harness.wait_received(20).await;
+    harness.clock.advance(time::Duration::minutes(30));
+    let at = harness.clock.now();
+    let scheduler = harness.scheduler(&app);
+    let (pause_path, no_body) = (format!("/api/v1/campaigns/{id}/pause"), json!({}));
+    let pause = app.post_json(&pause_path, &no_body);
+    let (paused, decided) = tokio::join!(pause, scheduler.check(at, false));
+    assert_eq!(paused.status(), StatusCode::OK);
+    let mut decisions = decided.unwrap().decided.len();
+
+    let status = wait_status(&app, &id, "paused", |s| s["status"] == "paused").await;
+    if decisions == 1 {
+        // Decided first: the rest's batch runs, finds the campaign paused and waits.
+        assert_eq!(status["ab_test"]["phase"], "sending_winner", "{status}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let batches = harness
+                .tasks
+                .list(&tasks::TaskFilter {
+                    key_prefix: Some(format!("send_batch:{id}:")),
+                    limit: 100,
+                    ..tasks::TaskFilter::default()
+                })
+                .await
+                .unwrap();
+            let rest_ran = batches.iter().any(|task| {
+                task.idempotency_key
+                    .as_deref()
+                    .is_some_and(|k| k.ends_with(":0:ab-rest"))
+                    && task.status == tasks::TaskStatus::Completed
+            });
+            if rest_ran {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rest's batch never ran: {batches:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        // Paused first: nothing is decided while paused.
+        assert_eq!(
+            status["ab_test"]["phase"], "waiting_for_decision",
+            "{status}"
+        );
+        let report = scheduler.check(at, true).await.unwrap();
+        assert!(report.decided.is_empty(), "decided while paused");
+    }
+    assert_eq!(
+        harness.sink.message_count(),
+        20,
+        "nothing of the rest while paused"
+    );
+
+    let resumed = app
+        .post_json(&format!("/api/v1/campaigns/{id}/resume"), &json!({}))
+        .await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    // The paused batches look again after a few seconds of the worker's clock.
+    harness.clock.advance(time::Duration::seconds(10));
+    decisions += scheduler
+        .check(harness.clock.now(), true)
+        .await
+        .unwrap()
+        .decided
+        .len();
+    assert_eq!(decisions, 1, "decided once");
+    wait_status(&app, &id, "completed", |s| s["status"] == "completed").await;
+    harness.wait_received(40).await;
+    let messages = harness.received();
+    let reached: HashSet<&str> = messages.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!(
+        (messages.len(), reached.len()),
+        (40, 40),
+        "one message each"
+    );
+    let (_, status) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/status"))
+        .await;
+    let winner = status["ab_test"]["winner"].as_str().unwrap().to_string();
+    let of_winner = messages.iter().filter(|m| m.variant == winner).count();
+    assert_eq!(of_winner, 30, "its 10 of the slice and the 20 of the rest");
+    harness.worker.stop().await;
+}
+
 testkit::backend_suite! {
     #[tokio::test] with_app => [
         the_variant_opened_most_goes_to_exactly_the_rest_of_the_list,
+        a_winner_chosen_by_hand_is_idempotent_and_final,
+        ties_and_silence_keep_the_first_variant,
+        invalid_ab_tests_are_refused_with_their_field_paths,
+        a_decision_racing_a_pause_sends_nothing_while_paused_and_decides_once,
     ];
 }
