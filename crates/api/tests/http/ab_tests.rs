@@ -724,6 +724,56 @@ async fn a_decision_racing_a_pause_sends_nothing_while_paused_and_decides_once(a
     harness.worker.stop().await;
 }
 
+/// The replica that decided dies before creating the rest's task: the decision stands (the
+/// rest was released in its transaction) and a later full check of any replica creates the
+/// task, once; the rest then receives the winner.
+async fn a_decision_whose_task_was_lost_is_repaired(app: TestApp) {
+    let Some(harness) = AbHarness::start(&app).await else {
+        return;
+    };
+    let campaign = ab_campaign(
+        &["A", "B"],
+        10,
+        json!({"test_fraction": 0.4, "metric": "opens", "decide_after": "1h", "variant_header": true}),
+    );
+    let id = create_and_send(&app, &campaign).await;
+    wait_status(&app, &id, "waiting for the decision", |s| {
+        s["ab_test"]["phase"] == "waiting_for_decision"
+    })
+    .await;
+    harness.wait_received(4).await;
+    let campaign_id: campaign::CampaignId = id.parse().unwrap();
+    // What the deciding replica committed before it died: the decision, and no task.
+    let now = harness.clock.now();
+    assert!(
+        app.store
+            .decide_ab_test(
+                campaign_id,
+                1,
+                &json!({"rule": "manual"}),
+                now,
+                &[campaign::CampaignStatus::Sending]
+            )
+            .await
+            .unwrap()
+    );
+    let scheduler = harness.scheduler(&app);
+    let soon = scheduler.check(now, true).await.unwrap();
+    assert_eq!(soon.ab_repaired, 0, "not before repair_after");
+    let later = now + time::Duration::seconds(11);
+    let report = scheduler.check(later, true).await.unwrap();
+    assert_eq!((report.ab_repaired, report.decided.len()), (1, 0));
+    wait_status(&app, &id, "completed", |s| s["status"] == "completed").await;
+    harness.wait_received(10).await;
+    let messages = harness.received();
+    let reached: HashSet<&str> = messages.iter().map(|m| m.to.as_str()).collect();
+    assert_eq!((messages.len(), reached.len()), (10, 10));
+    assert_eq!(messages.iter().filter(|m| m.variant == "B").count(), 8);
+    let again = scheduler.check(later, true).await.unwrap();
+    assert_eq!(again.ab_repaired, 0, "repaired once");
+    harness.worker.stop().await;
+}
+
 testkit::backend_suite! {
     #[tokio::test] with_app => [
         the_variant_opened_most_goes_to_exactly_the_rest_of_the_list,
@@ -731,5 +781,6 @@ testkit::backend_suite! {
         ties_and_silence_keep_the_first_variant,
         invalid_ab_tests_are_refused_with_their_field_paths,
         a_decision_racing_a_pause_sends_nothing_while_paused_and_decides_once,
+        a_decision_whose_task_was_lost_is_repaired,
     ];
 }
