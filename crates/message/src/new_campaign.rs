@@ -53,22 +53,13 @@ pub fn check_new_campaign(
     let compiled = CompiledCampaign::compile(document, settings)
         .map_err(|err| NewCampaignError::Invalid(vec![template_problem(&err)]))?;
     let mut problems = Vec::new();
-    let variants = compile_variants(document, settings, &mut problems);
+    compile_variants(document, settings, &mut problems);
     if !problems.is_empty() {
         return Err(NewCampaignError::Invalid(problems));
     }
     if !recipients.is_empty() {
         let fields = crate::field_names(recipients);
         let mut problems = unknown_variable_problems(&compiled, document, &fields);
-        for (index, variant) in variants.iter().enumerate() {
-            for problem in unknown_variable_problems(variant, document, &fields) {
-                // A template the variant keeps is the campaign's, already reported.
-                let problem = in_variant(document, index, problem);
-                if !problems.contains(&problem) {
-                    problems.push(problem);
-                }
-            }
-        }
         if let Some(problem) = document.ab_slice_problem(recipients.len() as u64) {
             problems.push(problem);
         }
@@ -122,7 +113,8 @@ fn in_variant(document: &CampaignDocument, index: usize, problem: Problem) -> Pr
 }
 
 /// For a strict campaign, one problem per variable a template prints that is not among
-/// `fields` (the recipients' field names), named by template and line; none for a lenient
+/// `fields` (the recipients' field names), named by template and line (an A/B variant's own
+/// template by its field, `variants[1].subject`); none for a lenient
 /// one. Used by [`check_new_campaign`] and for recipients streamed from a file, whose field
 /// names are gathered without holding the rows.
 pub fn unknown_variable_problems(
@@ -133,6 +125,31 @@ pub fn unknown_variable_problems(
     if document.templates.undefined_variables != UndefinedVariables::Strict {
         return Vec::new();
     }
+    let mut problems = variables_not_in(compiled, fields);
+    for index in 0..document.variants.len() {
+        // Which variables a template reads does not depend on the render limits; a variant
+        // that does not compile is reported by `compile_variants`.
+        let Ok(variant) =
+            CompiledCampaign::compile_variant(document, index, &MessageSettings::default())
+        else {
+            continue;
+        };
+        for problem in variables_not_in(&variant, fields) {
+            // A template the variant keeps is the campaign's, already reported.
+            let problem = in_variant(document, index, problem);
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+    }
+    problems
+}
+
+/// One problem per variable `compiled` prints that is not among `fields`.
+fn variables_not_in(
+    compiled: &CompiledCampaign,
+    fields: &std::collections::HashSet<String>,
+) -> Vec<Problem> {
     compiled
         .unknown_variables(fields)
         .iter()

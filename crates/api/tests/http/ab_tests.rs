@@ -552,6 +552,17 @@ async fn invalid_ab_tests_are_refused_with_their_field_paths(app: TestApp) {
             "ab_test.decide_after",
         ),
         (
+            "a variable no recipient has, in a strict campaign",
+            with(&|c| {
+                c["templates"]["undefined_variables"] = json!("strict");
+                c["variants"][1]["subject"] = json!("Hello {{ nickname }}");
+                c["recipients"] = (0..10)
+                    .map(|i| json!({"email": format!("r{i}@example.com")}))
+                    .collect();
+            }),
+            "variants[1].subject",
+        ),
+        (
             "an unknown metric",
             with(&|c| c["ab_test"]["metric"] = json!("replies")),
             "ab_test.metric",
