@@ -5,20 +5,13 @@
 
 use campaign::{CampaignDocument, CampaignStatus, Recipient};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{BINARY, TRACKING_SECRET, spawn, wait_until_holds};
 use testkit::process::{Process, isolated_command};
 use testkit::recording_smtp::{Arrival, RecordingSmtp};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
-const SECRET: &str = "sending-rates-test-secret-of-at-least-32-bytes";
-
-fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-    let mut command = isolated_command(BINARY, dir, args, env);
-    command.env("TRACKING_SECRET", SECRET);
-    Process::spawn(name, dir, command)
-}
+mod support;
 
 fn document(name: &str) -> CampaignDocument {
     let json = serde_json::json!({
@@ -54,15 +47,6 @@ fn now_seconds() -> f64 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_secs_f64()
-}
-
-/// Polls until `done` holds, up to `limit`.
-async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Arrivals within `[from, to)` (seconds since the epoch), optionally only at `domain`.
@@ -213,7 +197,7 @@ mod postgres {
             .send("global rate", COUNT, &["mail.example"])
             .await;
 
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
@@ -223,7 +207,7 @@ mod postgres {
             std::fs::read_to_string(deployment.dir.path().join(format!("worker-{n}.log")))
                 .unwrap_or_default()
         };
-        wait_until(
+        wait_until_holds(
             Duration::from_secs(30),
             "a batch done by each worker",
             || now_seconds() > first + 6.0 && (1..=3).all(|n| log(n).contains("batch done")),
@@ -232,7 +216,7 @@ mod postgres {
         let victim = workers.pop().unwrap();
         victim.signal("-KILL");
         let killed = now_seconds();
-        wait_until(
+        wait_until_holds(
             Duration::from_secs(60),
             "sending well after the kill",
             || {
@@ -317,12 +301,12 @@ mod postgres {
                 ],
             )
             .await;
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
         let first = sink.arrivals()[0].at;
-        wait_until(Duration::from_secs(60), "7 s of sending", || {
+        wait_until_holds(Duration::from_secs(60), "7 s of sending", || {
             sink.arrivals().last().is_some_and(|a| a.at > first + 7.0)
         })
         .await;
@@ -374,18 +358,18 @@ mod postgres {
         let id = deployment
             .send("throttled", COUNT, &["slow.example", "fast.example"])
             .await;
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
         let first = sink.arrivals()[0].at;
-        wait_until(Duration::from_secs(30), "3 s of sending", || {
+        wait_until_holds(Duration::from_secs(30), "3 s of sending", || {
             now_seconds() > first + 3.0
         })
         .await;
         sink.set_throttling(true);
         let on = now_seconds();
-        wait_until(Duration::from_secs(30), "5 s of throttling", || {
+        wait_until_holds(Duration::from_secs(30), "5 s of throttling", || {
             now_seconds() > on + 5.0
         })
         .await;
@@ -481,7 +465,7 @@ fn a_bad_rate_limits_file_refuses_to_start_naming_the_line() {
                     format!("sqlite://{}/m.db", dir.path().display()),
                 ),
                 ("RATE_LIMITS_FILE", file.display().to_string()),
-                ("TRACKING_SECRET", SECRET.into()),
+                ("TRACKING_SECRET", TRACKING_SECRET.into()),
             ],
         )
         .output()

@@ -5,7 +5,7 @@ use crate::recorder::Recorder;
 use crate::retry::outcome_of;
 use crate::worker::Stats;
 use crate::{ProcessorError, Services};
-use campaign::{CampaignId, CampaignStatus};
+use campaign::{CampaignAction, CampaignId, CampaignStatus};
 use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -146,11 +146,11 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
     let Some(record) = store.get_campaign(id).await? else {
         return Ok(json!({"skipped": "the campaign does not exist"}));
     };
+    let sending = CampaignStatus::Sending;
     match record.status {
-        CampaignStatus::Queued => {
-            store
-                .transition_campaign(id, &[CampaignStatus::Queued], CampaignStatus::Sending)
-                .await?;
+        status if status.check(sending, CampaignAction::Start).is_ok() => {
+            let from = CampaignStatus::sources(sending, CampaignAction::Start);
+            store.transition_campaign(id, &from, sending).await?;
         }
         // Split again after a crash: the stable split and the keys create nothing twice.
         CampaignStatus::Sending => {}

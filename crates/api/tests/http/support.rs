@@ -62,6 +62,22 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Another app on the same store and key, started with `settings` changed by `change`
+    /// (smaller limits, a rate limit).
+    pub async fn with_settings(&self, change: impl FnOnce(&mut api::ApiSettings)) -> TestApp {
+        let mut state = self.state.clone();
+        change(&mut state.settings);
+        TestApp {
+            base: format!("http://{}", serve(state.clone()).await),
+            client: self.client.clone(),
+            store: self.store.clone(),
+            state,
+            key: self.key.clone(),
+            database_url: self.database_url.clone(),
+            _database: Box::new(()),
+        }
+    }
+
     pub async fn campaign_count(&self) -> usize {
         let (_, list) = self.get_json("/api/v1/campaigns?limit=500").await;
         list["items"].as_array().unwrap().len()

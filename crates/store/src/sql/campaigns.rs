@@ -1,17 +1,65 @@
 //! [`CampaignRepository`](crate::CampaignRepository) in SQL: campaigns, their status changes, and reading recipients.
 
-use super::{Db, Store, stored_recipient_from_row};
+use super::{Db, Store, status_from, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
     CampaignFilter, CampaignPage, CampaignRecord, CampaignRepository, DueCampaign, ImportReport,
     RecipientStream, StoreError, StoredRecipient, initial_status,
 };
-use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress, RecipientId};
+use campaign::{
+    CampaignAction, CampaignDocument, CampaignId, CampaignStatus, EmailAddress, RecipientId,
+};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
+use std::sync::LazyLock;
 use time::OffsetDateTime;
 
 use super::recipients::import;
+
+/// The campaigns the campaign processor queues when their `scheduled_at` comes: whatever the
+/// transition table lets it queue.
+fn due_states() -> String {
+    status_from(CampaignStatus::Queued, CampaignAction::QueueDue)
+}
+
+/// A schedule may change, or be cleared, where the campaign may be scheduled: draft or
+/// scheduled.
+static SCHEDULE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE campaigns SET scheduled_at = $2, status = $3, updated_at = $4 WHERE id = $1 AND {}",
+        status_from(CampaignStatus::Scheduled, CampaignAction::Schedule)
+    )
+});
+
+/// The `status = …` outside the sub-select is what makes this exactly once across replicas:
+/// PostgreSQL re-checks it on the locked row after a concurrent update commits (so the second
+/// replica skips the row), and SQLite runs one writer at a time.
+static QUEUE_DUE: LazyLock<String> = LazyLock::new(|| {
+    let due = due_states();
+    format!(
+        "UPDATE campaigns SET status = '{queued}', queued_at = $1, updated_at = $1 \
+         WHERE id IN (SELECT id FROM campaigns WHERE {due} AND scheduled_at <= $1 \
+                      ORDER BY scheduled_at LIMIT $2) \
+           AND {due} \
+         RETURNING id, scheduled_at",
+        queued = CampaignStatus::Queued.as_str()
+    )
+});
+
+static NEXT_SCHEDULED_AT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT MIN(scheduled_at) FROM campaigns WHERE {}",
+        due_states()
+    )
+});
+
+/// Campaigns waiting for a worker's split to start them (queued).
+static QUEUED_BEFORE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id FROM campaigns WHERE {} AND queued_at < $1 ORDER BY queued_at LIMIT $2",
+        status_from(CampaignStatus::Sending, CampaignAction::Start)
+    )
+});
 
 const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass";
 
@@ -49,10 +97,7 @@ async fn transition(
         return Ok(false);
     }
     let now = DbTime::now();
-    let is_final = matches!(
-        to,
-        CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
-    );
+    let is_final = to.is_final();
     let mut builder = QueryBuilder::<Db>::new("UPDATE campaigns SET status = ");
     builder.push_bind(to.as_str());
     builder.push(", updated_at = ").push_bind(now);
@@ -242,16 +287,13 @@ impl CampaignRepository for Store {
         } else {
             CampaignStatus::Draft
         };
-        let result = sqlx::query(
-            "UPDATE campaigns SET scheduled_at = $2, status = $3, updated_at = $4 \
-             WHERE id = $1 AND status IN ('draft', 'scheduled')",
-        )
-        .bind(DbId(id))
-        .bind(at.map(DbTime::from))
-        .bind(status.as_str())
-        .bind(DbTime::now())
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(SCHEDULE.as_str())
+            .bind(DbId(id))
+            .bind(at.map(DbTime::from))
+            .bind(status.as_str())
+            .bind(DbTime::now())
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -260,21 +302,12 @@ impl CampaignRepository for Store {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<DueCampaign>, StoreError> {
-        // The `status = 'scheduled'` outside the sub-select is what makes this exactly
-        // once across replicas: PostgreSQL re-checks it on the locked row after a
-        // concurrent update commits (so the second replica skips the row), and SQLite
-        // runs one writer at a time.
-        let rows = sqlx::query(
-            "UPDATE campaigns SET status = 'queued', queued_at = $1, updated_at = $1 \
-             WHERE id IN (SELECT id FROM campaigns WHERE status = 'scheduled' AND scheduled_at <= $1 \
-                          ORDER BY scheduled_at LIMIT $2) \
-               AND status = 'scheduled' \
-             RETURNING id, scheduled_at",
-        )
-        .bind(DbTime::from(now))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await?;
+        // Exactly once across replicas: see QUEUE_DUE.
+        let rows = sqlx::query(QUEUE_DUE.as_str())
+            .bind(DbTime::from(now))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
         let mut due = rows
             .iter()
             .map(|row| {
@@ -291,11 +324,9 @@ impl CampaignRepository for Store {
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        let next: Option<DbTime> = sqlx::query_scalar(
-            "SELECT MIN(scheduled_at) FROM campaigns WHERE status = 'scheduled'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let next: Option<DbTime> = sqlx::query_scalar(NEXT_SCHEDULED_AT.as_str())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(next.map(|t| t.0))
     }
 
@@ -304,13 +335,11 @@ impl CampaignRepository for Store {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<CampaignId>, StoreError> {
-        let ids: Vec<DbId<CampaignId>> = sqlx::query_scalar(
-            "SELECT id FROM campaigns WHERE status = 'queued' AND queued_at < $1 ORDER BY queued_at LIMIT $2",
-        )
-        .bind(DbTime::from(before))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await?;
+        let ids: Vec<DbId<CampaignId>> = sqlx::query_scalar(QUEUED_BEFORE.as_str())
+            .bind(DbTime::from(before))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(ids.into_iter().map(|id| id.0).collect())
     }
 

@@ -1,16 +1,37 @@
 //! [`DeliveryRepository`](crate::DeliveryRepository) in SQL: batches, due recipients, outcomes, time-zone holds.
 
-use super::{Db, Store, stored_recipient_from_row};
+use super::{Db, Store, status_from, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
     DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind,
     RecipientRange, Requeued, StoreError, StoredRecipient, ZoneRelease,
 };
-use campaign::{CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
+use campaign::{CampaignAction, CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
 use sqlx::{QueryBuilder, Row};
+use std::sync::LazyLock;
 use time::OffsetDateTime;
 
 use futures::TryStreamExt;
+
+/// A sending campaign whose recipients all have their outcome ends: `failed` when none was
+/// sent and one failed, else `completed`. Where it may end from is the transition table's
+/// answer (the same states for both ends).
+static FINISH_IF_DONE: LazyLock<String> = LazyLock::new(|| {
+    let (completed, failed) = (CampaignStatus::Completed, CampaignStatus::Failed);
+    let finishing = status_from(completed, CampaignAction::Finish);
+    debug_assert_eq!(finishing, status_from(failed, CampaignAction::Finish));
+    format!(
+        "UPDATE campaigns SET \
+           status = CASE WHEN NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'sent') \
+                          AND EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'failed') \
+                         THEN '{failed}' ELSE '{completed}' END, \
+           completed_at = $2, updated_at = $2 \
+         WHERE id = $1 AND {finishing} \
+           AND NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred'))",
+        failed = failed.as_str(),
+        completed = completed.as_str(),
+    )
+});
 
 /// Sent outcomes recorded per statement (two bind parameters each, far below both
 /// backends' limits).
@@ -73,19 +94,11 @@ impl DeliveryRepository for Store {
 
     async fn finish_if_done(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError> {
         let now = DbTime::now();
-        let result = sqlx::query(
-            "UPDATE campaigns SET \
-               status = CASE WHEN NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'sent') \
-                              AND EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'failed') \
-                             THEN 'failed' ELSE 'completed' END, \
-               completed_at = $2, updated_at = $2 \
-             WHERE id = $1 AND status = 'sending' \
-               AND NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred'))",
-        )
-        .bind(DbId(id))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(FINISH_IF_DONE.as_str())
+            .bind(DbId(id))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         if result.rows_affected() == 0 {
             return Ok(None);
         }
@@ -338,7 +351,8 @@ impl DeliveryRepository for Store {
         let status: String = row.try_get("status")?;
         let status: CampaignStatus = status.parse().map_err(StoreError::Corrupt)?;
         let send_pass: i32 = row.try_get("send_pass")?;
-        if !matches!(status, CampaignStatus::Completed | CampaignStatus::Failed) {
+        let requeued = CampaignStatus::Queued;
+        if status.check(requeued, CampaignAction::RetryFailed).is_err() {
             return Ok(None);
         }
         let now = DbTime::now();
@@ -361,11 +375,12 @@ impl DeliveryRepository for Store {
             }));
         }
         sqlx::query(
-            "UPDATE campaigns SET status = 'queued', send_pass = send_pass + 1, started_at = NULL, \
+            "UPDATE campaigns SET status = $3, send_pass = send_pass + 1, started_at = NULL, \
              completed_at = NULL, updated_at = $2 WHERE id = $1",
         )
         .bind(DbId(id))
         .bind(now)
+        .bind(requeued.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
