@@ -436,9 +436,9 @@ impl TransportArgs {
         Ok(delivery::transport_from_config(&config)?)
     }
 
-    /// The transport of a role that delivers campaigns: `SMTP_RATE_LIMIT` and
-    /// `RATE_LIMITS_FILE` are kept as schedules shared through `database` by every worker on
-    /// it; with neither set, the transport as it is.
+    /// The transport of a role that delivers campaigns: `SMTP_RATE_LIMIT`,
+    /// `RATE_LIMITS_FILE` and each campaign's `max_rate` are kept as schedules shared through
+    /// `database` by every worker on it (a message limited by none of them takes no slot).
     pub fn delivery_transport(
         &self,
         database: &store::Database,
@@ -447,9 +447,6 @@ impl TransportArgs {
             global: self.smtp_rate_limit,
             destinations: self.rate_limits_file.clone().unwrap_or_default(),
         };
-        if !settings.limits_anything() {
-            return self.transport();
-        }
         let unlimited = TransportArgs {
             smtp_rate_limit: None,
             ..self.clone()
