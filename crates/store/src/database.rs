@@ -16,6 +16,13 @@ use std::time::Duration;
 const SQLITE_CONNECTIONS: u32 = 16;
 /// Connections of a PostgreSQL pool, likewise the sum of what each side had.
 const POSTGRES_CONNECTIONS: u32 = 32;
+/// The SQLite WAL size past which the file is checkpointed and truncated. SQLite's own
+/// (passive) checkpoints copy pages back but restart the WAL only when no reader is using it
+/// at that instant, which a busy pool (the API's reads, batch claims) rarely allows: a
+/// 1,000,000-recipient send left a 321 MB WAL, and every read searches the WAL's index.
+pub const WAL_TRUNCATE_BYTES: u64 = 64 << 20;
+/// How often the WAL's size is looked at (one `stat` of the file).
+const WAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// An open connection pool to the database at one URL.
 #[derive(Debug, Clone)]
@@ -49,6 +56,7 @@ impl Database {
                 .max_connections(SQLITE_CONNECTIONS)
                 .connect_with(options)
                 .await?;
+            tokio::spawn(keep_wal_small(pool.clone()));
             Ok(Database::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // No bitmap scans: a table filled faster than autoanalyze runs (the task queue, a
@@ -69,6 +77,17 @@ impl Database {
             Err(invalid(
                 "it must start with sqlite:// or postgres://".into(),
             ))
+        }
+    }
+
+    /// On SQLite, when the WAL file is larger than `limit` bytes: checkpoints it with
+    /// TRUNCATE (waiting, through the busy timeout, for readers of older snapshots to finish;
+    /// writers wait meanwhile) and answers the size it had. Nothing on PostgreSQL or below
+    /// the limit. The pool does this by itself past [`WAL_TRUNCATE_BYTES`].
+    pub async fn truncate_wal_if_larger(&self, limit: u64) -> Result<Option<u64>, StoreError> {
+        match self {
+            Database::Sqlite(pool) => truncate_wal_if_larger(pool, limit).await,
+            Database::Postgres(_) => Ok(None),
         }
     }
 
@@ -98,5 +117,51 @@ impl Database {
     {
         migrator.set_ignore_missing(true);
         migrator.run(pool).await
+    }
+}
+
+/// The WAL file of the pool's database, `<file>-wal`.
+fn wal_path(pool: &SqlitePool) -> std::path::PathBuf {
+    let mut path = pool.connect_options().get_filename().as_os_str().to_owned();
+    path.push("-wal");
+    path.into()
+}
+
+async fn truncate_wal_if_larger(pool: &SqlitePool, limit: u64) -> Result<Option<u64>, StoreError> {
+    let size = match tokio::fs::metadata(wal_path(pool)).await {
+        Ok(metadata) => metadata.len(),
+        // No WAL yet (or an in-memory database): nothing to do.
+        Err(_) => return Ok(None),
+    };
+    if size <= limit {
+        return Ok(None);
+    }
+    // The answer's first column is 1 when the checkpoint could not finish (busy): the next
+    // look tries again.
+    let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(pool)
+        .await?;
+    if busy != 0 {
+        tracing::debug!(wal_bytes = size, "WAL checkpoint busy; trying again later");
+        return Ok(None);
+    }
+    tracing::debug!(wal_bytes = size, "WAL checkpointed and truncated");
+    Ok(Some(size))
+}
+
+/// Looks at the WAL's size every [`WAL_CHECK_INTERVAL`] and truncates it past
+/// [`WAL_TRUNCATE_BYTES`], until the pool is closed.
+async fn keep_wal_small(pool: SqlitePool) {
+    let mut every = tokio::time::interval(WAL_CHECK_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(err) = truncate_wal_if_larger(&pool, WAL_TRUNCATE_BYTES).await {
+            tracing::warn!(error = %err, "WAL checkpoint failed");
+        }
     }
 }

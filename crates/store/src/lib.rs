@@ -34,7 +34,7 @@ pub use campaigns::{
     CampaignFilter, CampaignPage, CampaignRecord, CampaignRepository, DueCampaign,
     LATE_START_AFTER, StoredRecipient, initial_status,
 };
-pub use database::Database;
+pub use database::{Database, WAL_TRUNCATE_BYTES};
 pub use deliveries::{
     DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
     RecipientRange, Requeued, ZoneRelease,
