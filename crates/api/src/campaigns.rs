@@ -9,7 +9,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus};
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
 use serde::{Deserialize, Serialize};
 use service::CampaignError;
 use store::{
@@ -355,7 +355,8 @@ struct DeliveryParams {
     #[param(inline)]
     status: Option<DeliveryStatus>,
     /// The previous page's `next_cursor`.
-    after: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    after: Option<RecipientId>,
     /// Recipients per page, 1 to 1000 (default 100).
     limit: Option<u32>,
 }
@@ -366,7 +367,8 @@ struct DeliveryPage {
     items: Vec<DeliveryRecord>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    next_cursor: Option<RecipientId>,
 }
 
 /// List a campaign's per-recipient delivery outcomes.

@@ -252,7 +252,7 @@ mod tests {
         observer.check_succeeded(&report, Duration::from_millis(3));
         assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
         observer.check_failed(&processor::ProcessorError::Campaign(
-            service::CampaignError::NotFound(uuid::Uuid::nil()),
+            service::CampaignError::NotFound(uuid::Uuid::nil().into()),
         ));
         assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
         shutdown.cancel();

@@ -369,7 +369,7 @@ pub(crate) async fn deliver(
             Err(error) => {
                 drop(permit);
                 metrics::record_render_error();
-                tracing::warn!(campaign = %id, recipient = recipient.id, %error, "message cannot be built");
+                tracing::warn!(campaign = %id, recipient = recipient.id.get(), %error, "message cannot be built");
                 sends.spawn(record_only(
                     shared,
                     &recipient,
@@ -452,7 +452,7 @@ pub(crate) async fn deliver(
                     };
                     if recorder.record(outcome).await.is_err() {
                         tracing::error!(
-                            recipient = recipient.id,
+                            recipient = recipient.id.get(),
                             "outcome not recorded: the recorder stopped"
                         );
                     } else {
@@ -513,7 +513,7 @@ pub(crate) async fn deliver(
         },
     };
     // At info: `docker-compose logs` of a delivering role shows its work batch by batch.
-    tracing::info!(campaign = %id, first = batch.first, round = batch.round, sent = tally.sent, deferred = tally.deferred, failed = tally.failed, ?halt, "batch done");
+    tracing::info!(campaign = %id, first = batch.first.get(), round = batch.round, sent = tally.sent, deferred = tally.deferred, failed = tally.failed, ?halt, "batch done");
     Ok(json!({
         "sent": tally.sent,
         "deferred": tally.deferred,
@@ -586,7 +586,7 @@ async fn record_kind(
     };
     if recorder.record(outcome).await.is_err() {
         tracing::error!(
-            recipient = recipient.id,
+            recipient = recipient.id.get(),
             "outcome not recorded: the recorder stopped"
         );
     } else {

@@ -268,7 +268,10 @@ impl TestApp {
     pub async fn campaign_with(
         &self,
         emails: &[&str],
-    ) -> (String, std::collections::HashMap<String, i64>) {
+    ) -> (
+        String,
+        std::collections::HashMap<String, campaign::RecipientId>,
+    ) {
         let mut campaign = sample_campaign();
         campaign["recipients"] = emails.iter().map(|email| json!({"email": email})).collect();
         let response = self.post_json("/api/v1/campaigns", &campaign).await;
@@ -285,7 +288,7 @@ impl TestApp {
             .map(|d| {
                 (
                     d["email"].as_str().unwrap().to_string(),
-                    d["recipient_id"].as_i64().unwrap(),
+                    campaign::RecipientId::new(d["recipient_id"].as_i64().unwrap()),
                 )
             })
             .collect();

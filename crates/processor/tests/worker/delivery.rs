@@ -902,7 +902,15 @@ async fn a_bad_submission_is_dead_at_once_and_stores_nothing(harness: Harness) {
             error.contains(reason),
             "{error:?} should contain {reason:?}"
         );
-        assert!(harness.store.get_campaign(*id).await.unwrap().is_none());
+        let campaign = CampaignId::from(*id);
+        assert!(
+            harness
+                .store
+                .get_campaign(campaign)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     worker.stop().await;
     transport.close().await;
@@ -951,6 +959,7 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
+    let campaign = CampaignId::from(task.id);
     let first: processor::SubmitCampaign = serde_json::from_value(payload).unwrap();
     let rows = first
         .campaign
@@ -961,7 +970,7 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         .collect::<Vec<_>>();
     harness
         .store
-        .create_campaign_once(task.id, &first.campaign, store::recipient_stream(rows))
+        .create_campaign_once(campaign, &first.campaign, store::recipient_stream(rows))
         .await
         .unwrap();
     let expired = Instant::now() + Duration::from_millis(300);
@@ -980,7 +989,10 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         done.result.as_ref().unwrap()["campaign_id"],
         task.id.to_string()
     );
-    assert_eq!(harness.wait_final(task.id).await, CampaignStatus::Completed);
+    assert_eq!(
+        harness.wait_final(campaign).await,
+        CampaignStatus::Completed
+    );
     worker.stop().await;
     transport.close().await;
 
@@ -994,14 +1006,14 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         .unwrap();
     assert_eq!(
         stored.items.iter().map(|c| c.id).collect::<Vec<_>>(),
-        vec![task.id]
+        vec![campaign]
     );
     assert_eq!(stored.items[0].recipient_count, COUNT as i64);
     let sent = harness
-        .deliveries(task.id, Some(DeliveryStatus::Sent))
+        .deliveries(campaign, Some(DeliveryStatus::Sent))
         .await;
     assert_eq!(sent.len(), COUNT);
-    let copies = assert_each_recipient_reached(&arrivals(&server), task.id, &sent);
+    let copies = assert_each_recipient_reached(&arrivals(&server), campaign, &sent);
     assert!(copies.values().all(|n| *n == 1), "{copies:?}");
 }
 
@@ -1029,9 +1041,10 @@ async fn a_scheduled_submission_stays_scheduled(harness: Harness) {
     worker.stop().await;
     transport.close().await;
     assert_eq!(done.result.as_ref().unwrap()["status"], "scheduled");
-    assert_eq!(harness.status(task.id).await, CampaignStatus::Scheduled);
+    let campaign = CampaignId::from(task.id);
+    assert_eq!(harness.status(campaign).await, CampaignStatus::Scheduled);
     assert!(
-        send_tasks_of(harness.tasks.as_ref(), task.id)
+        send_tasks_of(harness.tasks.as_ref(), campaign)
             .await
             .is_empty()
     );

@@ -6,7 +6,7 @@ use crate::{
     CampaignFilter, CampaignPage, CampaignRecord, CampaignRepository, DueCampaign, ImportReport,
     RecipientStream, StoreError, StoredRecipient, initial_status,
 };
-use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress};
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress, RecipientId};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
 use time::OffsetDateTime;
@@ -18,7 +18,7 @@ const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, sch
 fn campaign_from_row(row: &<Db as sqlx::Database>::Row) -> Result<CampaignRecord, StoreError> {
     let status: String = row.try_get("status")?;
     let Json(document): Json<CampaignDocument> = row.try_get("document")?;
-    let id: DbId = row.try_get("id")?;
+    let id: DbId<CampaignId> = row.try_get("id")?;
     let optional_time = |column: &str| -> Result<_, StoreError> {
         Ok(row.try_get::<Option<DbTime>, _>(column)?.map(|t| t.0))
     };
@@ -137,7 +137,7 @@ impl CampaignRepository for Store {
         recipients: RecipientStream<'_>,
     ) -> Result<(CampaignRecord, ImportReport), StoreError> {
         let (record, report) =
-            insert_campaign(self, uuid::Uuid::now_v7(), document, recipients).await?;
+            insert_campaign(self, CampaignId::now_v7(), document, recipients).await?;
         // A fresh v7 id cannot already exist.
         Ok((record, report.unwrap_or_default()))
     }
@@ -278,7 +278,7 @@ impl CampaignRepository for Store {
         let mut due = rows
             .iter()
             .map(|row| {
-                let id: DbId = row.try_get("id")?;
+                let id: DbId<CampaignId> = row.try_get("id")?;
                 let scheduled_at: DbTime = row.try_get("scheduled_at")?;
                 Ok(DueCampaign {
                     id: id.0,
@@ -304,7 +304,7 @@ impl CampaignRepository for Store {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<CampaignId>, StoreError> {
-        let ids: Vec<DbId> = sqlx::query_scalar(
+        let ids: Vec<DbId<CampaignId>> = sqlx::query_scalar(
             "SELECT id FROM campaigns WHERE status = 'queued' AND queued_at < $1 ORDER BY queued_at LIMIT $2",
         )
         .bind(DbTime::from(before))
@@ -338,7 +338,7 @@ impl CampaignRepository for Store {
     async fn get_recipient(
         &self,
         id: CampaignId,
-        recipient_id: i64,
+        recipient_id: RecipientId,
     ) -> Result<Option<StoredRecipient>, StoreError> {
         let row = sqlx::query("SELECT id, email, fields, status, attempts FROM recipients WHERE campaign_id = $1 AND id = $2")
             .bind(DbId(id))

@@ -6,7 +6,7 @@ use crate::{
     DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
     RecipientRange, Requeued, StoreError, StoredRecipient, ZoneRelease,
 };
-use campaign::{CampaignId, CampaignStatus, DeliveryStatus};
+use campaign::{CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
 use sqlx::{QueryBuilder, Row};
 use time::OffsetDateTime;
 
@@ -38,7 +38,7 @@ impl DeliveryRepository for Store {
         &self,
         id: CampaignId,
         status: Option<DeliveryStatus>,
-        after: Option<i64>,
+        after: Option<RecipientId>,
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let rows = sqlx::query(
@@ -102,7 +102,7 @@ impl DeliveryRepository for Store {
         batch_size: u32,
     ) -> Result<Vec<RecipientRange>, StoreError> {
         // Streamed, so a million-recipient campaign never holds all its ids at once.
-        let mut ids = sqlx::query_scalar::<_, i64>(
+        let mut ids = sqlx::query_scalar::<_, RecipientId>(
             "SELECT id FROM recipients WHERE campaign_id = $1 ORDER BY id",
         )
         .bind(DbId(id))
@@ -275,7 +275,7 @@ impl DeliveryRepository for Store {
         // rewritten, except that a message the server accepted is recorded as sent even
         // if the campaign was cancelled meanwhile: the report must say what really
         // happened.
-        let sent: Vec<(i64, &str)> = outcomes
+        let sent: Vec<(RecipientId, &str)> = outcomes
             .iter()
             .filter_map(|outcome| match &outcome.result {
                 OutcomeKind::Sent { reply } => Some((outcome.recipient_id, reply.as_str())),

@@ -1,7 +1,7 @@
 //! Per-recipient delivery: batches, who is due, outcomes, time-zone holds, finishing.
 
 use crate::{document, recipient, rows};
-use campaign::{CampaignStatus, DeliveryStatus, Recipient};
+use campaign::{CampaignStatus, DeliveryStatus, Recipient, RecipientId};
 use std::sync::Arc;
 use store::{CampaignStore, recipient_stream};
 
@@ -277,7 +277,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
     let range = store.batch_ranges(record.id, 100).await.unwrap()[0];
     let now = time::OffsetDateTime::now_utc();
     let due = store.due_recipients(record.id, range, now).await.unwrap();
-    let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+    let ids: Vec<RecipientId> = due.iter().map(|r| r.id).collect();
     let later = now + time::Duration::minutes(5);
     store
         .record_outcomes(&[
@@ -309,7 +309,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         ])
         .await
         .unwrap();
-    let due_now: Vec<i64> = store
+    let due_now: Vec<RecipientId> = store
         .due_recipients(record.id, range, now)
         .await
         .unwrap()
@@ -367,7 +367,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
     );
     assert!(
         store
-            .get_recipient(record.id, ids[4] + 1000)
+            .get_recipient(record.id, RecipientId::new(ids[4].get() + 1000))
             .await
             .unwrap()
             .is_none()
@@ -465,7 +465,7 @@ pub(crate) async fn a_campaign_finishes_when_every_recipient_is_final(
                 .unwrap()
         );
         let range = store.batch_ranges(record.id, 10).await.unwrap()[0];
-        let ids: Vec<i64> = store
+        let ids: Vec<RecipientId> = store
             .due_recipients(record.id, range, time::OffsetDateTime::now_utc())
             .await
             .unwrap()
@@ -604,7 +604,7 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
 }
 
 /// The ids of every recipient of campaign `id` that is due now, over all its batch ranges.
-async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<i64> {
+async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<RecipientId> {
     let mut ids = Vec::new();
     for range in store.batch_ranges(id, 1000).await.unwrap() {
         let due = store
@@ -634,7 +634,7 @@ pub(crate) async fn rate_deferrals_are_no_attempts_and_show_what_they_wait_for(
         .unwrap();
     let id = record.id;
     let range = store.batch_ranges(id, 100).await.unwrap()[0];
-    let ids: Vec<i64> = store
+    let ids: Vec<campaign::RecipientId> = store
         .due_recipients(id, range, time::OffsetDateTime::now_utc())
         .await
         .unwrap()

@@ -95,5 +95,6 @@ testkit::backend_suite! {
     #[tokio::test] with_store_and_url => [
         stored_keys_follow_the_current_rule,
         sent_outcomes_that_wait_for_a_cancel_are_all_recorded,
+        ids_are_stored_as_plain_uuids_and_integers,
     ];
 }
