@@ -289,6 +289,12 @@ pub(crate) struct StatusView {
     /// of them is due (absent: due now). Empty otherwise, and once everyone is delivered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     time_zones: Vec<store::ZoneRelease>,
+    /// Recipients deferred because a sending rate had no slot for them, per rate they wait
+    /// for (a destination domain group or domain of RATE_LIMITS_FILE, the global
+    /// SMTP_RATE_LIMIT, or the campaign's `max_rate`), and until when. Empty when nothing waits
+    /// on a rate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rate_waits: Vec<store::RateWait>,
 }
 
 /// Get a campaign's status.
@@ -321,6 +327,7 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
     } else {
         Vec::new()
     };
+    let rate_waits = state.store.rate_waits(campaign.id).await?;
     Ok(StatusView {
         id: campaign.id,
         name: campaign.name,
@@ -336,6 +343,7 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
         started_at: campaign.started_at,
         completed_at: campaign.completed_at,
         time_zones,
+        rate_waits,
     })
 }
 

@@ -62,7 +62,7 @@ pub async fn serve_api(
         transport_args,
         dkim,
         shutdown.clone(),
-        None,
+        &database,
     )
     .await?;
     tracing::info!(role = "api", transport = %components.transport.describe(), "test sends go through this transport");
@@ -109,7 +109,7 @@ pub async fn serve(
         transport_args,
         dkim,
         shutdown.clone(),
-        Some(&database),
+        &database,
     )
     .await?;
     let worker = components.task_processor(
@@ -232,7 +232,7 @@ async fn run_task_processor(
         transport_args,
         dkim,
         shutdown.clone(),
-        Some(&database),
+        &database,
     )
     .await?;
     let scheduler_run = scheduler_args.map(|scheduler_args| {

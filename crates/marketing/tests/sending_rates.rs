@@ -125,10 +125,19 @@ impl Deployment {
     }
 
     async fn send(&self, name: &str, count: usize, domains: &[&str]) -> campaign::CampaignId {
+        self.send_document(&document(name), count, domains).await
+    }
+
+    async fn send_document(
+        &self,
+        document: &CampaignDocument,
+        count: usize,
+        domains: &[&str],
+    ) -> campaign::CampaignId {
         let (record, _) = self
             .store
             .create_campaign(
-                &document(name),
+                document,
                 store::recipient_stream(recipients(count, domains)),
             )
             .await
@@ -264,6 +273,51 @@ mod postgres {
             copies.values().sum::<usize>() <= 2 * 16,
             "copies beyond the killed worker's in-flight messages: {copies:?}"
         );
+    }
+
+    /// A campaign's max_rate (40/s) well below SMTP_RATE_LIMIT (200/s) is the campaign's
+    /// total across two workers: its arrivals at the sink over 8 s are 40/s ± 10 %, and every
+    /// recipient gets one message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_workers_keep_a_campaigns_max_rate_together() {
+        const MAX_RATE: f64 = 40.0;
+        const COUNT: usize = 440;
+        let Some(sink) = RecordingSmtp::start() else {
+            return;
+        };
+        let Some(deployment) = Deployment::start(&sink, &[("SMTP_RATE_LIMIT", "200".into())]).await
+        else {
+            return;
+        };
+        let _workers: Vec<Process> = (1..=2)
+            .map(|n| deployment.worker(&format!("worker-{n}")))
+            .collect();
+        let mut limited = document("campaign rate");
+        limited.max_rate = Some(MAX_RATE);
+        let id = deployment
+            .send_document(&limited, COUNT, &["a.example", "b.example"])
+            .await;
+        wait_until(Duration::from_secs(60), "the first message", || {
+            !sink.arrivals().is_empty()
+        })
+        .await;
+        let first = sink.arrivals()[0].at;
+        wait_until(Duration::from_secs(60), "9 s of sending", || {
+            sink.arrivals().last().is_some_and(|a| a.at > first + 9.0)
+        })
+        .await;
+        let (from, to) = (first + 1.0, first + 9.0);
+        let rate = count_between(&sink.arrivals(), from, to, None) as f64 / (to - from);
+        eprintln!("measured at the sink: {rate:.1}/s with max_rate {MAX_RATE}");
+        assert!(
+            (rate - MAX_RATE).abs() <= MAX_RATE * 0.10,
+            "{rate:.1} messages/s; the campaign's max_rate is {MAX_RATE}"
+        );
+        deployment
+            .wait_completed(id, Duration::from_secs(120))
+            .await;
+        let copies = assert_all_reached(&sink.arrivals(), COUNT);
+        assert!(copies.is_empty(), "sent twice: {copies:?}");
     }
 
     /// Two destination groups limited differently, recipients of both taken in turn: each
@@ -428,6 +482,74 @@ mod postgres {
             );
         }
     }
+}
+
+/// `marketing send` on SQLite keeps the campaign's max_rate (no other limit set): 100
+/// recipients at 20/s arrive at the sink at 20/s ± 10 % over the 3 s in the middle; a
+/// max_rate of 0 is refused before anything is stored, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_send_keeps_the_campaigns_max_rate() {
+    const MAX_RATE: f64 = 20.0;
+    const COUNT: usize = 100;
+    let Some(sink) = RecordingSmtp::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut campaign = serde_json::to_value(document("send at a max_rate")).unwrap();
+    campaign["max_rate"] = MAX_RATE.into();
+    campaign["recipients"] = (0..COUNT)
+        .map(|n| serde_json::json!({"email": format!("reader{n}@mail.example"), "n": n}))
+        .collect();
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/m.db", dir.path().display()),
+        ),
+        ("SMTP_URL", sink.url()),
+        ("TRACKING_SECRET", SECRET.to_string()),
+        ("TASK_CHECK_INTERVAL", "0.2".into()),
+    ];
+    let file = dir.path().join("campaign.json");
+    std::fs::write(&file, campaign.to_string()).unwrap();
+    let output = isolated_command(
+        BINARY,
+        dir.path(),
+        &["send", &file.display().to_string()],
+        &env,
+    )
+    .output()
+    .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let arrivals = sink.arrivals();
+    let copies = assert_all_reached(&arrivals, COUNT);
+    assert!(copies.is_empty(), "sent twice: {copies:?}");
+    let first = arrivals[0].at;
+    let (from, to) = (first + 1.0, first + 4.0);
+    let rate = count_between(&arrivals, from, to, None) as f64 / (to - from);
+    eprintln!("measured at the sink: {rate:.1}/s with max_rate {MAX_RATE}");
+    assert!(
+        (rate - MAX_RATE).abs() <= MAX_RATE * 0.10,
+        "{rate:.1} messages/s; the campaign's max_rate is {MAX_RATE}"
+    );
+
+    campaign["max_rate"] = 0.into();
+    std::fs::write(&file, campaign.to_string()).unwrap();
+    let output = isolated_command(
+        BINARY,
+        dir.path(),
+        &["send", &file.display().to_string()],
+        &env,
+    )
+    .output()
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("max_rate"), "{stderr}");
+    assert_eq!(sink.arrivals().len(), COUNT, "nothing more sent");
 }
 
 /// A RATE_LIMITS_FILE that cannot work stops the worker at start (exit code 2), naming the

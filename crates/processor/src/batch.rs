@@ -318,6 +318,7 @@ pub(crate) async fn deliver(
         tracing::warn!(campaign = %id, from_domain, dkim_domain = configured.domain(), "the From domain is not covered by DKIM_DOMAIN: messages are sent unsigned");
     }
     let policy = record.document.retry.clone();
+    let max_rate = record.document.max_rate;
     let due = store
         .due_recipients(id, batch.range(), services.clock.now())
         .await?;
@@ -378,7 +379,9 @@ pub(crate) async fn deliver(
                     },
                 ));
             }
-            Ok(message) => {
+            Ok(mut message) => {
+                // The transport keeps the campaign's own rate with the deployment's.
+                message.campaign_max_rate = max_rate;
                 let transport = services.transport.clone();
                 let recorder = shared.recorder.clone();
                 let stats = shared.stats.clone();

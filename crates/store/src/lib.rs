@@ -36,7 +36,7 @@ pub use campaigns::{
 };
 pub use database::{Database, WAL_TRUNCATE_BYTES};
 pub use deliveries::{
-    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind,
+    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
     RecipientRange, Requeued, ZoneRelease,
 };
 pub use import::{

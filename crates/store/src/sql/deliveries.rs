@@ -3,7 +3,7 @@
 use super::{Db, Store, status_from, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
-    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind,
+    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
     RecipientRange, Requeued, StoreError, StoredRecipient, ZoneRelease,
 };
 use campaign::{CampaignAction, CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
@@ -257,6 +257,26 @@ impl DeliveryRepository for Store {
             .collect())
     }
 
+    async fn rate_waits(&self, id: CampaignId) -> Result<Vec<RateWait>, StoreError> {
+        let rows: Vec<(String, i64, DbTime, DbTime)> = sqlx::query_as(
+            "SELECT rate_wait, COUNT(*), MIN(next_attempt_at), MAX(next_attempt_at) FROM recipients \
+             WHERE campaign_id = $1 AND status = 'deferred' AND rate_wait IS NOT NULL \
+             GROUP BY rate_wait ORDER BY rate_wait",
+        )
+        .bind(DbId(id))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(destination, waiting, next_at, until)| RateWait {
+                destination,
+                waiting,
+                next_at: next_at.0,
+                until: until.0,
+            })
+            .collect())
+    }
+
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError> {
         if outcomes.is_empty() {
             return Ok(());
@@ -310,14 +330,22 @@ impl DeliveryRepository for Store {
         for outcome in outcomes {
             let query = match &outcome.result {
                 OutcomeKind::Sent { .. } => continue,
-                OutcomeKind::Deferred { error, retry_at } => sqlx::query(
-                    "UPDATE recipients SET status = 'deferred', attempts = attempts + 1, last_error = $2, \
-                     next_attempt_at = $3, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
+                // A rate deferral records what it waits for in the same statement (the
+                // status groups by it) and is no delivery attempt: nothing was sent.
+                OutcomeKind::Deferred {
+                    error,
+                    retry_at,
+                    rate_wait,
+                } => sqlx::query(
+                    "UPDATE recipients SET status = 'deferred', attempts = attempts + $5, last_error = $2, \
+                     next_attempt_at = $3, rate_wait = $6, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
                 )
                 .bind(outcome.recipient_id)
                 .bind(error.as_str())
                 .bind(DbTime::from(*retry_at))
-                .bind(now),
+                .bind(now)
+                .bind(i32::from(rate_wait.is_none()))
+                .bind(rate_wait.as_deref()),
                 OutcomeKind::Failed { error, attempted } => sqlx::query(
                     "UPDATE recipients SET status = 'failed', attempts = attempts + $3, last_error = $2, \
                      next_attempt_at = NULL, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
