@@ -9,7 +9,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus};
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
 use serde::{Deserialize, Serialize};
 use service::CampaignError;
 use store::{
@@ -291,6 +291,12 @@ pub(crate) struct StatusView {
     /// of them is due (absent: due now). Empty otherwise, and once everyone is delivered.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     time_zones: Vec<store::ZoneRelease>,
+    /// Recipients deferred because a sending rate had no slot for them, per rate they wait
+    /// for (a destination domain group or domain of RATE_LIMITS_FILE, the global
+    /// SMTP_RATE_LIMIT, or the campaign's `max_rate`), and until when. Empty when nothing waits
+    /// on a rate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rate_waits: Vec<store::RateWait>,
     /// With an A/B test: its phase and, once made, the decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     ab_test: Option<AbTestView>,
@@ -409,6 +415,7 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
     } else {
         Vec::new()
     };
+    let rate_waits = state.store.rate_waits(campaign.id).await?;
     let ab_test = ab_test_view(state, &campaign).await?;
     Ok(StatusView {
         ab_test,
@@ -426,6 +433,7 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
         started_at: campaign.started_at,
         completed_at: campaign.completed_at,
         time_zones,
+        rate_waits,
     })
 }
 
@@ -437,7 +445,8 @@ struct DeliveryParams {
     #[param(inline)]
     status: Option<DeliveryStatus>,
     /// The previous page's `next_cursor`.
-    after: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    after: Option<RecipientId>,
     /// Recipients per page, 1 to 1000 (default 100).
     limit: Option<u32>,
 }
@@ -448,7 +457,8 @@ struct DeliveryPage {
     items: Vec<DeliveryRecord>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<i64>,
+    #[schema(value_type = Option<i64>)]
+    next_cursor: Option<RecipientId>,
 }
 
 /// List a campaign's per-recipient delivery outcomes.

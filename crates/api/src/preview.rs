@@ -69,7 +69,7 @@ async fn preview(
                 })?;
             (recipient_id, stored.recipient)
         }
-        (None, Some(recipient)) => (0, recipient),
+        (None, Some(recipient)) => (RecipientId::new(0), recipient),
         _ => {
             return Err(ApiError::invalid(vec![campaign::Problem {
                 field: String::new(),

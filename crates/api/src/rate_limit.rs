@@ -8,15 +8,45 @@ use crate::{ApiError, RateLimit};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use delivery::TokioClock;
-use delivery::rate_limit::{quota, wait_time};
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
+use governor::{NotUntil, Quota};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The buckets of every key, shared by all requests: `governor`'s keyed limiter, the same
-/// GCRA bucket as `SMTP_RATE_LIMIT`'s, on tokio's clock.
+/// governor's clock reading tokio's, so paused test time (which only moves tokio's clock)
+/// moves the buckets as well.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = Instant;
+
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+/// `per_second` requests a second, at most `burst` (≥ 1) back to back after a pause, as a
+/// governor quota; `None` for a rate that is not a positive, finite number.
+fn quota(per_second: f64, burst: u32) -> Option<Quota> {
+    if !(per_second.is_finite() && per_second > 0.0) {
+        return None;
+    }
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+        .map(|quota| quota.allow_burst(burst))
+}
+
+/// How long until the refused request would be allowed, read on the buckets' clock.
+fn wait_time(refused: &NotUntil<Instant>) -> Duration {
+    refused.wait_time_from(TokioClock.now())
+}
+
+/// The buckets of every key, shared by all requests: `governor`'s keyed limiter (GCRA), on
+/// tokio's clock.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: RateLimit,

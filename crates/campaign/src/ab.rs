@@ -41,7 +41,7 @@ pub fn choose_slice(
 ) -> Vec<(RecipientId, u8)> {
     let (sizes, _) = ab_slice(ids.len() as u64, test_fraction, variants);
     let slice_len: u64 = sizes.iter().sum();
-    let bytes = campaign_id.as_u128();
+    let bytes = campaign_id.as_uuid().as_u128();
     let mut generator = SplitMix64((bytes >> 64) as u64 ^ bytes as u64);
     let mut shuffled = ids.to_vec();
     // A partial Fisher–Yates shuffle: only the slice's positions need drawing.
@@ -139,21 +139,21 @@ mod tests {
 
     #[test]
     fn the_slice_is_reproducible_per_campaign_and_split_evenly() {
-        let ids: Vec<RecipientId> = (1..=1000).collect();
-        let campaign = uuid::Uuid::now_v7();
+        let ids: Vec<RecipientId> = (1..=1000).map(RecipientId::new).collect();
+        let campaign = CampaignId::now_v7();
         let slice = choose_slice(campaign, &ids, 0.3, 3);
         assert_eq!(slice.len(), 300);
         for variant in 0..3u8 {
             assert_eq!(slice.iter().filter(|(_, v)| *v == variant).count(), 100);
         }
         assert_eq!(slice, choose_slice(campaign, &ids, 0.3, 3));
-        let other = choose_slice(uuid::Uuid::now_v7(), &ids, 0.3, 3);
+        let other = choose_slice(CampaignId::now_v7(), &ids, 0.3, 3);
         assert_ne!(
             slice.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             other.iter().map(|(id, _)| *id).collect::<Vec<_>>()
         );
         // Drawn from the whole list, not its first ids.
-        assert!(slice.iter().any(|(id, _)| *id > 700));
+        assert!(slice.iter().any(|(id, _)| id.get() > 700));
     }
 
     #[test]

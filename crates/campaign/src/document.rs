@@ -31,6 +31,13 @@ pub struct CampaignDocument {
     /// Recipients per batch task (1 to MAX_BATCH_SIZE).
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    /// Messages per second at most for this campaign, across every worker: 0.001 (one in
+    /// about 17 minutes) to 1,000,000, fractions allowed. The deployment's SMTP_RATE_LIMIT and
+    /// destination limits still apply: the lowest wins. Absent: only those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.001, max = 1_000_000.0))]
+    #[schema(minimum = 0.001, maximum = 1_000_000.0)]
+    pub max_rate: Option<f64>,
     /// How temporary delivery failures are retried.
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -251,6 +258,12 @@ pub fn is_valid_list_id(id: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
+
+/// The slowest `max_rate` accepted, messages per second (one in about 17 minutes): a slot
+/// interval in nanoseconds stays far within the schedules' 64-bit clock.
+pub const MIN_MAX_RATE: f64 = 0.001;
+/// The fastest `max_rate` accepted, messages per second: beyond what a deployment sends.
+pub const MAX_MAX_RATE: f64 = 1_000_000.0;
 
 /// The longest `feedback_id` accepted, in characters.
 pub const MAX_FEEDBACK_ID_CHARS: usize = 64;
@@ -531,6 +544,17 @@ impl CampaignDocument {
                     ),
                 );
             }
+        }
+
+        if let Some(rate) = self.max_rate
+            && !(MIN_MAX_RATE..=MAX_MAX_RATE).contains(&rate)
+        {
+            problem(
+                "max_rate",
+                format!(
+                    "must be a number of messages per second from {MIN_MAX_RATE} to {MAX_MAX_RATE}, not {rate}"
+                ),
+            );
         }
 
         let templates = &self.templates;

@@ -7,6 +7,7 @@
 pub mod ab;
 pub mod address;
 pub mod document;
+pub mod id;
 pub mod local_time;
 pub mod recipient;
 pub mod schema;
@@ -20,14 +21,10 @@ pub use document::{
     Templates, TrackingOptions, UndefinedVariables, ValidationError, Variant, ab_slice,
     parse_decide_after,
 };
+pub use id::{CampaignId, RecipientId};
 pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};
 pub use recipient::{
     CsvRecipients, JsonLinesRecipients, JsonRecipients, Recipient, RecipientError, RecipientFormat,
     RecipientRows, RowError,
 };
 pub use status::{CampaignAction, CampaignStatus, DeliveryStatus, TransitionRefused};
-
-/// Campaign ids are UUIDs (v7, so they sort by creation time).
-pub type CampaignId = uuid::Uuid;
-/// Recipient ids are database-assigned integers: compact in tracking tokens and batch payloads.
-pub type RecipientId = i64;

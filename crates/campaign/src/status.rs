@@ -87,9 +87,10 @@ pub enum CampaignAction {
     Schedule,
     /// Clear `scheduled_at`: back to draft.
     Unschedule,
-    /// Queue for sending (`POST …/send`, `marketing send`, or the campaign processor at the
-    /// scheduled time).
+    /// Queue for sending (`POST …/send`, `marketing send`).
     Send,
+    /// The campaign processor queues a scheduled campaign whose time has come.
+    QueueDue,
     Pause,
     /// Continue a paused campaign: back to `sending` when it had started, else to `queued`.
     Resume,
@@ -109,6 +110,7 @@ impl CampaignAction {
             CampaignAction::Schedule => "schedule",
             CampaignAction::Unschedule => "unschedule",
             CampaignAction::Send => "send",
+            CampaignAction::QueueDue => "queue-due",
             CampaignAction::Pause => "pause",
             CampaignAction::Resume => "resume",
             CampaignAction::Cancel => "cancel",
@@ -136,6 +138,7 @@ const TRANSITIONS: &[(CampaignStatus, CampaignStatus, CampaignAction)] = {
         (Scheduled, Draft, A::Unschedule),
         (Draft, Queued, A::Send),
         (Scheduled, Queued, A::Send),
+        (Scheduled, Queued, A::QueueDue),
         (Queued, Paused, A::Pause),
         (Sending, Paused, A::Pause),
         (Paused, Sending, A::Resume),
@@ -304,6 +307,41 @@ mod tests {
         assert!(Paused.check(Queued, A::Send).is_err());
     }
 
+    /// The status changes the task processor (split, finish, retry of the failed) and the
+    /// campaign processor (queue when due) make, as their conditional updates (the store's
+    /// SQL and `processor::batch`) ask the table for them: exactly these, so a change to the
+    /// table is a change of the worker's behaviour that this test names.
+    #[test]
+    fn every_status_change_of_the_worker_and_the_campaign_processor_is_in_the_table() {
+        use CampaignAction as A;
+        use CampaignStatus::*;
+        let performed: [(&[CampaignStatus], CampaignStatus, CampaignAction); 5] = [
+            // The campaign processor takes a due campaign (`queue_due_campaigns`).
+            (&[Scheduled], Queued, A::QueueDue),
+            // A worker's split marks the queued campaign sending.
+            (&[Queued], Sending, A::Start),
+            // The last outcome ends it (`finish_if_done`), completed or failed.
+            (&[Sending], Completed, A::Finish),
+            (&[Sending], Failed, A::Finish),
+            // Retrying the failed recipients queues a finished campaign (`requeue_failed`).
+            (&[Completed, Failed], Queued, A::RetryFailed),
+        ];
+        for (from, to, action) in performed {
+            assert_eq!(
+                CampaignStatus::sources(to, action),
+                from,
+                "{action} to {to}"
+            );
+            for &state in from {
+                assert!(state.check(to, action).is_ok(), "{state} → {to}");
+                assert!(state.may_become(to), "{state} → {to}");
+            }
+        }
+        // Sending from the API is more than the processor's queue when due.
+        assert_eq!(CampaignStatus::sources(Queued, A::Send), [Draft, Scheduled]);
+        assert!(Draft.check(Queued, A::QueueDue).is_err());
+    }
+
     #[test]
     fn a_refusal_names_both_states_and_where_the_action_is_possible() {
         use CampaignAction as A;
@@ -324,6 +362,7 @@ mod tests {
             A::Schedule,
             A::Unschedule,
             A::Send,
+            A::QueueDue,
             A::Pause,
             A::Resume,
             A::Cancel,

@@ -266,3 +266,44 @@ fn published_schema_matches_the_types() {
         .collect();
     assert_eq!(required, ["name", "from", "templates"]);
 }
+
+/// `max_rate` is a number of messages per second from 0.001 to 1,000,000 (fractions allowed);
+/// anything else is refused naming the field, and a string is refused by type.
+#[test]
+fn max_rate_is_a_bounded_positive_rate() {
+    for rate in [
+        serde_json::json!(0.5),
+        serde_json::json!(20),
+        serde_json::json!(1_000_000),
+    ] {
+        let mut doc = sample();
+        doc["max_rate"] = rate.clone();
+        assert_eq!(problems_of(&doc), Vec::<String>::new(), "{rate}");
+        let parsed = CampaignDocument::from_json(doc.to_string().as_bytes(), &Limits::default())
+            .expect("valid");
+        assert_eq!(parsed.max_rate, rate.as_f64());
+    }
+    for rate in [
+        serde_json::json!(0),
+        serde_json::json!(-5),
+        serde_json::json!(0.0001),
+        serde_json::json!(1e7),
+    ] {
+        let mut doc = sample();
+        doc["max_rate"] = rate.clone();
+        let problems = problems_of(&doc);
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "max_rate: must be a number of messages per second from 0.001 to 1000000"
+            )),
+            "{rate}: {problems:?}"
+        );
+    }
+    let mut doc = sample();
+    doc["max_rate"] = "fast".into();
+    let problems = problems_of(&doc);
+    assert!(
+        problems.iter().any(|p| p.starts_with("max_rate")),
+        "{problems:?}"
+    );
+}

@@ -1,7 +1,6 @@
 //! Choosing and building the transport from the service's configuration.
 
 use crate::outbox::OutboxTransport;
-use crate::rate_limit::{InvalidRate, RateLimited, TokenBucket};
 use crate::smtp::SmtpTransport;
 use crate::smtp::config::{SmtpConfig, Timeouts};
 use crate::transport::Transport;
@@ -18,9 +17,6 @@ pub enum ConfigError {
     /// `SMTP_CONNECTIONS` is zero.
     #[error("SMTP_CONNECTIONS must be at least 1")]
     Connections,
-    /// `SMTP_RATE_LIMIT` is not a positive number.
-    #[error("SMTP_RATE_LIMIT: {0}")]
-    RateLimit(#[from] InvalidRate),
     /// `SMTP_TIMEOUT` is zero.
     #[error("SMTP_TIMEOUT must be more than zero seconds")]
     Timeout,
@@ -44,8 +40,6 @@ pub struct TransportConfig {
     pub outbox_dir: PathBuf,
     /// `SMTP_CONNECTIONS`: long-lived connections of this transport.
     pub connections: usize,
-    /// `SMTP_RATE_LIMIT`: messages per second through this transport, unlimited if `None`.
-    pub rate_limit: Option<f64>,
     /// `SMTP_TIMEOUT`: one limit for every SMTP step; per-step defaults if `None`.
     pub timeout: Option<Duration>,
 }
@@ -58,18 +52,16 @@ impl Default for TransportConfig {
             // Eight measured ~9,700 msg/s into smtp-sink here (docs/BENCHMARKS.md); beyond that the
             // server, not the connection count, is the limit.
             connections: 8,
-            rate_limit: None,
             timeout: None,
         }
     }
 }
 
 /// Builds the transport the configuration asks for: SMTP when `smtp_url` is set, else the
-/// outbox; behind a token bucket when `rate_limit` is set. Must run inside a tokio runtime
-/// when SMTP is selected.
+/// outbox. Must run inside a tokio runtime when SMTP is selected. Sending rates are kept by
+/// the `rates` crate's transport around this one.
 pub fn transport_from_config(config: &TransportConfig) -> Result<Arc<dyn Transport>, ConfigError> {
-    let bucket = config.rate_limit.map(TokenBucket::per_second).transpose()?;
-    let transport: Arc<dyn Transport> = match config.smtp_url.as_deref() {
+    Ok(match config.smtp_url.as_deref() {
         Some(url) => {
             let mut smtp = SmtpConfig::from_url(url)?;
             smtp.connections = config.connections;
@@ -82,9 +74,5 @@ pub fn transport_from_config(config: &TransportConfig) -> Result<Arc<dyn Transpo
             Arc::new(SmtpTransport::new(smtp)?)
         }
         None => Arc::new(OutboxTransport::new(config.outbox_dir.clone())),
-    };
-    Ok(match bucket {
-        Some(bucket) => Arc::new(RateLimited::new(transport, bucket)),
-        None => transport,
     })
 }

@@ -2,12 +2,12 @@
 //!
 //! For now the transport layer: the [`Transport`] trait, the SMTP transport (long-lived
 //! TCP_NODELAY connections with precise temporary/permanent classification), the outbox
-//! transport, and token-bucket rate limits. The task processor builds on these.
+//! transport. The task processor builds on these; the sending rates live in the `rates`
+//! crate, which wraps a transport.
 
 pub mod config;
 pub mod outbox;
 pub mod outcome;
-pub mod rate_limit;
 pub mod smtp;
 pub mod transport;
 
@@ -16,7 +16,6 @@ pub use config::{ConfigError, TransportConfig, transport_from_config};
 pub use message::{Envelope, EnvelopeError, OutgoingMessage};
 pub use outbox::OutboxTransport;
 pub use outcome::{Accepted, FailureClass, RecipientRefused, Reply, SendError, Stage};
-pub use rate_limit::{InvalidRate, RateLimited, TokenBucket, TokioClock};
 pub use smtp::SmtpTransport;
 pub use smtp::config::{Credentials, Security, SmtpConfig, Timeouts};
 pub use transport::Transport;

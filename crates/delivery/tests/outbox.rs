@@ -169,14 +169,6 @@ async fn outbox_is_the_default_without_smtp_url_and_config_errors_name_the_varia
         ConfigError::Connections
     );
     assert!(
-        error(TransportConfig {
-            rate_limit: Some(-5.0),
-            ..TransportConfig::default()
-        })
-        .to_string()
-        .starts_with("SMTP_RATE_LIMIT")
-    );
-    assert!(
         error(url("smtps://127.0.0.1?tls_ca=/nonexistent/ca.pem"))
             .to_string()
             .starts_with("SMTP_URL tls_ca=/nonexistent/ca.pem")

@@ -341,10 +341,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|err| anyhow::anyhow!("recipient {recipient}: {err}"))?;
             let links = links.links(open_store(&store).await?.as_ref()).await?;
             // A file is not stored yet, so the preview names campaign and recipient by zero ids.
+            let campaign_id = campaign::CampaignId::from(uuid::Uuid::nil());
+            let recipient_id = campaign::RecipientId::new(recipient as i64);
             let context = message::RecipientContext {
-                campaign_id: campaign::CampaignId::nil(),
-                recipient_id: recipient as i64,
-                unsubscribe_url: links.unsubscribe(campaign::CampaignId::nil(), recipient as i64),
+                campaign_id,
+                recipient_id,
+                unsubscribe_url: links.unsubscribe(campaign_id, recipient_id),
                 unsubscribe_mailto: None,
                 tracking: Default::default(),
             };

@@ -403,8 +403,8 @@ pub struct TransportArgs {
     #[arg(long, env = "SMTP_CONNECTIONS", default_value_t = 8, value_parser = smtp_connections)]
     pub smtp_connections: usize,
 
-    /// Messages per second at most for the whole deployment, shared by every worker on the
-    /// database (the API's test sends: per API process); unset: no limit.
+    /// Messages per second at most for the whole deployment, shared through the database by
+    /// every process that sends (workers, and the API's test sends); unset: no limit.
     #[arg(long, env = "SMTP_RATE_LIMIT", value_parser = smtp_rate_limit)]
     pub smtp_rate_limit: Option<f64>,
 
@@ -424,38 +424,26 @@ pub struct TransportArgs {
 }
 
 impl TransportArgs {
-    /// Builds the transport (inside the runtime: SMTP spawns its sender tasks).
-    pub fn transport(&self) -> anyhow::Result<std::sync::Arc<dyn delivery::Transport>> {
+    /// Builds the transport (inside the runtime: SMTP spawns its sender tasks), keeping
+    /// `SMTP_RATE_LIMIT`, `RATE_LIMITS_FILE` and each campaign's `max_rate` as schedules shared
+    /// through `database` by every process that sends on it (a message limited by none of
+    /// them takes no slot).
+    pub fn transport(
+        &self,
+        database: &store::Database,
+    ) -> anyhow::Result<std::sync::Arc<dyn delivery::Transport>> {
         let config = delivery::TransportConfig {
             smtp_url: self.smtp_url.clone(),
             outbox_dir: self.outbox_dir.clone(),
             connections: self.smtp_connections,
-            rate_limit: self.smtp_rate_limit,
             timeout: self.smtp_timeout.map(std::time::Duration::from_secs_f64),
         };
-        Ok(delivery::transport_from_config(&config)?)
-    }
-
-    /// The transport of a role that delivers campaigns: `SMTP_RATE_LIMIT` and
-    /// `RATE_LIMITS_FILE` are kept as schedules shared through `database` by every worker on
-    /// it; with neither set, the transport as it is.
-    pub fn delivery_transport(
-        &self,
-        database: &store::Database,
-    ) -> anyhow::Result<std::sync::Arc<dyn delivery::Transport>> {
         let settings = rates::RateSettings {
             global: self.smtp_rate_limit,
             destinations: self.rate_limits_file.clone().unwrap_or_default(),
         };
-        if !settings.limits_anything() {
-            return self.transport();
-        }
-        let unlimited = TransportArgs {
-            smtp_rate_limit: None,
-            ..self.clone()
-        };
         Ok(std::sync::Arc::new(rates::RateLimitedTransport::new(
-            unlimited.transport()?,
+            delivery::transport_from_config(&config)?,
             &settings,
             store::sending_rates::open(database),
         )))

@@ -89,6 +89,7 @@ pub async fn show_status(
         } else {
             Vec::new()
         };
+        let rate_waits = store.rate_waits(campaign.id).await?;
         match &bar {
             Some(bar) => {
                 bar.set_length(counts.total().max(0) as u64);
@@ -112,6 +113,7 @@ pub async fn show_status(
                         "start_delay_seconds": campaign.start_delay().map(|d| d.as_seconds_f64()),
                         "started_late": campaign.started_late(),
                         "time_zones": time_zones,
+                        "rate_waits": rate_waits,
                     });
                     println!("{}", serde_json::to_string_pretty(&value)?);
                 } else {
@@ -129,6 +131,14 @@ pub async fn show_status(
                             |at| format!("due {}", rfc3339(at)),
                         );
                         println!("  {} waiting in {}, {due}", zone.waiting, zone.zone);
+                    }
+                    for wait in &rate_waits {
+                        println!(
+                            "  {} waiting for the sending rate of {}, until {}",
+                            wait.waiting,
+                            wait.destination,
+                            rfc3339(wait.until)
+                        );
                     }
                 }
             }

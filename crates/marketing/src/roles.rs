@@ -62,7 +62,7 @@ pub async fn serve_api(
         transport_args,
         dkim,
         shutdown.clone(),
-        None,
+        &database,
     )
     .await?;
     tracing::info!(role = "api", transport = %components.transport.describe(), "test sends go through this transport");
@@ -109,7 +109,7 @@ pub async fn serve(
         transport_args,
         dkim,
         shutdown.clone(),
-        Some(&database),
+        &database,
     )
     .await?;
     let worker = components.task_processor(
@@ -125,11 +125,7 @@ pub async fn serve(
         queue: Some(tasks.clone()),
     };
     let scheduler =
-        processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone())
-            .with_observer(monitoring::SchedulerMetrics::start(
-                scheduler_args.config(),
-                shutdown.clone(),
-            ));
+        processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone());
     log_scheduler("serve", &scheduler);
     let scheduler_run = tokio::spawn(scheduler.run(shutdown.clone()));
     let api = run_api(
@@ -236,16 +232,12 @@ async fn run_task_processor(
         transport_args,
         dkim,
         shutdown.clone(),
-        Some(&database),
+        &database,
     )
     .await?;
     let scheduler_run = scheduler_args.map(|scheduler_args| {
         let scheduler =
-            processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone())
-                .with_observer(monitoring::SchedulerMetrics::start(
-                    scheduler_args.config(),
-                    shutdown.clone(),
-                ));
+            processor::Scheduler::new(scheduler_args.config(), store.clone(), tasks.clone());
         log_scheduler(role, &scheduler);
         tokio::spawn(scheduler.run(shutdown.clone()))
     });
@@ -307,9 +299,7 @@ pub async fn scheduler(
         shutdown.clone(),
     )
     .await?;
-    let scheduler = processor::Scheduler::new(scheduler_args.config(), store, tasks).with_observer(
-        monitoring::SchedulerMetrics::start(scheduler_args.config(), shutdown.clone()),
-    );
+    let scheduler = processor::Scheduler::new(scheduler_args.config(), store, tasks);
     log_scheduler("scheduler", &scheduler);
     scheduler.run(shutdown.clone()).await;
     shutdown.cancel();

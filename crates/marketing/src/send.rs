@@ -107,7 +107,7 @@ pub async fn send(
         transport_args,
         dkim,
         stop_webhooks.clone(),
-        Some(&database),
+        &database,
     )
     .await?;
     let transport = components.transport.clone();

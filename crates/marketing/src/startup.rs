@@ -24,8 +24,7 @@ impl Components {
     /// Builds the links (tracking keys from the configuration or the store), the transport,
     /// and the webhook dispatcher, which runs until `webhooks_stop`; the caller joins the
     /// dispatcher (if any) after its task processor has stopped, so no event is lost.
-    /// `delivering_on`: the database of a process that delivers campaigns, whose transport
-    /// keeps the sending rates shared there; `None` (the API alone) limits per process.
+    /// The transport keeps the sending rates shared through `database`.
     pub async fn build(
         store: Arc<dyn CampaignStore>,
         tasks: Arc<dyn TaskRepository>,
@@ -33,13 +32,10 @@ impl Components {
         transport_args: &TransportArgs,
         dkim: Option<Arc<message::DkimSigner>>,
         webhooks_stop: CancellationToken,
-        delivering_on: Option<&store::Database>,
+        database: &store::Database,
     ) -> anyhow::Result<(Components, Option<webhooks::Dispatcher>)> {
         let links = link_args.links(store.as_ref()).await?;
-        let transport = match delivering_on {
-            Some(database) => transport_args.delivery_transport(database)?,
-            None => transport_args.transport()?,
-        };
+        let transport = transport_args.transport(database)?;
         let (events, dispatcher) = link_args.webhooks.start(store.clone(), webhooks_stop)?;
         Ok((
             Components {

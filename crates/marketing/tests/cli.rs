@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use testkit::process::Process;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
+use support::{BINARY, example};
+
+mod support;
 
 fn marketing(dir: &Path) -> Command {
     let mut command = Command::new(BINARY);
@@ -17,10 +19,6 @@ fn marketing(dir: &Path) -> Command {
         .env_remove("API_BIND")
         .env("RUST_LOG", "info");
     command
-}
-
-fn example(name: &str) -> String {
-    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]

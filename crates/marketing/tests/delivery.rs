@@ -10,29 +10,18 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::process::{Process, isolated_command};
-use testkit::smtp::{Aiosmtpd, free_port};
+use support::{BINARY, TRACKING_SECRET, example, spawn, start_task_repo, wait_until};
+use testkit::process::Process;
+use testkit::smtp::Aiosmtpd;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
+mod support;
+
 const TOKEN: &str = "delivery-test-token";
-const SECRET: &str = "delivery-test-secret-of-at-least-32-bytes";
 /// SMTP connections per worker.
 const CONNECTIONS: usize = 4;
 /// MAX_IN_FLIGHT of each worker, more than its connections: the duplicate bound a SIGKILL may
 /// cause.
 const IN_FLIGHT: usize = 8;
-
-/// `marketing ARGS` in `dir` with only these variables set; its output goes to `dir/NAME.log`.
-fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-    let mut command = isolated_command(BINARY, dir, args, env);
-    command.env("TRACKING_SECRET", SECRET);
-    // Workers and schedulers of one test (and of tests running side by side) each get a free
-    // metrics port instead of the fixed default, unless `env` names one.
-    if !env.iter().any(|(key, _)| *key == "METRICS_BIND") {
-        command.env("METRICS_BIND", "127.0.0.1:0");
-    }
-    Process::spawn(name, dir, command)
-}
 
 fn document(name: &str) -> CampaignDocument {
     let json = serde_json::json!({
@@ -106,19 +95,6 @@ fn arrivals(sink: &Aiosmtpd) -> Arrivals {
     }
 }
 
-/// Polls until `done` holds, up to `limit` (a wait for a condition, not a fixed sleep).
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     store: Arc<dyn store::CampaignStore>,
@@ -134,28 +110,7 @@ impl Cluster {
         let database = testkit::PostgresDatabase::create().await?;
         let dir = tempfile::tempdir().unwrap();
         let store = store::connect(&database.url).await.expect("store opens");
-        let repo_port = free_port();
-        let repo_url = format!("http://127.0.0.1:{repo_port}");
-        let task_repo = spawn(
-            "task-repo",
-            dir.path(),
-            &["task-repo"],
-            &[
-                ("DATABASE_URL", database.url.clone()),
-                ("TASK_REPO_BIND", format!("127.0.0.1:{repo_port}")),
-                ("TASK_REPO_TOKEN", TOKEN.into()),
-            ],
-        );
-        let health = format!("{repo_url}/health");
-        wait_until(Duration::from_secs(30), "the task repository", || {
-            let health = health.clone();
-            async move {
-                reqwest::get(&health)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await;
+        let (task_repo, repo_url) = start_task_repo(dir.path(), &database.url, TOKEN).await;
         let env = vec![
             ("DATABASE_URL", database.url.clone()),
             ("TASK_REPO_URL", repo_url.clone()),
@@ -731,12 +686,11 @@ mod sqlite {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        let example = |name: &str| format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
         let output = Command::new(BINARY)
             .current_dir(dir.path())
             .env_remove("DATABASE_URL")
             .env("SMTP_URL", sink.url())
-            .env("TRACKING_SECRET", SECRET)
+            .env("TRACKING_SECRET", TRACKING_SECRET)
             .args([
                 "send",
                 &example("sample_campaign.json"),

@@ -4,11 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
+use support::{BINARY, example};
 
-fn example(name: &str) -> String {
-    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
 
 /// `marketing send` in `dir` on its default SQLite file and outbox.
 fn send(dir: &Path, recipients: &Path) -> std::process::Output {

@@ -18,13 +18,14 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{BINARY, TRACKING_SECRET, wait_for};
 use testkit::process::{Process, isolated_command};
 use testkit::smtp::{SmtpSink, free_port};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
+mod support;
+
 const TOKEN: &str = "monitoring-test-token";
-const SECRET: &str = "monitoring-test-secret-of-at-least-32-bytes";
 const RECIPIENTS: usize = 40;
 
 /// Alert rules that must stay quiet (return no series) while everything is healthy: each
@@ -84,27 +85,10 @@ fn start_role(
     marker: &str,
 ) -> (Process, String) {
     let mut command = isolated_command(BINARY, dir, args, env);
-    command.env("TRACKING_SECRET", SECRET);
+    command.env("TRACKING_SECRET", TRACKING_SECRET);
     let mut process = Process::spawn(name, dir, command);
     let address = process.wait_for_line(marker, Duration::from_secs(30));
     (process, address)
-}
-
-/// Polls `check` until it answers `Some`, up to `limit` (a wait for a condition, not a
-/// fixed sleep).
-async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Which store the cluster's roles share.

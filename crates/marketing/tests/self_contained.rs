@@ -8,41 +8,16 @@
 
 use campaign::CampaignStatus;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{BINARY, example, spawn, start_task_repo, wait_until};
 use testkit::process::{Process, isolated_command};
-use testkit::smtp::{Aiosmtpd, free_port};
+use testkit::smtp::Aiosmtpd;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
+mod support;
+
 const TOKEN: &str = "self-contained-test-token";
-const SECRET: &str = "self-contained-test-secret-of-32-bytes!";
 const FINISH_LIMIT: Duration = Duration::from_secs(60);
-
-fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-    let mut command = isolated_command(BINARY, dir, args, env);
-    command
-        .env("TRACKING_SECRET", SECRET)
-        .env("METRICS_BIND", "127.0.0.1:0");
-    Process::spawn(name, dir, command)
-}
-
-fn example(name: &str) -> String {
-    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Polls until `done` holds, up to `limit`.
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// `task-repo` (token on) and one `worker` on one database, delivering to `sink`.
 struct Cluster {
@@ -66,28 +41,7 @@ impl Cluster {
     ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let store = store::connect(database_url).await.expect("store opens");
-        let port = free_port();
-        let repo_url = format!("http://127.0.0.1:{port}");
-        let task_repo = spawn(
-            "task-repo",
-            dir.path(),
-            &["task-repo"],
-            &[
-                ("DATABASE_URL", database_url.to_string()),
-                ("TASK_REPO_BIND", format!("127.0.0.1:{port}")),
-                ("TASK_REPO_TOKEN", TOKEN.into()),
-            ],
-        );
-        let health = format!("{repo_url}/health");
-        wait_until(Duration::from_secs(30), "the task repository", || {
-            let health = health.clone();
-            async move {
-                reqwest::get(&health)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await;
+        let (task_repo, repo_url) = start_task_repo(dir.path(), database_url, TOKEN).await;
         let mut env = vec![
             ("DATABASE_URL", database_url.to_string()),
             ("TASK_REPO_URL", repo_url.clone()),
@@ -133,6 +87,31 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `marketing submit --task-repo … --wait` of the first `count` sample recipients, with
+    /// only the task repository's URL and token in its environment: its output.
+    fn submit_and_wait(&self, count: usize) -> std::process::Output {
+        isolated_command(
+            BINARY,
+            self.dir.path(),
+            &[
+                "submit",
+                "--template",
+                &example("sample_campaign.json"),
+                "--recipients",
+                &example("sample_recipients.json"),
+                "--count",
+                &count.to_string(),
+                "--wait",
+            ],
+            &[
+                ("TASK_REPO_URL", self.repo_url.clone()),
+                ("TASK_REPO_TOKEN", TOKEN.into()),
+            ],
+        )
+        .output()
+        .unwrap()
     }
 
     async fn wait_completed(&self, id: campaign::CampaignId) {
@@ -268,28 +247,9 @@ async fn submit_with_only_the_task_repository_waits_to_the_end(database_url: &st
         return;
     };
     let cluster = Cluster::start(database_url, &sink).await;
-    let submitted = isolated_command(
-        BINARY,
-        cluster.dir.path(),
-        &[
-            "submit",
-            "--template",
-            &example("sample_campaign.json"),
-            "--recipients",
-            &example("sample_recipients.json"),
-            // The first 12 rows: row 12 has a non-ASCII local part, which aiosmtpd (no
-            // SMTPUTF8) refuses.
-            "--count",
-            "12",
-            "--wait",
-        ],
-        &[
-            ("TASK_REPO_URL", cluster.repo_url.clone()),
-            ("TASK_REPO_TOKEN", TOKEN.into()),
-        ],
-    )
-    .output()
-    .unwrap();
+    // The first 12 rows: row 12 has a non-ASCII local part, which aiosmtpd (no SMTPUTF8)
+    // refuses.
+    let submitted = cluster.submit_and_wait(12);
     let stdout = String::from_utf8_lossy(&submitted.stdout);
     let stderr = String::from_utf8_lossy(&submitted.stderr);
     assert!(submitted.status.success(), "{stdout}\n{stderr}");
@@ -327,26 +287,7 @@ async fn submit_wait_exits_1_when_the_worker_refuses_the_task(database_url: &str
     };
     let cluster =
         Cluster::start_with(database_url, &sink, &[("MAX_BATCH_SIZE", "10".into())]).await;
-    let submitted = isolated_command(
-        BINARY,
-        cluster.dir.path(),
-        &[
-            "submit",
-            "--template",
-            &example("sample_campaign.json"),
-            "--recipients",
-            &example("sample_recipients.json"),
-            "--count",
-            "3",
-            "--wait",
-        ],
-        &[
-            ("TASK_REPO_URL", cluster.repo_url.clone()),
-            ("TASK_REPO_TOKEN", TOKEN.into()),
-        ],
-    )
-    .output()
-    .unwrap();
+    let submitted = cluster.submit_and_wait(3);
     let stdout = String::from_utf8_lossy(&submitted.stdout);
     let stderr = String::from_utf8_lossy(&submitted.stderr);
     assert_eq!(submitted.status.code(), Some(1), "{stdout}\n{stderr}");

@@ -5,20 +5,13 @@
 
 use campaign::{CampaignDocument, CampaignStatus, Recipient};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{BINARY, TRACKING_SECRET, spawn, wait_until_holds};
 use testkit::process::{Process, isolated_command};
 use testkit::recording_smtp::{Arrival, RecordingSmtp};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
-const SECRET: &str = "sending-rates-test-secret-of-at-least-32-bytes";
-
-fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-    let mut command = isolated_command(BINARY, dir, args, env);
-    command.env("TRACKING_SECRET", SECRET);
-    Process::spawn(name, dir, command)
-}
+mod support;
 
 fn document(name: &str) -> CampaignDocument {
     let json = serde_json::json!({
@@ -54,15 +47,6 @@ fn now_seconds() -> f64 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_secs_f64()
-}
-
-/// Polls until `done` holds, up to `limit`.
-async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Arrivals within `[from, to)` (seconds since the epoch), optionally only at `domain`.
@@ -141,10 +125,19 @@ impl Deployment {
     }
 
     async fn send(&self, name: &str, count: usize, domains: &[&str]) -> campaign::CampaignId {
+        self.send_document(&document(name), count, domains).await
+    }
+
+    async fn send_document(
+        &self,
+        document: &CampaignDocument,
+        count: usize,
+        domains: &[&str],
+    ) -> campaign::CampaignId {
         let (record, _) = self
             .store
             .create_campaign(
-                &document(name),
+                document,
                 store::recipient_stream(recipients(count, domains)),
             )
             .await
@@ -213,7 +206,7 @@ mod postgres {
             .send("global rate", COUNT, &["mail.example"])
             .await;
 
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
@@ -223,7 +216,7 @@ mod postgres {
             std::fs::read_to_string(deployment.dir.path().join(format!("worker-{n}.log")))
                 .unwrap_or_default()
         };
-        wait_until(
+        wait_until_holds(
             Duration::from_secs(30),
             "a batch done by each worker",
             || now_seconds() > first + 6.0 && (1..=3).all(|n| log(n).contains("batch done")),
@@ -232,7 +225,7 @@ mod postgres {
         let victim = workers.pop().unwrap();
         victim.signal("-KILL");
         let killed = now_seconds();
-        wait_until(
+        wait_until_holds(
             Duration::from_secs(60),
             "sending well after the kill",
             || {
@@ -282,6 +275,51 @@ mod postgres {
         );
     }
 
+    /// A campaign's max_rate (40/s) well below SMTP_RATE_LIMIT (200/s) is the campaign's
+    /// total across two workers: its arrivals at the sink over 8 s are 40/s ± 10 %, and every
+    /// recipient gets one message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_workers_keep_a_campaigns_max_rate_together() {
+        const MAX_RATE: f64 = 40.0;
+        const COUNT: usize = 440;
+        let Some(sink) = RecordingSmtp::start() else {
+            return;
+        };
+        let Some(deployment) = Deployment::start(&sink, &[("SMTP_RATE_LIMIT", "200".into())]).await
+        else {
+            return;
+        };
+        let _workers: Vec<Process> = (1..=2)
+            .map(|n| deployment.worker(&format!("worker-{n}")))
+            .collect();
+        let mut limited = document("campaign rate");
+        limited.max_rate = Some(MAX_RATE);
+        let id = deployment
+            .send_document(&limited, COUNT, &["a.example", "b.example"])
+            .await;
+        wait_until(Duration::from_secs(60), "the first message", || {
+            !sink.arrivals().is_empty()
+        })
+        .await;
+        let first = sink.arrivals()[0].at;
+        wait_until(Duration::from_secs(60), "9 s of sending", || {
+            sink.arrivals().last().is_some_and(|a| a.at > first + 9.0)
+        })
+        .await;
+        let (from, to) = (first + 1.0, first + 9.0);
+        let rate = count_between(&sink.arrivals(), from, to, None) as f64 / (to - from);
+        eprintln!("measured at the sink: {rate:.1}/s with max_rate {MAX_RATE}");
+        assert!(
+            (rate - MAX_RATE).abs() <= MAX_RATE * 0.10,
+            "{rate:.1} messages/s; the campaign's max_rate is {MAX_RATE}"
+        );
+        deployment
+            .wait_completed(id, Duration::from_secs(120))
+            .await;
+        let copies = assert_all_reached(&sink.arrivals(), COUNT);
+        assert!(copies.is_empty(), "sent twice: {copies:?}");
+    }
+
     /// Two destination groups limited differently, recipients of both taken in turn: each
     /// group arrives at its own rate (± 10 %) at the same time — messages to the slow group
     /// wait for their slots without holding up the fast one — and every recipient gets one
@@ -317,12 +355,12 @@ mod postgres {
                 ],
             )
             .await;
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
         let first = sink.arrivals()[0].at;
-        wait_until(Duration::from_secs(60), "7 s of sending", || {
+        wait_until_holds(Duration::from_secs(60), "7 s of sending", || {
             sink.arrivals().last().is_some_and(|a| a.at > first + 7.0)
         })
         .await;
@@ -374,18 +412,18 @@ mod postgres {
         let id = deployment
             .send("throttled", COUNT, &["slow.example", "fast.example"])
             .await;
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
         let first = sink.arrivals()[0].at;
-        wait_until(Duration::from_secs(30), "3 s of sending", || {
+        wait_until_holds(Duration::from_secs(30), "3 s of sending", || {
             now_seconds() > first + 3.0
         })
         .await;
         sink.set_throttling(true);
         let on = now_seconds();
-        wait_until(Duration::from_secs(30), "5 s of throttling", || {
+        wait_until_holds(Duration::from_secs(30), "5 s of throttling", || {
             now_seconds() > on + 5.0
         })
         .await;
@@ -446,6 +484,74 @@ mod postgres {
     }
 }
 
+/// `marketing send` on SQLite keeps the campaign's max_rate (no other limit set): 100
+/// recipients at 20/s arrive at the sink at 20/s ± 10 % over the 3 s in the middle; a
+/// max_rate of 0 is refused before anything is stored, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketing_send_keeps_the_campaigns_max_rate() {
+    const MAX_RATE: f64 = 20.0;
+    const COUNT: usize = 100;
+    let Some(sink) = RecordingSmtp::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut campaign = serde_json::to_value(document("send at a max_rate")).unwrap();
+    campaign["max_rate"] = MAX_RATE.into();
+    campaign["recipients"] = (0..COUNT)
+        .map(|n| serde_json::json!({"email": format!("reader{n}@mail.example"), "n": n}))
+        .collect();
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/m.db", dir.path().display()),
+        ),
+        ("SMTP_URL", sink.url()),
+        ("TRACKING_SECRET", SECRET.to_string()),
+        ("TASK_CHECK_INTERVAL", "0.2".into()),
+    ];
+    let file = dir.path().join("campaign.json");
+    std::fs::write(&file, campaign.to_string()).unwrap();
+    let output = isolated_command(
+        BINARY,
+        dir.path(),
+        &["send", &file.display().to_string()],
+        &env,
+    )
+    .output()
+    .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let arrivals = sink.arrivals();
+    let copies = assert_all_reached(&arrivals, COUNT);
+    assert!(copies.is_empty(), "sent twice: {copies:?}");
+    let first = arrivals[0].at;
+    let (from, to) = (first + 1.0, first + 4.0);
+    let rate = count_between(&arrivals, from, to, None) as f64 / (to - from);
+    eprintln!("measured at the sink: {rate:.1}/s with max_rate {MAX_RATE}");
+    assert!(
+        (rate - MAX_RATE).abs() <= MAX_RATE * 0.10,
+        "{rate:.1} messages/s; the campaign's max_rate is {MAX_RATE}"
+    );
+
+    campaign["max_rate"] = 0.into();
+    std::fs::write(&file, campaign.to_string()).unwrap();
+    let output = isolated_command(
+        BINARY,
+        dir.path(),
+        &["send", &file.display().to_string()],
+        &env,
+    )
+    .output()
+    .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("max_rate"), "{stderr}");
+    assert_eq!(sink.arrivals().len(), COUNT, "nothing more sent");
+}
+
 /// A RATE_LIMITS_FILE that cannot work stops the worker at start (exit code 2), naming the
 /// variable, the file's line and what is wrong.
 #[test]
@@ -481,7 +587,7 @@ fn a_bad_rate_limits_file_refuses_to_start_naming_the_line() {
                     format!("sqlite://{}/m.db", dir.path().display()),
                 ),
                 ("RATE_LIMITS_FILE", file.display().to_string()),
-                ("TRACKING_SECRET", SECRET.into()),
+                ("TRACKING_SECRET", TRACKING_SECRET.into()),
             ],
         )
         .output()

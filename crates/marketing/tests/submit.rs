@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 use testkit::process::Process;
 use testkit::smtp::SmtpSink;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
-const SECRET: &str = "submit-test-secret-of-at-least-32-bytes";
+use support::{BINARY, example};
 
-fn example(name: &str) -> String {
-    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
+const SECRET: &str = "submit-test-secret-of-at-least-32-bytes";
 
 fn marketing(dir: &Path, database_url: &str) -> Command {
     let mut command = Command::new(BINARY);

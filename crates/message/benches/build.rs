@@ -36,8 +36,10 @@ fn fixture() -> (CompiledCampaign, Recipient, RecipientContext, BuildOptions) {
     .expect("benchmark recipient");
     let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).expect("compiles");
     let ctx = RecipientContext {
-        campaign_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00ab),
-        recipient_id: 123_456,
+        campaign_id: campaign::CampaignId::from_uuid(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_00ab,
+        )),
+        recipient_id: campaign::RecipientId::new(123_456),
         unsubscribe_url: "https://mail.riverside-books.example/u/AQEBkAAAAAAAcACAAAAAAAAAqwAAAAAAAeJA3q2-7w8gXhZ6yqkHc1Tz0Q".into(),
         unsubscribe_mailto: None,
         tracking: Default::default(),

@@ -149,7 +149,7 @@ fn build(
             // checked for the boundary before they are used as they are.
             let boundary = format!(
                 "=_mb_{}_{}",
-                message.campaign_id.simple(),
+                message.campaign_id.as_uuid().simple(),
                 message.recipient_id
             );
             let _ = write!(
@@ -224,7 +224,9 @@ pub(crate) fn unsubscribe_mailto(address: &EmailAddress, unsubscribe_url: &str) 
 /// `<CAMPAIGN.RECIPIENT@domain>` format above, so a bounce or complaint that returns only the
 /// original's Message-ID still finds its recipient without a stored copy of every id. Angle
 /// brackets and surrounding whitespace are optional; anything else is `None`.
-pub fn recipient_of_message_id(message_id: &str) -> Option<(campaign::CampaignId, i64)> {
+pub fn recipient_of_message_id(
+    message_id: &str,
+) -> Option<(campaign::CampaignId, campaign::RecipientId)> {
     let id = message_id.trim();
     let id = id
         .strip_prefix('<')
@@ -232,7 +234,7 @@ pub fn recipient_of_message_id(message_id: &str) -> Option<(campaign::CampaignId
         .unwrap_or(id);
     let (local, _domain) = id.rsplit_once('@')?;
     let (campaign_id, recipient_id) = local.split_once('.')?;
-    let campaign_id = campaign::CampaignId::try_parse(campaign_id).ok()?;
+    let campaign_id = campaign_id.parse().ok()?;
     let recipient_id = recipient_id.parse().ok()?;
     Some((campaign_id, recipient_id))
 }

@@ -104,6 +104,9 @@ pub struct OutgoingMessage {
     pub content: Bytes,
     pub campaign_id: Option<String>,
     pub recipient_id: Option<String>,
+    /// The campaign's `max_rate` (messages per second across the deployment), which a
+    /// rate-limited transport keeps per `campaign_id` besides its own limits.
+    pub campaign_max_rate: Option<f64>,
 }
 
 impl OutgoingMessage {
@@ -113,6 +116,7 @@ impl OutgoingMessage {
             content: content.into(),
             campaign_id: None,
             recipient_id: None,
+            campaign_max_rate: None,
         }
     }
 

@@ -663,8 +663,8 @@ mod tests {
         .unwrap();
         let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
         let ctx = RecipientContext {
-            campaign_id: uuid::Uuid::nil(),
-            recipient_id: 1,
+            campaign_id: CampaignId::from_uuid(uuid::Uuid::nil()),
+            recipient_id: RecipientId::new(1),
             unsubscribe_url: "https://m.shop.example/u/T".into(),
             unsubscribe_mailto: None,
             tracking: TrackingUrls::default(),
@@ -717,8 +717,8 @@ mod tests {
                 code
             });
         let ctx = RecipientContext {
-            campaign_id: uuid::Uuid::nil(),
-            recipient_id: 1,
+            campaign_id: CampaignId::from_uuid(uuid::Uuid::nil()),
+            recipient_id: RecipientId::new(1),
             unsubscribe_url: "https://m.shop.example/u/T".into(),
             unsubscribe_mailto: None,
             tracking: TrackingUrls::default(),

@@ -248,13 +248,13 @@ fn a_message_id_leads_back_to_its_campaign_and_recipient() {
         message::recipient_of_message_id(&message_id).expect("our own Message-ID parses");
     assert_eq!(
         (campaign_id.to_string(), recipient_id),
-        (CAMPAIGN_ID.to_string(), 77)
+        (CAMPAIGN_ID.to_string(), campaign::RecipientId::new(77))
     );
     // Without brackets too, as some reports quote it.
     let bare = message_id.trim_matches(['<', '>']);
     assert_eq!(
         message::recipient_of_message_id(bare),
-        Some((campaign_id, 77))
+        Some((campaign_id, campaign::RecipientId::new(77)))
     );
     for foreign in [
         "<c123.r456@mailer.example.test>",

@@ -65,7 +65,7 @@ fn books(count: usize) -> serde_json::Value {
 fn newsletter_context(recipient_id: i64) -> RecipientContext {
     RecipientContext {
         campaign_id: CAMPAIGN_ID,
-        recipient_id,
+        recipient_id: campaign::RecipientId::new(recipient_id),
         unsubscribe_url: format!("https://mail.riverside-books.example/u/AQEB{recipient_id}q2-7w8"),
         unsubscribe_mailto: None,
         tracking: Default::default(),

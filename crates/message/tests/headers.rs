@@ -48,7 +48,7 @@ fn build(from_name: &str, reply_name: &str, subject: &str) -> Vec<u8> {
     let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
     let rendered = RenderedMessage {
         campaign_id: CAMPAIGN_ID,
-        recipient_id: 7,
+        recipient_id: campaign::RecipientId::new(7),
         to: "reader@bücher.example".to_string(),
         subject: subject.to_string(),
         html: None,

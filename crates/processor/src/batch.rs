@@ -5,7 +5,7 @@ use crate::recorder::Recorder;
 use crate::retry::outcome_of;
 use crate::worker::Stats;
 use crate::{ProcessorError, Services};
-use campaign::{CampaignId, CampaignStatus};
+use campaign::{CampaignAction, CampaignId, CampaignStatus};
 use futures::FutureExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -157,11 +157,11 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
     if job.ab_rest {
         return split_ab_rest(shared, &record).await;
     }
+    let sending = CampaignStatus::Sending;
     match record.status {
-        CampaignStatus::Queued => {
-            store
-                .transition_campaign(id, &[CampaignStatus::Queued], CampaignStatus::Sending)
-                .await?;
+        status if status.check(sending, CampaignAction::Start).is_ok() => {
+            let from = CampaignStatus::sources(sending, CampaignAction::Start);
+            store.transition_campaign(id, &from, sending).await?;
         }
         // Split again after a crash: the stable split and the keys create nothing twice.
         CampaignStatus::Sending => {}
@@ -401,6 +401,7 @@ pub(crate) async fn deliver(
         tracing::warn!(campaign = %id, from_domain, dkim_domain = configured.domain(), "the From domain is not covered by DKIM_DOMAIN: messages are sent unsigned");
     }
     let policy = record.document.retry.clone();
+    let max_rate = record.document.max_rate;
     let due = store
         .due_recipients(id, batch.range(), batch.group(), services.clock.now())
         .await?;
@@ -452,7 +453,7 @@ pub(crate) async fn deliver(
             Err(error) => {
                 drop(permit);
                 metrics::record_render_error();
-                tracing::warn!(campaign = %id, recipient = recipient.id, %error, "message cannot be built");
+                tracing::warn!(campaign = %id, recipient = recipient.id.get(), %error, "message cannot be built");
                 sends.spawn(record_only(
                     shared,
                     &recipient,
@@ -462,7 +463,9 @@ pub(crate) async fn deliver(
                     },
                 ));
             }
-            Ok(message) => {
+            Ok(mut message) => {
+                // The transport keeps the campaign's own rate with the deployment's.
+                message.campaign_max_rate = max_rate;
                 let transport = services.transport.clone();
                 let recorder = shared.recorder.clone();
                 let stats = shared.stats.clone();
@@ -533,7 +536,7 @@ pub(crate) async fn deliver(
                     };
                     if recorder.record(outcome).await.is_err() {
                         tracing::error!(
-                            recipient = recipient.id,
+                            recipient = recipient.id.get(),
                             "outcome not recorded: the recorder stopped"
                         );
                     } else {
@@ -597,7 +600,7 @@ pub(crate) async fn deliver(
         },
     };
     // At info: `docker-compose logs` of a delivering role shows its work batch by batch.
-    tracing::info!(campaign = %id, first = batch.first, round = batch.round, sent = tally.sent, deferred = tally.deferred, failed = tally.failed, ?halt, "batch done");
+    tracing::info!(campaign = %id, first = batch.first.get(), round = batch.round, sent = tally.sent, deferred = tally.deferred, failed = tally.failed, ?halt, "batch done");
     Ok(json!({
         "sent": tally.sent,
         "deferred": tally.deferred,
@@ -670,7 +673,7 @@ async fn record_kind(
     };
     if recorder.record(outcome).await.is_err() {
         tracing::error!(
-            recipient = recipient.id,
+            recipient = recipient.id.get(),
             "outcome not recorded: the recorder stopped"
         );
     } else {

@@ -36,10 +36,7 @@ pub use payload::{
 };
 pub use recorder::Recorder;
 pub use retry::outcome_of;
-pub use scheduler::{
-    CheckReport, EnqueuedCampaign, NoObserver, Scheduler, SchedulerConfig, SchedulerObserver,
-    SchedulerWaker,
-};
+pub use scheduler::{CheckReport, EnqueuedCampaign, Scheduler, SchedulerConfig, SchedulerWaker};
 pub use worker::{Stats, StatsSnapshot, WakingTasks, Worker, WorkerConfig, default_worker_id};
 
 use campaign::CampaignId;

@@ -21,10 +21,16 @@ pub fn outcome_of(
             reply: accepted.reply.to_string(),
         },
         // Held back by a sending rate: nothing was attempted, so the retry policy's attempts
-        // are not what decides; the recipient waits for the slot.
-        Err(error @ SendError::RateLimited { retry_in, .. }) => OutcomeKind::Deferred {
+        // are not what decides and none is used up; the recipient waits for the slot.
+        Err(
+            error @ SendError::RateLimited {
+                destination,
+                retry_in,
+            },
+        ) => OutcomeKind::Deferred {
             error: error.to_string(),
             retry_at: now + *retry_in,
+            rate_wait: Some(destination.clone()),
         },
         Err(error) if error.is_temporary() => {
             let attempt = attempts_before + 1;
@@ -37,6 +43,7 @@ pub fn outcome_of(
                 OutcomeKind::Deferred {
                     error: error.to_string(),
                     retry_at: now + backoff(policy).delay(attempt),
+                    rate_wait: None,
                 }
             }
         }
@@ -104,8 +111,13 @@ mod tests {
         let now = OffsetDateTime::UNIX_EPOCH;
         let wait = |attempts_before| match outcome_of(&transient(), attempts_before, &policy(), now)
         {
-            OutcomeKind::Deferred { retry_at, error } => {
+            OutcomeKind::Deferred {
+                retry_at,
+                error,
+                rate_wait,
+            } => {
                 assert!(error.contains("452 4.3.1"), "{error}");
+                assert_eq!(rate_wait, None, "a reply from the server is an attempt");
                 (retry_at - now).as_seconds_f64()
             }
             other => panic!("expected deferred, got {other:?}"),
@@ -151,9 +163,14 @@ mod tests {
         });
         // Attempts beyond the policy's maximum do not fail it: nothing was attempted.
         match outcome_of(&held, 7, &policy(), now) {
-            OutcomeKind::Deferred { retry_at, error } => {
+            OutcomeKind::Deferred {
+                retry_at,
+                error,
+                rate_wait,
+            } => {
                 assert_eq!(retry_at, now + time::Duration::seconds(3));
                 assert!(error.contains("group google"), "{error}");
+                assert_eq!(rate_wait.as_deref(), Some("group google"));
             }
             other => panic!("{other:?}"),
         }

@@ -85,27 +85,68 @@ pub struct EnqueuedCampaign {
     pub lateness: Duration,
 }
 
-/// Health and progress of the campaign processor, for metrics (`campaign_processor_healthy`,
-/// `campaigns_processed_total{status}`, `campaign_processing_seconds`). Called from the
-/// processor's loop, so implementations must be quick and must not block.
-pub trait SchedulerObserver: Send + Sync {
-    /// A check finished: the loop is alive and the store answered. `took` is its duration.
-    fn check_succeeded(&self, _report: &CheckReport, _took: Duration) {}
-    /// A check failed (store or task repository unreachable): the processor retries after
-    /// its timer refresh; until a check succeeds again it is not healthy.
-    fn check_failed(&self, _error: &ProcessorError) {}
-    /// This replica started a scheduled campaign, `lateness` after its `scheduled_at`.
-    fn campaign_enqueued(&self, _campaign: &EnqueuedCampaign) {}
-    /// This replica won a due campaign but could not create its task (the task repository did
-    /// not answer): the campaign stays `queued`, and the repair of a later full check creates
-    /// the task. `took` is the time spent trying.
-    fn campaign_failed(&self, _campaign: CampaignId, _error: &ProcessorError, _took: Duration) {}
+/// The campaign processor's health, reported as `campaign_processor_healthy`: 1 after a check
+/// succeeds, 0 after one fails, and 0 when no check has succeeded for a while (a watchdog), so
+/// a loop that hangs (not only one that errors) shows as unhealthy. Queuing a campaign does not
+/// end its processing, so the processor counts nothing in `campaigns_processed_total`: the
+/// process that records a campaign's last outcome does.
+struct Health {
+    /// Tokio's clock, so the watchdog can be tested with paused time.
+    last_success: std::sync::Mutex<tokio::time::Instant>,
 }
 
-/// An observer that observes nothing (the default).
-pub struct NoObserver;
+impl Health {
+    /// The processor checks at least every `timer_refresh`; missing several in a row is a stall.
+    fn stall_after(config: &SchedulerConfig) -> Duration {
+        (config.timer_refresh * 5).max(Duration::from_secs(10))
+    }
 
-impl SchedulerObserver for NoObserver {}
+    /// Exports the gauge at 0 (healthy only once a check succeeds) and starts the watchdog,
+    /// until `shutdown`.
+    fn start(config: &SchedulerConfig, shutdown: CancellationToken) -> Arc<Health> {
+        let health = Arc::new(Health {
+            last_success: std::sync::Mutex::new(tokio::time::Instant::now()),
+        });
+        metrics::set_processor_healthy(false);
+        let stall_after = Self::stall_after(config);
+        let watched = health.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if watched.since_success() > stall_after {
+                    metrics::set_processor_healthy(false);
+                }
+            }
+        });
+        health
+    }
+
+    fn since_success(&self) -> Duration {
+        self.last_success
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .elapsed()
+    }
+
+    /// A check finished: the loop is alive and the store answered.
+    fn check_succeeded(&self) {
+        *self
+            .last_success
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = tokio::time::Instant::now();
+        metrics::set_processor_healthy(true);
+    }
+
+    /// A check failed (store or task repository unreachable): until one succeeds again the
+    /// processor cannot do its job. The loop logs the error.
+    fn check_failed(&self) {
+        metrics::set_processor_healthy(false);
+    }
+}
 
 /// Wakes a processor in the same process at once, e.g. after a schedule changed through the
 /// API, instead of at its next timer refresh.
@@ -123,7 +164,6 @@ pub struct Scheduler {
     config: SchedulerConfig,
     store: Arc<dyn CampaignStore>,
     tasks: Arc<dyn TaskRepository>,
-    observer: Arc<dyn SchedulerObserver>,
     wake: Arc<Notify>,
 }
 
@@ -141,15 +181,8 @@ impl Scheduler {
             config,
             store,
             tasks,
-            observer: Arc::new(NoObserver),
             wake: Arc::new(Notify::new()),
         }
-    }
-
-    /// Reports health and progress to `observer`.
-    pub fn with_observer(mut self, observer: Arc<dyn SchedulerObserver>) -> Scheduler {
-        self.observer = observer;
-        self
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -198,14 +231,8 @@ impl Scheduler {
             for campaign in &due {
                 // Won by this replica; if creating the task fails, the campaign stays
                 // `queued` and the repair of a later full check creates it.
-                let trying = Instant::now();
-                if let Err(err) =
-                    enqueue_campaign(self.store.as_ref(), self.tasks.as_ref(), campaign.id).await
-                {
-                    self.observer
-                        .campaign_failed(campaign.id, &err, trying.elapsed());
-                    return Err(err);
-                }
+                // The check's error is logged by the loop; the campaign is not an end.
+                enqueue_campaign(self.store.as_ref(), self.tasks.as_ref(), campaign.id).await?;
                 let lateness = Duration::try_from(now - campaign.scheduled_at).unwrap_or_default();
                 let enqueued = EnqueuedCampaign {
                     id: campaign.id,
@@ -216,7 +243,6 @@ impl Scheduler {
                     late_ms = lateness.as_millis() as u64,
                     "scheduled campaign enqueued"
                 );
-                self.observer.campaign_enqueued(&enqueued);
                 report.enqueued.push(enqueued);
             }
             if due.len() < self.config.claim_limit as usize {
@@ -279,8 +305,9 @@ impl Scheduler {
 
     /// Runs until `shutdown`: a full check at once and every `check_interval`, and timer
     /// wake-ups at the nearest `scheduled_at` in between. A check is never interrupted
-    /// half-way by the shutdown.
+    /// half-way by the shutdown. Reports `campaign_processor_healthy` while it runs.
     pub async fn run(self, shutdown: CancellationToken) {
+        let health = Health::start(&self.config, shutdown.clone());
         let mut next_full = Instant::now();
         while !shutdown.is_cancelled() {
             let started = Instant::now();
@@ -291,7 +318,7 @@ impl Scheduler {
             let until_full = next_full.saturating_duration_since(Instant::now());
             let pause = match self.check(OffsetDateTime::now_utc(), full).await {
                 Ok(report) => {
-                    self.observer.check_succeeded(&report, started.elapsed());
+                    health.check_succeeded();
                     let until_due = report.next_due.map(|at| {
                         Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or_default()
                     });
@@ -303,7 +330,7 @@ impl Scheduler {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "campaign check failed; retrying");
-                    self.observer.check_failed(&err);
+                    health.check_failed();
                     // The next attempt is a full one: the failed check may have left a
                     // campaign queued without its task.
                     next_full = Instant::now() + self.config.timer_refresh;
@@ -317,5 +344,49 @@ impl Scheduler {
             }
         }
         tracing::info!("campaign processor stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy_gauge() -> String {
+        metrics::render()
+            .lines()
+            .find(|line| line.starts_with("campaign_processor_healthy "))
+            .expect("the gauge is exported once the processor reports")
+            .to_string()
+    }
+
+    /// The gauge follows the checks, and a loop that stops checking (hangs) turns it to 0
+    /// after the stall bound, on tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn the_processor_is_unhealthy_when_checks_fail_or_stop() {
+        let config = SchedulerConfig::new(Duration::from_secs(60));
+        let stall_after = Health::stall_after(&config);
+        let shutdown = CancellationToken::new();
+        let health = Health::start(&config, shutdown.clone());
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+
+        health.check_succeeded();
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
+
+        // Checks keep succeeding: the watchdog leaves the gauge alone.
+        for _ in 0..3 {
+            tokio::time::sleep(stall_after / 2).await;
+            health.check_succeeded();
+        }
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
+
+        // No check for longer than the bound: the watchdog (ticking every second) notices.
+        tokio::time::sleep(stall_after + Duration::from_secs(2)).await;
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+
+        health.check_succeeded();
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 1");
+        health.check_failed();
+        assert_eq!(healthy_gauge(), "campaign_processor_healthy 0");
+        shutdown.cancel();
     }
 }

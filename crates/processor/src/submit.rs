@@ -5,7 +5,7 @@
 use crate::ProcessorError;
 use crate::batch::Shared;
 use crate::payload::{SUBMIT_CAMPAIGN_MAX_RECIPIENTS, SUBMIT_CAMPAIGN_VERSION};
-use campaign::{CampaignDocument, CampaignStatus, Limits};
+use campaign::{CampaignDocument, CampaignId, CampaignStatus, Limits};
 use serde::Deserialize;
 use service::{CampaignError, CampaignService};
 use tasks::Task;
@@ -89,9 +89,10 @@ pub(crate) async fn submit(
         ..Limits::default()
     };
     let document = read_submission(&task.payload, &limits, &services.message_settings)?;
+    let campaign_id = CampaignId::from(task.id);
     // The schedule rule of a new campaign (in the future, within the horizon) holds when it
     // is created; a run after a crash may come after that time, and finds the campaign.
-    if services.store.get_campaign(task.id).await?.is_none() {
+    if services.store.get_campaign(campaign_id).await?.is_none() {
         document
             .check_schedule(services.clock.now())
             .map_err(|err| {
@@ -109,7 +110,7 @@ pub(crate) async fn submit(
         .with_message_settings(&services.message_settings);
     let recipients = document.recipients.iter().cloned().map(Ok);
     let (record, report) = campaigns
-        .create_once(task.id, &document, store::recipient_stream(recipients))
+        .create_once(campaign_id, &document, store::recipient_stream(recipients))
         .await?;
     match &report {
         Some(report) => {

@@ -101,9 +101,11 @@ impl SharedSchedule {
         &self.label
     }
 
-    /// `group google`, `domain example.com` or `the global limit`, for messages.
+    /// `group google`, `domain example.com`, `the campaign's max_rate` or `the global limit`,
+    /// for messages and for the campaign's status.
     pub fn describe(&self) -> String {
         match self.name.split_once(':') {
+            Some(("campaign", _)) => "the campaign's max_rate".into(),
             Some((kind, name)) => format!("{kind} {name}"),
             None => "the global limit".into(),
         }
@@ -157,27 +159,42 @@ impl SharedSchedule {
 
     /// Waits for this worker's next slot.
     pub async fn acquire(self: &Arc<SharedSchedule>) {
-        let _waiting = Waiting::start(&self.waiting);
-        let slot = self.reserve().await;
+        SharedSchedule::acquire_together(&[self]).await
+    }
+
+    /// Waits for a slot of each schedule, all used at once when the latest of them comes: a
+    /// message limited twice (its campaign's rate and its destination's) takes one slot of
+    /// each without letting the earlier one pass unused while it waits for the other.
+    pub async fn acquire_together(schedules: &[&Arc<SharedSchedule>]) {
+        let _waiting: Vec<Waiting<'_>> = schedules
+            .iter()
+            .map(|schedule| Waiting::start(&schedule.waiting))
+            .collect();
+        let mut slot = i64::MIN;
+        for schedule in schedules {
+            slot = slot.max(schedule.reserve().await);
+        }
         let wait = slot - wall_ns();
         if wait > 0 {
             tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
         }
-        self.last_asked_ns.store(wall_ns(), Ordering::Relaxed);
+        let now_ns = wall_ns();
+        for schedule in schedules {
+            schedule.last_asked_ns.store(now_ns, Ordering::Relaxed);
+        }
     }
 
-    /// As [`SharedSchedule::acquire`] while fewer of this worker's messages wait for this
-    /// schedule than a stretch holds; beyond that returns how long the message should wait
-    /// elsewhere (deferred, not holding one of the worker's in-flight slots), so a slow
+    /// Whether a message may wait here for a slot: yes while fewer of this worker's messages
+    /// wait for this schedule than a stretch holds; beyond that, how long the message should
+    /// wait elsewhere (deferred, not holding one of the worker's in-flight slots), so a slow
     /// destination cannot take every slot while messages to other destinations could go.
-    pub async fn acquire_or_defer(self: &Arc<SharedSchedule>) -> Result<(), Duration> {
+    pub fn room_to_wait(&self) -> Result<(), Duration> {
         let rate = self.rate_now();
         let stretch = (rate * LEASE_FOR.as_secs_f64()).ceil().max(1.0);
         let waiting = self.waiting.load(Ordering::Relaxed) as f64;
         if waiting >= stretch {
             return Err(self.defer(rate, waiting));
         }
-        self.acquire().await;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The transport that keeps the deployment's sending rates: each message waits for a slot of
-//! its destination's schedule (a domain group, or the default per domain), then one of the
-//! global schedule, then goes to the wrapped transport; a throttling reply slows its
-//! destination down for every worker.
+//! its destination's schedule (a domain group, or the default per domain) and of its
+//! campaign's (`max_rate`), then one of the global schedule, then goes to the wrapped
+//! transport; a throttling reply slows its destination down for every worker.
 
 use crate::limits_file::{RateLimits, SlowDownPolicy};
 use crate::schedule::SharedSchedule;
@@ -21,15 +21,6 @@ pub struct RateSettings {
     pub destinations: RateLimits,
 }
 
-impl RateSettings {
-    /// Whether anything is limited (otherwise the transport is used as it is, at no cost).
-    pub fn limits_anything(&self) -> bool {
-        self.global.is_some()
-            || self.destinations.default_rate.is_some()
-            || !self.destinations.groups.is_empty()
-    }
-}
-
 /// A transport whose sends keep the shared rates.
 pub struct RateLimitedTransport {
     inner: Arc<dyn Transport>,
@@ -39,6 +30,8 @@ pub struct RateLimitedTransport {
     default_rate: Option<f64>,
     /// Domains in no group, each with its own schedule at the default rate, made on first use.
     by_domain: Mutex<HashMap<String, Arc<SharedSchedule>>>,
+    /// Campaigns with a `max_rate`, each with its own schedule, made on first use.
+    by_campaign: Mutex<HashMap<String, Arc<SharedSchedule>>>,
     policy: SlowDownPolicy,
     store: Arc<dyn SendingRateStore>,
 }
@@ -78,6 +71,7 @@ impl RateLimitedTransport {
             groups,
             default_rate: settings.destinations.default_rate,
             by_domain: Mutex::new(HashMap::new()),
+            by_campaign: Mutex::new(HashMap::new()),
             policy,
             store,
         }
@@ -85,6 +79,9 @@ impl RateLimitedTransport {
 
     /// The schedule of the message's destination (its first recipient's domain), if limited.
     fn destination(&self, message: &OutgoingMessage) -> Option<Arc<SharedSchedule>> {
+        if self.groups.is_empty() && self.default_rate.is_none() {
+            return None;
+        }
         let recipient = message.envelope.to().next()?;
         let domain = recipient.rsplit_once('@')?.1.to_ascii_lowercase();
         if let Some(schedule) = self.groups.get(&domain) {
@@ -112,20 +109,55 @@ impl RateLimitedTransport {
     }
 }
 
+impl RateLimitedTransport {
+    /// The schedule of the message's campaign, if it has a `max_rate`. Its row is shared by
+    /// every worker like the global one; a campaign whose rate changed gets a fresh schedule.
+    fn campaign(&self, message: &OutgoingMessage) -> Option<Arc<SharedSchedule>> {
+        let rate = message.campaign_max_rate?;
+        let campaign = message.campaign_id.as_deref()?;
+        let mut by_campaign = self
+            .by_campaign
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(schedule) = by_campaign.get(campaign)
+            && schedule.configured() == rate
+        {
+            return Some(schedule.clone());
+        }
+        let schedule = SharedSchedule::new(
+            format!("campaign:{campaign}"),
+            "campaign".into(),
+            rate,
+            self.policy,
+            self.store.clone(),
+        );
+        by_campaign.insert(campaign.to_string(), schedule.clone());
+        Some(schedule)
+    }
+}
+
 #[async_trait]
 impl Transport for RateLimitedTransport {
     async fn send(&self, message: OutgoingMessage) -> Result<Accepted, SendError> {
         let destination = self.destination(&message);
-        // The destination first: a slot of the global schedule taken while waiting for a slow
-        // destination would be wasted.
-        if let Some(schedule) = &destination
-            && let Err(retry_in) = schedule.acquire_or_defer().await
-        {
-            metrics::sending_rates::record_rate_deferral(schedule.label());
-            return Err(SendError::RateLimited {
-                destination: schedule.describe(),
-                retry_in,
-            });
+        let campaign = self.campaign(&message);
+        let limited: Vec<&Arc<SharedSchedule>> =
+            destination.iter().chain(campaign.iter()).collect();
+        // Deferred before taking any slot when too many already wait for one of them, so no
+        // slot is taken for a message that then does not go.
+        for schedule in &limited {
+            if let Err(retry_in) = schedule.room_to_wait() {
+                metrics::sending_rates::record_rate_deferral(schedule.label());
+                return Err(SendError::RateLimited {
+                    destination: schedule.describe(),
+                    retry_in,
+                });
+            }
+        }
+        // The destination and the campaign before the global schedule: a slot of it taken
+        // while waiting for a slow destination would be wasted.
+        if !limited.is_empty() {
+            SharedSchedule::acquire_together(&limited).await;
         }
         if let Some(global) = &self.global {
             global.acquire().await;
@@ -161,6 +193,7 @@ impl Transport for RateLimitedTransport {
         if let Some(rate) = self.default_rate {
             limits.push(format!("other domains {rate}/s each"));
         }
+        limits.push("campaigns' max_rate across all workers".into());
         format!("{}, {}", self.inner.describe(), limits.join(", "))
     }
 

@@ -3,7 +3,7 @@
 //! state, its recipients or their counts.
 
 use crate::{CampaignError, CampaignService};
-use campaign::{CampaignId, EmailAddress, Problem, Recipient};
+use campaign::{CampaignId, EmailAddress, Problem, Recipient, RecipientId};
 use serde::Serialize;
 use std::sync::Arc;
 use store::{QuotaWindow, TestSendReservation};
@@ -121,7 +121,7 @@ impl CampaignService<'_> {
             // A test names no stored recipient (id 0); its unsubscribe link names the test send.
             let context = message::RecipientContext {
                 campaign_id: campaign.id,
-                recipient_id: 0,
+                recipient_id: RecipientId::new(0),
                 unsubscribe_url,
                 unsubscribe_mailto: None,
                 // A test message records no opens or clicks: its links keep their original URLs.

@@ -12,9 +12,10 @@ use sqlx::{Decode, Encode, Type};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// A UUID column.
+/// A UUID column: a task id (`DbId<Uuid>`, the default) or a campaign id
+/// (`DbId<CampaignId>`), stored the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DbId(pub Uuid);
+pub struct DbId<T = Uuid>(pub T);
 
 /// A point in time, always UTC, microsecond precision.
 ///
@@ -64,40 +65,40 @@ impl From<OffsetDateTime> for DbTime {
     }
 }
 
-impl Type<Sqlite> for DbId {
+impl<T> Type<Sqlite> for DbId<T> {
     fn type_info() -> SqliteTypeInfo {
         <String as Type<Sqlite>>::type_info()
     }
 }
 
-impl Encode<'_, Sqlite> for DbId {
+impl<T: Copy + Into<Uuid>> Encode<'_, Sqlite> for DbId<T> {
     fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
-        Encode::<Sqlite>::encode(self.0.hyphenated().to_string(), buf)
+        Encode::<Sqlite>::encode(self.0.into().hyphenated().to_string(), buf)
     }
 }
 
-impl<'r> Decode<'r, Sqlite> for DbId {
+impl<'r, T: From<Uuid>> Decode<'r, Sqlite> for DbId<T> {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         let text = <&str as Decode<Sqlite>>::decode(value)?;
-        Ok(DbId(Uuid::parse_str(text)?))
+        Ok(DbId(Uuid::parse_str(text)?.into()))
     }
 }
 
-impl Type<Postgres> for DbId {
+impl<T> Type<Postgres> for DbId<T> {
     fn type_info() -> PgTypeInfo {
         <Uuid as Type<Postgres>>::type_info()
     }
 }
 
-impl Encode<'_, Postgres> for DbId {
+impl<T: Copy + Into<Uuid>> Encode<'_, Postgres> for DbId<T> {
     fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        Encode::<Postgres>::encode_by_ref(&self.0, buf)
+        Encode::<Postgres>::encode(self.0.into(), buf)
     }
 }
 
-impl<'r> Decode<'r, Postgres> for DbId {
+impl<'r, T: From<Uuid>> Decode<'r, Postgres> for DbId<T> {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(DbId(<Uuid as Decode<Postgres>>::decode(value)?))
+        Ok(DbId(<Uuid as Decode<Postgres>>::decode(value)?.into()))
     }
 }
 

@@ -83,6 +83,11 @@ pub trait DeliveryRepository: Send + Sync {
     /// time releases it zone by zone.
     async fn time_zone_releases(&self, id: CampaignId) -> Result<Vec<ZoneRelease>, StoreError>;
 
+    /// Per sending rate, the campaign's recipients deferred to wait for it and until when:
+    /// what a campaign's status shows while a rate limit holds it back. Empty when no
+    /// deferred recipient waits on a rate.
+    async fn rate_waits(&self, id: CampaignId) -> Result<Vec<RateWait>, StoreError>;
+
     /// Records delivery outcomes in one transaction.
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError>;
 
@@ -142,6 +147,25 @@ pub struct ZoneRelease {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub due_at: Option<OffsetDateTime>,
+}
+
+/// Recipients of a campaign deferred to wait for one sending rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RateWait {
+    /// The rate they wait for: `group NAME` (a domain group of RATE_LIMITS_FILE), `domain
+    /// NAME` (a domain at the file's default rate), `the global limit` (SMTP_RATE_LIMIT) or
+    /// `the campaign's max_rate`.
+    pub destination: String,
+    /// Recipients deferred for it.
+    pub waiting: i64,
+    /// When the first of them is due again.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub next_at: OffsetDateTime,
+    /// When the last of them is due again: the wait ends then, at the rate in force.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: OffsetDateTime,
 }
 
 /// Which recipients a batch sends: each range of an A/B test has up to two task chains, the
@@ -209,6 +233,10 @@ pub enum OutcomeKind {
     Deferred {
         error: String,
         retry_at: OffsetDateTime,
+        /// The sending rate that had no slot for it (`group google`, `the global limit`…):
+        /// nothing was sent, so the deferral is not one of the recipient's delivery attempts.
+        /// `None`: the server answered with a temporary failure, which is one.
+        rate_wait: Option<String>,
     },
     /// A permanent failure or retries exhausted; `attempted` is false when nothing was sent
     /// (a render error), so the attempt count stays honest.

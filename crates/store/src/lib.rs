@@ -38,7 +38,7 @@ pub use campaigns::{
 };
 pub use database::{Database, WAL_TRUNCATE_BYTES};
 pub use deliveries::{
-    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind,
+    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
     RecipientRange, Requeued, SendGroup, ZoneRelease,
 };
 pub use import::{

@@ -24,7 +24,7 @@
 use crate::openapi::TaskProblems;
 use crate::{Lease, NewTask, Task, TaskError, TaskFilter, TaskRepository, TaskStatus};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -177,6 +177,18 @@ impl IntoResponse for Failure {
 type Repo = Arc<dyn TaskRepository>;
 type Answer<T> = Result<T, Failure>;
 
+/// A handler's JSON request body: one way of reading it for every route, a body that does not
+/// parse answered as the 422 problem of [`Failure::invalid`].
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(Failure))]
+struct Body<T>(T);
+
+/// The task id of a `/tasks/{id}` route; a path that is not one is answered 404.
+#[derive(Deserialize, FromRequestParts)]
+#[serde(transparent)]
+#[from_request(via(Path), rejection(Failure))]
+struct TaskId(Uuid);
+
 /// The service's routes. With a token, every `/api/v1` request must carry
 /// `Authorization: Bearer <token>`; `/health` stays open. The binary adds `/metrics`.
 pub fn router(repo: Arc<dyn TaskRepository>, token: Option<String>) -> Router {
@@ -298,11 +310,7 @@ async fn health(State(repo): State<Repo>) -> Answer<impl IntoResponse> {
     responses((status = 201, description = "Created, or the task that already has this idempotency key", body = Task), TaskProblems),
     security(("task_repo_token" = []))
 )]
-async fn create(
-    State(repo): State<Repo>,
-    body: Result<Json<NewTask>, JsonRejection>,
-) -> Answer<impl IntoResponse> {
-    let Json(task) = body?;
+async fn create(State(repo): State<Repo>, Body(task): Body<NewTask>) -> Answer<impl IntoResponse> {
     Ok((StatusCode::CREATED, Json(repo.create(task).await?)))
 }
 
@@ -318,9 +326,8 @@ async fn create(
 )]
 async fn create_many(
     State(repo): State<Repo>,
-    body: Result<Json<Vec<NewTask>>, JsonRejection>,
+    Body(tasks): Body<Vec<NewTask>>,
 ) -> Answer<impl IntoResponse> {
-    let Json(tasks) = body?;
     Ok((StatusCode::CREATED, Json(repo.create_many(tasks).await?)))
 }
 
@@ -456,11 +463,7 @@ fn lease_duration(ms: u64) -> Answer<time::Duration> {
     responses((status = 200, description = "The claimed tasks (possibly none), each leased to the worker", body = Vec<Task>), TaskProblems),
     security(("task_repo_token" = []))
 )]
-async fn claim(
-    State(repo): State<Repo>,
-    body: Result<Json<ClaimBody>, JsonRejection>,
-) -> Answer<impl IntoResponse> {
-    let Json(body) = body?;
+async fn claim(State(repo): State<Repo>, Body(body): Body<ClaimBody>) -> Answer<impl IntoResponse> {
     let lease = lease_duration(body.lease_ms)?;
     Ok(Json(
         repo.claim(&body.worker_id, &body.kinds, body.limit, lease)
@@ -492,9 +495,8 @@ pub(crate) struct HeartbeatAnswer {
 )]
 async fn heartbeat(
     State(repo): State<Repo>,
-    body: Result<Json<HeartbeatBody>, JsonRejection>,
+    Body(body): Body<HeartbeatBody>,
 ) -> Answer<impl IntoResponse> {
-    let Json(body) = body?;
     let lease = lease_duration(body.lease_ms)?;
     let lost = repo.heartbeat(&body.worker_id, &body.leases, lease).await?;
     Ok(Json(HeartbeatAnswer { lost }))
@@ -510,11 +512,7 @@ async fn heartbeat(
     responses((status = 200, description = "The task", body = Task), TaskProblems),
     security(("task_repo_token" = []))
 )]
-async fn show(
-    State(repo): State<Repo>,
-    id: Result<Path<Uuid>, PathRejection>,
-) -> Answer<impl IntoResponse> {
-    let Path(id) = id?;
+async fn show(State(repo): State<Repo>, TaskId(id): TaskId) -> Answer<impl IntoResponse> {
     match repo.get(id).await? {
         Some(task) => Ok(Json(task)),
         None => Err(TaskError::NotFound(id).into()),
@@ -543,11 +541,9 @@ pub(crate) struct CompleteBody {
 )]
 async fn complete(
     State(repo): State<Repo>,
-    id: Result<Path<Uuid>, PathRejection>,
-    body: Result<Json<CompleteBody>, JsonRejection>,
+    TaskId(task_id): TaskId,
+    Body(body): Body<CompleteBody>,
 ) -> Answer<impl IntoResponse> {
-    let Path(task_id) = id?;
-    let Json(body) = body?;
     let lease = Lease {
         task_id,
         attempt: body.attempt,
@@ -588,9 +584,8 @@ pub(crate) struct CompleteManyAnswer {
 )]
 async fn complete_many(
     State(repo): State<Repo>,
-    body: Result<Json<CompleteManyBody>, JsonRejection>,
+    Body(body): Body<CompleteManyBody>,
 ) -> Answer<impl IntoResponse> {
-    let Json(body) = body?;
     let done: Vec<(Lease, serde_json::Value)> = body
         .done
         .into_iter()
@@ -639,11 +634,9 @@ pub(crate) struct FailAnswer {
 )]
 async fn fail(
     State(repo): State<Repo>,
-    id: Result<Path<Uuid>, PathRejection>,
-    body: Result<Json<FailBody>, JsonRejection>,
+    TaskId(task_id): TaskId,
+    Body(body): Body<FailBody>,
 ) -> Answer<impl IntoResponse> {
-    let Path(task_id) = id?;
-    let Json(body) = body?;
     let lease = Lease {
         task_id,
         attempt: body.attempt,
@@ -668,10 +661,6 @@ async fn fail(
     responses((status = 200, description = "The task, pending again with fresh attempts", body = Task), TaskProblems),
     security(("task_repo_token" = []))
 )]
-async fn requeue(
-    State(repo): State<Repo>,
-    id: Result<Path<Uuid>, PathRejection>,
-) -> Answer<impl IntoResponse> {
-    let Path(id) = id?;
+async fn requeue(State(repo): State<Repo>, TaskId(id): TaskId) -> Answer<impl IntoResponse> {
     Ok(Json(repo.requeue(id).await?))
 }

@@ -155,7 +155,7 @@ impl Engagement {
             // event is recorded (a test is not part of the campaign's results).
             let test = self
                 .store
-                .test_send(claims.recipient_id)
+                .test_send(claims.recipient_id.get())
                 .await?
                 .filter(|test| test.campaign_id == claims.campaign_id)
                 .ok_or(EngagementError::UnknownLink)?;

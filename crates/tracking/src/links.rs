@@ -90,9 +90,12 @@ impl Links {
     /// `{PUBLIC_BASE_URL}/u/{token}` of a test message: the token names the recorded test send
     /// (not a recipient), whose address the link suppresses.
     pub fn test_unsubscribe(&self, campaign_id: CampaignId, test_send_id: i64) -> String {
-        let token = self
-            .keys
-            .sign(Purpose::TestUnsubscribe, campaign_id, test_send_id);
+        // The token's recipient slot carries the test send's id.
+        let token = self.keys.sign(
+            Purpose::TestUnsubscribe,
+            campaign_id,
+            RecipientId::new(test_send_id),
+        );
         unsubscribe_url(&self.public_base_url, &token)
     }
 
@@ -127,25 +130,29 @@ mod tests {
     fn open_and_click_links_verify_and_aggregate_only_names_nobody() {
         let keys = TokenKeys::new(&[9u8; 32], []).unwrap();
         let links = Links::new("https://mail.example.com", keys.clone());
-        let campaign = uuid::Uuid::now_v7();
-        let pixel = links.open_pixel(campaign, 5);
+        let campaign = campaign::CampaignId::now_v7();
+        let pixel = links.open_pixel(campaign, RecipientId::new(5));
         let token = pixel.strip_prefix("https://mail.example.com/t/o/").unwrap();
-        assert_eq!(keys.verify(Purpose::Open, token).unwrap().recipient_id, 5);
-        let click = links.click(campaign, 5, 2);
+        assert_eq!(
+            keys.verify(Purpose::Open, token).unwrap().recipient_id,
+            RecipientId::new(5)
+        );
+        let click = links.click(campaign, RecipientId::new(5), 2);
         let token = click.strip_prefix("https://mail.example.com/t/c/").unwrap();
         assert_eq!(keys.verify_click(token).unwrap().1, 2);
 
-        assert_eq!(links.tracked_recipient(false, 5, None), 5);
-        assert_eq!(links.tracked_recipient(false, 5, Some(1)), 5);
-        assert_eq!(links.tracked_recipient(true, 5, None), ANONYMOUS_RECIPIENT);
+        let five = RecipientId::new(5);
+        assert_eq!(links.tracked_recipient(false, five, None), five);
+        assert_eq!(links.tracked_recipient(false, five, Some(1)), five);
+        assert_eq!(links.tracked_recipient(true, five, None), ANONYMOUS_RECIPIENT);
         let private = links.with_aggregate_only(true);
         assert_eq!(
-            private.tracked_recipient(false, 5, None),
+            private.tracked_recipient(false, five, None),
             ANONYMOUS_RECIPIENT
         );
         // An A/B variant's anonymous link names the variant, and nobody.
         let variant_pixel =
-            private.open_pixel(campaign, private.tracked_recipient(false, 5, Some(2)));
+            private.open_pixel(campaign, private.tracked_recipient(false, five, Some(2)));
         let token = variant_pixel
             .strip_prefix("https://mail.example.com/t/o/")
             .unwrap();
@@ -158,29 +165,37 @@ mod tests {
     fn unsubscribe_links_carry_a_token_that_verifies_for_their_recipient() {
         let keys = TokenKeys::new(&[7u8; 32], []).unwrap();
         let links = Links::new("https://mail.example.com/", keys.clone());
-        let campaign = uuid::Uuid::now_v7();
-        let url = links.unsubscribe(campaign, 42);
+        let campaign = campaign::CampaignId::now_v7();
+        let url = links.unsubscribe(campaign, RecipientId::new(42));
         let token = url
             .strip_prefix("https://mail.example.com/u/")
             .expect("under the base URL");
         let claims = keys.verify(Purpose::Unsubscribe, token).unwrap();
-        assert_eq!((claims.campaign_id, claims.recipient_id), (campaign, 42));
+        assert_eq!(
+            (claims.campaign_id, claims.recipient_id),
+            (campaign, RecipientId::new(42))
+        );
     }
 
     #[test]
     fn bounce_addresses_carry_a_bounce_token_within_the_smtp_local_part_limit() {
         let keys = TokenKeys::new(&[7u8; 32], []).unwrap();
-        let campaign = uuid::Uuid::now_v7();
+        let campaign = campaign::CampaignId::now_v7();
         let plain = Links::new("https://mail.example.com", keys.clone());
-        assert_eq!(plain.bounce_address(campaign, 7), None);
+        assert_eq!(plain.bounce_address(campaign, RecipientId::new(7)), None);
         let links = plain.with_verp_domain(Some("bounce.example.com".into()));
-        let address = links.bounce_address(campaign, 7).expect("VERP is on");
+        let address = links
+            .bounce_address(campaign, RecipientId::new(7))
+            .expect("VERP is on");
         let (local, domain) = address.rsplit_once('@').unwrap();
         assert_eq!(domain, "bounce.example.com");
         assert!(local.len() <= 64, "{local} is {} octets", local.len());
         let token = crate::feedback::verp_token(&address, VERP_PREFIX).unwrap();
         let claims = keys.verify(Purpose::Bounce, token).unwrap();
-        assert_eq!((claims.campaign_id, claims.recipient_id), (campaign, 7));
+        assert_eq!(
+            (claims.campaign_id, claims.recipient_id),
+            (campaign, RecipientId::new(7))
+        );
         assert!(keys.verify(Purpose::Unsubscribe, token).is_err());
     }
 }

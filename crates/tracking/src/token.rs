@@ -236,8 +236,8 @@ fn write_payload(
 ) {
     bytes[0] = VERSION;
     bytes[1] = purpose.code();
-    bytes[2..18].copy_from_slice(campaign_id.as_bytes());
-    bytes[18..26].copy_from_slice(&recipient_id.to_be_bytes());
+    bytes[2..18].copy_from_slice(campaign_id.as_uuid().as_bytes());
+    bytes[18..26].copy_from_slice(&recipient_id.get().to_be_bytes());
 }
 
 fn claims(payload: &[u8], expected: Purpose) -> Result<TokenClaims, TokenError> {
@@ -263,8 +263,8 @@ fn claims(payload: &[u8], expected: Purpose) -> Result<TokenClaims, TokenError> 
     recipient.copy_from_slice(&payload[18..26]);
     Ok(TokenClaims {
         purpose: actual,
-        campaign_id: CampaignId::from_bytes(campaign),
-        recipient_id: RecipientId::from_be_bytes(recipient),
+        campaign_id: CampaignId::from(uuid::Uuid::from_bytes(campaign)),
+        recipient_id: RecipientId::new(i64::from_be_bytes(recipient)),
     })
 }
 
@@ -279,25 +279,25 @@ fn keyed(secret: &[u8]) -> Result<HmacSha256, TokenError> {
 /// The recipient id open and click tokens carry when the campaign is tracked aggregate-only:
 /// the links then identify nobody (database ids start at 1), and events are stored without
 /// a recipient.
-pub const ANONYMOUS_RECIPIENT: RecipientId = 0;
+pub const ANONYMOUS_RECIPIENT: RecipientId = RecipientId::new(0);
 
 /// The recipient id of an aggregate-only link of A/B variant `variant`: negative (database
 /// ids are positive), `-1 - variant`, so the event counts for its variant and still names
 /// nobody.
 pub fn anonymous_in_variant(variant: u8) -> RecipientId {
-    -1 - RecipientId::from(variant)
+    RecipientId::new(-1 - i64::from(variant))
 }
 
 impl TokenClaims {
     /// The recipient the claims name; `None` for an aggregate-only link.
     pub fn named_recipient(&self) -> Option<RecipientId> {
-        (self.recipient_id > ANONYMOUS_RECIPIENT).then_some(self.recipient_id)
+        (self.recipient_id.get() > ANONYMOUS_RECIPIENT.get()).then_some(self.recipient_id)
     }
 
     /// The A/B variant an aggregate-only link names (see [`anonymous_in_variant`]).
     pub fn anonymous_variant(&self) -> Option<u8> {
-        if self.recipient_id < ANONYMOUS_RECIPIENT {
-            u8::try_from(-1 - self.recipient_id).ok()
+        if self.recipient_id.get() < ANONYMOUS_RECIPIENT.get() {
+            u8::try_from(-1 - self.recipient_id.get()).ok()
         } else {
             None
         }
@@ -317,13 +317,15 @@ mod tests {
     const OLD: &[u8] = b"an-older-secret-that-was-rotated-out";
 
     fn campaign() -> CampaignId {
-        CampaignId::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00ab)
+        CampaignId::from(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_00ab,
+        ))
     }
 
     #[test]
     fn round_trip_gives_back_the_ids() {
         let keys = TokenKeys::new(SECRET, []).unwrap();
-        for recipient in [0, 1, 42, i64::MAX, -7] {
+        for recipient in [0, 1, 42, i64::MAX, -7].map(RecipientId::new) {
             let token = keys.sign(Purpose::Unsubscribe, campaign(), recipient);
             assert_eq!(token.len(), 56);
             assert!(
@@ -346,7 +348,7 @@ mod tests {
     #[test]
     fn any_altered_character_is_rejected() {
         let keys = TokenKeys::new(SECRET, []).unwrap();
-        let token = keys.sign(Purpose::Unsubscribe, campaign(), 1234);
+        let token = keys.sign(Purpose::Unsubscribe, campaign(), RecipientId::new(1234));
         for i in 0..token.len() {
             let mut altered: Vec<u8> = token.clone().into_bytes();
             altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
@@ -357,7 +359,7 @@ mod tests {
             );
         }
         // A token for another recipient built by hand with a guessed tag fails too.
-        let other = keys.sign(Purpose::Unsubscribe, campaign(), 1235);
+        let other = keys.sign(Purpose::Unsubscribe, campaign(), RecipientId::new(1235));
         let spliced = format!("{}{}", &other[..35], &token[35..]);
         assert_eq!(
             keys.verify(Purpose::Unsubscribe, &spliced),
@@ -368,7 +370,7 @@ mod tests {
     #[test]
     fn garbage_and_wrong_lengths_are_malformed() {
         let keys = TokenKeys::new(SECRET, []).unwrap();
-        let token = keys.sign(Purpose::Open, campaign(), 1);
+        let token = keys.sign(Purpose::Open, campaign(), RecipientId::new(1));
         for bad in [
             "",
             "abc",
@@ -387,7 +389,7 @@ mod tests {
     #[test]
     fn a_genuine_token_for_another_purpose_is_rejected() {
         let keys = TokenKeys::new(SECRET, []).unwrap();
-        let token = keys.sign(Purpose::Unsubscribe, campaign(), 9);
+        let token = keys.sign(Purpose::Unsubscribe, campaign(), RecipientId::new(9));
         assert_eq!(
             keys.verify(Purpose::Click, &token),
             Err(TokenError::WrongPurpose {
@@ -408,14 +410,14 @@ mod tests {
     #[test]
     fn previous_secret_is_accepted_after_rotation_and_unknown_secret_is_not() {
         let before = TokenKeys::new(OLD, []).unwrap();
-        let token = before.sign(Purpose::Unsubscribe, campaign(), 5);
+        let token = before.sign(Purpose::Unsubscribe, campaign(), RecipientId::new(5));
         let after = TokenKeys::new(SECRET, [OLD]).unwrap();
         assert_eq!(
             after
                 .verify(Purpose::Unsubscribe, &token)
                 .unwrap()
                 .recipient_id,
-            5
+            RecipientId::new(5)
         );
         let forgotten = TokenKeys::new(SECRET, []).unwrap();
         assert_eq!(
@@ -423,19 +425,19 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         // New tokens are signed with the current secret only.
-        let fresh = after.sign(Purpose::Unsubscribe, campaign(), 5);
+        let fresh = after.sign(Purpose::Unsubscribe, campaign(), RecipientId::new(5));
         assert!(before.verify(Purpose::Unsubscribe, &fresh).is_err());
     }
 
     #[test]
     fn click_tokens_carry_their_link_and_cannot_be_moved_to_another() {
         let keys = TokenKeys::new(SECRET, []).unwrap();
-        let token = keys.sign_click(campaign(), 77, 3);
+        let token = keys.sign_click(campaign(), RecipientId::new(77), 3);
         assert_eq!(token.len(), 59);
         let (claims, link) = keys.verify_click(&token).unwrap();
         assert_eq!(
             (claims.campaign_id, claims.recipient_id, link),
-            (campaign(), 77, 3)
+            (campaign(), RecipientId::new(77), 3)
         );
         // Changing the link index without re-signing breaks the signature.
         let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
@@ -445,7 +447,7 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         // Tokens of the other purposes are not click tokens, and the other way round.
-        let open = keys.sign(Purpose::Open, campaign(), 77);
+        let open = keys.sign(Purpose::Open, campaign(), RecipientId::new(77));
         assert_eq!(keys.verify_click(&open), Err(TokenError::Malformed));
         assert!(keys.verify(Purpose::Click, &open).is_err());
         assert_eq!(

@@ -2,7 +2,9 @@
 //! intake), on both stores. The HTTP tests in crates/api cover every route and fixture; these
 //! show the same decisions are made here, where they live.
 
-use campaign::{CampaignDocument, CampaignId, EmailAddress, Limits, Recipient, RowError};
+use campaign::{
+    CampaignDocument, CampaignId, EmailAddress, Limits, Recipient, RecipientId, RowError,
+};
 use std::sync::Arc;
 use store::{CampaignStore, TrackingEventKind, recipient_stream};
 use tracking::feedback::{Action, FeedbackError};
@@ -40,7 +42,7 @@ async fn campaign(store: &dyn CampaignStore) -> CampaignId {
     record.id
 }
 
-async fn recipient_id(store: &dyn CampaignStore, campaign: CampaignId, email: &str) -> i64 {
+async fn recipient_id(store: &dyn CampaignStore, campaign: CampaignId, email: &str) -> RecipientId {
     store
         .recipient_by_email(campaign, &EmailAddress::parse(email).unwrap())
         .await

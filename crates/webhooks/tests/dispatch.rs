@@ -100,8 +100,8 @@ fn config(endpoint: String) -> WebhookConfig {
 fn event(n: i64) -> Event {
     Event::new(
         EventKind::Sent,
-        Some(uuid::Uuid::now_v7()),
-        Some(n),
+        Some(campaign::CampaignId::now_v7()),
+        Some(campaign::RecipientId::new(n)),
         Some(format!("r{n}@example.com")),
         json!({"reply": "250 2.0.0 Ok"}),
     )

@@ -48,7 +48,7 @@ async fn bounce_fixtures_are_attributed_classified_and_suppress(app: TestApp) {
             "bystander@example.test",
         ])
         .await;
-    let campaign_id: uuid::Uuid = campaign.parse().unwrap();
+    let campaign_id: campaign::CampaignId = campaign.parse().unwrap();
     let keys = app.state.links.keys();
     let verp = |email: &str, fixture_token: &str, raw: Vec<u8>| {
         let token = keys.sign(tracking::Purpose::Bounce, campaign_id, ids[email]);
@@ -218,7 +218,7 @@ async fn bounce_fixtures_are_attributed_classified_and_suppress(app: TestApp) {
         assert_eq!(result["action"], action, "{file}");
         assert_eq!(result["attributed_by"], by, "{file}");
         assert_eq!(result["campaign_id"], campaign.as_str(), "{file}");
-        assert_eq!(result["recipient_id"], ids[email], "{file}");
+        assert_eq!(result["recipient_id"], ids[email].get(), "{file}");
         assert_eq!(result["suppressed"], suppressed, "{file}");
     }
 
@@ -238,7 +238,7 @@ async fn bounce_fixtures_are_attributed_classified_and_suppress(app: TestApp) {
     assert_eq!(body["results"][0]["attributed_by"], "verp");
     assert_eq!(
         body["results"][0]["recipient_id"],
-        ids["alice@example.test"]
+        ids["alice@example.test"].get()
     );
 
     let (_, list) = app.get_json("/api/v1/suppressions?limit=100").await;
@@ -456,7 +456,10 @@ async fn bounce_intake_needs_its_secret_and_a_readable_report(app: TestApp) {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["results"][0]["attributed_by"], "campaign_and_email");
-    assert_eq!(body["results"][0]["recipient_id"], ids["Gone@Example.com"]);
+    assert_eq!(
+        body["results"][0]["recipient_id"],
+        ids["Gone@Example.com"].get()
+    );
     assert_eq!(body["results"][0]["suppressed"], true);
     // A soft bounce by Message-ID is recorded but, alone, does not suppress.
     let (campaign, ids) = app.campaign_with(&["busy@example.com"]).await;

@@ -634,6 +634,36 @@ async fn templates_are_checked_at_creation_and_previewed(app: TestApp) {
     .await;
 }
 
+/// A campaign's `max_rate` is kept with its document; one that is not a rate from 0.001 to
+/// 1,000,000 messages per second is a 422 naming `max_rate`, and nothing is stored.
+async fn max_rate_is_kept_or_refused_naming_the_field(app: TestApp) {
+    for bad in [json!(0), json!(-1), json!(2e6)] {
+        let mut campaign = sample_campaign();
+        campaign["max_rate"] = bad.clone();
+        let response = app.post_json("/api/v1/campaigns", &campaign).await;
+        let body = assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "max_rate: must be a number of messages per second",
+            "bad max_rate",
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "max_rate", "{bad}");
+    }
+    assert_eq!(app.campaign_count().await, 0, "nothing stored");
+    let mut campaign = sample_campaign();
+    campaign["max_rate"] = json!(12.5);
+    let created: Value = app
+        .post_json("/api/v1/campaigns", &campaign)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let (_, read) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(read["document"]["max_rate"], 12.5, "{read}");
+}
+
 /// The mailbox-provider headers a campaign names (List-Id, a mailto: List-Unsubscribe, a
 /// Feedback-ID) are kept with it and written into the message it sends (here: its preview);
 /// a List-Id that is not domain-like is a 422 naming the field, and nothing is stored.
@@ -806,6 +836,7 @@ testkit::backend_suite! {
         campaigns_page_with_a_cursor,
         templates_are_checked_at_creation_and_previewed,
         provider_headers_are_kept_and_reach_the_message,
+        max_rate_is_kept_or_refused_naming_the_field,
         filter_arguments_are_checked_at_creation_and_per_recipient,
     ];
 }

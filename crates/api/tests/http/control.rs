@@ -74,7 +74,7 @@ async fn scheduling_is_validated_and_controls_are_idempotent(app: TestApp) {
         "pause a draft",
     )
     .await;
-    let uuid: uuid::Uuid = id.parse().unwrap();
+    let uuid: campaign::CampaignId = id.parse().unwrap();
     let moved = app
         .store
         .transition_campaign(
@@ -145,7 +145,7 @@ async fn the_status_shows_a_late_start_and_its_delay(app: TestApp) {
     let mut ids = Vec::new();
     for scheduled in [now - time::Duration::seconds(75), now] {
         let created = app.create_sample().await;
-        let id: uuid::Uuid = created["campaign"]["id"].as_str().unwrap().parse().unwrap();
+        let id: campaign::CampaignId = created["campaign"]["id"].as_str().unwrap().parse().unwrap();
         assert!(
             app.store
                 .schedule_campaign(id, Some(scheduled))
@@ -181,10 +181,10 @@ async fn the_status_shows_a_late_start_and_its_delay(app: TestApp) {
 async fn finish_by_hand(
     app: &TestApp,
     campaign: &str,
-    ids: &std::collections::HashMap<String, i64>,
+    ids: &std::collections::HashMap<String, campaign::RecipientId>,
     failed: &[&str],
 ) {
-    let id: uuid::Uuid = campaign.parse().unwrap();
+    let id: campaign::CampaignId = campaign.parse().unwrap();
     use campaign::CampaignStatus::*;
     assert!(
         app.store

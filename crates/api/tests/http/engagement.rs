@@ -195,7 +195,8 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
     let response = app.post_json("/api/v1/campaigns", &campaign).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.unwrap();
-    let campaign_id: uuid::Uuid = created["campaign"]["id"].as_str().unwrap().parse().unwrap();
+    let campaign_id: campaign::CampaignId =
+        created["campaign"]["id"].as_str().unwrap().parse().unwrap();
     let deliveries = app
         .store
         .list_deliveries(campaign_id, None, None, 10)
@@ -255,7 +256,10 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
         ),
         (
             "GET",
-            format!("/t/c/{}", keys.sign_click(uuid::Uuid::now_v7(), bob, 0)),
+            format!(
+                "/t/c/{}",
+                keys.sign_click(campaign::CampaignId::now_v7(), bob, 0)
+            ),
         ),
         ("GET", format!("/t/c/{}", altered(&click_token))),
         ("GET", format!("/t/c/{open_token}")),
@@ -269,7 +273,11 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
             "POST",
             format!(
                 "/u/{}",
-                keys.sign(tracking::Purpose::Unsubscribe, campaign_id, 999_999)
+                keys.sign(
+                    tracking::Purpose::Unsubscribe,
+                    campaign_id,
+                    campaign::RecipientId::new(999_999),
+                )
             ),
         ),
     ];
@@ -322,7 +330,11 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
         .list_tracking_events(None, None, 100)
         .await
         .unwrap();
-    let seen: Vec<(store::TrackingEventKind, Option<i64>, Option<u16>)> = events
+    let seen: Vec<(
+        store::TrackingEventKind,
+        Option<campaign::RecipientId>,
+        Option<u16>,
+    )> = events
         .iter()
         .map(|e| (e.event.kind, e.event.recipient_id, e.event.link_index))
         .collect();

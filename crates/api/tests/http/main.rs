@@ -9,6 +9,7 @@ mod campaigns;
 mod control;
 mod engagement;
 mod idempotency;
+mod recipient_uploads;
 mod recipients;
 mod support;
 mod suppressions;

@@ -29,17 +29,9 @@ async fn inline_recipients_are_deduplicated_and_reported(app: TestApp) {
 }
 
 async fn a_request_adding_too_many_recipients_is_refused_whole(app: TestApp) {
-    let mut state = app.state.clone();
-    state.settings.max_recipients_per_request = 3;
-    let limited = TestApp {
-        base: format!("http://{}", serve(state.clone()).await),
-        client: app.client.clone(),
-        store: app.store.clone(),
-        state,
-        key: app.key.clone(),
-        database_url: app.database_url.clone(),
-        _database: Box::new(()),
-    };
+    let limited = app
+        .with_settings(|settings| settings.max_recipients_per_request = 3)
+        .await;
     let addresses = |n: usize| -> Vec<Value> {
         (0..n)
             .map(|i| json!({"email": format!("limit{i}@example.com"), "first_name": "Ann"}))

@@ -62,6 +62,22 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Another app on the same store and key, started with `settings` changed by `change`
+    /// (smaller limits, a rate limit).
+    pub async fn with_settings(&self, change: impl FnOnce(&mut api::ApiSettings)) -> TestApp {
+        let mut state = self.state.clone();
+        change(&mut state.settings);
+        TestApp {
+            base: format!("http://{}", serve(state.clone()).await),
+            client: self.client.clone(),
+            store: self.store.clone(),
+            state,
+            key: self.key.clone(),
+            database_url: self.database_url.clone(),
+            _database: Box::new(()),
+        }
+    }
+
     pub async fn campaign_count(&self) -> usize {
         let (_, list) = self.get_json("/api/v1/campaigns?limit=500").await;
         list["items"].as_array().unwrap().len()
@@ -284,7 +300,10 @@ impl TestApp {
     pub async fn campaign_with(
         &self,
         emails: &[&str],
-    ) -> (String, std::collections::HashMap<String, i64>) {
+    ) -> (
+        String,
+        std::collections::HashMap<String, campaign::RecipientId>,
+    ) {
         let mut campaign = sample_campaign();
         campaign["recipients"] = emails.iter().map(|email| json!({"email": email})).collect();
         let response = self.post_json("/api/v1/campaigns", &campaign).await;
@@ -301,7 +320,7 @@ impl TestApp {
             .map(|d| {
                 (
                     d["email"].as_str().unwrap().to_string(),
-                    d["recipient_id"].as_i64().unwrap(),
+                    campaign::RecipientId::new(d["recipient_id"].as_i64().unwrap()),
                 )
             })
             .collect();

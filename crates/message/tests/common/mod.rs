@@ -1,13 +1,14 @@
 //! Shared fixtures for the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use campaign::{CampaignDocument, CampaignId, Recipient};
+use campaign::{CampaignDocument, CampaignId, Recipient, RecipientId};
 use message::{BuildOptions, RecipientContext};
 use serde_json::json;
 use std::process::Command;
 use time::macros::datetime;
 
-pub const CAMPAIGN_ID: CampaignId = uuid::uuid!("01900000-0000-7000-8000-0000000000ab");
+pub const CAMPAIGN_ID: CampaignId =
+    CampaignId::from_uuid(uuid::uuid!("01900000-0000-7000-8000-0000000000ab"));
 
 pub fn document(value: serde_json::Value) -> CampaignDocument {
     serde_json::from_value(value).expect("test campaign document")
@@ -36,7 +37,7 @@ pub fn recipient(value: serde_json::Value) -> Recipient {
 pub fn context(recipient_id: i64) -> RecipientContext {
     RecipientContext {
         campaign_id: CAMPAIGN_ID,
-        recipient_id,
+        recipient_id: RecipientId::new(recipient_id),
         unsubscribe_url: format!("https://m.shop.example/u/TOKEN{recipient_id}"),
         unsubscribe_mailto: Some(format!(
             "mailto:unsubscribe@shop.example?subject=TOKEN{recipient_id}"

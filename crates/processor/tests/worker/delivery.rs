@@ -902,7 +902,15 @@ async fn a_bad_submission_is_dead_at_once_and_stores_nothing(harness: Harness) {
             error.contains(reason),
             "{error:?} should contain {reason:?}"
         );
-        assert!(harness.store.get_campaign(*id).await.unwrap().is_none());
+        let campaign = CampaignId::from(*id);
+        assert!(
+            harness
+                .store
+                .get_campaign(campaign)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     worker.stop().await;
     transport.close().await;
@@ -951,6 +959,7 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
+    let campaign = CampaignId::from(task.id);
     let first: processor::SubmitCampaign = serde_json::from_value(payload).unwrap();
     let rows = first
         .campaign
@@ -961,7 +970,7 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         .collect::<Vec<_>>();
     harness
         .store
-        .create_campaign_once(task.id, &first.campaign, store::recipient_stream(rows))
+        .create_campaign_once(campaign, &first.campaign, store::recipient_stream(rows))
         .await
         .unwrap();
     let expired = Instant::now() + Duration::from_millis(300);
@@ -980,7 +989,10 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         done.result.as_ref().unwrap()["campaign_id"],
         task.id.to_string()
     );
-    assert_eq!(harness.wait_final(task.id).await, CampaignStatus::Completed);
+    assert_eq!(
+        harness.wait_final(campaign).await,
+        CampaignStatus::Completed
+    );
     worker.stop().await;
     transport.close().await;
 
@@ -994,14 +1006,14 @@ async fn a_submission_run_again_after_a_crash_stores_and_sends_once(harness: Har
         .unwrap();
     assert_eq!(
         stored.items.iter().map(|c| c.id).collect::<Vec<_>>(),
-        vec![task.id]
+        vec![campaign]
     );
     assert_eq!(stored.items[0].recipient_count, COUNT as i64);
     let sent = harness
-        .deliveries(task.id, Some(DeliveryStatus::Sent))
+        .deliveries(campaign, Some(DeliveryStatus::Sent))
         .await;
     assert_eq!(sent.len(), COUNT);
-    let copies = assert_each_recipient_reached(&arrivals(&server), task.id, &sent);
+    let copies = assert_each_recipient_reached(&arrivals(&server), campaign, &sent);
     assert!(copies.values().all(|n| *n == 1), "{copies:?}");
 }
 
@@ -1029,9 +1041,10 @@ async fn a_scheduled_submission_stays_scheduled(harness: Harness) {
     worker.stop().await;
     transport.close().await;
     assert_eq!(done.result.as_ref().unwrap()["status"], "scheduled");
-    assert_eq!(harness.status(task.id).await, CampaignStatus::Scheduled);
+    let campaign = CampaignId::from(task.id);
+    assert_eq!(harness.status(campaign).await, CampaignStatus::Scheduled);
     assert!(
-        send_tasks_of(harness.tasks.as_ref(), task.id)
+        send_tasks_of(harness.tasks.as_ref(), campaign)
             .await
             .is_empty()
     );
@@ -1281,8 +1294,98 @@ async fn a_panic_while_sending_one_message_fails_that_recipient_only(harness: Ha
     assert_eq!(wait_received(&sink, 5).await, 5);
 }
 
+/// Per recipient, answers three times that a sending rate has no slot, then once with the
+/// server's temporary failure, then accepts: what a rate-limited transport in front of a busy
+/// server does.
+#[derive(Default)]
+struct RateWaitsThenBusy {
+    calls: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+#[async_trait::async_trait]
+impl Transport for RateWaitsThenBusy {
+    async fn send(
+        &self,
+        message: delivery::OutgoingMessage,
+    ) -> Result<delivery::Accepted, delivery::SendError> {
+        let to = message
+            .envelope
+            .to()
+            .next()
+            .expect("a recipient")
+            .to_string();
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            let call = calls.entry(to).or_default();
+            *call += 1;
+            *call
+        };
+        let reply = |code, text: &str| delivery::Reply {
+            code,
+            text: text.into(),
+        };
+        match call {
+            1..=3 => Err(delivery::SendError::RateLimited {
+                destination: "group busy".into(),
+                retry_in: Duration::from_millis(100),
+            }),
+            4 => Err(delivery::SendError::TransientReply {
+                stage: delivery::Stage::RcptTo,
+                reply: reply(451, "4.3.0 Try again"),
+            }),
+            _ => Ok(delivery::Accepted {
+                reply: reply(250, "2.0.0 Ok"),
+                refused: vec![],
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        "rate waits, then busy, then accepting".into()
+    }
+
+    async fn close(&self) {}
+}
+
+/// Deferrals for a sending rate use none of a recipient's SMTP attempts: with max_attempts 2,
+/// three rate deferrals and one 451 still leave the send that succeeds, and each recipient is
+/// recorded with two attempts (the 451 and the acceptance).
+async fn rate_deferrals_do_not_use_up_the_retry_policys_attempts(harness: Harness) {
+    let mut document = document("Rate waits are no attempts", 10);
+    document.retry.max_attempts = 2;
+    let (record, _) = harness
+        .store
+        .create_campaign(&document, store::recipient_stream(recipients(4)))
+        .await
+        .expect("campaign stored");
+    let transport = Arc::new(RateWaitsThenBusy::default());
+    let worker = harness.start(worker_config("rate-waits"), transport.clone());
+    harness.enqueue(record.id).await;
+    assert_eq!(
+        harness.wait_final(record.id).await,
+        CampaignStatus::Completed
+    );
+    worker.stop().await;
+    let deliveries = harness.deliveries(record.id, None).await;
+    assert_eq!(deliveries.len(), 4);
+    for delivery in &deliveries {
+        assert_eq!(delivery.status, DeliveryStatus::Sent, "{delivery:?}");
+        assert_eq!(delivery.attempts, 2, "{delivery:?}");
+    }
+    assert!(
+        transport
+            .calls
+            .lock()
+            .unwrap()
+            .values()
+            .all(|&calls| calls == 5),
+        "each recipient went through every answer once"
+    );
+}
+
 testkit::backend_suite! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)] with_harness => [
+        rate_deferrals_do_not_use_up_the_retry_policys_attempts,
         five_thousand_recipients_each_get_one_personalized_message,
         temporary_rejections_are_deferred_then_delivered,
         permanent_rejections_fail_every_recipient_with_the_server_text,

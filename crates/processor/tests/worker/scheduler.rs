@@ -8,31 +8,34 @@ use std::sync::Arc;
 use std::time::Duration;
 use tasks::TaskRepository;
 
-/// Records what the campaign processor reports.
-#[derive(Default)]
-struct RecordingObserver {
-    enqueued: std::sync::Mutex<Vec<processor::EnqueuedCampaign>>,
-    failed: std::sync::Mutex<Vec<CampaignId>>,
-}
-
-impl processor::SchedulerObserver for RecordingObserver {
-    fn campaign_enqueued(&self, campaign: &processor::EnqueuedCampaign) {
-        self.enqueued.lock().unwrap().push(*campaign);
-    }
-
-    fn campaign_failed(
-        &self,
-        campaign: CampaignId,
-        _error: &processor::ProcessorError,
-        _took: Duration,
-    ) {
-        self.failed.lock().unwrap().push(campaign);
-    }
+/// A campaign of `recipients` recipients, scheduled for `at`.
+async fn scheduled(
+    harness: &Harness,
+    name: &str,
+    recipients_count: usize,
+    at: time::OffsetDateTime,
+) -> CampaignId {
+    let (record, _) = harness
+        .store
+        .create_campaign(
+            &document(name, 10),
+            store::recipient_stream(recipients(recipients_count)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        harness
+            .store
+            .schedule_campaign(record.id, Some(at))
+            .await
+            .unwrap()
+    );
+    record.id
 }
 
 /// The task repository service down (nothing listens at its address) while a campaign is
-/// due: the replica that won it reports it failed and the check fails, the campaign stays
-/// `queued`, and once the repository answers, the repair gives it its one task.
+/// due: the replica wins it, the check fails naming the repository, the campaign stays
+/// `queued` without a task, and once the repository answers, the repair gives it its one task.
 async fn a_campaign_due_while_the_task_repository_is_down_is_queued_later(harness: Harness) {
     use time::macros::datetime;
     let at = datetime!(2031-02-01 09:00 UTC);
@@ -48,43 +51,19 @@ async fn a_campaign_due_while_the_task_repository_is_down_is_queued_later(harnes
             },
         ),
     );
-    let observer = Arc::new(RecordingObserver::default());
     let config = processor::SchedulerConfig::new(Duration::from_secs(60));
-    let failing = processor::Scheduler::new(config.clone(), harness.store.clone(), down)
-        .with_observer(observer.clone());
-    let (record, _) = harness
-        .store
-        .create_campaign(
-            &document("Due while down", 10),
-            store::recipient_stream(recipients(2)),
-        )
-        .await
-        .unwrap();
-    assert!(
-        harness
-            .store
-            .schedule_campaign(record.id, Some(at))
-            .await
-            .unwrap()
-    );
+    let failing = processor::Scheduler::new(config.clone(), harness.store.clone(), down);
+    let id = scheduled(&harness, "Due while down", 2, at).await;
     let err = failing.check(at, true).await.unwrap_err();
     assert!(err.to_string().contains(&address.to_string()), "{err}");
-    assert_eq!(*observer.failed.lock().unwrap(), vec![record.id]);
-    assert!(observer.enqueued.lock().unwrap().is_empty());
-    assert_eq!(harness.status(record.id).await, CampaignStatus::Queued);
-    assert!(
-        send_tasks_of(harness.tasks.as_ref(), record.id)
-            .await
-            .is_empty()
-    );
+    // Won by this replica, and without its task.
+    assert_eq!(harness.status(id).await, CampaignStatus::Queued);
+    assert!(send_tasks_of(harness.tasks.as_ref(), id).await.is_empty());
 
     let working = processor::Scheduler::new(config, harness.store.clone(), harness.tasks.clone());
     let later = at + time::Duration::seconds(11);
     assert_eq!(working.check(later, true).await.unwrap().repaired, 1);
-    assert_eq!(
-        send_tasks_of(harness.tasks.as_ref(), record.id).await.len(),
-        1
-    );
+    assert_eq!(send_tasks_of(harness.tasks.as_ref(), id).await.len(), 1);
 }
 
 /// The campaign processor on a clock of the test's own: nothing before the campaign's time,
@@ -94,28 +73,12 @@ async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Ha
     use time::macros::datetime;
     let at = datetime!(2031-01-01 09:00 UTC);
     let millis = time::Duration::milliseconds;
-    let observer = Arc::new(RecordingObserver::default());
     let scheduler = processor::Scheduler::new(
         processor::SchedulerConfig::new(Duration::from_secs(60)),
         harness.store.clone(),
         harness.tasks.clone(),
-    )
-    .with_observer(observer.clone());
-    let (first, _) = harness
-        .store
-        .create_campaign(
-            &document("Timed", 10),
-            store::recipient_stream(recipients(3)),
-        )
-        .await
-        .unwrap();
-    assert!(
-        harness
-            .store
-            .schedule_campaign(first.id, Some(at))
-            .await
-            .unwrap()
     );
+    let first = scheduled(&harness, "Timed", 3, at).await;
 
     let early = scheduler.check(at - millis(1), false).await.unwrap();
     assert!(early.enqueued.is_empty());
@@ -124,19 +87,15 @@ async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Ha
     assert_eq!(
         on_time.enqueued,
         vec![processor::EnqueuedCampaign {
-            id: first.id,
+            id: first,
             lateness: Duration::from_millis(200)
         }]
     );
     assert_eq!(on_time.next_due, None);
-    assert_eq!(observer.enqueued.lock().unwrap().len(), 1);
-    let record = harness.store.get_campaign(first.id).await.unwrap().unwrap();
+    let record = harness.store.get_campaign(first).await.unwrap().unwrap();
     assert_eq!(record.status, CampaignStatus::Queued);
     assert_eq!(record.start_delay(), Some(millis(200)));
-    assert_eq!(
-        send_tasks_of(harness.tasks.as_ref(), first.id).await.len(),
-        1
-    );
+    assert_eq!(send_tasks_of(harness.tasks.as_ref(), first).await.len(), 1);
     assert!(
         scheduler
             .check(at + millis(400), true)
@@ -149,25 +108,11 @@ async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Ha
 
     // A replica wins the second campaign and dies before creating its task.
     let later = at + time::Duration::minutes(5);
-    let (second, _) = harness
-        .store
-        .create_campaign(
-            &document("Orphan", 10),
-            store::recipient_stream(recipients(3)),
-        )
-        .await
-        .unwrap();
-    assert!(
-        harness
-            .store
-            .schedule_campaign(second.id, Some(later))
-            .await
-            .unwrap()
-    );
+    let second = scheduled(&harness, "Orphan", 3, later).await;
     let won = harness.store.queue_due_campaigns(later, 10).await.unwrap();
     assert_eq!(won.len(), 1);
     assert!(
-        send_tasks_of(harness.tasks.as_ref(), second.id)
+        send_tasks_of(harness.tasks.as_ref(), second)
             .await
             .is_empty()
     );
@@ -177,7 +122,7 @@ async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Ha
         .unwrap();
     assert!(soon.enqueued.is_empty());
     assert!(
-        send_tasks_of(harness.tasks.as_ref(), second.id)
+        send_tasks_of(harness.tasks.as_ref(), second)
             .await
             .is_empty(),
         "not while the winner may still be creating it"
@@ -187,12 +132,9 @@ async fn a_due_campaign_is_enqueued_once_and_a_lost_task_is_repaired(harness: Ha
         .await
         .unwrap();
     assert_eq!(repaired.repaired, 2, "both queued campaigns are looked at");
+    assert_eq!(send_tasks_of(harness.tasks.as_ref(), second).await.len(), 1);
     assert_eq!(
-        send_tasks_of(harness.tasks.as_ref(), second.id).await.len(),
-        1
-    );
-    assert_eq!(
-        send_tasks_of(harness.tasks.as_ref(), first.id).await.len(),
+        send_tasks_of(harness.tasks.as_ref(), first).await.len(),
         1,
         "a campaign that has its task keeps just that one"
     );

@@ -3,7 +3,7 @@
 
 use campaign::{
     CampaignDocument, CampaignId, CampaignStatus, DeliveryStatus, EmailAddress, Limits, Recipient,
-    RowError,
+    RecipientId, RowError,
 };
 use delivery::{Transport, TransportConfig};
 use processor::{Services, WakingTasks, Worker, WorkerConfig};
@@ -366,7 +366,7 @@ pub fn arrivals(server: &Aiosmtpd) -> Vec<Arrival> {
 }
 
 /// The Message-ID the processor gives a recipient's message.
-pub fn message_id(campaign: CampaignId, recipient: i64) -> String {
+pub fn message_id(campaign: CampaignId, recipient: RecipientId) -> String {
     format!("<{campaign}.{recipient}@{SENDER_DOMAIN}>")
 }
 

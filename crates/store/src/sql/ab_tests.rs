@@ -101,7 +101,7 @@ impl AbTestRepository for Store {
         builder
             .push(" ORDER BY ab_decide_at LIMIT ")
             .push_bind(i64::from(limit.max(1)));
-        let ids: Vec<DbId> = builder.build_query_scalar().fetch_all(&self.pool).await?;
+        let ids: Vec<DbId<CampaignId>> = builder.build_query_scalar().fetch_all(&self.pool).await?;
         Ok(ids.into_iter().map(|id| id.0).collect())
     }
 
@@ -232,7 +232,7 @@ impl AbTestRepository for Store {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<CampaignId>, StoreError> {
-        let ids: Vec<DbId> = sqlx::query_scalar(
+        let ids: Vec<DbId<CampaignId>> = sqlx::query_scalar(
             "SELECT id FROM campaigns WHERE ab_phase = 'decided' AND ab_decided_at < $1 \
              AND status IN ('sending', 'paused') \
              ORDER BY ab_decided_at LIMIT $2",

@@ -212,7 +212,7 @@ impl AdminRepository for Store {
         row.map(|row| {
             Ok(TestSendRecord {
                 id: row.try_get("id")?,
-                campaign_id: row.try_get::<DbId, _>("campaign_id")?.0,
+                campaign_id: row.try_get::<DbId<CampaignId>, _>("campaign_id")?.0,
                 email: row.try_get("email")?,
                 sent_at: row.try_get::<DbTime, _>("sent_at")?.0,
             })

@@ -1,24 +1,72 @@
 //! [`CampaignRepository`](crate::CampaignRepository) in SQL: campaigns, their status changes, and reading recipients.
 
-use super::{Db, Store, stored_recipient_from_row};
+use super::{Db, Store, status_from, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
     CampaignFilter, CampaignPage, CampaignRecord, CampaignRepository, DueCampaign, ImportReport,
     RecipientStream, StoreError, StoredRecipient, initial_status,
 };
-use campaign::{CampaignDocument, CampaignId, CampaignStatus, EmailAddress};
+use campaign::{
+    CampaignAction, CampaignDocument, CampaignId, CampaignStatus, EmailAddress, RecipientId,
+};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
+use std::sync::LazyLock;
 use time::OffsetDateTime;
 
 use super::recipients::import;
+
+/// The campaigns the campaign processor queues when their `scheduled_at` comes: whatever the
+/// transition table lets it queue.
+fn due_states() -> String {
+    status_from(CampaignStatus::Queued, CampaignAction::QueueDue)
+}
+
+/// A schedule may change, or be cleared, where the campaign may be scheduled: draft or
+/// scheduled.
+static SCHEDULE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE campaigns SET scheduled_at = $2, status = $3, updated_at = $4 WHERE id = $1 AND {}",
+        status_from(CampaignStatus::Scheduled, CampaignAction::Schedule)
+    )
+});
+
+/// The `status = …` outside the sub-select is what makes this exactly once across replicas:
+/// PostgreSQL re-checks it on the locked row after a concurrent update commits (so the second
+/// replica skips the row), and SQLite runs one writer at a time.
+static QUEUE_DUE: LazyLock<String> = LazyLock::new(|| {
+    let due = due_states();
+    format!(
+        "UPDATE campaigns SET status = '{queued}', queued_at = $1, updated_at = $1 \
+         WHERE id IN (SELECT id FROM campaigns WHERE {due} AND scheduled_at <= $1 \
+                      ORDER BY scheduled_at LIMIT $2) \
+           AND {due} \
+         RETURNING id, scheduled_at",
+        queued = CampaignStatus::Queued.as_str()
+    )
+});
+
+static NEXT_SCHEDULED_AT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT MIN(scheduled_at) FROM campaigns WHERE {}",
+        due_states()
+    )
+});
+
+/// Campaigns waiting for a worker's split to start them (queued).
+static QUEUED_BEFORE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id FROM campaigns WHERE {} AND queued_at < $1 ORDER BY queued_at LIMIT $2",
+        status_from(CampaignStatus::Sending, CampaignAction::Start)
+    )
+});
 
 const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass, ab_phase, ab_decide_at, ab_winner, ab_decided_at, ab_decision";
 
 fn campaign_from_row(row: &<Db as sqlx::Database>::Row) -> Result<CampaignRecord, StoreError> {
     let status: String = row.try_get("status")?;
     let Json(document): Json<CampaignDocument> = row.try_get("document")?;
-    let id: DbId = row.try_get("id")?;
+    let id: DbId<CampaignId> = row.try_get("id")?;
     let optional_time = |column: &str| -> Result<_, StoreError> {
         Ok(row.try_get::<Option<DbTime>, _>(column)?.map(|t| t.0))
     };
@@ -65,10 +113,7 @@ async fn transition(
         return Ok(false);
     }
     let now = DbTime::now();
-    let is_final = matches!(
-        to,
-        CampaignStatus::Completed | CampaignStatus::Failed | CampaignStatus::Cancelled
-    );
+    let is_final = to.is_final();
     let mut builder = QueryBuilder::<Db>::new("UPDATE campaigns SET status = ");
     builder.push_bind(to.as_str());
     builder.push(", updated_at = ").push_bind(now);
@@ -153,7 +198,7 @@ impl CampaignRepository for Store {
         recipients: RecipientStream<'_>,
     ) -> Result<(CampaignRecord, ImportReport), StoreError> {
         let (record, report) =
-            insert_campaign(self, uuid::Uuid::now_v7(), document, recipients).await?;
+            insert_campaign(self, CampaignId::now_v7(), document, recipients).await?;
         // A fresh v7 id cannot already exist.
         Ok((record, report.unwrap_or_default()))
     }
@@ -258,16 +303,13 @@ impl CampaignRepository for Store {
         } else {
             CampaignStatus::Draft
         };
-        let result = sqlx::query(
-            "UPDATE campaigns SET scheduled_at = $2, status = $3, updated_at = $4 \
-             WHERE id = $1 AND status IN ('draft', 'scheduled')",
-        )
-        .bind(DbId(id))
-        .bind(at.map(DbTime::from))
-        .bind(status.as_str())
-        .bind(DbTime::now())
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(SCHEDULE.as_str())
+            .bind(DbId(id))
+            .bind(at.map(DbTime::from))
+            .bind(status.as_str())
+            .bind(DbTime::now())
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -276,25 +318,16 @@ impl CampaignRepository for Store {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<DueCampaign>, StoreError> {
-        // The `status = 'scheduled'` outside the sub-select is what makes this exactly
-        // once across replicas: PostgreSQL re-checks it on the locked row after a
-        // concurrent update commits (so the second replica skips the row), and SQLite
-        // runs one writer at a time.
-        let rows = sqlx::query(
-            "UPDATE campaigns SET status = 'queued', queued_at = $1, updated_at = $1 \
-             WHERE id IN (SELECT id FROM campaigns WHERE status = 'scheduled' AND scheduled_at <= $1 \
-                          ORDER BY scheduled_at LIMIT $2) \
-               AND status = 'scheduled' \
-             RETURNING id, scheduled_at",
-        )
-        .bind(DbTime::from(now))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await?;
+        // Exactly once across replicas: see QUEUE_DUE.
+        let rows = sqlx::query(QUEUE_DUE.as_str())
+            .bind(DbTime::from(now))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
         let mut due = rows
             .iter()
             .map(|row| {
-                let id: DbId = row.try_get("id")?;
+                let id: DbId<CampaignId> = row.try_get("id")?;
                 let scheduled_at: DbTime = row.try_get("scheduled_at")?;
                 Ok(DueCampaign {
                     id: id.0,
@@ -307,11 +340,9 @@ impl CampaignRepository for Store {
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        let next: Option<DbTime> = sqlx::query_scalar(
-            "SELECT MIN(scheduled_at) FROM campaigns WHERE status = 'scheduled'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let next: Option<DbTime> = sqlx::query_scalar(NEXT_SCHEDULED_AT.as_str())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(next.map(|t| t.0))
     }
 
@@ -320,13 +351,11 @@ impl CampaignRepository for Store {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<CampaignId>, StoreError> {
-        let ids: Vec<DbId> = sqlx::query_scalar(
-            "SELECT id FROM campaigns WHERE status = 'queued' AND queued_at < $1 ORDER BY queued_at LIMIT $2",
-        )
-        .bind(DbTime::from(before))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await?;
+        let ids: Vec<DbId<CampaignId>> = sqlx::query_scalar(QUEUED_BEFORE.as_str())
+            .bind(DbTime::from(before))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(ids.into_iter().map(|id| id.0).collect())
     }
 
@@ -354,7 +383,7 @@ impl CampaignRepository for Store {
     async fn get_recipient(
         &self,
         id: CampaignId,
-        recipient_id: i64,
+        recipient_id: RecipientId,
     ) -> Result<Option<StoredRecipient>, StoreError> {
         let row = sqlx::query("SELECT id, email, fields, status, attempts, variant FROM recipients WHERE campaign_id = $1 AND id = $2")
             .bind(DbId(id))

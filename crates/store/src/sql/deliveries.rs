@@ -1,16 +1,37 @@
 //! [`DeliveryRepository`](crate::DeliveryRepository) in SQL: batches, due recipients, outcomes, time-zone holds.
 
-use super::{Db, Store, stored_recipient_from_row};
+use super::{Db, Store, status_from, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
-    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind,
+    DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
     RecipientRange, Requeued, SendGroup, StoreError, StoredRecipient, ZoneRelease,
 };
-use campaign::{CampaignId, CampaignStatus, DeliveryStatus};
+use campaign::{CampaignAction, CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
 use sqlx::{QueryBuilder, Row};
+use std::sync::LazyLock;
 use time::OffsetDateTime;
 
 use futures::TryStreamExt;
+
+/// A sending campaign whose recipients all have their outcome ends: `failed` when none was
+/// sent and one failed, else `completed`. Where it may end from is the transition table's
+/// answer (the same states for both ends).
+static FINISH_IF_DONE: LazyLock<String> = LazyLock::new(|| {
+    let (completed, failed) = (CampaignStatus::Completed, CampaignStatus::Failed);
+    let finishing = status_from(completed, CampaignAction::Finish);
+    debug_assert_eq!(finishing, status_from(failed, CampaignAction::Finish));
+    format!(
+        "UPDATE campaigns SET \
+           status = CASE WHEN NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'sent') \
+                          AND EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'failed') \
+                         THEN '{failed}' ELSE '{completed}' END, \
+           completed_at = $2, updated_at = $2 \
+         WHERE id = $1 AND {finishing} \
+           AND NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred'))",
+        failed = failed.as_str(),
+        completed = completed.as_str(),
+    )
+});
 
 /// Sent outcomes recorded per statement (two bind parameters each, far below both
 /// backends' limits).
@@ -38,7 +59,7 @@ impl DeliveryRepository for Store {
         &self,
         id: CampaignId,
         status: Option<DeliveryStatus>,
-        after: Option<i64>,
+        after: Option<RecipientId>,
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let rows = sqlx::query(
@@ -76,19 +97,11 @@ impl DeliveryRepository for Store {
 
     async fn finish_if_done(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError> {
         let now = DbTime::now();
-        let result = sqlx::query(
-            "UPDATE campaigns SET \
-               status = CASE WHEN NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'sent') \
-                              AND EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status = 'failed') \
-                             THEN 'failed' ELSE 'completed' END, \
-               completed_at = $2, updated_at = $2 \
-             WHERE id = $1 AND status = 'sending' \
-               AND NOT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'deferred'))",
-        )
-        .bind(DbId(id))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(FINISH_IF_DONE.as_str())
+            .bind(DbId(id))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         if result.rows_affected() == 0 {
             return Ok(None);
         }
@@ -105,7 +118,7 @@ impl DeliveryRepository for Store {
         batch_size: u32,
     ) -> Result<Vec<RecipientRange>, StoreError> {
         // Streamed, so a million-recipient campaign never holds all its ids at once.
-        let mut ids = sqlx::query_scalar::<_, i64>(
+        let mut ids = sqlx::query_scalar::<_, RecipientId>(
             "SELECT id FROM recipients WHERE campaign_id = $1 ORDER BY id",
         )
         .bind(DbId(id))
@@ -251,6 +264,26 @@ impl DeliveryRepository for Store {
             .collect())
     }
 
+    async fn rate_waits(&self, id: CampaignId) -> Result<Vec<RateWait>, StoreError> {
+        let rows: Vec<(String, i64, DbTime, DbTime)> = sqlx::query_as(
+            "SELECT rate_wait, COUNT(*), MIN(next_attempt_at), MAX(next_attempt_at) FROM recipients \
+             WHERE campaign_id = $1 AND status = 'deferred' AND rate_wait IS NOT NULL \
+             GROUP BY rate_wait ORDER BY rate_wait",
+        )
+        .bind(DbId(id))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(destination, waiting, next_at, until)| RateWait {
+                destination,
+                waiting,
+                next_at: next_at.0,
+                until: until.0,
+            })
+            .collect())
+    }
+
     async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<(), StoreError> {
         if outcomes.is_empty() {
             return Ok(());
@@ -262,7 +295,7 @@ impl DeliveryRepository for Store {
         // rewritten, except that a message the server accepted is recorded as sent even
         // if the campaign was cancelled meanwhile: the report must say what really
         // happened.
-        let sent: Vec<(i64, &str)> = outcomes
+        let sent: Vec<(RecipientId, &str)> = outcomes
             .iter()
             .filter_map(|outcome| match &outcome.result {
                 OutcomeKind::Sent { reply } => Some((outcome.recipient_id, reply.as_str())),
@@ -304,14 +337,22 @@ impl DeliveryRepository for Store {
         for outcome in outcomes {
             let query = match &outcome.result {
                 OutcomeKind::Sent { .. } => continue,
-                OutcomeKind::Deferred { error, retry_at } => sqlx::query(
-                    "UPDATE recipients SET status = 'deferred', attempts = attempts + 1, last_error = $2, \
-                     next_attempt_at = $3, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
+                // A rate deferral records what it waits for in the same statement (the
+                // status groups by it) and is no delivery attempt: nothing was sent.
+                OutcomeKind::Deferred {
+                    error,
+                    retry_at,
+                    rate_wait,
+                } => sqlx::query(
+                    "UPDATE recipients SET status = 'deferred', attempts = attempts + $5, last_error = $2, \
+                     next_attempt_at = $3, rate_wait = $6, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
                 )
                 .bind(outcome.recipient_id)
                 .bind(error.as_str())
                 .bind(DbTime::from(*retry_at))
-                .bind(now),
+                .bind(now)
+                .bind(i32::from(rate_wait.is_none()))
+                .bind(rate_wait.as_deref()),
                 OutcomeKind::Failed { error, attempted } => sqlx::query(
                     "UPDATE recipients SET status = 'failed', attempts = attempts + $3, last_error = $2, \
                      next_attempt_at = NULL, updated_at = $4 WHERE id = $1 AND status IN ('pending', 'deferred')",
@@ -345,7 +386,8 @@ impl DeliveryRepository for Store {
         let status: String = row.try_get("status")?;
         let status: CampaignStatus = status.parse().map_err(StoreError::Corrupt)?;
         let send_pass: i32 = row.try_get("send_pass")?;
-        if !matches!(status, CampaignStatus::Completed | CampaignStatus::Failed) {
+        let requeued = CampaignStatus::Queued;
+        if status.check(requeued, CampaignAction::RetryFailed).is_err() {
             return Ok(None);
         }
         let now = DbTime::now();
@@ -368,11 +410,12 @@ impl DeliveryRepository for Store {
             }));
         }
         sqlx::query(
-            "UPDATE campaigns SET status = 'queued', send_pass = send_pass + 1, started_at = NULL, \
+            "UPDATE campaigns SET status = $3, send_pass = send_pass + 1, started_at = NULL, \
              completed_at = NULL, updated_at = $2 WHERE id = $1",
         )
         .bind(DbId(id))
         .bind(now)
+        .bind(requeued.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

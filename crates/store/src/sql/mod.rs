@@ -16,9 +16,26 @@ mod webhooks;
 
 use super::{Db, HOUR_OF_OCCURRED_AT, Store};
 use crate::{StoreError, StoredRecipient};
-use campaign::{CampaignId, EmailAddress, Recipient};
+use campaign::{CampaignAction, CampaignId, CampaignStatus, EmailAddress, Recipient};
 use sqlx::Row;
 use sqlx::types::Json;
+
+/// `status = 'a'` or `status IN ('a', 'b')`: the states from which `action` moves a campaign
+/// to `to`, asked of the transition table on [`CampaignStatus`], for the SQL of a conditional
+/// status change, so that no query keeps a list of its own. The names are the table's fixed
+/// identifiers, never input, so they are written into the text (one statement text per query,
+/// prepared once). A change no state allows matches no row.
+fn status_from(to: CampaignStatus, action: CampaignAction) -> String {
+    let names: Vec<String> = CampaignStatus::sources(to, action)
+        .iter()
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect();
+    match names.as_slice() {
+        [] => "status IN (NULL)".to_string(),
+        [one] => format!("status = {one}"),
+        many => format!("status IN ({})", many.join(", ")),
+    }
+}
 
 fn stored_recipient_from_row(
     row: &<Db as sqlx::Database>::Row,

@@ -5,7 +5,7 @@ use super::Db;
 use crate::db_types::{DbId, DbTime};
 use crate::import::{ChunkSink, ImportRow, drive};
 use crate::{ImportReport, RecipientStream, StoreError};
-use campaign::LocalSendTime;
+use campaign::{CampaignId, LocalSendTime};
 use sqlx::QueryBuilder;
 use sqlx::types::Json;
 use std::collections::HashSet;
@@ -14,7 +14,7 @@ use std::collections::HashSet;
 /// with a local send time, each is given the zone it is released in.
 pub(super) async fn import(
     tx: &mut sqlx::Transaction<'static, Db>,
-    campaign: DbId,
+    campaign: DbId<CampaignId>,
     recipients: RecipientStream<'_>,
     local_send_time: Option<&LocalSendTime>,
 ) -> Result<ImportReport, StoreError> {
@@ -33,7 +33,7 @@ pub(super) async fn import(
 
 struct ChunkInserter<'t> {
     tx: &'t mut sqlx::Transaction<'static, Db>,
-    campaign: DbId,
+    campaign: DbId<CampaignId>,
 }
 
 impl ChunkSink for ChunkInserter<'_> {
@@ -61,7 +61,7 @@ impl ChunkSink for ChunkInserter<'_> {
 /// Adds the import's count to the campaign, inside the import's transaction.
 async fn add_to_recipient_count(
     tx: &mut sqlx::Transaction<'static, Db>,
-    id: DbId,
+    id: DbId<CampaignId>,
     imported: u64,
 ) -> Result<(), StoreError> {
     sqlx::query(

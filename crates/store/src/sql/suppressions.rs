@@ -145,7 +145,7 @@ impl SuppressionRepository for Store {
                 let kind: String = row.try_get("kind")?;
                 Ok(FeedbackEvent {
                     campaign_id: row
-                        .try_get::<Option<DbId>, _>("campaign_id")?
+                        .try_get::<Option<DbId<CampaignId>>, _>("campaign_id")?
                         .map(|id| id.0),
                     recipient_id: row.try_get("recipient_id")?,
                     email: row.try_get("email")?,

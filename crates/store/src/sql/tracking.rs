@@ -60,7 +60,7 @@ impl TrackingRepository for Store {
                 Ok(RecordedTrackingEvent {
                     id: row.try_get("id")?,
                     event: TrackingEvent {
-                        campaign_id: row.try_get::<DbId, _>("campaign_id")?.0,
+                        campaign_id: row.try_get::<DbId<CampaignId>, _>("campaign_id")?.0,
                         recipient_id: row.try_get("recipient_id")?,
                         kind: kind.parse().map_err(StoreError::Corrupt)?,
                         link_index: link_index

@@ -15,7 +15,7 @@ pub(crate) async fn test_sends_are_recorded_within_their_quota(store: Arc<dyn Ca
         revoked_at: None,
     };
     store.insert_api_key(&key).await.unwrap();
-    let campaign = uuid::Uuid::now_v7();
+    let campaign = campaign::CampaignId::now_v7();
     let quota = [
         store::QuotaWindow {
             window: time::Duration::minutes(1),

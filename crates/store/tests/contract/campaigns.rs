@@ -44,7 +44,7 @@ pub(crate) async fn campaign_round_trips_with_its_recipients(store: Arc<dyn Camp
 }
 
 pub(crate) async fn a_campaign_under_a_chosen_id_is_stored_once(store: Arc<dyn CampaignStore>) {
-    let id = uuid::Uuid::now_v7();
+    let id = campaign::CampaignId::now_v7();
     let doc = document("Submitted by a task");
     let first = vec![
         recipient("ann@example.com", "Ann"),
@@ -213,7 +213,7 @@ pub(crate) async fn a_bad_row_stores_nothing(store: Arc<dyn CampaignStore>) {
 }
 
 pub(crate) async fn unknown_campaigns_are_reported(store: Arc<dyn CampaignStore>) {
-    let id = uuid::Uuid::now_v7();
+    let id = campaign::CampaignId::now_v7();
     assert!(store.get_campaign(id).await.unwrap().is_none());
     let err = store
         .import_recipients(id, recipient_stream(Vec::new()))
@@ -323,7 +323,7 @@ pub(crate) async fn campaign_transitions_are_conditional(store: Arc<dyn Campaign
     assert!(
         !store
             .transition_campaign(
-                uuid::Uuid::now_v7(),
+                campaign::CampaignId::now_v7(),
                 &[CampaignStatus::Draft],
                 CampaignStatus::Queued
             )
@@ -526,4 +526,74 @@ pub(crate) async fn due_campaigns_are_queued_exactly_once(store: Arc<dyn Campaig
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].id, later_ids[1].1, "the earliest due goes first");
     assert_eq!(first[0].scheduled_at, later_ids[1].0);
+}
+
+/// The typed ids are stored as the plain values were: a campaign id as hyphenated text on
+/// SQLite and as a UUID on PostgreSQL, a recipient id as an integer. Read behind the store's
+/// back, so a change of encoding (a UUID bound as a 16-byte blob, say) cannot pass
+/// unnoticed by reading back what it wrote.
+pub(crate) async fn ids_are_stored_as_plain_uuids_and_integers(
+    store: Arc<dyn CampaignStore>,
+    url: String,
+) {
+    let recipients = vec![
+        recipient("ann@example.com", "Ann"),
+        recipient("bob@example.org", "Bob"),
+    ];
+    let (record, _) = store
+        .create_campaign(&document("Stored ids"), recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    let listed: Vec<(String, i64)> = store
+        .list_deliveries(record.id, None, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|delivery| (record.id.to_string(), delivery.recipient_id.get()))
+        .collect();
+    const STORED: &str = "SELECT CAST(campaigns.id AS TEXT), recipients.id FROM campaigns \
+                          JOIN recipients ON recipients.campaign_id = campaigns.id ORDER BY recipients.id";
+    let stored: Vec<(String, i64)> = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let stored = sqlx::query_as(STORED).fetch_all(&pool).await.unwrap();
+        let types: (String, String, String) = sqlx::query_as(
+            "SELECT pg_typeof(campaigns.id)::text, pg_typeof(recipients.campaign_id)::text, \
+                 pg_typeof(recipients.id)::text FROM campaigns \
+                 JOIN recipients ON recipients.campaign_id = campaigns.id LIMIT 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        assert_eq!(
+            types,
+            ("uuid".to_string(), "uuid".to_string(), "bigint".to_string())
+        );
+        stored
+    } else {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let stored = sqlx::query_as(STORED).fetch_all(&pool).await.unwrap();
+        // Per row: SQLite keeps whatever type each value was bound with.
+        let types: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT typeof(campaigns.id), typeof(recipients.campaign_id), \
+                 typeof(recipients.id) FROM campaigns \
+                 JOIN recipients ON recipients.campaign_id = campaigns.id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        assert_eq!(
+            types,
+            [(
+                "text".to_string(),
+                "text".to_string(),
+                "integer".to_string()
+            )]
+        );
+        stored
+    };
+    // Hyphenated lower-case text, as the id prints.
+    assert_eq!(stored, listed);
+    assert_eq!(stored.len(), 2);
 }

@@ -1,7 +1,7 @@
 //! Per-recipient delivery: batches, who is due, outcomes, time-zone holds, finishing.
 
 use crate::{document, recipient, rows};
-use campaign::{CampaignStatus, DeliveryStatus, Recipient};
+use campaign::{CampaignStatus, DeliveryStatus, Recipient, RecipientId};
 use std::sync::Arc;
 use store::{CampaignStore, recipient_stream};
 
@@ -286,7 +286,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         .due_recipients(record.id, range, store::SendGroup::Campaign, now)
         .await
         .unwrap();
-    let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+    let ids: Vec<RecipientId> = due.iter().map(|r| r.id).collect();
     let later = now + time::Duration::minutes(5);
     store
         .record_outcomes(&[
@@ -301,6 +301,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
                 result: OutcomeKind::Deferred {
                     error: "452 4.3.1 Insufficient system storage".into(),
                     retry_at: later,
+                    rate_wait: None,
                 },
             },
             DeliveryOutcome {
@@ -317,7 +318,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         ])
         .await
         .unwrap();
-    let due_now: Vec<i64> = store
+    let due_now: Vec<RecipientId> = store
         .due_recipients(record.id, range, store::SendGroup::Campaign, now)
         .await
         .unwrap()
@@ -378,7 +379,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
     );
     assert!(
         store
-            .get_recipient(record.id, ids[4] + 1000)
+            .get_recipient(record.id, RecipientId::new(ids[4].get() + 1000))
             .await
             .unwrap()
             .is_none()
@@ -482,7 +483,7 @@ pub(crate) async fn a_campaign_finishes_when_every_recipient_is_final(
                 .unwrap()
         );
         let range = store.batch_ranges(record.id, 10).await.unwrap()[0];
-        let ids: Vec<i64> = store
+        let ids: Vec<RecipientId> = store
             .due_recipients(
                 record.id,
                 range,
@@ -626,7 +627,7 @@ pub(crate) async fn sent_outcomes_that_wait_for_a_cancel_are_all_recorded(
 }
 
 /// The ids of every recipient of campaign `id` that is due now, over all its batch ranges.
-async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<i64> {
+async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<RecipientId> {
     let mut ids = Vec::new();
     for range in store.batch_ranges(id, 1000).await.unwrap() {
         let due = store
@@ -641,4 +642,101 @@ async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<i64
         ids.extend(due.iter().map(|r| r.id));
     }
     ids
+}
+
+/// A deferral for a sending rate uses none of the recipient's delivery attempts (a server's
+/// temporary failure does), and the campaign's status groups the recipients waiting for a
+/// rate by what they wait for, with when the first and the last are due; recipients deferred
+/// by the server, or delivered since, are not counted.
+pub(crate) async fn rate_deferrals_are_no_attempts_and_show_what_they_wait_for(
+    store: Arc<dyn CampaignStore>,
+) {
+    use store::{DeliveryOutcome, OutcomeKind, RateWait};
+    use time::macros::datetime;
+    let recipients: Vec<Recipient> = (0..5)
+        .map(|i| recipient(&format!("w{i}@example.com"), "W"))
+        .collect();
+    let (record, _) = store
+        .create_campaign(&document("Rate waits"), recipient_stream(rows(recipients)))
+        .await
+        .unwrap();
+    let id = record.id;
+    let range = store.batch_ranges(id, 100).await.unwrap()[0];
+    let ids: Vec<campaign::RecipientId> = store
+        .due_recipients(id, range, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let (first, second, third) = (
+        datetime!(2030-01-01 10:00:01 UTC),
+        datetime!(2030-01-01 10:00:02 UTC),
+        datetime!(2030-01-01 10:00:03 UTC),
+    );
+    let waiting = |recipient_id, destination: &str, retry_at| DeliveryOutcome {
+        recipient_id,
+        result: OutcomeKind::Deferred {
+            error: format!("waiting for the sending rate of {destination}"),
+            retry_at,
+            rate_wait: Some(destination.into()),
+        },
+    };
+    // Deferred for a rate three times over: still no attempt used.
+    for _ in 0..3 {
+        store
+            .record_outcomes(&[
+                waiting(ids[0], "group google", first),
+                waiting(ids[1], "group google", third),
+                waiting(ids[2], "the global limit", second),
+                waiting(ids[3], "group google", second),
+            ])
+            .await
+            .unwrap();
+    }
+    store
+        .record_outcomes(&[
+            // The server's temporary failure is an attempt, and no rate wait.
+            DeliveryOutcome {
+                recipient_id: ids[3],
+                result: OutcomeKind::Deferred {
+                    error: "452 4.3.1 Insufficient system storage".into(),
+                    retry_at: second,
+                    rate_wait: None,
+                },
+            },
+            DeliveryOutcome {
+                recipient_id: ids[2],
+                result: OutcomeKind::Sent {
+                    reply: "250 ok".into(),
+                },
+            },
+        ])
+        .await
+        .unwrap();
+    let attempts = |n: usize| {
+        let store = store.clone();
+        let recipient_id = ids[n];
+        async move {
+            store
+                .get_recipient(id, recipient_id)
+                .await
+                .unwrap()
+                .expect("recipient")
+                .attempts
+        }
+    };
+    assert_eq!(attempts(0).await, 0, "rate deferrals are no attempts");
+    assert_eq!(attempts(1).await, 0);
+    assert_eq!(attempts(3).await, 1, "the server's 452 is one");
+    assert_eq!(attempts(2).await, 1, "sent after waiting: one attempt");
+    assert_eq!(
+        store.rate_waits(id).await.unwrap(),
+        vec![RateWait {
+            destination: "group google".into(),
+            waiting: 2,
+            next_at: first,
+            until: third,
+        }]
+    );
 }

@@ -84,6 +84,7 @@ testkit::backend_suite! {
         campaign_transitions_are_conditional,
         batches_cover_every_due_recipient_once,
         outcomes_decide_who_is_due_and_counts_add_up,
+        rate_deferrals_are_no_attempts_and_show_what_they_wait_for,
         many_sent_outcomes_are_recorded_each_with_its_own_reply,
         local_send_time_zones_are_stored_held_and_released,
         suppressions_match_whatever_the_case,
@@ -98,5 +99,6 @@ testkit::backend_suite! {
     #[tokio::test] with_store_and_url => [
         stored_keys_follow_the_current_rule,
         sent_outcomes_that_wait_for_a_cancel_are_all_recorded,
+        ids_are_stored_as_plain_uuids_and_integers,
     ];
 }

@@ -87,7 +87,7 @@ pub(crate) async fn engagement_is_counted_per_kind_link_and_hour(store: Arc<dyn 
     let event =
         |campaign_id, kind, recipient_id: Option<i64>, link_index, occurred_at| TrackingEvent {
             campaign_id,
-            recipient_id,
+            recipient_id: recipient_id.map(campaign::RecipientId::new),
             kind,
             link_index,
             detail: None,
@@ -133,6 +133,9 @@ pub(crate) async fn engagement_is_counted_per_kind_link_and_hour(store: Arc<dyn 
             (ten, vec![(Open, 3), (Click, 2), (BounceHard, 1)]),
         ]
     );
-    let nothing = store.engagement_counts(uuid::Uuid::now_v7()).await.unwrap();
+    let nothing = store
+        .engagement_counts(campaign::CampaignId::now_v7())
+        .await
+        .unwrap();
     assert_eq!(nothing, store::EngagementCounts::default());
 }

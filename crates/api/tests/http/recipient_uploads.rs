@@ -3,98 +3,28 @@
 //! (MAX_IMPORT_BYTES, MAX_RECIPIENTS_PER_REQUEST), not by the JSON body limit, and a bad row
 //! is named by its position and line. Run on both backends.
 
+use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::any::Any;
 
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    _database: Box<dyn Any + Send>,
-}
-
-/// Limits small enough to cross in a test: a JSON body may be 16 KiB, an upload 256 KiB and
-/// 3,000 recipients.
-fn settings() -> api::ApiSettings {
-    api::ApiSettings {
-        max_body_bytes: 16 * 1024,
-        max_import_bytes: 256 * 1024,
-        max_recipients_per_request: 3000,
-        rate_limit: None,
-        ..api::ApiSettings::default()
-    }
-}
-
-async fn spawn_app(database_url: &str, database: Box<dyn Any + Send>) -> TestApp {
-    let store = store::connect(database_url).await.expect("store opens");
-    let keys = tracking::TokenKeys::new(b"test-secret-that-is-at-least-32-bytes", []).unwrap();
-    let state = api::AppState {
-        dkim: None,
-        store: store.clone(),
-        tasks: tasks::connect(database_url).await.expect("tasks open"),
-        settings: settings(),
-        links: std::sync::Arc::new(tracking::Links::new(
-            "https://mail.example.test",
-            keys.clone(),
-        )),
-        message_settings: message::MessageSettings::default(),
-        transport: None,
-        engagement: tracking::Engagement::start(
-            store.clone(),
-            keys,
-            webhooks::EventSink::disabled(),
-        ),
-        bounces: api::bounces::BounceSettings {
-            webhook_secret: None,
-            soft_bounce_limit: 2,
-            soft_bounce_window: time::Duration::hours(1),
-        },
-        events: webhooks::EventSink::disabled(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
-    let key = api::auth::create_api_key(store.as_ref(), "tests")
-        .await
-        .unwrap()
-        .key;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    TestApp {
-        base: format!("http://{address}"),
-        client: reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap(),
-        _database: database,
-    }
+/// The app with limits small enough to cross in a test: a JSON body may be 16 KiB, an upload
+/// 256 KiB and 3,000 recipients.
+async fn with_upload_limits(app: &TestApp) -> TestApp {
+    app.with_settings(|settings| {
+        settings.max_body_bytes = 16 * 1024;
+        settings.max_import_bytes = 256 * 1024;
+        settings.max_recipients_per_request = 3000;
+        settings.rate_limit = None;
+    })
+    .await
 }
 
 impl TestApp {
     /// A new draft campaign (the sample, without recipients); returns its recipients path.
-    async fn campaign(&self) -> String {
-        let mut campaign: Value = serde_json::from_slice(
-            &std::fs::read(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../examples/sample_campaign.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
+    async fn campaign_without_recipients(&self) -> String {
+        let mut campaign = sample_campaign();
         campaign["recipients"] = json!([]);
-        let response = self
-            .client
-            .post(format!("{}/api/v1/campaigns", self.base))
-            .json(&campaign)
-            .send()
-            .await
-            .unwrap();
+        let response = self.post_json("/api/v1/campaigns", &campaign).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let created: Value = response.json().await.unwrap();
         format!(
@@ -104,29 +34,14 @@ impl TestApp {
     }
 
     async fn upload(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.post_bytes(path, content_type, body).await;
         let status = response.status();
         (status, response.json().await.unwrap())
     }
 
     async fn recipient_count(&self, recipients_path: &str) -> u64 {
         let status_path = recipients_path.replace("/recipients", "/status");
-        let status: Value = self
-            .client
-            .get(format!("{}{status_path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, status) = self.get_json(&status_path).await;
         status["recipients"].as_u64().expect("a recipient count")
     }
 }
@@ -148,7 +63,8 @@ fn json_array(count: usize, prefix: &str) -> Vec<u8> {
 }
 
 async fn json_lines_are_imported_under_either_media_type(app: TestApp) {
-    let path = app.campaign().await;
+    let app = with_upload_limits(&app).await;
+    let path = app.campaign_without_recipients().await;
     let body = "{\"email\": \"ann@example.com\", \"first_name\": \"Ann\", \"orders\": [{\"sku\": \"A1\"}]}\r\n\n{\"email\": \"bob@example.org\"}\n{\"email\": \"cid@example.com\"}";
     let (status, report) = app
         .upload(&path, "application/x-ndjson", body.as_bytes().to_vec())
@@ -179,7 +95,8 @@ async fn json_lines_are_imported_under_either_media_type(app: TestApp) {
 }
 
 async fn a_bad_line_or_element_is_named_and_nothing_is_stored(app: TestApp) {
-    let path = app.campaign().await;
+    let app = with_upload_limits(&app).await;
+    let path = app.campaign_without_recipients().await;
     let mut body = json_lines(3, "good");
     body.extend_from_slice(b"\n{\"email\": 7}\n{\"email\": \"x@example.com\", \"a\": }\n");
     let (status, problem) = app.upload(&path, "application/x-ndjson", body).await;
@@ -242,7 +159,8 @@ async fn a_bad_line_or_element_is_named_and_nothing_is_stored(app: TestApp) {
 }
 
 async fn json_uploads_are_bounded_by_the_upload_limits_not_the_body_limit(app: TestApp) {
-    let path = app.campaign().await;
+    let app = with_upload_limits(&app).await;
+    let path = app.campaign_without_recipients().await;
     // Both far above the 16 KiB JSON body limit, below the 256 KiB upload limit.
     let array = json_array(2000, "array");
     assert!(
@@ -293,34 +211,10 @@ async fn json_uploads_are_bounded_by_the_upload_limits_not_the_body_limit(app: T
     );
 }
 
-macro_rules! upload_suite {
-    ($backend:ident, $open:expr) => {
-        mod $backend {
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        #[allow(clippy::redundant_closure_call)]
-                        let Some(app) = ($open)().await else { return };
-                        super::$name(app).await;
-                    }
-                };
-            }
-            case!(json_lines_are_imported_under_either_media_type);
-            case!(a_bad_line_or_element_is_named_and_nothing_is_stored);
-            case!(json_uploads_are_bounded_by_the_upload_limits_not_the_body_limit);
-        }
-    };
+testkit::backend_suite! {
+    #[tokio::test] with_app => [
+        json_lines_are_imported_under_either_media_type,
+        a_bad_line_or_element_is_named_and_nothing_is_stored,
+        json_uploads_are_bounded_by_the_upload_limits_not_the_body_limit,
+    ];
 }
-
-upload_suite!(sqlite, || async {
-    let database = testkit::SqliteDatabase::create();
-    let url = database.url.clone();
-    Some(super::spawn_app(&url, Box::new(database)).await)
-});
-
-upload_suite!(postgres, || async {
-    let database = testkit::PostgresDatabase::create().await?;
-    let url = database.url.clone();
-    Some(super::spawn_app(&url, Box::new(database)).await)
-});
