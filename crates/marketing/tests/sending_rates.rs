@@ -297,12 +297,12 @@ mod postgres {
         let id = deployment
             .send_document(&limited, COUNT, &["a.example", "b.example"])
             .await;
-        wait_until(Duration::from_secs(60), "the first message", || {
+        wait_until_holds(Duration::from_secs(60), "the first message", || {
             !sink.arrivals().is_empty()
         })
         .await;
         let first = sink.arrivals()[0].at;
-        wait_until(Duration::from_secs(60), "9 s of sending", || {
+        wait_until_holds(Duration::from_secs(60), "9 s of sending", || {
             sink.arrivals().last().is_some_and(|a| a.at > first + 9.0)
         })
         .await;
@@ -506,7 +506,7 @@ async fn marketing_send_keeps_the_campaigns_max_rate() {
             format!("sqlite://{}/m.db", dir.path().display()),
         ),
         ("SMTP_URL", sink.url()),
-        ("TRACKING_SECRET", SECRET.to_string()),
+        ("TRACKING_SECRET", TRACKING_SECRET.into()),
         ("TASK_CHECK_INTERVAL", "0.2".into()),
     ];
     let file = dir.path().join("campaign.json");

@@ -1,7 +1,9 @@
 //! The shared sending rates (crate `rates`): the rate in force per schedule and the throttling
 //! replies, registered when a process first limits a rate (a process that limits nothing does
 //! not export them). The `schedule` label is `global`, a domain group's name from
-//! RATE_LIMITS_FILE, or `default` for the domains in no group: bounded by the file.
+//! RATE_LIMITS_FILE, or `default` for the domains in no group: bounded by the file. Campaigns'
+//! `max_rate` schedules count their deferrals under the one label `campaign` and export no
+//! rate gauge (one per campaign would grow without bound).
 
 use crate::{counter_vec, metrics, register};
 use prometheus::{GaugeVec, IntCounterVec, Opts};

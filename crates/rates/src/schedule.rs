@@ -51,6 +51,13 @@ struct Lease {
     generation: u64,
 }
 
+/// Whether the schedule named `name` is exported as a `sending_rate_limit` gauge. A campaign's
+/// `max_rate` is not: all campaigns share the one `campaign` label (a label per campaign would
+/// grow without bound), so a gauge would show whichever campaign set it last.
+fn exports_rate(name: &str) -> bool {
+    !name.starts_with("campaign:")
+}
+
 /// A rate shared through one row of `sending_rate_schedules`.
 pub struct SharedSchedule {
     /// The row's name: `global`, `group:NAME` or `domain:NAME`.
@@ -78,7 +85,9 @@ impl SharedSchedule {
         policy: SlowDownPolicy,
         store: Arc<dyn SendingRateStore>,
     ) -> Arc<SharedSchedule> {
-        metrics::sending_rates::set_rate(&label, configured);
+        if exports_rate(&name) {
+            metrics::sending_rates::set_rate(&label, configured);
+        }
         Arc::new(SharedSchedule {
             name,
             label,
@@ -250,7 +259,9 @@ impl SharedSchedule {
             .slowdown
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = slowdown;
-        metrics::sending_rates::set_rate(&self.label, self.rate_now());
+        if exports_rate(&self.name) {
+            metrics::sending_rates::set_rate(&self.label, self.rate_now());
+        }
     }
 
     /// Once no message asked for a slot for [`IDLE`], gives the unused rest of stretch
