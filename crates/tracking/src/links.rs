@@ -144,7 +144,10 @@ mod tests {
         let five = RecipientId::new(5);
         assert_eq!(links.tracked_recipient(false, five, None), five);
         assert_eq!(links.tracked_recipient(false, five, Some(1)), five);
-        assert_eq!(links.tracked_recipient(true, five, None), ANONYMOUS_RECIPIENT);
+        assert_eq!(
+            links.tracked_recipient(true, five, None),
+            ANONYMOUS_RECIPIENT
+        );
         let private = links.with_aggregate_only(true);
         assert_eq!(
             private.tracked_recipient(false, five, None),

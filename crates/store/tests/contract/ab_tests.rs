@@ -3,7 +3,7 @@
 //! group only, and the counts per variant add up.
 
 use crate::{document, recipient, rows};
-use campaign::{CampaignStatus, DeliveryStatus, Recipient};
+use campaign::{CampaignStatus, DeliveryStatus, Recipient, RecipientId};
 use std::sync::Arc;
 use store::{
     AbPhase, CampaignStore, DeliveryOutcome, OutcomeKind, RecipientRange, SendGroup, TrackingEvent,
@@ -27,7 +27,7 @@ pub(crate) async fn an_ab_test_holds_the_rest_and_is_decided_once(store: Arc<dyn
     );
     let ids = store.recipient_ids(id).await.unwrap();
     assert_eq!(ids.len(), 10);
-    let slice: Vec<(i64, u8)> = vec![(ids[1], 0), (ids[4], 1), (ids[7], 0), (ids[8], 1)];
+    let slice: Vec<(RecipientId, u8)> = vec![(ids[1], 0), (ids[4], 1), (ids[7], 0), (ids[8], 1)];
     let now = time::OffsetDateTime::now_utc();
     let decide_at = now + time::Duration::hours(4);
     assert!(store.start_ab_test(id, &slice, decide_at).await.unwrap());
@@ -57,7 +57,7 @@ pub(crate) async fn an_ab_test_holds_the_rest_and_is_decided_once(store: Arc<dyn
         .due_recipients(id, whole, SendGroup::Campaign, now)
         .await
         .unwrap();
-    let due_ids: Vec<(i64, Option<u8>)> = due.iter().map(|r| (r.id, r.variant)).collect();
+    let due_ids: Vec<(RecipientId, Option<u8>)> = due.iter().map(|r| (r.id, r.variant)).collect();
     assert_eq!(
         due_ids,
         slice

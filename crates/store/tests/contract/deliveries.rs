@@ -663,7 +663,12 @@ pub(crate) async fn rate_deferrals_are_no_attempts_and_show_what_they_wait_for(
     let id = record.id;
     let range = store.batch_ranges(id, 100).await.unwrap()[0];
     let ids: Vec<campaign::RecipientId> = store
-        .due_recipients(id, range, time::OffsetDateTime::now_utc())
+        .due_recipients(
+            id,
+            range,
+            store::SendGroup::Campaign,
+            time::OffsetDateTime::now_utc(),
+        )
         .await
         .unwrap()
         .iter()
