@@ -45,6 +45,32 @@ struct Analytics {
     rates: Rates,
     /// Events per hour (the hour's start, UTC), hours without events left out.
     hourly: Vec<Hour>,
+    /// With an A/B test: each variant's numbers, the rest of the list counted with the
+    /// winner's once it is sent. Recipients, sent, delivered and opens/clicks add up to the
+    /// campaign's (its recipients without a variant are the rest still held back).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    variants: Vec<VariantReport>,
+    /// With an A/B test: its phase and decision (winner, when, by what numbers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ab_test: Option<crate::campaigns::AbTestView>,
+}
+
+/// One A/B variant's report.
+#[derive(Serialize, utoipa::ToSchema)]
+struct VariantReport {
+    name: String,
+    /// Recipients given this variant (its test share, and the rest once it has won).
+    recipients: i64,
+    sent: i64,
+    /// `sent` minus hard bounces.
+    delivered: i64,
+    /// Events with aggregate-only tracking name no recipient: `unique` is 0 and `total`
+    /// counts them.
+    opens: EventCount,
+    clicks: EventCount,
+    /// Unique opens and clicks per delivered (totals with aggregate-only tracking).
+    open_rate: f64,
+    click_rate: f64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -146,6 +172,42 @@ async fn analytics(
     let clicks = events.of(TrackingEventKind::Click);
     let unsubscribes = events.of(TrackingEventKind::Unsubscribe);
     let complaints = events.of(TrackingEventKind::Complaint);
+    let variant_counts = if document.variants.is_empty() {
+        Vec::new()
+    } else {
+        state.store.variant_counts(campaign.id, false).await?
+    };
+    let variants = document
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(index, variant)| {
+            let counts = variant_counts
+                .iter()
+                .find(|counts| usize::from(counts.variant) == index)
+                .copied()
+                .unwrap_or_default();
+            let delivered = (counts.sent - counts.hard_bounces).max(0);
+            let events = |count: EventCount| {
+                if count.unique == 0 {
+                    count.total
+                } else {
+                    count.unique
+                }
+            };
+            VariantReport {
+                name: variant.name.clone(),
+                recipients: counts.recipients,
+                sent: counts.sent,
+                delivered,
+                opens: counts.opens,
+                clicks: counts.clicks,
+                open_rate: rate(events(counts.opens), delivered),
+                click_rate: rate(events(counts.clicks), delivered),
+            }
+        })
+        .collect();
+    let ab_test = crate::campaigns::ab_test_view(&state, &campaign).await?;
     let hourly = events
         .hourly
         .iter()
@@ -188,5 +250,7 @@ async fn analytics(
         unsubscribes,
         complaints,
         hourly,
+        variants,
+        ab_test,
     }))
 }

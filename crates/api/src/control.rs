@@ -29,6 +29,50 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resume))
         .routes(routes!(cancel))
         .routes(routes!(retry_failed))
+        .routes(routes!(ab_winner))
+}
+
+/// The variant to send to the rest of the list.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct WinnerRequest {
+    /// A variant's `name`.
+    variant: String,
+}
+
+/// Choose an A/B test's winner by hand, before `decide_after` (idempotent).
+///
+/// The variant goes to the rest of the list at once (once the campaign is resumed, when it
+/// is paused). Asking again for the same winner answers 200; another winner once one is
+/// chosen (by hand or by the results) answers 409, as does a campaign without a test or not
+/// sending its test slice. An unknown variant answers 422 naming `variant`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/campaigns/{id}/ab/winner",
+    tag = "control",
+    operation_id = "choose_ab_winner",
+    params(("id" = String, Path, description = "Campaign id (UUID)")),
+    request_body(content = WinnerRequest, content_type = "application/json"),
+    responses((status = 200, description = "The campaign's status after the decision", body = StatusView), AdminProblems),
+    security(("api_key" = []))
+)]
+async fn ab_winner(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<StatusView>, ApiError> {
+    crate::campaigns::require_json(&headers)?;
+    let request: WinnerRequest = campaign::document::parse_json(&body?)?;
+    state
+        .campaigns()
+        .decide_ab_test(
+            campaign_id(&id)?,
+            service::AbChoice::Manual(request.variant),
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    Ok(Json(status_view(&state, &id).await?))
 }
 
 /// When to send.

@@ -80,9 +80,130 @@ pub struct CampaignDocument {
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// A/B test: 2 to 5 variants of the message, each overriding only what it names
+    /// (subject, html, text, from). Requires `ab_test`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<Variant>,
+    /// How the A/B test runs: a test slice of the list gets the variants, the best one by
+    /// `metric` after `decide_after` goes to the rest. Requires `variants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_test: Option<AbTest>,
     /// Recipients given inline. They may also be added later (JSON or CSV).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<Recipient>,
+}
+
+/// The fewest and most variants an A/B test may have.
+pub const MIN_VARIANTS: usize = 2;
+pub const MAX_VARIANTS: usize = 5;
+
+/// One variant of an A/B test: what it changes from the campaign's templates and sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// How reports and the `X-Campaign-Variant` header name it: 1 to 32 letters, digits,
+    /// `-` and `_`, unique within the campaign.
+    pub name: String,
+    /// Subject line template, instead of `templates.subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// HTML body template, instead of `templates.html`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// Plain-text body template, instead of `templates.text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The sender, instead of `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Mailbox>,
+}
+
+/// How an A/B test picks its slice and its winner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbTest {
+    /// The share of the list that receives the variants (more than 0, less than 1), chosen
+    /// at random but reproducibly (seeded by the campaign id) and split evenly among them.
+    pub test_fraction: f64,
+    /// What makes a variant win: its unique opens or unique clicks per delivered message.
+    pub metric: AbMetric,
+    /// How long after the test slice starts sending the winner is chosen: a number and a
+    /// unit, `s`, `m`, `h` or `d` (`"4h"`, `"90m"`), at most 30 days.
+    pub decide_after: String,
+    /// The fewest recipients a variant may get; a `test_fraction` giving fewer is refused
+    /// once the recipients are known (when the campaign is sent). Default 1.
+    #[serde(default = "default_min_per_variant")]
+    pub min_per_variant: u32,
+    /// Adds an `X-Campaign-Variant: NAME` header to every message of the campaign.
+    #[serde(default)]
+    pub variant_header: bool,
+}
+
+fn default_min_per_variant() -> u32 {
+    1
+}
+
+/// What an A/B test compares.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AbMetric {
+    Opens,
+    Clicks,
+}
+
+impl AbMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbMetric::Opens => "opens",
+            AbMetric::Clicks => "clicks",
+        }
+    }
+}
+
+/// The longest `decide_after` accepted.
+pub const MAX_DECIDE_AFTER: time::Duration = time::Duration::days(30);
+
+/// Reads a `decide_after` duration: digits and one unit (`s`, `m`, `h`, `d`).
+pub fn parse_decide_after(text: &str) -> Result<time::Duration, String> {
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: write e.g. \"4h\" (s, m, h or d)"))?;
+    let (digits, unit) = text.split_at(unit_at);
+    let count: i64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number, e.g. \"4h\""))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?}: use s, m, h or d"
+            ));
+        }
+    };
+    let duration = time::Duration::seconds(count.saturating_mul(seconds));
+    if duration <= time::Duration::ZERO || duration > MAX_DECIDE_AFTER {
+        return Err(format!("{text:?} must be more than 0 and at most 30 days"));
+    }
+    Ok(duration)
+}
+
+/// How many of `recipients` an A/B test sends each variant, and how many it holds back for
+/// the winner: the slice is `test_fraction` of the list rounded to the nearest whole
+/// recipient, split evenly (the first variants take one more when it does not divide).
+pub fn ab_slice(recipients: u64, test_fraction: f64, variants: usize) -> (Vec<u64>, u64) {
+    let slice = ((recipients as f64) * test_fraction).round() as u64;
+    let slice = slice.min(recipients);
+    let variants = variants.max(1) as u64;
+    let sizes = (0..variants)
+        .map(|index| slice / variants + u64::from(index < slice % variants))
+        .collect();
+    (sizes, recipients - slice)
 }
 
 /// The `List-Id` of a campaign: the identifier alone, or with a description.
@@ -509,12 +630,205 @@ impl CampaignDocument {
                 problem(field, message);
             }
         }
+        for (field, message) in self.ab_problems(limits) {
+            problem(&field, message);
+        }
 
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ValidationError::Invalid(problems))
         }
+    }
+
+    /// What is wrong with the A/B test: variants and `ab_test` given together, 2 to 5
+    /// variants with unique names, templates within the limits, a metric that is tracked.
+    fn ab_problems(&self, limits: &Limits) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        match (self.variants.is_empty(), &self.ab_test) {
+            (true, None) => return problems,
+            (false, None) => problems.push((
+                "ab_test".into(),
+                "is required with `variants`: give test_fraction, metric and decide_after".into(),
+            )),
+            (true, Some(_)) => problems.push((
+                "variants".into(),
+                format!("an A/B test needs {MIN_VARIANTS} to {MAX_VARIANTS} variants"),
+            )),
+            (false, Some(_)) => {}
+        }
+        if !self.variants.is_empty()
+            && !(MIN_VARIANTS..=MAX_VARIANTS).contains(&self.variants.len())
+        {
+            problems.push((
+                "variants".into(),
+                format!(
+                    "has {} variants; an A/B test needs {MIN_VARIANTS} to {MAX_VARIANTS}",
+                    self.variants.len()
+                ),
+            ));
+        }
+        let html_base = self.templates.html.is_some();
+        let text_base = self.templates.text.is_some();
+        for (index, variant) in self.variants.iter().enumerate() {
+            let at = |field: &str| format!("variants[{index}].{field}");
+            let name_ok = !variant.name.is_empty()
+                && variant.name.len() <= 32
+                && variant
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                problems.push((
+                    at("name"),
+                    "must be 1 to 32 letters, digits, `-` and `_`".into(),
+                ));
+            }
+            if self.variants[..index]
+                .iter()
+                .any(|v| v.name == variant.name)
+            {
+                problems.push((
+                    at("name"),
+                    format!(
+                        "{:?} names two variants; names must be unique",
+                        variant.name
+                    ),
+                ));
+            }
+            if let Some(subject) = &variant.subject {
+                if subject.trim().is_empty() {
+                    problems.push((at("subject"), "must not be empty".into()));
+                }
+                if subject.contains(['\r', '\n']) {
+                    problems.push((
+                        at("subject"),
+                        "must be one line: CR and LF are not allowed in a header".into(),
+                    ));
+                }
+            }
+            // A variant changes a body the campaign has; adding a part the others lack
+            // would test the message's structure, not its content.
+            for (field, given, base) in [
+                ("html", variant.html.is_some(), html_base),
+                ("text", variant.text.is_some(), text_base),
+            ] {
+                if given && !base {
+                    problems.push((
+                        at(field),
+                        format!("overrides templates.{field}, which the campaign does not have"),
+                    ));
+                }
+            }
+            for (field, template) in [
+                ("subject", variant.subject.as_ref()),
+                ("html", variant.html.as_ref()),
+                ("text", variant.text.as_ref()),
+            ] {
+                if let Some(template) = template
+                    && template.len() > limits.max_template_bytes
+                {
+                    problems.push((
+                        at(field),
+                        format!(
+                            "is {} bytes; the limit is {} bytes",
+                            template.len(),
+                            limits.max_template_bytes
+                        ),
+                    ));
+                }
+            }
+            if let Some(name) = variant.from.as_ref().and_then(|m| m.name.as_deref())
+                && (name.chars().any(char::is_control)
+                    || name.chars().count() > MAX_DISPLAY_NAME_CHARS)
+            {
+                problems.push((
+                    at("from.name"),
+                    format!(
+                        "must be one line of at most {MAX_DISPLAY_NAME_CHARS} characters without control characters"
+                    ),
+                ));
+            }
+        }
+        if let Some(test) = &self.ab_test {
+            if !(test.test_fraction > 0.0 && test.test_fraction < 1.0) {
+                problems.push((
+                    "ab_test.test_fraction".into(),
+                    format!(
+                        "must be more than 0 and less than 1 (0.2 tests on a fifth of the list), got {}",
+                        test.test_fraction
+                    ),
+                ));
+            }
+            if let Err(message) = parse_decide_after(&test.decide_after) {
+                problems.push(("ab_test.decide_after".into(), message));
+            }
+            if test.min_per_variant == 0 {
+                problems.push((
+                    "ab_test.min_per_variant".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+            let tracked = match test.metric {
+                AbMetric::Opens => self.tracking.opens && html_base,
+                AbMetric::Clicks => self.tracking.clicks && html_base,
+            };
+            if !tracked {
+                problems.push((
+                    "ab_test.metric".into(),
+                    format!(
+                        "is {}, but the campaign does not track them: it needs an html template and tracking.{} on",
+                        test.metric.as_str(),
+                        test.metric.as_str()
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+
+    /// For an A/B test, the problem with its slice for `recipients` recipients: a variant
+    /// would get fewer than `min_per_variant`, or nobody would be left for the winner.
+    pub fn ab_slice_problem(&self, recipients: u64) -> Option<Problem> {
+        let test = self.ab_test.as_ref()?;
+        let (sizes, rest) = ab_slice(recipients, test.test_fraction, self.variants.len());
+        let smallest = sizes.iter().copied().min().unwrap_or(0);
+        if smallest < u64::from(test.min_per_variant) {
+            return Some(Problem {
+                field: "ab_test.test_fraction".into(),
+                message: format!(
+                    "gives a variant {smallest} of the {recipients} recipients, fewer than min_per_variant ({})",
+                    test.min_per_variant
+                ),
+            });
+        }
+        if rest == 0 {
+            return Some(Problem {
+                field: "ab_test.test_fraction".into(),
+                message: format!("leaves none of the {recipients} recipients for the winner"),
+            });
+        }
+        None
+    }
+
+    /// The document as variant `index` sends it: the campaign with the variant's subject,
+    /// bodies and sender in place of its own. `None` without such a variant.
+    pub fn variant_document(&self, index: usize) -> Option<CampaignDocument> {
+        let variant = self.variants.get(index)?;
+        let mut document = self.without_recipients();
+        if let Some(subject) = &variant.subject {
+            document.templates.subject = subject.clone();
+        }
+        if let Some(html) = &variant.html {
+            document.templates.html = Some(html.clone());
+        }
+        if let Some(text) = &variant.text {
+            document.templates.text = Some(text.clone());
+        }
+        if let Some(from) = &variant.from {
+            document.from = from.clone();
+        }
+        Some(document)
     }
 
     /// Checks what depends on the moment a campaign is created: its `scheduled_at` lies in the

@@ -4,6 +4,7 @@
 //! Nothing here performs I/O: readers are handed in, so the same code validates a file, an
 //! HTTP body or a test string.
 
+pub mod ab;
 pub mod address;
 pub mod document;
 pub mod id;
@@ -16,8 +17,9 @@ pub mod timestamp;
 
 pub use address::{AddressError, EmailAddress, Mailbox};
 pub use document::{
-    CampaignDocument, Limits, ListId, NamedListId, Problem, RetryPolicy, Templates,
-    TrackingOptions, UndefinedVariables, ValidationError,
+    AbMetric, AbTest, CampaignDocument, Limits, ListId, NamedListId, Problem, RetryPolicy,
+    Templates, TrackingOptions, UndefinedVariables, ValidationError, Variant, ab_slice,
+    parse_decide_after,
 };
 pub use id::{CampaignId, RecipientId};
 pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};

@@ -25,7 +25,8 @@ pub use dkim::{
 };
 pub use mime::{BuildError, BuildOptions, recipient_of_message_id};
 pub use new_campaign::{
-    NewCampaignError, check_new_campaign, template_problem, unknown_variable_problems,
+    NewCampaignError, check_new_campaign, compile_variants, template_problem,
+    unknown_variable_problems,
 };
 pub use outgoing::{Envelope, EnvelopeError, OutgoingMessage};
 pub use template::{

@@ -133,6 +133,10 @@ fn build(
             &format!("{}:{sender}", message.campaign_id),
         );
     }
+    if let Some(variant) = &campaign.variant_header {
+        // Variant names are validated as letters, digits, `-` and `_`: safe as they are.
+        header(&mut out, "X-Campaign-Variant", variant);
+    }
     let _ = write!(
         out,
         "X-Campaign-ID: {}\r\nX-Recipient-ID: {}\r\nMIME-Version: 1.0\r\n",

@@ -208,6 +208,9 @@ pub struct CompiledCampaign {
     /// when they can read any (through the `recipient` variable). Only these are converted
     /// to template values per recipient: a CSV export's other columns cost nothing.
     used_fields: Option<HashSet<String>>,
+    /// The `X-Campaign-Variant` header's value: the A/B variant these templates are, when the
+    /// campaign asks for the header (`ab_test.variant_header`).
+    pub(crate) variant_header: Option<String>,
 }
 
 impl CompiledCampaign {
@@ -323,7 +326,26 @@ impl CompiledCampaign {
             unsubscribe_mailto: doc.unsubscribe_mailto.clone(),
             feedback_id: doc.feedback_id.clone(),
             used_fields,
+            variant_header: None,
         })
+    }
+
+    /// Compiles A/B variant `index` of the campaign (its templates and sender in place of the
+    /// campaign's), with the `X-Campaign-Variant` header when the campaign asks for it. A
+    /// template error names the variant's field (`variants[1].subject`) in its message.
+    pub fn compile_variant(
+        doc: &CampaignDocument,
+        index: usize,
+        settings: &MessageSettings,
+    ) -> Result<CompiledCampaign, TemplateError> {
+        let Some(variant_doc) = doc.variant_document(index) else {
+            return CompiledCampaign::compile(doc, settings);
+        };
+        let mut compiled = CompiledCampaign::compile(&variant_doc, settings)?;
+        if doc.ab_test.as_ref().is_some_and(|test| test.variant_header) {
+            compiled.variant_header = Some(doc.variants[index].name.clone());
+        }
+        Ok(compiled)
     }
 
     /// How many links of the HTML template are click-tracked: the caller signs one redirect

@@ -227,3 +227,52 @@ fn the_default_list_id_is_derived_from_the_sender() {
     );
     assert_eq!(parsed.header_raw("Feedback-ID"), None);
 }
+
+#[test]
+fn a_variant_sends_its_own_subject_and_sender_and_names_itself_only_when_asked() {
+    let mut value = json!({
+        "name": "A/B",
+        "from": { "email": "news@shop.example", "name": "Shop" },
+        "templates": { "subject": "Base {{ first_name }}", "html": "<p>Base</p>", "text": "Base" },
+        "variants": [
+            { "name": "A" },
+            { "name": "B-2", "subject": "Other {{ first_name }}", "from": { "email": "editor@shop.example" } }
+        ],
+        "ab_test": { "test_fraction": 0.2, "metric": "opens", "decide_after": "4h" }
+    });
+    let reader = recipient(json!({"email": "reader@shop.example", "first_name": "Ann"}));
+    let build_variant = |doc: &campaign::CampaignDocument, index: usize| {
+        let compiled =
+            CompiledCampaign::compile_variant(doc, index, &MessageSettings::default()).unwrap();
+        let rendered = compiled.render(&reader, &context(7)).unwrap();
+        let bytes = compiled.build(&rendered, &options()).unwrap().content;
+        let parsed = MessageParser::default().parse(&bytes[..]).unwrap();
+        (
+            parsed.subject().unwrap().to_string(),
+            parsed
+                .from()
+                .unwrap()
+                .first()
+                .unwrap()
+                .address()
+                .unwrap()
+                .to_string(),
+            parsed
+                .header_raw("X-Campaign-Variant")
+                .map(|v| v.trim().to_string()),
+        )
+    };
+    let doc = document(value.clone());
+    assert_eq!(
+        build_variant(&doc, 0),
+        ("Base Ann".into(), "news@shop.example".into(), None),
+        "a variant keeps what it does not name; no header by default"
+    );
+    assert_eq!(
+        build_variant(&doc, 1),
+        ("Other Ann".into(), "editor@shop.example".into(), None)
+    );
+    value["ab_test"]["variant_header"] = json!(true);
+    let doc = document(value);
+    assert_eq!(build_variant(&doc, 1).2.as_deref(), Some("B-2"));
+}

@@ -39,8 +39,11 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// The transport as the metrics' `transport` label (`smtp`, `outbox`).
     pub transport_label: &'static str,
-    compiled: Mutex<HashMap<CampaignId, Arc<message::CompiledCampaign>>>,
+    compiled: Mutex<CompiledCache>,
 }
+
+/// Compiled templates per campaign and A/B variant (`None`: the campaign's own).
+type CompiledCache = HashMap<(CampaignId, Option<u8>), Arc<message::CompiledCampaign>>;
 
 impl Shared {
     pub fn new(services: Services, in_flight: usize, stats: Arc<Stats>) -> Shared {
@@ -56,28 +59,33 @@ impl Shared {
         }
     }
 
+    /// The campaign's templates compiled, those of A/B variant `variant` when given.
     fn compiled(
         &self,
         record: &CampaignRecord,
+        variant: Option<u8>,
     ) -> Result<Arc<message::CompiledCampaign>, message::TemplateError> {
-        if let Some(found) = self.lock_cache().get(&record.id) {
+        if let Some(found) = self.lock_cache().get(&(record.id, variant)) {
             return Ok(found.clone());
         }
-        let compiled = Arc::new(message::CompiledCampaign::compile(
-            &record.document,
-            &self.services.message_settings,
-        )?);
+        let settings = &self.services.message_settings;
+        let compiled = Arc::new(match variant {
+            Some(index) => message::CompiledCampaign::compile_variant(
+                &record.document,
+                usize::from(index),
+                settings,
+            )?,
+            None => message::CompiledCampaign::compile(&record.document, settings)?,
+        });
         let mut cache = self.lock_cache();
         if cache.len() >= COMPILED_CACHE {
             cache.clear();
         }
-        cache.insert(record.id, compiled.clone());
+        cache.insert((record.id, variant), compiled.clone());
         Ok(compiled)
     }
 
-    fn lock_cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<CampaignId, Arc<message::CompiledCampaign>>> {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, CompiledCache> {
         // A panic while holding the lock cannot leave the map half-written; keep using it.
         self.compiled
             .lock()
@@ -146,6 +154,9 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
     let Some(record) = store.get_campaign(id).await? else {
         return Ok(json!({"skipped": "the campaign does not exist"}));
     };
+    if job.ab_rest {
+        return split_ab_rest(shared, &record).await;
+    }
     let sending = CampaignStatus::Sending;
     match record.status {
         status if status.check(sending, CampaignAction::Start).is_ok() => {
@@ -156,11 +167,6 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
         CampaignStatus::Sending => {}
         other => return Ok(json!({"skipped": format!("the campaign is {other}")})),
     }
-    let batch_size = record
-        .document
-        .batch_size
-        .min(shared.services.max_batch_size)
-        .max(1);
     // Before any batch exists, so no batch can send someone ahead of their local time.
     let first_release = match &record.document.local_send_time {
         Some(local) if record.send_pass == 0 => {
@@ -168,8 +174,37 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
         }
         _ => None,
     };
-    let ranges = store.batch_ranges(id, batch_size).await?;
-    let batches = ranges.len();
+    // Before any batch exists, so no batch can send a held recipient.
+    if record.send_pass == 0 {
+        start_ab_test(shared, &record).await?;
+    }
+    let batches = create_batches(shared, &record, false, first_release).await?;
+    if batches == 0 && store.finish_if_done(id).await?.is_some() {
+        crate::record_campaign_ended(store, id).await?;
+    }
+    Ok(json!({"batches": batches, "batch_size": batch_size(shared, &record)}))
+}
+
+/// The campaign's batch size, capped by MAX_BATCH_SIZE.
+fn batch_size(shared: &Shared, record: &CampaignRecord) -> u32 {
+    record
+        .document
+        .batch_size
+        .min(shared.services.max_batch_size)
+        .max(1)
+}
+
+/// Creates one batch task per id range of the campaign (the rest's own chain for
+/// `ab_rest`), each under its idempotency key. Returns how many ranges there are.
+async fn create_batches(
+    shared: &Shared,
+    record: &CampaignRecord,
+    ab_rest: bool,
+    run_after: Option<OffsetDateTime>,
+) -> Result<usize, ProcessorError> {
+    let id = record.id;
+    let batch_size = batch_size(shared, record);
+    let ranges = shared.services.store.batch_ranges(id, batch_size).await?;
     for chunk in ranges.chunks(SPLIT_CHUNK) {
         let tasks = chunk
             .iter()
@@ -181,18 +216,67 @@ pub(crate) async fn split(shared: &Shared, job: SendCampaign) -> Result<Value, P
                         last: range.last,
                         round: 0,
                         pass: record.send_pass,
+                        ab_rest,
                     },
-                    first_release,
+                    run_after,
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
         shared.services.tasks.create_many(tasks).await?;
     }
-    if batches == 0 && store.finish_if_done(id).await?.is_some() {
-        crate::record_campaign_ended(store, id).await?;
+    tracing::info!(campaign = %id, recipients = record.recipient_count, batches = ranges.len(), batch_size, ab_rest, "campaign split into batches");
+    Ok(ranges.len())
+}
+
+/// Starts an A/B test's first send: the test slice (drawn reproducibly from the campaign id)
+/// gets its variants and the rest is held back, with the decision due `decide_after` from
+/// now on the processor's clock. Nothing happens for a campaign without a test, or when a
+/// split run again finds the test started.
+async fn start_ab_test(shared: &Shared, record: &CampaignRecord) -> Result<(), ProcessorError> {
+    let Some(test) = &record.document.ab_test else {
+        return Ok(());
+    };
+    if record.ab.is_some() {
+        return Ok(());
     }
-    tracing::info!(campaign = %id, recipients = record.recipient_count, batches, batch_size, "campaign split into batches");
-    Ok(json!({"batches": batches, "batch_size": batch_size}))
+    let store = shared.services.store.as_ref();
+    let decide_after = campaign::parse_decide_after(&test.decide_after)
+        .map_err(|err| ProcessorError::Payload(format!("ab_test.decide_after: {err}")))?;
+    let ids = store.recipient_ids(record.id).await?;
+    let slice = campaign::ab::choose_slice(
+        record.id,
+        &ids,
+        test.test_fraction,
+        record.document.variants.len(),
+    );
+    let decide_at = shared.services.clock.now() + decide_after;
+    if store.start_ab_test(record.id, &slice, decide_at).await? {
+        tracing::info!(campaign = %record.id, slice = slice.len(), held = ids.len() - slice.len(), %decide_at, "A/B test started");
+    }
+    Ok(())
+}
+
+/// After an A/B test's decision: the rest of the list, released to the winner, gets batches
+/// of its own (a paused campaign's wait in their chains until it resumes).
+async fn split_ab_rest(shared: &Shared, record: &CampaignRecord) -> Result<Value, ProcessorError> {
+    let store = shared.services.store.as_ref();
+    let decided = record
+        .ab
+        .as_ref()
+        .is_some_and(|ab| ab.phase != store::AbPhase::Testing);
+    if !decided
+        || !matches!(
+            record.status,
+            CampaignStatus::Sending | CampaignStatus::Paused
+        )
+    {
+        return Ok(
+            json!({"skipped": format!("the campaign is {} and its A/B test not decided", record.status)}),
+        );
+    }
+    let batches = create_batches(shared, record, true, None).await?;
+    store.ab_rest_split(record.id).await?;
+    Ok(json!({"batches": batches, "ab_rest": true}))
 }
 
 /// Gives each time zone's pending recipients their release time: the first moment at or after
@@ -306,7 +390,6 @@ pub(crate) async fn deliver(
         return Ok(json!({"skipped": format!("the campaign is {}", record.status)}));
     }
     let started = Instant::now();
-    let compiled = shared.compiled(&record);
     // Receivers credit only a signature aligned with the From domain: a campaign sending
     // from a domain the key does not cover goes out unsigned, counted and logged.
     let from_domain = record.document.from.email.domain();
@@ -320,7 +403,7 @@ pub(crate) async fn deliver(
     let policy = record.document.retry.clone();
     let max_rate = record.document.max_rate;
     let due = store
-        .due_recipients(id, batch.range(), services.clock.now())
+        .due_recipients(id, batch.range(), batch.group(), services.clock.now())
         .await?;
     let keys: Vec<String> = due.iter().map(|r| r.recipient.email.key()).collect();
     let suppressed = store.suppressed_among(&keys).await?;
@@ -352,6 +435,7 @@ pub(crate) async fn deliver(
             () = stop.cancelled() => { halt = Some(halted(lease_lost)); break; }
         };
         let slot_taken = Instant::now();
+        let compiled = shared.compiled(&record, recipient.variant);
         let message = match &compiled {
             // A panic while building one message fails that recipient only.
             Ok(compiled) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -493,7 +577,10 @@ pub(crate) async fn deliver(
             Some(run_after)
         }
         Some(Halt::Campaign(_)) => None,
-        None | Some(Halt::Shutdown) => match store.next_due_in_range(id, batch.range()).await? {
+        None | Some(Halt::Shutdown) => match store
+            .next_due_in_range(id, batch.range(), batch.group())
+            .await?
+        {
             Some(due_at) => {
                 let next = batch.follow_up();
                 let run_after = due_at.max(services.clock.now());
@@ -617,7 +704,9 @@ pub(crate) async fn abandon(
     // Past any deferred recipient's retry time (a backoff is at most u32::MAX seconds). The
     // system clock, not the services' one: this must work whatever made the task fail.
     let horizon = OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(u32::MAX) + 1);
-    let left = store.due_recipients(id, batch.range(), horizon).await?;
+    let left = store
+        .due_recipients(id, batch.range(), batch.group(), horizon)
+        .await?;
     let reason = format!("not delivered: its batch task failed on its last attempt ({error})");
     for recipient in &left {
         let kind = OutcomeKind::Failed {
@@ -717,7 +806,8 @@ fn build(
     recipient: &StoredRecipient,
 ) -> Result<delivery::OutgoingMessage, String> {
     let links = &services.links;
-    let tracked = links.tracked_recipient(compiled.aggregate_only(), recipient.id);
+    let tracked =
+        links.tracked_recipient(compiled.aggregate_only(), recipient.id, recipient.variant);
     let context = message::RecipientContext {
         campaign_id,
         recipient_id: recipient.id,

@@ -3,7 +3,7 @@
 
 use campaign::{CampaignId, RecipientId};
 use serde::{Deserialize, Serialize};
-use store::RecipientRange;
+use store::{RecipientRange, SendGroup};
 
 pub use campaign::submission::{
     SUBMIT_CAMPAIGN, SUBMIT_CAMPAIGN_MAX_RECIPIENTS, SUBMIT_CAMPAIGN_VERSION, SubmitCampaign,
@@ -29,6 +29,10 @@ pub struct SendBatch {
     /// `retry-failed`, whose batches must not find the first pass's finished tasks.
     #[serde(default)]
     pub pass: u32,
+    /// A batch of the rest of an A/B test's list, released to the winner: it sends only
+    /// those recipients, beside the range's own chain (which sends only the test slice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ab_rest: bool,
 }
 
 impl SendBatch {
@@ -39,11 +43,25 @@ impl SendBatch {
         }
     }
 
+    /// Which of the range's recipients this batch sends.
+    pub fn group(&self) -> SendGroup {
+        if self.ab_rest {
+            SendGroup::AbRest
+        } else {
+            SendGroup::Campaign
+        }
+    }
+
     /// One key per range and round, whatever run of the campaign created it: a split repeated
     /// after a crash, or a second split of the same campaign, finds the tasks that exist, so
     /// one range never has two task chains (which could send to a recipient twice).
     pub fn idempotency_key(&self) -> String {
-        if self.pass == 0 {
+        if self.ab_rest {
+            format!(
+                "{SEND_BATCH}:{}:{}:{}:ab-rest",
+                self.campaign_id, self.first, self.round
+            )
+        } else if self.pass == 0 {
             format!(
                 "{SEND_BATCH}:{}:{}:{}",
                 self.campaign_id, self.first, self.round

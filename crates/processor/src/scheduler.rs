@@ -16,9 +16,17 @@
 //! creating its task leaves it `queued` with no task. Every full check re-creates the task of
 //! campaigns queued more than [`SchedulerConfig::repair_after`] ago through
 //! [`enqueue_campaign`] (same idempotency key: a campaign that has its task keeps it).
+//!
+//! **A/B tests.** Each check also decides the tests whose `decide_after` has passed on the
+//! processor's clock (`now`), through the campaign service: one conditional update from
+//! phase `testing` decides and releases the rest to the winner, so of any number of replicas
+//! one decides, and only it creates the rest's `send_campaign` task. A crash in between
+//! leaves the campaign `decided` without that task; every full check re-creates it (same
+//! key) for campaigns decided more than `repair_after` ago.
 
 use crate::{ProcessorError, enqueue_campaign};
 use campaign::CampaignId;
+use service::{AbChoice, CampaignService};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::CampaignStore;
@@ -60,6 +68,10 @@ pub struct CheckReport {
     pub enqueued: Vec<EnqueuedCampaign>,
     /// Campaigns found `queued` without progress whose task was re-created (or found).
     pub repaired: usize,
+    /// A/B tests this replica decided: the campaign and its winning variant.
+    pub decided: Vec<(CampaignId, String)>,
+    /// Decided A/B tests whose rest's task was re-created (or found).
+    pub ab_repaired: usize,
     /// Whether this was a full check (interval) rather than a timer wake-up.
     pub full: bool,
     /// The nearest `scheduled_at` still waiting, after this check.
@@ -197,8 +209,10 @@ impl Scheduler {
         if full || next_due.is_some_and(|at| at <= now) {
             self.queue_due(now, &mut report).await?;
         }
+        report.decided = self.decide_ab_tests(now).await?;
         if full {
             report.repaired = self.repair(now).await?;
+            report.ab_repaired = self.repair_ab_tests(now).await?;
         }
         report.next_due = self.store.next_scheduled_at().await?;
         Ok(report)
@@ -235,6 +249,45 @@ impl Scheduler {
                 return Ok(());
             }
         }
+    }
+
+    /// Decides the A/B tests due by `now` of campaigns that are sending (a paused one waits
+    /// for its resume).
+    async fn decide_ab_tests(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(CampaignId, String)>, ProcessorError> {
+        let due = self
+            .store
+            .due_ab_decisions(
+                now,
+                &[campaign::CampaignStatus::Sending],
+                self.config.claim_limit,
+            )
+            .await?;
+        let service = CampaignService::new(self.store.as_ref(), self.tasks.as_ref());
+        let mut decided = Vec::new();
+        for id in due {
+            if let Some(outcome) = service.decide_ab_test(id, AbChoice::ByResults, now).await?
+                && outcome.decided_now
+            {
+                decided.push((id, outcome.winner));
+            }
+        }
+        Ok(decided)
+    }
+
+    /// Re-creates (idempotently) the rest's task of tests decided before `repair_after`.
+    async fn repair_ab_tests(&self, now: OffsetDateTime) -> Result<usize, ProcessorError> {
+        let stuck = self
+            .store
+            .ab_decided_before(now - self.config.repair_after, self.config.claim_limit)
+            .await?;
+        let service = CampaignService::new(self.store.as_ref(), self.tasks.as_ref());
+        for &id in &stuck {
+            service.create_ab_rest_task(id).await?;
+        }
+        Ok(stuck.len())
     }
 
     async fn repair(&self, now: OffsetDateTime) -> Result<usize, ProcessorError> {

@@ -25,11 +25,19 @@ pub struct SendCampaign {
     /// carries it; the worker reads the stored campaign, this is for operators and tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document: Option<CampaignDocument>,
+    /// An A/B test's decision was made: split the rest of the list, released to the winner,
+    /// into batches of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ab_rest: bool,
 }
 
 impl SendCampaign {
     pub fn idempotency_key(&self) -> String {
-        format!("{SEND_CAMPAIGN}:{}:{}", self.campaign_id, self.epoch)
+        if self.ab_rest {
+            format!("{SEND_CAMPAIGN}:{}:ab-rest", self.campaign_id)
+        } else {
+            format!("{SEND_CAMPAIGN}:{}:{}", self.campaign_id, self.epoch)
+        }
     }
 }
 
@@ -57,6 +65,7 @@ impl CampaignService<'_> {
     /// checked against the schedule rule ([`campaign::timestamp::check_schedule`]).
     pub async fn schedule(&self, id: CampaignId, at: OffsetDateTime) -> Result<(), CampaignError> {
         let campaign = self.find(id).await?;
+        check_ab_slice(&campaign)?;
         if !self.store.schedule_campaign(id, Some(at)).await? {
             let current = self.status(id).await?;
             return Err(refused(
@@ -90,6 +99,13 @@ impl CampaignService<'_> {
     /// gets the task it already has.
     pub async fn send(&self, id: CampaignId) -> Result<(CampaignRecord, Task), CampaignError> {
         let to = CampaignStatus::Queued;
+        let before = self.find(id).await?;
+        if matches!(
+            before.status,
+            CampaignStatus::Draft | CampaignStatus::Scheduled
+        ) {
+            check_ab_slice(&before)?;
+        }
         let moved = self
             .store
             .transition_campaign(id, &CampaignStatus::sources(to, CampaignAction::Send), to)
@@ -252,16 +268,40 @@ impl CampaignService<'_> {
             campaign_id: record.id,
             epoch,
             document: Some(record.document.clone()),
+            ab_rest: false,
         };
+        self.create_split_task(&payload, key_suffix).await
+    }
+
+    /// Creates a `send_campaign` task with `payload`, ahead of batch tasks (priority 10),
+    /// under its idempotency key (with `key_suffix`).
+    pub(crate) async fn create_split_task(
+        &self,
+        payload: &SendCampaign,
+        key_suffix: &str,
+    ) -> Result<Task, CampaignError> {
         let mut task = NewTask::new(
             SEND_CAMPAIGN,
-            serde_json::to_value(&payload).map_err(|err| {
+            serde_json::to_value(payload).map_err(|err| {
                 CampaignError::Internal(format!("a send_campaign payload: {err}"))
             })?,
         );
         task.idempotency_key = Some(format!("{}{key_suffix}", payload.idempotency_key()));
         task.priority = 10;
         Ok(self.tasks.create(task).await?)
+    }
+}
+
+/// An A/B test's slice must give every variant `min_per_variant` recipients and leave some
+/// for the winner: checked when the recipients are known and the campaign is sent or
+/// scheduled (422 naming `ab_test.test_fraction`).
+fn check_ab_slice(record: &CampaignRecord) -> Result<(), CampaignError> {
+    match record
+        .document
+        .ab_slice_problem(u64::try_from(record.recipient_count).unwrap_or(0))
+    {
+        Some(problem) => Err(CampaignError::invalid(vec![problem])),
+        None => Ok(()),
     }
 }
 

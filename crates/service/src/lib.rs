@@ -12,10 +12,12 @@
 //!
 //! Every failure is one [`CampaignError`]; the API maps it to problem+json in one place.
 
+pub mod ab;
 pub mod control;
 pub mod new_campaign;
 pub mod test_send;
 
+pub use ab::{AbChoice, AbDecided};
 pub use control::{RetryFailed, SEND_CAMPAIGN, SendCampaign, record_campaign_ended};
 pub use new_campaign::{
     check_new_campaign, check_recipient_count, check_variables, read_new_campaign,
@@ -47,6 +49,23 @@ pub enum CampaignError {
         id: CampaignId,
         refusal: TransitionRefused,
     },
+    /// An A/B test was asked of a campaign without one.
+    #[error("campaign {0} has no A/B test (its document has no `ab_test`)")]
+    NotAnAbTest(CampaignId),
+    /// The A/B test has not started (the campaign was not sent yet), or the campaign is in a
+    /// state that cannot be decided (cancelled, finished).
+    #[error(
+        "campaign {id} is {status}: its A/B test can be decided only while its test slice is sending (sending or paused)"
+    )]
+    AbNotStarted {
+        id: CampaignId,
+        status: CampaignStatus,
+    },
+    /// A winner was already chosen: the rest of the list goes to it.
+    #[error(
+        "campaign {id}'s A/B test is already decided: variant {winner:?} won and the rest of the list goes to it"
+    )]
+    AbDecided { id: CampaignId, winner: String },
     /// A finished campaign whose failed recipients are all suppressed (or that has none).
     #[error(
         "campaign {0} cannot retry its failed recipients: it has no failed recipient that may be retried (suppressed addresses are never retried)"

@@ -133,6 +133,9 @@ pub struct CampaignRecord {
     /// 0 for the first send; each `retry-failed` starts the next pass (part of batch keys).
     #[serde(skip)]
     pub send_pass: u32,
+    /// The A/B test's state once it has started (the API shows it in its own words).
+    #[serde(skip)]
+    pub ab: Option<crate::AbState>,
 }
 
 /// The campaign processor starts a campaign within about a second of its `scheduled_at`; a
@@ -187,6 +190,8 @@ pub struct StoredRecipient {
     pub status: DeliveryStatus,
     /// Delivery attempts made so far.
     pub attempts: u32,
+    /// The A/B variant (index into the document's variants) this recipient gets.
+    pub variant: Option<u8>,
 }
 
 /// The status a new campaign starts in: scheduled when the document names a time.

@@ -42,20 +42,25 @@ pub trait DeliveryRepository: Send + Sync {
     /// The recipients of a range that are due: pending, or deferred with their retry time
     /// reached. Sent, failed, suppressed and cancelled recipients are never returned, which
     /// is what makes a retried batch skip everyone already delivered.
+    /// Only recipients of `group` count: an A/B test's held recipients are never due, and
+    /// those released to the winner are its batches' alone.
     async fn due_recipients(
         &self,
         id: CampaignId,
         range: RecipientRange,
+        group: SendGroup,
         now: OffsetDateTime,
     ) -> Result<Vec<StoredRecipient>, StoreError>;
 
     /// Whether anyone in the range still needs sending: `None` when every recipient is final,
     /// else the earliest time one is due (a pending recipient is due at once: its time is
     /// the Unix epoch; a deferred one at its retry time).
+    /// Only recipients of `group` count (held ones never do).
     async fn next_due_in_range(
         &self,
         id: CampaignId,
         range: RecipientRange,
+        group: SendGroup,
     ) -> Result<Option<OffsetDateTime>, StoreError>;
 
     /// With a local send time: the time zones of the campaign's pending recipients that have
@@ -163,6 +168,27 @@ pub struct RateWait {
     pub until: OffsetDateTime,
 }
 
+/// Which recipients a batch sends: each range of an A/B test has up to two task chains, the
+/// campaign's and, after the decision, the winner's, over disjoint recipients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SendGroup {
+    /// Every recipient of a campaign without a test; the test slice of one with a test.
+    #[default]
+    Campaign,
+    /// The rest of an A/B test's list, released to the winner by the decision.
+    AbRest,
+}
+
+impl SendGroup {
+    /// The recipients' `ab_hold` value of the group (1, held back, is nobody's).
+    pub fn hold(self) -> i32 {
+        match self {
+            SendGroup::Campaign => 0,
+            SendGroup::AbRest => 2,
+        }
+    }
+}
+
 /// A contiguous range of recipient ids within one campaign (both ends included). Ids of other
 /// campaigns inside the range are excluded by the campaign filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -186,6 +212,10 @@ pub struct DeliveryRecord {
     pub next_attempt_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub sent_at: Option<OffsetDateTime>,
+    /// With an A/B test: the index (in the document's `variants`) of the variant this
+    /// recipient was sent or will be sent; absent while held back for the winner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<u8>,
 }
 
 /// What happened to one recipient's message.

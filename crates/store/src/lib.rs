@@ -13,6 +13,7 @@
 //! behaviour cannot drift apart, and one contract suite (tests/contract) runs against both.
 //! [`Database`] opens the connection pool that the store and the task repository share.
 
+pub mod ab_tests;
 pub mod admin;
 pub mod campaigns;
 pub mod database;
@@ -26,6 +27,7 @@ pub mod suppressions;
 pub mod tracking;
 pub mod webhooks;
 
+pub use ab_tests::{AbPhase, AbState, AbTestRepository, VariantCounts};
 pub use admin::{
     AdminRepository, ApiKeyRecord, IdempotencyReservation, QuotaWindow, TestSendRecord,
     TestSendReservation, quota_verdict,
@@ -37,7 +39,7 @@ pub use campaigns::{
 pub use database::{Database, WAL_TRUNCATE_BYTES};
 pub use deliveries::{
     DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
-    RecipientRange, Requeued, ZoneRelease,
+    RecipientRange, Requeued, SendGroup, ZoneRelease,
 };
 pub use import::{
     Duplicate, ImportReport, RecipientStream, UnrecognisedTimeZone, recipient_stream,
@@ -59,7 +61,7 @@ use std::sync::Arc;
 /// (`Arc<dyn CampaignStore>` and `S: CampaignStore` reach them without imports).
 pub mod prelude {
     pub use crate::{
-        AdminRepository, CampaignRepository, CampaignStore, DeliveryRepository,
+        AbTestRepository, AdminRepository, CampaignRepository, CampaignStore, DeliveryRepository,
         SuppressionRepository, TrackingRepository, WebhookOutbox,
     };
 }
@@ -126,6 +128,7 @@ pub trait CampaignStore:
     + TrackingRepository
     + WebhookOutbox
     + AdminRepository
+    + AbTestRepository
 {
     /// "sqlite" or "postgres", for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -112,6 +112,10 @@ pub struct TrackingEvent {
     pub detail: Option<String>,
     /// A keyed hash of the client's IP address; the address itself is never stored.
     pub ip_hash: Option<String>,
+    /// The A/B variant an anonymous event's link named (aggregate-only tracking); events
+    /// that name their recipient take the recipient's variant from its row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<u8>,
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
 }

@@ -15,7 +15,7 @@ use store::{CampaignStore, StoreError, TrackingEvent, TrackingEventKind};
 use time::OffsetDateTime;
 
 use crate::recorder::TrackingEventRecorder;
-use crate::token::{ANONYMOUS_RECIPIENT, Purpose, TokenClaims, TokenError, TokenKeys};
+use crate::token::{Purpose, TokenClaims, TokenError, TokenKeys};
 
 /// Why an engagement request is refused.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,14 @@ pub struct Engagement {
     keys: TokenKeys,
     events: TrackingEventRecorder,
     webhooks: webhooks::EventSink,
-    click_targets: Arc<Mutex<HashMap<CampaignId, Arc<[String]>>>>,
+    click_targets: Arc<Mutex<HashMap<CampaignId, Arc<ClickTargets>>>>,
+}
+
+/// A campaign's tracked link URLs: its HTML template's, and those of each A/B variant that
+/// has an HTML template of its own (`None`: the variant keeps the campaign's).
+struct ClickTargets {
+    campaign: Arc<[String]>,
+    variants: Vec<Option<Arc<[String]>>>,
 }
 
 /// Campaigns whose click targets are kept in memory; beyond it the cache starts over.
@@ -91,6 +98,28 @@ impl Engagement {
             .verify_click(token)
             .map_err(|_| EngagementError::UnknownLink)?;
         let targets = self.click_targets(claims.campaign_id).await?;
+        let targets = if targets.variants.iter().any(Option::is_some) {
+            // The link index is into the HTML the recipient's variant was sent.
+            let variant = match claims.named_recipient() {
+                Some(recipient) => self
+                    .store
+                    .get_recipient(claims.campaign_id, recipient)
+                    .await?
+                    .and_then(|recipient| recipient.variant),
+                None => claims.anonymous_variant(),
+            };
+            variant
+                .and_then(|variant| {
+                    targets
+                        .variants
+                        .get(usize::from(variant))
+                        .cloned()
+                        .flatten()
+                })
+                .unwrap_or_else(|| targets.campaign.clone())
+        } else {
+            targets.campaign.clone()
+        };
         let target = targets
             .get(usize::from(link_index))
             .ok_or(EngagementError::UnknownLink)?
@@ -193,8 +222,8 @@ impl Engagement {
         TrackingEvent {
             campaign_id: claims.campaign_id,
             // Aggregate-only links name no recipient, and their events store none.
-            recipient_id: (claims.recipient_id != ANONYMOUS_RECIPIENT)
-                .then_some(claims.recipient_id),
+            recipient_id: claims.named_recipient(),
+            variant: claims.anonymous_variant(),
             kind,
             link_index,
             detail: None,
@@ -209,7 +238,7 @@ impl Engagement {
     async fn click_targets(
         &self,
         campaign_id: CampaignId,
-    ) -> Result<Arc<[String]>, EngagementError> {
+    ) -> Result<Arc<ClickTargets>, EngagementError> {
         if let Some(targets) = self.lock_targets().get(&campaign_id) {
             return Ok(targets.clone());
         }
@@ -219,10 +248,20 @@ impl Engagement {
             .await?
             .ok_or(EngagementError::UnknownLink)?;
         let document = &record.document;
-        let targets: Arc<[String]> = match (&document.templates.html, document.tracking.clicks) {
-            (Some(html), true) => message::tracked_links(html).into(),
-            _ => Arc::new([]),
+        let links_of = |html: Option<&String>| -> Arc<[String]> {
+            match (html, document.tracking.clicks) {
+                (Some(html), true) => message::tracked_links(html).into(),
+                _ => Arc::new([]),
+            }
         };
+        let targets = Arc::new(ClickTargets {
+            campaign: links_of(document.templates.html.as_ref()),
+            variants: document
+                .variants
+                .iter()
+                .map(|variant| variant.html.as_ref().map(|html| links_of(Some(html))))
+                .collect(),
+        });
         let mut cache = self.lock_targets();
         if cache.len() >= CLICK_TARGET_CAMPAIGNS {
             cache.clear();
@@ -231,7 +270,7 @@ impl Engagement {
         Ok(targets)
     }
 
-    fn lock_targets(&self) -> MutexGuard<'_, HashMap<CampaignId, Arc<[String]>>> {
+    fn lock_targets(&self) -> MutexGuard<'_, HashMap<CampaignId, Arc<ClickTargets>>> {
         // The map holds no invariant a panicking holder could break.
         self.click_targets
             .lock()

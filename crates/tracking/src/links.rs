@@ -1,7 +1,9 @@
 //! The public links a message carries, signed per recipient.
 
 use crate::feedback::verp_address;
-use crate::token::{ANONYMOUS_RECIPIENT, Purpose, TokenKeys, unsubscribe_url};
+use crate::token::{
+    ANONYMOUS_RECIPIENT, Purpose, TokenKeys, anonymous_in_variant, unsubscribe_url,
+};
 use campaign::{CampaignId, RecipientId};
 
 /// Builds recipients' links under PUBLIC_BASE_URL with their signed tokens.
@@ -36,14 +38,17 @@ impl Links {
 
     /// The recipient id open and click links name: the recipient's own, or
     /// [`ANONYMOUS_RECIPIENT`] when the campaign or the service tracks aggregate-only.
+    /// An anonymous link of an A/B test's message names its `variant` instead
+    /// ([`anonymous_in_variant`]), so per-variant counts need no recipient.
     /// (Unsubscribe links always name the recipient: they must suppress the address.)
     pub fn tracked_recipient(
         &self,
         campaign_aggregate_only: bool,
         recipient_id: RecipientId,
+        variant: Option<u8>,
     ) -> RecipientId {
         if campaign_aggregate_only || self.aggregate_only {
-            ANONYMOUS_RECIPIENT
+            variant.map_or(ANONYMOUS_RECIPIENT, anonymous_in_variant)
         } else {
             recipient_id
         }
@@ -137,10 +142,26 @@ mod tests {
         assert_eq!(keys.verify_click(token).unwrap().1, 2);
 
         let five = RecipientId::new(5);
-        assert_eq!(links.tracked_recipient(false, five), five);
-        assert_eq!(links.tracked_recipient(true, five), ANONYMOUS_RECIPIENT);
+        assert_eq!(links.tracked_recipient(false, five, None), five);
+        assert_eq!(links.tracked_recipient(false, five, Some(1)), five);
+        assert_eq!(
+            links.tracked_recipient(true, five, None),
+            ANONYMOUS_RECIPIENT
+        );
         let private = links.with_aggregate_only(true);
-        assert_eq!(private.tracked_recipient(false, five), ANONYMOUS_RECIPIENT);
+        assert_eq!(
+            private.tracked_recipient(false, five, None),
+            ANONYMOUS_RECIPIENT
+        );
+        // An A/B variant's anonymous link names the variant, and nobody.
+        let variant_pixel =
+            private.open_pixel(campaign, private.tracked_recipient(false, five, Some(2)));
+        let token = variant_pixel
+            .strip_prefix("https://mail.example.com/t/o/")
+            .unwrap();
+        let claims = keys.verify(Purpose::Open, token).unwrap();
+        assert_eq!(claims.named_recipient(), None);
+        assert_eq!(claims.anonymous_variant(), Some(2));
     }
 
     #[test]

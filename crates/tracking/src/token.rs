@@ -281,6 +281,29 @@ fn keyed(secret: &[u8]) -> Result<HmacSha256, TokenError> {
 /// a recipient.
 pub const ANONYMOUS_RECIPIENT: RecipientId = RecipientId::new(0);
 
+/// The recipient id of an aggregate-only link of A/B variant `variant`: negative (database
+/// ids are positive), `-1 - variant`, so the event counts for its variant and still names
+/// nobody.
+pub fn anonymous_in_variant(variant: u8) -> RecipientId {
+    RecipientId::new(-1 - i64::from(variant))
+}
+
+impl TokenClaims {
+    /// The recipient the claims name; `None` for an aggregate-only link.
+    pub fn named_recipient(&self) -> Option<RecipientId> {
+        (self.recipient_id.get() > ANONYMOUS_RECIPIENT.get()).then_some(self.recipient_id)
+    }
+
+    /// The A/B variant an aggregate-only link names (see [`anonymous_in_variant`]).
+    pub fn anonymous_variant(&self) -> Option<u8> {
+        if self.recipient_id.get() < ANONYMOUS_RECIPIENT.get() {
+            u8::try_from(-1 - self.recipient_id.get()).ok()
+        } else {
+            None
+        }
+    }
+}
+
 /// The List-Unsubscribe and visible unsubscribe link: `{public_base_url}/u/{token}`.
 pub fn unsubscribe_url(public_base_url: &str, token: &str) -> String {
     format!("{}/u/{token}", public_base_url.trim_end_matches('/'))

@@ -120,6 +120,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
         "POST /api/v1/campaigns/{id}/send",
         "POST /api/v1/campaigns/{id}/test",
         "POST /api/v1/campaigns/{id}/retry-failed",
+        "POST /api/v1/campaigns/{id}/ab/winner",
         "POST /api/v1/bounces",
         "DELETE /api/v1/suppressions/{email}",
         "GET /api/v1/suppressions",
@@ -156,7 +157,7 @@ async fn the_openapi_document_describes_every_route(app: TestApp) {
 
 async fn admin_routes_need_a_valid_unrevoked_key(app: TestApp) {
     let anonymous = reqwest::Client::new();
-    assert_eq!(protected_routes(&app).await.len(), 19);
+    assert_eq!(protected_routes(&app).await.len(), 20);
     // The routes outside the API key, each with its own authentication.
     let mut public: Vec<String> = public_routes(&app)
         .await

@@ -359,7 +359,7 @@ async fn engagement_links_record_and_forgeries_are_refused(app: TestApp) {
     }
 
     // Aggregate-only links name nobody, and their events store no recipient.
-    let anonymous = links.open_pixel(campaign_id, links.tracked_recipient(true, ann));
+    let anonymous = links.open_pixel(campaign_id, links.tracked_recipient(true, ann, None));
     let path = anonymous.strip_prefix("https://mail.example.test").unwrap();
     let response = reqwest::get(public(path.to_string())).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -2,6 +2,7 @@
 //! binary starts it, and driven with an HTTP client. One module per route group; what they
 //! share is in `support`.
 
+mod ab_tests;
 mod access;
 mod bounces;
 mod campaigns;

@@ -205,16 +205,32 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub fn start(app: &TestApp, transport: std::sync::Arc<dyn delivery::Transport>) -> TestWorker {
+        TestWorker::start_on(
+            app,
+            transport,
+            app.state.tasks.clone(),
+            std::sync::Arc::new(tasks::SystemClock),
+        )
+    }
+
+    /// A worker whose time is `clock` (also that of `tasks`, its task repository), which the
+    /// test moves by hand.
+    pub fn start_on(
+        app: &TestApp,
+        transport: std::sync::Arc<dyn delivery::Transport>,
+        tasks: std::sync::Arc<dyn tasks::TaskRepository>,
+        clock: std::sync::Arc<dyn tasks::Clock>,
+    ) -> TestWorker {
         let services = processor::Services {
             store: app.store.clone(),
-            tasks: app.state.tasks.clone(),
+            tasks,
             transport,
             links: app.state.links.clone(),
             message_settings: message::MessageSettings::default(),
             dkim: None,
             max_batch_size: 1000,
             events: webhooks::EventSink::disabled(),
-            clock: std::sync::Arc::new(tasks::SystemClock),
+            clock,
         };
         let mut config = processor::WorkerConfig::new("api-test");
         config.check_interval = std::time::Duration::from_millis(100);

@@ -61,7 +61,7 @@ static QUEUED_BEFORE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass";
+const CAMPAIGN_COLUMNS: &str = "id, name, status, document, recipient_count, scheduled_at, queued_at, started_at, completed_at, created_at, updated_at, send_pass, ab_phase, ab_decide_at, ab_winner, ab_decided_at, ab_decision";
 
 fn campaign_from_row(row: &<Db as sqlx::Database>::Row) -> Result<CampaignRecord, StoreError> {
     let status: String = row.try_get("status")?;
@@ -83,6 +83,22 @@ fn campaign_from_row(row: &<Db as sqlx::Database>::Row) -> Result<CampaignRecord
         updated_at: row.try_get::<DbTime, _>("updated_at")?.0,
         document,
         send_pass: u32::try_from(row.try_get::<i32, _>("send_pass")?).unwrap_or(0),
+        ab: match row.try_get::<Option<String>, _>("ab_phase")? {
+            None => None,
+            Some(phase) => Some(crate::AbState {
+                phase: crate::AbPhase::parse(&phase)?,
+                decide_at: optional_time("ab_decide_at")?,
+                winner: row
+                    .try_get::<Option<i32>, _>("ab_winner")?
+                    .and_then(|w| u8::try_from(w).ok()),
+                decided_at: optional_time("ab_decided_at")?,
+                decision: row
+                    .try_get::<Option<String>, _>("ab_decision")?
+                    .map(|text| serde_json::from_str(&text))
+                    .transpose()
+                    .map_err(|err| StoreError::Corrupt(format!("A/B decision: {err}")))?,
+            }),
+        },
     })
 }
 
@@ -369,7 +385,7 @@ impl CampaignRepository for Store {
         id: CampaignId,
         recipient_id: RecipientId,
     ) -> Result<Option<StoredRecipient>, StoreError> {
-        let row = sqlx::query("SELECT id, email, fields, status, attempts FROM recipients WHERE campaign_id = $1 AND id = $2")
+        let row = sqlx::query("SELECT id, email, fields, status, attempts, variant FROM recipients WHERE campaign_id = $1 AND id = $2")
             .bind(DbId(id))
             .bind(recipient_id)
             .fetch_optional(&self.pool)
@@ -384,7 +400,7 @@ impl CampaignRepository for Store {
         id: CampaignId,
         email: &EmailAddress,
     ) -> Result<Option<StoredRecipient>, StoreError> {
-        let row = sqlx::query("SELECT id, email, fields, status, attempts FROM recipients WHERE campaign_id = $1 AND email_key = $2")
+        let row = sqlx::query("SELECT id, email, fields, status, attempts, variant FROM recipients WHERE campaign_id = $1 AND email_key = $2")
             .bind(DbId(id))
             .bind(email.key())
             .fetch_optional(&self.pool)

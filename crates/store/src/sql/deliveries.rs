@@ -4,7 +4,7 @@ use super::{Db, Store, status_from, stored_recipient_from_row};
 use crate::db_types::{DbId, DbTime};
 use crate::{
     DeliveryCounts, DeliveryOutcome, DeliveryRecord, DeliveryRepository, OutcomeKind, RateWait,
-    RecipientRange, Requeued, StoreError, StoredRecipient, ZoneRelease,
+    RecipientRange, Requeued, SendGroup, StoreError, StoredRecipient, ZoneRelease,
 };
 use campaign::{CampaignAction, CampaignId, CampaignStatus, DeliveryStatus, RecipientId};
 use sqlx::{QueryBuilder, Row};
@@ -63,7 +63,7 @@ impl DeliveryRepository for Store {
         limit: u32,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, email, status, attempts, smtp_reply, last_error, next_attempt_at, sent_at FROM recipients \
+            "SELECT id, email, status, attempts, smtp_reply, last_error, next_attempt_at, sent_at, variant FROM recipients \
              WHERE campaign_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id > $3) \
              ORDER BY id LIMIT $4",
         )
@@ -87,6 +87,9 @@ impl DeliveryRepository for Store {
                         .try_get::<Option<DbTime>, _>("next_attempt_at")?
                         .map(|t| t.0),
                     sent_at: row.try_get::<Option<DbTime>, _>("sent_at")?.map(|t| t.0),
+                    variant: row
+                        .try_get::<Option<i32>, _>("variant")?
+                        .and_then(|v| u8::try_from(v).ok()),
                 })
             })
             .collect()
@@ -162,19 +165,21 @@ impl DeliveryRepository for Store {
         &self,
         id: CampaignId,
         range: RecipientRange,
+        group: SendGroup,
         now: OffsetDateTime,
     ) -> Result<Vec<StoredRecipient>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, email, fields, status, attempts FROM recipients \
+            "SELECT id, email, fields, status, attempts, variant FROM recipients \
              WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 \
              AND status IN ('pending', 'deferred') \
-             AND (next_attempt_at IS NULL OR next_attempt_at <= $4) \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= $4) AND ab_hold = $5 \
              ORDER BY id",
         )
         .bind(DbId(id))
         .bind(range.first)
         .bind(range.last)
         .bind(DbTime::from(now))
+        .bind(group.hold())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -186,16 +191,18 @@ impl DeliveryRepository for Store {
         &self,
         id: CampaignId,
         range: RecipientRange,
+        group: SendGroup,
     ) -> Result<Option<OffsetDateTime>, StoreError> {
         let earliest: Option<DbTime> = sqlx::query_scalar(
             "SELECT MIN(COALESCE(next_attempt_at, $4)) \
              FROM recipients WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 \
-             AND status IN ('pending', 'deferred')",
+             AND status IN ('pending', 'deferred') AND ab_hold = $5",
         )
         .bind(DbId(id))
         .bind(range.first)
         .bind(range.last)
         .bind(DbTime(OffsetDateTime::UNIX_EPOCH))
+        .bind(group.hold())
         .fetch_one(&self.pool)
         .await?;
         Ok(earliest.map(|t| t.0))
@@ -387,7 +394,7 @@ impl DeliveryRepository for Store {
         // A suppressed address (hard bounce, complaint, unsubscribe) stays failed: a
         // retry must never reach it.
         let recipients = sqlx::query(
-            "UPDATE recipients SET status = 'pending', attempts = 0, next_attempt_at = NULL, updated_at = $2 \
+            "UPDATE recipients SET status = 'pending', attempts = 0, next_attempt_at = NULL, ab_hold = 0, updated_at = $2 \
              WHERE campaign_id = $1 AND status = 'failed' \
              AND email_key NOT IN (SELECT email_key FROM suppressions)",
         )

@@ -4,6 +4,7 @@
 //! `begin_write`), `HOUR_OF_OCCURRED_AT`, and the `locked!` macro that adds the row lock to a
 //! select. Everything else, SQL text included, is the same for both.
 
+mod ab_tests;
 mod admin;
 mod campaigns;
 mod deliveries;
@@ -54,5 +55,8 @@ fn stored_recipient_from_row(
         },
         status: status.parse().map_err(StoreError::Corrupt)?,
         attempts: u32::try_from(attempts).unwrap_or(0),
+        variant: row
+            .try_get::<Option<i32>, _>("variant")?
+            .and_then(|v| u8::try_from(v).ok()),
     })
 }

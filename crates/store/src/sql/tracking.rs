@@ -16,10 +16,10 @@ impl TrackingRepository for Store {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        // 8 columns per row: 500 rows stay far below both backends' parameter limits.
+        // 9 columns per row: 500 rows stay far below both backends' parameter limits.
         for chunk in events.chunks(500) {
             let mut builder = QueryBuilder::<Db>::new(
-                "INSERT INTO tracking_events (campaign_id, recipient_id, kind, link_index, detail, ip_hash, occurred_at) ",
+                "INSERT INTO tracking_events (campaign_id, recipient_id, kind, link_index, detail, ip_hash, occurred_at, variant) ",
             );
             builder.push_values(chunk, |mut row, event| {
                 row.push_bind(DbId(event.campaign_id))
@@ -28,7 +28,8 @@ impl TrackingRepository for Store {
                     .push_bind(event.link_index.map(i32::from))
                     .push_bind(event.detail.as_deref())
                     .push_bind(event.ip_hash.as_deref())
-                    .push_bind(DbTime::from(event.occurred_at));
+                    .push_bind(DbTime::from(event.occurred_at))
+                    .push_bind(event.variant.map(i32::from));
             });
             builder.build().execute(&mut *tx).await?;
         }
@@ -43,7 +44,7 @@ impl TrackingRepository for Store {
         limit: u32,
     ) -> Result<Vec<RecordedTrackingEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, campaign_id, recipient_id, kind, link_index, detail, ip_hash, occurred_at \
+            "SELECT id, campaign_id, recipient_id, kind, link_index, detail, ip_hash, occurred_at, variant \
              FROM tracking_events WHERE ($1 IS NULL OR campaign_id = $1) AND ($2 IS NULL OR id > $2) \
              ORDER BY id LIMIT $3",
         )
@@ -70,6 +71,9 @@ impl TrackingRepository for Store {
                             .transpose()?,
                         detail: row.try_get("detail")?,
                         ip_hash: row.try_get("ip_hash")?,
+                        variant: row
+                            .try_get::<Option<i32>, _>("variant")?
+                            .and_then(|v| u8::try_from(v).ok()),
                         occurred_at: row.try_get::<DbTime, _>("occurred_at")?.0,
                     },
                 })

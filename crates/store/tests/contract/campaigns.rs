@@ -368,7 +368,12 @@ pub(crate) async fn schedule_and_cancel_follow_the_rules(store: Arc<dyn Campaign
 
     let range = store.batch_ranges(record.id, 10).await.unwrap()[0];
     let first = store
-        .due_recipients(record.id, range, time::OffsetDateTime::now_utc())
+        .due_recipients(
+            record.id,
+            range,
+            store::SendGroup::Campaign,
+            time::OffsetDateTime::now_utc(),
+        )
         .await
         .unwrap()[0]
         .id;
@@ -408,7 +413,10 @@ pub(crate) async fn schedule_and_cancel_follow_the_rules(store: Arc<dyn Campaign
     assert_eq!(cancelled.status, CampaignStatus::Cancelled);
     assert!(cancelled.completed_at.is_some());
     assert_eq!(
-        store.next_due_in_range(record.id, range).await.unwrap(),
+        store
+            .next_due_in_range(record.id, range, store::SendGroup::Campaign)
+            .await
+            .unwrap(),
         None,
         "nothing is left to send"
     );

@@ -26,7 +26,10 @@ pub(crate) async fn batches_cover_every_due_recipient_once(store: Arc<dyn Campai
     let now = time::OffsetDateTime::now_utc();
     let mut seen = Vec::new();
     for range in &ranges {
-        let due = store.due_recipients(record.id, *range, now).await.unwrap();
+        let due = store
+            .due_recipients(record.id, *range, store::SendGroup::Campaign, now)
+            .await
+            .unwrap();
         assert!(due.iter().all(|r| r.campaign_id == record.id
             && r.status == DeliveryStatus::Pending
             && r.attempts == 0));
@@ -155,7 +158,7 @@ pub(crate) async fn local_send_time_zones_are_stored_held_and_released(
         let store = store.clone();
         async move {
             let mut due: Vec<String> = store
-                .due_recipients(id, range, now)
+                .due_recipients(id, range, store::SendGroup::Campaign, now)
                 .await
                 .unwrap()
                 .into_iter()
@@ -180,7 +183,10 @@ pub(crate) async fn local_send_time_zones_are_stored_held_and_released(
     );
     // Chicago has no hold: the range's next due time is "now" (the epoch stand-in).
     assert_eq!(
-        store.next_due_in_range(id, range).await.unwrap(),
+        store
+            .next_due_in_range(id, range, store::SendGroup::Campaign)
+            .await
+            .unwrap(),
         Some(time::OffsetDateTime::UNIX_EPOCH)
     );
 }
@@ -276,7 +282,10 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         .unwrap();
     let range = store.batch_ranges(record.id, 100).await.unwrap()[0];
     let now = time::OffsetDateTime::now_utc();
-    let due = store.due_recipients(record.id, range, now).await.unwrap();
+    let due = store
+        .due_recipients(record.id, range, store::SendGroup::Campaign, now)
+        .await
+        .unwrap();
     let ids: Vec<RecipientId> = due.iter().map(|r| r.id).collect();
     let later = now + time::Duration::minutes(5);
     store
@@ -310,7 +319,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         .await
         .unwrap();
     let due_now: Vec<RecipientId> = store
-        .due_recipients(record.id, range, now)
+        .due_recipients(record.id, range, store::SendGroup::Campaign, now)
         .await
         .unwrap()
         .iter()
@@ -321,7 +330,10 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         vec![ids[4]],
         "only the untouched recipient is due before the retry time"
     );
-    let due_later = store.due_recipients(record.id, range, later).await.unwrap();
+    let due_later = store
+        .due_recipients(record.id, range, store::SendGroup::Campaign, later)
+        .await
+        .unwrap();
     assert_eq!(
         due_later.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![ids[1], ids[4]]
@@ -406,7 +418,10 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
     );
     // The pending recipient makes the range due at once...
     assert_eq!(
-        store.next_due_in_range(record.id, range).await.unwrap(),
+        store
+            .next_due_in_range(record.id, range, store::SendGroup::Campaign)
+            .await
+            .unwrap(),
         Some(time::OffsetDateTime::UNIX_EPOCH)
     );
     // ...and without it, the deferred one's retry time is when the range is next due.
@@ -415,7 +430,7 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         last: ids[3],
     };
     let next = store
-        .next_due_in_range(record.id, deferred_only)
+        .next_due_in_range(record.id, deferred_only, store::SendGroup::Campaign)
         .await
         .unwrap()
         .expect("the deferred recipient is still to send");
@@ -428,7 +443,10 @@ pub(crate) async fn outcomes_decide_who_is_due_and_counts_add_up(store: Arc<dyn 
         last: ids[3],
     };
     assert_eq!(
-        store.next_due_in_range(record.id, finished).await.unwrap(),
+        store
+            .next_due_in_range(record.id, finished, store::SendGroup::Campaign)
+            .await
+            .unwrap(),
         None
     );
 }
@@ -466,7 +484,12 @@ pub(crate) async fn a_campaign_finishes_when_every_recipient_is_final(
         );
         let range = store.batch_ranges(record.id, 10).await.unwrap()[0];
         let ids: Vec<RecipientId> = store
-            .due_recipients(record.id, range, time::OffsetDateTime::now_utc())
+            .due_recipients(
+                record.id,
+                range,
+                store::SendGroup::Campaign,
+                time::OffsetDateTime::now_utc(),
+            )
             .await
             .unwrap()
             .iter()
@@ -608,7 +631,12 @@ async fn due_ids(store: &dyn CampaignStore, id: campaign::CampaignId) -> Vec<Rec
     let mut ids = Vec::new();
     for range in store.batch_ranges(id, 1000).await.unwrap() {
         let due = store
-            .due_recipients(id, range, time::OffsetDateTime::now_utc())
+            .due_recipients(
+                id,
+                range,
+                store::SendGroup::Campaign,
+                time::OffsetDateTime::now_utc(),
+            )
             .await
             .unwrap();
         ids.extend(due.iter().map(|r| r.id));
@@ -635,7 +663,12 @@ pub(crate) async fn rate_deferrals_are_no_attempts_and_show_what_they_wait_for(
     let id = record.id;
     let range = store.batch_ranges(id, 100).await.unwrap()[0];
     let ids: Vec<campaign::RecipientId> = store
-        .due_recipients(id, range, time::OffsetDateTime::now_utc())
+        .due_recipients(
+            id,
+            range,
+            store::SendGroup::Campaign,
+            time::OffsetDateTime::now_utc(),
+        )
         .await
         .unwrap()
         .iter()

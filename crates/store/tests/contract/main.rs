@@ -5,6 +5,7 @@
 
 use campaign::{CampaignDocument, EmailAddress, Limits, Recipient, RowError};
 
+mod ab_tests;
 mod admin;
 mod campaigns;
 mod deliveries;
@@ -36,6 +37,7 @@ pub(crate) fn rows(recipients: Vec<Recipient>) -> Vec<Result<Recipient, RowError
     recipients.into_iter().map(Ok).collect()
 }
 
+use ab_tests::*;
 use admin::*;
 use campaigns::*;
 use deliveries::*;
@@ -91,6 +93,8 @@ testkit::backend_suite! {
         engagement_is_counted_per_kind_link_and_hour,
         a_json_array_is_stored_while_it_is_read,
         json_lines_are_stored_while_they_are_read,
+        an_ab_test_holds_the_rest_and_is_decided_once,
+        a_paused_ab_test_is_not_decided_by_results,
     ];
     #[tokio::test] with_store_and_url => [
         stored_keys_follow_the_current_rule,

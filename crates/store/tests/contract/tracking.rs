@@ -31,6 +31,7 @@ pub(crate) async fn tracking_events_are_appended_in_batches_and_read_back(
         link_index,
         detail: None,
         ip_hash: None,
+        variant: None,
         occurred_at: at,
     };
     // More than one insert chunk (500 rows) in one call, every kind, both campaigns.
@@ -91,6 +92,7 @@ pub(crate) async fn engagement_is_counted_per_kind_link_and_hour(store: Arc<dyn 
             link_index,
             detail: None,
             ip_hash: None,
+            variant: None,
             occurred_at,
         };
     use TrackingEventKind::{BounceHard, Click, Open};
