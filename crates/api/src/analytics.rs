@@ -52,7 +52,7 @@ struct Analytics {
     variants: Vec<VariantReport>,
     /// With an A/B test: its phase and decision (winner, when, by what numbers).
     #[serde(skip_serializing_if = "Option::is_none")]
-    ab_test: Option<crate::campaigns::AbTestView>,
+    ab_test: Option<service::AbTestView>,
 }
 
 /// One A/B variant's report.
@@ -207,7 +207,7 @@ async fn analytics(
             }
         })
         .collect();
-    let ab_test = crate::campaigns::ab_test_view(&state, &campaign).await?;
+    let ab_test = service::ab_test_view(state.store.as_ref(), &campaign).await?;
     let hourly = events
         .hourly
         .iter()

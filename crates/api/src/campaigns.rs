@@ -299,90 +299,7 @@ pub(crate) struct StatusView {
     rate_waits: Vec<store::RateWait>,
     /// With an A/B test: its phase and, once made, the decision.
     #[serde(skip_serializing_if = "Option::is_none")]
-    ab_test: Option<AbTestView>,
-}
-
-/// Where a campaign's A/B test is.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum AbTestPhase {
-    /// The campaign has not started sending: no slice is chosen yet.
-    NotStarted,
-    /// The test slice is being delivered; the rest of the list waits.
-    Testing,
-    /// The test slice is delivered; the rest waits for the decision at `decide_at` (or a
-    /// winner chosen by hand). A paused campaign is decided once resumed.
-    WaitingForDecision,
-    /// The winner was chosen and goes to the rest of the list.
-    SendingWinner,
-    /// The campaign ended (completed, failed or cancelled).
-    Finished,
-}
-
-/// An A/B test's phase and decision.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct AbTestView {
-    phase: AbTestPhase,
-    /// When the winner is chosen by the results (the test started + `decide_after`).
-    #[serde(with = "time::serde::rfc3339::option")]
-    decide_at: Option<OffsetDateTime>,
-    /// The winning variant's name, once chosen.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    winner: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    decided_at: Option<OffsetDateTime>,
-    /// How the winner was chosen: `rule` (`best_rate`, `tie_first_variant`,
-    /// `no_events_first_variant` or `manual`), `metric`, and per variant `delivered`,
-    /// `events` and `rate` of the test slice at the time.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    decision: Option<serde_json::Value>,
-}
-
-/// The A/B test of a campaign that has one, as the status and the report show it.
-pub(crate) async fn ab_test_view(
-    state: &AppState,
-    campaign: &CampaignRecord,
-) -> Result<Option<AbTestView>, ApiError> {
-    if campaign.document.ab_test.is_none() {
-        return Ok(None);
-    }
-    let Some(ab) = &campaign.ab else {
-        let phase = if campaign.status.is_final() {
-            AbTestPhase::Finished
-        } else {
-            AbTestPhase::NotStarted
-        };
-        return Ok(Some(AbTestView {
-            phase,
-            decide_at: None,
-            winner: None,
-            decided_at: None,
-            decision: None,
-        }));
-    };
-    let phase = if campaign.status.is_final() {
-        AbTestPhase::Finished
-    } else if ab.phase != store::AbPhase::Testing {
-        AbTestPhase::SendingWinner
-    } else {
-        let slice = state.store.variant_counts(campaign.id, true).await?;
-        if slice.iter().any(|variant| variant.pending > 0) {
-            AbTestPhase::Testing
-        } else {
-            AbTestPhase::WaitingForDecision
-        }
-    };
-    Ok(Some(AbTestView {
-        phase,
-        decide_at: ab.decide_at,
-        winner: ab
-            .winner
-            .and_then(|index| campaign.document.variants.get(usize::from(index)))
-            .map(|variant| variant.name.clone()),
-        decided_at: ab.decided_at,
-        decision: ab.decision.clone(),
-    }))
+    ab_test: Option<service::AbTestView>,
 }
 
 /// Get a campaign's status.
@@ -416,7 +333,7 @@ pub(crate) async fn status_view(state: &AppState, raw_id: &str) -> Result<Status
         Vec::new()
     };
     let rate_waits = state.store.rate_waits(campaign.id).await?;
-    let ab_test = ab_test_view(state, &campaign).await?;
+    let ab_test = service::ab_test_view(state.store.as_ref(), &campaign).await?;
     Ok(StatusView {
         ab_test,
         id: campaign.id,

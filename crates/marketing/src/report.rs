@@ -90,6 +90,7 @@ pub async fn show_status(
             Vec::new()
         };
         let rate_waits = store.rate_waits(campaign.id).await?;
+        let ab_test = service::ab_test_view(store, &campaign).await?;
         match &bar {
             Some(bar) => {
                 bar.set_length(counts.total().max(0) as u64);
@@ -114,6 +115,7 @@ pub async fn show_status(
                         "started_late": campaign.started_late(),
                         "time_zones": time_zones,
                         "rate_waits": rate_waits,
+                        "ab_test": ab_test,
                     });
                     println!("{}", serde_json::to_string_pretty(&value)?);
                 } else {
@@ -139,6 +141,9 @@ pub async fn show_status(
                             wait.destination,
                             rfc3339(wait.until)
                         );
+                    }
+                    if let Some(ab) = &ab_test {
+                        println!("  {}", ab_test_line(ab));
                     }
                 }
             }
@@ -222,4 +227,19 @@ pub async fn open_database(
             crate::config::redacted(&args.database_url)
         )
     })
+}
+
+/// One line on an A/B test: its phase, and the winner or when it is decided.
+fn ab_test_line(ab: &service::AbTestView) -> String {
+    let phase = serde_json::to_value(&ab.phase)
+        .ok()
+        .and_then(|value| value.as_str().map(|phase| phase.replace('_', " ")))
+        .unwrap_or_default();
+    match (&ab.winner, ab.decided_at, ab.decide_at) {
+        (Some(winner), Some(at), _) => {
+            format!("A/B test: {phase}; variant {winner} won at {}", rfc3339(at))
+        }
+        (_, _, Some(at)) => format!("A/B test: {phase}; decision due at {}", rfc3339(at)),
+        _ => format!("A/B test: {phase}"),
+    }
 }

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::{BINARY, TRACKING_SECRET, with_database};
 use testkit::process::{Process, isolated_command};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_marketing");
-const SECRET: &str = "rate-waits-test-secret-of-at-least-32-bytes";
+mod support;
 
 /// `marketing ARGS` on the test's database, delivering into an outbox, with a group of two
 /// domains limited to one message a second.
@@ -24,20 +24,12 @@ fn marketing(dir: &Path, database_url: &str, args: &[&str]) -> std::process::Com
         args,
         &[
             ("DATABASE_URL", database_url.to_string()),
-            ("TRACKING_SECRET", SECRET.into()),
+            ("TRACKING_SECRET", TRACKING_SECRET.into()),
             ("OUTBOX_DIR", dir.join("outbox").display().to_string()),
             ("RATE_LIMITS_FILE", limits.display().to_string()),
             ("TASK_CHECK_INTERVAL", "0.2".into()),
         ],
     )
-}
-
-async fn with_database<Case, Run>(database: testkit::TestDatabase, case: Case)
-where
-    Case: FnOnce(testkit::TestDatabase) -> Run,
-    Run: std::future::Future<Output = ()>,
-{
-    case(database).await;
 }
 
 /// Forty recipients at a group limited to 1 message/s: after the first few go, the rest are

@@ -8,8 +8,9 @@ use crate::control::SendCampaign;
 use crate::{CampaignError, CampaignService};
 use campaign::ab::{VariantResult, WinRule, choose_winner};
 use campaign::{AbMetric, CampaignId, CampaignStatus};
+use serde::Serialize;
 use serde_json::json;
-use store::{AbPhase, CampaignRecord};
+use store::{AbPhase, CampaignRecord, CampaignStore, StoreError};
 use time::OffsetDateTime;
 
 /// Who chooses the winner.
@@ -209,4 +210,88 @@ fn variant_index(record: &CampaignRecord, name: &str) -> Result<usize, CampaignE
                 ),
             }])
         })
+}
+
+/// Where a campaign's A/B test is.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AbTestPhase {
+    /// The campaign has not started sending: no slice is chosen yet.
+    NotStarted,
+    /// The test slice is being delivered; the rest of the list waits.
+    Testing,
+    /// The test slice is delivered; the rest waits for the decision at `decide_at` (or a
+    /// winner chosen by hand). A paused campaign is decided once resumed.
+    WaitingForDecision,
+    /// The winner was chosen and goes to the rest of the list.
+    SendingWinner,
+    /// The campaign ended (completed, failed or cancelled).
+    Finished,
+}
+
+/// An A/B test's phase and decision.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AbTestView {
+    pub phase: AbTestPhase,
+    /// When the winner is chosen by the results (the test started + `decide_after`).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub decide_at: Option<OffsetDateTime>,
+    /// The winning variant's name, once chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub winner: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    /// How the winner was chosen: `rule` (`best_rate`, `tie_first_variant`,
+    /// `no_events_first_variant` or `manual`), `metric`, and per variant `delivered`,
+    /// `events` and `rate` of the test slice at the time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub decision: Option<serde_json::Value>,
+}
+
+/// The A/B test of a campaign that has one, as the status (API and `marketing status`) and
+/// the report show it.
+pub async fn ab_test_view(
+    store: &dyn CampaignStore,
+    campaign: &CampaignRecord,
+) -> Result<Option<AbTestView>, StoreError> {
+    if campaign.document.ab_test.is_none() {
+        return Ok(None);
+    }
+    let Some(ab) = &campaign.ab else {
+        let phase = if campaign.status.is_final() {
+            AbTestPhase::Finished
+        } else {
+            AbTestPhase::NotStarted
+        };
+        return Ok(Some(AbTestView {
+            phase,
+            decide_at: None,
+            winner: None,
+            decided_at: None,
+            decision: None,
+        }));
+    };
+    let phase = if campaign.status.is_final() {
+        AbTestPhase::Finished
+    } else if ab.phase != store::AbPhase::Testing {
+        AbTestPhase::SendingWinner
+    } else {
+        let slice = store.variant_counts(campaign.id, true).await?;
+        if slice.iter().any(|variant| variant.pending > 0) {
+            AbTestPhase::Testing
+        } else {
+            AbTestPhase::WaitingForDecision
+        }
+    };
+    Ok(Some(AbTestView {
+        phase,
+        decide_at: ab.decide_at,
+        winner: ab
+            .winner
+            .and_then(|index| campaign.document.variants.get(usize::from(index)))
+            .map(|variant| variant.name.clone()),
+        decided_at: ab.decided_at,
+        decision: ab.decision.clone(),
+    }))
 }

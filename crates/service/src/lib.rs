@@ -17,7 +17,7 @@ pub mod control;
 pub mod new_campaign;
 pub mod test_send;
 
-pub use ab::{AbChoice, AbDecided};
+pub use ab::{AbChoice, AbDecided, AbTestPhase, AbTestView, ab_test_view};
 pub use control::{RetryFailed, SEND_CAMPAIGN, SendCampaign, record_campaign_ended};
 pub use new_campaign::{
     check_new_campaign, check_recipient_count, check_variables, read_new_campaign,

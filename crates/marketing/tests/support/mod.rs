@@ -95,3 +95,12 @@ where
 pub async fn wait_until_holds(limit: Duration, what: &str, mut holds: impl FnMut() -> bool) {
     wait_until(limit, what, || std::future::ready(holds())).await
 }
+
+/// The runner of a `testkit::backend_suite!` whose cases take the fresh database itself.
+pub async fn with_database<Case, Run>(database: testkit::TestDatabase, case: Case)
+where
+    Case: FnOnce(testkit::TestDatabase) -> Run,
+    Run: std::future::Future<Output = ()>,
+{
+    case(database).await;
+}
