@@ -82,12 +82,14 @@ impl AbHarness {
     }
 }
 
-/// One received message: who it went to, its variant (header), subject and open pixel.
+/// One received message: who it went to, its variant (header), subject, open pixel and
+/// tracked links (in the order of the HTML).
 struct Received {
     to: String,
     variant: String,
     subject: String,
     pixel: String,
+    clicks: Vec<String>,
 }
 
 impl Received {
@@ -108,6 +110,12 @@ impl Received {
                 .to_string(),
             subject: parsed.subject().unwrap_or_default().to_string(),
             pixel,
+            clicks: html
+                .split("href=\"")
+                .skip(1)
+                .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+                .filter(|href| href.starts_with("https://mail.example.test/t/c/"))
+                .collect(),
         }
     }
 }
@@ -167,6 +175,24 @@ async fn open(app: &TestApp, message: &Received) {
         .expect("under PUBLIC_BASE_URL");
     let response = reqwest::get(app.url(path)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Follows a message's tracked link as a reader's click would, without following the redirect;
+/// returns where the app sends the reader.
+async fn click(app: &TestApp, link: &str) -> String {
+    let path = link
+        .strip_prefix("https://mail.example.test")
+        .expect("under PUBLIC_BASE_URL");
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(app.url(path))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    response.headers()["location"].to_str().unwrap().to_string()
 }
 
 /// 1,000 recipients, three subject lines, a 30 % test slice: the slice is 100 per variant,
@@ -785,6 +811,96 @@ async fn a_decision_whose_task_was_lost_is_repaired(app: TestApp) {
     harness.worker.stop().await;
 }
 
+/// Decided by clicks, with a variant that has its own HTML: B's messages carry B's own link,
+/// whose click redirects to B's target (a link of B's HTML, not the campaign's); B's readers
+/// click more, so B wins by unique clicks, and the rest of the list receives B.
+async fn a_variant_with_its_own_html_wins_by_clicks(app: TestApp) {
+    const B_OFFER: &str = "https://riverside-books.example/offers/only-in-b";
+    let Some(harness) = AbHarness::start(&app).await else {
+        return;
+    };
+    let mut campaign = ab_campaign(
+        &["A", "B"],
+        200,
+        json!({"test_fraction": 0.5, "metric": "clicks", "decide_after": "1h", "variant_header": true}),
+    );
+    let html = campaign["templates"]["html"].as_str().unwrap().replace(
+        "<h2>Staff picks</h2>",
+        &format!("<p><a href=\"{B_OFFER}\">This week only</a></p><h2>Staff picks</h2>"),
+    );
+    campaign["variants"][1]["html"] = json!(html);
+    let id = create_and_send(&app, &campaign).await;
+    wait_status(&app, &id, "waiting for the decision", |s| {
+        s["ab_test"]["phase"] == "waiting_for_decision"
+    })
+    .await;
+    harness.wait_received(100).await;
+    let slice = harness.received();
+    let of =
+        |name: &str| -> Vec<&Received> { slice.iter().filter(|m| m.variant == name).collect() };
+    let (a, b) = (of("A"), of("B"));
+    assert_eq!((a.len(), b.len()), (50, 50));
+    // B's HTML has one link more than the campaign's, and it leads to B's own target.
+    assert_eq!(b[0].clicks.len(), a[0].clicks.len() + 1);
+    assert_eq!(click(&app, &b[0].clicks[0]).await, B_OFFER);
+    assert_ne!(click(&app, &a[0].clicks[0]).await, B_OFFER);
+
+    // 20 more of B's readers click (one of them on a second link too), 5 of A's (the first of
+    // them is the reader whose link was checked above).
+    for message in &b[1..21] {
+        assert_eq!(click(&app, &message.clicks[0]).await, B_OFFER);
+    }
+    click(&app, &b[1].clicks[1]).await;
+    for message in &a[..5] {
+        click(&app, &message.clicks[0]).await;
+    }
+    app.state.engagement.events().flush().await;
+
+    harness.clock.advance(time::Duration::hours(1));
+    let report = harness
+        .scheduler(&app)
+        .check(harness.clock.now(), true)
+        .await
+        .unwrap();
+    assert_eq!(report.decided, [(id.parse().unwrap(), "B".to_string())]);
+    let status = wait_status(&app, &id, "completed", |s| s["status"] == "completed").await;
+    assert_eq!(status["deliveries"]["sent"], 200, "{status}");
+    harness.wait_received(200).await;
+    let everything = harness.received();
+    let in_slice: HashSet<&str> = slice.iter().map(|m| m.to.as_str()).collect();
+    let rest: Vec<&Received> = everything
+        .iter()
+        .filter(|m| !in_slice.contains(m.to.as_str()))
+        .collect();
+    assert_eq!(rest.len(), 100);
+    assert!(
+        rest.iter()
+            .all(|m| m.variant == "B" && m.clicks.len() == b[0].clicks.len())
+    );
+
+    let (_, report) = app
+        .get_json(&format!("/api/v1/campaigns/{id}/analytics"))
+        .await;
+    let decision = &report["ab_test"]["decision"];
+    assert_eq!(decision["rule"], "best_rate", "{report}");
+    assert_eq!(decision["metric"], "clicks", "{report}");
+    let numbers: Vec<(i64, i64)> = decision["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["delivered"].as_i64().unwrap(),
+                v["events"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Unique clicks per delivered message: B's 21 readers (the checked one and 20 more; a
+    // reader's second click counts once), A's 5.
+    assert_eq!(numbers, [(50, 5), (50, 21)], "{report}");
+    harness.worker.stop().await;
+}
+
 testkit::backend_suite! {
     #[tokio::test] with_app => [
         the_variant_opened_most_goes_to_exactly_the_rest_of_the_list,
@@ -793,5 +909,6 @@ testkit::backend_suite! {
         invalid_ab_tests_are_refused_with_their_field_paths,
         a_decision_racing_a_pause_sends_nothing_while_paused_and_decides_once,
         a_decision_whose_task_was_lost_is_repaired,
+        a_variant_with_its_own_html_wins_by_clicks,
     ];
 }
