@@ -4,8 +4,8 @@
 
 use std::path::Path;
 use std::time::Duration;
-use support::{TRACKING_SECRET, wait_for, with_database};
-use testkit::process::{Process, isolated_command};
+use support::{ServedApi, TRACKING_SECRET, wait_for, with_database};
+use testkit::process::isolated_command;
 
 mod support;
 
@@ -45,17 +45,7 @@ async fn marketing_status_shows_the_ab_tests_phase_and_winner(database: testkit:
     const COUNT: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let url = database.url().to_string();
-    let key = marketing(dir.path(), &url, &["api-key", "create", "--name", "ab"])
-        .output()
-        .unwrap();
-    assert!(key.status.success(), "{key:?}");
-    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
-    let mut serve = Process::spawn(
-        "serve",
-        dir.path(),
-        marketing(dir.path(), &url, &["serve", "--api-bind", "127.0.0.1:0"]),
-    );
-    let base = serve.wait_for_line("API listening on ", Duration::from_secs(60));
+    let api = ServedApi::start(dir.path(), |args| marketing(dir.path(), &url, args));
 
     let recipients: Vec<serde_json::Value> = (0..COUNT)
         .map(|n| serde_json::json!({"email": format!("reader{n}@shop.example")}))
@@ -71,25 +61,7 @@ async fn marketing_status_shows_the_ab_tests_phase_and_winner(database: testkit:
         "ab_test": {"test_fraction": 0.5, "metric": "opens", "decide_after": "1h"},
         "recipients": recipients,
     });
-    let client = reqwest::Client::new();
-    let api = |path: &str| format!("{base}/api/v1/campaigns{path}");
-    let created = client
-        .post(api(""))
-        .bearer_auth(&key)
-        .json(&campaign)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
-    let created: serde_json::Value = created.json().await.unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
-    let sent = client
-        .post(api(&format!("/{id}/send")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    let id = api.create_and_send(&campaign).await;
 
     // The slice is delivered; the rest waits for the decision an hour away.
     wait_for(Duration::from_secs(60), "the slice delivered", || {
@@ -107,13 +79,12 @@ async fn marketing_status_shows_the_ab_tests_phase_and_winner(database: testkit:
         "{text}"
     );
 
-    let decided = client
-        .post(api(&format!("/{id}/ab/winner")))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"variant": "B"}))
-        .send()
-        .await
-        .unwrap();
+    let decided = api
+        .post(
+            &format!("/{id}/ab/winner"),
+            &serde_json::json!({"variant": "B"}),
+        )
+        .await;
     assert_eq!(decided.status(), 200, "{}", decided.text().await.unwrap());
     wait_for(Duration::from_secs(60), "the rest delivered", || {
         let (_, json) = status(dir.path(), &url, &id);
@@ -130,8 +101,7 @@ async fn marketing_status_shows_the_ab_tests_phase_and_winner(database: testkit:
             == format!("A/B test: finished; variant B won at {decided_at}")),
         "{text}"
     );
-    serve.signal("-TERM");
-    serve.wait_exit(Duration::from_secs(30));
+    api.stop();
 }
 
 testkit::backend_suite! {

@@ -3,9 +3,9 @@
 //! RATE_LIMITS_FILE here), how many wait and until when.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
-use support::{BINARY, TRACKING_SECRET, with_database};
-use testkit::process::{Process, isolated_command};
+use std::time::Duration;
+use support::{BINARY, ServedApi, TRACKING_SECRET, wait_for, with_database};
+use testkit::process::isolated_command;
 
 mod support;
 
@@ -39,17 +39,7 @@ async fn a_campaign_held_by_a_domain_group_rate_shows_the_wait(database: testkit
     const COUNT: usize = 40;
     let dir = tempfile::tempdir().unwrap();
     let url = database.url().to_string();
-    let key = marketing(dir.path(), &url, &["api-key", "create", "--name", "waits"])
-        .output()
-        .unwrap();
-    assert!(key.status.success(), "{key:?}");
-    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
-    let mut serve = Process::spawn(
-        "serve",
-        dir.path(),
-        marketing(dir.path(), &url, &["serve", "--api-bind", "127.0.0.1:0"]),
-    );
-    let base = serve.wait_for_line("API listening on ", Duration::from_secs(60));
+    let api = ServedApi::start(dir.path(), |args| marketing(dir.path(), &url, args));
 
     let recipients: Vec<serde_json::Value> = (0..COUNT)
         .map(|n| {
@@ -67,47 +57,17 @@ async fn a_campaign_held_by_a_domain_group_rate_shows_the_wait(database: testkit
         "templates": {"subject": "Hello", "text": "Hello.\nUnsubscribe: {{ unsubscribe_url }}\n"},
         "recipients": recipients,
     });
-    let client = reqwest::Client::new();
-    let api = |path: &str| format!("{base}/api/v1/campaigns{path}");
-    let created = client
-        .post(api(""))
-        .bearer_auth(&key)
-        .json(&campaign)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
-    let created: serde_json::Value = created.json().await.unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
-    let sent = client
-        .post(api(&format!("/{id}/send")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
+    let id = api.create_and_send(&campaign).await;
 
     // The API's status once recipients wait for the group's rate.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status: serde_json::Value = client
-            .get(api(&format!("/{id}/status")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["rate_waits"]
+    let status = wait_for(Duration::from_secs(30), "a rate wait shown", || async {
+        let status = api.status(&id).await;
+        status["rate_waits"]
             .as_array()
-            .is_some_and(|w| !w.is_empty())
-        {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no rate wait shown: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            .is_some_and(|waits| !waits.is_empty())
+            .then_some(status)
+    })
+    .await;
     let asked = time::OffsetDateTime::now_utc();
     let waits = status["rate_waits"].as_array().unwrap();
     assert_eq!(waits.len(), 1, "{status}");
@@ -154,8 +114,7 @@ async fn a_campaign_held_by_a_domain_group_rate_shows_the_wait(database: testkit
         json["rate_waits"][0]["waiting"].as_i64().unwrap() > 0,
         "{json}"
     );
-    serve.signal("-TERM");
-    serve.wait_exit(Duration::from_secs(30));
+    api.stop();
 }
 
 testkit::backend_suite! {

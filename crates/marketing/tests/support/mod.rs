@@ -104,3 +104,84 @@ where
 {
     case(database).await;
 }
+
+/// `marketing serve` on a free port, with an API key `marketing api-key create` made first:
+/// what a test that drives the API of the binary starts from.
+pub struct ServedApi {
+    pub process: Process,
+    /// The API's base URL, as the process logged it.
+    pub base: String,
+    pub key: String,
+    pub client: reqwest::Client,
+}
+
+impl ServedApi {
+    /// Starts it with `command(args)`, a `marketing ARGS` command carrying the test's settings.
+    pub fn start(dir: &Path, command: impl Fn(&[&str]) -> std::process::Command) -> ServedApi {
+        let key = command(&["api-key", "create", "--name", "test"])
+            .output()
+            .unwrap();
+        assert!(key.status.success(), "{key:?}");
+        let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+        let mut process = Process::spawn(
+            "serve",
+            dir,
+            command(&["serve", "--api-bind", "127.0.0.1:0"]),
+        );
+        let base = process.wait_for_line("API listening on ", Duration::from_secs(60));
+        ServedApi {
+            process,
+            base,
+            key,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The URL of the campaigns route `path` (`""`, `"/ID/send"`, …).
+    pub fn campaigns(&self, path: &str) -> String {
+        format!("{}/api/v1/campaigns{path}", self.base)
+    }
+
+    /// POSTs `body` to the campaigns route `path` with the key.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.campaigns(path))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates `campaign` and sends it; answers its id.
+    pub async fn create_and_send(&self, campaign: &serde_json::Value) -> String {
+        let created = self.post("", campaign).await;
+        assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+        let created: serde_json::Value = created.json().await.unwrap();
+        let id = created["campaign"]["id"].as_str().unwrap().to_string();
+        let sent = self
+            .post(&format!("/{id}/send"), &serde_json::json!({}))
+            .await;
+        assert_eq!(sent.status(), 202);
+        id
+    }
+
+    /// The campaign's `GET …/status`.
+    pub async fn status(&self, id: &str) -> serde_json::Value {
+        self.client
+            .get(self.campaigns(&format!("/{id}/status")))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Stops `marketing serve` with SIGTERM and waits for it to exit.
+    pub fn stop(mut self) {
+        self.process.signal("-TERM");
+        self.process.wait_exit(Duration::from_secs(30));
+    }
+}
