@@ -624,9 +624,9 @@ async fn campaign_stopped(
     store: &dyn store::CampaignStore,
     id: CampaignId,
 ) -> Result<Option<CampaignStatus>, ProcessorError> {
-    Ok(match store.get_campaign(id).await? {
-        Some(record) if record.status == CampaignStatus::Sending => None,
-        Some(record) => Some(record.status),
+    Ok(match store.campaign_status(id).await? {
+        Some(CampaignStatus::Sending) => None,
+        Some(status) => Some(status),
         None => Some(CampaignStatus::Cancelled),
     })
 }

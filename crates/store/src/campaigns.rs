@@ -42,6 +42,10 @@ pub trait CampaignRepository: Send + Sync {
 
     async fn get_campaign(&self, id: CampaignId) -> Result<Option<CampaignRecord>, StoreError>;
 
+    /// The campaign's status alone (`None`: no such campaign): what the per-message check
+    /// of a sending batch reads, without fetching and parsing the whole document.
+    async fn campaign_status(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError>;
+
     async fn list_campaigns(&self, filter: &CampaignFilter) -> Result<CampaignPage, StoreError>;
 
     /// Moves a campaign to `to` only if it is in one of `from` (a conditional update, so two

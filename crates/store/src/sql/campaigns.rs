@@ -254,6 +254,17 @@ impl CampaignRepository for Store {
         row.as_ref().map(campaign_from_row).transpose()
     }
 
+    async fn campaign_status(&self, id: CampaignId) -> Result<Option<CampaignStatus>, StoreError> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
+                .bind(DbId(id))
+                .fetch_optional(&self.pool)
+                .await?;
+        status
+            .map(|status| status.parse().map_err(StoreError::Corrupt))
+            .transpose()
+    }
+
     async fn list_campaigns(&self, filter: &CampaignFilter) -> Result<CampaignPage, StoreError> {
         // Ids are UUIDv7, so ordering by id is ordering by creation time and the last
         // id of a page is a stable cursor for the next.

@@ -43,6 +43,57 @@ pub(crate) async fn campaign_round_trips_with_its_recipients(store: Arc<dyn Camp
     }
 }
 
+/// The status alone (the sending batch's per-message check) follows every change the full
+/// record shows, and a campaign that does not exist has none.
+pub(crate) async fn the_status_alone_follows_the_campaigns_changes(store: Arc<dyn CampaignStore>) {
+    let (record, _) = store
+        .create_campaign(
+            &document("Status only"),
+            recipient_stream(rows(vec![recipient("ann@example.com", "Ann")])),
+        )
+        .await
+        .unwrap();
+    let both = |store: Arc<dyn CampaignStore>| async move {
+        let alone = store.campaign_status(record.id).await.unwrap();
+        let full = store
+            .get_campaign(record.id)
+            .await
+            .unwrap()
+            .map(|r| r.status);
+        assert_eq!(alone, full);
+        alone
+    };
+    assert_eq!(both(store.clone()).await, Some(CampaignStatus::Draft));
+    for (from, to) in [
+        (CampaignStatus::Draft, CampaignStatus::Queued),
+        (CampaignStatus::Queued, CampaignStatus::Sending),
+        (CampaignStatus::Sending, CampaignStatus::Paused),
+        (CampaignStatus::Paused, CampaignStatus::Sending),
+    ] {
+        assert!(
+            store
+                .transition_campaign(record.id, &[from], to)
+                .await
+                .unwrap()
+        );
+        assert_eq!(both(store.clone()).await, Some(to));
+    }
+    assert!(
+        store
+            .cancel_campaign(record.id, &[CampaignStatus::Sending])
+            .await
+            .unwrap()
+    );
+    assert_eq!(both(store.clone()).await, Some(CampaignStatus::Cancelled));
+    assert_eq!(
+        store
+            .campaign_status(campaign::CampaignId::now_v7())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 pub(crate) async fn a_campaign_under_a_chosen_id_is_stored_once(store: Arc<dyn CampaignStore>) {
     let id = campaign::CampaignId::now_v7();
     let doc = document("Submitted by a task");

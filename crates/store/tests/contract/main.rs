@@ -70,6 +70,7 @@ where
 testkit::backend_suite! {
     #[tokio::test] with_store => [
         campaign_round_trips_with_its_recipients,
+        the_status_alone_follows_the_campaigns_changes,
         duplicates_are_skipped_and_reported,
         a_campaign_under_a_chosen_id_is_stored_once,
         a_bad_row_stores_nothing,
