@@ -402,6 +402,12 @@ pub(crate) async fn deliver(
     }
     let policy = record.document.retry.clone();
     let max_rate = record.document.max_rate;
+    // The compiled templates per variant, looked up once per batch run rather than per message
+    // (a template that does not compile is then also tried once, not for every recipient).
+    let mut compiled_by_variant: HashMap<
+        Option<u8>,
+        Result<Arc<message::CompiledCampaign>, String>,
+    > = HashMap::new();
     let due = store
         .due_recipients(id, batch.range(), batch.group(), services.clock.now())
         .await?;
@@ -435,8 +441,14 @@ pub(crate) async fn deliver(
             () = stop.cancelled() => { halt = Some(halted(lease_lost)); break; }
         };
         let slot_taken = Instant::now();
-        let compiled = shared.compiled(&record, recipient.variant);
-        let message = match &compiled {
+        let compiled = compiled_by_variant
+            .entry(recipient.variant)
+            .or_insert_with(|| {
+                shared
+                    .compiled(&record, recipient.variant)
+                    .map_err(|err| err.to_string())
+            });
+        let message = match compiled {
             // A panic while building one message fails that recipient only.
             Ok(compiled) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 build(services, compiled, id, &recipient)

@@ -230,9 +230,9 @@ impl CampaignService<'_> {
         let Some(requeued) = self.store.requeue_failed(id).await? else {
             let status = self
                 .store
-                .get_campaign(id)
+                .campaign_status(id)
                 .await?
-                .map_or(record.status, |now| now.status);
+                .unwrap_or(record.status);
             if under_way(status) {
                 // Another caller requeued it between our two reads.
                 return Ok(RetryFailed { requeued: 0 });

@@ -19,9 +19,7 @@ pub mod test_send;
 
 pub use ab::{AbChoice, AbDecided, AbTestPhase, AbTestView, ab_test_view};
 pub use control::{RetryFailed, SEND_CAMPAIGN, SendCampaign, record_campaign_ended};
-pub use new_campaign::{
-    check_new_campaign, check_recipient_count, check_variables, read_new_campaign,
-};
+pub use new_campaign::{check_new_campaign, check_variables, read_new_campaign};
 pub use test_send::{
     MAX_TEST_ADDRESSES, TEST_SUBJECT_MARK, TestSend, TestSendResult, TestSendStatus, TestSender,
     parse_test_addresses,
@@ -138,10 +136,6 @@ impl<'a> CampaignService<'a> {
         self
     }
 
-    pub fn store(&self) -> &'a dyn CampaignStore {
-        self.store
-    }
-
     /// The campaign, or `NotFound`.
     pub async fn find(&self, id: CampaignId) -> Result<CampaignRecord, CampaignError> {
         self.store
@@ -152,6 +146,9 @@ impl<'a> CampaignService<'a> {
 
     /// The campaign's status, read fresh.
     async fn status(&self, id: CampaignId) -> Result<CampaignStatus, CampaignError> {
-        Ok(self.find(id).await?.status)
+        self.store
+            .campaign_status(id)
+            .await?
+            .ok_or(CampaignError::NotFound(id))
     }
 }

@@ -94,14 +94,6 @@ impl CampaignService<'_> {
     }
 }
 
-/// Refuses more than `limit` recipients in one request.
-pub fn check_recipient_count(count: u64, limit: u64) -> Result<(), CampaignError> {
-    if count > limit {
-        return Err(CampaignError::TooManyRecipients { count, limit });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

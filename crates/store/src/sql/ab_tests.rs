@@ -113,9 +113,6 @@ impl AbTestRepository for Store {
         // The slice alone is `ab_hold = 0`; with the rest, also 2 (released to the winner).
         let most_hold: i32 = if slice_only { 0 } else { 2 };
         let mut counts: BTreeMap<u8, VariantCounts> = BTreeMap::new();
-        let variant_of = |value: i32| {
-            u8::try_from(value).map_err(|_| StoreError::Corrupt(format!("variant {value}")))
-        };
         let rows = sqlx::query(
             "SELECT variant, COUNT(*) AS recipients, \
                     SUM(CASE WHEN status = 'sent' THEN 1 ELSE 0 END) AS sent, \
@@ -128,11 +125,7 @@ impl AbTestRepository for Store {
         .fetch_all(&self.pool)
         .await?;
         for row in &rows {
-            let variant = variant_of(row.try_get("variant")?)?;
-            let entry = counts.entry(variant).or_insert(VariantCounts {
-                variant,
-                ..VariantCounts::default()
-            });
+            let entry = counts_of_row(&mut counts, row)?;
             entry.recipients = row.try_get("recipients")?;
             entry.sent = row.try_get::<Option<i64>, _>("sent")?.unwrap_or(0);
             entry.pending = row.try_get::<Option<i64>, _>("pending")?.unwrap_or(0);
@@ -153,11 +146,7 @@ impl AbTestRepository for Store {
         .fetch_all(&self.pool)
         .await?;
         for row in &rows {
-            let variant = variant_of(row.try_get("variant")?)?;
-            let entry = counts.entry(variant).or_insert(VariantCounts {
-                variant,
-                ..VariantCounts::default()
-            });
+            let entry = counts_of_row(&mut counts, row)?;
             let count = EventCount {
                 total: row.try_get("total")?,
                 unique: row.try_get("unique_recipients")?,
@@ -243,4 +232,18 @@ impl AbTestRepository for Store {
         .await?;
         Ok(ids.into_iter().map(|id| id.0).collect())
     }
+}
+
+/// The counts of the variant a row names, created empty on first sight.
+fn counts_of_row<'a>(
+    counts: &'a mut BTreeMap<u8, VariantCounts>,
+    row: &<Db as sqlx::Database>::Row,
+) -> Result<&'a mut VariantCounts, StoreError> {
+    let value: i32 = row.try_get("variant")?;
+    let variant =
+        u8::try_from(value).map_err(|_| StoreError::Corrupt(format!("variant {value}")))?;
+    Ok(counts.entry(variant).or_insert_with(|| VariantCounts {
+        variant,
+        ..VariantCounts::default()
+    }))
 }
