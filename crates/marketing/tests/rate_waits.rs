@@ -100,11 +100,12 @@ async fn a_campaign_held_by_a_domain_group_rate_shows_the_wait(database: testkit
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(
-        text.lines()
-            .any(|line| line.contains("waiting for the sending rate of group slow, until ")),
-        "{text}"
-    );
+    let line = text
+        .lines()
+        .find(|line| line.contains(" waiting for the sending rate of group slow, until "))
+        .unwrap_or_else(|| panic!("no rate wait line: {text}"));
+    let count: i64 = line.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(count > 0, "how many wait: {line}");
     let output = marketing(dir.path(), &url, &["status", &id, "--json"])
         .output()
         .unwrap();

@@ -164,6 +164,23 @@ impl Deployment {
     }
 }
 
+/// When the sink's first message arrived, once one has.
+async fn first_arrival(sink: &RecordingSmtp) -> f64 {
+    wait_until_holds(Duration::from_secs(60), "the first message", || {
+        !sink.arrivals().is_empty()
+    })
+    .await;
+    sink.arrivals()[0].at
+}
+
+/// Waits until a message has arrived after `at` (seconds since the epoch).
+async fn arrivals_until(sink: &RecordingSmtp, at: f64) {
+    wait_until_holds(Duration::from_secs(60), "sending to go on", || {
+        sink.arrivals().last().is_some_and(|a| a.at > at)
+    })
+    .await;
+}
+
 /// Every recipient reached; Message-IDs that arrived more than once, with their copies.
 fn assert_all_reached(arrivals: &[Arrival], count: usize) -> HashMap<String, usize> {
     let mut copies: HashMap<String, usize> = HashMap::new();
@@ -206,11 +223,7 @@ mod postgres {
             .send("global rate", COUNT, &["mail.example"])
             .await;
 
-        wait_until_holds(Duration::from_secs(60), "the first message", || {
-            !sink.arrivals().is_empty()
-        })
-        .await;
-        let first = sink.arrivals()[0].at;
+        let first = first_arrival(&sink).await;
         // Every worker takes part (each has finished a batch) before one is killed.
         let log = |n: usize| {
             std::fs::read_to_string(deployment.dir.path().join(format!("worker-{n}.log")))
@@ -225,16 +238,7 @@ mod postgres {
         let victim = workers.pop().unwrap();
         victim.signal("-KILL");
         let killed = now_seconds();
-        wait_until_holds(
-            Duration::from_secs(60),
-            "sending well after the kill",
-            || {
-                sink.arrivals()
-                    .last()
-                    .is_some_and(|a| a.at > (first + 22.0).max(killed + 13.0))
-            },
-        )
-        .await;
+        arrivals_until(&sink, (first + 22.0).max(killed + 13.0)).await;
 
         let arrivals = sink.arrivals();
         // 20 s, starting once the first leases are out.
@@ -297,15 +301,8 @@ mod postgres {
         let id = deployment
             .send_document(&limited, COUNT, &["a.example", "b.example"])
             .await;
-        wait_until_holds(Duration::from_secs(60), "the first message", || {
-            !sink.arrivals().is_empty()
-        })
-        .await;
-        let first = sink.arrivals()[0].at;
-        wait_until_holds(Duration::from_secs(60), "9 s of sending", || {
-            sink.arrivals().last().is_some_and(|a| a.at > first + 9.0)
-        })
-        .await;
+        let first = first_arrival(&sink).await;
+        arrivals_until(&sink, first + 9.0).await;
         let (from, to) = (first + 1.0, first + 9.0);
         let rate = count_between(&sink.arrivals(), from, to, None) as f64 / (to - from);
         eprintln!("measured at the sink: {rate:.1}/s with max_rate {MAX_RATE}");
@@ -355,15 +352,8 @@ mod postgres {
                 ],
             )
             .await;
-        wait_until_holds(Duration::from_secs(60), "the first message", || {
-            !sink.arrivals().is_empty()
-        })
-        .await;
-        let first = sink.arrivals()[0].at;
-        wait_until_holds(Duration::from_secs(60), "7 s of sending", || {
-            sink.arrivals().last().is_some_and(|a| a.at > first + 7.0)
-        })
-        .await;
+        let first = first_arrival(&sink).await;
+        arrivals_until(&sink, first + 7.0).await;
         let arrivals = sink.arrivals();
         let (from, to) = (first + 1.0, first + 7.0);
         let slow = (count_between(&arrivals, from, to, Some("slow.example"))
@@ -412,11 +402,7 @@ mod postgres {
         let id = deployment
             .send("throttled", COUNT, &["slow.example", "fast.example"])
             .await;
-        wait_until_holds(Duration::from_secs(60), "the first message", || {
-            !sink.arrivals().is_empty()
-        })
-        .await;
-        let first = sink.arrivals()[0].at;
+        let first = first_arrival(&sink).await;
         wait_until_holds(Duration::from_secs(30), "3 s of sending", || {
             now_seconds() > first + 3.0
         })

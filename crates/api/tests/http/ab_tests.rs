@@ -167,6 +167,15 @@ async fn wait_status(app: &TestApp, id: &str, what: &str, done: impl Fn(&Value) 
     }
 }
 
+/// Waits until the campaign's test slice is delivered and the rest waits for the decision;
+/// returns the status.
+async fn wait_for_decision(app: &TestApp, id: &str) -> Value {
+    wait_status(app, id, "waiting for the decision", |s| {
+        s["ab_test"]["phase"] == "waiting_for_decision"
+    })
+    .await
+}
+
 /// Requests a message's open pixel from the app, as a mail client showing it would.
 async fn open(app: &TestApp, message: &Received) {
     let path = message
@@ -209,10 +218,7 @@ async fn the_variant_opened_most_goes_to_exactly_the_rest_of_the_list(app: TestA
         json!({"test_fraction": 0.3, "metric": "opens", "decide_after": "4h", "variant_header": true}),
     );
     let id = create_and_send(&app, &campaign).await;
-    let status = wait_status(&app, &id, "waiting for the decision", |s| {
-        s["ab_test"]["phase"] == "waiting_for_decision"
-    })
-    .await;
+    let status = wait_for_decision(&app, &id).await;
     assert_eq!(
         status["status"], "sending",
         "held back, not finished: {status}"
@@ -365,10 +371,7 @@ async fn a_winner_chosen_by_hand_is_idempotent_and_final(app: TestApp) {
         json!({"test_fraction": 0.5, "metric": "clicks", "decide_after": "2d", "variant_header": true}),
     );
     let id = create_and_send(&app, &campaign).await;
-    wait_status(&app, &id, "waiting for the decision", |s| {
-        s["ab_test"]["phase"] == "waiting_for_decision"
-    })
-    .await;
+    wait_for_decision(&app, &id).await;
     let path = format!("/api/v1/campaigns/{id}/ab/winner");
     let winner = |variant: &str| {
         let body = json!({ "variant": variant });
@@ -391,6 +394,12 @@ async fn a_winner_chosen_by_hand_is_idempotent_and_final(app: TestApp) {
     assert_eq!(status["ab_test"]["decision"]["rule"], "manual", "{status}");
     let again = winner("B").await;
     assert_eq!(again.status(), StatusCode::OK, "idempotent");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["ab_test"]["winner"], "B", "{again}");
+    assert_eq!(
+        again["ab_test"]["decision"], status["ab_test"]["decision"],
+        "the first decision stands"
+    );
     assert_problem(
         winner("A").await,
         StatusCode::CONFLICT,
@@ -446,10 +455,7 @@ async fn ties_and_silence_keep_the_first_variant(app: TestApp) {
     let tied = create_and_send(&app, &tied).await;
     let silent = create_and_send(&app, &ab_campaign(&["first", "second"], 8, test)).await;
     for id in [&tied, &silent] {
-        wait_status(&app, id, "waiting for the decision", |s| {
-            s["ab_test"]["phase"] == "waiting_for_decision"
-        })
-        .await;
+        wait_for_decision(&app, id).await;
     }
     harness.wait_received(8).await;
     // One open of each variant of the tied campaign: 1 of 2 delivered each.
@@ -671,10 +677,7 @@ async fn a_decision_racing_a_pause_sends_nothing_while_paused_and_decides_once(a
         json!({"test_fraction": 0.5, "metric": "opens", "decide_after": "30m", "variant_header": true}),
     );
     let id = create_and_send(&app, &campaign).await;
-    wait_status(&app, &id, "waiting for the decision", |s| {
-        s["ab_test"]["phase"] == "waiting_for_decision"
-    })
-    .await;
+    wait_for_decision(&app, &id).await;
     harness.wait_received(20).await;
     harness.clock.advance(time::Duration::minutes(30));
     let at = harness.clock.now();
@@ -774,10 +777,7 @@ async fn a_decision_whose_task_was_lost_is_repaired(app: TestApp) {
         json!({"test_fraction": 0.4, "metric": "opens", "decide_after": "1h", "variant_header": true}),
     );
     let id = create_and_send(&app, &campaign).await;
-    wait_status(&app, &id, "waiting for the decision", |s| {
-        s["ab_test"]["phase"] == "waiting_for_decision"
-    })
-    .await;
+    wait_for_decision(&app, &id).await;
     harness.wait_received(4).await;
     let campaign_id: campaign::CampaignId = id.parse().unwrap();
     // What the deciding replica committed before it died: the decision, and no task.
@@ -830,10 +830,7 @@ async fn a_variant_with_its_own_html_wins_by_clicks(app: TestApp) {
     );
     campaign["variants"][1]["html"] = json!(html);
     let id = create_and_send(&app, &campaign).await;
-    wait_status(&app, &id, "waiting for the decision", |s| {
-        s["ab_test"]["phase"] == "waiting_for_decision"
-    })
-    .await;
+    wait_for_decision(&app, &id).await;
     harness.wait_received(100).await;
     let slice = harness.received();
     let of =
@@ -876,6 +873,11 @@ async fn a_variant_with_its_own_html_wins_by_clicks(app: TestApp) {
     assert!(
         rest.iter()
             .all(|m| m.variant == "B" && m.clicks.len() == b[0].clicks.len())
+    );
+    assert_eq!(
+        click(&app, &rest[0].clicks[0]).await,
+        B_OFFER,
+        "the rest has B's HTML"
     );
 
     let (_, report) = app

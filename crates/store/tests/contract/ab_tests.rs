@@ -221,6 +221,7 @@ pub(crate) async fn an_ab_test_holds_the_rest_and_is_decided_once(store: Arc<dyn
         .list_deliveries(id, Some(DeliveryStatus::Sent), None, 100)
         .await
         .unwrap();
+    assert!(!deliveries.is_empty());
     assert!(deliveries.iter().all(|d| d.variant.is_some()));
 }
 
@@ -237,10 +238,12 @@ pub(crate) async fn a_paused_ab_test_is_not_decided_by_results(store: Arc<dyn Ca
         .await
         .unwrap();
     let id = record.id;
-    store
-        .transition_campaign(id, &[CampaignStatus::Draft], CampaignStatus::Paused)
-        .await
-        .unwrap();
+    assert!(
+        store
+            .transition_campaign(id, &[CampaignStatus::Draft], CampaignStatus::Paused)
+            .await
+            .unwrap()
+    );
     let ids = store.recipient_ids(id).await.unwrap();
     let now = time::OffsetDateTime::now_utc();
     assert!(store.start_ab_test(id, &[(ids[0], 0)], now).await.unwrap());
