@@ -418,6 +418,11 @@ impl Connection {
     /// after a refused MAIL with 503), so the next command on the connection meets its own
     /// reply. Only a lost connection, a timeout or a 421 stops the reading: then the
     /// connection is dropped anyway.
+    ///
+    /// The whole group is written before any reply is read. RFC 2920 §3.1 warns of the
+    /// deadlock where the server blocks writing replies nobody reads while the client blocks
+    /// writing commands; that needs more replies than the socket buffers hold (thousands of
+    /// recipients at some 40 bytes each), and a campaign's message has one recipient.
     async fn envelope_pipelined(
         &mut self,
         mail: Mail,
