@@ -429,12 +429,24 @@ fn choose_encoding(body: &str, boundary: Option<&str>) -> Encoding {
     }
     // Quoted-printable triples every non-ASCII byte; past about a sixth of the text base64's
     // flat 4/3 is smaller (and a right-to-left or CJK newsletter is mostly non-ASCII).
-    let non_ascii = bytes.iter().filter(|b| !b.is_ascii()).count();
+    let non_ascii = non_ascii_count(bytes);
     if non_ascii * 6 > bytes.len() {
         Encoding::Base64
     } else {
         Encoding::QuotedPrintable
     }
+}
+
+/// Bytes of 0x80 and above, counted eight at a time.
+fn non_ascii_count(bytes: &[u8]) -> usize {
+    let (words, rest) = bytes.split_at(bytes.len() / 8 * 8);
+    let in_words: u32 = words
+        .chunks_exact(8)
+        .map(|chunk| {
+            (u64::from_le_bytes(chunk.try_into().unwrap_or_default()) & HIGH_BITS).count_ones()
+        })
+        .sum();
+    in_words as usize + rest.iter().filter(|b| !b.is_ascii()).count()
 }
 
 fn has_bare_cr(bytes: &[u8]) -> bool {
@@ -486,6 +498,47 @@ const QP_LITERAL: [bool; 256] = {
     table
 };
 
+/// Eight copies of `byte` in a word, for the word-at-a-time scans below.
+const fn splat(byte: u8) -> u64 {
+    u64::from_le_bytes([byte; 8])
+}
+
+const HIGH_BITS: u64 = splat(0x80);
+
+/// The high bit of each byte of `word` that is zero. Only the lowest flagged byte is exact
+/// (a borrow can flag bytes above it), which is all a forward scan needs.
+const fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(splat(0x01)) & !word & HIGH_BITS
+}
+
+/// How many leading bytes of `bytes` are [`QP_LITERAL`], eight at a time: a byte needs
+/// encoding when it is 0x80 or above, below 0x20 (a tab among those is literal after all),
+/// `=` or DEL. Each test flags its lowest match exactly, so the lowest flag of their union
+/// is the first byte that is not plain.
+fn literal_run(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let flagged = (word & HIGH_BITS)
+            | (word.wrapping_sub(splat(0x20)) & !word & HIGH_BITS)
+            | zero_bytes(word ^ splat(b'='))
+            | zero_bytes(word ^ splat(0x7f));
+        if flagged == 0 {
+            i += 8;
+            continue;
+        }
+        let first = i + (flagged.trailing_zeros() / 8) as usize;
+        if bytes[first] != b'\t' {
+            return first;
+        }
+        i = first + 1;
+    }
+    while i < bytes.len() && QP_LITERAL[bytes[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
 /// Quoted-printable (RFC 2045 §6.7): encoded lines at most 76 characters, soft breaks `=`,
 /// trailing white space encoded so transports cannot strip it.
 fn quoted_printable(out: &mut String, body: &str) {
@@ -504,9 +557,7 @@ fn quoted_printable(out: &mut String, body: &str) {
             // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
             let start = i;
             let end = len.min(i + 75 - col);
-            while i < end && QP_LITERAL[bytes[i] as usize] {
-                i += 1;
-            }
+            i += literal_run(&bytes[i..end]);
             if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
                 i -= 1; // trailing white space is encoded below
             }
@@ -618,6 +669,44 @@ mod tests {
             }
             let expected = sample.replace('\n', "\r\n");
             assert_eq!(qp_decode(&encoded), expected.as_bytes(), "{sample:?}");
+        }
+    }
+
+    /// The word-at-a-time scan agrees with the table for every byte at every place in a
+    /// word, after a tab too (the one byte the scan flags that is literal).
+    #[test]
+    fn literal_run_stops_where_the_table_says() {
+        let by_table = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .take_while(|&&b| QP_LITERAL[b as usize])
+                .count()
+        };
+        for byte in 0..=255u8 {
+            for place in 0..20 {
+                for filler in [b'a', b'\t'] {
+                    let mut bytes = vec![filler; 24];
+                    bytes[place] = byte;
+                    assert_eq!(
+                        literal_run(&bytes),
+                        by_table(&bytes),
+                        "byte {byte:#04x} at {place} among {filler:#04x}"
+                    );
+                }
+            }
+        }
+        assert_eq!(literal_run(b""), 0);
+    }
+
+    #[test]
+    fn non_ascii_bytes_are_counted_wherever_they_are() {
+        let text = "é a😀b ".repeat(7);
+        for start in 0..text.len() {
+            let bytes = &text.as_bytes()[start..];
+            assert_eq!(
+                non_ascii_count(bytes),
+                bytes.iter().filter(|b| !b.is_ascii()).count()
+            );
         }
     }
 
