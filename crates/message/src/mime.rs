@@ -59,7 +59,7 @@ fn build(
     options: &BuildOptions,
 ) -> Result<OutgoingMessage, BuildError> {
     let from = &campaign.from;
-    let reply_to = campaign.reply_to.as_ref();
+    let headers = &campaign.headers;
     for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
         if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
             return Err(BuildError::UnsubscribeLink(link.clone()));
@@ -71,27 +71,21 @@ fn build(
         .map_err(|err| BuildError::Date(err.to_string()))?;
     let message_id = format!(
         "<{}.{}@{}>",
-        message.campaign_id,
-        message.recipient_id,
-        from.email.ascii_domain()
+        message.campaign_id, message.recipient_id, headers.message_id_domain
     );
     let body_len =
         message.html.as_ref().map_or(0, String::len) + message.text.as_ref().map_or(0, String::len);
     let mut out = String::with_capacity(body_len + body_len / 8 + 1024);
 
     header(&mut out, "Date", &date);
-    let mut col = field_name(&mut out, "From");
-    mailbox(&mut out, &mut col, from);
-    out.push_str("\r\n");
+    out.push_str(&headers.from);
     header(
         &mut out,
         "To",
         &format!("<{}>", header_address(&message.to)),
     );
-    if let Some(reply_to) = reply_to {
-        let mut col = field_name(&mut out, "Reply-To");
-        mailbox(&mut out, &mut col, reply_to);
-        out.push_str("\r\n");
+    if let Some(reply_to) = &headers.reply_to {
+        out.push_str(reply_to);
     }
     let mut col = field_name(&mut out, "Subject");
     unstructured(&mut out, &mut col, &message.subject);
@@ -119,13 +113,7 @@ fn build(
         "List-Unsubscribe-Post",
         "List-Unsubscribe=One-Click",
     );
-    let (list_name, list_id) = &campaign.list_id;
-    let mut col = field_name(&mut out, "List-Id");
-    if let Some(name) = list_name {
-        phrase(&mut out, &mut col, name);
-    }
-    token(&mut out, &mut col, &format!("<{list_id}>"));
-    out.push_str("\r\n");
+    out.push_str(&headers.list_id);
     if let Some(sender) = &campaign.feedback_id {
         header(
             &mut out,
@@ -173,6 +161,51 @@ fn build(
         message.campaign_id.to_string(),
         message.recipient_id.to_string(),
     ))
+}
+
+/// The header lines a campaign's messages share, written once when it is compiled: the
+/// address checks and IDNA conversion they take are not repeated per recipient.
+#[derive(Debug)]
+pub(crate) struct CampaignHeaders {
+    /// `From: …` with its CRLF.
+    from: String,
+    /// `Reply-To: …` with its CRLF, when the campaign has one.
+    reply_to: Option<String>,
+    /// `List-Id: …` with its CRLF.
+    list_id: String,
+    /// The From address's domain as A-labels, the right side of each Message-ID.
+    message_id_domain: String,
+}
+
+impl CampaignHeaders {
+    /// `list_id`: the description (if any) and the identifier.
+    pub(crate) fn new(
+        from: &Mailbox,
+        reply_to: Option<&Mailbox>,
+        list_id: &(Option<String>, String),
+    ) -> CampaignHeaders {
+        let mailbox_line = |name: &str, address: &Mailbox| {
+            let mut out = String::new();
+            let mut col = field_name(&mut out, name);
+            mailbox(&mut out, &mut col, address);
+            out.push_str("\r\n");
+            out
+        };
+        let (list_name, list_id) = list_id;
+        let mut list_id_line = String::new();
+        let mut col = field_name(&mut list_id_line, "List-Id");
+        if let Some(name) = list_name {
+            phrase(&mut list_id_line, &mut col, name);
+        }
+        token(&mut list_id_line, &mut col, &format!("<{list_id}>"));
+        list_id_line.push_str("\r\n");
+        CampaignHeaders {
+            from: mailbox_line("From", from),
+            reply_to: reply_to.map(|address| mailbox_line("Reply-To", address)),
+            list_id: list_id_line,
+            message_id_domain: from.email.ascii_domain().to_string(),
+        }
+    }
 }
 
 /// The `List-Id` of a campaign that names none: the From address read as a list name

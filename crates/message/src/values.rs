@@ -1,9 +1,10 @@
 //! Recipient data as template values, and the filters users expect beyond minijinja's own.
 
-use minijinja::value::{Kwargs, Value};
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectExt, Value};
 use minijinja::{Environment, Error, ErrorKind, State};
 use serde_json::{Map, Value as Json};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Converts JSON directly (not through serde): cheaper per recipient, and it keeps numbers as
 /// integers where they are integers so `{{ count }}` prints `3`, not `3.0`.
@@ -23,26 +24,97 @@ pub(crate) fn from_json(value: &Json) -> Value {
     }
 }
 
-/// The fields named in `only` (all when `None`) as template values.
-pub(crate) fn from_json_fields(
+/// An object's entries as template values, sorted by key: the order a `BTreeMap` gave them
+/// (for `items`, `dictsort` and printing), without its nodes and a `String` per key (keys of
+/// up to 22 bytes are stored inline in their `Value`). Built for every recipient, so the
+/// allocations count.
+#[derive(Debug)]
+pub(crate) struct Fields(Vec<(Value, Value)>);
+
+impl Fields {
+    /// `entries` must not repeat a key.
+    fn new(mut entries: Vec<(Value, Value)>) -> Fields {
+        entries.sort_unstable_by(|(a, _), (b, _)| key_str(a).cmp(key_str(b)));
+        Fields(entries)
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        // Most objects are a record's few fields: a scan that compares lengths first beats
+        // a binary search's ordered comparisons there.
+        if self.0.len() <= 16 {
+            return self
+                .0
+                .iter()
+                .find(|(entry, _)| entry.as_str() == Some(key))
+                .map(|(_, value)| value);
+        }
+        self.0
+            .binary_search_by(|(entry, _)| key_str(entry).cmp(key))
+            .ok()
+            .map(|index| &self.0[index].1)
+    }
+}
+
+fn key_str(key: &Value) -> &str {
+    key.as_str().unwrap_or_default()
+}
+
+impl Object for Fields {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get(key.as_str()?).cloned()
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.get(key).cloned()
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        self.mapped_rev_key_value_enumerator(|this| {
+            Box::new(
+                this.0
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone())),
+            )
+        })
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+/// A recipient's fields named in `only` (all when `None`) and its `email`, which replaces a
+/// field of that name.
+pub(crate) fn recipient_fields(
     map: &Map<String, Json>,
     only: Option<&HashSet<String>>,
-) -> BTreeMap<String, Value> {
-    map.iter()
-        .filter(|(key, _)| only.is_none_or(|only| only.contains(*key)))
-        .map(|(key, value)| (key.clone(), from_json(value)))
-        .collect()
+    email: Value,
+) -> Fields {
+    let mut entries: Vec<(Value, Value)> = map
+        .iter()
+        .filter(|(key, _)| *key != "email" && only.is_none_or(|only| only.contains(*key)))
+        .map(|(key, value)| (Value::from(key.as_str()), from_json(value)))
+        .collect();
+    entries.push((Value::from("email"), email));
+    Fields::new(entries)
 }
 
 pub(crate) fn from_json_map(map: &Map<String, Json>) -> Value {
-    Value::from_object(from_json_fields(map, None))
+    let entries = map
+        .iter()
+        .map(|(key, value)| (Value::from(key.as_str()), from_json(value)))
+        .collect();
+    Value::from_object(Fields::new(entries))
 }
 
-pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
-    pairs
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value))
-        .collect()
+/// Entries with distinct keys, as a template object.
+pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> Fields {
+    Fields::new(
+        pairs
+            .into_iter()
+            .map(|(key, value)| (Value::from(key), value))
+            .collect(),
+    )
 }
 
 pub(crate) fn add_filters(env: &mut Environment<'static>) {
