@@ -573,60 +573,85 @@ fn literal_run(bytes: &[u8]) -> usize {
 }
 
 /// Quoted-printable (RFC 2045 §6.7): encoded lines at most 76 characters, soft breaks `=`,
-/// trailing white space encoded so transports cannot strip it.
+/// trailing white space encoded so transports cannot strip it. Line ends (`\n` or `\r\n`,
+/// written as CRLF) are found by the same scan that finds the bytes to encode, so the body
+/// is read once.
 fn quoted_printable(out: &mut String, body: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let (lines, final_break) = lines(body);
-    for (n, line) in lines.enumerate() {
-        if n > 0 {
-            out.push_str("\r\n");
-        }
-        let bytes = line.as_bytes();
-        let len = bytes.len();
-        let mut col = 0;
-        let mut i = 0;
-        while i < len {
-            // Copy the longest literal run that fits before a soft break (75 columns leave
-            // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
-            let start = i;
-            let end = len.min(i + 75 - col);
-            i += literal_run(&bytes[i..end]);
-            if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
-                i -= 1; // trailing white space is encoded below
-            }
-            if i > start {
-                out.push_str(line.get(start..i).unwrap_or_default());
-                col += i - start;
-            }
+    let (body, final_break) = match body.strip_suffix('\n') {
+        Some(rest) => (rest, true),
+        None => (body, false),
+    };
+    let bytes = body.as_bytes();
+    let len = bytes.len();
+    let mut col = 0;
+    let mut i = 0;
+    loop {
+        if let Some(terminator) = line_end(bytes, i) {
             if i == len {
                 break;
             }
-            let b = bytes[i];
-            let last = i + 1 == len;
-            if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
-                // The run stopped at the line limit: the last character may use column 76.
-                if last && col < 76 {
-                    out.push(b as char);
-                    i += 1;
-                } else {
-                    out.push_str("=\r\n");
-                    col = 0;
-                }
-                continue;
+            // A CR that ends the body is dropped with nothing after it, as the last line's
+            // terminator; any other ends a line that another follows.
+            if !(terminator == 1 && bytes[i] == b'\r') {
+                out.push_str("\r\n");
             }
-            if col + 3 > if last { 76 } else { 75 } {
+            i += terminator;
+            col = 0;
+            continue;
+        }
+        // Copy the longest literal run that fits before a soft break (75 columns leave
+        // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
+        let start = i;
+        let end = len.min(i + 75 - col);
+        i += literal_run(&bytes[i..end]);
+        if i > start && line_end(bytes, i).is_some() && matches!(bytes[i - 1], b' ' | b'\t') {
+            i -= 1; // trailing white space is encoded below
+        }
+        if i > start {
+            out.push_str(body.get(start..i).unwrap_or_default());
+            col += i - start;
+        }
+        if line_end(bytes, i).is_some() {
+            continue;
+        }
+        let b = bytes[i];
+        let last = line_end(bytes, i + 1).is_some();
+        if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
+            // The run stopped at the line limit: the last character may use column 76.
+            if last && col < 76 {
+                out.push(b as char);
+                i += 1;
+            } else {
                 out.push_str("=\r\n");
                 col = 0;
             }
-            out.push('=');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0x0f) as usize] as char);
-            col += 3;
-            i += 1;
+            continue;
         }
+        if col + 3 > if last { 76 } else { 75 } {
+            out.push_str("=\r\n");
+            col = 0;
+        }
+        out.push('=');
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0x0f) as usize] as char);
+        col += 3;
+        i += 1;
     }
     if final_break {
         out.push_str("\r\n");
+    }
+}
+
+/// Whether a line ends at `at` of a body whose final `\n` is already taken off, and the
+/// length of its terminator: `\n`, `\r\n`, a `\r` that ends the body, or the body's end (0).
+/// A `\r` elsewhere is a character of the line, encoded like any control character.
+fn line_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at..) {
+        Some([]) => Some(0),
+        Some([b'\n', ..]) | Some([b'\r']) => Some(1),
+        Some([b'\r', b'\n', ..]) => Some(2),
+        _ => None,
     }
 }
 
@@ -680,6 +705,88 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The encoder as it was before it found line ends itself: line by line, split first.
+    fn quoted_printable_by_lines(out: &mut String, body: &str) {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let (lines, final_break) = lines(body);
+        for (n, line) in lines.enumerate() {
+            if n > 0 {
+                out.push_str("\r\n");
+            }
+            let bytes = line.as_bytes();
+            let len = bytes.len();
+            let mut col = 0;
+            let mut i = 0;
+            while i < len {
+                // Copy the longest literal run that fits before a soft break (75 columns leave
+                // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
+                let start = i;
+                let end = len.min(i + 75 - col);
+                i += literal_run(&bytes[i..end]);
+                if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
+                    i -= 1; // trailing white space is encoded below
+                }
+                if i > start {
+                    out.push_str(line.get(start..i).unwrap_or_default());
+                    col += i - start;
+                }
+                if i == len {
+                    break;
+                }
+                let b = bytes[i];
+                let last = i + 1 == len;
+                if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
+                    // The run stopped at the line limit: the last character may use column 76.
+                    if last && col < 76 {
+                        out.push(b as char);
+                        i += 1;
+                    } else {
+                        out.push_str("=\r\n");
+                        col = 0;
+                    }
+                    continue;
+                }
+                if col + 3 > if last { 76 } else { 75 } {
+                    out.push_str("=\r\n");
+                    col = 0;
+                }
+                out.push('=');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0x0f) as usize] as char);
+                col += 3;
+                i += 1;
+            }
+        }
+        if final_break {
+            out.push_str("\r\n");
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass encoder writes what the line-by-line one did, for text full of the
+        /// cases that matter: line ends of each kind, bare CRs, trailing white space, `=`,
+        /// multi-byte characters and lines around the 76-column limit.
+        #[test]
+        fn quoted_printable_in_one_pass_writes_what_line_by_line_did(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("\n"), proptest::strategy::Just("\r\n"),
+                    proptest::strategy::Just("\r"), proptest::strategy::Just(" "),
+                    proptest::strategy::Just("\t"), proptest::strategy::Just("="),
+                    proptest::strategy::Just("é"), proptest::strategy::Just("😀"),
+                    proptest::strategy::Just("x"), proptest::strategy::Just("word "),
+                    proptest::strategy::Just("a longer run of plain words, "),
+                ],
+                0..60,
+            ),
+        ) {
+            let body: String = pieces.concat();
+            let mut by_lines = String::new();
+            quoted_printable_by_lines(&mut by_lines, &body);
+            proptest::prop_assert_eq!(qp(&body), by_lines, "{:?}", body);
+        }
     }
 
     #[test]
