@@ -1,5 +1,5 @@
 //! Render + MIME build per message for an ~8 KB HTML newsletter with a loop, and the same with
-//! Ed25519 and RSA-2048 DKIM signing. Results: docs/BENCHMARKS-message.md.
+//! Ed25519 and RSA-2048 DKIM signing. Results: docs/BENCHMARKS.md, "Message building".
 
 use campaign::{CampaignDocument, Recipient};
 use criterion::{Criterion, criterion_group, criterion_main};

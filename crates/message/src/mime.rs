@@ -59,7 +59,7 @@ fn build(
     options: &BuildOptions,
 ) -> Result<OutgoingMessage, BuildError> {
     let from = &campaign.from;
-    let reply_to = campaign.reply_to.as_ref();
+    let headers = &campaign.headers;
     for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
         if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
             return Err(BuildError::UnsubscribeLink(link.clone()));
@@ -71,27 +71,21 @@ fn build(
         .map_err(|err| BuildError::Date(err.to_string()))?;
     let message_id = format!(
         "<{}.{}@{}>",
-        message.campaign_id,
-        message.recipient_id,
-        from.email.ascii_domain()
+        message.campaign_id, message.recipient_id, headers.message_id_domain
     );
     let body_len =
         message.html.as_ref().map_or(0, String::len) + message.text.as_ref().map_or(0, String::len);
     let mut out = String::with_capacity(body_len + body_len / 8 + 1024);
 
     header(&mut out, "Date", &date);
-    let mut col = field_name(&mut out, "From");
-    mailbox(&mut out, &mut col, from);
-    out.push_str("\r\n");
+    out.push_str(&headers.from);
     header(
         &mut out,
         "To",
         &format!("<{}>", header_address(&message.to)),
     );
-    if let Some(reply_to) = reply_to {
-        let mut col = field_name(&mut out, "Reply-To");
-        mailbox(&mut out, &mut col, reply_to);
-        out.push_str("\r\n");
+    if let Some(reply_to) = &headers.reply_to {
+        out.push_str(reply_to);
     }
     let mut col = field_name(&mut out, "Subject");
     unstructured(&mut out, &mut col, &message.subject);
@@ -119,13 +113,7 @@ fn build(
         "List-Unsubscribe-Post",
         "List-Unsubscribe=One-Click",
     );
-    let (list_name, list_id) = &campaign.list_id;
-    let mut col = field_name(&mut out, "List-Id");
-    if let Some(name) = list_name {
-        phrase(&mut out, &mut col, name);
-    }
-    token(&mut out, &mut col, &format!("<{list_id}>"));
-    out.push_str("\r\n");
+    out.push_str(&headers.list_id);
     if let Some(sender) = &campaign.feedback_id {
         header(
             &mut out,
@@ -173,6 +161,51 @@ fn build(
         message.campaign_id.to_string(),
         message.recipient_id.to_string(),
     ))
+}
+
+/// The header lines a campaign's messages share, written once when it is compiled: the
+/// address checks and IDNA conversion they take are not repeated per recipient.
+#[derive(Debug)]
+pub(crate) struct CampaignHeaders {
+    /// `From: …` with its CRLF.
+    from: String,
+    /// `Reply-To: …` with its CRLF, when the campaign has one.
+    reply_to: Option<String>,
+    /// `List-Id: …` with its CRLF.
+    list_id: String,
+    /// The From address's domain as A-labels, the right side of each Message-ID.
+    message_id_domain: String,
+}
+
+impl CampaignHeaders {
+    /// `list_id`: the description (if any) and the identifier.
+    pub(crate) fn new(
+        from: &Mailbox,
+        reply_to: Option<&Mailbox>,
+        list_id: &(Option<String>, String),
+    ) -> CampaignHeaders {
+        let mailbox_line = |name: &str, address: &Mailbox| {
+            let mut out = String::new();
+            let mut col = field_name(&mut out, name);
+            mailbox(&mut out, &mut col, address);
+            out.push_str("\r\n");
+            out
+        };
+        let (list_name, list_id) = list_id;
+        let mut list_id_line = String::new();
+        let mut col = field_name(&mut list_id_line, "List-Id");
+        if let Some(name) = list_name {
+            phrase(&mut list_id_line, &mut col, name);
+        }
+        token(&mut list_id_line, &mut col, &format!("<{list_id}>"));
+        list_id_line.push_str("\r\n");
+        CampaignHeaders {
+            from: mailbox_line("From", from),
+            reply_to: reply_to.map(|address| mailbox_line("Reply-To", address)),
+            list_id: list_id_line,
+            message_id_domain: from.email.ascii_domain().to_string(),
+        }
+    }
 }
 
 /// The `List-Id` of a campaign that names none: the From address read as a list name
@@ -429,12 +462,24 @@ fn choose_encoding(body: &str, boundary: Option<&str>) -> Encoding {
     }
     // Quoted-printable triples every non-ASCII byte; past about a sixth of the text base64's
     // flat 4/3 is smaller (and a right-to-left or CJK newsletter is mostly non-ASCII).
-    let non_ascii = bytes.iter().filter(|b| !b.is_ascii()).count();
+    let non_ascii = non_ascii_count(bytes);
     if non_ascii * 6 > bytes.len() {
         Encoding::Base64
     } else {
         Encoding::QuotedPrintable
     }
+}
+
+/// Bytes of 0x80 and above, counted eight at a time.
+fn non_ascii_count(bytes: &[u8]) -> usize {
+    let (words, rest) = bytes.split_at(bytes.len() / 8 * 8);
+    let in_words: u32 = words
+        .chunks_exact(8)
+        .map(|chunk| {
+            (u64::from_le_bytes(chunk.try_into().unwrap_or_default()) & HIGH_BITS).count_ones()
+        })
+        .sum();
+    in_words as usize + rest.iter().filter(|b| !b.is_ascii()).count()
 }
 
 fn has_bare_cr(bytes: &[u8]) -> bool {
@@ -486,63 +531,127 @@ const QP_LITERAL: [bool; 256] = {
     table
 };
 
+/// Eight copies of `byte` in a word, for the word-at-a-time scans below.
+const fn splat(byte: u8) -> u64 {
+    u64::from_le_bytes([byte; 8])
+}
+
+const HIGH_BITS: u64 = splat(0x80);
+
+/// The high bit of each byte of `word` that is zero. Only the lowest flagged byte is exact
+/// (a borrow can flag bytes above it), which is all a forward scan needs.
+const fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(splat(0x01)) & !word & HIGH_BITS
+}
+
+/// How many leading bytes of `bytes` are [`QP_LITERAL`], eight at a time: a byte needs
+/// encoding when it is 0x80 or above, below 0x20 (a tab among those is literal after all),
+/// `=` or DEL. Each test flags its lowest match exactly, so the lowest flag of their union
+/// is the first byte that is not plain.
+fn literal_run(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let flagged = (word & HIGH_BITS)
+            | (word.wrapping_sub(splat(0x20)) & !word & HIGH_BITS)
+            | zero_bytes(word ^ splat(b'='))
+            | zero_bytes(word ^ splat(0x7f));
+        if flagged == 0 {
+            i += 8;
+            continue;
+        }
+        let first = i + (flagged.trailing_zeros() / 8) as usize;
+        if bytes[first] != b'\t' {
+            return first;
+        }
+        i = first + 1;
+    }
+    while i < bytes.len() && QP_LITERAL[bytes[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
 /// Quoted-printable (RFC 2045 §6.7): encoded lines at most 76 characters, soft breaks `=`,
-/// trailing white space encoded so transports cannot strip it.
+/// trailing white space encoded so transports cannot strip it. Line ends (`\n` or `\r\n`,
+/// written as CRLF) are found by the same scan that finds the bytes to encode, so the body
+/// is read once.
 fn quoted_printable(out: &mut String, body: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let (lines, final_break) = lines(body);
-    for (n, line) in lines.enumerate() {
-        if n > 0 {
-            out.push_str("\r\n");
-        }
-        let bytes = line.as_bytes();
-        let len = bytes.len();
-        let mut col = 0;
-        let mut i = 0;
-        while i < len {
-            // Copy the longest literal run that fits before a soft break (75 columns leave
-            // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
-            let start = i;
-            let end = len.min(i + 75 - col);
-            while i < end && QP_LITERAL[bytes[i] as usize] {
-                i += 1;
-            }
-            if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
-                i -= 1; // trailing white space is encoded below
-            }
-            if i > start {
-                out.push_str(line.get(start..i).unwrap_or_default());
-                col += i - start;
-            }
+    let (body, final_break) = match body.strip_suffix('\n') {
+        Some(rest) => (rest, true),
+        None => (body, false),
+    };
+    let bytes = body.as_bytes();
+    let len = bytes.len();
+    let mut col = 0;
+    let mut i = 0;
+    loop {
+        if let Some(terminator) = line_end(bytes, i) {
             if i == len {
                 break;
             }
-            let b = bytes[i];
-            let last = i + 1 == len;
-            if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
-                // The run stopped at the line limit: the last character may use column 76.
-                if last && col < 76 {
-                    out.push(b as char);
-                    i += 1;
-                } else {
-                    out.push_str("=\r\n");
-                    col = 0;
-                }
-                continue;
+            // A CR that ends the body is dropped with nothing after it, as the last line's
+            // terminator; any other ends a line that another follows.
+            if !(terminator == 1 && bytes[i] == b'\r') {
+                out.push_str("\r\n");
             }
-            if col + 3 > if last { 76 } else { 75 } {
+            i += terminator;
+            col = 0;
+            continue;
+        }
+        // Copy the longest literal run that fits before a soft break (75 columns leave
+        // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
+        let start = i;
+        let end = len.min(i + 75 - col);
+        i += literal_run(&bytes[i..end]);
+        if i > start && line_end(bytes, i).is_some() && matches!(bytes[i - 1], b' ' | b'\t') {
+            i -= 1; // trailing white space is encoded below
+        }
+        if i > start {
+            out.push_str(body.get(start..i).unwrap_or_default());
+            col += i - start;
+        }
+        if line_end(bytes, i).is_some() {
+            continue;
+        }
+        let b = bytes[i];
+        let last = line_end(bytes, i + 1).is_some();
+        if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
+            // The run stopped at the line limit: the last character may use column 76.
+            if last && col < 76 {
+                out.push(b as char);
+                i += 1;
+            } else {
                 out.push_str("=\r\n");
                 col = 0;
             }
-            out.push('=');
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0x0f) as usize] as char);
-            col += 3;
-            i += 1;
+            continue;
         }
+        if col + 3 > if last { 76 } else { 75 } {
+            out.push_str("=\r\n");
+            col = 0;
+        }
+        out.push('=');
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0x0f) as usize] as char);
+        col += 3;
+        i += 1;
     }
     if final_break {
         out.push_str("\r\n");
+    }
+}
+
+/// Whether a line ends at `at` of a body whose final `\n` is already taken off, and the
+/// length of its terminator: `\n`, `\r\n`, a `\r` that ends the body, or the body's end (0).
+/// A `\r` elsewhere is a character of the line, encoded like any control character.
+fn line_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match bytes.get(at..) {
+        Some([]) => Some(0),
+        Some([b'\n', ..]) | Some([b'\r']) => Some(1),
+        Some([b'\r', b'\n', ..]) => Some(2),
+        _ => None,
     }
 }
 
@@ -598,6 +707,88 @@ mod tests {
         out
     }
 
+    /// The encoder as it was before it found line ends itself: line by line, split first.
+    fn quoted_printable_by_lines(out: &mut String, body: &str) {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let (lines, final_break) = lines(body);
+        for (n, line) in lines.enumerate() {
+            if n > 0 {
+                out.push_str("\r\n");
+            }
+            let bytes = line.as_bytes();
+            let len = bytes.len();
+            let mut col = 0;
+            let mut i = 0;
+            while i < len {
+                // Copy the longest literal run that fits before a soft break (75 columns leave
+                // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
+                let start = i;
+                let end = len.min(i + 75 - col);
+                i += literal_run(&bytes[i..end]);
+                if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
+                    i -= 1; // trailing white space is encoded below
+                }
+                if i > start {
+                    out.push_str(line.get(start..i).unwrap_or_default());
+                    col += i - start;
+                }
+                if i == len {
+                    break;
+                }
+                let b = bytes[i];
+                let last = i + 1 == len;
+                if QP_LITERAL[b as usize] && !(last && matches!(b, b' ' | b'\t')) {
+                    // The run stopped at the line limit: the last character may use column 76.
+                    if last && col < 76 {
+                        out.push(b as char);
+                        i += 1;
+                    } else {
+                        out.push_str("=\r\n");
+                        col = 0;
+                    }
+                    continue;
+                }
+                if col + 3 > if last { 76 } else { 75 } {
+                    out.push_str("=\r\n");
+                    col = 0;
+                }
+                out.push('=');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0x0f) as usize] as char);
+                col += 3;
+                i += 1;
+            }
+        }
+        if final_break {
+            out.push_str("\r\n");
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-pass encoder writes what the line-by-line one did, for text full of the
+        /// cases that matter: line ends of each kind, bare CRs, trailing white space, `=`,
+        /// multi-byte characters and lines around the 76-column limit.
+        #[test]
+        fn quoted_printable_in_one_pass_writes_what_line_by_line_did(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("\n"), proptest::strategy::Just("\r\n"),
+                    proptest::strategy::Just("\r"), proptest::strategy::Just(" "),
+                    proptest::strategy::Just("\t"), proptest::strategy::Just("="),
+                    proptest::strategy::Just("é"), proptest::strategy::Just("😀"),
+                    proptest::strategy::Just("x"), proptest::strategy::Just("word "),
+                    proptest::strategy::Just("a longer run of plain words, "),
+                ],
+                0..60,
+            ),
+        ) {
+            let body: String = pieces.concat();
+            let mut by_lines = String::new();
+            quoted_printable_by_lines(&mut by_lines, &body);
+            proptest::prop_assert_eq!(qp(&body), by_lines, "{:?}", body);
+        }
+    }
+
     #[test]
     fn quoted_printable_round_trips_any_text() {
         let samples = [
@@ -618,6 +809,44 @@ mod tests {
             }
             let expected = sample.replace('\n', "\r\n");
             assert_eq!(qp_decode(&encoded), expected.as_bytes(), "{sample:?}");
+        }
+    }
+
+    /// The word-at-a-time scan agrees with the table for every byte at every place in a
+    /// word, after a tab too (the one byte the scan flags that is literal).
+    #[test]
+    fn literal_run_stops_where_the_table_says() {
+        let by_table = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .take_while(|&&b| QP_LITERAL[b as usize])
+                .count()
+        };
+        for byte in 0..=255u8 {
+            for place in 0..20 {
+                for filler in [b'a', b'\t'] {
+                    let mut bytes = vec![filler; 24];
+                    bytes[place] = byte;
+                    assert_eq!(
+                        literal_run(&bytes),
+                        by_table(&bytes),
+                        "byte {byte:#04x} at {place} among {filler:#04x}"
+                    );
+                }
+            }
+        }
+        assert_eq!(literal_run(b""), 0);
+    }
+
+    #[test]
+    fn non_ascii_bytes_are_counted_wherever_they_are() {
+        let text = "é a😀b ".repeat(7);
+        for start in 0..text.len() {
+            let bytes = &text.as_bytes()[start..];
+            assert_eq!(
+                non_ascii_count(bytes),
+                bytes.iter().filter(|b| !b.is_ascii()).count()
+            );
         }
     }
 

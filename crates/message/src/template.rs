@@ -192,14 +192,13 @@ pub struct CompiledCampaign {
     has_text: bool,
     campaign: Value,
     pub(crate) from: Mailbox,
-    pub(crate) reply_to: Option<Mailbox>,
     max_rendered_bytes: usize,
     /// The HTML template's tracked links (rewritten to read `_tracking.clicks[N]`).
     tracked_links: Vec<crate::tracking::TemplateLink>,
     tracks_opens: bool,
     aggregate_only: bool,
-    /// The `List-Id`: description (if any) and identifier.
-    pub(crate) list_id: (Option<String>, String),
+    /// The header lines that are the same in every message of the campaign.
+    pub(crate) headers: crate::mime::CampaignHeaders,
     /// The address of the `mailto:` List-Unsubscribe, when the campaign gives one.
     unsubscribe_mailto: Option<campaign::EmailAddress>,
     /// The sender identifier of the `Feedback-ID` header, when the campaign gives one.
@@ -298,6 +297,16 @@ impl CompiledCampaign {
             }
         }
         let used_fields = used_fields(&env);
+        let list_id = match &doc.list_id {
+            Some(list_id) => (
+                list_id
+                    .name()
+                    .filter(|name| !name.trim().is_empty())
+                    .map(str::to_string),
+                list_id.id().to_string(),
+            ),
+            None => (None, crate::mime::default_list_id(&doc.from.email)),
+        };
         let campaign = Value::from_object(values::object([
             ("name", Value::from(doc.name.as_str())),
             ("metadata", values::from_json_map(&doc.metadata)),
@@ -308,21 +317,11 @@ impl CompiledCampaign {
             has_text: templates.text.is_some(),
             campaign,
             from: doc.from.clone(),
-            reply_to: doc.reply_to.clone(),
             max_rendered_bytes: settings.max_rendered_bytes,
             tracked_links,
             tracks_opens,
             aggregate_only: doc.tracking.aggregate_only,
-            list_id: match &doc.list_id {
-                Some(list_id) => (
-                    list_id
-                        .name()
-                        .filter(|name| !name.trim().is_empty())
-                        .map(str::to_string),
-                    list_id.id().to_string(),
-                ),
-                None => (None, crate::mime::default_list_id(&doc.from.email)),
-            },
+            headers: crate::mime::CampaignHeaders::new(&doc.from, doc.reply_to.as_ref(), &list_id),
             unsubscribe_mailto: doc.unsubscribe_mailto.clone(),
             feedback_id: doc.feedback_id.clone(),
             used_fields,
@@ -444,10 +443,12 @@ impl CompiledCampaign {
     }
 
     fn root_context(&self, recipient: &Recipient, ctx: &RecipientContext) -> Value {
-        let mut fields = values::from_json_fields(&recipient.fields, self.used_fields.as_ref());
         let email = Value::from(recipient.email.as_str());
-        fields.insert("email".into(), email.clone());
-        let fields = Value::from_object(fields);
+        let fields = Value::from_object(values::recipient_fields(
+            &recipient.fields,
+            self.used_fields.as_ref(),
+            email.clone(),
+        ));
         let unsubscribe = safe_url(&ctx.unsubscribe_url);
         Value::from_object(Root {
             service: [
@@ -695,6 +696,43 @@ mod tests {
         );
         // Lenient: a field no template names would print empty, converted or not.
         assert_eq!(render_text("[{{ missing }}]", fields), "[]");
+    }
+
+    /// A recipient's objects behave as maps: keys in sorted order whatever the JSON's order,
+    /// `email` among the fields, lookups by name and by `in`, printing and length.
+    #[test]
+    fn recipient_objects_enumerate_sorted_and_answer_lookups() {
+        let fields = json!({
+            "email": "a@shop.example", "zip": "BS1", "city": "Bath",
+            "order": {"total": 12.5, "id": 7, "items": [{"sku": "b"}, {"sku": "a"}]}
+        });
+        assert_eq!(
+            render_text(
+                "{% for k, v in recipient|items %}{{ k }}={{ v }};{% endfor %}",
+                fields.clone()
+            ),
+            "city=Bath;email=a@shop.example;order={'id': 7, 'items': [{'sku': 'b'}, {'sku': 'a'}], 'total': 12.5};zip=BS1;"
+        );
+        assert_eq!(
+            render_text(
+                "{{ recipient|length }} {{ 'zip' in recipient }} {{ 'nope' in recipient }} {{ order.items[1].sku }} {{ order['total'] }} {{ order|dictsort|first }} {{ order.missing is defined }}",
+                fields
+            ),
+            "4 True False a 12.5 ('id', 7) False"
+        );
+        // A wide record (found by a binary search rather than a scan).
+        let mut wide = serde_json::Map::new();
+        wide.insert("email".into(), json!("a@shop.example"));
+        for i in (0..30).rev() {
+            wide.insert(format!("f{i:02}"), json!(i));
+        }
+        assert_eq!(
+            render_text(
+                "{{ recipient|length }} {{ f00 }} {{ f17 }} {{ recipient['f29'] }} [{{ f30 }}] {{ (recipient|list)[:3]|join(',') }}",
+                serde_json::Value::Object(wide)
+            ),
+            "31 0 17 29 [] email,f00,f01"
+        );
     }
 
     /// A defect in some filter that panics fails the recipient being rendered, with the

@@ -1,9 +1,10 @@
 //! Recipient data as template values, and the filters users expect beyond minijinja's own.
 
-use minijinja::value::{Kwargs, Value};
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectExt, Value};
 use minijinja::{Environment, Error, ErrorKind, State};
 use serde_json::{Map, Value as Json};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Converts JSON directly (not through serde): cheaper per recipient, and it keeps numbers as
 /// integers where they are integers so `{{ count }}` prints `3`, not `3.0`.
@@ -23,26 +24,97 @@ pub(crate) fn from_json(value: &Json) -> Value {
     }
 }
 
-/// The fields named in `only` (all when `None`) as template values.
-pub(crate) fn from_json_fields(
+/// An object's entries as template values, sorted by key: the order a `BTreeMap` gave them
+/// (for `items`, `dictsort` and printing), without its nodes and a `String` per key (keys of
+/// up to 22 bytes are stored inline in their `Value`). Built for every recipient, so the
+/// allocations count.
+#[derive(Debug)]
+pub(crate) struct Fields(Vec<(Value, Value)>);
+
+impl Fields {
+    /// `entries` must not repeat a key.
+    fn new(mut entries: Vec<(Value, Value)>) -> Fields {
+        entries.sort_unstable_by(|(a, _), (b, _)| key_str(a).cmp(key_str(b)));
+        Fields(entries)
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        // Most objects are a record's few fields: a scan that compares lengths first beats
+        // a binary search's ordered comparisons there.
+        if self.0.len() <= 16 {
+            return self
+                .0
+                .iter()
+                .find(|(entry, _)| entry.as_str() == Some(key))
+                .map(|(_, value)| value);
+        }
+        self.0
+            .binary_search_by(|(entry, _)| key_str(entry).cmp(key))
+            .ok()
+            .map(|index| &self.0[index].1)
+    }
+}
+
+fn key_str(key: &Value) -> &str {
+    key.as_str().unwrap_or_default()
+}
+
+impl Object for Fields {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get(key.as_str()?).cloned()
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.get(key).cloned()
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        self.mapped_rev_key_value_enumerator(|this| {
+            Box::new(
+                this.0
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone())),
+            )
+        })
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+/// A recipient's fields named in `only` (all when `None`) and its `email`, which replaces a
+/// field of that name.
+pub(crate) fn recipient_fields(
     map: &Map<String, Json>,
     only: Option<&HashSet<String>>,
-) -> BTreeMap<String, Value> {
-    map.iter()
-        .filter(|(key, _)| only.is_none_or(|only| only.contains(*key)))
-        .map(|(key, value)| (key.clone(), from_json(value)))
-        .collect()
+    email: Value,
+) -> Fields {
+    let mut entries: Vec<(Value, Value)> = map
+        .iter()
+        .filter(|(key, _)| *key != "email" && only.is_none_or(|only| only.contains(*key)))
+        .map(|(key, value)| (Value::from(key.as_str()), from_json(value)))
+        .collect();
+    entries.push((Value::from("email"), email));
+    Fields::new(entries)
 }
 
 pub(crate) fn from_json_map(map: &Map<String, Json>) -> Value {
-    Value::from_object(from_json_fields(map, None))
+    let entries = map
+        .iter()
+        .map(|(key, value)| (Value::from(key.as_str()), from_json(value)))
+        .collect();
+    Value::from_object(Fields::new(entries))
 }
 
-pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
-    pairs
-        .into_iter()
-        .map(|(key, value)| (key.to_string(), value))
-        .collect()
+/// Entries with distinct keys, as a template object.
+pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> Fields {
+    Fields::new(
+        pairs
+            .into_iter()
+            .map(|(key, value)| (Value::from(key), value))
+            .collect(),
+    )
 }
 
 pub(crate) fn add_filters(env: &mut Environment<'static>) {
@@ -269,7 +341,7 @@ fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<Strin
     };
     let (thousands, point) = separators("number", &kwargs)?;
     kwargs.assert_all_used()?;
-    let mut out = String::new();
+    let mut out = String::with_capacity(16);
     group(&mut out, amount, decimals, sep(&thousands), sep(&point));
     Ok(out)
 }
@@ -401,6 +473,10 @@ fn separator_arg(name: &str, value: &Value) -> Result<String, String> {
 
 /// `thousands` and `point` (checked strings; short ones are stored inline, no allocation).
 fn separators(filter: &str, kwargs: &Kwargs) -> Result<(Value, Value), Error> {
+    // The usual call gives neither: skip the look-ups, which record each name as used.
+    if kwargs.args().next().is_none() {
+        return Ok((Value::from(","), Value::from(".")));
+    }
     let pick = |name: &str, default: &'static str| -> Result<Value, Error> {
         match kwargs.get::<Option<Value>>(name)? {
             Some(given) => separator_arg(name, &given)
@@ -451,6 +527,16 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
             )
         })?;
         (amount, !s.contains(['.', 'e', 'E']))
+    } else if value.is_number() && !value.is_integer() {
+        // A float: whole ones count as integers, as `i64::try_from` below would take them,
+        // without building (and dropping) that conversion's error for every price.
+        let f = f64::try_from(value.clone())?;
+        let whole = f as i64;
+        if whole as f64 == f {
+            (whole as f64, true)
+        } else {
+            (f, false)
+        }
     } else if let Ok(i) = i64::try_from(value.clone()) {
         // Precision loss above 2^53 only affects the digits shown, never memory safety.
         (i as f64, true)
@@ -475,21 +561,32 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
 /// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
 /// about 330 and the separators at most a hundred.
 fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
-    let fixed = format!("{:.*}", decimals, amount.abs());
-    let (int_part, frac_part) = fixed.split_once('.').unwrap_or((&fixed, ""));
-    out.reserve(fixed.len() + fixed.len() / 3 * thousands.len() + 2);
-    if amount < 0.0 && fixed.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
-        out.push('-');
+    use std::fmt::Write as _;
+    // The digits are written in place, then the sign, separators and point put in: no
+    // temporary string per number.
+    let mut start = out.len();
+    let _ = write!(out, "{:.*}", decimals, amount.abs());
+    if amount < 0.0
+        && out.as_bytes()[start..]
+            .iter()
+            .any(|b| (b'1'..=b'9').contains(b))
+    {
+        out.insert(start, '-');
+        start += 1;
     }
-    for (i, digit) in int_part.chars().enumerate() {
-        if i > 0 && (int_part.len() - i).is_multiple_of(3) {
-            out.push_str(thousands);
+    let int_end = match out[start..].find('.') {
+        Some(dot) => {
+            out.replace_range(start + dot..start + dot + 1, point);
+            start + dot
         }
-        out.push(digit);
-    }
-    if !frac_part.is_empty() {
-        out.push_str(point);
-        out.push_str(frac_part);
+        None => out.len(),
+    };
+    // Right to left, so the places still to fill keep their offsets.
+    let int_len = int_end - start;
+    let mut digits_before = int_len;
+    while digits_before > 3 {
+        digits_before -= 3;
+        out.insert_str(start + digits_before, thousands);
     }
 }
 
@@ -512,6 +609,11 @@ mod tests {
         assert_eq!(render("{{ f | number(0) }}", ctx.clone()), "1,234");
         assert_eq!(render("{{ neg | number(1) }}", ctx.clone()), "-9,876.6");
         assert_eq!(render("{{ s | number }}", ctx.clone()), "42,000");
+        // A whole float is printed as an integer; a fractional one with two decimals.
+        let floats = minijinja::context! { whole => 12000.0, negative_zero => -0.0, half => 0.5 };
+        assert_eq!(render("{{ whole | number }}", floats.clone()), "12,000");
+        assert_eq!(render("{{ negative_zero | number }}", floats.clone()), "0");
+        assert_eq!(render("{{ half | number }}", floats), "0.50");
         assert_eq!(
             render("{{ f | number(2, thousands='.', point=',') }}", ctx),
             "1.234,50"
@@ -763,8 +865,47 @@ mod properties {
         "{{ b | striptags }}",
     ];
 
+    /// `group` as it was first written (a formatted copy, then digit by digit): the in-place
+    /// version must write the same text.
+    fn group_by_copy(amount: f64, decimals: usize, thousands: &str, point: &str) -> String {
+        let mut out = String::new();
+        let fixed = format!("{:.*}", decimals, amount.abs());
+        let (int_part, frac_part) = fixed.split_once('.').unwrap_or((&fixed, ""));
+        if amount < 0.0 && fixed.bytes().any(|b| b.is_ascii_digit() && b != b'0') {
+            out.push('-');
+        }
+        for (i, digit) in int_part.chars().enumerate() {
+            if i > 0 && (int_part.len() - i).is_multiple_of(3) {
+                out.push_str(thousands);
+            }
+            out.push(digit);
+        }
+        if !frac_part.is_empty() {
+            out.push_str(point);
+            out.push_str(frac_part);
+        }
+        out
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn grouping_in_place_writes_what_a_copy_would(
+            amount in prop_oneof![
+                any::<f64>().prop_filter("finite", |f| f.is_finite()),
+                -1e7..1e7f64,
+                (-1_000_000i64..1_000_000).prop_map(|n| n as f64),
+            ],
+            decimals in 0usize..=super::MAX_DECIMALS as usize,
+            thousands in prop_oneof![Just(","), Just("."), Just("\u{a0}"), Just(""), Just("'’")],
+            point in prop_oneof![Just("."), Just(","), Just("·")],
+            prefix in prop_oneof![Just(""), Just("£")],
+        ) {
+            let mut out = String::from(prefix);
+            super::group(&mut out, amount, decimals, thousands, point);
+            prop_assert_eq!(out, format!("{prefix}{}", group_by_copy(amount, decimals, thousands, point)));
+        }
 
         #[test]
         fn filters_return_a_value_or_an_error_for_any_argument(
