@@ -17,9 +17,9 @@ pub mod timestamp;
 
 pub use address::{AddressError, EmailAddress, Mailbox};
 pub use document::{
-    AbMetric, AbTest, CampaignDocument, Limits, ListId, NamedListId, Problem, RetryPolicy,
-    Templates, TrackingOptions, UndefinedVariables, ValidationError, Variant, ab_slice,
-    parse_decide_after,
+    AbMetric, AbTest, CampaignDocument, Limits, ListId, MAX_MAX_RATE, MIN_MAX_RATE, NamedListId,
+    Problem, RetryPolicy, Templates, TrackingOptions, UndefinedVariables, ValidationError, Variant,
+    ab_slice, parse_decide_after,
 };
 pub use id::{CampaignId, RecipientId};
 pub use local_time::{LocalSendTime, LocalTimeError, RecipientZone};

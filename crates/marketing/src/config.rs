@@ -482,8 +482,16 @@ fn positive_seconds(variable: &str, value: &str) -> Result<f64, String> {
     }
 }
 
+/// The range a campaign's `max_rate` has, for the same reason: the rate schedules keep a slot
+/// interval in nanoseconds, which a rate beyond a million per second would round to nothing.
 fn smtp_rate_limit(value: &str) -> Result<f64, String> {
-    positive_seconds("SMTP_RATE_LIMIT", value)
+    use campaign::{MAX_MAX_RATE, MIN_MAX_RATE};
+    match value.parse::<f64>() {
+        Ok(rate) if (MIN_MAX_RATE..=MAX_MAX_RATE).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "SMTP_RATE_LIMIT must be messages per second from {MIN_MAX_RATE} to {MAX_MAX_RATE} (e.g. 50 or 0.5)"
+        )),
+    }
 }
 
 fn smtp_timeout(value: &str) -> Result<f64, String> {
@@ -782,6 +790,16 @@ mod tests {
                 .starts_with("API_RATE_LIMIT")
         );
         assert_eq!(api_rate_limit("0"), Ok(0.0));
+        assert_eq!(smtp_rate_limit("0.5"), Ok(0.5));
+        assert_eq!(smtp_rate_limit("1000000"), Ok(1_000_000.0));
+        for bad in ["0", "-3", "1e7", "inf", "NaN", "fast"] {
+            assert!(
+                smtp_rate_limit(bad)
+                    .unwrap_err()
+                    .starts_with("SMTP_RATE_LIMIT"),
+                "{bad}"
+            );
+        }
         assert!(
             api_rate_burst("0")
                 .unwrap_err()
