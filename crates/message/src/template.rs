@@ -444,7 +444,7 @@ impl CompiledCampaign {
 
     fn root_context(&self, recipient: &Recipient, ctx: &RecipientContext) -> Value {
         let email = Value::from(recipient.email.as_str());
-        let fields = Value::from_object(values::recipient_fields(
+        let fields = Arc::new(values::recipient_fields(
             &recipient.fields,
             self.used_fields.as_ref(),
             email.clone(),
@@ -453,7 +453,7 @@ impl CompiledCampaign {
         Value::from_object(Root {
             service: [
                 ("email", email),
-                ("recipient", fields.clone()),
+                ("recipient", Value::from_dyn_object(fields.clone())),
                 ("unsubscribe_url", unsubscribe),
                 ("campaign", self.campaign.clone()),
                 (
@@ -539,11 +539,13 @@ fn safe_url(url: &str) -> Value {
 }
 
 /// The template's top-level namespace: service variables first (so a recipient field named
-/// `unsubscribe_url` cannot replace the real link), then the recipient's fields.
+/// `unsubscribe_url` cannot replace the real link), then the recipient's fields, held as
+/// their own type so a look-up goes straight to them rather than through `Value::get_attr`'s
+/// dynamic dispatch (most of a template's variables are recipient fields).
 #[derive(Debug)]
 struct Root {
     service: [(&'static str, Value); 5],
-    fields: Value,
+    fields: Arc<values::Fields>,
 }
 
 impl Object for Root {
@@ -553,9 +555,9 @@ impl Object for Root {
             return Some(value.clone());
         }
         self.fields
-            .get_attr(key)
-            .ok()
+            .get(key)
             .filter(|value| !value.is_undefined())
+            .cloned()
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
