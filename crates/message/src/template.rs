@@ -550,7 +550,12 @@ struct Root {
 
 impl Object for Root {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let key = key.as_str()?;
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    /// The engine looks variables up by name: answering here skips the default's conversion
+    /// of the name into a `Value` and back.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
         if let Some((_, value)) = self.service.iter().find(|(name, _)| *name == key) {
             return Some(value.clone());
         }
