@@ -136,7 +136,7 @@ fn build(
             // "=_" cannot occur in quoted-printable or base64 output, and 7bit bodies are
             // checked for the boundary before they are used as they are.
             let boundary = format!(
-                "=_mb_{}_{}",
+                "{BOUNDARY_PREFIX}{}_{}",
                 message.campaign_id.as_uuid().simple(),
                 message.recipient_id
             );
@@ -411,16 +411,26 @@ fn encoded_words(out: &mut String, col: &mut usize, value: &str) {
     }
 }
 
+/// How every multipart boundary begins: `=_` cannot occur in quoted-printable or base64
+/// output, and a 7bit body is searched for the boundary before it is used as it is.
+const BOUNDARY_PREFIX: &str = "=_mb_";
+
 /// One text part: its headers, a blank line and the encoded body.
 fn part(out: &mut String, subtype: &str, body: &str, boundary: Option<&str>) {
+    let part_start = out.len();
     let encoding = choose_encoding(body, boundary);
-    let _ = write!(
-        out,
-        "Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {}\r\n\r\n",
-        encoding.name()
-    );
+    part_headers(out, subtype, encoding);
     match encoding {
-        Encoding::SevenBit => seven_bit(out, body),
+        Encoding::SevenBit => {
+            // The line lengths are checked by the copy, which finds the line ends anyway; a
+            // body with a line too long for 7bit (rare: ASCII text without line breaks) is
+            // written again as quoted-printable.
+            if !seven_bit(out, body) {
+                out.truncate(part_start);
+                part_headers(out, subtype, Encoding::QuotedPrintable);
+                quoted_printable(out, body);
+            }
+        }
         Encoding::QuotedPrintable => quoted_printable(out, body),
         Encoding::Base64 => base64_lines(out, body),
     }
@@ -429,6 +439,14 @@ fn part(out: &mut String, subtype: &str, body: &str, boundary: Option<&str>) {
     if boundary.is_some() || !out.ends_with("\r\n") {
         out.push_str("\r\n");
     }
+}
+
+fn part_headers(out: &mut String, subtype: &str, encoding: Encoding) {
+    let _ = write!(
+        out,
+        "Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {}\r\n\r\n",
+        encoding.name()
+    );
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,10 +466,12 @@ impl Encoding {
     }
 }
 
+/// The encoding of a body. `SevenBit` is provisional: its lines must also be at most 998
+/// octets, which [`seven_bit`] checks as it copies them.
 fn choose_encoding(body: &str, boundary: Option<&str>) -> Encoding {
     let bytes = body.as_bytes();
     if bytes.is_ascii() {
-        if fits_seven_bit(bytes, boundary) {
+        if seven_bit_bytes(bytes, boundary) {
             return Encoding::SevenBit;
         }
         return Encoding::QuotedPrintable;
@@ -466,23 +486,26 @@ fn choose_encoding(body: &str, boundary: Option<&str>) -> Encoding {
     }
 }
 
-/// Whether ASCII `bytes` may go as 7bit: lines of at most 998 octets (RFC 5322; a CR before
-/// the LF counts, as it did when lines were split at LF), no NUL, no CR outside a CRLF, and
-/// the multipart boundary absent. Each test is a SIMD search (memchr), so a body that
-/// passes costs a fraction of an instruction per byte rather than a search per line.
-fn fits_seven_bit(bytes: &[u8], boundary: Option<&str>) -> bool {
-    const MAX_LINE: usize = 998;
-    let mut line_start = 0;
-    for lf in memchr::memchr_iter(b'\n', bytes) {
-        if lf - line_start > MAX_LINE {
-            return false;
-        }
-        line_start = lf + 1;
+/// Whether ASCII `bytes` may go as 7bit as far as their bytes go: no NUL, no CR outside a
+/// CRLF, and the multipart boundary absent (the line lengths are [`seven_bit`]'s to check).
+/// Each test is a SIMD search (memchr), a fraction of an instruction per byte.
+fn seven_bit_bytes(bytes: &[u8], boundary: Option<&str>) -> bool {
+    memchr::memchr2_iter(0, b'\r', bytes)
+        .all(|at| bytes[at] == b'\r' && bytes.get(at + 1) == Some(&b'\n'))
+        && boundary.is_none_or(|boundary| !contains_boundary(bytes, boundary))
+}
+
+/// Whether `bytes` contain `boundary`. Boundaries differ per message but share their
+/// beginning, so the searcher for that is built once rather than one per body.
+fn contains_boundary(bytes: &[u8], boundary: &str) -> bool {
+    static PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(BOUNDARY_PREFIX));
+    if !boundary.starts_with(BOUNDARY_PREFIX) {
+        return memchr::memmem::find(bytes, boundary.as_bytes()).is_some();
     }
-    bytes.len() - line_start <= MAX_LINE
-        && memchr::memchr(0, bytes).is_none()
-        && !has_bare_cr(bytes)
-        && boundary.is_none_or(|b| memchr::memmem::find(bytes, b.as_bytes()).is_none())
+    PREFIX
+        .find_iter(bytes)
+        .any(|at| bytes[at..].starts_with(boundary.as_bytes()))
 }
 
 /// Bytes of 0x80 and above. Counted in byte-wide sums over blocks of at most 255 bytes
@@ -496,17 +519,17 @@ fn non_ascii_count(bytes: &[u8]) -> usize {
         .sum()
 }
 
-fn has_bare_cr(bytes: &[u8]) -> bool {
-    // Almost no body has a CR at all, and a CRLF body has few: each is looked at in turn.
-    memchr::memchr_iter(b'\r', bytes).any(|cr| bytes.get(cr + 1) != Some(&b'\n'))
-}
-
 /// The body as it is, line endings made CRLF: each `\n` or `\r\n` becomes CRLF, and a `\r`
 /// that ends the body is dropped (the last line's terminator, as in quoted-printable). The
-/// line ends are found by SIMD search and the runs between them copied whole.
-fn seven_bit(out: &mut String, body: &str) {
+/// line ends are found by SIMD search and the runs between them copied whole. Returns
+/// whether every line is at most 998 octets (RFC 5322; a CR before the LF counts, as it did
+/// when lines were split at LF), which 7bit requires.
+fn seven_bit(out: &mut String, body: &str) -> bool {
+    const MAX_LINE: usize = 998;
+    let mut fits = true;
     let mut line_start = 0;
     for lf in memchr::memchr_iter(b'\n', body.as_bytes()) {
+        fits &= lf - line_start <= MAX_LINE;
         let line = &body[line_start..lf];
         out.push_str(line.strip_suffix('\r').unwrap_or(line));
         out.push_str("\r\n");
@@ -514,6 +537,7 @@ fn seven_bit(out: &mut String, body: &str) {
     }
     let last = &body[line_start..];
     out.push_str(last.strip_suffix('\r').unwrap_or(last));
+    fits && last.len() <= MAX_LINE
 }
 
 /// Bytes quoted-printable may carry as they are (RFC 2045 §6.7 rules 2 and 3): printable
@@ -683,7 +707,7 @@ fn line_end(bytes: &[u8], at: usize) -> Option<usize> {
 fn base64_lines(out: &mut String, body: &str) {
     // Line endings become CRLF first: the decoded text is what the reader's client shows.
     let mut text = String::with_capacity(body.len() + body.len() / 32);
-    seven_bit(&mut text, body);
+    let _any_line_length_will_do = seven_bit(&mut text, body);
     for (i, chunk) in text.as_bytes().chunks(57).enumerate() {
         if i > 0 {
             out.push_str("\r\n");
@@ -797,14 +821,14 @@ mod tests {
             boundary in proptest::option::of(proptest::strategy::Just("=_mb_b")),
         ) {
             let body: String = pieces.concat();
+            let (mut by_search, mut by_lines) = (String::new(), String::new());
+            let lines_fit = seven_bit(&mut by_search, &body);
+            seven_bit_by_lines(&mut by_lines, &body);
             proptest::prop_assert_eq!(
-                fits_seven_bit(body.as_bytes(), boundary),
+                seven_bit_bytes(body.as_bytes(), boundary) && lines_fit,
                 fits_seven_bit_by_lines(&body, boundary),
                 "{:?}", body
             );
-            let (mut by_search, mut by_lines) = (String::new(), String::new());
-            seven_bit(&mut by_search, &body);
-            seven_bit_by_lines(&mut by_lines, &body);
             proptest::prop_assert_eq!(by_search, by_lines, "{:?}", body);
         }
     }
@@ -1030,13 +1054,32 @@ mod tests {
         assert_eq!(out, " =?UTF-8?B?Wm/Dqw==?=");
     }
 
+    /// The Content-Transfer-Encoding a part is written with.
+    fn part_encoding(body: &str, boundary: Option<&str>) -> String {
+        let mut out = String::new();
+        part(&mut out, "plain", body, boundary);
+        let header = out.lines().nth(1).unwrap_or_default();
+        header
+            .strip_prefix("Content-Transfer-Encoding: ")
+            .unwrap_or(header)
+            .to_string()
+    }
+
     #[test]
     fn encoding_follows_content() {
         assert_eq!(choose_encoding("plain\nascii\n", None), Encoding::SevenBit);
-        assert_eq!(
-            choose_encoding(&"x".repeat(1000), None),
-            Encoding::QuotedPrintable
+        assert_eq!(part_encoding("plain\nascii\n", None), "7bit");
+        // A line too long for 7bit is found while copying: the part is written again.
+        let long_line = format!("short\n{}\nshort\n", "x".repeat(1000));
+        assert_eq!(part_encoding(&long_line, None), "quoted-printable");
+        let mut again = String::new();
+        part(&mut again, "plain", &long_line, None);
+        let mut expected = String::from(
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n",
         );
+        quoted_printable(&mut expected, &long_line);
+        assert_eq!(again, expected);
+        assert_eq!(part_encoding(&"x".repeat(998), None), "7bit");
         assert_eq!(
             choose_encoding("a --=_mb_x b", Some("=_mb_x")),
             Encoding::QuotedPrintable
