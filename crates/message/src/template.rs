@@ -451,16 +451,11 @@ impl CompiledCampaign {
         ));
         let unsubscribe = safe_url(&ctx.unsubscribe_url);
         Value::from_object(Root {
-            service: [
-                ("email", email),
-                ("recipient", Value::from_dyn_object(fields.clone())),
-                ("unsubscribe_url", unsubscribe),
-                ("campaign", self.campaign.clone()),
-                (
-                    crate::tracking::TRACKING_VARIABLE,
-                    self.tracking_value(&ctx.tracking),
-                ),
-            ],
+            email,
+            recipient: Value::from_dyn_object(fields.clone()),
+            unsubscribe_url: unsubscribe,
+            campaign: self.campaign.clone(),
+            tracking: self.tracking_value(&ctx.tracking),
             fields,
         })
     }
@@ -544,7 +539,11 @@ fn safe_url(url: &str) -> Value {
 /// dynamic dispatch (most of a template's variables are recipient fields).
 #[derive(Debug)]
 struct Root {
-    service: [(&'static str, Value); 5],
+    email: Value,
+    recipient: Value,
+    unsubscribe_url: Value,
+    campaign: Value,
+    tracking: Value,
     fields: Arc<values::Fields>,
 }
 
@@ -556,13 +555,23 @@ impl Object for Root {
     /// The engine looks variables up by name: answering here skips the default's conversion
     /// of the name into a `Value` and back.
     fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
-        if let Some((_, value)) = self.service.iter().find(|(name, _)| *name == key) {
-            return Some(value.clone());
-        }
-        self.fields
-            .get(key)
-            .filter(|value| !value.is_undefined())
-            .cloned()
+        // A match on the names as constants compares lengths and a few words inline, where a
+        // search of (name, value) pairs called memcmp for every name of the same length.
+        let service = match key {
+            "email" => &self.email,
+            "recipient" => &self.recipient,
+            "unsubscribe_url" => &self.unsubscribe_url,
+            "campaign" => &self.campaign,
+            crate::tracking::TRACKING_VARIABLE => &self.tracking,
+            _ => {
+                return self
+                    .fields
+                    .get(key)
+                    .filter(|value| !value.is_undefined())
+                    .cloned();
+            }
+        };
+        Some(service.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
