@@ -30,9 +30,13 @@ fn content(i: usize, to: &str) -> String {
 }
 
 fn message(i: usize) -> OutgoingMessage {
-    let to = format!("user{i}@example.org");
-    let envelope = Envelope::new("bounce@example.com", [to.as_str()]).expect("valid envelope");
-    OutgoingMessage::new(envelope, content(i, &to))
+    message_between(i, "bounce@example.com", &[&format!("user{i}@example.org")])
+}
+
+/// Message `i` (Message-ID `<msg-i@example.com>`) with this envelope.
+fn message_between(i: usize, from: &str, to: &[&str]) -> OutgoingMessage {
+    let envelope = Envelope::new(from, to.iter().copied()).expect("valid envelope");
+    OutgoingMessage::new(envelope, content(i, to[0]))
 }
 
 /// Bound on waiting for smtp-sink's counters to catch up with replies already received.
@@ -56,14 +60,29 @@ fn lf(text: &str) -> Vec<u8> {
 }
 
 fn message_id(content: &[u8]) -> Option<String> {
+    header(content, "Message-ID")
+}
+
+/// A header's value (name case-insensitive, leading and trailing blanks removed) in a stored
+/// message's header section.
+fn header(content: &[u8], name: &str) -> Option<String> {
     String::from_utf8_lossy(content)
         .lines()
         .take_while(|line| !line.is_empty())
         .find_map(|line| {
-            line.strip_prefix("Message-ID: ")
-                .or_else(|| line.strip_prefix("Message-Id: "))
-                .map(str::to_string)
+            let (field, value) = line.split_once(':')?;
+            field
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
         })
+}
+
+/// The stored message whose Message-ID is `<msg-i@example.com>`.
+fn stored_message(stored: &[Vec<u8>], i: usize) -> &[u8] {
+    stored
+        .iter()
+        .find(|m| message_id(m).as_deref() == Some(&format!("<msg-{i}@example.com>")))
+        .unwrap_or_else(|| panic!("message {i} not in the Maildir"))
 }
 
 #[tokio::test]
@@ -111,19 +130,218 @@ async fn smtp_delivers_to_aiosmtpd_with_headers_and_body_intact() {
 
 #[tokio::test]
 async fn smtp_delivers_to_smtp_sink_and_the_sink_counts_every_message() {
-    let Some(sink) = SmtpSink::start() else {
-        return;
-    };
-    let transport = smtp(&sink.url(), 2);
-    for i in 0..20 {
-        let accepted = transport.send(message(i)).await.expect("accepted");
-        assert_eq!(accepted.reply.code, 250, "{}", accepted.reply);
-        assert!(accepted.reply.text.contains("Ok"), "{}", accepted.reply);
+    // smtp-sink announces PIPELINING unless given -p: both ways of sending the envelope.
+    for flags in [&[][..], &["-p"]] {
+        let mut builder = SmtpSink::builder();
+        for flag in flags {
+            builder = builder.arg(*flag);
+        }
+        let Some(sink) = builder.start() else {
+            return;
+        };
+        let transport = smtp(&sink.url(), 2);
+        for i in 0..20 {
+            let accepted = transport.send(message(i)).await.expect("accepted");
+            assert_eq!(accepted.reply.code, 250, "{flags:?}: {}", accepted.reply);
+            assert!(accepted.reply.text.contains("Ok"), "{}", accepted.reply);
+        }
+        transport.close().await;
+        let counters = sink.wait_for(SETTLE, |c| c.messages >= 20 && c.quits >= 2);
+        assert_eq!(counters.messages, 20, "{flags:?}: {counters:?}");
+        // Every message went over the two connections, each ended by QUIT.
+        assert_eq!((counters.sessions, counters.quits), (2, 2), "{flags:?}");
     }
-    transport.close().await;
-    let counters = sink.wait_for(SETTLE, |c| c.messages >= 20 && c.quits >= 1);
-    assert_eq!(counters.messages, 20, "{counters:?}");
 }
+
+#[tokio::test]
+async fn smtp_pipelining_sends_mail_rcpt_and_data_together_when_the_server_announces_it() {
+    for pipelining in [true, false] {
+        let Some(server) = Aiosmtpd::start_refusing(pipelining) else {
+            return;
+        };
+        let transport = smtp(&server.url(), 1);
+        transport.send(message(0)).await.expect("accepted");
+        let three = ["a@example.org", "b@example.org", "c@example.org"];
+        let accepted = transport
+            .send(message_between(1, "bounce@example.com", &three))
+            .await
+            .expect("accepted");
+        assert!(accepted.refused.is_empty(), "{accepted:?}");
+        transport.close().await;
+
+        // The server notes which commands had already arrived when it read MAIL: all the
+        // rest of the envelope when pipelined, nothing when the client waited for each reply.
+        let stored = server.messages();
+        assert_eq!(stored.len(), 2);
+        let expected = if pipelining {
+            ["RCPT DATA", "RCPT RCPT RCPT DATA"]
+        } else {
+            ["", ""]
+        };
+        for (i, expected) in expected.iter().enumerate() {
+            let pipelined = header(stored_message(&stored, i), "X-Pipelined-With-Mail");
+            assert_eq!(
+                pipelined.as_deref(),
+                Some(*expected),
+                "pipelining announced: {pipelining}, message {i}"
+            );
+        }
+        let rcpt_to = header(stored_message(&stored, 1), "X-RcptTo");
+        assert_eq!(rcpt_to.as_deref(), Some(three.join(", ").as_str()));
+    }
+}
+
+/// testkit's refusing aiosmtpd: the text of every refusal its address rules make.
+fn rule_refusal(code: u16) -> delivery::Reply {
+    delivery::Reply {
+        code,
+        text: format!("{}.7.1 Refused by the test's address rule", code / 100),
+    }
+}
+
+fn rcpt_refused(address: &str, code: u16) -> delivery::RecipientRefused {
+    let reply = rule_refusal(code);
+    let error = if code < 500 {
+        SendError::TransientReply {
+            stage: Stage::RcptTo,
+            reply,
+        }
+    } else {
+        SendError::PermanentReply {
+            stage: Stage::RcptTo,
+            reply,
+        }
+    };
+    delivery::RecipientRefused {
+        address: address.to_string(),
+        error,
+    }
+}
+
+#[tokio::test]
+async fn smtp_pipelined_refusals_end_as_one_by_one_and_the_connection_carries_the_next_message() {
+    let mail_refused = |code, stage: Stage| {
+        let reply = rule_refusal(code);
+        if code < 500 {
+            SendError::TransientReply { stage, reply }
+        } else {
+            SendError::PermanentReply { stage, reply }
+        }
+    };
+    // (sender, recipients, the outcome: Ok with the refused recipients, or the error)
+    type Outcome = Result<Vec<delivery::RecipientRefused>, SendError>;
+    let cases: Vec<(&str, Vec<&str>, Outcome)> = vec![
+        (
+            "refuse-550@example.com",
+            vec!["a@example.org"],
+            Err(mail_refused(550, Stage::MailFrom)),
+        ),
+        (
+            "refuse-450@example.com",
+            vec!["a@example.org", "b@example.org"],
+            Err(mail_refused(450, Stage::MailFrom)),
+        ),
+        (
+            "bounce@example.com",
+            vec!["refuse-450@example.org"],
+            Err(rcpt_refused("refuse-450@example.org", 450).error),
+        ),
+        (
+            "bounce@example.com",
+            vec!["refuse-550@example.org"],
+            Err(rcpt_refused("refuse-550@example.org", 550).error),
+        ),
+        (
+            "bounce@example.com",
+            vec!["refuse-450@example.org", "refuse-550@example.org"],
+            Err(SendError::AllRecipientsRefused(vec![
+                rcpt_refused("refuse-450@example.org", 450),
+                rcpt_refused("refuse-550@example.org", 550),
+            ])),
+        ),
+        (
+            "bounce@example.com",
+            vec!["a@example.org", "refuse-550@example.org", "b@example.org"],
+            Ok(vec![rcpt_refused("refuse-550@example.org", 550)]),
+        ),
+        // RCPT accepted but not kept: aiosmtpd itself refuses DATA.
+        (
+            "bounce@example.com",
+            vec!["forget@example.org"],
+            Err(SendError::PermanentReply {
+                stage: Stage::Data,
+                reply: delivery::Reply {
+                    code: 503,
+                    text: "Error: need RCPT command".to_string(),
+                },
+            }),
+        ),
+        // RCPT refused yet kept: DATA gets 354 although no recipient was accepted.
+        (
+            "bounce@example.com",
+            vec!["refuse-550-keep@example.org"],
+            Err(rcpt_refused("refuse-550-keep@example.org", 550).error),
+        ),
+    ];
+    for pipelining in [true, false] {
+        let Some(server) = Aiosmtpd::start_refusing(pipelining) else {
+            return;
+        };
+        let transport = smtp(&server.url(), 1);
+        for (i, (from, to, expected)) in cases.iter().enumerate() {
+            let outcome = transport
+                .send(message_between(100 + i, from, to))
+                .await
+                .map(|accepted| accepted.refused);
+            assert_eq!(
+                &outcome, expected,
+                "pipelining: {pipelining}, case {i}: {from} -> {to:?}"
+            );
+            // After a refusal the same connection takes the next message.
+            transport
+                .send(message(i))
+                .await
+                .unwrap_or_else(|err| panic!("pipelining: {pipelining}, after case {i}: {err}"));
+        }
+        transport.close().await;
+
+        let stored = server.messages();
+        for i in 0..cases.len() {
+            stored_message(&stored, i);
+        }
+        // The partly refused message reached the other two recipients.
+        let partly = cases.iter().position(|(_, _, e)| e.is_ok()).expect("case");
+        assert_eq!(
+            header(stored_message(&stored, 100 + partly), "X-RcptTo").as_deref(),
+            Some("a@example.org, b@example.org")
+        );
+        // Where the server took DATA with no recipient accepted, the pipelined client ended
+        // it with a lone dot (RFC 2920 §3.1): an empty message the server stored. The
+        // one-by-one client never sent DATA.
+        let empty: Vec<_> = stored.iter().filter(|m| message_id(m).is_none()).collect();
+        assert_eq!(
+            empty.len(),
+            usize::from(pipelining),
+            "pipelining: {pipelining}"
+        );
+        for message in &empty {
+            assert_eq!(
+                header(message, "X-RcptTo").as_deref(),
+                Some("refuse-550-keep@example.org")
+            );
+            let text = String::from_utf8_lossy(message);
+            assert_eq!(text.split_once("\n\n").map(|(_, body)| body), Some(""));
+        }
+        assert_eq!(stored.len(), cases.len() + 1 + empty.len());
+        // One connection carried them all.
+        let peers: HashSet<_> = stored.iter().map(|m| header(m, "X-Peer")).collect();
+        assert_eq!(peers.len(), 1, "{peers:?}");
+    }
+}
+
+// smtp-sink's -r and -f (refusals) imply -p: the tests with them send one command at a
+// time. Pipelined refusals are tested against aiosmtpd below
+// (smtp_pipelined_refusals_end_as_one_by_one_and_the_connection_carries_the_next_message).
 
 #[tokio::test]
 async fn smtp_fault_4xx_at_rcpt_is_temporary_with_the_server_text_and_keeps_the_connection() {
@@ -335,27 +553,38 @@ async fn smtp_fault_server_not_running_is_temporary_with_a_clear_error() {
 
 #[tokio::test]
 async fn smtp_fault_silent_server_times_out_as_temporary() {
-    // smtp-sink waits 5 s before answering DATA; our limit is 300 ms.
-    let Some(sink) = SmtpSink::builder().arg("-w").arg("5").start() else {
-        return;
-    };
-    let transport = smtp_with_timeout(&sink.url(), Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    let error = transport.send(message(0)).await.expect_err("timed out");
-    assert_eq!(
-        error,
-        SendError::Timeout {
-            stage: Stage::Data,
-            after: Duration::from_millis(300)
+    // smtp-sink waits 5 s before answering DATA; our limit is 300 ms. One by one (-p), the
+    // wait is for DATA's reply. Pipelined, smtp-sink holds the replies to MAIL and RCPT until
+    // it answers the group's last command (RFC 2920 lets a server send a group's replies
+    // together), so the first reply awaited, MAIL's, is the one that times out.
+    for (flags, stage) in [(&["-p"][..], Stage::Data), (&[], Stage::MailFrom)] {
+        let mut builder = SmtpSink::builder().arg("-w").arg("5");
+        for flag in flags {
+            builder = builder.arg(*flag);
         }
-    );
-    assert_eq!(error.class(), FailureClass::Temporary);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
-    transport.close().await;
+        let Some(sink) = builder.start() else {
+            return;
+        };
+        let transport = smtp_with_timeout(&sink.url(), Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let error = transport.send(message(0)).await.expect_err("timed out");
+        assert_eq!(
+            error,
+            SendError::Timeout {
+                stage,
+                after: Duration::from_millis(300)
+            },
+            "{flags:?}"
+        );
+        assert_eq!(error.class(), FailureClass::Temporary);
+        assert!(!error.may_have_been_delivered());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        transport.close().await;
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 use crate::payload::{SEND_BATCH, SendBatch, SendCampaign};
 use crate::recorder::Recorder;
 use crate::retry::outcome_of;
+use crate::status_gate::StatusGates;
 use crate::worker::Stats;
 use crate::{ProcessorError, Services};
 use campaign::{CampaignAction, CampaignId, CampaignStatus};
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// The transport as the metrics' `transport` label (`smtp`, `outbox`).
     pub transport_label: &'static str,
     compiled: Mutex<CompiledCache>,
+    /// The campaigns' status gates, one per campaign shared by this worker's batch runs.
+    gates: StatusGates,
 }
 
 /// Compiled templates per campaign and A/B variant (`None`: the campaign's own).
@@ -56,6 +59,7 @@ impl Shared {
             in_flight: Arc::new(Semaphore::new(in_flight.max(1))),
             stats,
             compiled: Mutex::new(HashMap::new()),
+            gates: StatusGates::default(),
         }
     }
 
@@ -90,60 +94,6 @@ impl Shared {
         self.compiled
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// The per-message status check that makes the pause/cancel bound exact: a message is handed
-/// to the transport only after a read of the campaign's status that *began after the message
-/// took its in-flight slot* answered `sending`. So once a pause or cancel has committed (the
-/// API has acknowledged it), the only messages of this worker that can still reach the server
-/// are those already past their check at that moment: at most its `in_flight` slots
-/// (SMTP_CONNECTIONS), each finishing within one SMTP exchange.
-///
-/// Reads are shared: a message waiting while a read is running takes the next one, so each
-/// message waits for at most two reads however many are in flight.
-struct StatusGate {
-    store: Arc<dyn store::CampaignStore>,
-    id: CampaignId,
-    /// When the last read began and what it found (`Some`: the campaign no longer sends).
-    last: tokio::sync::Mutex<Option<(Instant, Option<CampaignStatus>)>>,
-    stopped: Mutex<Option<CampaignStatus>>,
-}
-
-impl StatusGate {
-    fn new(store: Arc<dyn store::CampaignStore>, id: CampaignId) -> StatusGate {
-        StatusGate {
-            store,
-            id,
-            last: tokio::sync::Mutex::new(None),
-            stopped: Mutex::new(None),
-        }
-    }
-
-    /// `None` while the campaign is sending, per a read begun after `since`.
-    async fn check(&self, since: Instant) -> Result<Option<CampaignStatus>, ProcessorError> {
-        if let Some(status) = self.stopped() {
-            // Paused or cancelled is not undone within one batch run.
-            return Ok(Some(status));
-        }
-        let mut last = self.last.lock().await;
-        if let Some((began, found)) = *last
-            && began >= since
-        {
-            return Ok(found);
-        }
-        let began = Instant::now();
-        let found = campaign_stopped(self.store.as_ref(), self.id).await?;
-        *last = Some((began, found));
-        if found.is_some() {
-            *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = found;
-        }
-        Ok(found)
-    }
-
-    /// The status that stopped the campaign, once a check has seen one.
-    fn stopped(&self) -> Option<CampaignStatus> {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -415,7 +365,7 @@ pub(crate) async fn deliver(
     let suppressed = store.suppressed_among(&keys).await?;
 
     let mut sends: JoinSet<Option<OutcomeKind>> = JoinSet::new();
-    let gate = Arc::new(StatusGate::new(services.store.clone(), id));
+    let gate = shared.gates.get(&services.store, id);
     let mut halt = None;
     for recipient in due {
         let key = recipient.recipient.email.key();
@@ -629,18 +579,6 @@ fn halted(lease_lost: &std::sync::atomic::AtomicBool) -> Halt {
     } else {
         Halt::Shutdown
     }
-}
-
-/// The campaign's status when it no longer allows sending.
-async fn campaign_stopped(
-    store: &dyn store::CampaignStore,
-    id: CampaignId,
-) -> Result<Option<CampaignStatus>, ProcessorError> {
-    Ok(match store.campaign_status(id).await? {
-        Some(CampaignStatus::Sending) => None,
-        Some(status) => Some(status),
-        None => Some(CampaignStatus::Cancelled),
-    })
 }
 
 fn record_only(

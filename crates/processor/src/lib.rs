@@ -18,14 +18,15 @@
 //! **Duplicates.** A message counts as possibly delivered twice only when the server
 //! accepted it and the worker died before the outcome was committed. Each message holds one
 //! of the worker's `in_flight` permits from before it is sent until its outcome is committed,
-//! so a crash leaves at most `in_flight` such messages — by default the number of SMTP
-//! connections. A retried batch skips every recipient already recorded as sent.
+//! so a crash leaves at most `in_flight` such messages (MAX_IN_FLIGHT, by default four per
+//! SMTP connection). A retried batch skips every recipient already recorded as sent.
 
 mod batch;
 mod payload;
 mod recorder;
 mod retry;
 mod scheduler;
+mod status_gate;
 mod submit;
 mod worker;
 

@@ -297,7 +297,16 @@ pub enum AiosmtpdTls {
     },
 }
 
-/// A running `aiosmtpd` with the Mailbox handler: every message lands in a Maildir.
+/// Which aiosmtpd handler answers: both keep every accepted message in a Maildir.
+enum Handler {
+    /// aiosmtpd's own `Mailbox`.
+    Mailbox,
+    /// `aiosmtpd_refusing.py` (a `Mailbox` that refuses on request).
+    Refusing { pipelining: bool },
+}
+
+/// A running `aiosmtpd` with the Mailbox handler (or testkit's refusing one): every accepted
+/// message lands in a Maildir.
 pub struct Aiosmtpd {
     pub port: u16,
     child: Child,
@@ -318,7 +327,23 @@ impl Aiosmtpd {
         }
     }
 
+    /// aiosmtpd with the handler in `aiosmtpd_refusing.py`: MAIL and RCPT refused as the
+    /// addresses say (`refuse-550@…`, `refuse-450-keep@…`, `forget@…`; see that file),
+    /// PIPELINING announced or not, and each stored message's `X-Pipelined-With-Mail` header
+    /// naming the commands that arrived together with MAIL. For pipelined refusals, which
+    /// smtp-sink cannot give: its `-f` and `-r` turn PIPELINING off.
+    pub fn start_refusing(pipelining: bool) -> Option<Aiosmtpd> {
+        match Aiosmtpd::launch(AiosmtpdTls::None, Handler::Refusing { pipelining }) {
+            Ok(server) => Some(server),
+            Err(why) => unavailable("aiosmtpd", &why),
+        }
+    }
+
     pub fn try_start(tls: AiosmtpdTls) -> Result<Aiosmtpd, String> {
+        Aiosmtpd::launch(tls, Handler::Mailbox)
+    }
+
+    fn launch(tls: AiosmtpdTls, handler: Handler) -> Result<Aiosmtpd, String> {
         if !Path::new(PYTHON).exists() {
             return Err(format!("{PYTHON} not found"));
         }
@@ -329,7 +354,26 @@ impl Aiosmtpd {
         let mut command = Command::new(PYTHON);
         command.args(["-m", "aiosmtpd", "-n", "-l"]);
         command.arg(format!("127.0.0.1:{port}"));
-        command.args(["-c", "aiosmtpd.handlers.Mailbox"]);
+        let handler_arguments = match handler {
+            Handler::Mailbox => {
+                command.args(["-c", "aiosmtpd.handlers.Mailbox"]);
+                None
+            }
+            Handler::Refusing { pipelining } => {
+                std::fs::write(
+                    dir.path().join("aiosmtpd_refusing.py"),
+                    include_str!("aiosmtpd_refusing.py"),
+                )
+                .map_err(|err| err.to_string())?;
+                command.env("PYTHONPATH", dir.path());
+                command.args(["-c", "aiosmtpd_refusing.Refusing"]);
+                Some(if pipelining {
+                    "pipelining"
+                } else {
+                    "one-by-one"
+                })
+            }
+        };
         let implicit = matches!(tls, AiosmtpdTls::Implicit { .. });
         match &tls {
             AiosmtpdTls::None => {}
@@ -346,6 +390,7 @@ impl Aiosmtpd {
             }
         }
         command.arg(&maildir);
+        command.args(handler_arguments);
         let log_file = std::fs::File::create(&log).map_err(|err| err.to_string())?;
         let err_file = log_file.try_clone().map_err(|err| err.to_string())?;
         let mut child = command

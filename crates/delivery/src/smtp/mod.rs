@@ -97,9 +97,10 @@ async fn deliver(
     let reused = slot.is_some();
     match attempt(settings, slot, message).await {
         Err(error) if reused && slot.is_none() && closed_while_idle(&error) => {
-            // The server dropped the idle connection (postfix does after 300 s); MAIL FROM
-            // was the first thing sent, so nothing of this message reached it: one retry on
-            // a fresh connection cannot duplicate it.
+            // The server dropped the idle connection (postfix does after 300 s); the reply to
+            // MAIL FROM was the first thing read, and only the envelope (pipelined: MAIL, RCPT,
+            // DATA) had been sent, no content: one retry on a fresh connection cannot
+            // duplicate the message.
             tracing::debug!(error = %error, "idle connection was closed by the server; reconnecting");
             attempt(settings, slot, message).await
         }
