@@ -308,6 +308,22 @@ fn token(out: &mut String, col: &mut usize, token: &str) {
 /// An address as the To header carries it: the domain as A-labels when the local part is
 /// ASCII, so the header stays ASCII (and matches the envelope) for an IDN domain.
 fn header_address(address: &str) -> String {
+    // An ASCII address whose domain is lowercase letters, digits, dots and hyphens comes out
+    // as it went in, whatever the checks below find: IDNA leaves such a domain as it is (or
+    // refuses it, which keeps the address as written), as does a failed parse. Most
+    // recipients' addresses are such, and skip the parse.
+    if let Some((_, domain)) = address.rsplit_once('@')
+        && address.is_ascii()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return address.to_string();
+    }
+    header_address_parsed(address)
+}
+
+fn header_address_parsed(address: &str) -> String {
     EmailAddress::parse(address)
         .ok()
         .and_then(|parsed| parsed.with_ascii_domain())
@@ -1063,6 +1079,42 @@ mod tests {
             .strip_prefix("Content-Transfer-Encoding: ")
             .unwrap_or(header)
             .to_string()
+    }
+
+    /// The shortcut for plain ASCII addresses gives what the parse and IDNA give, for
+    /// domains IDNA accepts (A-labels too), refuses (bad punycode, hyphens at a label's
+    /// ends, empty or overlong labels, a trailing dot) and addresses that do not parse.
+    #[test]
+    fn plain_addresses_skip_the_parse_with_the_same_result() {
+        let long_label = "a".repeat(64);
+        let domains = [
+            "example.com",
+            "mail-1.example.co.uk",
+            "xn--bcher-kva.example",
+            "xn--zz.example",
+            "xn--.example",
+            "-lead.example",
+            "trail-.example",
+            "a..b",
+            "example.com.",
+            ".example",
+            "",
+            "1.2.3.4",
+            long_label.as_str(),
+        ];
+        for local in ["reader", "first.last+tag", "a\"b", ""] {
+            for domain in domains {
+                let address = format!("{local}@{domain}");
+                assert_eq!(
+                    header_address(&address),
+                    header_address_parsed(&address),
+                    "{address:?}"
+                );
+            }
+        }
+        for address in ["no-at-sign", "two@at@signs.example"] {
+            assert_eq!(header_address(address), header_address_parsed(address));
+        }
     }
 
     #[test]
