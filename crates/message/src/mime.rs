@@ -669,14 +669,16 @@ fn quoted_printable(out: &mut String, body: &str) {
         let start = i;
         let end = len.min(i + 75 - col);
         i += literal_run(&bytes[i..end]);
-        if i > start && line_end(bytes, i).is_some() && matches!(bytes[i - 1], b' ' | b'\t') {
+        let mut at_line_end = line_end(bytes, i).is_some();
+        if i > start && at_line_end && matches!(bytes[i - 1], b' ' | b'\t') {
             i -= 1; // trailing white space is encoded below
+            at_line_end = false;
         }
         if i > start {
             out.push_str(body.get(start..i).unwrap_or_default());
             col += i - start;
         }
-        if line_end(bytes, i).is_some() {
+        if at_line_end {
             continue;
         }
         let b = bytes[i];
