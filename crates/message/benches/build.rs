@@ -1,5 +1,8 @@
-//! Render + MIME build per message for an ~8 KB HTML newsletter with a loop, and the same with
-//! Ed25519 and RSA-2048 DKIM signing. Results: docs/BENCHMARKS.md, "Message building".
+//! Render + MIME build per message for an ~8 KB HTML newsletter with a loop (its parts are
+//! quoted-printable: the blurbs carry non-ASCII), the same with Ed25519 and RSA-2048 DKIM
+//! signing, and the delivery benchmark's campaign (`render+build-7bit`: the templates of
+//! scripts/bench/gen_campaign.py, ASCII, so both parts are 7bit). Results: docs/BENCHMARKS.md,
+//! "Message building" and the render + build sections.
 
 use campaign::{CampaignDocument, Recipient};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -51,6 +54,60 @@ fn fixture() -> (CompiledCampaign, Recipient, RecipientContext, BuildOptions) {
     (compiled, recipient, ctx, options)
 }
 
+/// The campaign scripts/bench/gen_campaign.py writes, built the same way (keep the two in
+/// step), and one of its recipients with the tracking URLs the delivery worker signs.
+fn seven_bit_fixture() -> (CompiledCampaign, Recipient, RecipientContext) {
+    const PARAGRAPHS: usize = 40;
+    let paragraph = "<p>Dear {{ first_name }}, this month in {{ city }} our booksellers picked stories for \
+        every taste: crime, poetry, history and more. Come by the shop for a warm drink and a \
+        chat about {{ genre }}.</p>\n";
+    let html = format!(
+        "<html><body><h1>Hello {{{{ first_name }}}}</h1>\n{}<p><a href=\"{{{{ unsubscribe_url }}}}\">Unsubscribe</a></p></body></html>",
+        paragraph.repeat(PARAGRAPHS)
+    );
+    let line = "This month in {{ city }} our booksellers picked stories about {{ genre }}.\n";
+    let text = format!(
+        "Hello {{{{ first_name }}}},\n{}Unsubscribe: {{{{ unsubscribe_url }}}}\n",
+        line.repeat(30)
+    );
+    let doc: CampaignDocument = serde_json::from_value(json!({
+        "name": "Benchmark",
+        "from": {"email": "news@bench.example", "name": "Bench"},
+        "templates": {
+            "subject": "{{ first_name }}, your {{ city }} reading list",
+            "html": html,
+            "text": text,
+        },
+        "batch_size": 500
+    }))
+    .expect("7bit benchmark campaign");
+    let recipient: Recipient = serde_json::from_value(json!({
+        "email": "reader7@bench7.example", "first_name": "Hugo", "city": "Oslo",
+        "genre": "history"
+    }))
+    .expect("7bit benchmark recipient");
+    let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).expect("compiles");
+    let base = "https://mail.bench.example";
+    let token = "AQEBkAAAAAAAcACAAAAAAAAAqwAAAAAAAAAH3q2-7w8gXhZ6yqkHc1Tz0Q";
+    let ctx = RecipientContext {
+        campaign_id: campaign::CampaignId::from_uuid(uuid::Uuid::from_u128(
+            0x0190_0000_0000_7000_8000_0000_0000_00cd,
+        )),
+        recipient_id: campaign::RecipientId::new(7),
+        unsubscribe_url: format!("{base}/u/{token}"),
+        unsubscribe_mailto: None,
+        tracking: message::TrackingUrls {
+            open_pixel: compiled
+                .tracks_opens()
+                .then(|| format!("{base}/o/{token}.gif")),
+            clicks: (0..compiled.tracked_link_count())
+                .map(|i| format!("{base}/c/{token}/{i}"))
+                .collect(),
+        },
+    };
+    (compiled, recipient, ctx)
+}
+
 fn bench(c: &mut Criterion) {
     let (compiled, recipient, ctx, options) = fixture();
     let sample = compiled.render(&recipient, &ctx).expect("renders");
@@ -79,6 +136,33 @@ fn bench(c: &mut Criterion) {
             black_box(
                 compiled
                     .message(black_box(&recipient), &ctx, &options, None)
+                    .expect("builds"),
+            )
+        })
+    });
+    let (seven_bit, seven_bit_recipient, seven_bit_ctx) = seven_bit_fixture();
+    let seven_bit_sample = seven_bit
+        .message(&seven_bit_recipient, &seven_bit_ctx, &options, None)
+        .expect("builds");
+    let seven_bit_content = String::from_utf8_lossy(&seven_bit_sample.content);
+    assert_eq!(
+        seven_bit_content
+            .matches("Content-Transfer-Encoding: 7bit")
+            .count(),
+        2,
+        "the delivery benchmark's parts are 7bit"
+    );
+    eprintln!("7bit message {} B", seven_bit_content.len());
+    group.bench_function("render+build-7bit", |b| {
+        b.iter(|| {
+            black_box(
+                seven_bit
+                    .message(
+                        black_box(&seven_bit_recipient),
+                        &seven_bit_ctx,
+                        &options,
+                        None,
+                    )
                     .expect("builds"),
             )
         })

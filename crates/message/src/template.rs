@@ -444,23 +444,18 @@ impl CompiledCampaign {
 
     fn root_context(&self, recipient: &Recipient, ctx: &RecipientContext) -> Value {
         let email = Value::from(recipient.email.as_str());
-        let fields = Value::from_object(values::recipient_fields(
+        let fields = Arc::new(values::recipient_fields(
             &recipient.fields,
             self.used_fields.as_ref(),
             email.clone(),
         ));
         let unsubscribe = safe_url(&ctx.unsubscribe_url);
         Value::from_object(Root {
-            service: [
-                ("email", email),
-                ("recipient", fields.clone()),
-                ("unsubscribe_url", unsubscribe),
-                ("campaign", self.campaign.clone()),
-                (
-                    crate::tracking::TRACKING_VARIABLE,
-                    self.tracking_value(&ctx.tracking),
-                ),
-            ],
+            email,
+            recipient: Value::from_dyn_object(fields.clone()),
+            unsubscribe_url: unsubscribe,
+            campaign: self.campaign.clone(),
+            tracking: self.tracking_value(&ctx.tracking),
             fields,
         })
     }
@@ -539,23 +534,44 @@ fn safe_url(url: &str) -> Value {
 }
 
 /// The template's top-level namespace: service variables first (so a recipient field named
-/// `unsubscribe_url` cannot replace the real link), then the recipient's fields.
+/// `unsubscribe_url` cannot replace the real link), then the recipient's fields, held as
+/// their own type so a look-up goes straight to them rather than through `Value::get_attr`'s
+/// dynamic dispatch (most of a template's variables are recipient fields).
 #[derive(Debug)]
 struct Root {
-    service: [(&'static str, Value); 5],
-    fields: Value,
+    email: Value,
+    recipient: Value,
+    unsubscribe_url: Value,
+    campaign: Value,
+    tracking: Value,
+    fields: Arc<values::Fields>,
 }
 
 impl Object for Root {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let key = key.as_str()?;
-        if let Some((_, value)) = self.service.iter().find(|(name, _)| *name == key) {
-            return Some(value.clone());
-        }
-        self.fields
-            .get_attr(key)
-            .ok()
-            .filter(|value| !value.is_undefined())
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    /// The engine looks variables up by name: answering here skips the default's conversion
+    /// of the name into a `Value` and back.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        // A match on the names as constants compares lengths and a few words inline, where a
+        // search of (name, value) pairs called memcmp for every name of the same length.
+        let service = match key {
+            "email" => &self.email,
+            "recipient" => &self.recipient,
+            "unsubscribe_url" => &self.unsubscribe_url,
+            "campaign" => &self.campaign,
+            crate::tracking::TRACKING_VARIABLE => &self.tracking,
+            _ => {
+                return self
+                    .fields
+                    .get(key)
+                    .filter(|value| !value.is_undefined())
+                    .cloned();
+            }
+        };
+        Some(service.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {

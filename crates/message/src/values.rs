@@ -38,7 +38,7 @@ impl Fields {
         Fields(entries)
     }
 
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         // Most objects are a record's few fields: a scan that compares lengths first beats
         // a binary search's ordered comparisons there.
         if self.0.len() <= 16 {
