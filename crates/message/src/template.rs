@@ -210,6 +210,11 @@ pub struct CompiledCampaign {
     /// The `X-Campaign-Variant` header's value: the A/B variant these templates are, when the
     /// campaign asks for the header (`ab_test.variant_header`).
     pub(crate) variant_header: Option<String>,
+    /// Per part (indexed by `TemplatePart as usize`): its segments when the template is only
+    /// literal text and `{{ name }}`s, which [`Substitution::render`] writes without the VM.
+    substitutions: [Option<Substitution>; 3],
+    /// minijinja's fuel budget per render, in its internal units.
+    fuel_units: u64,
 }
 
 impl CompiledCampaign {
@@ -297,6 +302,12 @@ impl CompiledCampaign {
             }
         }
         let used_fields = used_fields(&env);
+        let substitutions = [
+            TemplatePart::Subject,
+            TemplatePart::Html,
+            TemplatePart::Text,
+        ]
+        .map(|part| Substitution::of(&env, part));
         let list_id = match &doc.list_id {
             Some(list_id) => (
                 list_id
@@ -326,6 +337,8 @@ impl CompiledCampaign {
             feedback_id: doc.feedback_id.clone(),
             used_fields,
             variant_header: None,
+            substitutions,
+            fuel_units: settings.fuel.saturating_mul(MINIJINJA_UNITS_PER_FUEL),
         })
     }
 
@@ -490,7 +503,10 @@ impl CompiledCampaign {
             .map_err(|err| render_error(part, "", &err))?;
         // A panic in a filter or function is this recipient's failure, never the caller's.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            template.render(root.clone())
+            match self.render_substitution(part, root) {
+                Some(output) => Ok(output),
+                None => template.render(root.clone()),
+            }
         }))
         .map_err(|panic| RenderError::Panicked {
             template: part,
@@ -511,6 +527,187 @@ impl CompiledCampaign {
         }
         Ok(output)
     }
+}
+
+impl CompiledCampaign {
+    /// The part rendered without minijinja's VM, when its template is pure substitution and
+    /// every variable it prints is a string for this recipient; `None` means minijinja renders
+    /// it (a number, a missing field, a template with tags or filters…).
+    pub(crate) fn render_substitution(&self, part: TemplatePart, root: &Value) -> Option<String> {
+        let substitution = self.substitutions[part as usize].as_ref()?;
+        let root = root.downcast_object_ref::<Root>()?;
+        let output = substitution.render(root)?;
+        // minijinja would charge an instruction per segment and a unit per byte written: near
+        // the budget, let it decide whether the render runs out of fuel.
+        let cost = (substitution.instructions as u64)
+            .saturating_mul(MINIJINJA_UNITS_PER_FUEL)
+            .saturating_add(output.len() as u64);
+        (cost.saturating_mul(2) < self.fuel_units).then_some(output)
+    }
+
+    /// Whether `part`'s template is pure substitution (it may still fall back per recipient).
+    #[cfg(test)]
+    pub(crate) fn is_substitution(&self, part: TemplatePart) -> bool {
+        self.substitutions[part as usize].is_some()
+    }
+}
+
+/// minijinja's internal fuel resolution (`UNITS_PER_FUEL` in its vm/fuel.rs): an instruction
+/// costs this many units, a byte of output one.
+const MINIJINJA_UNITS_PER_FUEL: u64 = 64;
+
+/// One piece of a pure-substitution template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Variable(String),
+}
+
+/// A template that is only literal text and `{{ name }}`s, as segments to write directly.
+#[derive(Debug)]
+struct Substitution {
+    segments: Vec<Segment>,
+    /// Whether the part auto-escapes HTML (as minijinja's `initial_auto_escape` says).
+    escape_html: bool,
+    literal_bytes: usize,
+    /// How many VM instructions minijinja compiled the template into.
+    instructions: usize,
+}
+
+impl Substitution {
+    /// `part`'s segments when both its source (the scan below) and the instructions minijinja
+    /// compiled it into say it is pure substitution; `None` otherwise, or when absent.
+    fn of(env: &Environment<'static>, part: TemplatePart) -> Option<Substitution> {
+        let template = env.get_template(part.name()).ok()?;
+        let segments = substitution_segments(template.source(), env.syntax())?;
+        let compiled = minijinja::machinery::get_compiled_template(&template);
+        let instructions = instruction_segments(&compiled.instructions)?;
+        // Two independent readings must agree: a source minijinja lexes differently from
+        // the scan (whitespace control, a delimiter inside text…) stays on the VM.
+        if instructions.0 != segments {
+            return None;
+        }
+        let escape_html = match compiled.initial_auto_escape {
+            AutoEscape::Html => true,
+            AutoEscape::None => false,
+            _ => return None,
+        };
+        let literal_bytes = segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(text) => text.len(),
+                Segment::Variable(_) => 0,
+            })
+            .sum();
+        Some(Substitution {
+            segments,
+            escape_html,
+            literal_bytes,
+            instructions: instructions.1,
+        })
+    }
+
+    /// The output minijinja's default formatter would write, or `None` when a variable is
+    /// not a string here (left to minijinja, whose printing of other values this does not
+    /// repeat).
+    fn render(&self, root: &Root) -> Option<String> {
+        use std::fmt::Write;
+        let mut output = String::with_capacity(self.literal_bytes + 32 * self.segments.len());
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(text) => output.push_str(text),
+                Segment::Variable(name) => {
+                    let value = root.lookup(name)?;
+                    if value.kind() != minijinja::value::ValueKind::String {
+                        return None;
+                    }
+                    let text = value.as_str()?;
+                    if self.escape_html && !value.is_safe() {
+                        write!(output, "{}", minijinja::HtmlEscape(text)).ok()?;
+                    } else {
+                        output.push_str(text);
+                    }
+                }
+            }
+        }
+        Some(output)
+    }
+}
+
+/// A source's segments when it contains nothing minijinja would interpret but `{{ name }}`
+/// (spaces allowed inside the braces, a plain ASCII identifier that is not a constant).
+fn substitution_segments(
+    source: &str,
+    syntax: &minijinja::syntax::SyntaxConfig,
+) -> Option<Vec<Segment>> {
+    if syntax.variable_delimiters() != ("{{", "}}")
+        || syntax.block_delimiters() != ("{%", "%}")
+        || syntax.comment_delimiters() != ("{#", "#}")
+        || syntax.line_statement_prefix().is_some()
+        || syntax.line_comment_prefix().is_some()
+        || !syntax.keep_trailing_newline()
+    {
+        return None;
+    }
+    let mut segments = Vec::new();
+    let mut rest = source;
+    while !rest.is_empty() {
+        let literal_end = rest.find("{{").unwrap_or(rest.len());
+        let literal = &rest[..literal_end];
+        if literal.contains("{%") || literal.contains("{#") {
+            return None;
+        }
+        if !literal.is_empty() {
+            segments.push(Segment::Literal(literal.to_string()));
+        }
+        rest = &rest[literal_end..];
+        let Some(tag) = rest.strip_prefix("{{") else {
+            break;
+        };
+        let close = tag.find("}}")?;
+        let name = tag[..close].trim_matches(' ');
+        let is_identifier = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        // Constants and operators the parser reads as something other than a variable.
+        let reserved = [
+            "true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if",
+            "else",
+        ];
+        if !is_identifier || reserved.contains(&name) {
+            return None;
+        }
+        segments.push(Segment::Variable(name.to_string()));
+        rest = &tag[close + 2..];
+    }
+    Some(segments)
+}
+
+/// The segments minijinja's compiled instructions amount to, and how many instructions there
+/// are, when they are only raw text and printed variable look-ups.
+fn instruction_segments(
+    instructions: &minijinja::machinery::Instructions<'_>,
+) -> Option<(Vec<Segment>, usize)> {
+    use minijinja::machinery::Instruction;
+    let mut segments = Vec::new();
+    let mut index = 0;
+    while let Some(instruction) = instructions.get(index) {
+        match instruction {
+            Instruction::EmitRaw(text) => segments.push(Segment::Literal(text.to_string())),
+            Instruction::Lookup(name) => {
+                index += 1;
+                if !matches!(instructions.get(index), Some(Instruction::Emit)) {
+                    return None;
+                }
+                segments.push(Segment::Variable(name.to_string()));
+            }
+            _ => return None,
+        }
+        index += 1;
+    }
+    Some((segments, index as usize))
 }
 
 /// The top-level names the templates look up, or `None` when they use `recipient` (which
@@ -547,14 +744,9 @@ struct Root {
     fields: Arc<values::Fields>,
 }
 
-impl Object for Root {
-    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.get_value_by_str(key.as_str()?)
-    }
-
-    /// The engine looks variables up by name: answering here skips the default's conversion
-    /// of the name into a `Value` and back.
-    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+impl Root {
+    /// A top-level variable, as the engine and the substitution fast path see it.
+    fn lookup(&self, key: &str) -> Option<&Value> {
         // A match on the names as constants compares lengths and a few words inline, where a
         // search of (name, value) pairs called memcmp for every name of the same length.
         let service = match key {
@@ -564,14 +756,22 @@ impl Object for Root {
             "campaign" => &self.campaign,
             crate::tracking::TRACKING_VARIABLE => &self.tracking,
             _ => {
-                return self
-                    .fields
-                    .get(key)
-                    .filter(|value| !value.is_undefined())
-                    .cloned();
+                return self.fields.get(key).filter(|value| !value.is_undefined());
             }
         };
-        Some(service.clone())
+        Some(service)
+    }
+}
+
+impl Object for Root {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    /// The engine looks variables up by name: answering here skips the default's conversion
+    /// of the name into a `Value` and back.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.lookup(key).cloned()
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -790,5 +990,273 @@ mod tests {
         );
         let rendered = compiled.render(&recipient("fine"), &ctx).unwrap();
         assert_eq!(rendered.text.as_deref(), Some("fine"));
+    }
+
+    fn substitution_campaign(html: &str, text: &str, strict: bool) -> CompiledCampaign {
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Substitution",
+            "from": {"email": "news@shop.example"},
+            "templates": {
+                "subject": "Hi", "html": html, "text": text,
+                "undefined_variables": if strict { "strict" } else { "lenient" }
+            },
+            "tracking": {"opens": false, "clicks": false}
+        }))
+        .unwrap();
+        CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap()
+    }
+
+    fn substitution_context(unsubscribe_url: &str) -> RecipientContext {
+        RecipientContext {
+            campaign_id: CampaignId::from_uuid(uuid::Uuid::nil()),
+            recipient_id: RecipientId::new(1),
+            unsubscribe_url: unsubscribe_url.into(),
+            unsubscribe_mailto: None,
+            tracking: TrackingUrls::default(),
+        }
+    }
+
+    /// What minijinja's own VM renders for `part`, bypassing the fast path.
+    fn engine_render(
+        compiled: &CompiledCampaign,
+        part: TemplatePart,
+        root: &Value,
+    ) -> Result<String, String> {
+        compiled
+            .env
+            .get_template(part.name())
+            .unwrap()
+            .render(root.clone())
+            .map_err(|err| err.to_string())
+    }
+
+    /// A literal run: `{` is always followed by a space so that joining runs and `{{ name }}`s
+    /// never forms a tag; everything else (`}`, `%`, `#`, `-`, CR, LF, markup, non-ASCII) may
+    /// appear anywhere.
+    fn literal() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy;
+        "[a-z {}%#\\-\r\n&<>\"'/é€😀]{0,12}".prop_map(|run| run.replace('{', "{ "))
+    }
+
+    const NAMES: [&str; 6] = [
+        "first_name",
+        "city",
+        "genre",
+        "unsubscribe_url",
+        "email",
+        "n",
+    ];
+
+    fn template() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let variable = (0..NAMES.len(), any::<bool>()).prop_map(|(index, spaced)| {
+            if spaced {
+                format!("{{{{ {} }}}}", NAMES[index])
+            } else {
+                format!("{{{{{}}}}}", NAMES[index])
+            }
+        });
+        proptest::collection::vec((literal(), variable), 0..6)
+            .prop_flat_map(|pieces| (Just(pieces), literal(), any::<bool>()))
+            .prop_map(|(pieces, last, newline)| {
+                let mut source: String = pieces.into_iter().map(|(l, v)| l + &v).collect();
+                source.push_str(&last);
+                if newline {
+                    source.push('\n');
+                }
+                source
+            })
+    }
+
+    fn field() -> impl proptest::strategy::Strategy<Value = Option<serde_json::Value>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-zA-Z &<>\"'/é€]{0,10}".prop_map(|s| Some(json!(s))),
+            any::<i32>().prop_map(|n| Some(json!(n))),
+            Just(Some(json!(true))),
+            Just(None),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Pure-substitution templates take the fast path, and every part renders exactly the
+        /// bytes minijinja's VM renders (auto-escaped HTML and plain text), whatever the values.
+        #[test]
+        fn substitution_renders_what_minijinja_renders(
+            html in template(),
+            text in template(),
+            fields in proptest::collection::vec(field(), 4),
+            url_needs_escaping in proptest::prelude::any::<bool>(),
+        ) {
+            let compiled = substitution_campaign(&html, &text, false);
+            proptest::prop_assert!(compiled.is_substitution(TemplatePart::Html));
+            proptest::prop_assert!(compiled.is_substitution(TemplatePart::Text));
+            let mut recipient = serde_json::Map::new();
+            recipient.insert("email".into(), json!("a&b@shop.example"));
+            for (name, value) in ["first_name", "city", "genre", "n"].iter().zip(fields) {
+                if let Some(value) = value {
+                    recipient.insert(name.to_string(), value);
+                }
+            }
+            let recipient: Recipient =
+                serde_json::from_value(serde_json::Value::Object(recipient)).unwrap();
+            let url = if url_needs_escaping {
+                "https://m.shop.example/u/T?a=1&b='2'"
+            } else {
+                "https://m.shop.example/u/T"
+            };
+            let ctx = substitution_context(url);
+            let root = compiled.root_context(&recipient, &ctx);
+            let rendered = compiled.render(&recipient, &ctx).unwrap();
+            for (part, output) in [(TemplatePart::Html, &rendered.html), (TemplatePart::Text, &rendered.text)] {
+                let engine = engine_render(&compiled, part, &root).unwrap();
+                proptest::prop_assert_eq!(output.as_deref(), Some(engine.as_str()));
+                let fast = compiled.render_substitution(part, &root);
+                if let Some(fast) = fast {
+                    proptest::prop_assert_eq!(fast, engine);
+                }
+            }
+        }
+    }
+
+    /// Anything minijinja would interpret beyond `{{ name }}` keeps the template on the VM.
+    #[test]
+    fn templates_with_tags_filters_or_expressions_are_not_substitution() {
+        for source in [
+            "{% if city %}{{ city }}{% endif %}",
+            "{{ city | upper }}",
+            "{{ campaign.name }}",
+            "{{ recipient['city'] }}",
+            "a {{- city }}",
+            "{{ city -}} b",
+            "{{+ city }}",
+            "a {# note #} {{ city }}",
+            "{{ true }}",
+            "{{ none }}",
+            "{{ 'x' }}",
+            "{{ city ~ genre }}",
+            "{{ range(2) }}",
+            "{% raw %}{{ city }}{% endraw %}",
+        ] {
+            let compiled = substitution_campaign(source, source, false);
+            assert!(!compiled.is_substitution(TemplatePart::Html), "{source}");
+            assert!(!compiled.is_substitution(TemplatePart::Text), "{source}");
+        }
+        for source in [
+            "{{ city }}",
+            "{{city}}",
+            "a {{  city  }} }} %} #} - b\n",
+            "plain",
+        ] {
+            let compiled = substitution_campaign(source, source, false);
+            assert!(compiled.is_substitution(TemplatePart::Html), "{source}");
+            assert!(compiled.is_substitution(TemplatePart::Text), "{source}");
+        }
+        // The open pixel's `{% if %}` puts a tracked HTML part on the VM; the text stays.
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Tracked",
+            "from": {"email": "news@shop.example"},
+            "templates": {"subject": "{{ city }}", "html": "<body>{{ city }}</body>", "text": "{{ city }}"}
+        }))
+        .unwrap();
+        let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+        assert!(compiled.is_substitution(TemplatePart::Subject));
+        assert!(!compiled.is_substitution(TemplatePart::Html));
+        assert!(compiled.is_substitution(TemplatePart::Text));
+    }
+
+    /// A value that is not a string (a number, a bool, a missing field) sends that part of
+    /// that message to minijinja, with the output (or, strict, the error) it gives.
+    #[test]
+    fn a_value_that_is_not_a_string_falls_back_to_minijinja() {
+        let source = "<b>{{ city }}</b> {{ n }}\n";
+        for strict in [false, true] {
+            let compiled = substitution_campaign(source, source, strict);
+            let ctx = substitution_context("https://m.shop.example/u/T");
+            for fields in [
+                json!({"email": "a@shop.example", "city": "B&B", "n": 3}),
+                json!({"email": "a@shop.example", "city": "B&B", "n": false}),
+                json!({"email": "a@shop.example", "city": "B&B"}),
+            ] {
+                let recipient: Recipient = serde_json::from_value(fields).unwrap();
+                let root = compiled.root_context(&recipient, &ctx);
+                for part in [TemplatePart::Html, TemplatePart::Text] {
+                    assert_eq!(compiled.render_substitution(part, &root), None);
+                }
+                match (
+                    compiled.render(&recipient, &ctx),
+                    engine_render(&compiled, TemplatePart::Html, &root),
+                ) {
+                    (Ok(rendered), Ok(engine)) => assert_eq!(rendered.html.unwrap(), engine),
+                    (Err(err), Err(_)) => assert!(strict, "{err}"),
+                    (ours, engine) => panic!("{ours:?} / {engine:?}"),
+                }
+            }
+            let recipient: Recipient =
+                serde_json::from_value(json!({"email": "a@shop.example", "city": "B&B", "n": "3"}))
+                    .unwrap();
+            let root = compiled.root_context(&recipient, &ctx);
+            assert_eq!(
+                compiled
+                    .render_substitution(TemplatePart::Html, &root)
+                    .as_deref(),
+                Some("<b>B&amp;B</b> 3\n")
+            );
+            assert_eq!(
+                compiled
+                    .render_substitution(TemplatePart::Text, &root)
+                    .as_deref(),
+                Some("<b>B&B</b> 3\n")
+            );
+        }
+    }
+
+    /// Near the fuel budget the fast path steps aside, so minijinja's accounting decides.
+    #[test]
+    fn a_render_near_the_fuel_budget_is_left_to_minijinja() {
+        let source = "x{{ city }}".repeat(600);
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Fuel",
+            "from": {"email": "news@shop.example"},
+            "templates": {"subject": "Hi", "text": source}
+        }))
+        .unwrap();
+        let ctx = substitution_context("https://m.shop.example/u/T");
+        let recipient: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "city": "Bath"})).unwrap();
+        // 1,800 instructions: within 20,000 fuel, beyond 1,000.
+        for (fuel, fast) in [(20_000, true), (1_000, false)] {
+            let settings = MessageSettings {
+                fuel,
+                ..MessageSettings::default()
+            };
+            let compiled = CompiledCampaign::compile(&doc, &settings).unwrap();
+            let root = compiled.root_context(&recipient, &ctx);
+            assert_eq!(
+                compiled
+                    .render_substitution(TemplatePart::Text, &root)
+                    .is_some(),
+                fast
+            );
+            let engine = engine_render(&compiled, TemplatePart::Text, &root);
+            match compiled.render(&recipient, &ctx) {
+                Ok(rendered) => assert_eq!(rendered.text, engine.ok()),
+                Err(err) => {
+                    assert!(!fast);
+                    assert!(
+                        matches!(
+                            err,
+                            RenderError::LimitExceeded {
+                                limit: Limit::Fuel,
+                                ..
+                            }
+                        ),
+                        "{err}"
+                    );
+                }
+            }
+        }
     }
 }
