@@ -561,6 +561,10 @@ const MINIJINJA_UNITS_PER_FUEL: u64 = 64;
 enum Segment {
     Literal(String),
     Variable(String),
+    /// `{{ _tracking.clicks[N] }}`, the href of tracked link N (written by `tracking::rewrite`).
+    Click(usize),
+    /// `tracking::open_pixel_block()`: the pixel `<img>` when `_tracking.open_pixel` is true.
+    OpenPixel,
 }
 
 /// A template that is only literal text and `{{ name }}`s, as segments to write directly.
@@ -596,7 +600,11 @@ impl Substitution {
             .iter()
             .map(|segment| match segment {
                 Segment::Literal(text) => text.len(),
-                Segment::Variable(_) => 0,
+                Segment::Variable(_) | Segment::Click(_) => 0,
+                Segment::OpenPixel => {
+                    crate::tracking::OPEN_PIXEL_BEFORE_URL.len()
+                        + crate::tracking::OPEN_PIXEL_AFTER_URL.len()
+                }
             })
             .sum();
         Some(Substitution {
@@ -611,27 +619,55 @@ impl Substitution {
     /// not a string here (left to minijinja, whose printing of other values this does not
     /// repeat).
     fn render(&self, root: &Root) -> Option<String> {
-        use std::fmt::Write;
+        use minijinja::value::ValueKind;
         let mut output = String::with_capacity(self.literal_bytes + 32 * self.segments.len());
         for segment in &self.segments {
             match segment {
                 Segment::Literal(text) => output.push_str(text),
-                Segment::Variable(name) => {
-                    let value = root.lookup(name)?;
-                    if value.kind() != minijinja::value::ValueKind::String {
-                        return None;
-                    }
-                    let text = value.as_str()?;
-                    if self.escape_html && !value.is_safe() {
-                        write!(output, "{}", minijinja::HtmlEscape(text)).ok()?;
-                    } else {
-                        output.push_str(text);
+                Segment::Variable(name) => self.write_string(&mut output, root.lookup(name)?)?,
+                Segment::Click(index) => {
+                    let clicks = tracking(root)?.get_attr("clicks").ok()?;
+                    self.write_string(&mut output, &clicks.get_item_by_index(*index).ok()?)?;
+                }
+                Segment::OpenPixel => {
+                    let url = tracking(root)?.get_attr("open_pixel").ok()?;
+                    // `{% if %}`'s truthiness for the two kinds the service gives: none and
+                    // the empty string are false; anything else is left to minijinja.
+                    match url.kind() {
+                        ValueKind::None => {}
+                        ValueKind::String if url.as_str()?.is_empty() => {}
+                        ValueKind::String => {
+                            output.push_str(crate::tracking::OPEN_PIXEL_BEFORE_URL);
+                            self.write_string(&mut output, &url)?;
+                            output.push_str(crate::tracking::OPEN_PIXEL_AFTER_URL);
+                        }
+                        _ => return None,
                     }
                 }
             }
         }
         Some(output)
     }
+
+    /// A string value as minijinja's default formatter prints it; `None` for any other kind.
+    fn write_string(&self, output: &mut String, value: &Value) -> Option<()> {
+        use std::fmt::Write;
+        if value.kind() != minijinja::value::ValueKind::String {
+            return None;
+        }
+        let text = value.as_str()?;
+        if self.escape_html && !value.is_safe() {
+            write!(output, "{}", minijinja::HtmlEscape(text)).ok()?;
+        } else {
+            output.push_str(text);
+        }
+        Some(())
+    }
+}
+
+/// The `_tracking` service variable, as the templates' `Lookup` finds it.
+fn tracking(root: &Root) -> Option<&Value> {
+    root.lookup(crate::tracking::TRACKING_VARIABLE)
 }
 
 /// A source's segments when it contains nothing minijinja would interpret but `{{ name }}`
@@ -649,23 +685,41 @@ fn substitution_segments(
     {
         return None;
     }
+    let open_pixel = crate::tracking::open_pixel_block();
     let mut segments = Vec::new();
     let mut rest = source;
     while !rest.is_empty() {
         let literal_end = rest.find("{{").unwrap_or(rest.len());
-        let literal = &rest[..literal_end];
-        if literal.contains("{%") || literal.contains("{#") {
+        let mut literal = &rest[..literal_end];
+        // The only `{%` accepted is the open-pixel block exactly as the service writes it.
+        if let Some(block) = literal.find("{%") {
+            if !rest[block..].starts_with(&open_pixel) {
+                return None;
+            }
+            literal = &rest[..block];
+        }
+        if literal.contains("{#") {
             return None;
         }
         if !literal.is_empty() {
             segments.push(Segment::Literal(literal.to_string()));
         }
-        rest = &rest[literal_end..];
+        rest = &rest[literal.len()..];
+        if let Some(after) = rest.strip_prefix(open_pixel.as_str()) {
+            segments.push(Segment::OpenPixel);
+            rest = after;
+            continue;
+        }
         let Some(tag) = rest.strip_prefix("{{") else {
             break;
         };
         let close = tag.find("}}")?;
         let name = tag[..close].trim_matches(' ');
+        if let Some(index) = click_index(name) {
+            segments.push(Segment::Click(index));
+            rest = &tag[close + 2..];
+            continue;
+        }
         let is_identifier = name
             .bytes()
             .next()
@@ -685,6 +739,16 @@ fn substitution_segments(
     Some(segments)
 }
 
+/// N when `name` is `_tracking.clicks[N]` exactly as `tracking::rewrite` writes it.
+fn click_index(name: &str) -> Option<usize> {
+    let digits = name
+        .strip_prefix(crate::tracking::TRACKING_VARIABLE)?
+        .strip_prefix(".clicks[")?
+        .strip_suffix(']')?;
+    let index: usize = digits.parse().ok()?;
+    (crate::tracking::click_variable(index) == name).then_some(index)
+}
+
 /// The segments minijinja's compiled instructions amount to, and how many instructions there
 /// are, when they are only raw text and printed variable look-ups.
 fn instruction_segments(
@@ -696,6 +760,11 @@ fn instruction_segments(
     while let Some(instruction) = instructions.get(index) {
         match instruction {
             Instruction::EmitRaw(text) => segments.push(Segment::Literal(text.to_string())),
+            Instruction::Lookup(crate::tracking::TRACKING_VARIABLE) => {
+                let (segment, length) = tracking_instructions(instructions, index)?;
+                segments.push(segment);
+                index += length - 1;
+            }
             Instruction::Lookup(name) => {
                 index += 1;
                 if !matches!(instructions.get(index), Some(Instruction::Emit)) {
@@ -708,6 +777,39 @@ fn instruction_segments(
         index += 1;
     }
     Some((segments, index as usize))
+}
+
+/// The service-written piece that starts at `start` (a `Lookup` of `_tracking`) and how many
+/// instructions it takes, when they are exactly what `{{ _tracking.clicks[N] }}` or
+/// `tracking::open_pixel_block()` compile to; `None` for any other use of `_tracking`.
+fn tracking_instructions(
+    instructions: &minijinja::machinery::Instructions<'_>,
+    start: u32,
+) -> Option<(Segment, u32)> {
+    use crate::tracking::{OPEN_PIXEL_AFTER_URL, OPEN_PIXEL_BEFORE_URL, TRACKING_VARIABLE};
+    use minijinja::machinery::Instruction;
+    let at = |offset: u32| instructions.get(start + offset);
+    match (at(1)?, at(2)?) {
+        (Instruction::GetAttr("clicks"), Instruction::LoadConst(index)) => {
+            if !matches!((at(3)?, at(4)?), (Instruction::GetItem, Instruction::Emit))
+                || index.kind() != minijinja::value::ValueKind::Number
+            {
+                return None;
+            }
+            let index = usize::try_from(index.clone()).ok()?;
+            Some((Segment::Click(index), 5))
+        }
+        (Instruction::GetAttr("open_pixel"), Instruction::JumpIfFalse(target)) => {
+            let body_is_pixel = matches!(at(3)?, Instruction::EmitRaw(text) if *text == OPEN_PIXEL_BEFORE_URL)
+                && matches!(at(4)?, Instruction::Lookup(name) if *name == TRACKING_VARIABLE)
+                && matches!(at(5)?, Instruction::GetAttr("open_pixel"))
+                && matches!(at(6)?, Instruction::Emit)
+                && matches!(at(7)?, Instruction::EmitRaw(text) if *text == OPEN_PIXEL_AFTER_URL);
+            // The jump lands right after the block: nothing else is inside the `{% if %}`.
+            (body_is_pixel && *target == start + 8).then_some((Segment::OpenPixel, 8))
+        }
+        _ => None,
+    }
 }
 
 /// The top-level names the templates look up, or `None` when they use `recipient` (which
@@ -1078,8 +1180,93 @@ mod tests {
         ]
     }
 
+    /// An HTML source with pure-substitution pieces, links the service tracks (quoted,
+    /// unquoted, with an entity) or does not (`data-notrack`, `mailto:`), and maybe `</body>`.
+    fn tracked_html() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let link = prop_oneof![
+            Just(r#"<a href="https://shop.example/a?x=1&amp;y=2">a</a>"#),
+            Just("<A HREF=https://shop.example/b>b</A>"),
+            Just(r#"<a class="c" href='http://shop.example/c'>c</a>"#),
+            Just(r#"<a data-notrack href="https://shop.example/d">d</a>"#),
+            Just(r#"<a href="mailto:d@shop.example">m</a>"#),
+        ];
+        (
+            proptest::collection::vec((template(), link), 0..4),
+            template(),
+            any::<bool>(),
+        )
+            .prop_map(|(pieces, last, body)| {
+                let mut source: String = pieces.into_iter().map(|(t, l)| t + l).collect();
+                source.push_str(&last);
+                if body {
+                    source.push_str("</body>\n");
+                }
+                source
+            })
+    }
+
+    /// A recipient's tracking URLs as a sender or a preview gives them: a pixel or none (or
+    /// an empty one), signed click URLs for some or all of the links (some needing escapes).
+    fn tracking_urls() -> impl proptest::strategy::Strategy<Value = TrackingUrls> {
+        use proptest::prelude::*;
+        let url = prop_oneof![
+            Just("https://t.shop.example/c/AbC_9".to_string()),
+            Just("https://t.shop.example/c/?a=1&b=<2>".to_string()),
+        ];
+        let open_pixel = prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            Just(Some("https://t.shop.example/o/XyZ-1".to_string())),
+            Just(Some("https://t.shop.example/o/?a=1&b=\"2\"".to_string())),
+        ];
+        (open_pixel, proptest::collection::vec(url, 0..8))
+            .prop_map(|(open_pixel, clicks)| TrackingUrls { open_pixel, clicks })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A pure-substitution HTML part with the service's tracked links and open pixel takes
+        /// the fast path, whatever the tracking settings, and renders exactly the bytes
+        /// minijinja's VM renders for every recipient's values and tracking URLs.
+        #[test]
+        fn tracked_substitution_renders_what_minijinja_renders(
+            html in tracked_html(),
+            (opens, clicks, aggregate_only) in proptest::prelude::any::<(bool, bool, bool)>(),
+            urls in tracking_urls(),
+            fields in proptest::collection::vec(field(), 4),
+        ) {
+            let doc: CampaignDocument = serde_json::from_value(json!({
+                "name": "Tracked",
+                "from": {"email": "news@shop.example"},
+                "templates": {"subject": "Hi", "html": html, "undefined_variables": "lenient"},
+                "tracking": {"opens": opens, "clicks": clicks, "aggregate_only": aggregate_only}
+            }))
+            .unwrap();
+            let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+            proptest::prop_assert!(compiled.is_substitution(TemplatePart::Html));
+            let mut recipient = serde_json::Map::new();
+            recipient.insert("email".into(), json!("a&b@shop.example"));
+            for (name, value) in ["first_name", "city", "genre", "n"].iter().zip(fields) {
+                if let Some(value) = value {
+                    recipient.insert(name.to_string(), value);
+                }
+            }
+            let recipient: Recipient =
+                serde_json::from_value(serde_json::Value::Object(recipient)).unwrap();
+            let ctx = RecipientContext {
+                tracking: urls,
+                ..substitution_context("https://m.shop.example/u/T")
+            };
+            let root = compiled.root_context(&recipient, &ctx);
+            let engine = engine_render(&compiled, TemplatePart::Html, &root).unwrap();
+            let rendered = compiled.render(&recipient, &ctx).unwrap();
+            proptest::prop_assert_eq!(rendered.html.as_deref(), Some(engine.as_str()));
+            if let Some(fast) = compiled.render_substitution(TemplatePart::Html, &root) {
+                proptest::prop_assert_eq!(fast, engine);
+            }
+        }
 
         /// Pure-substitution templates take the fast path, and every part renders exactly the
         /// bytes minijinja's VM renders (auto-escaped HTML and plain text), whatever the values.
@@ -1154,17 +1341,141 @@ mod tests {
             assert!(compiled.is_substitution(TemplatePart::Html), "{source}");
             assert!(compiled.is_substitution(TemplatePart::Text), "{source}");
         }
-        // The open pixel's `{% if %}` puts a tracked HTML part on the VM; the text stays.
+        // The service's open pixel and tracked links keep a pure-substitution part on the
+        // fast path; the user's own `{% if %}` (even one that reads `_tracking`, even the
+        // pixel's block with anything changed) and other uses of `_tracking` do not.
+        let link = r#"<a href="https://shop.example/sale">sale</a>"#;
+        let pixel = crate::tracking::open_pixel_block();
+        for (html, fast) in [
+            (format!("<body>{link}{{{{ city }}}}</body>"), true),
+            (
+                format!("<body>{{{{ _tracking.clicks[0] }}}}{link}</body>"),
+                true,
+            ),
+            (format!("<body>{pixel}{link}</body>"), true),
+            (
+                format!("<body>{{% if city %}}{{{{ city }}}}{{% endif %}}{link}</body>"),
+                false,
+            ),
+            (
+                format!("<body>{{% if _tracking.open_pixel %}}x{{% endif %}}{link}</body>"),
+                false,
+            ),
+            (
+                format!("<body>{{% if true %}}x{{% endif %}}{link}</body>"),
+                false,
+            ),
+            (
+                format!("<body>{}{link}</body>", pixel.replace("alt=", "alt ="),),
+                false,
+            ),
+            (
+                format!("<body>{}{link}</body>", pixel.replace(" %}", " -%}"),),
+                false,
+            ),
+            (
+                format!("<body>{{{{ _tracking.clicks[0] | upper }}}}{link}</body>"),
+                false,
+            ),
+            (
+                format!("<body>{{{{ _tracking.clicks }}}}{link}</body>"),
+                false,
+            ),
+            (
+                format!("<body>{{{{ _tracking.open_pixel }}}}{link}</body>"),
+                false,
+            ),
+            (format!("<body>{{{{ _tracking }}}}{link}</body>"), false),
+            (
+                format!("<body>{{{{ _tracking.clicks[00] }}}}{link}</body>"),
+                false,
+            ),
+        ] {
+            let doc: CampaignDocument = serde_json::from_value(json!({
+                "name": "Tracked",
+                "from": {"email": "news@shop.example"},
+                "templates": {"subject": "{{ city }}", "html": html, "text": "{{ city }}"},
+                "tracking": {"opens": true, "clicks": true}
+            }))
+            .unwrap();
+            let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+            assert!(compiled.is_substitution(TemplatePart::Subject));
+            assert_eq!(compiled.is_substitution(TemplatePart::Html), fast, "{html}");
+            assert!(compiled.is_substitution(TemplatePart::Text));
+        }
+    }
+
+    /// A tracked HTML part is written by the fast path, with the recipient's signed URLs when
+    /// sending and the links as written (no pixel) for a preview; a pixel URL that is not a
+    /// string or none goes to minijinja.
+    #[test]
+    fn a_tracked_html_part_takes_the_fast_path() {
         let doc: CampaignDocument = serde_json::from_value(json!({
             "name": "Tracked",
             "from": {"email": "news@shop.example"},
-            "templates": {"subject": "{{ city }}", "html": "<body>{{ city }}</body>", "text": "{{ city }}"}
+            "templates": {
+                "subject": "Hi",
+                "html": "<body><a href=\"https://shop.example/?a=1&amp;b\">{{ city }}</a></body>"
+            }
         }))
         .unwrap();
         let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
-        assert!(compiled.is_substitution(TemplatePart::Subject));
-        assert!(!compiled.is_substitution(TemplatePart::Html));
-        assert!(compiled.is_substitution(TemplatePart::Text));
+        let recipient: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "city": "B&B"})).unwrap();
+        let pixel = format!(
+            "{}https://t.shop.example/o/P{}",
+            crate::tracking::OPEN_PIXEL_BEFORE_URL,
+            crate::tracking::OPEN_PIXEL_AFTER_URL
+        );
+        for (urls, expected) in [
+            (
+                TrackingUrls {
+                    open_pixel: Some("https://t.shop.example/o/P".into()),
+                    clicks: vec!["https://t.shop.example/c/C".into()],
+                },
+                format!("<body><a href=\"https://t.shop.example/c/C\">B&amp;B</a>{pixel}</body>"),
+            ),
+            (
+                TrackingUrls::default(),
+                "<body><a href=\"https://shop.example/?a=1&amp;b\">B&amp;B</a></body>".to_string(),
+            ),
+        ] {
+            let ctx = RecipientContext {
+                tracking: urls,
+                ..substitution_context("https://m.shop.example/u/T")
+            };
+            let root = compiled.root_context(&recipient, &ctx);
+            let fast = compiled.render_substitution(TemplatePart::Html, &root);
+            assert_eq!(fast.as_deref(), Some(expected.as_str()));
+            assert_eq!(
+                engine_render(&compiled, TemplatePart::Html, &root).unwrap(),
+                expected
+            );
+        }
+        // A `_tracking` whose pixel is a number (never given by the service) is minijinja's.
+        let sent = compiled.root_context(
+            &recipient,
+            &substitution_context("https://m.shop.example/u/T"),
+        );
+        let sent = sent.downcast_object_ref::<Root>().unwrap();
+        let root = Value::from_object(Root {
+            email: sent.email.clone(),
+            recipient: sent.recipient.clone(),
+            unsubscribe_url: sent.unsubscribe_url.clone(),
+            campaign: sent.campaign.clone(),
+            tracking: Value::from_object(values::object([
+                (
+                    "clicks",
+                    Value::from(vec![Value::from("https://t.shop.example/c/C")]),
+                ),
+                ("open_pixel", Value::from(1)),
+            ])),
+            fields: sent.fields.clone(),
+        });
+        assert_eq!(
+            compiled.render_substitution(TemplatePart::Html, &root),
+            None
+        );
     }
 
     /// A value that is not a string (a number, a bool, a missing field) sends that part of

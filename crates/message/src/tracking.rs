@@ -42,7 +42,7 @@ pub(crate) fn rewrite(html: &str, clicks: bool, opens: bool) -> (String, Vec<Tem
     let mut at = 0;
     for (index, link) in links.iter().enumerate() {
         out.push_str(&html[at..link.value.start]);
-        let expression = format!("{{{{ {TRACKING_VARIABLE}.clicks[{index}] }}}}");
+        let expression = format!("{{{{ {} }}}}", click_variable(index));
         if link.quoted {
             out.push_str(&expression);
         } else {
@@ -54,15 +54,32 @@ pub(crate) fn rewrite(html: &str, clicks: bool, opens: bool) -> (String, Vec<Tem
     }
     out.push_str(&html[at..]);
     if opens {
-        let pixel = format!(
-            "{{% if {TRACKING_VARIABLE}.open_pixel %}}<img src=\"{{{{ {TRACKING_VARIABLE}.open_pixel }}}}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">{{% endif %}}"
-        );
+        let pixel = open_pixel_block();
         match rfind_ignore_case(&out, "</body") {
             Some(position) => out.insert_str(position, &pixel),
             None => out.push_str(&pixel),
         }
     }
     (out, links)
+}
+
+/// The expression a tracked link's href is rewritten to: link `index`'s URL.
+pub(crate) fn click_variable(index: usize) -> String {
+    format!("{TRACKING_VARIABLE}.clicks[{index}]")
+}
+
+/// The open pixel's markup around its URL; the substitution fast path in `template.rs`
+/// writes the same pieces when it recognises [`open_pixel_block`].
+pub(crate) const OPEN_PIXEL_BEFORE_URL: &str = "<img src=\"";
+pub(crate) const OPEN_PIXEL_AFTER_URL: &str =
+    "\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">";
+
+/// The block added before `</body>` when opens are tracked: the pixel, only when this
+/// recipient has a pixel URL (`_tracking.open_pixel` is none for a preview).
+pub(crate) fn open_pixel_block() -> String {
+    format!(
+        "{{% if {TRACKING_VARIABLE}.open_pixel %}}{OPEN_PIXEL_BEFORE_URL}{{{{ {TRACKING_VARIABLE}.open_pixel }}}}{OPEN_PIXEL_AFTER_URL}{{% endif %}}"
+    )
 }
 
 fn rfind_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
