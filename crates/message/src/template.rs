@@ -1224,23 +1224,38 @@ mod tests {
             .prop_map(|(open_pixel, clicks)| TrackingUrls { open_pixel, clicks })
     }
 
+    /// Mostly strings, so that most cases take the fast path rather than fall back.
+    fn mostly_string_field() -> impl proptest::strategy::Strategy<Value = Option<serde_json::Value>>
+    {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => "[a-zA-Z &<>\"'/é€]{0,10}".prop_map(|s| Some(json!(s))),
+            1 => field(),
+        ]
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
         /// A pure-substitution HTML part with the service's tracked links and open pixel takes
         /// the fast path, whatever the tracking settings, and renders exactly the bytes
-        /// minijinja's VM renders for every recipient's values and tracking URLs.
+        /// minijinja's VM renders for every recipient's values and tracking URLs (or, strict
+        /// and a field missing, fails as minijinja does).
         #[test]
         fn tracked_substitution_renders_what_minijinja_renders(
             html in tracked_html(),
             (opens, clicks, aggregate_only) in proptest::prelude::any::<(bool, bool, bool)>(),
+            strict in proptest::prelude::any::<bool>(),
             urls in tracking_urls(),
-            fields in proptest::collection::vec(field(), 4),
+            fields in proptest::collection::vec(mostly_string_field(), 4),
         ) {
             let doc: CampaignDocument = serde_json::from_value(json!({
                 "name": "Tracked",
                 "from": {"email": "news@shop.example"},
-                "templates": {"subject": "Hi", "html": html, "undefined_variables": "lenient"},
+                "templates": {
+                    "subject": "Hi", "html": html,
+                    "undefined_variables": if strict { "strict" } else { "lenient" }
+                },
                 "tracking": {"opens": opens, "clicks": clicks, "aggregate_only": aggregate_only}
             }))
             .unwrap();
@@ -1260,11 +1275,21 @@ mod tests {
                 ..substitution_context("https://m.shop.example/u/T")
             };
             let root = compiled.root_context(&recipient, &ctx);
-            let engine = engine_render(&compiled, TemplatePart::Html, &root).unwrap();
-            let rendered = compiled.render(&recipient, &ctx).unwrap();
-            proptest::prop_assert_eq!(rendered.html.as_deref(), Some(engine.as_str()));
-            if let Some(fast) = compiled.render_substitution(TemplatePart::Html, &root) {
-                proptest::prop_assert_eq!(fast, engine);
+            let fast = compiled.render_substitution(TemplatePart::Html, &root);
+            match engine_render(&compiled, TemplatePart::Html, &root) {
+                Ok(engine) => {
+                    let rendered = compiled.render(&recipient, &ctx).unwrap();
+                    proptest::prop_assert_eq!(rendered.html.as_deref(), Some(engine.as_str()));
+                    if let Some(fast) = fast {
+                        proptest::prop_assert_eq!(fast, engine);
+                    }
+                }
+                // Strict and a field missing: the same error, never a fast-path output.
+                Err(engine) => {
+                    proptest::prop_assert!(strict, "{}", engine);
+                    proptest::prop_assert_eq!(fast, None);
+                    proptest::prop_assert!(compiled.render(&recipient, &ctx).is_err());
+                }
             }
         }
 
