@@ -536,12 +536,19 @@ impl CompiledCampaign {
     pub(crate) fn render_substitution(&self, part: TemplatePart, root: &Value) -> Option<String> {
         let substitution = self.substitutions[part as usize].as_ref()?;
         let root = root.downcast_object_ref::<Root>()?;
-        let output = substitution.render(root)?;
-        // minijinja would charge an instruction per segment and a unit per byte written: near
-        // the budget, let it decide whether the render runs out of fuel.
-        let cost = (substitution.instructions as u64)
-            .saturating_mul(MINIJINJA_UNITS_PER_FUEL)
-            .saturating_add(output.len() as u64);
+        // minijinja charges MINIJINJA_UNITS_PER_FUEL per compiled instruction and a unit per
+        // byte written: near half the budget, let it decide whether the render runs out of
+        // fuel. The bytes are counted while writing, so a huge field stops the fast path
+        // within the budget (or past MAX_RENDERED_BYTES, which fails the render anyway)
+        // instead of building output the VM would never have produced.
+        let instruction_units =
+            (substitution.instructions as u64).saturating_mul(MINIJINJA_UNITS_PER_FUEL);
+        let fuel_bytes = (self.fuel_units / 2).saturating_sub(instruction_units);
+        let budget = usize::try_from(fuel_bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.max_rendered_bytes);
+        let output = substitution.render(root, budget)?;
+        let cost = instruction_units.saturating_add(output.len() as u64);
         (cost.saturating_mul(2) < self.fuel_units).then_some(output)
     }
 
@@ -618,10 +625,15 @@ impl Substitution {
     /// The output minijinja's default formatter would write, or `None` when a variable is
     /// not a string here (left to minijinja, whose printing of other values this does not
     /// repeat).
-    fn render(&self, root: &Root) -> Option<String> {
+    /// `None` too once the output passes `budget` bytes.
+    fn render(&self, root: &Root, budget: usize) -> Option<String> {
         use minijinja::value::ValueKind;
-        let mut output = String::with_capacity(self.literal_bytes + 32 * self.segments.len());
+        let mut output =
+            String::with_capacity((self.literal_bytes + 32 * self.segments.len()).min(budget));
         for segment in &self.segments {
+            if output.len() > budget {
+                return None;
+            }
             match segment {
                 Segment::Literal(text) => output.push_str(text),
                 Segment::Variable(name) => self.write_string(&mut output, root.lookup(name)?)?,
@@ -646,7 +658,7 @@ impl Substitution {
                 }
             }
         }
-        Some(output)
+        (output.len() <= budget).then_some(output)
     }
 
     /// A string value as minijinja's default formatter prints it; `None` for any other kind.
@@ -1501,6 +1513,52 @@ mod tests {
             compiled.render_substitution(TemplatePart::Html, &root),
             None
         );
+    }
+
+    /// A field larger than the render may produce stops the fast path as soon as it is
+    /// written, instead of building output the VM would refuse: with a 4,000-byte output
+    /// limit, a 3,000-byte field printed twice falls back, and the render fails on the limit
+    /// as minijinja's render does.
+    #[test]
+    fn output_past_the_limit_stops_the_fast_path_while_it_writes() {
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Budget",
+            "from": {"email": "news@shop.example"},
+            "templates": {"subject": "Hi", "text": "{{ bio }} {{ bio }}\n"},
+            "tracking": {"opens": false, "clicks": false}
+        }))
+        .unwrap();
+        let settings = MessageSettings {
+            max_rendered_bytes: 4_000,
+            ..MessageSettings::default()
+        };
+        let compiled = CompiledCampaign::compile(&doc, &settings).unwrap();
+        assert!(compiled.is_substitution(TemplatePart::Text));
+        let ctx = substitution_context("https://m.shop.example/u/T");
+        let short: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "bio": "x".repeat(1_000)}))
+                .unwrap();
+        let root = compiled.root_context(&short, &ctx);
+        let bio = "x".repeat(1_000);
+        assert_eq!(
+            compiled.render_substitution(TemplatePart::Text, &root),
+            Some(format!("{bio} {bio}\n"))
+        );
+        let long: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "bio": "x".repeat(3_000)}))
+                .unwrap();
+        let root = compiled.root_context(&long, &ctx);
+        assert_eq!(
+            compiled.render_substitution(TemplatePart::Text, &root),
+            None
+        );
+        assert!(matches!(
+            compiled.render(&long, &ctx),
+            Err(RenderError::LimitExceeded {
+                limit: Limit::OutputSize,
+                ..
+            })
+        ));
     }
 
     /// A value that is not a string (a number, a bool, a missing field) sends that part of
