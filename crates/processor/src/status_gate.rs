@@ -9,7 +9,9 @@
 //! Reads are shared by every message of the campaign that this worker has waiting, across its
 //! batch runs: a message that arrives while a read is running waits for the next one, so it
 //! waits for at most two reads however many are in flight, and the database sees one stream of
-//! reads per worker and campaign rather than one per batch run.
+//! reads per worker and campaign rather than one per batch run. A stop a read has seen halts
+//! the runs that started before that read began; a run that starts later (after a resume)
+//! does not inherit it, however the reads and the runs interleave.
 
 use crate::ProcessorError;
 use campaign::{CampaignId, CampaignStatus};
@@ -18,52 +20,63 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 /// One campaign's status reads, shared by the messages of a worker's batch runs of it.
-pub(crate) struct StatusGate {
+struct StatusGate {
     store: Arc<dyn store::CampaignStore>,
     id: CampaignId,
     /// When the last read began and what it found (`Some`: the campaign no longer sends).
     last: tokio::sync::Mutex<Option<(Instant, Option<CampaignStatus>)>>,
-    stopped: Mutex<Option<CampaignStatus>>,
+    /// The latest stop a read has seen, with when that read began.
+    stopped: Mutex<Option<(Instant, CampaignStatus)>>,
 }
 
 impl StatusGate {
-    fn new(store: Arc<dyn store::CampaignStore>, id: CampaignId) -> StatusGate {
-        StatusGate {
-            store,
-            id,
-            last: tokio::sync::Mutex::new(None),
-            stopped: Mutex::new(None),
+    fn stopped_since(&self, run_started: Instant) -> Option<CampaignStatus> {
+        match *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((began, status)) if began >= run_started => Some(status),
+            _ => None,
         }
     }
+}
 
-    /// `None` while the campaign is sending, per a read begun after `since`.
+/// A batch run's view of its campaign's gate: a stop seen by a read that began after the run
+/// started is final for the run (paused or cancelled is not undone within one run), while a
+/// stop from before it — the pause that a resume has since ended — is not. Cheap to clone:
+/// each message of the run holds one.
+#[derive(Clone)]
+pub(crate) struct RunGate {
+    gate: Arc<StatusGate>,
+    started: Instant,
+}
+
+impl RunGate {
+    /// `None` while the campaign is sending, per a read begun after `since` (a time after
+    /// the run started: when the message took its in-flight slot).
     pub(crate) async fn check(
         &self,
         since: Instant,
     ) -> Result<Option<CampaignStatus>, ProcessorError> {
         if let Some(status) = self.stopped() {
-            // Paused or cancelled is not undone for the runs that share this gate; a run that
-            // starts after a resume gets a new one (`StatusGates::get`).
             return Ok(Some(status));
         }
-        let mut last = self.last.lock().await;
+        let gate = &self.gate;
+        let mut last = gate.last.lock().await;
         if let Some((began, found)) = *last
             && began >= since
         {
             return Ok(found);
         }
         let began = Instant::now();
-        let found = campaign_stopped(self.store.as_ref(), self.id).await?;
+        let found = campaign_stopped(gate.store.as_ref(), gate.id).await?;
         *last = Some((began, found));
-        if found.is_some() {
-            *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        if let Some(status) = found {
+            *gate.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some((began, status));
         }
         Ok(found)
     }
 
-    /// The status that stopped the campaign, once a check has seen one.
+    /// The status that stopped the campaign, once a read begun during this run has seen one.
     pub(crate) fn stopped(&self) -> Option<CampaignStatus> {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+        self.gate.stopped_since(self.started)
     }
 }
 
@@ -76,24 +89,26 @@ pub(crate) struct StatusGates {
 }
 
 impl StatusGates {
-    /// The gate for a batch run of campaign `id` that has just found it sending: the one this
-    /// worker's other runs of it use, unless that one has seen the campaign stop — its runs
-    /// halt, and a run that starts after a resume must not inherit the stop.
-    pub(crate) fn get(
-        &self,
-        store: &Arc<dyn store::CampaignStore>,
-        id: CampaignId,
-    ) -> Arc<StatusGate> {
+    /// The gate for a batch run of campaign `id` starting now (it has just found the campaign
+    /// sending): the one this worker's other runs of it use, if any.
+    pub(crate) fn get(&self, store: &Arc<dyn store::CampaignStore>, id: CampaignId) -> RunGate {
+        let started = Instant::now();
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(gate) = gates.get(&id).and_then(Weak::upgrade)
-            && gate.stopped().is_none()
-        {
-            return gate;
-        }
-        gates.retain(|_, gate| gate.strong_count() > 0);
-        let gate = Arc::new(StatusGate::new(store.clone(), id));
-        gates.insert(id, Arc::downgrade(&gate));
-        gate
+        let gate = match gates.get(&id).and_then(Weak::upgrade) {
+            Some(gate) => gate,
+            None => {
+                gates.retain(|_, gate| gate.strong_count() > 0);
+                let gate = Arc::new(StatusGate {
+                    store: store.clone(),
+                    id,
+                    last: tokio::sync::Mutex::new(None),
+                    stopped: Mutex::new(None),
+                });
+                gates.insert(id, Arc::downgrade(&gate));
+                gate
+            }
+        };
+        RunGate { gate, started }
     }
 }
 
@@ -149,7 +164,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_workers_runs_share_one_gate_until_it_sees_the_campaign_stop() {
+    async fn a_workers_runs_share_one_gate_and_a_run_after_a_resume_ignores_the_earlier_stop() {
         let database = testkit::SqliteDatabase::create();
         let store = store::connect(&database.url).await.expect("store");
         let id = sending_campaign(store.as_ref()).await;
@@ -158,7 +173,7 @@ mod tests {
         let first_run = gates.get(&store, id);
         let second_run = gates.get(&store, id);
         assert!(
-            Arc::ptr_eq(&first_run, &second_run),
+            Arc::ptr_eq(&first_run.gate, &second_run.gate),
             "runs of one campaign share their reads"
         );
         assert_eq!(first_run.check(Instant::now()).await.unwrap(), None);
@@ -184,13 +199,25 @@ mod tests {
             CampaignStatus::Sending,
         )
         .await;
-        // The stopped gate is still held by the halting runs; a run started after the resume
-        // gets a gate of its own, which lets its messages go.
+        // A run started after the resume shares the gate but not the earlier stop, which the
+        // halting runs keep.
         let after_resume = gates.get(&store, id);
-        assert!(!Arc::ptr_eq(&after_resume, &first_run));
+        assert!(Arc::ptr_eq(&after_resume.gate, &first_run.gate));
         assert_eq!(after_resume.stopped(), None);
         assert_eq!(after_resume.check(Instant::now()).await.unwrap(), None);
-        assert!(Arc::ptr_eq(&after_resume, &gates.get(&store, id)));
+        assert_eq!(first_run.stopped(), Some(CampaignStatus::Paused));
+        assert_eq!(
+            first_run.check(Instant::now()).await.unwrap(),
+            Some(CampaignStatus::Paused)
+        );
+
+        drop((first_run, second_run, after_resume));
+        let alone = gates.get(&store, id);
+        assert_eq!(
+            Arc::strong_count(&alone.gate),
+            1,
+            "a gate goes with its last run"
+        );
     }
 
     #[tokio::test]
