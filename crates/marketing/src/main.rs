@@ -20,7 +20,9 @@ use std::process::ExitCode;
 // malloc/free were about a tenth of a send's instructions, under mimalloc a third of that
 // (docs/BENCHMARKS.md, "mimalloc"). Built with `no_thp`: mimalloc otherwise asks for
 // transparent huge pages, and a 100,000-recipient `send` then peaked at 71-80 MiB instead of
-// ~50 MiB (the 64 MB memory goal).
+// ~50 MiB (the 64 MB memory goal). `no_thp` only stops the asking: on a host whose THP setting
+// is `always` the kernel gives huge pages anyway, and MIMALLOC_ALLOW_THP=0 in the environment
+// turns them off for the process (README, "Memory").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
