@@ -167,16 +167,25 @@ async fn smtp_pipelining_sends_mail_rcpt_and_data_together_when_the_server_annou
             .await
             .expect("accepted");
         assert!(accepted.refused.is_empty(), "{accepted:?}");
+        // Past the pipelining cap (100 recipients) the envelope goes one command at a time,
+        // so the server's replies can never fill the socket while commands are still written.
+        let many: Vec<String> = (0..101).map(|n| format!("r{n}@example.org")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let accepted = transport
+            .send(message_between(2, "bounce@example.com", &many))
+            .await
+            .expect("accepted");
+        assert!(accepted.refused.is_empty(), "{accepted:?}");
         transport.close().await;
 
         // The server notes which commands had already arrived when it read MAIL: all the
         // rest of the envelope when pipelined, nothing when the client waited for each reply.
         let stored = server.messages();
-        assert_eq!(stored.len(), 2);
+        assert_eq!(stored.len(), 3);
         let expected = if pipelining {
-            ["RCPT DATA", "RCPT RCPT RCPT DATA"]
+            ["RCPT DATA", "RCPT RCPT RCPT DATA", ""]
         } else {
-            ["", ""]
+            ["", "", ""]
         };
         for (i, expected) in expected.iter().enumerate() {
             let pipelined = header(stored_message(&stored, i), "X-Pipelined-With-Mail");
@@ -188,6 +197,8 @@ async fn smtp_pipelining_sends_mail_rcpt_and_data_together_when_the_server_annou
         }
         let rcpt_to = header(stored_message(&stored, 1), "X-RcptTo");
         assert_eq!(rcpt_to.as_deref(), Some(three.join(", ").as_str()));
+        let rcpt_to = header(stored_message(&stored, 2), "X-RcptTo");
+        assert_eq!(rcpt_to.as_deref(), Some(many.join(", ").as_str()));
     }
 }
 

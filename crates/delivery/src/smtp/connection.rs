@@ -166,6 +166,12 @@ impl std::fmt::Display for EnvelopeCommands<'_> {
     }
 }
 
+/// The most recipients an envelope may have for its commands to go in one write: their
+/// replies (some 40 bytes each) then fit the socket buffers many times over, so the server can
+/// never block writing replies while we still write commands (RFC 2920 §3.1). A campaign's
+/// message has one recipient; a larger envelope is sent one command at a time.
+const MAX_PIPELINED_RECIPIENTS: usize = 100;
+
 /// The content of an empty message: the lone dot that ends DATA at once.
 const EMPTY_CONTENT: data::Stuffed<'static> = data::Stuffed(".\r\n");
 
@@ -352,7 +358,7 @@ impl Connection {
         }
         let mail = Mail::new(envelope.return_path().cloned(), parameters);
         let recipients = envelope.to_addresses();
-        let refused = if self.pipelining {
+        let refused = if self.pipelining && recipients.len() <= MAX_PIPELINED_RECIPIENTS {
             self.envelope_pipelined(mail, recipients, &timeouts).await?
         } else {
             self.envelope_one_by_one(mail, recipients, &timeouts)
@@ -422,7 +428,8 @@ impl Connection {
     /// The whole group is written before any reply is read. RFC 2920 §3.1 warns of the
     /// deadlock where the server blocks writing replies nobody reads while the client blocks
     /// writing commands; that needs more replies than the socket buffers hold (thousands of
-    /// recipients at some 40 bytes each), and a campaign's message has one recipient.
+    /// recipients at some 40 bytes each), and envelopes of more than
+    /// `MAX_PIPELINED_RECIPIENTS` go one by one.
     async fn envelope_pipelined(
         &mut self,
         mail: Mail,
