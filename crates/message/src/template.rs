@@ -1130,6 +1130,19 @@ mod tests {
         }
     }
 
+    /// A recipient whose `first_name`, `city`, `genre` and `n` are the generated values
+    /// (`None`: the field is missing), with an address that needs HTML escaping.
+    fn generated_recipient(fields: Vec<Option<serde_json::Value>>) -> Recipient {
+        let mut recipient = serde_json::Map::new();
+        recipient.insert("email".into(), json!("a&b@shop.example"));
+        for (name, value) in ["first_name", "city", "genre", "n"].iter().zip(fields) {
+            if let Some(value) = value {
+                recipient.insert(name.to_string(), value);
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(recipient)).unwrap()
+    }
+
     /// What minijinja's own VM renders for `part`, bypassing the fast path.
     fn engine_render(
         compiled: &CompiledCampaign,
@@ -1273,15 +1286,7 @@ mod tests {
             .unwrap();
             let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
             proptest::prop_assert!(compiled.is_substitution(TemplatePart::Html));
-            let mut recipient = serde_json::Map::new();
-            recipient.insert("email".into(), json!("a&b@shop.example"));
-            for (name, value) in ["first_name", "city", "genre", "n"].iter().zip(fields) {
-                if let Some(value) = value {
-                    recipient.insert(name.to_string(), value);
-                }
-            }
-            let recipient: Recipient =
-                serde_json::from_value(serde_json::Value::Object(recipient)).unwrap();
+            let recipient = generated_recipient(fields);
             let ctx = RecipientContext {
                 tracking: urls,
                 ..substitution_context("https://m.shop.example/u/T")
@@ -1317,15 +1322,7 @@ mod tests {
             let compiled = substitution_campaign(&html, &text, false);
             proptest::prop_assert!(compiled.is_substitution(TemplatePart::Html));
             proptest::prop_assert!(compiled.is_substitution(TemplatePart::Text));
-            let mut recipient = serde_json::Map::new();
-            recipient.insert("email".into(), json!("a&b@shop.example"));
-            for (name, value) in ["first_name", "city", "genre", "n"].iter().zip(fields) {
-                if let Some(value) = value {
-                    recipient.insert(name.to_string(), value);
-                }
-            }
-            let recipient: Recipient =
-                serde_json::from_value(serde_json::Value::Object(recipient)).unwrap();
+            let recipient = generated_recipient(fields);
             let url = if url_needs_escaping {
                 "https://m.shop.example/u/T?a=1&b='2'"
             } else {
