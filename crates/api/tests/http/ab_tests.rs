@@ -141,10 +141,7 @@ fn ab_campaign(names: &[&str], recipients: usize, ab_test: Value) -> Value {
 
 /// Creates and sends a campaign; returns its id.
 async fn create_and_send(app: &TestApp, campaign: &Value) -> String {
-    let response = app.post_json("/api/v1/campaigns", campaign).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let created: Value = response.json().await.unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let id = app.create_campaign(campaign).await;
     let response = app
         .post_json(&format!("/api/v1/campaigns/{id}/send"), &json!({}))
         .await;

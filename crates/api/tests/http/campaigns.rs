@@ -653,13 +653,7 @@ async fn max_rate_is_kept_or_refused_naming_the_field(app: TestApp) {
     assert_eq!(app.campaign_count().await, 0, "nothing stored");
     let mut campaign = sample_campaign();
     campaign["max_rate"] = json!(12.5);
-    let created: Value = app
-        .post_json("/api/v1/campaigns", &campaign)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let id = app.create_campaign(&campaign).await;
     let (_, read) = app.get_json(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(read["document"]["max_rate"], 12.5, "{read}");
 }
@@ -687,13 +681,7 @@ async fn provider_headers_are_kept_and_reach_the_message(app: TestApp) {
     campaign["unsubscribe_mailto"] = json!("leave@riverside-books.example");
     campaign["feedback_id"] = json!("riverside-books");
     campaign["recipients"] = json!([{"email": "ann@example.com", "first_name": "Ann"}]);
-    let created: Value = app
-        .post_json("/api/v1/campaigns", &campaign)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let id = app.create_campaign(&campaign).await;
     let (_, deliveries) = app
         .get_json(&format!("/api/v1/campaigns/{id}/deliveries"))
         .await;

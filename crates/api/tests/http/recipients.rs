@@ -55,13 +55,7 @@ async fn a_request_adding_too_many_recipients_is_refused_whole(app: TestApp) {
     );
 
     campaign["recipients"] = json!([]);
-    let created: Value = limited
-        .post_json("/api/v1/campaigns", &campaign)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let id = limited.create_campaign(&campaign).await;
     let path = format!("/api/v1/campaigns/{id}/recipients");
     let refused = limited.post_json(&path, &json!(addresses(4))).await;
     assert_problem(

@@ -54,6 +54,14 @@ impl TestApp {
         (status, response.json().await.unwrap())
     }
 
+    /// Creates `campaign` (answered 201); returns its id.
+    pub async fn create_campaign(&self, campaign: &Value) -> String {
+        let response = self.post_json("/api/v1/campaigns", campaign).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created: Value = response.json().await.unwrap();
+        created["campaign"]["id"].as_str().unwrap().to_string()
+    }
+
     pub async fn create_sample(&self) -> Value {
         let response = self
             .post_json("/api/v1/campaigns", &sample_campaign())
@@ -251,13 +259,7 @@ impl TestWorker {
 pub async fn send_and_wait(app: &TestApp, recipients: Value) -> String {
     let mut campaign = sample_campaign();
     campaign["recipients"] = recipients;
-    let created: Value = app
-        .post_json("/api/v1/campaigns", &campaign)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["campaign"]["id"].as_str().unwrap().to_string();
+    let id = app.create_campaign(&campaign).await;
     send_existing_and_wait(app, &id).await;
     id
 }
@@ -306,10 +308,7 @@ impl TestApp {
     ) {
         let mut campaign = sample_campaign();
         campaign["recipients"] = emails.iter().map(|email| json!({"email": email})).collect();
-        let response = self.post_json("/api/v1/campaigns", &campaign).await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let created: Value = response.json().await.unwrap();
-        let id = created["campaign"]["id"].as_str().unwrap().to_string();
+        let id = self.create_campaign(&campaign).await;
         let (_, page) = self
             .get_json(&format!("/api/v1/campaigns/{id}/deliveries?limit=100"))
             .await;
