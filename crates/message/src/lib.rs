@@ -10,6 +10,7 @@
 //!
 //! [`CompiledCampaign::message`] does 2 and 3; [`preview`] does all of it for one recipient.
 
+mod compiled;
 mod dkim;
 mod mime;
 mod new_campaign;

@@ -333,12 +333,7 @@ fn literal(tokens: &[Spanned<'_>]) -> Option<Value> {
 /// `{{ x | number(2, thousands=".", point=",") }}` → `1.234,50`. Numeric strings (as CSV
 /// fields always are) are accepted.
 fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
-    let (amount, is_integer) = to_number(&value)?;
-    let decimals = match decimals {
-        Some(decimals) => decimals_arg(&decimals).map_err(|m| invalid("number", m))?,
-        None if is_integer => 0,
-        None => 2,
-    };
+    let (amount, decimals) = number_parts(&value, decimals.as_ref())?;
     let (thousands, point) = separators("number", &kwargs)?;
     kwargs.assert_all_used()?;
     let mut out = String::with_capacity(16);
@@ -346,15 +341,54 @@ fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<Strin
     Ok(out)
 }
 
+/// `number` without keyword arguments (the default separators), for the compiled evaluator:
+/// the same checks in the same order, so the same result or error.
+pub(crate) fn number_plain(value: &Value, decimals: Option<&Value>) -> Result<String, Error> {
+    let (amount, decimals) = number_parts(value, decimals)?;
+    let mut out = String::with_capacity(16);
+    group(&mut out, amount, decimals, ",", ".");
+    Ok(out)
+}
+
+/// The amount and the decimals `number` prints it with.
+fn number_parts(value: &Value, decimals: Option<&Value>) -> Result<(f64, usize), Error> {
+    let (amount, is_integer) = to_number(value)?;
+    let decimals = match decimals {
+        Some(decimals) => decimals_arg(decimals).map_err(|m| invalid("number", m))?,
+        None if is_integer => 0,
+        None => 2,
+    };
+    Ok((amount, decimals))
+}
+
 /// `{{ price | currency("EUR") }}` → `€12.50`. Symbols for common codes, the ISO code itself
 /// otherwise (`CHF 12.50`); yen and won have no minor unit. Same `thousands`/`point` kwargs as
 /// `number`.
 fn currency(value: Value, code: Option<Value>, kwargs: Kwargs) -> Result<String, Error> {
-    let (amount, _) = to_number(&value)?;
-    let code = match &code {
+    let (amount, code) = currency_parts(&value, code.as_ref())?;
+    let (thousands, point) = separators("currency", &kwargs)?;
+    kwargs.assert_all_used()?;
+    Ok(currency_text(amount, code, sep(&thousands), sep(&point)))
+}
+
+/// `currency` without keyword arguments (the default separators), for the compiled
+/// evaluator: the same checks in the same order, so the same result or error.
+pub(crate) fn currency_plain(value: &Value, code: Option<&Value>) -> Result<String, Error> {
+    let (amount, code) = currency_parts(value, code)?;
+    Ok(currency_text(amount, code, ",", "."))
+}
+
+/// The amount and the upper-case ISO code `currency` prints.
+fn currency_parts(value: &Value, code: Option<&Value>) -> Result<(f64, [u8; 3]), Error> {
+    let (amount, _) = to_number(value)?;
+    let code = match code {
         Some(code) => currency_code_arg(code).map_err(|m| invalid("currency", m))?,
         None => *b"USD",
     };
+    Ok((amount, code))
+}
+
+fn currency_text(amount: f64, code: [u8; 3], thousands: &str, point: &str) -> String {
     // The symbol, whether a space follows it, and the minor unit's digits.
     let (symbol, spaced, decimals) = match &code {
         b"USD" | b"CAD" | b"AUD" | b"NZD" => ("$", false, 2),
@@ -366,8 +400,6 @@ fn currency(value: Value, code: Option<Value>, kwargs: Kwargs) -> Result<String,
         // Three ASCII letters, as currency_code_arg checked.
         other => (std::str::from_utf8(other).unwrap_or_default(), true, 2),
     };
-    let (thousands, point) = separators("currency", &kwargs)?;
-    kwargs.assert_all_used()?;
     let mut out = String::with_capacity(16);
     if amount < 0.0 {
         out.push('-');
@@ -376,14 +408,8 @@ fn currency(value: Value, code: Option<Value>, kwargs: Kwargs) -> Result<String,
     if spaced {
         out.push(' ');
     }
-    group(
-        &mut out,
-        amount.abs(),
-        decimals,
-        sep(&thousands),
-        sep(&point),
-    );
-    Ok(out)
+    group(&mut out, amount.abs(), decimals, thousands, point);
+    out
 }
 
 /// `{{ signup | date }}`, `{{ signup | date("%e %B %Y") }}` (strftime, or `short`, `medium`,
@@ -561,9 +587,9 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
 /// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
 /// about 330 and the separators at most a hundred.
 fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
-    use std::fmt::Write as _;
     // The digits are written in place, then the sign, separators and point put in: no
     // temporary string per number.
+    use std::fmt::Write as _;
     let mut start = out.len();
     let _ = write!(out, "{:.*}", decimals, amount.abs());
     if amount < 0.0

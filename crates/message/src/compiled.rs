@@ -1,0 +1,593 @@
+//! Rendering a template without minijinja's VM when it uses only what a newsletter usually
+//! does: text, printed values, attribute and constant-index look-ups, `{% if %}`, `{% for %}`
+//! over a list with the `loop` variable, `/`, and the filters `default`, `title`, `number`,
+//! `currency` and `date`. The plan is minijinja's own compiled instructions, one operation per
+//! instruction (so jump targets stay valid), accepted only when every instruction is one this
+//! evaluator repeats exactly; values are read straight from the recipient's JSON, without
+//! converting it to template values.
+//!
+//! Whatever the evaluator meets at run time that it does not repeat exactly (a missing
+//! variable, a float or a boolean to print, a filter error, an object where a list was
+//! expected, a render near the fuel budget…) makes it give up, and the part is rendered by
+//! minijinja as before: the result, or the error, is then minijinja's by construction.
+
+use campaign::Recipient;
+use minijinja::machinery::Instruction;
+use minijinja::value::{Value, ValueKind};
+use minijinja::{AutoEscape, Environment};
+use serde_json::{Map, Value as Json};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+/// minijinja's fuel cost of one instruction, in its internal units (`INSTRUCTION_COST`).
+const UNITS_PER_INSTRUCTION: u64 = 64;
+
+/// minijinja's `PushLoop` flag for a loop with the `loop` variable (`LOOP_FLAG_WITH_LOOP_VAR`
+/// in its compiler/instructions.rs, not exported); a recursive loop adds another flag.
+const LOOP_FLAG_WITH_LOOP_VAR: u8 = 1;
+
+/// Names minijinja-contrib's `dateformat` reads through the template's context: a plan that
+/// uses `date` is refused where a recipient field or a local could carry one of them, since
+/// the helper that formats dates sees only the environment's globals.
+const DATE_SETTINGS: [&str; 2] = ["TIMEZONE", "DATE_FORMAT"];
+
+/// One of minijinja's instructions, as the evaluator runs it.
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    EmitRaw(String),
+    Emit,
+    /// A name, and whether a recipient field of that name is visible to the template (only the
+    /// fields the templates name are given to minijinja).
+    Lookup(String, bool),
+    GetAttr(String),
+    GetItem,
+    LoadConst(Constant),
+    Filter(Filter, u16),
+    Div,
+    Jump(usize),
+    JumpIfFalse(usize),
+    PushLoop,
+    Iterate(usize),
+    StoreLocal(String),
+    PopLoopFrame,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Constant {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filter {
+    Default,
+    Title,
+    Number,
+    Currency,
+    Date,
+}
+
+/// A part's template as operations the evaluator runs.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    ops: Vec<Op>,
+    escape_html: bool,
+    /// Whether it calls `date` (which needs the campaign's date helper).
+    pub(crate) uses_date: bool,
+}
+
+/// What a template can read for one recipient, borrowed from where it already is.
+pub(crate) struct Data<'a> {
+    pub recipient: &'a Recipient,
+    pub unsubscribe_url: &'a str,
+    pub campaign_name: &'a str,
+    pub metadata: &'a Map<String, Json>,
+    /// The open pixel URL when the part shows it.
+    pub open_pixel: Option<&'a str>,
+    /// The tracked links' hrefs, the recipient's signed URLs or the text as written.
+    pub clicks: &'a dyn Fn(usize) -> Option<(&'a str, bool)>,
+    /// `date`'s result for a value and an optional format, as minijinja's filter gives it;
+    /// `None` when it fails.
+    pub date: &'a dyn Fn(&Value, Option<&Value>) -> Option<String>,
+}
+
+/// A value on the evaluator's stack.
+#[derive(Debug, Clone)]
+enum V<'a> {
+    /// A string and whether it is marked safe (printed without HTML escaping).
+    Str(&'a str, bool),
+    Owned(String, bool),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    None,
+    List(&'a [Json]),
+    Object(&'a Map<String, Json>),
+    Campaign,
+    Tracking,
+    Clicks,
+    /// The `loop` variable of the loop frame at this index.
+    Loop(usize),
+}
+
+impl<'a> V<'a> {
+    /// A JSON value as `values::from_json` would make it; `None` for what it does not model
+    /// (a `u64` above `i64::MAX`, a number kept as text).
+    fn from_json(json: &'a Json) -> Option<V<'a>> {
+        Some(match json {
+            Json::Null => V::None,
+            Json::Bool(b) => V::Bool(*b),
+            Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => V::Int(i),
+                (None, None, Some(f)) => V::Float(f),
+                _ => return None,
+            },
+            Json::String(s) => V::Str(s, false),
+            Json::Array(items) => V::List(items),
+            Json::Object(map) => V::Object(map),
+        })
+    }
+
+    fn text(&self) -> Option<(&str, bool)> {
+        match self {
+            V::Str(s, safe) => Some((s, *safe)),
+            V::Owned(s, safe) => Some((s, *safe)),
+            _ => None,
+        }
+    }
+
+    /// The scalar as a minijinja value, for the filters; `None` for the rest.
+    fn to_value(&self) -> Option<Value> {
+        Some(match self {
+            V::Str(s, false) => Value::from(*s),
+            V::Owned(s, false) => Value::from(s.as_str()),
+            V::Str(s, true) => Value::from_safe_string(s.to_string()),
+            V::Owned(s, true) => Value::from_safe_string(s.clone()),
+            V::Int(i) => Value::from(*i),
+            V::Float(f) => Value::from(*f),
+            V::Bool(b) => Value::from(*b),
+            _ => return None,
+        })
+    }
+
+    /// `{% if %}`'s truthiness (minijinja's `Value::is_true`) for the kinds modelled.
+    fn is_true(&self) -> Option<bool> {
+        Some(match self {
+            V::Str(s, _) => !s.is_empty(),
+            V::Owned(s, _) => !s.is_empty(),
+            V::Int(i) => *i != 0,
+            V::Float(f) => *f != 0.0,
+            V::Bool(b) => *b,
+            V::None => false,
+            V::List(items) => !items.is_empty(),
+            V::Object(map) => !map.is_empty(),
+            _ => return None,
+        })
+    }
+}
+
+/// A loop's (or the top level's) local variables.
+struct Frame<'a> {
+    locals: Vec<(&'a str, V<'a>)>,
+    items: &'a [Json],
+    /// How many items were taken.
+    taken: usize,
+}
+
+impl Plan {
+    /// `part`'s plan when every instruction minijinja compiled it into is one the evaluator
+    /// repeats exactly; `None` otherwise (the part is always rendered by minijinja).
+    pub(crate) fn of(
+        env: &Environment<'static>,
+        name: &str,
+        used_fields: Option<&HashSet<String>>,
+        recursion_limit: usize,
+    ) -> Option<Plan> {
+        let template = env.get_template(name).ok()?;
+        let compiled = minijinja::machinery::get_compiled_template(&template);
+        let escape_html = match compiled.initial_auto_escape {
+            AutoEscape::Html => true,
+            AutoEscape::None => false,
+            _ => return None,
+        };
+        let instructions = &compiled.instructions;
+        let mut ops = Vec::new();
+        let mut depth = 0usize;
+        let mut max_depth = 0usize;
+        let mut uses_date = false;
+        let mut stores = Vec::new();
+        let mut index = 0u32;
+        while let Some(instruction) = instructions.get(index) {
+            let op = match instruction {
+                Instruction::EmitRaw(text) => Op::EmitRaw(text.to_string()),
+                Instruction::Emit => Op::Emit,
+                Instruction::Lookup(name) => Op::Lookup(
+                    name.to_string(),
+                    used_fields.is_none_or(|used| used.contains(*name)),
+                ),
+                Instruction::GetAttr(name) => Op::GetAttr(name.to_string()),
+                Instruction::GetItem => Op::GetItem,
+                Instruction::LoadConst(value) => Op::LoadConst(constant(value)?),
+                Instruction::ApplyFilter(name, Some(arity), _) => {
+                    let filter = match (*name, *arity) {
+                        ("default", 1 | 2) => Filter::Default,
+                        ("title", 1) => Filter::Title,
+                        ("number", 1 | 2) => Filter::Number,
+                        ("currency", 1 | 2) => Filter::Currency,
+                        ("date", 1 | 2) => Filter::Date,
+                        _ => return None,
+                    };
+                    uses_date |= filter == Filter::Date;
+                    Op::Filter(filter, *arity)
+                }
+                Instruction::Div => Op::Div,
+                Instruction::Jump(target) => Op::Jump(*target as usize),
+                Instruction::JumpIfFalse(target) => Op::JumpIfFalse(*target as usize),
+                // Only a plain loop with the `loop` variable (no `recursive`, no filter
+                // expression, which compiles to a loop without it).
+                Instruction::PushLoop(LOOP_FLAG_WITH_LOOP_VAR) => {
+                    depth += 1;
+                    max_depth = max_depth.max(depth);
+                    Op::PushLoop
+                }
+                Instruction::Iterate(target) => Op::Iterate(*target as usize),
+                Instruction::StoreLocal(name) => {
+                    stores.push(name.to_string());
+                    Op::StoreLocal(name.to_string())
+                }
+                Instruction::PopLoopFrame => {
+                    depth = depth.checked_sub(1)?;
+                    Op::PopLoopFrame
+                }
+                _ => return None,
+            };
+            ops.push(op);
+            index += 1;
+        }
+        // minijinja counts a frame per loop against the recursion limit: keep well inside it
+        // and let minijinja decide near it.
+        if max_depth.saturating_mul(2).saturating_add(2) > recursion_limit {
+            return None;
+        }
+        if uses_date
+            && DATE_SETTINGS.iter().any(|name| {
+                stores.iter().any(|store| store == name)
+                    || used_fields.is_none_or(|used| used.contains(*name))
+            })
+        {
+            return None;
+        }
+        Some(Plan {
+            ops,
+            escape_html,
+            uses_date,
+        })
+    }
+
+    /// The part as minijinja would render it, or `None` when the evaluator gives up (see the
+    /// module's documentation). `budget_units` is the fuel it may use, in minijinja's units
+    /// (an instruction 64, a byte written or given to a filter 1); `max_bytes` the output.
+    pub(crate) fn render<'a>(
+        &'a self,
+        data: &Data<'a>,
+        budget_units: u64,
+        max_bytes: usize,
+    ) -> Option<String> {
+        let mut out = String::with_capacity(16 * 1024);
+        let mut stack: Vec<V<'a>> = Vec::with_capacity(8);
+        let mut frames: Vec<Frame<'a>> = vec![Frame {
+            locals: Vec::new(),
+            items: &[],
+            taken: 0,
+        }];
+        let mut executed: u64 = 0;
+        let mut filter_bytes: u64 = 0;
+        let mut pc = 0;
+        while let Some(op) = self.ops.get(pc) {
+            executed += 1;
+            pc += 1;
+            match op {
+                Op::EmitRaw(text) => out.push_str(text),
+                Op::Emit => self.emit(&mut out, &stack.pop()?)?,
+                Op::Lookup(name, field_visible) => {
+                    stack.push(lookup(data, &frames, name, *field_visible)?)
+                }
+                Op::GetAttr(name) => {
+                    let value = get_attr(data, &frames, stack.pop()?, name)?;
+                    stack.push(value);
+                }
+                Op::GetItem => {
+                    let key = stack.pop()?;
+                    let value = get_item(data, stack.pop()?, key)?;
+                    stack.push(value);
+                }
+                Op::LoadConst(constant) => stack.push(match constant {
+                    Constant::Str(s) => V::Str(s, false),
+                    Constant::Int(i) => V::Int(*i),
+                    Constant::Float(f) => V::Float(*f),
+                    Constant::Bool(b) => V::Bool(*b),
+                    Constant::None => V::None,
+                }),
+                Op::Filter(filter, arity) => {
+                    // The plan admits one or two arguments (the value and one more).
+                    let argument = match arity {
+                        2 => Some(stack.pop()?),
+                        _ => None,
+                    };
+                    let value = stack.pop()?;
+                    if let Some((s, _)) = value.text() {
+                        filter_bytes += s.len() as u64;
+                    }
+                    let result = apply(data, *filter, value, argument)?;
+                    if let Some((s, _)) = result.text() {
+                        filter_bytes += s.len() as u64;
+                    }
+                    stack.push(result);
+                }
+                Op::Div => {
+                    let rhs = number(&stack.pop()?)?;
+                    let lhs = number(&stack.pop()?)?;
+                    if rhs == 0.0 {
+                        return None;
+                    }
+                    stack.push(V::Float(lhs / rhs));
+                }
+                Op::Jump(target) => {
+                    pc = *target;
+                    // A loop's back edge: stop a long loop once it is past the budget.
+                    let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
+                    if units.saturating_mul(2) >= budget_units || out.len() > max_bytes {
+                        return None;
+                    }
+                }
+                Op::JumpIfFalse(target) => {
+                    if !stack.pop()?.is_true()? {
+                        pc = *target;
+                    }
+                }
+                Op::PushLoop => {
+                    let V::List(items) = stack.pop()? else {
+                        return None;
+                    };
+                    frames.push(Frame {
+                        locals: Vec::new(),
+                        items,
+                        taken: 0,
+                    });
+                }
+                Op::Iterate(target) => {
+                    let frame = frames.last_mut()?;
+                    match frame.items.get(frame.taken) {
+                        Some(item) => {
+                            frame.taken += 1;
+                            stack.push(V::from_json(item)?);
+                        }
+                        None => pc = *target,
+                    }
+                }
+                Op::StoreLocal(name) => {
+                    let value = stack.pop()?;
+                    let locals = &mut frames.last_mut()?.locals;
+                    match locals.iter_mut().find(|(local, _)| *local == name.as_str()) {
+                        Some((_, slot)) => *slot = value,
+                        None => locals.push((name, value)),
+                    }
+                }
+                Op::PopLoopFrame => {
+                    if frames.len() < 2 {
+                        return None;
+                    }
+                    frames.pop();
+                }
+            }
+        }
+        let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
+        (units.saturating_mul(2) < budget_units && out.len() <= max_bytes).then_some(out)
+    }
+
+    /// What minijinja's default formatter writes for the kinds modelled: strings (escaped
+    /// unless safe, in an HTML part) and integers; `None` for the rest.
+    fn emit(&self, out: &mut String, value: &V<'_>) -> Option<()> {
+        match value {
+            V::Int(i) => write!(out, "{i}").ok(),
+            _ => {
+                let (text, safe) = value.text()?;
+                if self.escape_html && !safe {
+                    escape_html(out, text);
+                    Some(())
+                } else {
+                    out.push_str(text);
+                    Some(())
+                }
+            }
+        }
+    }
+}
+
+/// `text` HTML-escaped as minijinja's `HtmlEscape` writes it (the same six characters and
+/// entities), appending the runs between them directly instead of through `fmt::Write`.
+pub(crate) fn escape_html(out: &mut String, text: &str) {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (index, byte) in bytes.iter().enumerate() {
+        let entity = match byte {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'&' => "&amp;",
+            b'"' => "&quot;",
+            b'\'' => "&#x27;",
+            b'/' => "&#x2f;",
+            _ => continue,
+        };
+        // The six are ASCII, so `start..index` lies on character boundaries.
+        out.push_str(&text[start..index]);
+        out.push_str(entity);
+        start = index + 1;
+    }
+    out.push_str(&text[start..]);
+}
+
+/// An object's entry: a scan for the few keys of a record (comparing lengths first) instead
+/// of hashing the name; the keys are distinct, so it finds what `get` finds.
+fn entry<'a>(map: &'a Map<String, Json>, key: &str) -> Option<&'a Json> {
+    if map.len() <= 16 {
+        map.iter()
+            .find(|(name, _)| name.as_str() == key)
+            .map(|(_, value)| value)
+    } else {
+        map.get(key)
+    }
+}
+
+/// A compiled constant the evaluator models.
+fn constant(value: &Value) -> Option<Constant> {
+    Some(match value.kind() {
+        ValueKind::String if !value.is_safe() => Constant::Str(value.as_str()?.to_string()),
+        ValueKind::Number if value.is_integer() => {
+            Constant::Int(i64::try_from(value.clone()).ok()?)
+        }
+        ValueKind::Number => Constant::Float(f64::try_from(value.clone()).ok()?),
+        ValueKind::Bool => Constant::Bool(value.is_true()),
+        ValueKind::None => Constant::None,
+        _ => return None,
+    })
+}
+
+/// A name as minijinja's `Lookup` finds it: the frames' locals from the innermost (a loop
+/// frame's `loop` after its locals), then the template root (the service variables, then the
+/// recipient's fields); a name found nowhere (a global, or undefined) is left to minijinja.
+fn lookup<'a>(
+    data: &Data<'a>,
+    frames: &[Frame<'a>],
+    name: &str,
+    field_visible: bool,
+) -> Option<V<'a>> {
+    for (depth, frame) in frames.iter().enumerate().rev() {
+        if let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name) {
+            return Some(value.clone());
+        }
+        if depth > 0 && name == "loop" {
+            return Some(V::Loop(depth));
+        }
+    }
+    Some(match name {
+        "email" => V::Str(data.recipient.email.as_str(), false),
+        "unsubscribe_url" => V::Str(
+            data.unsubscribe_url,
+            !crate::template::needs_escaping(data.unsubscribe_url),
+        ),
+        "campaign" => V::Campaign,
+        crate::tracking::TRACKING_VARIABLE => V::Tracking,
+        // `recipient` is an object of every field: left to minijinja.
+        "recipient" => return None,
+        _ if field_visible => V::from_json(entry(&data.recipient.fields, name)?)?,
+        _ => return None,
+    })
+}
+
+fn get_attr<'a>(data: &Data<'a>, frames: &[Frame<'a>], value: V<'a>, name: &str) -> Option<V<'a>> {
+    match value {
+        V::Object(map) => V::from_json(entry(map, name)?),
+        V::Campaign => match name {
+            "name" => Some(V::Str(data.campaign_name, false)),
+            "metadata" => Some(V::Object(data.metadata)),
+            _ => None,
+        },
+        V::Tracking => match name {
+            "open_pixel" => Some(match data.open_pixel {
+                Some(url) => V::Str(url, !crate::template::needs_escaping(url)),
+                None => V::None,
+            }),
+            "clicks" => Some(V::Clicks),
+            _ => None,
+        },
+        V::Loop(depth) => {
+            let frame = frames.get(depth)?;
+            let (index0, length) = (frame.taken.checked_sub(1)?, frame.items.len());
+            let number = |n: usize| i64::try_from(n).ok().map(V::Int);
+            match name {
+                "first" => Some(V::Bool(index0 == 0)),
+                "last" => Some(V::Bool(index0 + 1 == length)),
+                "index" => number(index0 + 1),
+                "index0" => number(index0),
+                "length" => number(length),
+                "revindex" => number(length - index0),
+                "revindex0" => number(length - index0 - 1),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn get_item<'a>(data: &Data<'a>, value: V<'a>, key: V<'a>) -> Option<V<'a>> {
+    match (value, key) {
+        (V::List(items), V::Int(index)) => V::from_json(items.get(usize::try_from(index).ok()?)?),
+        (V::Object(map), V::Str(key, _)) => V::from_json(entry(map, key)?),
+        (V::Clicks, V::Int(index)) => {
+            let (url, safe) = (data.clicks)(usize::try_from(index).ok()?)?;
+            Some(V::Str(url, safe))
+        }
+        _ => None,
+    }
+}
+
+/// A number operand of `/` (minijinja divides as floats); `None` for the rest.
+fn number(value: &V<'_>) -> Option<f64> {
+    match value {
+        V::Int(i) => Some(*i as f64),
+        V::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+fn apply<'a>(
+    data: &Data<'a>,
+    filter: Filter,
+    value: V<'a>,
+    argument: Option<V<'a>>,
+) -> Option<V<'a>> {
+    let argument = match argument {
+        // `none` reads as absent to the filters' `Option` parameters; left to minijinja
+        // rather than repeated.
+        Some(V::None) => return None,
+        Some(argument) => Some(argument.to_value()?),
+        None => None,
+    };
+    Some(match filter {
+        // The value is never undefined here (a missing one makes the evaluator give up), so
+        // `default` returns it as it is.
+        Filter::Default => value,
+        Filter::Title => V::Owned(
+            minijinja::filters::title(std::borrow::Cow::Borrowed(value.text()?.0)),
+            false,
+        ),
+        Filter::Number => V::Owned(
+            crate::values::number_plain(&value.to_value()?, argument.as_ref()).ok()?,
+            false,
+        ),
+        Filter::Currency => V::Owned(
+            crate::values::currency_plain(&value.to_value()?, argument.as_ref()).ok()?,
+            false,
+        ),
+        Filter::Date => V::Owned((data.date)(&value.to_value()?, argument.as_ref())?, false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The plans' HTML escaping writes what minijinja's `HtmlEscape` writes, for any text.
+        #[test]
+        fn escape_html_writes_what_minijinja_writes(text in "[a-z<>&\"'/ =é€😀\\\\]{0,40}") {
+            let mut out = String::from("x");
+            escape_html(&mut out, &text);
+            proptest::prop_assert_eq!(out, format!("x{}", minijinja::HtmlEscape(&text)));
+        }
+    }
+}
