@@ -584,14 +584,77 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
     Ok((amount, is_integer))
 }
 
+/// What `write!(out, "{:.*}", decimals, amount)` writes for a finite, non-negative `amount`:
+/// the exact binary value rounded half to even. Amounts below 2^53 are rounded in integers
+/// (the value is `m·2^e` exactly, so `amount·10^decimals` is `m·10^decimals` shifted right),
+/// which costs a fraction of the formatter's exact-mode float printing; larger ones, and
+/// more than 20 decimals, go to the formatter.
+fn write_fixed(out: &mut String, amount: f64, decimals: usize) {
+    use std::fmt::Write as _;
+    let bits = amount.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1u64 << 52) - 1);
+    let (mantissa, exponent) = match biased {
+        0 => (fraction, -1074),
+        _ => (fraction | (1 << 52), biased - 1075),
+    };
+    if exponent > 0 || decimals > 20 || amount.is_sign_negative() {
+        let _ = write!(out, "{:.*}", decimals, amount);
+        return;
+    }
+    let scale = 10u128.pow(decimals as u32);
+    // Below 2^53 · 10^20 < 2^120.
+    let scaled = mantissa as u128 * scale;
+    let shift = exponent.unsigned_abs();
+    let rounded = if shift == 0 {
+        scaled
+    } else if shift > 120 {
+        // The remainder is below half of 2^shift: rounds to zero.
+        0
+    } else {
+        let quotient = scaled >> shift;
+        let remainder = scaled & ((1u128 << shift) - 1);
+        let half = 1u128 << (shift - 1);
+        if remainder > half || (remainder == half && quotient & 1 == 1) {
+            quotient + 1
+        } else {
+            quotient
+        }
+    };
+    push_decimal(out, rounded / scale, 1);
+    if decimals > 0 {
+        out.push('.');
+        push_decimal(out, rounded % scale, decimals);
+    }
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (at most 40).
+fn push_decimal(out: &mut String, mut n: u128, width: usize) {
+    let mut digits = [b'0'; 40];
+    let mut start = digits.len();
+    // Most amounts fit a u64, whose division by 10 is a multiplication.
+    while n > u64::MAX as u128 {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let mut small = n as u64;
+    while small > 0 {
+        start -= 1;
+        digits[start] = b'0' + (small % 10) as u8;
+        small /= 10;
+    }
+    start = start.min(digits.len() - width.min(digits.len()));
+    out.extend(digits[start..].iter().map(|&digit| digit as char));
+}
+
 /// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
 /// about 330 and the separators at most a hundred.
 fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
     // The digits are written in place, then the sign, separators and point put in: no
     // temporary string per number.
-    use std::fmt::Write as _;
     let mut start = out.len();
-    let _ = write!(out, "{:.*}", decimals, amount.abs());
+    write_fixed(out, amount.abs(), decimals);
     if amount < 0.0
         && out.as_bytes()[start..]
             .iter()
@@ -625,6 +688,30 @@ mod tests {
         minijinja_contrib::add_to_environment(&mut env);
         add_filters(&mut env);
         env.render_str(template, ctx).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// The integer rounding writes what the formatter's `{:.N}` writes: any finite
+        /// non-negative double (from its bits, so subnormals and huge ones too), halves that
+        /// are exact in binary (`k / 2^n`, where the tie rule decides) and prices.
+        #[test]
+        fn write_fixed_writes_what_the_formatter_writes(
+            bits in 0u64..0x7ff0_0000_0000_0000,
+            k in 0u64..1_000_000,
+            n in 0u32..12,
+            cents in 0u64..10_000_000,
+            decimals in 0usize..=22,
+        ) {
+            let half = k as f64 / 2f64.powi(n as i32);
+            let price = cents as f64 / 100.0 + 12.99;
+            for amount in [f64::from_bits(bits), half, price, price / 100.0] {
+                let mut out = String::from("x");
+                write_fixed(&mut out, amount, decimals);
+                proptest::prop_assert_eq!(out, format!("x{:.*}", decimals, amount));
+            }
+        }
     }
 
     #[test]
