@@ -36,9 +36,10 @@ const DATE_SETTINGS: [&str; 2] = ["TIMEZONE", "DATE_FORMAT"];
 enum Op {
     EmitRaw(String),
     Emit,
-    /// A name, and whether a recipient field of that name is visible to the template (only the
-    /// fields the templates name are given to minijinja).
-    Lookup(String, bool),
+    Lookup(Variable),
+    /// A `Lookup` whose value the next instruction (an `Emit`) prints: both done at once,
+    /// without the stack. The `Emit` stays in place for jumps that land on it.
+    LookupEmit(Variable),
     GetAttr(String),
     GetItem,
     LoadConst(Constant),
@@ -50,6 +51,32 @@ enum Op {
     Iterate(usize),
     StoreLocal(String),
     PopLoopFrame,
+}
+
+/// A looked-up name, resolved when the plan is made as far as the template alone decides.
+#[derive(Debug, Clone, PartialEq)]
+struct Variable {
+    name: String,
+    root: RootName,
+    /// Whether a frame can hold it: the template stores a local of that name, or it is
+    /// `loop` in a template with loops. Otherwise the frames are not searched.
+    may_be_local: bool,
+}
+
+/// What a name is in the template's root namespace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RootName {
+    Email,
+    UnsubscribeUrl,
+    Campaign,
+    Tracking,
+    /// `recipient`, an object of every field: left to minijinja.
+    Recipient,
+    /// A recipient field, and whether minijinja is given it (only the fields the templates
+    /// name are).
+    Field {
+        visible: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,10 +231,27 @@ impl Plan {
             let op = match instruction {
                 Instruction::EmitRaw(text) => Op::EmitRaw(text.to_string()),
                 Instruction::Emit => Op::Emit,
-                Instruction::Lookup(name) => Op::Lookup(
-                    name.to_string(),
-                    used_fields.is_none_or(|used| used.contains(*name)),
-                ),
+                Instruction::Lookup(name) => {
+                    let variable = Variable {
+                        name: name.to_string(),
+                        root: match *name {
+                            "email" => RootName::Email,
+                            "unsubscribe_url" => RootName::UnsubscribeUrl,
+                            "campaign" => RootName::Campaign,
+                            crate::tracking::TRACKING_VARIABLE => RootName::Tracking,
+                            "recipient" => RootName::Recipient,
+                            _ => RootName::Field {
+                                visible: used_fields.is_none_or(|used| used.contains(*name)),
+                            },
+                        },
+                        // Set below, once every local is known.
+                        may_be_local: true,
+                    };
+                    match instructions.get(index + 1) {
+                        Some(Instruction::Emit) => Op::LookupEmit(variable),
+                        _ => Op::Lookup(variable),
+                    }
+                }
                 Instruction::GetAttr(name) => Op::GetAttr(name.to_string()),
                 Instruction::GetItem => Op::GetItem,
                 Instruction::LoadConst(value) => Op::LoadConst(constant(value)?),
@@ -246,6 +290,13 @@ impl Plan {
             };
             ops.push(op);
             index += 1;
+        }
+        let has_loops = ops.contains(&Op::PushLoop);
+        for op in &mut ops {
+            if let Op::Lookup(variable) | Op::LookupEmit(variable) = op {
+                variable.may_be_local =
+                    (has_loops && variable.name == "loop") || stores.contains(&variable.name);
+            }
         }
         // minijinja counts a frame per loop against the recursion limit: keep well inside it
         // and let minijinja decide near it.
@@ -292,8 +343,12 @@ impl Plan {
             match op {
                 Op::EmitRaw(text) => out.push_str(text),
                 Op::Emit => self.emit(&mut out, &stack.pop()?)?,
-                Op::Lookup(name, field_visible) => {
-                    stack.push(lookup(data, &frames, name, *field_visible)?)
+                Op::Lookup(variable) => stack.push(lookup(data, &frames, variable)?),
+                Op::LookupEmit(variable) => {
+                    self.emit(&mut out, &lookup(data, &frames, variable)?)?;
+                    // The `Emit` is done: count it as run.
+                    executed += 1;
+                    pc += 1;
                 }
                 Op::GetAttr(name) => {
                     let value = get_attr(data, &frames, stack.pop()?, name)?;
@@ -459,32 +514,30 @@ fn constant(value: &Value) -> Option<Constant> {
 /// A name as minijinja's `Lookup` finds it: the frames' locals from the innermost (a loop
 /// frame's `loop` after its locals), then the template root (the service variables, then the
 /// recipient's fields); a name found nowhere (a global, or undefined) is left to minijinja.
-fn lookup<'a>(
-    data: &Data<'a>,
-    frames: &[Frame<'a>],
-    name: &str,
-    field_visible: bool,
-) -> Option<V<'a>> {
-    for (depth, frame) in frames.iter().enumerate().rev() {
-        if let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name) {
-            return Some(value.clone());
-        }
-        if depth > 0 && name == "loop" {
-            return Some(V::Loop(depth));
+fn lookup<'a>(data: &Data<'a>, frames: &[Frame<'a>], variable: &Variable) -> Option<V<'a>> {
+    if variable.may_be_local {
+        let name = variable.name.as_str();
+        for (depth, frame) in frames.iter().enumerate().rev() {
+            if let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name) {
+                return Some(value.clone());
+            }
+            if depth > 0 && name == "loop" {
+                return Some(V::Loop(depth));
+            }
         }
     }
-    Some(match name {
-        "email" => V::Str(data.recipient.email.as_str(), false),
-        "unsubscribe_url" => V::Str(
+    Some(match variable.root {
+        RootName::Email => V::Str(data.recipient.email.as_str(), false),
+        RootName::UnsubscribeUrl => V::Str(
             data.unsubscribe_url,
             !crate::template::needs_escaping(data.unsubscribe_url),
         ),
-        "campaign" => V::Campaign,
-        crate::tracking::TRACKING_VARIABLE => V::Tracking,
-        // `recipient` is an object of every field: left to minijinja.
-        "recipient" => return None,
-        _ if field_visible => V::from_json(entry(&data.recipient.fields, name)?)?,
-        _ => return None,
+        RootName::Campaign => V::Campaign,
+        RootName::Tracking => V::Tracking,
+        RootName::Recipient | RootName::Field { visible: false } => return None,
+        RootName::Field { visible: true } => {
+            V::from_json(entry(&data.recipient.fields, &variable.name)?)?
+        }
     })
 }
 

@@ -557,9 +557,7 @@ impl CompiledCampaign {
             .map_err(|err| render_error(part, "", &err))?;
         // A panic in a filter or function is this recipient's failure, never the caller's.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if self.substitutions[part as usize].is_none()
-                && let Some(output) = self.render_plan(part, recipient, ctx)
-            {
+            if let Some(output) = self.render_plan(part, recipient, ctx) {
                 return Ok(output);
             }
             let root = root.get_or_insert_with(|| self.root_context(recipient, ctx));
