@@ -665,7 +665,10 @@ fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point:
     }
     let int_end = match out[start..].find('.') {
         Some(dot) => {
-            out.replace_range(start + dot..start + dot + 1, point);
+            // The default point is the one written: nothing to replace.
+            if point != "." {
+                out.replace_range(start + dot..start + dot + 1, point);
+            }
             start + dot
         }
         None => out.len(),
