@@ -44,7 +44,7 @@ enum Op {
     GetItem,
     LoadConst(Constant),
     Filter(Filter, u16),
-    Div,
+    Arithmetic(Arithmetic),
     Jump(usize),
     JumpIfFalse(usize),
     PushLoop,
@@ -86,6 +86,15 @@ enum Constant {
     Float(f64),
     Bool(bool),
     None,
+}
+
+/// `+`, `-`, `*` and `/` on numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arithmetic {
+    Add,
+    Sub,
+    Mul,
+    Div,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,7 +276,10 @@ impl Plan {
                     uses_date |= filter == Filter::Date;
                     Op::Filter(filter, *arity)
                 }
-                Instruction::Div => Op::Div,
+                Instruction::Add => Op::Arithmetic(Arithmetic::Add),
+                Instruction::Sub => Op::Arithmetic(Arithmetic::Sub),
+                Instruction::Mul => Op::Arithmetic(Arithmetic::Mul),
+                Instruction::Div => Op::Arithmetic(Arithmetic::Div),
                 Instruction::Jump(target) => Op::Jump(*target as usize),
                 Instruction::JumpIfFalse(target) => Op::JumpIfFalse(*target as usize),
                 // Only a plain loop with the `loop` variable (no `recursive`, no filter
@@ -382,13 +394,10 @@ impl Plan {
                     }
                     stack.push(result);
                 }
-                Op::Div => {
-                    let rhs = number(&stack.pop()?)?;
-                    let lhs = number(&stack.pop()?)?;
-                    if rhs == 0.0 {
-                        return None;
-                    }
-                    stack.push(V::Float(lhs / rhs));
+                Op::Arithmetic(operation) => {
+                    let rhs = stack.pop()?;
+                    let lhs = stack.pop()?;
+                    stack.push(arithmetic(*operation, &lhs, &rhs)?);
                 }
                 Op::Jump(target) => {
                     pc = *target;
@@ -628,7 +637,32 @@ fn get_item<'a>(data: &Data<'a>, value: V<'a>, key: V<'a>) -> Option<V<'a>> {
     }
 }
 
-/// A number operand of `/` (minijinja divides as floats); `None` for the rest.
+/// minijinja's arithmetic on numbers (its `ops`): two integers stay an integer (`None` when
+/// the result leaves `i64`, which minijinja widens), a float on either side makes a float,
+/// `/` always divides as floats and refuses a zero divisor; anything else (strings, lists,
+/// booleans) is left to minijinja.
+fn arithmetic<'a>(operation: Arithmetic, lhs: &V<'a>, rhs: &V<'a>) -> Option<V<'a>> {
+    if let (Arithmetic::Add | Arithmetic::Sub | Arithmetic::Mul, V::Int(a), V::Int(b)) =
+        (operation, lhs, rhs)
+    {
+        return match operation {
+            Arithmetic::Add => a.checked_add(*b),
+            Arithmetic::Sub => a.checked_sub(*b),
+            _ => a.checked_mul(*b),
+        }
+        .map(V::Int);
+    }
+    let (a, b) = (number(lhs)?, number(rhs)?);
+    Some(V::Float(match operation {
+        Arithmetic::Add => a + b,
+        Arithmetic::Sub => a - b,
+        Arithmetic::Mul => a * b,
+        Arithmetic::Div if b == 0.0 => return None,
+        Arithmetic::Div => a / b,
+    }))
+}
+
+/// A number operand (`i64` or float); `None` for the rest.
 fn number(value: &V<'_>) -> Option<f64> {
     match value {
         V::Int(i) => Some(*i as f64),

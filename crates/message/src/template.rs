@@ -1661,7 +1661,7 @@ mod tests {
     }
 
     /// Expressions printed in the generated templates: in the plans' subset and outside it.
-    const PLAN_EXPRESSIONS: [&str; 34] = [
+    const PLAN_EXPRESSIONS: [&str; 40] = [
         "first_name",
         "city",
         "n",
@@ -1678,6 +1678,12 @@ mod tests {
         "campaign.metadata.issue",
         "campaign.metadata.missing",
         "n / 4",
+        "n + 1",
+        "n - x",
+        "x * 3",
+        "(n * 9223372036854775807) | number",
+        "(x + 0.5) | number(1)",
+        "n * n",
         "(n / 100) | currency('EUR')",
         "x | number",
         "x | number(1)",
@@ -1692,7 +1698,7 @@ mod tests {
         "7",
         // Outside the subset: the VM renders them.
         "city | upper",
-        "n + 1",
+        "n // 2",
         "city ~ first_name",
         "recipient.city",
         "x | number(2, point=',')",
@@ -1710,26 +1716,101 @@ mod tests {
         "city is defined",
     ];
 
+    /// Expressions a plan renders for every [`typed_recipient`]: in the subset, and printing
+    /// only strings and integers.
+    const TYPED_EXPRESSIONS: [&str; 24] = [
+        "first_name",
+        "city",
+        "n",
+        "x",
+        "email",
+        "unsubscribe_url",
+        "user.name",
+        "user.address.city",
+        "user['name']",
+        "items[0].name",
+        "campaign.name",
+        "campaign.metadata.issue",
+        "n + 1",
+        "n - x",
+        "x * 3",
+        "(n / 100) | currency('EUR')",
+        "(x + 0.5) | number(1)",
+        "x | number",
+        "n | currency",
+        "first_name | default('reader') | title",
+        "city | title",
+        "d | date",
+        "d | date('%A %e %B')",
+        "'<lit>'",
+    ];
+
+    const TYPED_CONDITIONS: [&str; 5] = ["city", "n", "x", "items", "user"];
+
     /// A template of literal runs, printed expressions, `if`s and `for` loops (nested, with
     /// `loop`), some outside the plans' subset.
     fn plan_template() -> impl proptest::strategy::Strategy<Value = String> {
+        template_of(&PLAN_EXPRESSIONS, &PLAN_CONDITIONS, true)
+    }
+
+    /// The same shapes from `expressions` and `conditions`; `other_tags` adds a filtered
+    /// loop and a `set`, which no plan takes.
+    fn template_of(
+        expressions: &'static [&'static str],
+        conditions: &'static [&'static str],
+        other_tags: bool,
+    ) -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let expression =
-            (0..PLAN_EXPRESSIONS.len()).prop_map(|i| format!("{{{{ {} }}}}", PLAN_EXPRESSIONS[i]));
+            (0..expressions.len()).prop_map(move |i| format!("{{{{ {} }}}}", expressions[i]));
         let leaf = prop_oneof![literal(), expression.clone(), expression];
-        leaf.prop_recursive(3, 24, 4, |inner| {
+        let tags = u32::from(other_tags);
+        leaf.prop_recursive(3, 24, 4, move |inner| {
             let body = proptest::collection::vec(inner, 0..4).prop_map(|parts| parts.concat());
             prop_oneof![
-                (0..PLAN_CONDITIONS.len(), body.clone(), body.clone()).prop_map(|(c, a, b)| {
-                    format!("{{% if {} %}}{a}{{% else %}}{b}{{% endif %}}", PLAN_CONDITIONS[c])
+                3 => (0..conditions.len(), body.clone(), body.clone()).prop_map(move |(c, a, b)| {
+                    format!("{{% if {} %}}{a}{{% else %}}{b}{{% endif %}}", conditions[c])
                 }),
-                body.clone().prop_map(|b| format!(
+                3 => body.clone().prop_map(|b| format!(
                     "{{% for item in items %}}[{{{{ loop.index }}}}/{{{{ loop.length }}}}{{% if loop.first %}}F{{% endif %}}{{% if loop.last %}}L{{% endif %}} {{{{ item.name }}}} {{{{ item.price | currency('GBP') }}}}{b}{{% for tag in item.tags %}}{{{{ tag }}}}{{{{ loop.revindex0 }}}}{{% endfor %}}]{{% endfor %}}"
                 )),
-                body.clone().prop_map(|b| format!("{{% for item in items if item %}}{b}{{% endfor %}}")),
-                body.prop_map(|b| format!("{{% set city = 'set' %}}{b}")),
+                tags => body.clone().prop_map(|b| format!("{{% for item in items if item %}}{b}{{% endfor %}}")),
+                tags => body.prop_map(|b| format!("{{% set city = 'set' %}}{b}")),
             ]
         })
+    }
+
+    /// A recipient whose every value a plan models where [`TYPED_EXPRESSIONS`] print it:
+    /// strings (HTML-special, non-ASCII) and integers, objects and non-empty lists of them.
+    fn typed_recipient() -> impl proptest::strategy::Strategy<Value = Recipient> {
+        use proptest::prelude::*;
+        let text = || "[a-zA-Z &<>\"'/é€]{0,10}".prop_map(|s| json!(s));
+        let integer = || (-100_000i64..100_000).prop_map(|n| json!(n));
+        let scalar = move || prop_oneof![text(), integer()];
+        let item = (
+            scalar(),
+            integer(),
+            proptest::collection::vec(scalar(), 0..3),
+        )
+            .prop_map(|(name, price, tags)| json!({"name": name, "price": price, "tags": tags}));
+        let date = prop_oneof![Just(json!("2026-12-10")), Just(json!(1_765_000_000))];
+        (
+            text(),
+            text(),
+            integer(),
+            integer(),
+            date,
+            proptest::collection::vec(item, 1..4),
+            (scalar(), scalar()),
+        )
+            .prop_map(|(first_name, city, n, x, d, items, (name, user_city))| {
+                serde_json::from_value(json!({
+                    "email": "a&b@shop.example", "first_name": first_name, "city": city,
+                    "n": n, "x": x, "d": d, "items": items,
+                    "user": {"name": name, "address": {"city": user_city}}
+                }))
+                .unwrap()
+            })
     }
 
     /// A recipient value of any kind the plans meet: strings with HTML specials and non-ASCII,
@@ -1789,6 +1870,31 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Templates in the subset and recipients whose values it models: every part is
+        /// rendered by its plan (none falls back), byte for byte what minijinja renders.
+        #[test]
+        fn plans_render_typed_recipients_without_the_vm(
+            html in template_of(&TYPED_EXPRESSIONS, &TYPED_CONDITIONS, false),
+            text in template_of(&TYPED_EXPRESSIONS, &TYPED_CONDITIONS, false),
+            strict in proptest::prelude::any::<bool>(),
+            recipient in typed_recipient(),
+        ) {
+            let doc: CampaignDocument = serde_json::from_value(json!({
+                "name": "Plans — <b>",
+                "from": {"email": "news@shop.example"},
+                "templates": {
+                    "subject": "Hi", "html": html, "text": text,
+                    "undefined_variables": if strict { "strict" } else { "lenient" }
+                },
+                "metadata": {"issue": "12 & <b>"}
+            }))
+            .unwrap();
+            let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
+            let ctx = substitution_context("https://m.shop.example/u/T?a=1&b='2'");
+            let planned = plan_agrees_with_engine(&compiled, &recipient, &ctx)?;
+            proptest::prop_assert_eq!(planned, 3);
+        }
 
         /// Generated templates (in the plans' subset and outside it) and recipients of every
         /// kind of value: a part rendered by its plan is byte for byte what minijinja renders,
