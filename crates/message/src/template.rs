@@ -1844,6 +1844,8 @@ mod tests {
             (plan_scalar(), plan_scalar())
                 .prop_map(|(name, city)| json!({"name": name, "address": {"city": city}})),
             plan_scalar(),
+            // Empty: false to `{% if %}`, as an empty map is to minijinja.
+            Just(json!({})),
         ];
         let field = || proptest::option::weighted(0.85, plan_scalar());
         (field(), field(), field(), field(), field(), items, user).prop_map(
