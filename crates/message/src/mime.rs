@@ -649,9 +649,26 @@ fn quoted_printable(out: &mut String, body: &str) {
     let bytes = body.as_bytes();
     let len = bytes.len();
     let mut col = 0;
-    let mut i = 0;
+    let mut i: usize = 0;
     loop {
-        if let Some(terminator) = line_end(bytes, i) {
+        // Copy the longest literal run that fits before a soft break (75 columns leave
+        // room for the `=`). Runs hold only ASCII, so their ends are char boundaries. A line
+        // end stops a run (CR and LF are not literal), so the one test after the run finds
+        // it, also when the run is empty. Column 76 is only ever reached just before a line
+        // end, where `end` is then `i`.
+        let start = i;
+        let end = len.min((i + 75).saturating_sub(col)).max(i);
+        i += literal_run(&bytes[i..end]);
+        let mut terminator = line_end(bytes, i);
+        if i > start && terminator.is_some() && matches!(bytes[i - 1], b' ' | b'\t') {
+            i -= 1; // trailing white space is encoded below
+            terminator = None;
+        }
+        if i > start {
+            out.push_str(body.get(start..i).unwrap_or_default());
+            col += i - start;
+        }
+        if let Some(terminator) = terminator {
             if i == len {
                 break;
             }
@@ -662,23 +679,6 @@ fn quoted_printable(out: &mut String, body: &str) {
             }
             i += terminator;
             col = 0;
-            continue;
-        }
-        // Copy the longest literal run that fits before a soft break (75 columns leave
-        // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
-        let start = i;
-        let end = len.min(i + 75 - col);
-        i += literal_run(&bytes[i..end]);
-        let mut at_line_end = line_end(bytes, i).is_some();
-        if i > start && at_line_end && matches!(bytes[i - 1], b' ' | b'\t') {
-            i -= 1; // trailing white space is encoded below
-            at_line_end = false;
-        }
-        if i > start {
-            out.push_str(body.get(start..i).unwrap_or_default());
-            col += i - start;
-        }
-        if at_line_end {
             continue;
         }
         let b = bytes[i];
