@@ -44,6 +44,9 @@ enum Op {
     GetItem,
     LoadConst(Constant),
     Filter(Filter, u16),
+    /// `number` or `currency` whose result the next instruction (an `Emit`) prints: written
+    /// into the output directly (the text has nothing to escape). The `Emit` stays in place.
+    FilterEmit(Filter, u16),
     Arithmetic(Arithmetic),
     Jump(usize),
     JumpIfFalse(usize),
@@ -274,7 +277,12 @@ impl Plan {
                         _ => return None,
                     };
                     uses_date |= filter == Filter::Date;
-                    Op::Filter(filter, *arity)
+                    match (filter, instructions.get(index + 1)) {
+                        (Filter::Number | Filter::Currency, Some(Instruction::Emit)) => {
+                            Op::FilterEmit(filter, *arity)
+                        }
+                        _ => Op::Filter(filter, *arity),
+                    }
                 }
                 Instruction::Add => Op::Arithmetic(Arithmetic::Add),
                 Instruction::Sub => Op::Arithmetic(Arithmetic::Sub),
@@ -393,6 +401,22 @@ impl Plan {
                         filter_bytes += s.len() as u64;
                     }
                     stack.push(result);
+                }
+                Op::FilterEmit(filter, arity) => {
+                    let argument = match arity {
+                        2 => Some(stack.pop()?),
+                        _ => None,
+                    };
+                    let value = stack.pop()?;
+                    if let Some((s, _)) = value.text() {
+                        filter_bytes += s.len() as u64;
+                    }
+                    let before = out.len();
+                    write_number(&mut out, *filter, &value, argument)?;
+                    filter_bytes += (out.len() - before) as u64;
+                    // The `Emit` is done: count it as run.
+                    executed += 1;
+                    pc += 1;
                 }
                 Op::Arithmetic(operation) => {
                     let rhs = stack.pop()?;
@@ -660,6 +684,27 @@ fn arithmetic<'a>(operation: Arithmetic, lhs: &V<'a>, rhs: &V<'a>) -> Option<V<'
         Arithmetic::Div if b == 0.0 => return None,
         Arithmetic::Div => a / b,
     }))
+}
+
+/// `number` or `currency` appended to `out`, as [`apply`] computes them.
+fn write_number(
+    out: &mut String,
+    filter: Filter,
+    value: &V<'_>,
+    argument: Option<V<'_>>,
+) -> Option<()> {
+    let argument = match argument {
+        Some(V::None) => return None,
+        Some(argument) => Some(argument.to_value()?),
+        None => None,
+    };
+    let value = value.to_value()?;
+    match filter {
+        Filter::Number => crate::values::number_plain_into(out, &value, argument.as_ref()),
+        Filter::Currency => crate::values::currency_plain_into(out, &value, argument.as_ref()),
+        _ => return None,
+    }
+    .ok()
 }
 
 /// A number operand (`i64` or float); `None` for the rest.

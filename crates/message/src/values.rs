@@ -344,10 +344,21 @@ fn number(value: Value, decimals: Option<Value>, kwargs: Kwargs) -> Result<Strin
 /// `number` without keyword arguments (the default separators), for the compiled evaluator:
 /// the same checks in the same order, so the same result or error.
 pub(crate) fn number_plain(value: &Value, decimals: Option<&Value>) -> Result<String, Error> {
-    let (amount, decimals) = number_parts(value, decimals)?;
     let mut out = String::with_capacity(16);
-    group(&mut out, amount, decimals, ",", ".");
+    number_plain_into(&mut out, value, decimals)?;
     Ok(out)
+}
+
+/// [`number_plain`] appended to `out` (nothing is appended on an error). The text is digits,
+/// `,`, `.` and `-`: nothing HTML escaping would change.
+pub(crate) fn number_plain_into(
+    out: &mut String,
+    value: &Value,
+    decimals: Option<&Value>,
+) -> Result<(), Error> {
+    let (amount, decimals) = number_parts(value, decimals)?;
+    group(out, amount, decimals, ",", ".");
+    Ok(())
 }
 
 /// The amount and the decimals `number` prints it with.
@@ -378,6 +389,19 @@ pub(crate) fn currency_plain(value: &Value, code: Option<&Value>) -> Result<Stri
     Ok(currency_text(amount, code, ",", "."))
 }
 
+/// [`currency_plain`] appended to `out` (nothing is appended on an error). The text is a
+/// symbol from the table below or three ASCII letters, digits, `,`, `.`, `-` and a space:
+/// nothing HTML escaping would change.
+pub(crate) fn currency_plain_into(
+    out: &mut String,
+    value: &Value,
+    code: Option<&Value>,
+) -> Result<(), Error> {
+    let (amount, code) = currency_parts(value, code)?;
+    write_currency(out, amount, code, ",", ".");
+    Ok(())
+}
+
 /// The amount and the upper-case ISO code `currency` prints.
 fn currency_parts(value: &Value, code: Option<&Value>) -> Result<(f64, [u8; 3]), Error> {
     let (amount, _) = to_number(value)?;
@@ -389,6 +413,12 @@ fn currency_parts(value: &Value, code: Option<&Value>) -> Result<(f64, [u8; 3]),
 }
 
 fn currency_text(amount: f64, code: [u8; 3], thousands: &str, point: &str) -> String {
+    let mut out = String::with_capacity(16);
+    write_currency(&mut out, amount, code, thousands, point);
+    out
+}
+
+fn write_currency(out: &mut String, amount: f64, code: [u8; 3], thousands: &str, point: &str) {
     // The symbol, whether a space follows it, and the minor unit's digits.
     let (symbol, spaced, decimals) = match &code {
         b"USD" | b"CAD" | b"AUD" | b"NZD" => ("$", false, 2),
@@ -400,7 +430,6 @@ fn currency_text(amount: f64, code: [u8; 3], thousands: &str, point: &str) -> St
         // Three ASCII letters, as currency_code_arg checked.
         other => (std::str::from_utf8(other).unwrap_or_default(), true, 2),
     };
-    let mut out = String::with_capacity(16);
     if amount < 0.0 {
         out.push('-');
     }
@@ -408,8 +437,7 @@ fn currency_text(amount: f64, code: [u8; 3], thousands: &str, point: &str) -> St
     if spaced {
         out.push(' ');
     }
-    group(&mut out, amount.abs(), decimals, thousands, point);
-    out
+    group(out, amount.abs(), decimals, thousands, point);
 }
 
 /// `{{ signup | date }}`, `{{ signup | date("%e %B %Y") }}` (strftime, or `short`, `medium`,
