@@ -11,6 +11,7 @@
 //! expected, a render near the fuel budget…) makes it give up, and the part is rendered by
 //! minijinja as before: the result, or the error, is then minijinja's by construction.
 
+use crate::mime::{EncodedLiteral, LiteralAt};
 use campaign::Recipient;
 use minijinja::machinery::Instruction;
 use minijinja::value::{Value, ValueKind};
@@ -34,7 +35,8 @@ const DATE_SETTINGS: [&str; 2] = ["TIMEZONE", "DATE_FORMAT"];
 /// One of minijinja's instructions, as the evaluator runs it.
 #[derive(Debug, Clone, PartialEq)]
 enum Op {
-    EmitRaw(String),
+    /// The plan's literal at this index.
+    EmitRaw(usize),
     Emit,
     Lookup(Variable),
     /// A `Lookup` whose value the next instruction (an `Emit`) prints: both done at once,
@@ -113,6 +115,12 @@ enum Filter {
 #[derive(Debug)]
 pub(crate) struct Plan {
     ops: Vec<Op>,
+    /// The template's literal text, with its quoted-printable encoding for a body part (none
+    /// for the subject).
+    literals: Vec<(String, EncodedLiteral)>,
+    /// How many of `literals` have an encoding: a loop writes them again, but this is
+    /// room enough for most bodies without growing.
+    encoded_literals: usize,
     escape_html: bool,
     /// Whether it calls `date` (which needs the campaign's date helper).
     pub(crate) uses_date: bool,
@@ -224,6 +232,7 @@ impl Plan {
         name: &str,
         used_fields: Option<&HashSet<String>>,
         recursion_limit: usize,
+        encode_literals: bool,
     ) -> Option<Plan> {
         let template = env.get_template(name).ok()?;
         let compiled = minijinja::machinery::get_compiled_template(&template);
@@ -234,6 +243,7 @@ impl Plan {
         };
         let instructions = &compiled.instructions;
         let mut ops = Vec::new();
+        let mut literals = Vec::new();
         let mut depth = 0usize;
         let mut max_depth = 0usize;
         let mut uses_date = false;
@@ -241,7 +251,14 @@ impl Plan {
         let mut index = 0u32;
         while let Some(instruction) = instructions.get(index) {
             let op = match instruction {
-                Instruction::EmitRaw(text) => Op::EmitRaw(text.to_string()),
+                Instruction::EmitRaw(text) => {
+                    let encoded = match encode_literals {
+                        true => EncodedLiteral::of(text),
+                        false => EncodedLiteral::default(),
+                    };
+                    literals.push((text.to_string(), encoded));
+                    Op::EmitRaw(literals.len() - 1)
+                }
                 Instruction::Emit => Op::Emit,
                 Instruction::Lookup(name) => {
                     let variable = Variable {
@@ -331,8 +348,14 @@ impl Plan {
         {
             return None;
         }
+        let encoded_literals = literals
+            .iter()
+            .filter(|(_, encoded)| !encoded.is_empty())
+            .count();
         Some(Plan {
             ops,
+            literals,
+            encoded_literals,
             escape_html,
             uses_date,
         })
@@ -341,11 +364,34 @@ impl Plan {
     /// The part as minijinja would render it, or `None` when the evaluator gives up (see the
     /// module's documentation). `budget_units` is the fuel it may use, in minijinja's units
     /// (an instruction 64, a byte written or given to a filter 1); `max_bytes` the output.
-    pub(crate) fn render<'a>(
-        &'a self,
+    /// Where it writes a literal with complete lines is added to `literals`, for the
+    /// quoted-printable encoder (left as it was when the plan gives up).
+    pub(crate) fn render<'p: 'a, 'a>(
+        &'p self,
         data: &Data<'a>,
         budget_units: u64,
         max_bytes: usize,
+        mut literals: Option<&mut Vec<LiteralAt<'p>>>,
+    ) -> Option<String> {
+        let recorded = literals.as_ref().map_or(0, |literals| literals.len());
+        if let Some(literals) = literals.as_deref_mut() {
+            literals.reserve(self.encoded_literals);
+        }
+        let output = self.run(data, budget_units, max_bytes, literals.as_deref_mut());
+        if output.is_none()
+            && let Some(literals) = literals
+        {
+            literals.truncate(recorded);
+        }
+        output
+    }
+
+    fn run<'p: 'a, 'a>(
+        &'p self,
+        data: &Data<'a>,
+        budget_units: u64,
+        max_bytes: usize,
+        mut literals: Option<&mut Vec<LiteralAt<'p>>>,
     ) -> Option<String> {
         let mut out = String::with_capacity(16 * 1024);
         let mut stack: Vec<V<'a>> = Vec::with_capacity(8);
@@ -361,7 +407,19 @@ impl Plan {
             executed += 1;
             pc += 1;
             match op {
-                Op::EmitRaw(text) => out.push_str(text),
+                Op::EmitRaw(index) => {
+                    let (text, encoded) = self.literals.get(*index)?;
+                    if let Some(literals) = literals.as_deref_mut()
+                        && !encoded.is_empty()
+                    {
+                        literals.push(LiteralAt {
+                            at: out.len(),
+                            text,
+                            encoded,
+                        });
+                    }
+                    out.push_str(text);
+                }
                 Op::Emit => self.emit(&mut out, &stack.pop()?)?,
                 Op::Lookup(variable) => stack.push(lookup(data, &frames, variable)?),
                 Op::LookupEmit(variable) => {

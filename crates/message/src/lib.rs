@@ -68,8 +68,11 @@ impl CompiledCampaign {
         options: &BuildOptions,
         dkim: Option<&DkimSigner>,
     ) -> Result<OutgoingMessage, MessageError> {
-        let rendered = self.render(recipient, ctx)?;
-        let mut message = self.build(&rendered, options)?;
+        // The plans note where they wrote literal lines: the build copies their
+        // quoted-printable encoding, made once per campaign.
+        let mut literals = crate::mime::BodyLiterals::default();
+        let rendered = self.render_noting_literals(recipient, ctx, Some(&mut literals))?;
+        let mut message = crate::mime::build(self, &rendered, options, &literals)?;
         if let Some(signer) = dkim {
             signer.sign(&mut message, options.date.unix_timestamp())?;
         }

@@ -341,6 +341,7 @@ impl CompiledCampaign {
                 part.name(),
                 used_fields.as_ref(),
                 settings.recursion_limit,
+                part != TemplatePart::Subject,
             )
         });
         if plans.iter().flatten().any(|plan| plan.uses_date) {
@@ -475,16 +476,39 @@ impl CompiledCampaign {
         recipient: &Recipient,
         ctx: &RecipientContext,
     ) -> Result<RenderedMessage, RenderError> {
+        self.render_noting_literals(recipient, ctx, None)
+    }
+
+    /// [`Self::render`], noting in `literals` where the bodies' plans wrote literal lines,
+    /// for [`crate::mime::build`] to copy their quoted-printable encoding.
+    pub(crate) fn render_noting_literals<'a>(
+        &'a self,
+        recipient: &Recipient,
+        ctx: &'a RecipientContext,
+        mut literals: Option<&mut crate::mime::BodyLiterals<'a>>,
+    ) -> Result<RenderedMessage, RenderError> {
         // Built only when a part needs minijinja's values (the VM or the substitution path).
         let mut root = None;
-        let subject = self.render_part(TemplatePart::Subject, recipient, ctx, &mut root)?;
+        let subject = self.render_part(TemplatePart::Subject, recipient, ctx, &mut root, None)?;
         check_subject(&subject)?;
         let html = match self.has_html {
-            true => Some(self.render_part(TemplatePart::Html, recipient, ctx, &mut root)?),
+            true => Some(self.render_part(
+                TemplatePart::Html,
+                recipient,
+                ctx,
+                &mut root,
+                literals.as_deref_mut().map(|literals| &mut literals.html),
+            )?),
             false => None,
         };
         let text = match self.has_text {
-            true => Some(self.render_part(TemplatePart::Text, recipient, ctx, &mut root)?),
+            true => Some(self.render_part(
+                TemplatePart::Text,
+                recipient,
+                ctx,
+                &mut root,
+                literals.map(|literals| &mut literals.text),
+            )?),
             false => None,
         };
         Ok(RenderedMessage {
@@ -544,12 +568,13 @@ impl CompiledCampaign {
         ]))
     }
 
-    fn render_part(
-        &self,
+    fn render_part<'a>(
+        &'a self,
         part: TemplatePart,
         recipient: &Recipient,
-        ctx: &RecipientContext,
+        ctx: &'a RecipientContext,
         root: &mut Option<Value>,
+        literals: Option<&mut Vec<crate::mime::LiteralAt<'a>>>,
     ) -> Result<String, RenderError> {
         let template = self
             .env
@@ -557,7 +582,7 @@ impl CompiledCampaign {
             .map_err(|err| render_error(part, "", &err))?;
         // A panic in a filter or function is this recipient's failure, never the caller's.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Some(output) = self.render_plan(part, recipient, ctx) {
+            if let Some(output) = self.render_plan(part, recipient, ctx, literals) {
                 return Ok(output);
             }
             let root = root.get_or_insert_with(|| self.root_context(recipient, ctx));
@@ -590,11 +615,12 @@ impl CompiledCampaign {
 impl CompiledCampaign {
     /// The part rendered by its plan, reading the recipient's JSON; `None` when the part has
     /// no plan or the plan gives up for this recipient (minijinja renders it then).
-    pub(crate) fn render_plan(
-        &self,
+    pub(crate) fn render_plan<'a>(
+        &'a self,
         part: TemplatePart,
         recipient: &Recipient,
-        ctx: &RecipientContext,
+        ctx: &'a RecipientContext,
+        literals: Option<&mut Vec<crate::mime::LiteralAt<'a>>>,
     ) -> Option<String> {
         let plan = self.plans[part as usize].as_ref()?;
         let clicks = |index: usize| -> Option<(&str, bool)> {
@@ -647,7 +673,7 @@ impl CompiledCampaign {
             clicks: &clicks,
             date: &date,
         };
-        plan.render(&data, self.fuel_units, self.max_rendered_bytes)
+        plan.render(&data, self.fuel_units, self.max_rendered_bytes, literals)
     }
 
     /// minijinja's `date` filter (the project's, over minijinja-contrib's `dateformat`) for the
@@ -1305,6 +1331,27 @@ mod tests {
         "[a-z {}%#\\-\r\n&<>\"'/é€😀]{0,12}".prop_map(|run| run.replace('{', "{ "))
     }
 
+    /// A literal with what quoted-printable treats specially, at line lengths around its
+    /// limit: long runs that put a line end at, before or after the 75th and 76th columns,
+    /// `=`, white space before line ends (LF or CRLF), bare CRs and non-ASCII.
+    fn long_literal() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                literal(),
+                Just("\n".to_string()),
+                Just("\r\n".to_string()),
+                Just(" \n".to_string()),
+                Just("\t\r\n".to_string()),
+                Just("=".to_string()),
+                Just("<p class=\"x\">".to_string()),
+                (70usize..78).prop_map(|n| "y".repeat(n)),
+            ],
+            0..16,
+        )
+        .prop_map(|pieces| pieces.concat())
+    }
+
     const NAMES: [&str; 6] = [
         "first_name",
         "city",
@@ -1495,7 +1542,7 @@ mod tests {
         let mut planned = 0;
         for part in compiled.parts() {
             let engine = engine_render(compiled, part, &root);
-            let plan = compiled.render_plan(part, recipient, ctx);
+            let plan = compiled.render_plan(part, recipient, ctx, None);
             match &engine {
                 Ok(engine) => {
                     if let Some(plan) = plan {
@@ -1510,6 +1557,19 @@ mod tests {
             }
         }
         if let Ok(rendered) = rendered {
+            // The message copies the quoted-printable encoding of the plans' literals where it
+            // can: the bytes must be those of the rendered message encoded in full.
+            let options = crate::BuildOptions {
+                envelope_from: None,
+                date: time::macros::datetime!(2026-12-01 09:30:00 UTC),
+            };
+            let built = compiled
+                .build(&rendered, &options)
+                .map(|message| message.content);
+            let message = compiled
+                .message(recipient, ctx, &options, None)
+                .map(|message| message.content);
+            proptest::prop_assert_eq!(message.ok(), built.ok());
             for (part, output) in [
                 (TemplatePart::Html, rendered.html),
                 (TemplatePart::Text, rendered.text),
@@ -1632,7 +1692,7 @@ mod tests {
                 let compiled = CompiledCampaign::compile(&doc, &settings).unwrap();
                 let root = compiled.root_context(&recipient, &ctx);
                 let engine = engine_render(&compiled, TemplatePart::Text, &root);
-                let plan = compiled.render_plan(TemplatePart::Text, &recipient, &ctx);
+                let plan = compiled.render_plan(TemplatePart::Text, &recipient, &ctx, None);
                 match (&engine, plan) {
                     (Ok(engine), Some(plan)) => {
                         assert_eq!(&plan, engine);
@@ -1763,7 +1823,7 @@ mod tests {
         use proptest::prelude::*;
         let expression =
             (0..expressions.len()).prop_map(move |i| format!("{{{{ {} }}}}", expressions[i]));
-        let leaf = prop_oneof![literal(), expression.clone(), expression];
+        let leaf = prop_oneof![literal(), long_literal(), expression.clone(), expression];
         let tags = u32::from(other_tags);
         leaf.prop_recursive(3, 24, 4, move |inner| {
             let body = proptest::collection::vec(inner, 0..4).prop_map(|parts| parts.concat());
