@@ -35,8 +35,9 @@ const DATE_SETTINGS: [&str; 2] = ["TIMEZONE", "DATE_FORMAT"];
 /// One of minijinja's instructions, as the evaluator runs it.
 #[derive(Debug, Clone, PartialEq)]
 enum Op {
-    /// The plan's literal at this index.
-    EmitRaw(usize),
+    EmitRaw(String),
+    /// The plan's literal at this index, which has a quoted-printable encoding to copy.
+    EmitEncoded(usize),
     Emit,
     Lookup(Variable),
     /// A `Lookup` whose value the next instruction (an `Emit`) prints: both done at once,
@@ -115,12 +116,9 @@ enum Filter {
 #[derive(Debug)]
 pub(crate) struct Plan {
     ops: Vec<Op>,
-    /// The template's literal text, with its quoted-printable encoding for a body part (none
-    /// for the subject).
+    /// The body part's literals that have a quoted-printable encoding worth copying, with
+    /// it (`EmitEncoded`).
     literals: Vec<(String, EncodedLiteral)>,
-    /// How many of `literals` have an encoding: a loop writes them again, but this is
-    /// room enough for most bodies without growing.
-    encoded_literals: usize,
     escape_html: bool,
     /// Whether it calls `date` (which needs the campaign's date helper).
     pub(crate) uses_date: bool,
@@ -256,8 +254,12 @@ impl Plan {
                         true => EncodedLiteral::of(text),
                         false => EncodedLiteral::default(),
                     };
-                    literals.push((text.to_string(), encoded));
-                    Op::EmitRaw(literals.len() - 1)
+                    if encoded.is_empty() {
+                        Op::EmitRaw(text.to_string())
+                    } else {
+                        literals.push((text.to_string(), encoded));
+                        Op::EmitEncoded(literals.len() - 1)
+                    }
                 }
                 Instruction::Emit => Op::Emit,
                 Instruction::Lookup(name) => {
@@ -348,14 +350,9 @@ impl Plan {
         {
             return None;
         }
-        let encoded_literals = literals
-            .iter()
-            .filter(|(_, encoded)| !encoded.is_empty())
-            .count();
         Some(Plan {
             ops,
             literals,
-            encoded_literals,
             escape_html,
             uses_date,
         })
@@ -374,9 +371,6 @@ impl Plan {
         mut literals: Option<&mut Vec<LiteralAt<'p>>>,
     ) -> Option<String> {
         let recorded = literals.as_ref().map_or(0, |literals| literals.len());
-        if let Some(literals) = literals.as_deref_mut() {
-            literals.reserve(self.encoded_literals);
-        }
         let output = self.run(data, budget_units, max_bytes, literals.as_deref_mut());
         if output.is_none()
             && let Some(literals) = literals
@@ -407,11 +401,17 @@ impl Plan {
             executed += 1;
             pc += 1;
             match op {
-                Op::EmitRaw(index) => {
+                Op::EmitRaw(text) => out.push_str(text),
+                Op::EmitEncoded(index) => {
                     let (text, encoded) = self.literals.get(*index)?;
                     if let Some(literals) = literals.as_deref_mut()
-                        && !encoded.is_empty()
+                        && encoded.copies_after(&out)
                     {
+                        if literals.capacity() == 0 {
+                            // Allocated when first needed (a 7bit body notes none); a loop
+                            // writes its literals again, but this is room for most bodies.
+                            literals.reserve(self.literals.len());
+                        }
                         literals.push(LiteralAt {
                             at: out.len(),
                             text,

@@ -668,7 +668,14 @@ pub(crate) struct EncodedLiteral {
     /// Per point: its offset in the literal and in `encoded`, ascending.
     points: Vec<(usize, usize)>,
     encoded: String,
+    /// Whether something can be copied from a point after the literal's first line end,
+    /// where the encoder is at column 0 wherever the literal is written; otherwise only a
+    /// literal written at the start of a line has something to copy.
+    copies_mid_line: bool,
 }
+
+/// The fewest bytes of a literal worth copying from its encoding.
+const MIN_COPY: usize = 16;
 
 impl EncodedLiteral {
     pub(crate) fn of(literal: &str) -> EncodedLiteral {
@@ -676,17 +683,36 @@ impl EncodedLiteral {
         let mut points = Vec::new();
         encode_quoted_printable(&mut encoded, literal, &[], Some(&mut points));
         points.retain(|&(at, _)| at + 5 <= literal.len());
-        if points.len() < 2 {
-            // One point copies nothing.
+        let (last, end) = points.last().copied().unwrap_or_default();
+        // A short copy saves less than noting the literal costs the plan; so does a literal
+        // without a line end, which is nearly always written in the middle of a line.
+        let Some(lf) = memchr::memchr(b'\n', literal.as_bytes()) else {
+            return EncodedLiteral::default();
+        };
+        if last < MIN_COPY {
             return EncodedLiteral::default();
         }
-        let end = points.last().map_or(0, |&(_, end)| end);
         encoded.truncate(end);
-        EncodedLiteral { points, encoded }
+        let copies_mid_line = points
+            .iter()
+            .any(|&(at, _)| at > lf && at + MIN_COPY <= last);
+        EncodedLiteral {
+            points,
+            encoded,
+            copies_mid_line,
+        }
     }
 
+    /// Whether there is anything to copy: a literal without is written as it is.
     pub(crate) fn is_empty(&self) -> bool {
         self.points.is_empty()
+    }
+
+    /// Whether the encoder can copy something of the literal written after `before` (the
+    /// body so far).
+    pub(crate) fn copies_after(&self, before: &str) -> bool {
+        self.copies_mid_line
+            || (!self.points.is_empty() && matches!(before.as_bytes().last(), None | Some(b'\n')))
     }
 }
 
@@ -1120,7 +1146,7 @@ mod tests {
             let mut body = String::new();
             let mut literals = Vec::new();
             for ((is_literal, text), encoded) in pieces.iter().zip(&encodings) {
-                if *is_literal && !encoded.is_empty() {
+                if *is_literal && !encoded.points.is_empty() {
                     literals.push(LiteralAt { at: body.len(), text, encoded });
                 }
                 body.push_str(text);

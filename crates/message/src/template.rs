@@ -1642,6 +1642,17 @@ mod tests {
                     plan_agrees_with_engine(&compiled, &newsletter_recipient(json!({})), &ctx)
                         .unwrap();
                 assert_eq!(planned, 3, "strict {strict}, opens {opens}");
+                // Its HTML literals' encodings are there to copy (the copies themselves are
+                // compared with the full encoding in `plan_agrees_with_engine`).
+                let mut literals = crate::mime::BodyLiterals::default();
+                compiled
+                    .render_noting_literals(
+                        &newsletter_recipient(json!({})),
+                        &ctx,
+                        Some(&mut literals),
+                    )
+                    .unwrap();
+                assert!(literals.html.len() >= 8, "{}", literals.html.len());
                 for extra in [
                     json!({"first_name": null}),
                     json!({"city": null}),
