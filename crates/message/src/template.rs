@@ -210,9 +210,6 @@ pub struct CompiledCampaign {
     /// The `X-Campaign-Variant` header's value: the A/B variant these templates are, when the
     /// campaign asks for the header (`ab_test.variant_header`).
     pub(crate) variant_header: Option<String>,
-    /// Per part (indexed by `TemplatePart as usize`): its segments when the template is only
-    /// literal text and `{{ name }}`s, which [`Substitution::render`] writes without the VM.
-    substitutions: [Option<Substitution>; 3],
     /// minijinja's fuel budget per render, in its internal units.
     fuel_units: u64,
     /// Per part: its plan when minijinja compiled it into instructions that
@@ -324,12 +321,6 @@ impl CompiledCampaign {
             }
         }
         let used_fields = used_fields(&env);
-        let substitutions = [
-            TemplatePart::Subject,
-            TemplatePart::Html,
-            TemplatePart::Text,
-        ]
-        .map(|part| Substitution::of(&env, part));
         let plans = [
             TemplatePart::Subject,
             TemplatePart::Html,
@@ -381,7 +372,6 @@ impl CompiledCampaign {
             feedback_id: doc.feedback_id.clone(),
             used_fields,
             variant_header: None,
-            substitutions,
             fuel_units: settings.fuel.saturating_mul(MINIJINJA_UNITS_PER_FUEL),
             plans,
             campaign_name: doc.name.clone(),
@@ -487,7 +477,7 @@ impl CompiledCampaign {
         ctx: &'a RecipientContext,
         mut literals: Option<&mut crate::mime::BodyLiterals<'a>>,
     ) -> Result<RenderedMessage, RenderError> {
-        // Built only when a part needs minijinja's values (the VM or the substitution path).
+        // Built only when a part needs minijinja's values (a part its plan does not render).
         let mut root = None;
         let subject = self.render_part(TemplatePart::Subject, recipient, ctx, &mut root, None)?;
         check_subject(&subject)?;
@@ -586,10 +576,7 @@ impl CompiledCampaign {
                 return Ok(output);
             }
             let root = root.get_or_insert_with(|| self.root_context(recipient, ctx));
-            match self.render_substitution(part, root) {
-                Some(output) => Ok(output),
-                None => template.render(root.clone()),
-            }
+            template.render(root.clone())
         }))
         .map_err(|panic| RenderError::Panicked {
             template: part,
@@ -676,6 +663,12 @@ impl CompiledCampaign {
         plan.render(&data, self.fuel_units, self.max_rendered_bytes, literals)
     }
 
+    /// Whether `part` has a plan (it may still leave a recipient to minijinja).
+    #[cfg(test)]
+    pub(crate) fn has_plan(&self, part: TemplatePart) -> bool {
+        self.plans[part as usize].is_some()
+    }
+
     /// minijinja's `date` filter (the project's, over minijinja-contrib's `dateformat`) for the
     /// plans, through a template that only applies it; `None` when it fails.
     fn format_date(&self, value: &Value, format: Option<&Value>) -> Option<String> {
@@ -688,300 +681,11 @@ impl CompiledCampaign {
         };
         self.env.get_template(helper).ok()?.render(context).ok()
     }
-
-    /// The part rendered without minijinja's VM, when its template is pure substitution and
-    /// every variable it prints is a string for this recipient; `None` means minijinja renders
-    /// it (a number, a missing field, a template with tags or filters…).
-    pub(crate) fn render_substitution(&self, part: TemplatePart, root: &Value) -> Option<String> {
-        let substitution = self.substitutions[part as usize].as_ref()?;
-        let root = root.downcast_object_ref::<Root>()?;
-        // minijinja charges MINIJINJA_UNITS_PER_FUEL per compiled instruction and a unit per
-        // byte written: near half the budget, let it decide whether the render runs out of
-        // fuel. The bytes are counted while writing, so a huge field stops the fast path
-        // within the budget (or past MAX_RENDERED_BYTES, which fails the render anyway)
-        // instead of building output the VM would never have produced.
-        let instruction_units =
-            (substitution.instructions as u64).saturating_mul(MINIJINJA_UNITS_PER_FUEL);
-        let fuel_bytes = (self.fuel_units / 2).saturating_sub(instruction_units);
-        let budget = usize::try_from(fuel_bytes)
-            .unwrap_or(usize::MAX)
-            .min(self.max_rendered_bytes);
-        let output = substitution.render(root, budget)?;
-        let cost = instruction_units.saturating_add(output.len() as u64);
-        (cost.saturating_mul(2) < self.fuel_units).then_some(output)
-    }
-
-    /// Whether `part`'s template is pure substitution (it may still fall back per recipient).
-    #[cfg(test)]
-    pub(crate) fn is_substitution(&self, part: TemplatePart) -> bool {
-        self.substitutions[part as usize].is_some()
-    }
 }
 
 /// minijinja's internal fuel resolution (`UNITS_PER_FUEL` in its vm/fuel.rs): an instruction
 /// costs this many units, a byte of output one.
 const MINIJINJA_UNITS_PER_FUEL: u64 = 64;
-
-/// One piece of a pure-substitution template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Variable(String),
-    /// `{{ _tracking.clicks[N] }}`, the href of tracked link N (written by `tracking::rewrite`).
-    Click(usize),
-    /// `tracking::open_pixel_block()`: the pixel `<img>` when `_tracking.open_pixel` is true.
-    OpenPixel,
-}
-
-/// A template that is only literal text and `{{ name }}`s, as segments to write directly.
-#[derive(Debug)]
-struct Substitution {
-    segments: Vec<Segment>,
-    /// Whether the part auto-escapes HTML (as minijinja's `initial_auto_escape` says).
-    escape_html: bool,
-    literal_bytes: usize,
-    /// How many VM instructions minijinja compiled the template into.
-    instructions: usize,
-}
-
-impl Substitution {
-    /// `part`'s segments when both its source (the scan below) and the instructions minijinja
-    /// compiled it into say it is pure substitution; `None` otherwise, or when absent.
-    fn of(env: &Environment<'static>, part: TemplatePart) -> Option<Substitution> {
-        let template = env.get_template(part.name()).ok()?;
-        let segments = substitution_segments(template.source(), env.syntax())?;
-        let compiled = minijinja::machinery::get_compiled_template(&template);
-        let instructions = instruction_segments(&compiled.instructions)?;
-        // Two independent readings must agree: a source minijinja lexes differently from
-        // the scan (whitespace control, a delimiter inside text…) stays on the VM.
-        if instructions.0 != segments {
-            return None;
-        }
-        let escape_html = match compiled.initial_auto_escape {
-            AutoEscape::Html => true,
-            AutoEscape::None => false,
-            _ => return None,
-        };
-        let literal_bytes = segments
-            .iter()
-            .map(|segment| match segment {
-                Segment::Literal(text) => text.len(),
-                Segment::Variable(_) | Segment::Click(_) => 0,
-                Segment::OpenPixel => {
-                    crate::tracking::OPEN_PIXEL_BEFORE_URL.len()
-                        + crate::tracking::OPEN_PIXEL_AFTER_URL.len()
-                }
-            })
-            .sum();
-        Some(Substitution {
-            segments,
-            escape_html,
-            literal_bytes,
-            instructions: instructions.1,
-        })
-    }
-
-    /// The output minijinja's default formatter would write, or `None` when a variable is
-    /// not a string here (left to minijinja, whose printing of other values this does not
-    /// repeat).
-    /// `None` too once the output passes `budget` bytes.
-    fn render(&self, root: &Root, budget: usize) -> Option<String> {
-        use minijinja::value::ValueKind;
-        let mut output =
-            String::with_capacity((self.literal_bytes + 32 * self.segments.len()).min(budget));
-        for segment in &self.segments {
-            if output.len() > budget {
-                return None;
-            }
-            match segment {
-                Segment::Literal(text) => output.push_str(text),
-                Segment::Variable(name) => self.write_string(&mut output, root.lookup(name)?)?,
-                Segment::Click(index) => {
-                    let clicks = tracking(root)?.get_attr("clicks").ok()?;
-                    self.write_string(&mut output, &clicks.get_item_by_index(*index).ok()?)?;
-                }
-                Segment::OpenPixel => {
-                    let url = tracking(root)?.get_attr("open_pixel").ok()?;
-                    // `{% if %}`'s truthiness for the two kinds the service gives: none and
-                    // the empty string are false; anything else is left to minijinja.
-                    match url.kind() {
-                        ValueKind::None => {}
-                        ValueKind::String if url.as_str()?.is_empty() => {}
-                        ValueKind::String => {
-                            output.push_str(crate::tracking::OPEN_PIXEL_BEFORE_URL);
-                            self.write_string(&mut output, &url)?;
-                            output.push_str(crate::tracking::OPEN_PIXEL_AFTER_URL);
-                        }
-                        _ => return None,
-                    }
-                }
-            }
-        }
-        (output.len() <= budget).then_some(output)
-    }
-
-    /// A string value as minijinja's default formatter prints it; `None` for any other kind.
-    fn write_string(&self, output: &mut String, value: &Value) -> Option<()> {
-        use std::fmt::Write;
-        if value.kind() != minijinja::value::ValueKind::String {
-            return None;
-        }
-        let text = value.as_str()?;
-        if self.escape_html && !value.is_safe() {
-            write!(output, "{}", minijinja::HtmlEscape(text)).ok()?;
-        } else {
-            output.push_str(text);
-        }
-        Some(())
-    }
-}
-
-/// The `_tracking` service variable, as the templates' `Lookup` finds it.
-fn tracking(root: &Root) -> Option<&Value> {
-    root.lookup(crate::tracking::TRACKING_VARIABLE)
-}
-
-/// A source's segments when it contains nothing minijinja would interpret but `{{ name }}`
-/// (spaces allowed inside the braces, a plain ASCII identifier that is not a constant).
-fn substitution_segments(
-    source: &str,
-    syntax: &minijinja::syntax::SyntaxConfig,
-) -> Option<Vec<Segment>> {
-    if syntax.variable_delimiters() != ("{{", "}}")
-        || syntax.block_delimiters() != ("{%", "%}")
-        || syntax.comment_delimiters() != ("{#", "#}")
-        || syntax.line_statement_prefix().is_some()
-        || syntax.line_comment_prefix().is_some()
-        || !syntax.keep_trailing_newline()
-    {
-        return None;
-    }
-    let open_pixel = crate::tracking::open_pixel_block();
-    let mut segments = Vec::new();
-    let mut rest = source;
-    while !rest.is_empty() {
-        let literal_end = rest.find("{{").unwrap_or(rest.len());
-        let mut literal = &rest[..literal_end];
-        // The only `{%` accepted is the open-pixel block exactly as the service writes it.
-        if let Some(block) = literal.find("{%") {
-            if !rest[block..].starts_with(&open_pixel) {
-                return None;
-            }
-            literal = &rest[..block];
-        }
-        if literal.contains("{#") {
-            return None;
-        }
-        if !literal.is_empty() {
-            segments.push(Segment::Literal(literal.to_string()));
-        }
-        rest = &rest[literal.len()..];
-        if let Some(after) = rest.strip_prefix(open_pixel.as_str()) {
-            segments.push(Segment::OpenPixel);
-            rest = after;
-            continue;
-        }
-        let Some(tag) = rest.strip_prefix("{{") else {
-            break;
-        };
-        let close = tag.find("}}")?;
-        let name = tag[..close].trim_matches(' ');
-        if let Some(index) = click_index(name) {
-            segments.push(Segment::Click(index));
-            rest = &tag[close + 2..];
-            continue;
-        }
-        let is_identifier = name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        // Constants and operators the parser reads as something other than a variable.
-        let reserved = [
-            "true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if",
-            "else",
-        ];
-        if !is_identifier || reserved.contains(&name) {
-            return None;
-        }
-        segments.push(Segment::Variable(name.to_string()));
-        rest = &tag[close + 2..];
-    }
-    Some(segments)
-}
-
-/// N when `name` is `_tracking.clicks[N]` exactly as `tracking::rewrite` writes it.
-fn click_index(name: &str) -> Option<usize> {
-    let digits = name
-        .strip_prefix(crate::tracking::TRACKING_VARIABLE)?
-        .strip_prefix(".clicks[")?
-        .strip_suffix(']')?;
-    let index: usize = digits.parse().ok()?;
-    (crate::tracking::click_variable(index) == name).then_some(index)
-}
-
-/// The segments minijinja's compiled instructions amount to, and how many instructions there
-/// are, when they are only raw text and printed variable look-ups.
-fn instruction_segments(
-    instructions: &minijinja::machinery::Instructions<'_>,
-) -> Option<(Vec<Segment>, usize)> {
-    use minijinja::machinery::Instruction;
-    let mut segments = Vec::new();
-    let mut index = 0;
-    while let Some(instruction) = instructions.get(index) {
-        match instruction {
-            Instruction::EmitRaw(text) => segments.push(Segment::Literal(text.to_string())),
-            Instruction::Lookup(crate::tracking::TRACKING_VARIABLE) => {
-                let (segment, length) = tracking_instructions(instructions, index)?;
-                segments.push(segment);
-                index += length - 1;
-            }
-            Instruction::Lookup(name) => {
-                index += 1;
-                if !matches!(instructions.get(index), Some(Instruction::Emit)) {
-                    return None;
-                }
-                segments.push(Segment::Variable(name.to_string()));
-            }
-            _ => return None,
-        }
-        index += 1;
-    }
-    Some((segments, index as usize))
-}
-
-/// The service-written piece that starts at `start` (a `Lookup` of `_tracking`) and how many
-/// instructions it takes, when they are exactly what `{{ _tracking.clicks[N] }}` or
-/// `tracking::open_pixel_block()` compile to; `None` for any other use of `_tracking`.
-fn tracking_instructions(
-    instructions: &minijinja::machinery::Instructions<'_>,
-    start: u32,
-) -> Option<(Segment, u32)> {
-    use crate::tracking::{OPEN_PIXEL_AFTER_URL, OPEN_PIXEL_BEFORE_URL, TRACKING_VARIABLE};
-    use minijinja::machinery::Instruction;
-    let at = |offset: u32| instructions.get(start + offset);
-    match (at(1)?, at(2)?) {
-        (Instruction::GetAttr("clicks"), Instruction::LoadConst(index)) => {
-            if !matches!((at(3)?, at(4)?), (Instruction::GetItem, Instruction::Emit))
-                || index.kind() != minijinja::value::ValueKind::Number
-            {
-                return None;
-            }
-            let index = usize::try_from(index.clone()).ok()?;
-            Some((Segment::Click(index), 5))
-        }
-        (Instruction::GetAttr("open_pixel"), Instruction::JumpIfFalse(target)) => {
-            let body_is_pixel = matches!(at(3)?, Instruction::EmitRaw(text) if *text == OPEN_PIXEL_BEFORE_URL)
-                && matches!(at(4)?, Instruction::Lookup(name) if *name == TRACKING_VARIABLE)
-                && matches!(at(5)?, Instruction::GetAttr("open_pixel"))
-                && matches!(at(6)?, Instruction::Emit)
-                && matches!(at(7)?, Instruction::EmitRaw(text) if *text == OPEN_PIXEL_AFTER_URL);
-            // The jump lands right after the block: nothing else is inside the `{% if %}`.
-            (body_is_pixel && *target == start + 8).then_some((Segment::OpenPixel, 8))
-        }
-        _ => None,
-    }
-}
 
 /// The top-level names the templates look up, or `None` when they use `recipient` (which
 /// exposes every field, also by a name known only at run time).
@@ -1025,7 +729,7 @@ struct Root {
 }
 
 impl Root {
-    /// A top-level variable, as the engine and the substitution fast path see it.
+    /// A top-level variable, as the engine sees it.
     fn lookup(&self, key: &str) -> Option<&Value> {
         // A match on the names as constants compares lengths and a few words inline, where a
         // search of (name, value) pairs called memcmp for every name of the same length.
@@ -1309,7 +1013,7 @@ mod tests {
         serde_json::from_value(serde_json::Value::Object(recipient)).unwrap()
     }
 
-    /// What minijinja's own VM renders for `part`, bypassing the fast path.
+    /// What minijinja's own VM renders for `part`, bypassing the plans.
     fn engine_render(
         compiled: &CompiledCampaign,
         part: TemplatePart,
@@ -1436,7 +1140,7 @@ mod tests {
             .prop_map(|(open_pixel, clicks)| TrackingUrls { open_pixel, clicks })
     }
 
-    /// Mostly strings, so that most cases take the fast path rather than fall back.
+    /// Mostly strings, so that most cases are rendered by the plan rather than fall back.
     fn mostly_string_field() -> impl proptest::strategy::Strategy<Value = Option<serde_json::Value>>
     {
         use proptest::prelude::*;
@@ -1449,12 +1153,12 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
 
-        /// A pure-substitution HTML part with the service's tracked links and open pixel takes
-        /// the fast path, whatever the tracking settings, and renders exactly the bytes
-        /// minijinja's VM renders for every recipient's values and tracking URLs (or, strict
-        /// and a field missing, fails as minijinja does).
+        /// An HTML part with the service's tracked links and open pixel has a plan, whatever
+        /// the tracking settings, and renders exactly the bytes minijinja's VM renders for
+        /// every recipient's values and tracking URLs (or, strict and a field missing, fails
+        /// as minijinja does).
         #[test]
-        fn tracked_substitution_renders_what_minijinja_renders(
+        fn tracked_html_renders_by_its_plan_as_minijinja_does(
             html in tracked_html(),
             (opens, clicks, aggregate_only) in proptest::prelude::any::<(bool, bool, bool)>(),
             strict in proptest::prelude::any::<bool>(),
@@ -1472,14 +1176,14 @@ mod tests {
             }))
             .unwrap();
             let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
-            proptest::prop_assert!(compiled.is_substitution(TemplatePart::Html));
+            proptest::prop_assert!(compiled.has_plan(TemplatePart::Html));
             let recipient = generated_recipient(fields);
             let ctx = RecipientContext {
                 tracking: urls,
                 ..substitution_context("https://m.shop.example/u/T")
             };
             let root = compiled.root_context(&recipient, &ctx);
-            let fast = compiled.render_substitution(TemplatePart::Html, &root);
+            let fast = compiled.render_plan(TemplatePart::Html, &recipient, &ctx, None);
             match engine_render(&compiled, TemplatePart::Html, &root) {
                 Ok(engine) => {
                     let rendered = compiled.render(&recipient, &ctx).unwrap();
@@ -1488,7 +1192,7 @@ mod tests {
                         proptest::prop_assert_eq!(fast, engine);
                     }
                 }
-                // Strict and a field missing: the same error, never a fast-path output.
+                // Strict and a field missing: the same error, never a plan's output.
                 Err(engine) => {
                     proptest::prop_assert!(strict, "{}", engine);
                     proptest::prop_assert_eq!(fast, None);
@@ -1497,8 +1201,9 @@ mod tests {
             }
         }
 
-        /// Pure-substitution templates take the fast path, and every part renders exactly the
-        /// bytes minijinja's VM renders (auto-escaped HTML and plain text), whatever the values.
+        /// Pure-substitution templates (literal text and `{{ name }}`s) have plans, and every
+        /// part renders exactly the bytes minijinja's VM renders (auto-escaped HTML and plain
+        /// text), whatever the values.
         #[test]
         fn substitution_renders_what_minijinja_renders(
             html in template(),
@@ -1507,8 +1212,8 @@ mod tests {
             url_needs_escaping in proptest::prelude::any::<bool>(),
         ) {
             let compiled = substitution_campaign(&html, &text, false);
-            proptest::prop_assert!(compiled.is_substitution(TemplatePart::Html));
-            proptest::prop_assert!(compiled.is_substitution(TemplatePart::Text));
+            proptest::prop_assert!(compiled.has_plan(TemplatePart::Html));
+            proptest::prop_assert!(compiled.has_plan(TemplatePart::Text));
             let recipient = generated_recipient(fields);
             let url = if url_needs_escaping {
                 "https://m.shop.example/u/T?a=1&b='2'"
@@ -1521,7 +1226,7 @@ mod tests {
             for (part, output) in [(TemplatePart::Html, &rendered.html), (TemplatePart::Text, &rendered.text)] {
                 let engine = engine_render(&compiled, part, &root).unwrap();
                 proptest::prop_assert_eq!(output.as_deref(), Some(engine.as_str()));
-                let fast = compiled.render_substitution(part, &root);
+                let fast = compiled.render_plan(part, &recipient, &ctx, None);
                 if let Some(fast) = fast {
                     proptest::prop_assert_eq!(fast, engine);
                 }
@@ -2000,88 +1705,79 @@ mod tests {
         }
     }
 
-    /// Anything minijinja would interpret beyond `{{ name }}` keeps the template on the VM.
+    /// Templates outside the plans' subset have none; pure substitution and the service's
+    /// open pixel and tracked links are in it. Whatever a part is, its render is minijinja's:
+    /// the user's own `{% if %}` (also one reading `_tracking`, also the pixel's block with
+    /// anything changed) and other uses of `_tracking` render as the VM renders them.
     #[test]
-    fn templates_with_tags_filters_or_expressions_are_not_substitution() {
+    fn templates_outside_the_subset_have_no_plan_and_render_as_minijinja_does() {
+        let ctx = RecipientContext {
+            tracking: TrackingUrls {
+                open_pixel: Some("https://t.shop.example/o/P".into()),
+                clicks: vec!["https://t.shop.example/c/C".into()],
+            },
+            ..substitution_context("https://m.shop.example/u/T")
+        };
+        let recipient: Recipient = serde_json::from_value(
+            json!({"email": "a@shop.example", "city": "B&B", "genre": "crime"}),
+        )
+        .unwrap();
         for source in [
-            "{% if city %}{{ city }}{% endif %}",
             "{{ city | upper }}",
-            "{{ campaign.name }}",
-            "{{ recipient['city'] }}",
-            "a {{- city }}",
-            "{{ city -}} b",
-            "{{+ city }}",
-            "a {# note #} {{ city }}",
-            "{{ true }}",
-            "{{ none }}",
-            "{{ 'x' }}",
             "{{ city ~ genre }}",
             "{{ range(2) }}",
-            "{% raw %}{{ city }}{% endraw %}",
+            "{% for c in city | list %}{{ c }}{% endfor %}",
         ] {
             let compiled = substitution_campaign(source, source, false);
-            assert!(!compiled.is_substitution(TemplatePart::Html), "{source}");
-            assert!(!compiled.is_substitution(TemplatePart::Text), "{source}");
+            assert!(!compiled.has_plan(TemplatePart::Html), "{source}");
+            assert!(!compiled.has_plan(TemplatePart::Text), "{source}");
+            plan_agrees_with_engine(&compiled, &recipient, &ctx).unwrap();
         }
         for source in [
             "{{ city }}",
             "{{city}}",
             "a {{  city  }} }} %} #} - b\n",
             "plain",
+            "a {{- city }}",
+            "{{ city -}} b",
+            "a {# note #} {{ city }}",
+            "{% raw %}{{ city }}{% endraw %}",
+            "{% if city %}{{ city }}{% endif %}",
+            "{{ campaign.name }}",
+            "{% set x = city %}{{ x }}",
         ] {
             let compiled = substitution_campaign(source, source, false);
-            assert!(compiled.is_substitution(TemplatePart::Html), "{source}");
-            assert!(compiled.is_substitution(TemplatePart::Text), "{source}");
+            assert!(compiled.has_plan(TemplatePart::Html), "{source}");
+            assert!(compiled.has_plan(TemplatePart::Text), "{source}");
+            let planned = plan_agrees_with_engine(&compiled, &recipient, &ctx).unwrap();
+            assert_eq!(planned, 3, "{source}");
         }
-        // The service's open pixel and tracked links keep a pure-substitution part on the
-        // fast path; the user's own `{% if %}` (even one that reads `_tracking`, even the
-        // pixel's block with anything changed) and other uses of `_tracking` do not.
+        // In the subset, but what they print is left to minijinja for every recipient.
+        for source in ["{{ recipient['city'] }}", "{{ true }}", "{{ none }}"] {
+            let compiled = substitution_campaign(source, source, false);
+            assert!(compiled.has_plan(TemplatePart::Html), "{source}");
+            assert_eq!(
+                compiled.render_plan(TemplatePart::Html, &recipient, &ctx, None),
+                None
+            );
+            plan_agrees_with_engine(&compiled, &recipient, &ctx).unwrap();
+        }
         let link = r#"<a href="https://shop.example/sale">sale</a>"#;
         let pixel = crate::tracking::open_pixel_block();
-        for (html, fast) in [
-            (format!("<body>{link}{{{{ city }}}}</body>"), true),
-            (
-                format!("<body>{{{{ _tracking.clicks[0] }}}}{link}</body>"),
-                true,
-            ),
-            (format!("<body>{pixel}{link}</body>"), true),
-            (
-                format!("<body>{{% if city %}}{{{{ city }}}}{{% endif %}}{link}</body>"),
-                false,
-            ),
-            (
-                format!("<body>{{% if _tracking.open_pixel %}}x{{% endif %}}{link}</body>"),
-                false,
-            ),
-            (
-                format!("<body>{{% if true %}}x{{% endif %}}{link}</body>"),
-                false,
-            ),
-            (
-                format!("<body>{}{link}</body>", pixel.replace("alt=", "alt ="),),
-                false,
-            ),
-            (
-                format!("<body>{}{link}</body>", pixel.replace(" %}", " -%}"),),
-                false,
-            ),
-            (
-                format!("<body>{{{{ _tracking.clicks[0] | upper }}}}{link}</body>"),
-                false,
-            ),
-            (
-                format!("<body>{{{{ _tracking.clicks }}}}{link}</body>"),
-                false,
-            ),
-            (
-                format!("<body>{{{{ _tracking.open_pixel }}}}{link}</body>"),
-                false,
-            ),
-            (format!("<body>{{{{ _tracking }}}}{link}</body>"), false),
-            (
-                format!("<body>{{{{ _tracking.clicks[00] }}}}{link}</body>"),
-                false,
-            ),
+        for html in [
+            format!("<body>{link}{{{{ city }}}}</body>"),
+            format!("<body>{{{{ _tracking.clicks[0] }}}}{link}</body>"),
+            format!("<body>{pixel}{link}</body>"),
+            format!("<body>{{% if city %}}{{{{ city }}}}{{% endif %}}{link}</body>"),
+            format!("<body>{{% if _tracking.open_pixel %}}x{{% endif %}}{link}</body>"),
+            format!("<body>{{% if true %}}x{{% endif %}}{link}</body>"),
+            format!("<body>{}{link}</body>", pixel.replace("alt=", "alt =")),
+            format!("<body>{}{link}</body>", pixel.replace(" %}", " -%}")),
+            format!("<body>{{{{ _tracking.clicks[0] | upper }}}}{link}</body>"),
+            format!("<body>{{{{ _tracking.clicks }}}}{link}</body>"),
+            format!("<body>{{{{ _tracking.open_pixel }}}}{link}</body>"),
+            format!("<body>{{{{ _tracking }}}}{link}</body>"),
+            format!("<body>{{{{ _tracking.clicks[00] }}}}{link}</body>"),
         ] {
             let doc: CampaignDocument = serde_json::from_value(json!({
                 "name": "Tracked",
@@ -2091,17 +1787,16 @@ mod tests {
             }))
             .unwrap();
             let compiled = CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap();
-            assert!(compiled.is_substitution(TemplatePart::Subject));
-            assert_eq!(compiled.is_substitution(TemplatePart::Html), fast, "{html}");
-            assert!(compiled.is_substitution(TemplatePart::Text));
+            assert!(compiled.has_plan(TemplatePart::Subject));
+            assert!(compiled.has_plan(TemplatePart::Text));
+            plan_agrees_with_engine(&compiled, &recipient, &ctx).unwrap();
         }
     }
 
-    /// A tracked HTML part is written by the fast path, with the recipient's signed URLs when
-    /// sending and the links as written (no pixel) for a preview; a pixel URL that is not a
-    /// string or none goes to minijinja.
+    /// A tracked HTML part is written by its plan, with the recipient's signed URLs when
+    /// sending and the links as written (no pixel) for a preview.
     #[test]
-    fn a_tracked_html_part_takes_the_fast_path() {
+    fn a_tracked_html_part_is_rendered_by_its_plan() {
         let doc: CampaignDocument = serde_json::from_value(json!({
             "name": "Tracked",
             "from": {"email": "news@shop.example"},
@@ -2137,45 +1832,20 @@ mod tests {
                 ..substitution_context("https://m.shop.example/u/T")
             };
             let root = compiled.root_context(&recipient, &ctx);
-            let fast = compiled.render_substitution(TemplatePart::Html, &root);
-            assert_eq!(fast.as_deref(), Some(expected.as_str()));
+            let planned = compiled.render_plan(TemplatePart::Html, &recipient, &ctx, None);
+            assert_eq!(planned.as_deref(), Some(expected.as_str()));
             assert_eq!(
                 engine_render(&compiled, TemplatePart::Html, &root).unwrap(),
                 expected
             );
         }
-        // A `_tracking` whose pixel is a number (never given by the service) is minijinja's.
-        let sent = compiled.root_context(
-            &recipient,
-            &substitution_context("https://m.shop.example/u/T"),
-        );
-        let sent = sent.downcast_object_ref::<Root>().unwrap();
-        let root = Value::from_object(Root {
-            email: sent.email.clone(),
-            recipient: sent.recipient.clone(),
-            unsubscribe_url: sent.unsubscribe_url.clone(),
-            campaign: sent.campaign.clone(),
-            tracking: Value::from_object(values::object([
-                (
-                    "clicks",
-                    Value::from(vec![Value::from("https://t.shop.example/c/C")]),
-                ),
-                ("open_pixel", Value::from(1)),
-            ])),
-            fields: sent.fields.clone(),
-        });
-        assert_eq!(
-            compiled.render_substitution(TemplatePart::Html, &root),
-            None
-        );
     }
 
-    /// A field larger than the render may produce stops the fast path as soon as it is
-    /// written, instead of building output the VM would refuse: with a 4,000-byte output
-    /// limit, a 3,000-byte field printed twice falls back, and the render fails on the limit
+    /// Output past the limit is never a plan's: with a 4,000-byte output limit, a 3,000-byte
+    /// field printed twice leaves the part to minijinja, and the render fails on the limit
     /// as minijinja's render does.
     #[test]
-    fn output_past_the_limit_stops_the_fast_path_while_it_writes() {
+    fn output_past_the_limit_leaves_the_render_to_minijinja() {
         let doc: CampaignDocument = serde_json::from_value(json!({
             "name": "Budget",
             "from": {"email": "news@shop.example"},
@@ -2188,23 +1858,21 @@ mod tests {
             ..MessageSettings::default()
         };
         let compiled = CompiledCampaign::compile(&doc, &settings).unwrap();
-        assert!(compiled.is_substitution(TemplatePart::Text));
+        assert!(compiled.has_plan(TemplatePart::Text));
         let ctx = substitution_context("https://m.shop.example/u/T");
         let short: Recipient =
             serde_json::from_value(json!({"email": "a@shop.example", "bio": "x".repeat(1_000)}))
                 .unwrap();
-        let root = compiled.root_context(&short, &ctx);
         let bio = "x".repeat(1_000);
         assert_eq!(
-            compiled.render_substitution(TemplatePart::Text, &root),
+            compiled.render_plan(TemplatePart::Text, &short, &ctx, None),
             Some(format!("{bio} {bio}\n"))
         );
         let long: Recipient =
             serde_json::from_value(json!({"email": "a@shop.example", "bio": "x".repeat(3_000)}))
                 .unwrap();
-        let root = compiled.root_context(&long, &ctx);
         assert_eq!(
-            compiled.render_substitution(TemplatePart::Text, &root),
+            compiled.render_plan(TemplatePart::Text, &long, &ctx, None),
             None
         );
         assert!(matches!(
@@ -2216,23 +1884,23 @@ mod tests {
         ));
     }
 
-    /// A value that is not a string (a number, a bool, a missing field) sends that part of
-    /// that message to minijinja, with the output (or, strict, the error) it gives.
+    /// A value the plan does not print (a bool, a missing field) sends that part of that
+    /// message to minijinja, with the output (or, strict, the error) it gives; strings and
+    /// integers are the plan's, escaped in HTML only.
     #[test]
-    fn a_value_that_is_not_a_string_falls_back_to_minijinja() {
+    fn a_value_the_plan_does_not_print_falls_back_to_minijinja() {
         let source = "<b>{{ city }}</b> {{ n }}\n";
         for strict in [false, true] {
             let compiled = substitution_campaign(source, source, strict);
             let ctx = substitution_context("https://m.shop.example/u/T");
             for fields in [
-                json!({"email": "a@shop.example", "city": "B&B", "n": 3}),
                 json!({"email": "a@shop.example", "city": "B&B", "n": false}),
                 json!({"email": "a@shop.example", "city": "B&B"}),
             ] {
                 let recipient: Recipient = serde_json::from_value(fields).unwrap();
                 let root = compiled.root_context(&recipient, &ctx);
                 for part in [TemplatePart::Html, TemplatePart::Text] {
-                    assert_eq!(compiled.render_substitution(part, &root), None);
+                    assert_eq!(compiled.render_plan(part, &recipient, &ctx, None), None);
                 }
                 match (
                     compiled.render(&recipient, &ctx),
@@ -2243,26 +1911,28 @@ mod tests {
                     (ours, engine) => panic!("{ours:?} / {engine:?}"),
                 }
             }
-            let recipient: Recipient =
-                serde_json::from_value(json!({"email": "a@shop.example", "city": "B&B", "n": "3"}))
-                    .unwrap();
-            let root = compiled.root_context(&recipient, &ctx);
-            assert_eq!(
-                compiled
-                    .render_substitution(TemplatePart::Html, &root)
-                    .as_deref(),
-                Some("<b>B&amp;B</b> 3\n")
-            );
-            assert_eq!(
-                compiled
-                    .render_substitution(TemplatePart::Text, &root)
-                    .as_deref(),
-                Some("<b>B&B</b> 3\n")
-            );
+            for n in [json!("3"), json!(3)] {
+                let recipient: Recipient = serde_json::from_value(
+                    json!({"email": "a@shop.example", "city": "B&B", "n": n}),
+                )
+                .unwrap();
+                assert_eq!(
+                    compiled
+                        .render_plan(TemplatePart::Html, &recipient, &ctx, None)
+                        .as_deref(),
+                    Some("<b>B&amp;B</b> 3\n")
+                );
+                assert_eq!(
+                    compiled
+                        .render_plan(TemplatePart::Text, &recipient, &ctx, None)
+                        .as_deref(),
+                    Some("<b>B&B</b> 3\n")
+                );
+            }
         }
     }
 
-    /// Near the fuel budget the fast path steps aside, so minijinja's accounting decides.
+    /// Near the fuel budget the plan steps aside, so minijinja's accounting decides.
     #[test]
     fn a_render_near_the_fuel_budget_is_left_to_minijinja() {
         let source = "x{{ city }}".repeat(600);
@@ -2285,7 +1955,7 @@ mod tests {
             let root = compiled.root_context(&recipient, &ctx);
             assert_eq!(
                 compiled
-                    .render_substitution(TemplatePart::Text, &root)
+                    .render_plan(TemplatePart::Text, &recipient, &ctx, None)
                     .is_some(),
                 fast
             );

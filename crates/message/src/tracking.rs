@@ -68,8 +68,7 @@ pub(crate) fn click_variable(index: usize) -> String {
     format!("{TRACKING_VARIABLE}.clicks[{index}]")
 }
 
-/// The open pixel's markup around its URL; the substitution fast path in `template.rs`
-/// writes the same pieces when it recognises [`open_pixel_block`].
+/// The open pixel's markup around its URL, as [`open_pixel_block`] writes it.
 pub(crate) const OPEN_PIXEL_BEFORE_URL: &str = "<img src=\"";
 pub(crate) const OPEN_PIXEL_AFTER_URL: &str =
     "\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">";
