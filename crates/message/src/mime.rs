@@ -656,17 +656,17 @@ fn literal_run_by_words(bytes: &[u8]) -> usize {
 }
 
 /// A template literal's quoted-printable encoding, made once when the campaign is compiled,
-/// with the points where the encoder starts an encoded line (column 0: after a line end or
-/// a soft break). The encoder's output from a point where its column is 0 depends only on
-/// the bytes from there on (and at most 3 bytes ahead of each decision), so wherever a body
-/// holds the literal and the encoder is at column 0 at one of these points, its output up to
-/// the last point is this encoding's, whatever came before the literal or comes after it.
-/// Points closer than 5 bytes to the literal's end are left out: the decisions there can
-/// look past it (or at a final line break taken off).
+/// with the encoder's state (byte, column) at each turn of its loop. From a state, the
+/// output depends only on the bytes from there on (and at most 3 bytes ahead of each
+/// decision), so wherever a body holds the literal and the encoder is at column 0 at a
+/// state with column 0 (after a line end or a soft break), its output up to the last state
+/// is this encoding's, whatever came before the literal or comes after it, and it goes on
+/// from the last state's column. States closer than 5 bytes to the literal's end are left
+/// out: the decisions there can look past it (or at a final line break taken off).
 #[derive(Debug, Default)]
 pub(crate) struct EncodedLiteral {
-    /// Per point: its offset in the literal and in `encoded`, ascending.
-    points: Vec<(usize, usize)>,
+    /// Per state: its offset in the literal and in `encoded`, and its column; ascending.
+    points: Vec<(usize, usize, usize)>,
     encoded: String,
     /// Whether something can be copied from a point after the literal's first line end,
     /// where the encoder is at column 0 wherever the literal is written; otherwise only a
@@ -682,8 +682,8 @@ impl EncodedLiteral {
         let mut encoded = String::new();
         let mut points = Vec::new();
         encode_quoted_printable(&mut encoded, literal, &[], Some(&mut points));
-        points.retain(|&(at, _)| at + 5 <= literal.len());
-        let (last, end) = points.last().copied().unwrap_or_default();
+        points.retain(|&(at, _, _)| at + 5 <= literal.len());
+        let (last, end, _) = points.last().copied().unwrap_or_default();
         // A short copy saves less than noting the literal costs the plan; so does a literal
         // without a line end, which is nearly always written in the middle of a line.
         let Some(lf) = memchr::memchr(b'\n', literal.as_bytes()) else {
@@ -695,7 +695,7 @@ impl EncodedLiteral {
         encoded.truncate(end);
         let copies_mid_line = points
             .iter()
-            .any(|&(at, _)| at > lf && at + MIN_COPY <= last);
+            .any(|&(at, _, col)| col == 0 && at > lf && at + MIN_COPY <= last);
         EncodedLiteral {
             points,
             encoded,
@@ -732,15 +732,15 @@ struct LiteralCursor<'a, 'b> {
 }
 
 impl LiteralCursor<'_, '_> {
-    /// At column 0 at byte `i` of the body (final line break taken off): when `i` is one of
-    /// the points of the literal there, copies the literal's encoding up to its last point
-    /// and returns that point; otherwise returns `i`. The plan that wrote the body noted where
+    /// At column 0 at byte `i` of the body (final line break taken off): when `i` is a state
+    /// with column 0 of the literal there, copies the literal's encoding up to its last state
+    /// and returns that state (byte and column); otherwise returns `i` and 0. The plan that wrote the body noted where
     /// the literal is, so the body holds it there (checked in debug builds: a full comparison
     /// costs about 4 k instructions per newsletter).
-    fn copy(&mut self, out: &mut String, bytes: &[u8], i: usize) -> usize {
+    fn copy(&mut self, out: &mut String, bytes: &[u8], i: usize) -> (usize, usize) {
         while let Some(literal) = self.literals.get(self.literal) {
             let points = &literal.encoded.points;
-            let Some(&(last, last_encoded)) = points.last() else {
+            let Some(&(last, last_encoded, last_col)) = points.last() else {
                 self.literal += 1;
                 self.point = 0;
                 continue;
@@ -751,16 +751,19 @@ impl LiteralCursor<'_, '_> {
                 continue;
             }
             let Some(offset) = i.checked_sub(literal.at) else {
-                return i;
+                return (i, 0);
             };
-            while points[self.point].0 < offset {
+            // The last state lies past `offset`, so the search stops before the end.
+            while points[self.point].0 < offset
+                || (points[self.point].0 == offset && points[self.point].2 != 0)
+            {
                 self.point += 1;
             }
-            let (point, encoded) = points[self.point];
-            // The encoder reads at most 3 bytes past a point (see `EncodedLiteral`).
+            let (point, encoded, _) = points[self.point];
+            // The encoder reads at most 3 bytes past a state (see `EncodedLiteral`).
             let read_end = literal.at + last + 4;
             if point != offset || read_end > bytes.len() {
-                return i;
+                return (i, 0);
             }
             debug_assert_eq!(
                 &bytes[i..read_end],
@@ -768,9 +771,9 @@ impl LiteralCursor<'_, '_> {
             );
             out.push_str(&literal.encoded.encoded[encoded..last_encoded]);
             self.point = points.len() - 1;
-            return literal.at + last;
+            return (literal.at + last, last_col);
         }
-        i
+        (i, 0)
     }
 }
 
@@ -783,13 +786,13 @@ fn quoted_printable(out: &mut String, body: &str, literals: &[LiteralAt<'_>]) {
     encode_quoted_printable(out, body, literals, None);
 }
 
-/// [`quoted_printable`], noting in `points` each byte of the body where an encoded line
-/// starts and the length of the output there.
+/// [`quoted_printable`], noting in `points` the state at each turn of the loop: the byte of
+/// the body, the length of the output and the column.
 fn encode_quoted_printable(
     out: &mut String,
     body: &str,
     literals: &[LiteralAt<'_>],
-    mut points: Option<&mut Vec<(usize, usize)>>,
+    mut points: Option<&mut Vec<(usize, usize, usize)>>,
 ) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let (body, final_break) = match body.strip_suffix('\n') {
@@ -807,13 +810,11 @@ fn encode_quoted_printable(
     let mut col = 0;
     let mut i: usize = 0;
     loop {
-        if col == 0 {
-            if let Some(points) = points.as_deref_mut() {
-                points.push((i, out.len() - base));
-            }
-            if !literals.is_empty() {
-                i = cursor.copy(out, bytes, i);
-            }
+        if let Some(points) = points.as_deref_mut() {
+            points.push((i, out.len() - base, col));
+        }
+        if col == 0 && !literals.is_empty() {
+            (i, col) = cursor.copy(out, bytes, i);
         }
         // Copy the longest literal run that fits before a soft break (75 columns leave
         // room for the `=`). Runs hold only ASCII, so their ends are char boundaries. A line
