@@ -358,20 +358,22 @@ impl Plan {
         })
     }
 
-    /// The part as minijinja would render it, or `None` when the evaluator gives up (see the
-    /// module's documentation). `budget_units` is the fuel it may use, in minijinja's units
-    /// (an instruction 64, a byte written or given to a filter 1); `max_bytes` the output.
-    /// Where it writes a literal with complete lines is added to `literals`, for the
-    /// quoted-printable encoder (left as it was when the plan gives up).
-    pub(crate) fn render<'p: 'a, 'a>(
+    /// Writes the part as minijinja would render it into `out`, or gives up (`None`, with
+    /// `out` holding what was written so far; see the module's documentation).
+    /// `budget_units` is the fuel it may use, in minijinja's units (an instruction 64, a byte
+    /// written or given to a filter 1); `max_bytes` the output. Where it writes a literal
+    /// whose quoted-printable encoding can be copied is added to `literals`, for the encoder
+    /// (left as it was when the plan gives up).
+    pub(crate) fn render_into<'p: 'a, 'a>(
         &'p self,
         data: &Data<'a>,
         budget_units: u64,
         max_bytes: usize,
+        out: &mut String,
         mut literals: Option<&mut Vec<LiteralAt<'p>>>,
-    ) -> Option<String> {
+    ) -> Option<()> {
         let recorded = literals.as_ref().map_or(0, |literals| literals.len());
-        let output = self.run(data, budget_units, max_bytes, literals.as_deref_mut());
+        let output = self.run(data, budget_units, max_bytes, out, literals.as_deref_mut());
         if output.is_none()
             && let Some(literals) = literals
         {
@@ -385,9 +387,9 @@ impl Plan {
         data: &Data<'a>,
         budget_units: u64,
         max_bytes: usize,
+        out: &mut String,
         mut literals: Option<&mut Vec<LiteralAt<'p>>>,
-    ) -> Option<String> {
-        let mut out = String::with_capacity(16 * 1024);
+    ) -> Option<()> {
         let mut stack: Vec<V<'a>> = Vec::with_capacity(8);
         let mut frames: Vec<Frame<'a>> = vec![Frame {
             locals: Vec::new(),
@@ -398,6 +400,14 @@ impl Plan {
         let mut filter_bytes: u64 = 0;
         let mut pc = 0;
         while let Some(op) = self.ops.get(pc) {
+            // Past the budget, minijinja decides (it stops for fuel or the output limit).
+            // Checked before every operation, not only on a loop's back edge: a template of
+            // many prints of one large field has no loop, and must not build hundreds of MB
+            // first. At most one write passes the limit.
+            let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
+            if units.saturating_mul(2) >= budget_units || out.len() > max_bytes {
+                return None;
+            }
             executed += 1;
             pc += 1;
             match op {
@@ -405,7 +415,7 @@ impl Plan {
                 Op::EmitEncoded(index) => {
                     let (text, encoded) = self.literals.get(*index)?;
                     if let Some(literals) = literals.as_deref_mut()
-                        && encoded.copies_after(&out)
+                        && encoded.copies_after(out)
                     {
                         if literals.capacity() == 0 {
                             // Allocated when first needed (a 7bit body notes none); a loop
@@ -420,10 +430,10 @@ impl Plan {
                     }
                     out.push_str(text);
                 }
-                Op::Emit => self.emit(&mut out, &stack.pop()?)?,
+                Op::Emit => self.emit(out, &stack.pop()?)?,
                 Op::Lookup(variable) => stack.push(lookup(data, &frames, variable)?),
                 Op::LookupEmit(variable) => {
-                    self.emit(&mut out, &lookup(data, &frames, variable)?)?;
+                    self.emit(out, &lookup(data, &frames, variable)?)?;
                     // The `Emit` is done: count it as run.
                     executed += 1;
                     pc += 1;
@@ -470,7 +480,7 @@ impl Plan {
                         filter_bytes += s.len() as u64;
                     }
                     let before = out.len();
-                    write_number(&mut out, *filter, &value, argument)?;
+                    write_number(out, *filter, &value, argument)?;
                     filter_bytes += (out.len() - before) as u64;
                     // The `Emit` is done: count it as run.
                     executed += 1;
@@ -481,14 +491,7 @@ impl Plan {
                     let lhs = stack.pop()?;
                     stack.push(arithmetic(*operation, &lhs, &rhs)?);
                 }
-                Op::Jump(target) => {
-                    pc = *target;
-                    // A loop's back edge: stop a long loop once it is past the budget.
-                    let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
-                    if units.saturating_mul(2) >= budget_units || out.len() > max_bytes {
-                        return None;
-                    }
-                }
+                Op::Jump(target) => pc = *target,
                 Op::JumpIfFalse(target) => {
                     if !stack.pop()?.is_true()? {
                         pc = *target;
@@ -509,6 +512,10 @@ impl Plan {
                     match frame.items.get(frame.taken) {
                         Some(item) => {
                             frame.taken += 1;
+                            // Each iteration starts without the names the last one set, as
+                            // minijinja's next loop item clears the frame's locals: a later
+                            // read finds the outer value (or none) again.
+                            frame.locals.clear();
                             stack.push(V::from_json(item)?);
                         }
                         None => pc = *target,
@@ -531,7 +538,7 @@ impl Plan {
             }
         }
         let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
-        (units.saturating_mul(2) < budget_units && out.len() <= max_bytes).then_some(out)
+        (units.saturating_mul(2) < budget_units && out.len() <= max_bytes).then_some(())
     }
 
     /// What minijinja's default formatter writes for the kinds modelled: strings (escaped
@@ -789,8 +796,12 @@ fn apply<'a>(
     };
     Some(match filter {
         // The value is never undefined here (a missing one makes the evaluator give up), so
-        // `default` returns it as it is.
-        Filter::Default => value,
+        // `default` returns it as it is; but minijinja charges fuel per item of a filter's
+        // list or map result, which the plan does not count: those are left to it.
+        Filter::Default => match value {
+            V::List(_) | V::Object(_) => return None,
+            value => value,
+        },
         Filter::Title => V::Owned(
             minijinja::filters::title(std::borrow::Cow::Borrowed(value.text()?.0)),
             false,

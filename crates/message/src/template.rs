@@ -609,6 +609,21 @@ impl CompiledCampaign {
         ctx: &'a RecipientContext,
         literals: Option<&mut Vec<crate::mime::LiteralAt<'a>>>,
     ) -> Option<String> {
+        let mut out = String::with_capacity(16 * 1024);
+        self.render_plan_into(part, recipient, ctx, &mut out, literals)?;
+        Some(out)
+    }
+
+    /// [`CompiledCampaign::render_plan`] into `out`, which holds what was written when the
+    /// plan gives up.
+    fn render_plan_into<'a>(
+        &'a self,
+        part: TemplatePart,
+        recipient: &Recipient,
+        ctx: &'a RecipientContext,
+        out: &mut String,
+        literals: Option<&mut Vec<crate::mime::LiteralAt<'a>>>,
+    ) -> Option<()> {
         let plan = self.plans[part as usize].as_ref()?;
         let clicks = |index: usize| -> Option<(&str, bool)> {
             let link = self.tracked_links.get(index)?;
@@ -660,7 +675,13 @@ impl CompiledCampaign {
             clicks: &clicks,
             date: &date,
         };
-        plan.render(&data, self.fuel_units, self.max_rendered_bytes, literals)
+        plan.render_into(
+            &data,
+            self.fuel_units,
+            self.max_rendered_bytes,
+            out,
+            literals,
+        )
     }
 
     /// Whether `part` has a plan (it may still leave a recipient to minijinja).
@@ -1977,5 +1998,130 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A campaign whose text part is `text`, undefined variables strict or lenient.
+    fn text_campaign(text: &str, strict: bool, settings: &MessageSettings) -> CompiledCampaign {
+        let doc: CampaignDocument = serde_json::from_value(json!({
+            "name": "Plans",
+            "from": {"email": "news@shop.example"},
+            "templates": {
+                "subject": "Hi",
+                "text": text,
+                "undefined_variables": if strict { "strict" } else { "lenient" }
+            },
+            "tracking": {"opens": false, "clicks": false}
+        }))
+        .unwrap();
+        CompiledCampaign::compile(&doc, settings).unwrap()
+    }
+
+    /// A name `{% set %}` in a loop body is gone in the next iteration (minijinja clears the
+    /// loop frame's locals per item): a later read finds the outer value, the recipient's
+    /// field, or nothing. Seen to fail with the locals kept across iterations.
+    #[test]
+    fn a_name_set_in_a_loop_body_is_gone_in_the_next_iteration() {
+        let ctx = substitution_context("https://m.shop.example/u/T");
+        let cases = [
+            (
+                "{% set x = 'top' %}{% for b in items %}{{ x }}{% set x = b %};{% endfor %}",
+                json!({"email": "a@shop.example", "items": ["p", "q", "r"]}),
+            ),
+            (
+                "{{ first_name }}|{% for book in books %}{% if loop.first %}{% set first_name = book %}{% endif %}{{ first_name }};{% endfor %}",
+                json!({"email": "a@shop.example", "first_name": "Amelia", "books": ["Orchard", "Winter"]}),
+            ),
+        ];
+        for (template, recipient) in cases {
+            for strict in [false, true] {
+                let compiled = text_campaign(template, strict, &MessageSettings::default());
+                let recipient: Recipient = serde_json::from_value(recipient.clone()).unwrap();
+                let root = compiled.root_context(&recipient, &ctx);
+                let planned = compiled
+                    .render_plan(TemplatePart::Text, &recipient, &ctx, None)
+                    .expect("rendered by the plan");
+                assert_eq!(
+                    Ok(planned),
+                    engine_render(&compiled, TemplatePart::Text, &root),
+                    "{template}"
+                );
+            }
+        }
+        // Set in the first iteration only and read in every one: undefined from the second
+        // on, which is minijinja's to print (lenient) or refuse (strict).
+        let template = "{% for x in xs %}{% if loop.first %}{% set seen = x %}{% endif %}[{{ seen }}]{% endfor %}";
+        let recipient: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "xs": ["a", "b"]})).unwrap();
+        for strict in [false, true] {
+            let compiled = text_campaign(template, strict, &MessageSettings::default());
+            assert_eq!(
+                compiled.render_plan(TemplatePart::Text, &recipient, &ctx, None),
+                None
+            );
+            let rendered = compiled
+                .render(&recipient, &ctx)
+                .map(|message| message.text);
+            match strict {
+                false => assert_eq!(rendered.unwrap().as_deref(), Some("[a][]")),
+                true => assert!(rendered.is_err(), "strict: `seen` is undefined"),
+            }
+        }
+    }
+
+    /// A plan stops at the output limit while it writes, in a template without a loop too:
+    /// many prints of one large field leave at most one print past the limit, not the whole
+    /// output (hundreds of MB at the allowed sizes). Seen to fail with the check only on a
+    /// loop's back edge (all 400 prints were written).
+    #[test]
+    fn a_plan_without_a_loop_stops_at_the_output_limit_while_it_writes() {
+        let settings = MessageSettings {
+            max_rendered_bytes: 100_000,
+            ..MessageSettings::default()
+        };
+        let compiled = text_campaign(&"{{ bio }}".repeat(400), false, &settings);
+        let ctx = substitution_context("https://m.shop.example/u/T");
+        let field = 30_000;
+        let recipient: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "bio": "x".repeat(field)}))
+                .unwrap();
+        let mut out = String::new();
+        assert_eq!(
+            compiled.render_plan_into(TemplatePart::Text, &recipient, &ctx, &mut out, None),
+            None
+        );
+        assert!(
+            out.len() <= settings.max_rendered_bytes + field,
+            "{} bytes written before giving up",
+            out.len()
+        );
+        assert!(matches!(
+            compiled.render(&recipient, &ctx),
+            Err(RenderError::LimitExceeded { .. })
+        ));
+    }
+
+    /// minijinja charges fuel for each item of a list a filter returns; a plan does not count
+    /// it, so `default` of a list is left to minijinja, which runs out of fuel where the plan
+    /// would have rendered. Seen to fail with `default` passing lists through.
+    #[test]
+    fn default_of_a_list_is_left_to_minijinja_which_charges_its_items() {
+        let settings = MessageSettings {
+            fuel: 1_000,
+            ..MessageSettings::default()
+        };
+        let compiled = text_campaign(
+            "{% if items | default('') %}yes{% endif %}",
+            false,
+            &settings,
+        );
+        let ctx = substitution_context("https://m.shop.example/u/T");
+        let items: Vec<i64> = (0..3_000).collect();
+        let recipient: Recipient =
+            serde_json::from_value(json!({"email": "a@shop.example", "items": items})).unwrap();
+        assert_eq!(
+            compiled.render_plan(TemplatePart::Text, &recipient, &ctx, None),
+            None
+        );
+        assert!(compiled.render(&recipient, &ctx).is_err(), "out of fuel");
     }
 }

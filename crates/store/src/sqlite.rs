@@ -44,6 +44,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// A single write statement still goes through `begin_write` here: run on its own, it
+    /// would start as a reader and fail with SQLITE_BUSY (no busy wait) when another writer
+    /// committed before it took the write lock.
+    const ONE_STATEMENT_COMMITS: bool = false;
+
     /// Write transactions take SQLite's write lock up front (`BEGIN IMMEDIATE`): a deferred
     /// transaction that reads first and writes later fails with SQLITE_BUSY when another
     /// writer got in between, instead of waiting its turn.

@@ -289,12 +289,8 @@ impl DeliveryRepository for Store {
             return Ok(());
         }
         let now = DbTime::now();
-        let mut tx = self.begin_write().await?;
         // Sent is nearly every outcome: one statement per chunk of them, not one round
-        // trip each. Only recipients still in flight change; a final state is never
-        // rewritten, except that a message the server accepted is recorded as sent even
-        // if the campaign was cancelled meanwhile: the report must say what really
-        // happened.
+        // trip each.
         let sent: Vec<(RecipientId, &str)> = outcomes
             .iter()
             .filter_map(|outcome| match &outcome.result {
@@ -302,37 +298,19 @@ impl DeliveryRepository for Store {
                 _ => None,
             })
             .collect();
+        // The usual group commit, only sent outcomes and few enough for one statement: that
+        // statement is the transaction where the backend lets it be. Every message in
+        // flight waits for its outcome's commit, so its round trips are the worker's rate.
+        if Store::ONE_STATEMENT_COMMITS
+            && sent.len() == outcomes.len()
+            && sent.len() <= SENT_PER_STATEMENT
+        {
+            record_sent(now, &sent).build().execute(&self.pool).await?;
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
         for chunk in sent.chunks(SENT_PER_STATEMENT) {
-            let mut builder = QueryBuilder::<Db>::new(
-                "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = sent.column2, \
-                 last_error = NULL, next_attempt_at = NULL, sent_at = ",
-            );
-            builder
-                .push_bind(now)
-                .push(", updated_at = ")
-                .push_bind(now)
-                .push(" FROM (VALUES ");
-            // A VALUES list, not a UNION ALL of SELECTs: when a cancel has locked some of
-            // these rows, PostgreSQL re-checks each row it waited for against the joined
-            // row, and with a UNION ALL it lost all but one of them (the message was sent,
-            // the row stayed `cancelled`). VALUES columns are `column1`, `column2` on both
-            // backends.
-            for (index, (id, reply)) in chunk.iter().enumerate() {
-                if index > 0 {
-                    builder.push(", ");
-                }
-                builder
-                    .push("(")
-                    .push_bind(*id)
-                    .push(", ")
-                    .push_bind(*reply)
-                    .push(")");
-            }
-            builder.push(
-                ") AS sent WHERE recipients.id = sent.column1 \
-                 AND recipients.status IN ('pending', 'deferred', 'cancelled')",
-            );
-            builder.build().execute(&mut *tx).await?;
+            record_sent(now, chunk).build().execute(&mut *tx).await?;
         }
         for outcome in outcomes {
             let query = match &outcome.result {
@@ -424,4 +402,40 @@ impl DeliveryRepository for Store {
             send_pass: u32::try_from(send_pass + 1).unwrap_or(0),
         }))
     }
+}
+
+/// The UPDATE recording `sent` outcomes (recipient, server reply). Only recipients still in
+/// flight change; a final state is never rewritten, except that a message the server accepted
+/// is recorded as sent even if the campaign was cancelled meanwhile: the report must say what
+/// really happened.
+fn record_sent(now: DbTime, sent: &[(RecipientId, &str)]) -> QueryBuilder<Db> {
+    let mut builder = QueryBuilder::<Db>::new(
+        "UPDATE recipients SET status = 'sent', attempts = attempts + 1, smtp_reply = sent.column2, \
+         last_error = NULL, next_attempt_at = NULL, sent_at = ",
+    );
+    builder
+        .push_bind(now)
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" FROM (VALUES ");
+    // A VALUES list, not a UNION ALL of SELECTs: when a cancel has locked some of these rows,
+    // PostgreSQL re-checks each row it waited for against the joined row, and with a UNION
+    // ALL it lost all but one of them (the message was sent, the row stayed `cancelled`).
+    // VALUES columns are `column1`, `column2` on both backends.
+    for (index, (id, reply)) in sent.iter().enumerate() {
+        if index > 0 {
+            builder.push(", ");
+        }
+        builder
+            .push("(")
+            .push_bind(*id)
+            .push(", ")
+            .push_bind(*reply)
+            .push(")");
+    }
+    builder.push(
+        ") AS sent WHERE recipients.id = sent.column1 \
+         AND recipients.status IN ('pending', 'deferred', 'cancelled')",
+    );
+    builder
 }

@@ -1,8 +1,8 @@
 //! The SQL both backends run, written once as ordinary Rust over a `Db` type. `sqlite.rs` and
 //! `postgres.rs` each include this module (`#[path = "sql/mod.rs"]`) after declaring what
-//! differs: `Db` (the sqlx database), `Store` (their store type, with `pool` and
-//! `begin_write`), `HOUR_OF_OCCURRED_AT`, and the `locked!` macro that adds the row lock to a
-//! select. Everything else, SQL text included, is the same for both.
+//! differs: `Db` (the sqlx database), `Store` (their store type, with `pool`, `begin_write`
+//! and `ONE_STATEMENT_COMMITS`), `HOUR_OF_OCCURRED_AT`, and the `locked!` macro that adds the
+//! row lock to a select. Everything else, SQL text included, is the same for both.
 
 mod ab_tests;
 mod admin;
