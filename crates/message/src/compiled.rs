@@ -401,12 +401,25 @@ impl Plan {
         let mut pc = 0;
         while let Some(op) = self.ops.get(pc) {
             // Past the budget, minijinja decides (it stops for fuel or the output limit).
-            // Checked before every operation, not only on a loop's back edge: a template of
-            // many prints of one large field has no loop, and must not build hundreds of MB
-            // first. At most one write passes the limit.
-            let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
-            if units.saturating_mul(2) >= budget_units || out.len() > max_bytes {
-                return None;
+            // Checked before every operation that writes or filters, not only on a loop's back
+            // edge: a template of many prints of one large field has no loop, and must not
+            // build hundreds of MB first. At most one write passes the limit. The operations
+            // in between only look values up or move the counter on, and the count only grows,
+            // so the check before the next write (or the last one) sees them.
+            if matches!(
+                op,
+                Op::EmitRaw(_)
+                    | Op::EmitEncoded(_)
+                    | Op::Emit
+                    | Op::LookupEmit(_)
+                    | Op::Filter(..)
+                    | Op::FilterEmit(..)
+                    | Op::Jump(_)
+            ) {
+                let units = executed * UNITS_PER_INSTRUCTION + out.len() as u64 + filter_bytes;
+                if units.saturating_mul(2) >= budget_units || out.len() > max_bytes {
+                    return None;
+                }
             }
             executed += 1;
             pc += 1;
