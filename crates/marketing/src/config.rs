@@ -549,23 +549,38 @@ pub struct WorkerArgs {
     /// Messages a worker may have handed to the transport whose outcome is not committed yet:
     /// the most duplicates a crash of it can cause, and the most messages that can still go
     /// out after a pause or cancel is acknowledged. More than SMTP_CONNECTIONS keeps every
-    /// connection busy while outcomes are committed. Unset: 4 × SMTP_CONNECTIONS.
+    /// connection busy while outcomes are committed. Unset: 4 × SMTP_CONNECTIONS on SQLite,
+    /// 8 × on PostgreSQL.
     #[arg(long, env = "MAX_IN_FLIGHT", value_parser = max_in_flight)]
     pub max_in_flight: Option<usize>,
 }
 
 /// Messages in flight per SMTP connection when MAX_IN_FLIGHT is unset: enough that a
-/// connection has its next message while earlier outcomes wait for their group commit
-/// (docs/BENCHMARKS.md, "Messages in flight").
-pub const IN_FLIGHT_PER_CONNECTION: usize = 4;
+/// connection has its next message while earlier ones wait for their status check and their
+/// outcomes for their group commit. SQLite answers in-process; on PostgreSQL every message
+/// holds its slot for several round trips to the server (the status read, the commit and its
+/// WAL flush), so the slots, not the connections, set the rate there: twice as many gave
+/// +15–23 % msg/s (docs/BENCHMARKS.md, "Where a PostgreSQL `send` waits"). On SQLite more
+/// slots gave ~nothing and raised the peak memory of a 1,000,000-recipient send past 64 MB.
+pub fn in_flight_per_connection(database: &store::Database) -> usize {
+    match database {
+        store::Database::Sqlite(_) => 4,
+        store::Database::Postgres(_) => 8,
+    }
+}
 
 fn max_in_flight(value: &str) -> Result<usize, String> {
     whole_number("MAX_IN_FLIGHT", value, 1..=4096).map(|n| n as usize)
 }
 
 impl WorkerArgs {
-    /// The worker's configuration; `smtp_connections` sets the default of MAX_IN_FLIGHT.
-    pub fn config(&self, smtp_connections: usize) -> processor::WorkerConfig {
+    /// The worker's configuration; `smtp_connections` and the database set the default of
+    /// MAX_IN_FLIGHT.
+    pub fn config(
+        &self,
+        smtp_connections: usize,
+        database: &store::Database,
+    ) -> processor::WorkerConfig {
         let mut config = processor::WorkerConfig::new(
             self.worker_id
                 .clone()
@@ -576,7 +591,7 @@ impl WorkerArgs {
         config.max_tasks = self.worker_tasks;
         config.in_flight = self
             .max_in_flight
-            .unwrap_or(IN_FLIGHT_PER_CONNECTION * smtp_connections);
+            .unwrap_or(in_flight_per_connection(database) * smtp_connections);
         config.shutdown_grace = std::time::Duration::from_secs_f64(self.shutdown_grace);
         config
     }

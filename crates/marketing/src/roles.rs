@@ -114,7 +114,7 @@ pub async fn serve(
     .await?;
     let worker = components.task_processor(
         "serve",
-        worker_args.config(transport_args.smtp_connections),
+        worker_args.config(transport_args.smtp_connections, &database),
         api_args.limits.max_batch_size,
         Some(waker),
     );
@@ -243,7 +243,7 @@ async fn run_task_processor(
     });
     let worker = components.task_processor(
         role,
-        worker_args.config(transport_args.smtp_connections),
+        worker_args.config(transport_args.smtp_connections, &database),
         limits.max_batch_size,
         waker,
     );

@@ -113,7 +113,7 @@ pub async fn send(
     let transport = components.transport.clone();
     let worker = components.task_processor(
         "send",
-        worker_args.config(transport_args.smtp_connections),
+        worker_args.config(transport_args.smtp_connections, &database),
         limits.max_batch_size,
         Some(waker),
     );

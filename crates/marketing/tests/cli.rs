@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use testkit::process::Process;
 
-use support::{BINARY, example};
+use support::{BINARY, example, with_database};
 
 mod support;
 
@@ -1111,4 +1111,45 @@ async fn metrics_bind_moves_the_api_metrics_to_their_own_listener_or_turns_them_
         "{}",
         process.log()
     );
+}
+
+/// MAX_IN_FLIGHT unset is 4 messages per SMTP connection on SQLite and 8 on PostgreSQL, where
+/// every message holds its slot for round trips to the server; set, it is what was asked. Read
+/// from the task processor's start line of `marketing serve`.
+async fn the_in_flight_default_follows_the_database(database: testkit::TestDatabase) {
+    let dir = tempfile::tempdir().unwrap();
+    let per_connection = match database.backend() {
+        testkit::Backend::Sqlite => 4,
+        testkit::Backend::Postgres => 8,
+    };
+    for (name, max_in_flight, expected) in [
+        ("serve-default", None, 3 * per_connection),
+        ("serve-set", Some(5), 5),
+    ] {
+        let mut env = vec![
+            ("DATABASE_URL", database.url().to_string()),
+            ("SMTP_CONNECTIONS", "3".to_string()),
+            (
+                "OUTBOX_DIR",
+                dir.path().join("outbox").display().to_string(),
+            ),
+        ];
+        if let Some(n) = max_in_flight {
+            env.push(("MAX_IN_FLIGHT", n.to_string()));
+        }
+        let mut serve = support::spawn(
+            name,
+            dir.path(),
+            &["serve", "--api-bind", "127.0.0.1:0"],
+            &env,
+        );
+        let in_flight = serve.wait_for_line(" in_flight=", Duration::from_secs(60));
+        assert_eq!(in_flight, expected.to_string(), "{name}");
+        serve.signal("-TERM");
+        assert!(serve.wait_exit(Duration::from_secs(30)).success());
+    }
+}
+
+testkit::backend_suite! {
+    #[tokio::test] with_database => [the_in_flight_default_follows_the_database];
 }
