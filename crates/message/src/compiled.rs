@@ -468,15 +468,7 @@ impl Plan {
                     Constant::None => V::None,
                 }),
                 Op::Filter(filter, arity) => {
-                    // The plan admits one or two arguments (the value and one more).
-                    let argument = match arity {
-                        2 => Some(stack.pop()?),
-                        _ => None,
-                    };
-                    let value = stack.pop()?;
-                    if let Some((s, _)) = value.text() {
-                        filter_bytes += s.len() as u64;
-                    }
+                    let (value, argument) = filter_operands(&mut stack, *arity, &mut filter_bytes)?;
                     let result = apply(data, *filter, value, argument)?;
                     if let Some((s, _)) = result.text() {
                         filter_bytes += s.len() as u64;
@@ -484,14 +476,7 @@ impl Plan {
                     stack.push(result);
                 }
                 Op::FilterEmit(filter, arity) => {
-                    let argument = match arity {
-                        2 => Some(stack.pop()?),
-                        _ => None,
-                    };
-                    let value = stack.pop()?;
-                    if let Some((s, _)) = value.text() {
-                        filter_bytes += s.len() as u64;
-                    }
+                    let (value, argument) = filter_operands(&mut stack, *arity, &mut filter_bytes)?;
                     let before = out.len();
                     write_number(out, *filter, &value, argument)?;
                     filter_bytes += (out.len() - before) as u64;
@@ -783,6 +768,25 @@ fn write_number(
         _ => return None,
     }
     .ok()
+}
+
+/// A filter's value and its argument, taken from the stack (a plan admits one or two
+/// operands: the value and one more); the value's text counts as bytes given to the filter,
+/// as minijinja charges them.
+fn filter_operands<'a>(
+    stack: &mut Vec<V<'a>>,
+    arity: u16,
+    filter_bytes: &mut u64,
+) -> Option<(V<'a>, Option<V<'a>>)> {
+    let argument = match arity {
+        2 => Some(stack.pop()?),
+        _ => None,
+    };
+    let value = stack.pop()?;
+    if let Some((text, _)) = value.text() {
+        *filter_bytes += text.len() as u64;
+    }
+    Some((value, argument))
 }
 
 /// A number operand (`i64` or float); `None` for the rest.
