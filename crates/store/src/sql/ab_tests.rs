@@ -60,19 +60,11 @@ impl AbTestRepository for Store {
         .await?;
         for chunk in slice.chunks(SLICE_PER_STATEMENT) {
             let mut builder = QueryBuilder::<Db>::new(
-                "UPDATE recipients SET variant = slice.column2, ab_hold = 0 FROM (VALUES ",
+                "UPDATE recipients SET variant = slice.column2, ab_hold = 0 FROM (",
             );
-            for (index, (recipient, variant)) in chunk.iter().enumerate() {
-                if index > 0 {
-                    builder.push(", ");
-                }
-                builder
-                    .push("(")
-                    .push_bind(*recipient)
-                    .push(", ")
-                    .push_bind(i32::from(*variant))
-                    .push(")");
-            }
+            builder.push_values(chunk, |mut row, (recipient, variant)| {
+                row.push_bind(*recipient).push_bind(i32::from(*variant));
+            });
             builder
                 .push(
                     ") AS slice WHERE recipients.id = slice.column1 AND recipients.campaign_id = ",

@@ -417,22 +417,14 @@ fn record_sent(now: DbTime, sent: &[(RecipientId, &str)]) -> QueryBuilder<Db> {
         .push_bind(now)
         .push(", updated_at = ")
         .push_bind(now)
-        .push(" FROM (VALUES ");
+        .push(" FROM (");
     // A VALUES list, not a UNION ALL of SELECTs: when a cancel has locked some of these rows,
     // PostgreSQL re-checks each row it waited for against the joined row, and with a UNION
     // ALL it lost all but one of them (the message was sent, the row stayed `cancelled`).
     // VALUES columns are `column1`, `column2` on both backends.
-    for (index, (id, reply)) in sent.iter().enumerate() {
-        if index > 0 {
-            builder.push(", ");
-        }
-        builder
-            .push("(")
-            .push_bind(*id)
-            .push(", ")
-            .push_bind(*reply)
-            .push(")");
-    }
+    builder.push_values(sent, |mut row, (id, reply)| {
+        row.push_bind(*id).push_bind(*reply);
+    });
     builder.push(
         ") AS sent WHERE recipients.id = sent.column1 \
          AND recipients.status IN ('pending', 'deferred', 'cancelled')",
