@@ -997,18 +997,29 @@ mod tests {
         assert_eq!(rendered.text.as_deref(), Some("fine"));
     }
 
-    fn substitution_campaign(html: &str, text: &str, strict: bool) -> CompiledCampaign {
+    /// A campaign without tracking whose text part is `text` (and HTML part `html`, if any),
+    /// undefined variables strict or lenient.
+    fn untracked_campaign(
+        html: Option<&str>,
+        text: &str,
+        strict: bool,
+        settings: &MessageSettings,
+    ) -> CompiledCampaign {
+        let mut templates = json!({
+            "subject": "Hi", "text": text,
+            "undefined_variables": if strict { "strict" } else { "lenient" }
+        });
+        if let Some(html) = html {
+            templates["html"] = json!(html);
+        }
         let doc: CampaignDocument = serde_json::from_value(json!({
-            "name": "Substitution",
+            "name": "Untracked",
             "from": {"email": "news@shop.example"},
-            "templates": {
-                "subject": "Hi", "html": html, "text": text,
-                "undefined_variables": if strict { "strict" } else { "lenient" }
-            },
+            "templates": templates,
             "tracking": {"opens": false, "clicks": false}
         }))
         .unwrap();
-        CompiledCampaign::compile(&doc, &MessageSettings::default()).unwrap()
+        CompiledCampaign::compile(&doc, settings).unwrap()
     }
 
     fn substitution_context(unsubscribe_url: &str) -> RecipientContext {
@@ -1232,7 +1243,12 @@ mod tests {
             fields in proptest::collection::vec(field(), 4),
             url_needs_escaping in proptest::prelude::any::<bool>(),
         ) {
-            let compiled = substitution_campaign(&html, &text, false);
+            let compiled = untracked_campaign(
+                Some(&html),
+                &text,
+                false,
+                &MessageSettings::default(),
+            );
             proptest::prop_assert!(compiled.has_plan(TemplatePart::Html));
             proptest::prop_assert!(compiled.has_plan(TemplatePart::Text));
             let recipient = generated_recipient(fields);
@@ -1749,7 +1765,8 @@ mod tests {
             "{{ range(2) }}",
             "{% for c in city | list %}{{ c }}{% endfor %}",
         ] {
-            let compiled = substitution_campaign(source, source, false);
+            let compiled =
+                untracked_campaign(Some(source), source, false, &MessageSettings::default());
             assert!(!compiled.has_plan(TemplatePart::Html), "{source}");
             assert!(!compiled.has_plan(TemplatePart::Text), "{source}");
             plan_agrees_with_engine(&compiled, &recipient, &ctx).unwrap();
@@ -1767,7 +1784,8 @@ mod tests {
             "{{ campaign.name }}",
             "{% set x = city %}{{ x }}",
         ] {
-            let compiled = substitution_campaign(source, source, false);
+            let compiled =
+                untracked_campaign(Some(source), source, false, &MessageSettings::default());
             assert!(compiled.has_plan(TemplatePart::Html), "{source}");
             assert!(compiled.has_plan(TemplatePart::Text), "{source}");
             let planned = plan_agrees_with_engine(&compiled, &recipient, &ctx).unwrap();
@@ -1775,7 +1793,8 @@ mod tests {
         }
         // In the subset, but what they print is left to minijinja for every recipient.
         for source in ["{{ recipient['city'] }}", "{{ true }}", "{{ none }}"] {
-            let compiled = substitution_campaign(source, source, false);
+            let compiled =
+                untracked_campaign(Some(source), source, false, &MessageSettings::default());
             assert!(compiled.has_plan(TemplatePart::Html), "{source}");
             assert_eq!(
                 compiled.render_plan(TemplatePart::Html, &recipient, &ctx, None),
@@ -1912,7 +1931,8 @@ mod tests {
     fn a_value_the_plan_does_not_print_falls_back_to_minijinja() {
         let source = "<b>{{ city }}</b> {{ n }}\n";
         for strict in [false, true] {
-            let compiled = substitution_campaign(source, source, strict);
+            let compiled =
+                untracked_campaign(Some(source), source, strict, &MessageSettings::default());
             let ctx = substitution_context("https://m.shop.example/u/T");
             for fields in [
                 json!({"email": "a@shop.example", "city": "B&B", "n": false}),
@@ -2000,22 +2020,6 @@ mod tests {
         }
     }
 
-    /// A campaign whose text part is `text`, undefined variables strict or lenient.
-    fn text_campaign(text: &str, strict: bool, settings: &MessageSettings) -> CompiledCampaign {
-        let doc: CampaignDocument = serde_json::from_value(json!({
-            "name": "Plans",
-            "from": {"email": "news@shop.example"},
-            "templates": {
-                "subject": "Hi",
-                "text": text,
-                "undefined_variables": if strict { "strict" } else { "lenient" }
-            },
-            "tracking": {"opens": false, "clicks": false}
-        }))
-        .unwrap();
-        CompiledCampaign::compile(&doc, settings).unwrap()
-    }
-
     /// A name `{% set %}` in a loop body is gone in the next iteration (minijinja clears the
     /// loop frame's locals per item): a later read finds the outer value, the recipient's
     /// field, or nothing. Seen to fail with the locals kept across iterations.
@@ -2034,7 +2038,8 @@ mod tests {
         ];
         for (template, recipient) in cases {
             for strict in [false, true] {
-                let compiled = text_campaign(template, strict, &MessageSettings::default());
+                let compiled =
+                    untracked_campaign(None, template, strict, &MessageSettings::default());
                 let recipient: Recipient = serde_json::from_value(recipient.clone()).unwrap();
                 let root = compiled.root_context(&recipient, &ctx);
                 let planned = compiled
@@ -2053,7 +2058,7 @@ mod tests {
         let recipient: Recipient =
             serde_json::from_value(json!({"email": "a@shop.example", "xs": ["a", "b"]})).unwrap();
         for strict in [false, true] {
-            let compiled = text_campaign(template, strict, &MessageSettings::default());
+            let compiled = untracked_campaign(None, template, strict, &MessageSettings::default());
             assert_eq!(
                 compiled.render_plan(TemplatePart::Text, &recipient, &ctx, None),
                 None
@@ -2078,7 +2083,7 @@ mod tests {
             max_rendered_bytes: 100_000,
             ..MessageSettings::default()
         };
-        let compiled = text_campaign(&"{{ bio }}".repeat(400), false, &settings);
+        let compiled = untracked_campaign(None, &"{{ bio }}".repeat(400), false, &settings);
         let ctx = substitution_context("https://m.shop.example/u/T");
         let field = 30_000;
         let recipient: Recipient =
@@ -2109,7 +2114,8 @@ mod tests {
             fuel: 1_000,
             ..MessageSettings::default()
         };
-        let compiled = text_campaign(
+        let compiled = untracked_campaign(
+            None,
             "{% if items | default('') %}yes{% endif %}",
             false,
             &settings,
