@@ -749,8 +749,38 @@ fn arithmetic<'a>(operation: Arithmetic, lhs: &V<'a>, rhs: &V<'a>) -> Option<V<'
     }))
 }
 
-/// `number` or `currency` appended to `out`, as [`apply`] computes them.
+/// `number` or `currency` appended to `out`, as [`apply`] computes them. An integer or float
+/// without decimals, or with a currency code, is formatted straight from the stack; the
+/// rest goes through minijinja values, as the filters take them.
 fn write_number(
+    out: &mut String,
+    filter: Filter,
+    value: &V<'_>,
+    argument: Option<V<'_>>,
+) -> Option<()> {
+    use crate::values::PlanNumber;
+    let number = match value {
+        V::Int(i) => Some(PlanNumber::Int(*i)),
+        V::Float(f) => Some(PlanNumber::Float(*f)),
+        _ => None,
+    };
+    if let Some(number) = number {
+        match (filter, argument.as_ref().map(V::text)) {
+            (Filter::Number, None) => return crate::values::plan_number_into(out, number),
+            (Filter::Currency, None) => {
+                return crate::values::plan_currency_into(out, number, None);
+            }
+            (Filter::Currency, Some(Some((code, _)))) => {
+                return crate::values::plan_currency_into(out, number, Some(code));
+            }
+            _ => {}
+        }
+    }
+    write_number_by_value(out, filter, value, argument)
+}
+
+/// [`write_number`] through minijinja values.
+fn write_number_by_value(
     out: &mut String,
     filter: Filter,
     value: &V<'_>,
@@ -838,6 +868,76 @@ fn apply<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Values and arguments `number` and `currency` meet: integers and floats of every
+    /// size (not finite ones too), codes of every case, length and kind, safe or not.
+    fn number_operand() -> impl Strategy<Value = V<'static>> {
+        prop_oneof![
+            any::<i64>().prop_map(V::Int),
+            (-1_000_000i64..1_000_000).prop_map(V::Int),
+            any::<f64>().prop_map(V::Float),
+            (-100_000_000i64..100_000_000).prop_map(|cents| V::Float(cents as f64 / 100.0)),
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(-0.0),
+                Just(-0.004)
+            ]
+            .prop_map(V::Float),
+        ]
+    }
+
+    fn filter_argument() -> impl Strategy<Value = Option<V<'static>>> {
+        let code = prop_oneof![
+            Just("GBP"),
+            Just("eur"),
+            Just("Jpy"),
+            Just("CHF"),
+            Just("usd"),
+            Just("KRW"),
+            Just("INR"),
+            Just("NZD"),
+            Just("GB"),
+            Just("GBPX"),
+            Just("G1P"),
+            Just("ÉUR"),
+            Just(""),
+        ];
+        prop_oneof![
+            Just(None),
+            (code, any::<bool>()).prop_map(|(code, safe)| Some(V::Str(code, safe))),
+            (code_owned(), any::<bool>()).prop_map(|(code, safe)| Some(V::Owned(code, safe))),
+            (0i64..25).prop_map(|decimals| Some(V::Int(decimals))),
+            Just(Some(V::Float(2.0))),
+            Just(Some(V::Bool(true))),
+        ]
+    }
+
+    fn code_owned() -> impl Strategy<Value = String> {
+        "[a-zA-Z]{3}"
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// `number` and `currency` formatted straight from the stack write what they write
+        /// through minijinja values, and fail where those fail.
+        #[test]
+        fn numbers_from_the_stack_write_what_values_write(
+            value in number_operand(),
+            argument in filter_argument(),
+            currency in any::<bool>(),
+        ) {
+            let filter = if currency { Filter::Currency } else { Filter::Number };
+            let mut direct = String::from("x");
+            let direct_result = write_number(&mut direct, filter, &value, argument.clone());
+            let mut by_value = String::from("x");
+            let by_value_result = write_number_by_value(&mut by_value, filter, &value, argument);
+            prop_assert_eq!(direct_result, by_value_result);
+            prop_assert_eq!(direct, by_value);
+        }
+    }
 
     proptest::proptest! {
         /// The plans' HTML escaping writes what minijinja's `HtmlEscape` writes, for any text.
