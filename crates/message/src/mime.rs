@@ -68,7 +68,6 @@ pub(crate) fn build(
     options: &BuildOptions,
     literals: &BodyLiterals<'_>,
 ) -> Result<OutgoingMessage, BuildError> {
-    let from = &campaign.from;
     let headers = &campaign.headers;
     for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
         if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
@@ -197,8 +196,11 @@ pub(crate) fn build(
         (None, None) => return Err(BuildError::NoBody),
     }
 
-    let envelope_from = options.envelope_from.as_ref().unwrap_or(&from.email);
-    let envelope = Envelope::new(envelope_from.as_str(), [message.to.as_str()])?;
+    let envelope = match &options.envelope_from {
+        Some(envelope_from) => Envelope::new(envelope_from.as_str(), [message.to.as_str()])?,
+        // The From address, checked when the campaign was compiled.
+        None => Envelope::with_return_path(&campaign.return_path, [message.to.as_str()])?,
+    };
     Ok(OutgoingMessage::new(envelope, out.into_bytes()).with_ids(campaign_id, recipient_id))
 }
 

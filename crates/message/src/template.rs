@@ -2,7 +2,7 @@
 //! them for one recipient.
 
 use crate::values;
-use campaign::{CampaignDocument, CampaignId, Mailbox, Recipient, RecipientId, UndefinedVariables};
+use campaign::{CampaignDocument, CampaignId, Recipient, RecipientId, UndefinedVariables};
 use minijinja::value::{Enumerator, Object, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
@@ -191,7 +191,9 @@ pub struct CompiledCampaign {
     has_html: bool,
     has_text: bool,
     campaign: Value,
-    pub(crate) from: Mailbox,
+    /// The From address checked as an envelope's return path, once: the return path of
+    /// every message built without another.
+    pub(crate) return_path: crate::outgoing::ReturnPath,
     max_rendered_bytes: usize,
     /// The HTML template's tracked links (rewritten to read `_tracking.clicks[N]`).
     tracked_links: Vec<crate::tracking::TemplateLink>,
@@ -362,7 +364,7 @@ impl CompiledCampaign {
             has_html: templates.html.is_some(),
             has_text: templates.text.is_some(),
             campaign,
-            from: doc.from.clone(),
+            return_path: crate::outgoing::ReturnPath::parse(doc.from.email.as_str()),
             max_rendered_bytes: settings.max_rendered_bytes,
             tracked_links,
             tracks_opens,
