@@ -43,6 +43,14 @@ enum Op {
     /// A `Lookup` whose value the next instruction (an `Emit`) prints: both done at once,
     /// without the stack. The `Emit` stays in place for jumps that land on it.
     LookupEmit(Variable),
+    /// A `Lookup` and the `GetAttr`s that follow it (`book.title`, `campaign.metadata.issue`),
+    /// done at once without the stack, and the value printed when an `Emit` follows them
+    /// (`emit`). The operations it covers stay in place for jumps that land on them.
+    LookupPath {
+        variable: Variable,
+        attributes: Vec<String>,
+        emit: bool,
+    },
     GetAttr(String),
     GetItem,
     LoadConst(Constant),
@@ -330,9 +338,13 @@ impl Plan {
             ops.push(op);
             index += 1;
         }
+        fuse_lookup_paths(&mut ops);
         let has_loops = ops.contains(&Op::PushLoop);
         for op in &mut ops {
-            if let Op::Lookup(variable) | Op::LookupEmit(variable) = op {
+            if let Op::Lookup(variable)
+            | Op::LookupEmit(variable)
+            | Op::LookupPath { variable, .. } = op
+            {
                 variable.may_be_local =
                     (has_loops && variable.name == "loop") || stores.contains(&variable.name);
             }
@@ -412,6 +424,7 @@ impl Plan {
                     | Op::EmitEncoded(_)
                     | Op::Emit
                     | Op::LookupEmit(_)
+                    | Op::LookupPath { .. }
                     | Op::Filter(..)
                     | Op::FilterEmit(..)
                     | Op::Jump(_)
@@ -450,6 +463,25 @@ impl Plan {
                     // The `Emit` is done: count it as run.
                     executed += 1;
                     pc += 1;
+                }
+                Op::LookupPath {
+                    variable,
+                    attributes,
+                    emit,
+                } => {
+                    let mut value = lookup(data, &frames, variable)?;
+                    for name in attributes {
+                        value = get_attr(data, &frames, value, name)?;
+                    }
+                    if *emit {
+                        self.emit(out, &value)?;
+                    } else {
+                        stack.push(value);
+                    }
+                    // The `GetAttr`s (and the `Emit`) are done: count them as run.
+                    let covered = attributes.len() + usize::from(*emit);
+                    executed += covered as u64;
+                    pc += covered;
                 }
                 Op::GetAttr(name) => {
                     let value = get_attr(data, &frames, stack.pop()?, name)?;
@@ -555,6 +587,33 @@ impl Plan {
                 }
             }
         }
+    }
+}
+
+/// Each `Lookup` followed by `GetAttr`s becomes a [`Op::LookupPath`] (printing the value when
+/// an `Emit` follows them); the operations it covers are left where they are, so a jump into
+/// the middle of the path runs them one by one as before.
+fn fuse_lookup_paths(ops: &mut [Op]) {
+    for index in 0..ops.len() {
+        let Op::Lookup(variable) = &ops[index] else {
+            continue;
+        };
+        let attributes: Vec<String> = ops[index + 1..]
+            .iter()
+            .map_while(|op| match op {
+                Op::GetAttr(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if attributes.is_empty() {
+            continue;
+        }
+        let emit = ops.get(index + 1 + attributes.len()) == Some(&Op::Emit);
+        ops[index] = Op::LookupPath {
+            variable: variable.clone(),
+            attributes,
+            emit,
+        };
     }
 }
 

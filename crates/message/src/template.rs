@@ -1476,7 +1476,7 @@ mod tests {
     }
 
     /// Expressions printed in the generated templates: in the plans' subset and outside it.
-    const PLAN_EXPRESSIONS: [&str; 40] = [
+    const PLAN_EXPRESSIONS: [&str; 42] = [
         "first_name",
         "city",
         "n",
@@ -1486,6 +1486,9 @@ mod tests {
         "unsubscribe_url",
         "user.name",
         "user.address.city",
+        // A jump into the middle of an attribute path (the `else` side's).
+        "(user.address if n else user.address).city",
+        "(user if x else user.address).city",
         "user['name']",
         "items[0].name",
         "items[1]",
@@ -1533,7 +1536,7 @@ mod tests {
 
     /// Expressions a plan renders for every [`typed_recipient`]: in the subset, and printing
     /// only strings and integers.
-    const TYPED_EXPRESSIONS: [&str; 24] = [
+    const TYPED_EXPRESSIONS: [&str; 25] = [
         "first_name",
         "city",
         "n",
@@ -1542,6 +1545,7 @@ mod tests {
         "unsubscribe_url",
         "user.name",
         "user.address.city",
+        "(user.address if n else user.address).city",
         "user['name']",
         "items[0].name",
         "campaign.name",
