@@ -63,7 +63,8 @@ enum Op {
     JumpIfFalse(usize),
     PushLoop,
     Iterate(usize),
-    StoreLocal(String),
+    /// The local of this [`LocalName`].
+    StoreLocal(LocalName),
     PopLoopFrame,
 }
 
@@ -75,7 +76,15 @@ struct Variable {
     /// Whether a frame can hold it: the template stores a local of that name, or it is
     /// `loop` in a template with loops. Otherwise the frames are not searched.
     may_be_local: bool,
+    /// The local of that name, when the template stores one: locals are found by this
+    /// number rather than by comparing names.
+    local: Option<LocalName>,
+    /// Whether it is `loop`, which a loop frame answers after its locals.
+    is_loop: bool,
 }
+
+/// A local variable's name, as its place in the plan's list of the names it stores.
+type LocalName = u32;
 
 /// What a name is in the template's root namespace.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,6 +137,8 @@ pub(crate) struct Plan {
     /// it (`EmitEncoded`).
     literals: Vec<(String, EncodedLiteral)>,
     escape_html: bool,
+    /// How deep its loops nest.
+    loop_depth: usize,
     /// Whether it calls `date` (which needs the campaign's date helper).
     pub(crate) uses_date: bool,
 }
@@ -224,7 +235,7 @@ impl<'a> V<'a> {
 
 /// A loop's (or the top level's) local variables.
 struct Frame<'a> {
-    locals: Vec<(&'a str, V<'a>)>,
+    locals: Vec<(LocalName, V<'a>)>,
     items: &'a [Json],
     /// How many items were taken.
     taken: usize,
@@ -285,6 +296,8 @@ impl Plan {
                         },
                         // Set below, once every local is known.
                         may_be_local: true,
+                        local: None,
+                        is_loop: *name == "loop",
                     };
                     match instructions.get(index + 1) {
                         Some(Instruction::Emit) => Op::LookupEmit(variable),
@@ -326,8 +339,14 @@ impl Plan {
                 }
                 Instruction::Iterate(target) => Op::Iterate(*target as usize),
                 Instruction::StoreLocal(name) => {
-                    stores.push(name.to_string());
-                    Op::StoreLocal(name.to_string())
+                    let local = match stores.iter().position(|store| store == name) {
+                        Some(local) => local,
+                        None => {
+                            stores.push(name.to_string());
+                            stores.len() - 1
+                        }
+                    };
+                    Op::StoreLocal(LocalName::try_from(local).ok()?)
                 }
                 Instruction::PopLoopFrame => {
                     depth = depth.checked_sub(1)?;
@@ -345,8 +364,11 @@ impl Plan {
             | Op::LookupEmit(variable)
             | Op::LookupPath { variable, .. } = op
             {
-                variable.may_be_local =
-                    (has_loops && variable.name == "loop") || stores.contains(&variable.name);
+                variable.local = stores
+                    .iter()
+                    .position(|store| *store == variable.name)
+                    .and_then(|local| LocalName::try_from(local).ok());
+                variable.may_be_local = (has_loops && variable.is_loop) || variable.local.is_some();
             }
         }
         // minijinja counts a frame per loop against the recursion limit: keep well inside it
@@ -366,6 +388,7 @@ impl Plan {
             ops,
             literals,
             escape_html,
+            loop_depth: max_depth,
             uses_date,
         })
     }
@@ -403,11 +426,13 @@ impl Plan {
         mut literals: Option<&mut Vec<LiteralAt<'p>>>,
     ) -> Option<()> {
         let mut stack: Vec<V<'a>> = Vec::with_capacity(8);
-        let mut frames: Vec<Frame<'a>> = vec![Frame {
+        // Room for the top level and every loop frame: no reallocation when a loop starts.
+        let mut frames: Vec<Frame<'a>> = Vec::with_capacity(self.loop_depth + 1);
+        frames.push(Frame {
             locals: Vec::new(),
             items: &[],
             taken: 0,
-        }];
+        });
         let mut executed: u64 = 0;
         let mut filter_bytes: u64 = 0;
         let mut pc = 0;
@@ -554,9 +579,9 @@ impl Plan {
                 Op::StoreLocal(name) => {
                     let value = stack.pop()?;
                     let locals = &mut frames.last_mut()?.locals;
-                    match locals.iter_mut().find(|(local, _)| *local == name.as_str()) {
+                    match locals.iter_mut().find(|(local, _)| local == name) {
                         Some((_, slot)) => *slot = value,
-                        None => locals.push((name, value)),
+                        None => locals.push((*name, value)),
                     }
                 }
                 Op::PopLoopFrame => {
@@ -711,12 +736,13 @@ fn constant(value: &Value) -> Option<Constant> {
 /// recipient's fields); a name found nowhere (a global, or undefined) is left to minijinja.
 fn lookup<'a>(data: &Data<'a>, frames: &[Frame<'a>], variable: &Variable) -> Option<V<'a>> {
     if variable.may_be_local {
-        let name = variable.name.as_str();
         for (depth, frame) in frames.iter().enumerate().rev() {
-            if let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name) {
+            if let Some(name) = variable.local
+                && let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name)
+            {
                 return Some(value.clone());
             }
-            if depth > 0 && name == "loop" {
+            if depth > 0 && variable.is_loop {
                 return Some(V::Loop(depth));
             }
         }
