@@ -568,23 +568,26 @@ impl CompiledCampaign {
         root: &mut Option<Value>,
         literals: Option<&mut Vec<crate::mime::LiteralAt<'a>>>,
     ) -> Result<String, RenderError> {
-        let template = self
-            .env
-            .get_template(part.name())
-            .map_err(|err| render_error(part, "", &err))?;
         // A panic in a filter or function is this recipient's failure, never the caller's.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Some(output) = self.render_plan(part, recipient, ctx, literals) {
                 return Ok(output);
             }
+            // Looked up only for minijinja: a part with a plan was found when the plan was
+            // made, and the environment does not change.
+            let template = self
+                .env
+                .get_template(part.name())
+                .map_err(|err| render_error(part, "", &err))?;
             let root = root.get_or_insert_with(|| self.root_context(recipient, ctx));
-            template.render(root.clone())
+            template
+                .render(root.clone())
+                .map_err(|err| render_error(part, template.source(), &err))
         }))
         .map_err(|panic| RenderError::Panicked {
             template: part,
             detail: panic_message(panic.as_ref()),
-        })?
-        .map_err(|err| render_error(part, template.source(), &err))?;
+        })??;
         if output.len() > self.max_rendered_bytes {
             return Err(RenderError::LimitExceeded {
                 template: part,
