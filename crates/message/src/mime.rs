@@ -320,6 +320,24 @@ const LINE: usize = 78;
 /// A header whose value is folded at its spaces (RFC 5322 §2.2.3). Its tokens are short by
 /// construction (dates, ids, addresses of at most 254 characters), so no line passes 998.
 fn header(out: &mut String, name: &str, value: &str) {
+    // A value that fits the first line, its words separated by single spaces, is written
+    // as it is: what folding it word by word writes, without a copy call per word.
+    let fits_as_is = name.len() + 2 + value.len() <= LINE
+        && !value.is_empty()
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+        && !value.contains("  ");
+    if fits_as_is {
+        for piece in [name, ": ", value, "\r\n"] {
+            out.push_str(piece);
+        }
+        return;
+    }
+    header_by_words(out, name, value);
+}
+
+/// [`header`], folding the value word by word.
+fn header_by_words(out: &mut String, name: &str, value: &str) {
     let mut col = field_name(out, name);
     for word in value.split(' ').filter(|word| !word.is_empty()) {
         token(out, &mut col, word);
@@ -1289,6 +1307,36 @@ mod tests {
             }
         }
         assert_eq!(literal_run(b""), 0);
+    }
+
+    proptest::proptest! {
+        /// A header written as it is when it fits is the header folded word by word: values
+        /// of words and runs of spaces (leading, trailing, doubled) around the line's length.
+        #[test]
+        fn headers_that_fit_are_written_as_folding_writes_them(
+            name in "[A-Za-z-]{1,20}",
+            words in proptest::collection::vec("[a-z<>@.:+0-9]{1,12}", 0..8),
+            separators in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(" "),
+                proptest::strategy::Just("  "),
+            ], 8),
+            (leading, trailing) in proptest::prelude::any::<(bool, bool)>(),
+            filler in 0usize..70,
+        ) {
+            let mut value = String::from(if leading { " " } else { "" });
+            value.push_str(&"x".repeat(filler));
+            for (word, separator) in words.iter().zip(&separators) {
+                value.push_str(separator);
+                value.push_str(word);
+            }
+            if trailing {
+                value.push(' ');
+            }
+            let (mut as_is, mut by_words) = (String::new(), String::new());
+            header(&mut as_is, &name, &value);
+            header_by_words(&mut by_words, &name, &value);
+            proptest::prop_assert_eq!(as_is, by_words, "{:?}", value);
+        }
     }
 
     #[test]
