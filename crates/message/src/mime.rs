@@ -366,7 +366,7 @@ fn token(out: &mut String, col: &mut usize, token: &str) {
 
 /// An address as the To header carries it: the domain as A-labels when the local part is
 /// ASCII, so the header stays ASCII (and matches the envelope) for an IDN domain.
-fn header_address(address: &str) -> String {
+fn header_address(address: &str) -> std::borrow::Cow<'_, str> {
     // An ASCII address whose domain is lowercase letters, digits, dots and hyphens comes out
     // as it went in, whatever the checks below find: IDNA leaves such a domain as it is (or
     // refuses it, which keeps the address as written), as does a failed parse. Most
@@ -377,9 +377,9 @@ fn header_address(address: &str) -> String {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
     {
-        return address.to_string();
+        return std::borrow::Cow::Borrowed(address);
     }
-    header_address_parsed(address)
+    std::borrow::Cow::Owned(header_address_parsed(address))
 }
 
 fn header_address_parsed(address: &str) -> String {
@@ -1437,14 +1437,17 @@ mod tests {
             for domain in domains {
                 let address = format!("{local}@{domain}");
                 assert_eq!(
-                    header_address(&address),
+                    header_address(&address).into_owned(),
                     header_address_parsed(&address),
                     "{address:?}"
                 );
             }
         }
         for address in ["no-at-sign", "two@at@signs.example"] {
-            assert_eq!(header_address(address), header_address_parsed(address));
+            assert_eq!(
+                header_address(address).into_owned(),
+                header_address_parsed(address)
+            );
         }
     }
 
