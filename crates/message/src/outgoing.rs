@@ -221,10 +221,26 @@ mod tests {
         );
     }
 
-    /// An envelope with a return path checked beforehand is the one `new` builds, or the
-    /// same error: valid, IDN and invalid return paths and recipients, the null path.
+    /// An envelope with a return path checked beforehand is the one the checks of both
+    /// addresses at send time build (the code before the return path was checked once), or
+    /// the same error: valid, IDN and invalid return paths and recipients, the null path.
     #[test]
-    fn a_return_path_checked_once_builds_what_new_builds() {
+    fn a_return_path_checked_once_builds_what_checking_both_builds() {
+        let checking_both = |from: &str, to: &[&str]| -> Result<Envelope, EnvelopeError> {
+            let from = if from.is_empty() {
+                None
+            } else {
+                Some(parse_address(from)?)
+            };
+            let to = to
+                .iter()
+                .map(|address| parse_address(address))
+                .collect::<Result<Vec<_>, _>>()?;
+            if to.is_empty() {
+                return Err(EnvelopeError::NoRecipients);
+            }
+            Ok(Envelope { from, to })
+        };
         let addresses = [
             "",
             "bounce@example.com",
@@ -241,15 +257,22 @@ mod tests {
             for to in addresses {
                 assert_eq!(
                     Envelope::with_return_path(&return_path, [to]),
-                    Envelope::new(from, [to]),
+                    checking_both(from, &[to]),
                     "{from:?} -> {to:?}"
                 );
             }
             assert_eq!(
                 Envelope::with_return_path(&return_path, Vec::<&str>::new()),
-                Envelope::new(from, Vec::<&str>::new()),
+                checking_both(from, &[]),
             );
         }
+        let envelope = Envelope::with_return_path(
+            &ReturnPath::parse("news@bücher.example"),
+            ["reader@example.com"],
+        )
+        .unwrap();
+        assert_eq!(envelope.from(), "news@xn--bcher-kva.example");
+        assert_eq!(envelope.to().collect::<Vec<_>>(), ["reader@example.com"]);
     }
 
     #[test]
