@@ -11,6 +11,11 @@ use serde_json::json;
 use std::hint::black_box;
 use time::macros::datetime;
 
+/// The allocator the shipped binary uses (crates/marketing/src/main.rs), so that a
+/// message's allocations cost here what they cost when the service builds it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fixture() -> (CompiledCampaign, Recipient, RecipientContext, BuildOptions) {
     let doc: CampaignDocument = serde_json::from_value(json!({
         "name": "Riverside Books — December newsletter",

@@ -43,6 +43,14 @@ enum Op {
     /// A `Lookup` whose value the next instruction (an `Emit`) prints: both done at once,
     /// without the stack. The `Emit` stays in place for jumps that land on it.
     LookupEmit(Variable),
+    /// A `Lookup` and the `GetAttr`s that follow it (`book.title`, `campaign.metadata.issue`),
+    /// done at once without the stack, and the value printed when an `Emit` follows them
+    /// (`emit`). The operations it covers stay in place for jumps that land on them.
+    LookupPath {
+        variable: Variable,
+        attributes: Vec<String>,
+        emit: bool,
+    },
     GetAttr(String),
     GetItem,
     LoadConst(Constant),
@@ -55,7 +63,8 @@ enum Op {
     JumpIfFalse(usize),
     PushLoop,
     Iterate(usize),
-    StoreLocal(String),
+    /// The local of this [`LocalName`].
+    StoreLocal(LocalName),
     PopLoopFrame,
 }
 
@@ -67,7 +76,15 @@ struct Variable {
     /// Whether a frame can hold it: the template stores a local of that name, or it is
     /// `loop` in a template with loops. Otherwise the frames are not searched.
     may_be_local: bool,
+    /// The local of that name, when the template stores one: locals are found by this
+    /// number rather than by comparing names.
+    local: Option<LocalName>,
+    /// Whether it is `loop`, which a loop frame answers after its locals.
+    is_loop: bool,
 }
+
+/// A local variable's name, as its place in the plan's list of the names it stores.
+type LocalName = u32;
 
 /// What a name is in the template's root namespace.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,6 +137,8 @@ pub(crate) struct Plan {
     /// it (`EmitEncoded`).
     literals: Vec<(String, EncodedLiteral)>,
     escape_html: bool,
+    /// How deep its loops nest.
+    loop_depth: usize,
     /// Whether it calls `date` (which needs the campaign's date helper).
     pub(crate) uses_date: bool,
 }
@@ -216,7 +235,7 @@ impl<'a> V<'a> {
 
 /// A loop's (or the top level's) local variables.
 struct Frame<'a> {
-    locals: Vec<(&'a str, V<'a>)>,
+    locals: Vec<(LocalName, V<'a>)>,
     items: &'a [Json],
     /// How many items were taken.
     taken: usize,
@@ -277,6 +296,8 @@ impl Plan {
                         },
                         // Set below, once every local is known.
                         may_be_local: true,
+                        local: None,
+                        is_loop: *name == "loop",
                     };
                     match instructions.get(index + 1) {
                         Some(Instruction::Emit) => Op::LookupEmit(variable),
@@ -318,8 +339,14 @@ impl Plan {
                 }
                 Instruction::Iterate(target) => Op::Iterate(*target as usize),
                 Instruction::StoreLocal(name) => {
-                    stores.push(name.to_string());
-                    Op::StoreLocal(name.to_string())
+                    let local = match stores.iter().position(|store| store == name) {
+                        Some(local) => local,
+                        None => {
+                            stores.push(name.to_string());
+                            stores.len() - 1
+                        }
+                    };
+                    Op::StoreLocal(LocalName::try_from(local).ok()?)
                 }
                 Instruction::PopLoopFrame => {
                     depth = depth.checked_sub(1)?;
@@ -330,11 +357,18 @@ impl Plan {
             ops.push(op);
             index += 1;
         }
+        fuse_lookup_paths(&mut ops);
         let has_loops = ops.contains(&Op::PushLoop);
         for op in &mut ops {
-            if let Op::Lookup(variable) | Op::LookupEmit(variable) = op {
-                variable.may_be_local =
-                    (has_loops && variable.name == "loop") || stores.contains(&variable.name);
+            if let Op::Lookup(variable)
+            | Op::LookupEmit(variable)
+            | Op::LookupPath { variable, .. } = op
+            {
+                variable.local = stores
+                    .iter()
+                    .position(|store| *store == variable.name)
+                    .and_then(|local| LocalName::try_from(local).ok());
+                variable.may_be_local = (has_loops && variable.is_loop) || variable.local.is_some();
             }
         }
         // minijinja counts a frame per loop against the recursion limit: keep well inside it
@@ -354,6 +388,7 @@ impl Plan {
             ops,
             literals,
             escape_html,
+            loop_depth: max_depth,
             uses_date,
         })
     }
@@ -391,11 +426,13 @@ impl Plan {
         mut literals: Option<&mut Vec<LiteralAt<'p>>>,
     ) -> Option<()> {
         let mut stack: Vec<V<'a>> = Vec::with_capacity(8);
-        let mut frames: Vec<Frame<'a>> = vec![Frame {
+        // Room for the top level and every loop frame: no reallocation when a loop starts.
+        let mut frames: Vec<Frame<'a>> = Vec::with_capacity(self.loop_depth + 1);
+        frames.push(Frame {
             locals: Vec::new(),
             items: &[],
             taken: 0,
-        }];
+        });
         let mut executed: u64 = 0;
         let mut filter_bytes: u64 = 0;
         let mut pc = 0;
@@ -412,6 +449,7 @@ impl Plan {
                     | Op::EmitEncoded(_)
                     | Op::Emit
                     | Op::LookupEmit(_)
+                    | Op::LookupPath { .. }
                     | Op::Filter(..)
                     | Op::FilterEmit(..)
                     | Op::Jump(_)
@@ -450,6 +488,25 @@ impl Plan {
                     // The `Emit` is done: count it as run.
                     executed += 1;
                     pc += 1;
+                }
+                Op::LookupPath {
+                    variable,
+                    attributes,
+                    emit,
+                } => {
+                    let mut value = lookup(data, &frames, variable)?;
+                    for name in attributes {
+                        value = get_attr(data, &frames, value, name)?;
+                    }
+                    if *emit {
+                        self.emit(out, &value)?;
+                    } else {
+                        stack.push(value);
+                    }
+                    // The `GetAttr`s (and the `Emit`) are done: count them as run.
+                    let covered = attributes.len() + usize::from(*emit);
+                    executed += covered as u64;
+                    pc += covered;
                 }
                 Op::GetAttr(name) => {
                     let value = get_attr(data, &frames, stack.pop()?, name)?;
@@ -522,9 +579,9 @@ impl Plan {
                 Op::StoreLocal(name) => {
                     let value = stack.pop()?;
                     let locals = &mut frames.last_mut()?.locals;
-                    match locals.iter_mut().find(|(local, _)| *local == name.as_str()) {
+                    match locals.iter_mut().find(|(local, _)| local == name) {
                         Some((_, slot)) => *slot = value,
-                        None => locals.push((name, value)),
+                        None => locals.push((*name, value)),
                     }
                 }
                 Op::PopLoopFrame => {
@@ -558,6 +615,33 @@ impl Plan {
     }
 }
 
+/// Each `Lookup` followed by `GetAttr`s becomes a [`Op::LookupPath`] (printing the value when
+/// an `Emit` follows them); the operations it covers are left where they are, so a jump into
+/// the middle of the path runs them one by one as before.
+fn fuse_lookup_paths(ops: &mut [Op]) {
+    for index in 0..ops.len() {
+        let Op::Lookup(variable) = &ops[index] else {
+            continue;
+        };
+        let attributes: Vec<String> = ops[index + 1..]
+            .iter()
+            .map_while(|op| match op {
+                Op::GetAttr(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if attributes.is_empty() {
+            continue;
+        }
+        let emit = ops.get(index + 1 + attributes.len()) == Some(&Op::Emit);
+        ops[index] = Op::LookupPath {
+            variable: variable.clone(),
+            attributes,
+            emit,
+        };
+    }
+}
+
 /// `text` HTML-escaped as minijinja's `HtmlEscape` writes it (the same six characters and
 /// entities), appending the runs between them directly instead of through `fmt::Write`.
 /// Blocks of 16 bytes without any of the six are passed over with one test each.
@@ -582,6 +666,17 @@ pub(crate) fn escape_html(out: &mut String, text: &str) {
                 continue;
             }
             Some(_) => index + 16,
+            // The tail, shorter than a block, is among the text's last 16 bytes (which
+            // overlap the block before it): one test of those passes over a tail without
+            // any of the six (a text this long was not tested as a padded copy above).
+            None if bytes.len() >= 16
+                && !has_html_special(
+                    bytes[bytes.len() - 16..].try_into().unwrap_or(&[b'<'; 16]),
+                ) =>
+            {
+                index = bytes.len();
+                continue;
+            }
             None => bytes.len(),
         };
         while index < block_end {
@@ -652,12 +747,13 @@ fn constant(value: &Value) -> Option<Constant> {
 /// recipient's fields); a name found nowhere (a global, or undefined) is left to minijinja.
 fn lookup<'a>(data: &Data<'a>, frames: &[Frame<'a>], variable: &Variable) -> Option<V<'a>> {
     if variable.may_be_local {
-        let name = variable.name.as_str();
         for (depth, frame) in frames.iter().enumerate().rev() {
-            if let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name) {
+            if let Some(name) = variable.local
+                && let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name)
+            {
                 return Some(value.clone());
             }
-            if depth > 0 && name == "loop" {
+            if depth > 0 && variable.is_loop {
                 return Some(V::Loop(depth));
             }
         }
@@ -749,8 +845,38 @@ fn arithmetic<'a>(operation: Arithmetic, lhs: &V<'a>, rhs: &V<'a>) -> Option<V<'
     }))
 }
 
-/// `number` or `currency` appended to `out`, as [`apply`] computes them.
+/// `number` or `currency` appended to `out`, as [`apply`] computes them. An integer or float
+/// without decimals, or with a currency code, is formatted straight from the stack; the
+/// rest goes through minijinja values, as the filters take them.
 fn write_number(
+    out: &mut String,
+    filter: Filter,
+    value: &V<'_>,
+    argument: Option<V<'_>>,
+) -> Option<()> {
+    use crate::values::PlanNumber;
+    let number = match value {
+        V::Int(i) => Some(PlanNumber::Int(*i)),
+        V::Float(f) => Some(PlanNumber::Float(*f)),
+        _ => None,
+    };
+    if let Some(number) = number {
+        match (filter, argument.as_ref().map(V::text)) {
+            (Filter::Number, None) => return crate::values::plan_number_into(out, number),
+            (Filter::Currency, None) => {
+                return crate::values::plan_currency_into(out, number, None);
+            }
+            (Filter::Currency, Some(Some((code, _)))) => {
+                return crate::values::plan_currency_into(out, number, Some(code));
+            }
+            _ => {}
+        }
+    }
+    write_number_by_value(out, filter, value, argument)
+}
+
+/// [`write_number`] through minijinja values.
+fn write_number_by_value(
     out: &mut String,
     filter: Filter,
     value: &V<'_>,
@@ -838,9 +964,82 @@ fn apply<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Values and arguments `number` and `currency` meet: integers and floats of every
+    /// size (not finite ones too), codes of every case, length and kind, safe or not.
+    fn number_operand() -> impl Strategy<Value = V<'static>> {
+        prop_oneof![
+            any::<i64>().prop_map(V::Int),
+            (-1_000_000i64..1_000_000).prop_map(V::Int),
+            any::<f64>().prop_map(V::Float),
+            (-100_000_000i64..100_000_000).prop_map(|cents| V::Float(cents as f64 / 100.0)),
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(-0.0),
+                Just(-0.004)
+            ]
+            .prop_map(V::Float),
+        ]
+    }
+
+    fn filter_argument() -> impl Strategy<Value = Option<V<'static>>> {
+        let code = prop_oneof![
+            Just("GBP"),
+            Just("eur"),
+            Just("Jpy"),
+            Just("CHF"),
+            Just("usd"),
+            Just("KRW"),
+            Just("INR"),
+            Just("NZD"),
+            Just("GB"),
+            Just("GBPX"),
+            Just("G1P"),
+            Just("ÉUR"),
+            Just(""),
+        ];
+        prop_oneof![
+            Just(None),
+            (code, any::<bool>()).prop_map(|(code, safe)| Some(V::Str(code, safe))),
+            (code_owned(), any::<bool>()).prop_map(|(code, safe)| Some(V::Owned(code, safe))),
+            (0i64..25).prop_map(|decimals| Some(V::Int(decimals))),
+            Just(Some(V::Float(2.0))),
+            Just(Some(V::Bool(true))),
+        ]
+    }
+
+    fn code_owned() -> impl Strategy<Value = String> {
+        "[a-zA-Z]{3}"
+    }
 
     proptest::proptest! {
-        /// The plans' HTML escaping writes what minijinja's `HtmlEscape` writes, for any text.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// `number` and `currency` formatted straight from the stack write what they write
+        /// through minijinja values, and fail where those fail.
+        #[test]
+        fn numbers_from_the_stack_write_what_values_write(
+            value in number_operand(),
+            argument in filter_argument(),
+            currency in any::<bool>(),
+        ) {
+            let filter = if currency { Filter::Currency } else { Filter::Number };
+            let mut direct = String::from("x");
+            let direct_result = write_number(&mut direct, filter, &value, argument.clone());
+            let mut by_value = String::from("x");
+            let by_value_result = write_number_by_value(&mut by_value, filter, &value, argument);
+            prop_assert_eq!(direct_result, by_value_result);
+            prop_assert_eq!(direct, by_value);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// The plans' HTML escaping writes what minijinja's `HtmlEscape` writes, for any text
+        /// (shorter and longer than a block, the six in blocks, tails and the overlap).
         #[test]
         fn escape_html_writes_what_minijinja_writes(text in "([a-z =é€😀\\\\]{0,20}[<>&\"'/]?){0,6}") {
             let mut out = String::from("x");

@@ -68,7 +68,6 @@ pub(crate) fn build(
     options: &BuildOptions,
     literals: &BodyLiterals<'_>,
 ) -> Result<OutgoingMessage, BuildError> {
-    let from = &campaign.from;
     let headers = &campaign.headers;
     for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
         if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
@@ -197,8 +196,11 @@ pub(crate) fn build(
         (None, None) => return Err(BuildError::NoBody),
     }
 
-    let envelope_from = options.envelope_from.as_ref().unwrap_or(&from.email);
-    let envelope = Envelope::new(envelope_from.as_str(), [message.to.as_str()])?;
+    let envelope = match &options.envelope_from {
+        Some(envelope_from) => Envelope::new(envelope_from.as_str(), [message.to.as_str()])?,
+        // The From address, checked when the campaign was compiled.
+        None => Envelope::with_return_path(&campaign.return_path, [message.to.as_str()])?,
+    };
     Ok(OutgoingMessage::new(envelope, out.into_bytes()).with_ids(campaign_id, recipient_id))
 }
 
@@ -318,6 +320,24 @@ const LINE: usize = 78;
 /// A header whose value is folded at its spaces (RFC 5322 §2.2.3). Its tokens are short by
 /// construction (dates, ids, addresses of at most 254 characters), so no line passes 998.
 fn header(out: &mut String, name: &str, value: &str) {
+    // A value that fits the first line, its words separated by single spaces, is written
+    // as it is: what folding it word by word writes, without a copy call per word.
+    let fits_as_is = name.len() + 2 + value.len() <= LINE
+        && !value.is_empty()
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+        && !value.contains("  ");
+    if fits_as_is {
+        for piece in [name, ": ", value, "\r\n"] {
+            out.push_str(piece);
+        }
+        return;
+    }
+    header_by_words(out, name, value);
+}
+
+/// [`header`], folding the value word by word.
+fn header_by_words(out: &mut String, name: &str, value: &str) {
     let mut col = field_name(out, name);
     for word in value.split(' ').filter(|word| !word.is_empty()) {
         token(out, &mut col, word);
@@ -346,7 +366,7 @@ fn token(out: &mut String, col: &mut usize, token: &str) {
 
 /// An address as the To header carries it: the domain as A-labels when the local part is
 /// ASCII, so the header stays ASCII (and matches the envelope) for an IDN domain.
-fn header_address(address: &str) -> String {
+fn header_address(address: &str) -> std::borrow::Cow<'_, str> {
     // An ASCII address whose domain is lowercase letters, digits, dots and hyphens comes out
     // as it went in, whatever the checks below find: IDNA leaves such a domain as it is (or
     // refuses it, which keeps the address as written), as does a failed parse. Most
@@ -357,9 +377,9 @@ fn header_address(address: &str) -> String {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
     {
-        return address.to_string();
+        return std::borrow::Cow::Borrowed(address);
     }
-    header_address_parsed(address)
+    std::borrow::Cow::Owned(header_address_parsed(address))
 }
 
 fn header_address_parsed(address: &str) -> String {
@@ -1289,6 +1309,36 @@ mod tests {
         assert_eq!(literal_run(b""), 0);
     }
 
+    proptest::proptest! {
+        /// A header written as it is when it fits is the header folded word by word: values
+        /// of words and runs of spaces (leading, trailing, doubled) around the line's length.
+        #[test]
+        fn headers_that_fit_are_written_as_folding_writes_them(
+            name in "[A-Za-z-]{1,20}",
+            words in proptest::collection::vec("[a-z<>@.:+0-9]{1,12}", 0..8),
+            separators in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(" "),
+                proptest::strategy::Just("  "),
+            ], 8),
+            (leading, trailing) in proptest::prelude::any::<(bool, bool)>(),
+            filler in 0usize..70,
+        ) {
+            let mut value = String::from(if leading { " " } else { "" });
+            value.push_str(&"x".repeat(filler));
+            for (word, separator) in words.iter().zip(&separators) {
+                value.push_str(separator);
+                value.push_str(word);
+            }
+            if trailing {
+                value.push(' ');
+            }
+            let (mut as_is, mut by_words) = (String::new(), String::new());
+            header(&mut as_is, &name, &value);
+            header_by_words(&mut by_words, &name, &value);
+            proptest::prop_assert_eq!(as_is, by_words, "{:?}", value);
+        }
+    }
+
     #[test]
     fn non_ascii_bytes_are_counted_wherever_they_are() {
         let text = "é a😀b ".repeat(70); // past two 255-byte blocks
@@ -1387,14 +1437,17 @@ mod tests {
             for domain in domains {
                 let address = format!("{local}@{domain}");
                 assert_eq!(
-                    header_address(&address),
+                    header_address(&address).into_owned(),
                     header_address_parsed(&address),
                     "{address:?}"
                 );
             }
         }
         for address in ["no-at-sign", "two@at@signs.example"] {
-            assert_eq!(header_address(address), header_address_parsed(address));
+            assert_eq!(
+                header_address(address).into_owned(),
+                header_address_parsed(address)
+            );
         }
     }
 

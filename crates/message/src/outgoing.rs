@@ -47,6 +47,23 @@ fn parse_address(address: &str) -> Result<lettre::Address, EnvelopeError> {
     })
 }
 
+/// A return path checked once, for the envelopes of many messages (a campaign's From
+/// address, the return path of every message that names no other): the same check as
+/// [`Envelope::new`]'s, and its result, without repeating it per message.
+#[derive(Debug, Clone)]
+pub(crate) struct ReturnPath(Result<Option<lettre::Address>, EnvelopeError>);
+
+impl ReturnPath {
+    /// `from` as [`Envelope::new`] takes it; an empty string is the null path `<>`.
+    pub(crate) fn parse(from: &str) -> ReturnPath {
+        ReturnPath(if from.is_empty() {
+            Ok(None)
+        } else {
+            parse_address(from).map(Some)
+        })
+    }
+}
+
 impl Envelope {
     /// `from` is the return path (where bounces go); an empty string is the null path `<>`.
     pub fn new<I, S>(from: &str, to: I) -> Result<Envelope, EnvelopeError>
@@ -54,11 +71,20 @@ impl Envelope {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let from = if from.is_empty() {
-            None
-        } else {
-            Some(parse_address(from)?)
-        };
+        Envelope::with_return_path(&ReturnPath::parse(from), to)
+    }
+
+    /// [`Envelope::new`] with the return path already checked: its error, when it has one,
+    /// comes first, as `new` checks it first.
+    pub(crate) fn with_return_path<I, S>(
+        from: &ReturnPath,
+        to: I,
+    ) -> Result<Envelope, EnvelopeError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let from = from.0.clone()?;
         let to = to
             .into_iter()
             .map(|address| parse_address(address.as_ref()))
@@ -193,6 +219,60 @@ mod tests {
                 .from(),
             ""
         );
+    }
+
+    /// An envelope with a return path checked beforehand is the one the checks of both
+    /// addresses at send time build (the code before the return path was checked once), or
+    /// the same error: valid, IDN and invalid return paths and recipients, the null path.
+    #[test]
+    fn a_return_path_checked_once_builds_what_checking_both_builds() {
+        let checking_both = |from: &str, to: &[&str]| -> Result<Envelope, EnvelopeError> {
+            let from = if from.is_empty() {
+                None
+            } else {
+                Some(parse_address(from)?)
+            };
+            let to = to
+                .iter()
+                .map(|address| parse_address(address))
+                .collect::<Result<Vec<_>, _>>()?;
+            if to.is_empty() {
+                return Err(EnvelopeError::NoRecipients);
+            }
+            Ok(Envelope { from, to })
+        };
+        let addresses = [
+            "",
+            "bounce@example.com",
+            "bounces+AbC_123@mail.example.org",
+            "news@bücher.example",
+            "zoë@example.com",
+            "not an address",
+            "a@b@c.example",
+            "@example.com",
+            "x@",
+        ];
+        for from in addresses {
+            let return_path = ReturnPath::parse(from);
+            for to in addresses {
+                assert_eq!(
+                    Envelope::with_return_path(&return_path, [to]),
+                    checking_both(from, &[to]),
+                    "{from:?} -> {to:?}"
+                );
+            }
+            assert_eq!(
+                Envelope::with_return_path(&return_path, Vec::<&str>::new()),
+                checking_both(from, &[]),
+            );
+        }
+        let envelope = Envelope::with_return_path(
+            &ReturnPath::parse("news@bücher.example"),
+            ["reader@example.com"],
+        )
+        .unwrap();
+        assert_eq!(envelope.from(), "news@xn--bcher-kva.example");
+        assert_eq!(envelope.to().collect::<Vec<_>>(), ["reader@example.com"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! them for one recipient.
 
 use crate::values;
-use campaign::{CampaignDocument, CampaignId, Mailbox, Recipient, RecipientId, UndefinedVariables};
+use campaign::{CampaignDocument, CampaignId, Recipient, RecipientId, UndefinedVariables};
 use minijinja::value::{Enumerator, Object, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
@@ -191,7 +191,9 @@ pub struct CompiledCampaign {
     has_html: bool,
     has_text: bool,
     campaign: Value,
-    pub(crate) from: Mailbox,
+    /// The From address checked as an envelope's return path, once: the return path of
+    /// every message built without another.
+    pub(crate) return_path: crate::outgoing::ReturnPath,
     max_rendered_bytes: usize,
     /// The HTML template's tracked links (rewritten to read `_tracking.clicks[N]`).
     tracked_links: Vec<crate::tracking::TemplateLink>,
@@ -362,7 +364,7 @@ impl CompiledCampaign {
             has_html: templates.html.is_some(),
             has_text: templates.text.is_some(),
             campaign,
-            from: doc.from.clone(),
+            return_path: crate::outgoing::ReturnPath::parse(doc.from.email.as_str()),
             max_rendered_bytes: settings.max_rendered_bytes,
             tracked_links,
             tracks_opens,
@@ -566,23 +568,26 @@ impl CompiledCampaign {
         root: &mut Option<Value>,
         literals: Option<&mut Vec<crate::mime::LiteralAt<'a>>>,
     ) -> Result<String, RenderError> {
-        let template = self
-            .env
-            .get_template(part.name())
-            .map_err(|err| render_error(part, "", &err))?;
         // A panic in a filter or function is this recipient's failure, never the caller's.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Some(output) = self.render_plan(part, recipient, ctx, literals) {
                 return Ok(output);
             }
+            // Looked up only for minijinja: a part with a plan was found when the plan was
+            // made, and the environment does not change.
+            let template = self
+                .env
+                .get_template(part.name())
+                .map_err(|err| render_error(part, "", &err))?;
             let root = root.get_or_insert_with(|| self.root_context(recipient, ctx));
-            template.render(root.clone())
+            template
+                .render(root.clone())
+                .map_err(|err| render_error(part, template.source(), &err))
         }))
         .map_err(|panic| RenderError::Panicked {
             template: part,
             detail: panic_message(panic.as_ref()),
-        })?
-        .map_err(|err| render_error(part, template.source(), &err))?;
+        })??;
         if output.len() > self.max_rendered_bytes {
             return Err(RenderError::LimitExceeded {
                 template: part,
@@ -1474,7 +1479,7 @@ mod tests {
     }
 
     /// Expressions printed in the generated templates: in the plans' subset and outside it.
-    const PLAN_EXPRESSIONS: [&str; 40] = [
+    const PLAN_EXPRESSIONS: [&str; 42] = [
         "first_name",
         "city",
         "n",
@@ -1484,6 +1489,9 @@ mod tests {
         "unsubscribe_url",
         "user.name",
         "user.address.city",
+        // A jump into the middle of an attribute path (the `else` side's).
+        "(user.address if n else user.address).city",
+        "(user if x else user.address).city",
         "user['name']",
         "items[0].name",
         "items[1]",
@@ -1531,7 +1539,7 @@ mod tests {
 
     /// Expressions a plan renders for every [`typed_recipient`]: in the subset, and printing
     /// only strings and integers.
-    const TYPED_EXPRESSIONS: [&str; 24] = [
+    const TYPED_EXPRESSIONS: [&str; 25] = [
         "first_name",
         "city",
         "n",
@@ -1540,6 +1548,7 @@ mod tests {
         "unsubscribe_url",
         "user.name",
         "user.address.city",
+        "(user.address if n else user.address).city",
         "user['name']",
         "items[0].name",
         "campaign.name",

@@ -548,16 +548,23 @@ fn sep(value: &Value) -> &str {
 
 /// An ISO 4217 code: three letters, any case.
 fn currency_code_arg(value: &Value) -> Result<[u8; 3], String> {
-    match value.as_str().map(str::as_bytes) {
-        Some(&[a, b, c]) if [a, b, c].iter().all(u8::is_ascii_alphabetic) => Ok([
+    value.as_str().and_then(currency_code).ok_or_else(|| {
+        format!(
+            "the currency must be a three-letter ISO 4217 code such as \"EUR\", not {}",
+            quoted(value)
+        )
+    })
+}
+
+/// A currency code's text upper-cased; `None` unless it is three ASCII letters.
+fn currency_code(code: &str) -> Option<[u8; 3]> {
+    match code.as_bytes() {
+        &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_alphabetic) => Some([
             a.to_ascii_uppercase(),
             b.to_ascii_uppercase(),
             c.to_ascii_uppercase(),
         ]),
-        _ => Err(format!(
-            "the currency must be a three-letter ISO 4217 code such as \"EUR\", not {}",
-            quoted(value)
-        )),
+        _ => None,
     }
 }
 
@@ -582,15 +589,7 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
         })?;
         (amount, !s.contains(['.', 'e', 'E']))
     } else if value.is_number() && !value.is_integer() {
-        // A float: whole ones count as integers, as `i64::try_from` below would take them,
-        // without building (and dropping) that conversion's error for every price.
-        let f = f64::try_from(value.clone())?;
-        let whole = f as i64;
-        if whole as f64 == f {
-            (whole as f64, true)
-        } else {
-            (f, false)
-        }
+        float_amount(f64::try_from(value.clone())?)
     } else if let Ok(i) = i64::try_from(value.clone()) {
         // Precision loss above 2^53 only affects the digits shown, never memory safety.
         (i as f64, true)
@@ -612,13 +611,100 @@ fn to_number(value: &Value) -> Result<(f64, bool), Error> {
     Ok((amount, is_integer))
 }
 
+/// A float's amount and whether it counts as an integer: whole ones do, as
+/// `i64::try_from` would take them, without building (and dropping) that conversion's error
+/// for every price.
+fn float_amount(f: f64) -> (f64, bool) {
+    let whole = f as i64;
+    if whole as f64 == f {
+        (whole as f64, true)
+    } else {
+        (f, false)
+    }
+}
+
+/// A number as the compiled evaluator holds it, formatted without making a minijinja value
+/// of it (and of the currency code) first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PlanNumber {
+    Int(i64),
+    Float(f64),
+}
+
+impl PlanNumber {
+    /// [`to_number`]'s amount and integer flag for the value minijinja would be given;
+    /// `None` where it fails (a float that is not finite).
+    fn amount(self) -> Option<(f64, bool)> {
+        let (amount, is_integer) = match self {
+            // Precision loss above 2^53 only affects the digits shown.
+            PlanNumber::Int(i) => (i as f64, true),
+            PlanNumber::Float(f) => float_amount(f),
+        };
+        amount.is_finite().then_some((amount, is_integer))
+    }
+}
+
+/// [`number_plain_into`] without decimals, for a number the evaluator holds; `None` where
+/// that gives an error (nothing is appended then).
+pub(crate) fn plan_number_into(out: &mut String, number: PlanNumber) -> Option<()> {
+    let (amount, is_integer) = number.amount()?;
+    group(out, amount, if is_integer { 0 } else { 2 }, ",", ".");
+    Some(())
+}
+
+/// [`currency_plain_into`] for a number the evaluator holds and the code's text (`None`:
+/// no code given); `None` where that gives an error (nothing is appended then).
+pub(crate) fn plan_currency_into(
+    out: &mut String,
+    number: PlanNumber,
+    code: Option<&str>,
+) -> Option<()> {
+    let (amount, _) = number.amount()?;
+    let code = match code {
+        Some(code) => currency_code(code)?,
+        None => *b"USD",
+    };
+    write_currency(out, amount, code, ",", ".");
+    Some(())
+}
+
 /// What `write!(out, "{:.*}", decimals, amount)` writes for a finite, non-negative `amount`:
-/// the exact binary value rounded half to even. Amounts below 2^53 are rounded in integers
-/// (the value is `m·2^e` exactly, so `amount·10^decimals` is `m·10^decimals` shifted right),
-/// which costs a fraction of the formatter's exact-mode float printing; larger ones, and
-/// more than 20 decimals, go to the formatter.
+/// the exact binary value rounded half to even. See [`fixed_parts`] for the amounts rounded
+/// in integers; the rest go to the formatter.
 fn write_fixed(out: &mut String, amount: f64, decimals: usize) {
     use std::fmt::Write as _;
+    match fixed_parts(amount, decimals) {
+        Some((whole, fraction)) => {
+            push_decimal(out, whole, 1);
+            if decimals > 0 {
+                out.push('.');
+                push_decimal(out, fraction, decimals);
+            }
+        }
+        None => {
+            let _ = write!(out, "{:.*}", decimals, amount);
+        }
+    }
+}
+
+/// `10^n` for the decimals [`fixed_parts`] rounds at: a load instead of a loop of 128-bit
+/// multiplications.
+const POWERS_OF_TEN: [u128; 21] = {
+    let mut powers = [1u128; 21];
+    let mut n = 1;
+    while n < powers.len() {
+        powers[n] = powers[n - 1] * 10;
+        n += 1;
+    }
+    powers
+};
+
+/// A finite, non-negative `amount` rounded half to even at `decimals` places, as its whole
+/// part and its fraction in units of `10^-decimals`; `None` from 2^53 up and past 20
+/// decimals (and for a negative amount), which the formatter writes. Below 2^53 the value is
+/// `m·2^e` exactly, so `amount·10^decimals` is `m·10^decimals` shifted right: integer
+/// arithmetic, a fraction of the formatter's exact-mode float printing.
+fn fixed_parts(amount: f64, decimals: usize) -> Option<(u128, u128)> {
     let bits = amount.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
     let fraction = bits & ((1u64 << 52) - 1);
@@ -627,10 +713,9 @@ fn write_fixed(out: &mut String, amount: f64, decimals: usize) {
         _ => (fraction | (1 << 52), biased - 1075),
     };
     if exponent > 0 || decimals > 20 || amount.is_sign_negative() {
-        let _ = write!(out, "{:.*}", decimals, amount);
-        return;
+        return None;
     }
-    let scale = 10u128.pow(decimals as u32);
+    let scale = POWERS_OF_TEN[decimals];
     // Below 2^53 · 10^20 < 2^120.
     let scaled = mantissa as u128 * scale;
     let shift = exponent.unsigned_abs();
@@ -649,11 +734,12 @@ fn write_fixed(out: &mut String, amount: f64, decimals: usize) {
             quotient
         }
     };
-    push_decimal(out, rounded / scale, 1);
-    if decimals > 0 {
-        out.push('.');
-        push_decimal(out, rounded % scale, decimals);
-    }
+    // Prices and counts fit a u64, whose division is one instruction; a u128 division is a
+    // call into a software routine.
+    Some(match (u64::try_from(rounded), u64::try_from(scale)) {
+        (Ok(rounded), Ok(scale)) => ((rounded / scale).into(), (rounded % scale).into()),
+        _ => (rounded / scale, rounded % scale),
+    })
 }
 
 /// `n` in decimal, zero-padded to at least `width` digits (at most 40).
@@ -679,8 +765,65 @@ fn push_decimal(out: &mut String, mut n: u128, width: usize) {
 /// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
 /// about 330 and the separators at most a hundred.
 fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
-    // The digits are written in place, then the sign, separators and point put in: no
-    // temporary string per number.
+    // The common case (an amount below 2^53, whole part and fraction within a u64) is
+    // written from the integer digits, separators included, in order: no formatter, no
+    // insertions that move the text after them.
+    let Some((Ok(whole), Ok(fraction))) = fixed_parts(amount.abs(), decimals)
+        .map(|(whole, fraction)| (u64::try_from(whole), u64::try_from(fraction)))
+    else {
+        return group_in_place(out, amount, decimals, thousands, point);
+    };
+    let mut whole_digits = [b'0'; 20];
+    let whole_start = u64_digits(&mut whole_digits, whole, 1);
+    let whole_digits = &whole_digits[whole_start..];
+    let mut fraction_digits = [b'0'; 20];
+    let fraction_start = u64_digits(&mut fraction_digits, fraction, decimals);
+    let fraction_digits = &fraction_digits[fraction_start..];
+    // The sign only when a digit shown is not zero, as the formatter's text would show it.
+    if amount < 0.0 && (whole != 0 || fraction != 0) {
+        out.push('-');
+    }
+    // Digits before the first separator: 1 to 3.
+    let mut until_separator = (whole_digits.len() - 1) % 3 + 1;
+    for &digit in whole_digits {
+        if until_separator == 0 {
+            push_separator(out, thousands);
+            until_separator = 3;
+        }
+        out.push(char::from(digit));
+        until_separator -= 1;
+    }
+    if decimals > 0 {
+        push_separator(out, point);
+        for &digit in fraction_digits {
+            out.push(char::from(digit));
+        }
+    }
+}
+
+/// The decimal digits of `n`, zero-padded to at least `width` (at most 20), at the end of
+/// `digits`; returns where they start.
+fn u64_digits(digits: &mut [u8; 20], mut n: u64, width: usize) -> usize {
+    let mut start = digits.len();
+    while n > 0 {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    start.min(digits.len() - width.min(digits.len()))
+}
+
+/// A separator appended: one ASCII character (the defaults) without a copy call.
+fn push_separator(out: &mut String, separator: &str) {
+    match separator.as_bytes() {
+        &[byte] if byte.is_ascii() => out.push(char::from(byte)),
+        _ => out.push_str(separator),
+    }
+}
+
+/// [`group`] for any amount and separators: the digits written into `out` by
+/// [`write_fixed`], then the sign, separators and point put in.
+fn group_in_place(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
     let mut start = out.len();
     write_fixed(out, amount.abs(), decimals);
     if amount < 0.0
@@ -1049,6 +1192,34 @@ mod properties {
             let mut out = String::from(prefix);
             super::group(&mut out, amount, decimals, thousands, point);
             prop_assert_eq!(out, format!("{prefix}{}", group_by_copy(amount, decimals, thousands, point)));
+        }
+
+        /// The grouping put together on the stack writes what the grouping in the output
+        /// writes: amounts of every size (past 2^53 and 2^64 too, where the formatter writes
+        /// the digits), halves that round either way, tiny negatives that round to zero,
+        /// and separators up to the longest allowed, which take it past its stack room.
+        #[test]
+        fn grouping_on_the_stack_writes_what_grouping_in_place_writes(
+            amount in prop_oneof![
+                any::<f64>().prop_filter("finite", |f| f.is_finite()),
+                (-1_000_000_000_000i64..1_000_000_000_000).prop_map(|cents| cents as f64 / 100.0),
+                (0u32..64, -1i64..=1).prop_map(|(power, step)| 2f64.powi(power as i32) + step as f64),
+                (0i32..22, any::<bool>()).prop_map(|(power, negative)| {
+                    let amount = 10f64.powi(power) - 0.5;
+                    if negative { -amount } else { amount }
+                }),
+                (-1e-3..1e-3f64),
+            ],
+            decimals in 0usize..=super::MAX_DECIMALS as usize,
+            thousands in prop_oneof![Just(","), Just(""), Just("\u{a0}"), Just("'’"), Just("€€€€€€€€")],
+            point in prop_oneof![Just("."), Just(","), Just("·"), Just("--------")],
+            prefix in prop_oneof![Just(""), Just("£")],
+        ) {
+            let mut on_stack = String::from(prefix);
+            super::group(&mut on_stack, amount, decimals, thousands, point);
+            let mut in_place = String::from(prefix);
+            super::group_in_place(&mut in_place, amount, decimals, thousands, point);
+            prop_assert_eq!(on_stack, in_place);
         }
 
         #[test]
