@@ -869,7 +869,39 @@ fn encode_quoted_printable(
         // end, where `end` is then `i`.
         let start = i;
         let end = len.min((i + 75).saturating_sub(col)).max(i);
-        i += literal_run(&bytes[i..end]);
+        // The run is searched first only as far as where the byte after it is at column 72
+        // at most: a byte to encode there fits with its `=XX` whether or not the line ends
+        // after it, and a line end there has no line limit to consider. Those two, the
+        // common cases (HTML has an `=` in nearly every tag), are done right away; the rest
+        // go on to the tests below.
+        let near_end = len.min(i + 73usize.saturating_sub(col));
+        i += literal_run(&bytes[i..near_end]);
+        if i < near_end {
+            let b = bytes[i];
+            let crlf = b == b'\r' && bytes.get(i + 1) == Some(&b'\n');
+            let trailing_white_space = i > start && matches!(bytes[i - 1], b' ' | b'\t');
+            if (b == b'\n' || crlf) && !trailing_white_space {
+                out.push_str(body.get(start..i).unwrap_or_default());
+                out.push_str("\r\n");
+                i += 1 + usize::from(crlf);
+                col = 0;
+                continue;
+            }
+            if b != b'\n' && b != b'\r' {
+                out.push_str(body.get(start..i).unwrap_or_default());
+                out.push('=');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0x0f) as usize] as char);
+                col += i - start + 3;
+                i += 1;
+                continue;
+            }
+        } else {
+            // At most two bytes more: the run goes on to `end`.
+            while i < end && QP_LITERAL[bytes[i] as usize] {
+                i += 1;
+            }
+        }
         let mut terminator = line_end(bytes, i);
         if i > start && terminator.is_some() && matches!(bytes[i - 1], b' ' | b'\t') {
             i -= 1; // trailing white space is encoded below
