@@ -635,70 +635,40 @@ const QP_LITERAL: [bool; 256] = {
     table
 };
 
-/// Eight copies of `byte` in a word, for the word-at-a-time scans below.
-const fn splat(byte: u8) -> u64 {
-    u64::from_le_bytes([byte; 8])
-}
-
-const HIGH_BITS: u64 = splat(0x80);
-
-/// The high bit of each byte of `word` that is zero. Only the lowest flagged byte is exact
-/// (a borrow can flag bytes above it), which is all a forward scan needs.
-const fn zero_bytes(word: u64) -> u64 {
-    word.wrapping_sub(splat(0x01)) & !word & HIGH_BITS
-}
-
-/// How many leading bytes of `bytes` are [`QP_LITERAL`]: whole 16-byte blocks are passed
-/// over with one test each, and the block that holds the first byte to encode (and what is
-/// left at the end) goes to the word-at-a-time scan, which finds the byte.
-fn literal_run(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(block) = bytes.get(i..i + 16) {
-        if block_needs_encoding(block.try_into().unwrap_or(&[0; 16])) {
+/// Where the run of [`QP_LITERAL`] bytes from `start` ends, searching no further than
+/// `limit` (at most `bytes.len()`). Read in 16-byte blocks of the body, also past `limit`
+/// (the bytes there do not matter: the result is capped at `limit`), so that a run ending
+/// anywhere costs one block test per 16 bytes and the block that holds its end tells where
+/// in it the end is; only the body's last 15 bytes are read one at a time.
+fn literal_run_end(bytes: &[u8], start: usize, limit: usize) -> usize {
+    let mut i = start;
+    while i < limit {
+        let Some(block) = bytes.get(i..i + 16) else {
             break;
+        };
+        let to_encode = bytes_to_encode(block.try_into().unwrap_or(&[0; 16]));
+        if to_encode != 0 {
+            return limit.min(i + (to_encode.trailing_zeros() / 8) as usize);
         }
         i += 16;
     }
-    i + literal_run_by_words(&bytes[i..])
-}
-
-/// Whether any byte of `block` is not [`QP_LITERAL`]: below 0x20 but not a tab, `=`, DEL, or
-/// 0x80 and above (negative as `i8`, so "below 0x20" takes them too). Written as a fold over
-/// a fixed-size block without early exit, which the compiler turns into SIMD compares and
-/// one mask test (SSE2 on x86_64, which every x86_64 has): no `unsafe` intrinsics needed.
-fn block_needs_encoding(block: &[u8; 16]) -> bool {
-    block.iter().fold(false, |found, &byte| {
-        let signed = byte as i8;
-        found | ((signed < 0x20) & (byte != b'\t')) | (byte == b'=') | (byte == 0x7f)
-    })
-}
-
-/// How many leading bytes of `bytes` are [`QP_LITERAL`], eight at a time: a byte needs
-/// encoding when it is 0x80 or above, below 0x20 (a tab among those is literal after all),
-/// `=` or DEL. Each test flags its lowest match exactly, so the lowest flag of their union
-/// is the first byte that is not plain.
-fn literal_run_by_words(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        let flagged = (word & HIGH_BITS)
-            | (word.wrapping_sub(splat(0x20)) & !word & HIGH_BITS)
-            | zero_bytes(word ^ splat(b'='))
-            | zero_bytes(word ^ splat(0x7f));
-        if flagged == 0 {
-            i += 8;
-            continue;
-        }
-        let first = i + (flagged.trailing_zeros() / 8) as usize;
-        if bytes[first] != b'\t' {
-            return first;
-        }
-        i = first + 1;
-    }
-    while i < bytes.len() && QP_LITERAL[bytes[i] as usize] {
+    while i < limit && QP_LITERAL[bytes[i] as usize] {
         i += 1;
     }
-    i
+    i.min(limit)
+}
+
+/// The bytes of `block` that are not [`QP_LITERAL`], as all-ones bytes in a 128-bit word
+/// (byte k of the block is byte k of the word, little-endian): below 0x20 but not a tab,
+/// `=`, DEL, or 0x80 and above (negative as `i8`, so "below 0x20" takes them too). A map
+/// over a fixed-size block, which the compiler turns into SIMD compares (SSE2 on x86_64,
+/// which every x86_64 has): no `unsafe` intrinsics needed.
+fn bytes_to_encode(block: &[u8; 16]) -> u128 {
+    u128::from_le_bytes(block.map(|byte| {
+        let signed = byte as i8;
+        let encode = ((signed < 0x20) & (byte != b'\t')) | (byte == b'=') | (byte == 0x7f);
+        u8::from(encode).wrapping_neg()
+    }))
 }
 
 /// A template literal's quoted-printable encoding, made once when the campaign is compiled,
@@ -875,7 +845,7 @@ fn encode_quoted_printable(
         // common cases (HTML has an `=` in nearly every tag), are done right away; the rest
         // go on to the tests below.
         let near_end = len.min(i + 73usize.saturating_sub(col));
-        i += literal_run(&bytes[i..near_end]);
+        i = literal_run_end(bytes, i, near_end);
         if i < near_end {
             let b = bytes[i];
             let crlf = b == b'\r' && bytes.get(i + 1) == Some(&b'\n');
@@ -1114,7 +1084,9 @@ mod tests {
                 // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
                 let start = i;
                 let end = len.min(i + 75 - col);
-                i += literal_run(&bytes[i..end]);
+                while i < end && QP_LITERAL[bytes[i] as usize] {
+                    i += 1;
+                }
                 if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
                     i -= 1; // trailing white space is encoded below
                 }
@@ -1287,11 +1259,21 @@ mod tests {
         }
     }
 
+    /// The run's end by the table, byte by byte.
+    fn literal_run_end_by_table(bytes: &[u8], start: usize, limit: usize) -> usize {
+        start
+            + bytes[start..limit]
+                .iter()
+                .take_while(|&&b| QP_LITERAL[b as usize])
+                .count()
+    }
+
     proptest::proptest! {
-        /// The block scan stops where the word-at-a-time one does, on mostly printable bytes
-        /// (long runs, so whole 16-byte blocks pass) with any byte among them.
+        /// The block scan stops where the table says, on mostly printable bytes (long runs,
+        /// so whole 16-byte blocks pass) with any byte among them, from any start to any
+        /// limit (blocks read past the limit, or cannot be read whole near the end).
         #[test]
-        fn literal_run_by_blocks_agrees_with_words(
+        fn literal_run_by_blocks_agrees_with_the_table(
             bytes in proptest::collection::vec(
                 proptest::prop_oneof![
                     8 => b' '..=b'~',
@@ -1299,46 +1281,48 @@ mod tests {
                 ],
                 0..200,
             ),
+            limit_back in 0..40usize,
         ) {
-            for start in 0..bytes.len() {
+            for start in 0..=bytes.len() {
+                let limit = bytes.len().saturating_sub(limit_back).max(start);
                 proptest::prop_assert_eq!(
-                    literal_run(&bytes[start..]),
-                    literal_run_by_words(&bytes[start..])
+                    literal_run_end(&bytes, start, limit),
+                    literal_run_end_by_table(&bytes, start, limit),
+                    "from {} to {}", start, limit
                 );
             }
         }
     }
 
-    /// Both scans agree with the table for every byte at every place in two 16-byte blocks
-    /// and the words after them, after a tab too (the one control byte that is literal), in a
-    /// slice that ends at that byte or goes on.
+    /// The scan agrees with the table for every byte at every place in three 16-byte blocks
+    /// and the bytes after them, after a tab too (the one control byte that is literal), with
+    /// the limit before (where the block read holds the byte), at and after that byte, in a
+    /// body that ends at that byte or goes on.
     #[test]
     fn literal_run_stops_where_the_table_says() {
-        let by_table = |bytes: &[u8]| {
-            bytes
-                .iter()
-                .take_while(|&&b| QP_LITERAL[b as usize])
-                .count()
-        };
         for byte in 0..=255u8 {
-            for place in 0..40 {
+            for place in 0..52 {
                 for filler in [b'a', b'\t'] {
-                    let mut bytes = [filler; 44];
+                    let mut bytes = [filler; 60];
                     bytes[place] = byte;
-                    for len in [place + 1, 44] {
+                    for len in [place + 1, 60] {
                         let bytes = &bytes[..len];
-                        let expected = by_table(bytes);
-                        assert_eq!(
-                            literal_run(bytes),
-                            expected,
-                            "byte {byte:#04x} at {place} among {filler:#04x}, {len} bytes"
-                        );
-                        assert_eq!(literal_run_by_words(bytes), expected);
+                        for limit in [place.saturating_sub(2), place, place + 1, len] {
+                            for start in [0, 1, place.saturating_sub(3)] {
+                                let start = start.min(limit);
+                                assert_eq!(
+                                    literal_run_end(bytes, start, limit),
+                                    literal_run_end_by_table(bytes, start, limit),
+                                    "byte {byte:#04x} at {place} among {filler:#04x}, \
+                                     {len} bytes, from {start} to {limit}"
+                                );
+                            }
+                        }
                     }
                 }
             }
         }
-        assert_eq!(literal_run(b""), 0);
+        assert_eq!(literal_run_end(b"", 0, 0), 0);
     }
 
     proptest::proptest! {
