@@ -810,7 +810,6 @@ fn encode_quoted_printable(
     literals: &[LiteralAt<'_>],
     mut points: Option<&mut Vec<(usize, usize, usize)>>,
 ) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let (body, final_break) = match body.strip_suffix('\n') {
         Some(rest) => (rest, true),
         None => (body, false),
@@ -859,9 +858,7 @@ fn encode_quoted_printable(
             }
             if b != b'\n' && b != b'\r' {
                 out.push_str(body.get(start..i).unwrap_or_default());
-                out.push('=');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 0x0f) as usize] as char);
+                out.push_str(escape(b));
                 col += i - start + 3;
                 i += 1;
                 continue;
@@ -914,15 +911,40 @@ fn encode_quoted_printable(
             col = 0;
             continue;
         }
-        out.push('=');
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0x0f) as usize] as char);
+        out.push_str(escape(b));
         col += 3;
         i += 1;
     }
     if final_break {
         out.push_str("\r\n");
     }
+}
+
+/// `=XX` for every byte value, in byte order.
+const ESCAPES: &str = {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    const BYTES: [u8; 768] = {
+        let mut bytes = [0; 768];
+        let mut b = 0;
+        while b < 256 {
+            bytes[3 * b] = b'=';
+            bytes[3 * b + 1] = HEX[b >> 4];
+            bytes[3 * b + 2] = HEX[b & 0x0f];
+            b += 1;
+        }
+        bytes
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(escapes) => escapes,
+        Err(_) => panic!("the escapes are ASCII"),
+    }
+};
+
+/// A byte's quoted-printable escape, `=XX`: one push of three bytes instead of three of one,
+/// each of which tests the capacity.
+fn escape(b: u8) -> &'static str {
+    let at = 3 * usize::from(b);
+    ESCAPES.get(at..at + 3).unwrap_or_default()
 }
 
 /// Whether a line ends at `at` of a body whose final `\n` is already taken off, and the
