@@ -1281,6 +1281,36 @@ mod tests {
         }
     }
 
+    /// Every kind of byte after a literal run that puts it at each column around the line
+    /// limit (the one-pass encoder decides bytes up to column 72 without the limit's tests,
+    /// the rest with them), each followed by what decides it: a line end of each kind, the
+    /// body's end, more text, an encoded byte. The reference is the line-by-line encoder.
+    #[test]
+    fn bytes_at_every_column_near_the_line_limit_are_written_as_line_by_line() {
+        let bytes_there = [
+            "=", "é", "😀", "\u{7f}", "\u{1}", "\r", " ", "\t", "x", "\n", "\r\n",
+        ];
+        let after = ["", "\n", "\r\n", "\r", "y", "=", "é", " \n", "x\r\nz", "\n\n"];
+        for run in 60..=80usize {
+            for there in bytes_there {
+                for next in after {
+                    for start in ["", "=", "é ", "\t"] {
+                        let prefix = "x".repeat(run.saturating_sub(start.chars().count()));
+                        let body = format!("{start}{prefix}{there}{next}");
+                        let mut by_lines = String::new();
+                        quoted_printable_by_lines(&mut by_lines, &body);
+                        assert_eq!(qp(&body), by_lines, "{body:?}");
+                        // Again after a line, so that the run starts at column 0 mid-body.
+                        let body = format!("line\n{body}");
+                        let mut by_lines = String::new();
+                        quoted_printable_by_lines(&mut by_lines, &body);
+                        assert_eq!(qp(&body), by_lines, "{body:?}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The run's end by the table, byte by byte.
     fn literal_run_end_by_table(bytes: &[u8], start: usize, limit: usize) -> usize {
         start
