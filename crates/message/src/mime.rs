@@ -745,6 +745,9 @@ struct LiteralCursor<'a, 'b> {
     literals: &'b [LiteralAt<'a>],
     literal: usize,
     point: usize,
+    /// Where the literal `literal` starts (`usize::MAX` past the last): before it there is
+    /// nothing to copy, which the encoder tests at each line start without calling `copy`.
+    literal_at: usize,
 }
 
 impl LiteralCursor<'_, '_> {
@@ -754,6 +757,16 @@ impl LiteralCursor<'_, '_> {
     /// the literal is, so the body holds it there (checked in debug builds: a full comparison
     /// costs about 4 k instructions per newsletter).
     fn copy(&mut self, out: &mut String, bytes: &[u8], i: usize) -> (usize, usize) {
+        let state = self.copy_from_literal(out, bytes, i);
+        self.literal_at = self
+            .literals
+            .get(self.literal)
+            .map_or(usize::MAX, |literal| literal.at);
+        state
+    }
+
+    /// [`LiteralCursor::copy`] but for keeping `literal_at`.
+    fn copy_from_literal(&mut self, out: &mut String, bytes: &[u8], i: usize) -> (usize, usize) {
         while let Some(literal) = self.literals.get(self.literal) {
             let points = &literal.encoded.points;
             let Some(&(last, last_encoded, last_col)) = points.last() else {
@@ -820,6 +833,7 @@ fn encode_quoted_printable(
         literals,
         literal: 0,
         point: 0,
+        literal_at: literals.first().map_or(usize::MAX, |literal| literal.at),
     };
     let base = out.len();
     let mut col = 0;
@@ -828,7 +842,7 @@ fn encode_quoted_printable(
         if let Some(points) = points.as_deref_mut() {
             points.push((i, out.len() - base, col));
         }
-        if col == 0 && !literals.is_empty() {
+        if col == 0 && i >= cursor.literal_at {
             (i, col) = cursor.copy(out, bytes, i);
         }
         // Copy the longest literal run that fits before a soft break (75 columns leave
