@@ -882,6 +882,20 @@ fn encode_quoted_printable(
                 out.push_str(escape(b));
                 col += i - start + 3;
                 i += 1;
+                // The bytes after a non-ASCII one are mostly the rest of its character: each
+                // that needs encoding and whose `=XX` ends by column 75 is encoded here, as
+                // the turn it would have had does (from an empty run), without that turn.
+                while let Some(&b) = bytes.get(i) {
+                    if col > 72 || QP_LITERAL[b as usize] || b == b'\n' || b == b'\r' {
+                        break;
+                    }
+                    if let Some(points) = points.as_deref_mut() {
+                        points.push((i, out.len() - base, col));
+                    }
+                    out.push_str(escape(b));
+                    col += 3;
+                    i += 1;
+                }
                 continue;
             }
         } else {
