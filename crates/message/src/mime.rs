@@ -868,15 +868,6 @@ fn encode_quoted_printable(
         i = literal_run_end(bytes, i, near_end);
         if i < near_end {
             let b = bytes[i];
-            let crlf = b == b'\r' && bytes.get(i + 1) == Some(&b'\n');
-            let trailing_white_space = i > start && matches!(bytes[i - 1], b' ' | b'\t');
-            if (b == b'\n' || crlf) && !trailing_white_space {
-                out.push_str(body.get(start..i).unwrap_or_default());
-                out.push_str("\r\n");
-                i += 1 + usize::from(crlf);
-                col = 0;
-                continue;
-            }
             if b != b'\n' && b != b'\r' {
                 out.push_str(body.get(start..i).unwrap_or_default());
                 out.push_str(escape(b));
@@ -896,6 +887,15 @@ fn encode_quoted_printable(
                     col += 3;
                     i += 1;
                 }
+                continue;
+            }
+            let crlf = b == b'\r' && bytes.get(i + 1) == Some(&b'\n');
+            let trailing_white_space = i > start && matches!(bytes[i - 1], b' ' | b'\t');
+            if (b == b'\n' || crlf) && !trailing_white_space {
+                out.push_str(body.get(start..i).unwrap_or_default());
+                out.push_str("\r\n");
+                i += 1 + usize::from(crlf);
+                col = 0;
                 continue;
             }
         } else {
