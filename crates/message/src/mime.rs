@@ -898,6 +898,22 @@ fn encode_quoted_printable(
                 col = 0;
                 continue;
             }
+        } else if col + (i - start) == 73
+            && i + 3 < len
+            && QP_LITERAL[bytes[i] as usize]
+            && QP_LITERAL[bytes[i + 1] as usize]
+            && bytes[i + 2] != b'\n'
+            && !matches!(bytes[i + 3], b'\n' | b'\r')
+        {
+            // The commonest line limit: two more literal bytes fill the line to column 75,
+            // and the third is not a line end and not the line's last (a literal last one
+            // could use column 76; one to encode does not fit either way), so a soft break
+            // follows them, as the tests below find.
+            out.push_str(body.get(start..i + 2).unwrap_or_default());
+            out.push_str("=\r\n");
+            i += 2;
+            col = 0;
+            continue;
         } else {
             // At most two bytes more: the run goes on to `end`.
             while i < end && QP_LITERAL[bytes[i] as usize] {
@@ -1325,7 +1341,10 @@ mod tests {
         let bytes_there = [
             "=", "é", "😀", "\u{7f}", "\u{1}", "\r", " ", "\t", "x", "\n", "\r\n",
         ];
-        let after = ["", "\n", "\r\n", "\r", "y", "=", "é", " \n", "x\r\nz", "\n\n"];
+        let after = [
+            "", "\n", "\r\n", "\r", "y", "=", "é", " \n", "x\r\nz", "\n\n", "abcdef", "ab=cd",
+            "a \nb", "ab\r\n", "a\r", "abc", "abc\n", "ab \tc", "a\rb",
+        ];
         for run in 60..=80usize {
             for there in bytes_there {
                 for next in after {
