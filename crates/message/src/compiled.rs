@@ -709,11 +709,7 @@ pub(crate) fn escape_html(out: &mut String, text: &str) {
 /// bits that took twice the instructions.
 fn has_html_special(block: &[u8; 16]) -> bool {
     block.iter().fold(false, |found, &byte| {
-        found
-            | (byte | 0x02 == b'>')
-            | (byte | 0x01 == b'\'')
-            | (byte == b'"')
-            | (byte == b'/')
+        found | (byte | 0x02 == b'>') | (byte | 0x01 == b'\'') | (byte == b'"') | (byte == b'/')
     })
 }
 

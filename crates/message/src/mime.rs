@@ -597,13 +597,10 @@ fn contains_boundary(bytes: &[u8], boundary: &str) -> bool {
 /// which took most of the time.
 fn non_ascii_count(bytes: &[u8]) -> usize {
     const BLOCK: usize = 224;
-    let count_in = |block: &[u8]| {
-        usize::from(block.iter().fold(0u8, |count, &byte| count + (byte >> 7)))
-    };
+    let count_in =
+        |block: &[u8]| usize::from(block.iter().fold(0u8, |count, &byte| count + (byte >> 7)));
     let mut blocks = bytes.chunks_exact(BLOCK);
-    let whole: usize = (&mut blocks)
-        .map(|block| count_in(block.try_into().unwrap_or(&[0; BLOCK])))
-        .sum();
+    let whole: usize = (&mut blocks).map(count_in).sum();
     whole + count_in(blocks.remainder())
 }
 
