@@ -2,8 +2,9 @@
 # Compares builds (or settings) of `marketing` by alternating scripts/bench-delivery.sh runs,
 # round by round, so every figure compared comes from one run on one machine state
 # (docs/BENCHMARKS.md: compare within one run, never against an old figure). Each run measures
-# its own ceiling (smtp-source -> smtp-sink) right before the send, so the ratio column is the
-# figure to compare; msg/s moves with the machine's load.
+# its own ceiling (smtp-source -> smtp-sink) right before and right after the send, so the
+# ratio column (to the higher of the two) is the figure to compare; msg/s moves with the
+# machine's load.
 #
 # Usage: scripts/bench-alternate.sh ROUNDS VARIANT... -- MODE...
 #   VARIANT   LABEL=BINARY[,NAME=VALUE...]   a binary and environment settings for its runs,
@@ -49,7 +50,7 @@ for round in $(seq 1 "$ROUNDS"); do
             | sed "s/^/| $round | $label /" >>"$ROWS"
     done
 done
-echo "| round | variant | store | mode | messages | msg/s | ceiling msg/s (same run) | ratio | peak RSS MiB | CPU s (user+sys) | CPU µs/msg | load avg after |"
+echo "| round | variant | store | mode | messages | msg/s | ceiling msg/s, before / after | ratio to the higher | peak RSS MiB | CPU s (user+sys) | CPU µs/msg | load avg after |"
 echo "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
 cat "$ROWS"
 rm -f "$ROWS.out"

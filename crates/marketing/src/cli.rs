@@ -25,6 +25,28 @@ use std::process::ExitCode;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Threads that run the process's work. Unset: one for the commands that deliver (`send`,
+    /// `worker`, `campaign-processor`; scale a deployment out by running more workers, one per
+    /// core), one per core for the others (`serve`, `api`, `task-repo`, …). A delivering
+    /// process mostly waits on the database and the SMTP server; with more threads its tasks
+    /// keep waking each other across cores, which on a shared host costs more than it gives
+    /// (docs/BENCHMARKS.md, "One thread per delivering process").
+    #[arg(long, env = "RUNTIME_THREADS", global = true, value_parser = crate::config::runtime_threads)]
+    pub runtime_threads: Option<usize>,
+}
+
+impl Cli {
+    /// The runtime threads this command runs on: RUNTIME_THREADS, else the command's default
+    /// (`None`: one per core).
+    pub fn runtime_threads(&self) -> Option<usize> {
+        self.runtime_threads.or(match self.command {
+            Command::Send { .. } | Command::Worker { .. } | Command::CampaignProcessor { .. } => {
+                Some(1)
+            }
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]

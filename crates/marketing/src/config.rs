@@ -726,6 +726,10 @@ fn public_base_url(value: &str) -> Result<String, String> {
     }
 }
 
+pub fn runtime_threads(value: &str) -> Result<usize, String> {
+    whole_number("RUNTIME_THREADS", value, 1..=1024).map(|n| n as usize)
+}
+
 fn whole_number(
     variable: &str,
     value: &str,

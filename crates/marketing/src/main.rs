@@ -35,10 +35,18 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread is a current-thread runtime: the process's tasks run where `block_on` runs,
+    // with no second thread to wake.
+    let mut builder = match cli.runtime_threads() {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -116,6 +116,7 @@ fn log_worker(role: &str, worker: &processor::Worker, transport: &dyn delivery::
         tasks = config.max_tasks,
         check_interval = ?config.check_interval,
         lease = ?config.lease,
+        runtime_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "task processor started"
     );
 }

@@ -1113,6 +1113,86 @@ async fn metrics_bind_moves_the_api_metrics_to_their_own_listener_or_turns_them_
     );
 }
 
+/// RUNTIME_THREADS unset: the delivering commands (`worker`, `campaign-processor`, `send`) run
+/// on one thread, the others (`serve`) on one per core; set, every command runs on what was
+/// asked; out of range, the process refuses to start naming the variable. Read from the task
+/// processor's start line, which each of these logs.
+#[tokio::test]
+async fn the_runtime_threads_follow_the_command_unless_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let database = format!("sqlite://{}/threads.db", dir.path().display());
+    let outbox = dir.path().join("outbox").display().to_string();
+    for (name, args, threads, expected) in [
+        (
+            "serve-default",
+            &["serve", "--api-bind", "127.0.0.1:0"][..],
+            None,
+            cores,
+        ),
+        (
+            "serve-set",
+            &["serve", "--api-bind", "127.0.0.1:0"][..],
+            Some(3),
+            3,
+        ),
+        ("worker-default", &["worker"][..], None, 1),
+        ("worker-set", &["worker"][..], Some(2), 2),
+        (
+            "campaign-processor-default",
+            &["campaign-processor"][..],
+            None,
+            1,
+        ),
+    ] {
+        let mut env = vec![
+            ("DATABASE_URL", database.clone()),
+            ("OUTBOX_DIR", outbox.clone()),
+        ];
+        if let Some(n) = threads {
+            env.push(("RUNTIME_THREADS", n.to_string()));
+        }
+        let mut process = support::spawn(name, dir.path(), args, &env);
+        let logged = process.wait_for_line(" runtime_threads=", Duration::from_secs(60));
+        assert_eq!(logged, expected.to_string(), "{name}");
+        process.signal("-TERM");
+        assert!(
+            process.wait_exit(Duration::from_secs(30)).success(),
+            "{name}"
+        );
+    }
+
+    // `send`, the one-shot main job, delivers the sample on one thread.
+    let output = marketing(dir.path())
+        .env("DATABASE_URL", &database)
+        .env("OUTBOX_DIR", &outbox)
+        .args(["send", &example("sample_campaign.json"), "--recipients"])
+        .arg(example("sample_recipients.csv"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .split_whitespace()
+            .any(|field| field == "runtime_threads=1"),
+        "{stderr}"
+    );
+
+    let output = marketing(dir.path())
+        .arg("worker")
+        .env("DATABASE_URL", &database)
+        .env("RUNTIME_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RUNTIME_THREADS must be a whole number from 1 to 1024"),
+        "{stderr}"
+    );
+}
+
 /// MAX_IN_FLIGHT unset is 4 messages per SMTP connection on SQLite and 8 on PostgreSQL, where
 /// every message holds its slot for round trips to the server; set, it is what was asked. Read
 /// from the task processor's start line of `marketing serve`.
