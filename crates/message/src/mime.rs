@@ -70,7 +70,7 @@ pub(crate) fn build(
 ) -> Result<OutgoingMessage, BuildError> {
     let headers = &campaign.headers;
     for link in std::iter::once(&message.unsubscribe_url).chain(&message.unsubscribe_mailto) {
-        if link.is_empty() || link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c)) {
+        if link.is_empty() || link.bytes().any(unfit_in_list_unsubscribe) {
             return Err(BuildError::UnsubscribeLink(link.clone()));
         }
     }
@@ -486,6 +486,14 @@ fn encoded_words(out: &mut String, col: &mut usize, value: &str) {
     }
 }
 
+/// Whether a link's byte may not go into `List-Unsubscribe` as it is: an ASCII control, `<`,
+/// `>`, a space or a comma. All ASCII, so testing bytes finds what testing characters found
+/// (a multi-byte character's bytes are 0x80 and above), without decoding the characters and
+/// searching `"<> ,"` for each (about 1.5 k instructions for a newsletter's link).
+fn unfit_in_list_unsubscribe(byte: u8) -> bool {
+    byte.is_ascii_control() || matches!(byte, b'<' | b'>' | b' ' | b',')
+}
+
 /// How every multipart boundary begins: `=_` cannot occur in quoted-printable or base64
 /// output, and a 7bit body is searched for the boundary before it is used as it is.
 const BOUNDARY_PREFIX: &str = "=_mb_";
@@ -592,12 +600,16 @@ fn contains_boundary(bytes: &[u8], boundary: &str) -> bool {
 /// Bytes of 0x80 and above. Counted in byte-wide sums over blocks of at most 255 bytes
 /// (which cannot overflow), a loop the compiler turns into SIMD adds of the high bits; the
 /// word-at-a-time count it replaces spent most of its time in a software `count_ones` (the
-/// x86_64 baseline has no POPCNT).
+/// x86_64 baseline has no POPCNT). The blocks are exactly 224 bytes, seven turns of the
+/// compiler's 32-byte loop: blocks of 255 left 31 bytes of each to a loop byte by byte,
+/// which took most of the time.
 fn non_ascii_count(bytes: &[u8]) -> usize {
-    bytes
-        .chunks(255)
-        .map(|block| usize::from(block.iter().fold(0u8, |count, &byte| count + (byte >> 7))))
-        .sum()
+    const BLOCK: usize = 224;
+    let count_in =
+        |block: &[u8]| usize::from(block.iter().fold(0u8, |count, &byte| count + (byte >> 7)));
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    let whole: usize = (&mut blocks).map(count_in).sum();
+    whole + count_in(blocks.remainder())
 }
 
 /// The body as it is, line endings made CRLF: each `\n` or `\r\n` becomes CRLF, and a `\r`
@@ -635,70 +647,40 @@ const QP_LITERAL: [bool; 256] = {
     table
 };
 
-/// Eight copies of `byte` in a word, for the word-at-a-time scans below.
-const fn splat(byte: u8) -> u64 {
-    u64::from_le_bytes([byte; 8])
-}
-
-const HIGH_BITS: u64 = splat(0x80);
-
-/// The high bit of each byte of `word` that is zero. Only the lowest flagged byte is exact
-/// (a borrow can flag bytes above it), which is all a forward scan needs.
-const fn zero_bytes(word: u64) -> u64 {
-    word.wrapping_sub(splat(0x01)) & !word & HIGH_BITS
-}
-
-/// How many leading bytes of `bytes` are [`QP_LITERAL`]: whole 16-byte blocks are passed
-/// over with one test each, and the block that holds the first byte to encode (and what is
-/// left at the end) goes to the word-at-a-time scan, which finds the byte.
-fn literal_run(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(block) = bytes.get(i..i + 16) {
-        if block_needs_encoding(block.try_into().unwrap_or(&[0; 16])) {
+/// Where the run of [`QP_LITERAL`] bytes from `start` ends, searching no further than
+/// `limit` (at most `bytes.len()`). Read in 16-byte blocks of the body, also past `limit`
+/// (the bytes there do not matter: the result is capped at `limit`), so that a run ending
+/// anywhere costs one block test per 16 bytes and the block that holds its end tells where
+/// in it the end is; only the body's last 15 bytes are read one at a time.
+fn literal_run_end(bytes: &[u8], start: usize, limit: usize) -> usize {
+    let mut i = start;
+    while i < limit {
+        let Some(block) = bytes.get(i..i + 16) else {
             break;
+        };
+        let to_encode = bytes_to_encode(block.try_into().unwrap_or(&[0; 16]));
+        if to_encode != 0 {
+            return limit.min(i + (to_encode.trailing_zeros() / 8) as usize);
         }
         i += 16;
     }
-    i + literal_run_by_words(&bytes[i..])
-}
-
-/// Whether any byte of `block` is not [`QP_LITERAL`]: below 0x20 but not a tab, `=`, DEL, or
-/// 0x80 and above (negative as `i8`, so "below 0x20" takes them too). Written as a fold over
-/// a fixed-size block without early exit, which the compiler turns into SIMD compares and
-/// one mask test (SSE2 on x86_64, which every x86_64 has): no `unsafe` intrinsics needed.
-fn block_needs_encoding(block: &[u8; 16]) -> bool {
-    block.iter().fold(false, |found, &byte| {
-        let signed = byte as i8;
-        found | ((signed < 0x20) & (byte != b'\t')) | (byte == b'=') | (byte == 0x7f)
-    })
-}
-
-/// How many leading bytes of `bytes` are [`QP_LITERAL`], eight at a time: a byte needs
-/// encoding when it is 0x80 or above, below 0x20 (a tab among those is literal after all),
-/// `=` or DEL. Each test flags its lowest match exactly, so the lowest flag of their union
-/// is the first byte that is not plain.
-fn literal_run_by_words(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        let flagged = (word & HIGH_BITS)
-            | (word.wrapping_sub(splat(0x20)) & !word & HIGH_BITS)
-            | zero_bytes(word ^ splat(b'='))
-            | zero_bytes(word ^ splat(0x7f));
-        if flagged == 0 {
-            i += 8;
-            continue;
-        }
-        let first = i + (flagged.trailing_zeros() / 8) as usize;
-        if bytes[first] != b'\t' {
-            return first;
-        }
-        i = first + 1;
-    }
-    while i < bytes.len() && QP_LITERAL[bytes[i] as usize] {
+    while i < limit && QP_LITERAL[bytes[i] as usize] {
         i += 1;
     }
-    i
+    i.min(limit)
+}
+
+/// The bytes of `block` that are not [`QP_LITERAL`], as all-ones bytes in a 128-bit word
+/// (byte k of the block is byte k of the word, little-endian): below 0x20 but not a tab,
+/// `=`, DEL, or 0x80 and above (negative as `i8`, so "below 0x20" takes them too). A map
+/// over a fixed-size block, which the compiler turns into SIMD compares (SSE2 on x86_64,
+/// which every x86_64 has): no `unsafe` intrinsics needed.
+fn bytes_to_encode(block: &[u8; 16]) -> u128 {
+    u128::from_le_bytes(block.map(|byte| {
+        let signed = byte as i8;
+        let encode = ((signed < 0x20) & (byte != b'\t')) | (byte == b'=') | (byte == 0x7f);
+        u8::from(encode).wrapping_neg()
+    }))
 }
 
 /// A template literal's quoted-printable encoding, made once when the campaign is compiled,
@@ -775,6 +757,9 @@ struct LiteralCursor<'a, 'b> {
     literals: &'b [LiteralAt<'a>],
     literal: usize,
     point: usize,
+    /// Where the literal `literal` starts (`usize::MAX` past the last): before it there is
+    /// nothing to copy, which the encoder tests at each line start without calling `copy`.
+    literal_at: usize,
 }
 
 impl LiteralCursor<'_, '_> {
@@ -784,6 +769,16 @@ impl LiteralCursor<'_, '_> {
     /// the literal is, so the body holds it there (checked in debug builds: a full comparison
     /// costs about 4 k instructions per newsletter).
     fn copy(&mut self, out: &mut String, bytes: &[u8], i: usize) -> (usize, usize) {
+        let state = self.copy_from_literal(out, bytes, i);
+        self.literal_at = self
+            .literals
+            .get(self.literal)
+            .map_or(usize::MAX, |literal| literal.at);
+        state
+    }
+
+    /// [`LiteralCursor::copy`] but for keeping `literal_at`.
+    fn copy_from_literal(&mut self, out: &mut String, bytes: &[u8], i: usize) -> (usize, usize) {
         while let Some(literal) = self.literals.get(self.literal) {
             let points = &literal.encoded.points;
             let Some(&(last, last_encoded, last_col)) = points.last() else {
@@ -840,7 +835,6 @@ fn encode_quoted_printable(
     literals: &[LiteralAt<'_>],
     mut points: Option<&mut Vec<(usize, usize, usize)>>,
 ) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let (body, final_break) = match body.strip_suffix('\n') {
         Some(rest) => (rest, true),
         None => (body, false),
@@ -851,6 +845,7 @@ fn encode_quoted_printable(
         literals,
         literal: 0,
         point: 0,
+        literal_at: literals.first().map_or(usize::MAX, |literal| literal.at),
     };
     let base = out.len();
     let mut col = 0;
@@ -859,7 +854,7 @@ fn encode_quoted_printable(
         if let Some(points) = points.as_deref_mut() {
             points.push((i, out.len() - base, col));
         }
-        if col == 0 && !literals.is_empty() {
+        if col == 0 && i >= cursor.literal_at {
             (i, col) = cursor.copy(out, bytes, i);
         }
         // Copy the longest literal run that fits before a soft break (75 columns leave
@@ -869,7 +864,67 @@ fn encode_quoted_printable(
         // end, where `end` is then `i`.
         let start = i;
         let end = len.min((i + 75).saturating_sub(col)).max(i);
-        i += literal_run(&bytes[i..end]);
+        // The run is searched first only as far as where the byte after it is at column 72
+        // at most: a byte to encode there fits with its `=XX` whether or not the line ends
+        // after it, and a line end there has no line limit to consider. Those two, the
+        // common cases (HTML has an `=` in nearly every tag), are done right away; the rest
+        // go on to the tests below.
+        let near_end = len.min(i + 73usize.saturating_sub(col));
+        i = literal_run_end(bytes, i, near_end);
+        if i < near_end {
+            let b = bytes[i];
+            if b != b'\n' && b != b'\r' {
+                out.push_str(body.get(start..i).unwrap_or_default());
+                out.push_str(escape(b));
+                col += i - start + 3;
+                i += 1;
+                // The bytes after a non-ASCII one are mostly the rest of its character: each
+                // that needs encoding and whose `=XX` ends by column 75 is encoded here, as
+                // the turn it would have had does (from an empty run), without that turn.
+                while let Some(&b) = bytes.get(i) {
+                    if col > 72 || QP_LITERAL[b as usize] || b == b'\n' || b == b'\r' {
+                        break;
+                    }
+                    if let Some(points) = points.as_deref_mut() {
+                        points.push((i, out.len() - base, col));
+                    }
+                    out.push_str(escape(b));
+                    col += 3;
+                    i += 1;
+                }
+                continue;
+            }
+            let crlf = b == b'\r' && bytes.get(i + 1) == Some(&b'\n');
+            let trailing_white_space = i > start && matches!(bytes[i - 1], b' ' | b'\t');
+            if (b == b'\n' || crlf) && !trailing_white_space {
+                out.push_str(body.get(start..i).unwrap_or_default());
+                out.push_str("\r\n");
+                i += 1 + usize::from(crlf);
+                col = 0;
+                continue;
+            }
+        } else if col + (i - start) == 73
+            && i + 3 < len
+            && QP_LITERAL[bytes[i] as usize]
+            && QP_LITERAL[bytes[i + 1] as usize]
+            && bytes[i + 2] != b'\n'
+            && !matches!(bytes[i + 3], b'\n' | b'\r')
+        {
+            // The commonest line limit: two more literal bytes fill the line to column 75,
+            // and the third is not a line end and not the line's last (a literal last one
+            // could use column 76; one to encode does not fit either way), so a soft break
+            // follows them, as the tests below find.
+            out.push_str(body.get(start..i + 2).unwrap_or_default());
+            out.push_str("=\r\n");
+            i += 2;
+            col = 0;
+            continue;
+        } else {
+            // At most two bytes more: the run goes on to `end`.
+            while i < end && QP_LITERAL[bytes[i] as usize] {
+                i += 1;
+            }
+        }
         let mut terminator = line_end(bytes, i);
         if i > start && terminator.is_some() && matches!(bytes[i - 1], b' ' | b'\t') {
             i -= 1; // trailing white space is encoded below
@@ -912,15 +967,40 @@ fn encode_quoted_printable(
             col = 0;
             continue;
         }
-        out.push('=');
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0x0f) as usize] as char);
+        out.push_str(escape(b));
         col += 3;
         i += 1;
     }
     if final_break {
         out.push_str("\r\n");
     }
+}
+
+/// `=XX` for every byte value, in byte order.
+const ESCAPES: &str = {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    const BYTES: [u8; 768] = {
+        let mut bytes = [0; 768];
+        let mut b = 0;
+        while b < 256 {
+            bytes[3 * b] = b'=';
+            bytes[3 * b + 1] = HEX[b >> 4];
+            bytes[3 * b + 2] = HEX[b & 0x0f];
+            b += 1;
+        }
+        bytes
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(escapes) => escapes,
+        Err(_) => panic!("the escapes are ASCII"),
+    }
+};
+
+/// A byte's quoted-printable escape, `=XX`: one push of three bytes instead of three of one,
+/// each of which tests the capacity.
+fn escape(b: u8) -> &'static str {
+    let at = 3 * usize::from(b);
+    ESCAPES.get(at..at + 3).unwrap_or_default()
 }
 
 /// Whether a line ends at `at` of a body whose final `\n` is already taken off, and the
@@ -1082,7 +1162,9 @@ mod tests {
                 // room for the `=`). Runs hold only ASCII, so their ends are char boundaries.
                 let start = i;
                 let end = len.min(i + 75 - col);
-                i += literal_run(&bytes[i..end]);
+                while i < end && QP_LITERAL[bytes[i] as usize] {
+                    i += 1;
+                }
                 if i == len && matches!(bytes[len - 1], b' ' | b'\t') {
                     i -= 1; // trailing white space is encoded below
                 }
@@ -1255,11 +1337,73 @@ mod tests {
         }
     }
 
+    /// Every kind of byte after a literal run that puts it at each column around the line
+    /// limit (the one-pass encoder decides bytes up to column 72 without the limit's tests,
+    /// the rest with them), each followed by what decides it: a line end of each kind, the
+    /// body's end, more text, an encoded byte. The reference is the line-by-line encoder.
+    #[test]
+    fn bytes_at_every_column_near_the_line_limit_are_written_as_line_by_line() {
+        let bytes_there = [
+            "=", "é", "😀", "\u{7f}", "\u{1}", "\r", " ", "\t", "x", "\n", "\r\n",
+        ];
+        let after = [
+            "", "\n", "\r\n", "\r", "y", "=", "é", " \n", "x\r\nz", "\n\n", "abcdef", "ab=cd",
+            "a \nb", "ab\r\n", "a\r", "abc", "abc\n", "ab \tc", "a\rb",
+        ];
+        for run in 60..=80usize {
+            for there in bytes_there {
+                for next in after {
+                    for start in ["", "=", "é ", "\t"] {
+                        let prefix = "x".repeat(run.saturating_sub(start.chars().count()));
+                        let body = format!("{start}{prefix}{there}{next}");
+                        let mut by_lines = String::new();
+                        quoted_printable_by_lines(&mut by_lines, &body);
+                        assert_eq!(qp(&body), by_lines, "{body:?}");
+                        // Again after a line, so that the run starts at column 0 mid-body.
+                        let body = format!("line\n{body}");
+                        let mut by_lines = String::new();
+                        quoted_printable_by_lines(&mut by_lines, &body);
+                        assert_eq!(qp(&body), by_lines, "{body:?}");
+                    }
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
-        /// The block scan stops where the word-at-a-time one does, on mostly printable bytes
-        /// (long runs, so whole 16-byte blocks pass) with any byte among them.
+        /// The byte test refuses the links the character test refused: text with each of
+        /// the refused characters, other ASCII controls, a C1 control (not ASCII, so not
+        /// refused) and other non-ASCII characters.
         #[test]
-        fn literal_run_by_blocks_agrees_with_words(
+        fn unsubscribe_links_are_refused_by_bytes_as_by_characters(
+            link in "[a-z:/.é€😀<>, \t\u{7f}\u{1}\u{85}]{0,12}",
+        ) {
+            let by_characters =
+                link.contains(|c: char| c.is_ascii_control() || "<> ,".contains(c));
+            proptest::prop_assert_eq!(
+                link.bytes().any(unfit_in_list_unsubscribe),
+                by_characters,
+                "{:?}",
+                link
+            );
+        }
+    }
+
+    /// The run's end by the table, byte by byte.
+    fn literal_run_end_by_table(bytes: &[u8], start: usize, limit: usize) -> usize {
+        start
+            + bytes[start..limit]
+                .iter()
+                .take_while(|&&b| QP_LITERAL[b as usize])
+                .count()
+    }
+
+    proptest::proptest! {
+        /// The block scan stops where the table says, on mostly printable bytes (long runs,
+        /// so whole 16-byte blocks pass) with any byte among them, from any start to any
+        /// limit (blocks read past the limit, or cannot be read whole near the end).
+        #[test]
+        fn literal_run_by_blocks_agrees_with_the_table(
             bytes in proptest::collection::vec(
                 proptest::prop_oneof![
                     8 => b' '..=b'~',
@@ -1267,46 +1411,48 @@ mod tests {
                 ],
                 0..200,
             ),
+            limit_back in 0..40usize,
         ) {
-            for start in 0..bytes.len() {
+            for start in 0..=bytes.len() {
+                let limit = bytes.len().saturating_sub(limit_back).max(start);
                 proptest::prop_assert_eq!(
-                    literal_run(&bytes[start..]),
-                    literal_run_by_words(&bytes[start..])
+                    literal_run_end(&bytes, start, limit),
+                    literal_run_end_by_table(&bytes, start, limit),
+                    "from {} to {}", start, limit
                 );
             }
         }
     }
 
-    /// Both scans agree with the table for every byte at every place in two 16-byte blocks
-    /// and the words after them, after a tab too (the one control byte that is literal), in a
-    /// slice that ends at that byte or goes on.
+    /// The scan agrees with the table for every byte at every place in three 16-byte blocks
+    /// and the bytes after them, after a tab too (the one control byte that is literal), with
+    /// the limit before (where the block read holds the byte), at and after that byte, in a
+    /// body that ends at that byte or goes on.
     #[test]
     fn literal_run_stops_where_the_table_says() {
-        let by_table = |bytes: &[u8]| {
-            bytes
-                .iter()
-                .take_while(|&&b| QP_LITERAL[b as usize])
-                .count()
-        };
         for byte in 0..=255u8 {
-            for place in 0..40 {
+            for place in 0..52 {
                 for filler in [b'a', b'\t'] {
-                    let mut bytes = [filler; 44];
+                    let mut bytes = [filler; 60];
                     bytes[place] = byte;
-                    for len in [place + 1, 44] {
+                    for len in [place + 1, 60] {
                         let bytes = &bytes[..len];
-                        let expected = by_table(bytes);
-                        assert_eq!(
-                            literal_run(bytes),
-                            expected,
-                            "byte {byte:#04x} at {place} among {filler:#04x}, {len} bytes"
-                        );
-                        assert_eq!(literal_run_by_words(bytes), expected);
+                        for limit in [place.saturating_sub(2), place, place + 1, len] {
+                            for start in [0, 1, place.saturating_sub(3)] {
+                                let start = start.min(limit);
+                                assert_eq!(
+                                    literal_run_end(bytes, start, limit),
+                                    literal_run_end_by_table(bytes, start, limit),
+                                    "byte {byte:#04x} at {place} among {filler:#04x}, \
+                                     {len} bytes, from {start} to {limit}"
+                                );
+                            }
+                        }
                     }
                 }
             }
         }
-        assert_eq!(literal_run(b""), 0);
+        assert_eq!(literal_run_end(b"", 0, 0), 0);
     }
 
     proptest::proptest! {
@@ -1341,13 +1487,16 @@ mod tests {
 
     #[test]
     fn non_ascii_bytes_are_counted_wherever_they_are() {
-        let text = "é a😀b ".repeat(70); // past two 255-byte blocks
-        for start in 0..text.len() {
-            let bytes = &text.as_bytes()[start..];
-            assert_eq!(
-                non_ascii_count(bytes),
-                bytes.iter().filter(|b| !b.is_ascii()).count()
-            );
+        // Past three 224-byte blocks; and all non-ASCII, as many as a block's byte-wide sum
+        // can hold.
+        for text in ["é a😀b ".repeat(70), "é".repeat(300)] {
+            for start in 0..text.len() {
+                let bytes = &text.as_bytes()[start..];
+                assert_eq!(
+                    non_ascii_count(bytes),
+                    bytes.iter().filter(|b| !b.is_ascii()).count()
+                );
+            }
         }
     }
 
