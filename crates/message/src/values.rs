@@ -743,8 +743,15 @@ fn fixed_parts(amount: f64, decimals: usize) -> Option<(u128, u128)> {
 }
 
 /// `n` in decimal, zero-padded to at least `width` digits (at most 40).
-fn push_decimal(out: &mut String, mut n: u128, width: usize) {
+fn push_decimal(out: &mut String, n: u128, width: usize) {
     let mut digits = [b'0'; 40];
+    let start = decimal_digits(&mut digits, n, width);
+    out.extend(digits[start..].iter().map(|&digit| digit as char));
+}
+
+/// The decimal digits of `n`, zero-padded to at least `width` (at most 40), at the end of
+/// `digits`; returns where they start.
+fn decimal_digits(digits: &mut [u8; 40], mut n: u128, width: usize) -> usize {
     let mut start = digits.len();
     // Most amounts fit a u64, whose division by 10 is a multiplication.
     while n > u64::MAX as u128 {
@@ -758,26 +765,23 @@ fn push_decimal(out: &mut String, mut n: u128, width: usize) {
         digits[start] = b'0' + (small % 10) as u8;
         small /= 10;
     }
-    start = start.min(digits.len() - width.min(digits.len()));
-    out.extend(digits[start..].iter().map(|&digit| digit as char));
+    start.min(digits.len() - width.min(digits.len()))
 }
 
 /// `decimals` is at most [`MAX_DECIMALS`] and `amount` finite, so the digits are at most
 /// about 330 and the separators at most a hundred.
 fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point: &str) {
-    // The common case (an amount below 2^53, whole part and fraction within a u64) is
-    // written from the integer digits, separators included, in order: no formatter, no
-    // insertions that move the text after them.
-    let Some((Ok(whole), Ok(fraction))) = fixed_parts(amount.abs(), decimals)
-        .map(|(whole, fraction)| (u64::try_from(whole), u64::try_from(fraction)))
-    else {
+    // The common case (an amount below 2^53, at most 20 decimals: what `fixed_parts` rounds
+    // in integers) is written from the integer digits, separators included, in order: no
+    // formatter, no insertions that move the text after them.
+    let Some((whole, fraction)) = fixed_parts(amount.abs(), decimals) else {
         return group_in_place(out, amount, decimals, thousands, point);
     };
-    let mut whole_digits = [b'0'; 20];
-    let whole_start = u64_digits(&mut whole_digits, whole, 1);
+    let mut whole_digits = [b'0'; 40];
+    let whole_start = decimal_digits(&mut whole_digits, whole, 1);
     let whole_digits = &whole_digits[whole_start..];
-    let mut fraction_digits = [b'0'; 20];
-    let fraction_start = u64_digits(&mut fraction_digits, fraction, decimals);
+    let mut fraction_digits = [b'0'; 40];
+    let fraction_start = decimal_digits(&mut fraction_digits, fraction, decimals);
     let fraction_digits = &fraction_digits[fraction_start..];
     // The sign only when a digit shown is not zero, as the formatter's text would show it.
     if amount < 0.0 && (whole != 0 || fraction != 0) {
@@ -799,18 +803,6 @@ fn group(out: &mut String, amount: f64, decimals: usize, thousands: &str, point:
             out.push(char::from(digit));
         }
     }
-}
-
-/// The decimal digits of `n`, zero-padded to at least `width` (at most 20), at the end of
-/// `digits`; returns where they start.
-fn u64_digits(digits: &mut [u8; 20], mut n: u64, width: usize) -> usize {
-    let mut start = digits.len();
-    while n > 0 {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    start.min(digits.len() - width.min(digits.len()))
 }
 
 /// A separator appended: one ASCII character (the defaults) without a copy call.
