@@ -73,13 +73,11 @@ enum Op {
 struct Variable {
     name: String,
     root: RootName,
-    /// Whether a frame can hold it: the template stores a local of that name, or it is
-    /// `loop` in a template with loops. Otherwise the frames are not searched.
-    may_be_local: bool,
     /// The local of that name, when the template stores one: locals are found by this
     /// number rather than by comparing names.
     local: Option<LocalName>,
-    /// Whether it is `loop`, which a loop frame answers after its locals.
+    /// Whether it is `loop`, which a loop frame answers after its locals. A name that is
+    /// neither a local nor `loop` is not searched for in the frames.
     is_loop: bool,
 }
 
@@ -295,7 +293,6 @@ impl Plan {
                             },
                         },
                         // Set below, once every local is known.
-                        may_be_local: true,
                         local: None,
                         is_loop: *name == "loop",
                     };
@@ -358,7 +355,6 @@ impl Plan {
             index += 1;
         }
         fuse_lookup_paths(&mut ops);
-        let has_loops = ops.contains(&Op::PushLoop);
         for op in &mut ops {
             if let Op::Lookup(variable)
             | Op::LookupEmit(variable)
@@ -368,7 +364,6 @@ impl Plan {
                     .iter()
                     .position(|store| *store == variable.name)
                     .and_then(|local| LocalName::try_from(local).ok());
-                variable.may_be_local = (has_loops && variable.is_loop) || variable.local.is_some();
             }
         }
         // minijinja counts a frame per loop against the recursion limit: keep well inside it
@@ -750,7 +745,7 @@ fn constant(value: &Value) -> Option<Constant> {
 /// frame's `loop` after its locals), then the template root (the service variables, then the
 /// recipient's fields); a name found nowhere (a global, or undefined) is left to minijinja.
 fn lookup<'a>(data: &Data<'a>, frames: &[Frame<'a>], variable: &Variable) -> Option<V<'a>> {
-    if variable.may_be_local {
+    if variable.local.is_some() || variable.is_loop {
         for (depth, frame) in frames.iter().enumerate().rev() {
             if let Some(name) = variable.local
                 && let Some((_, value)) = frame.locals.iter().find(|(local, _)| *local == name)
